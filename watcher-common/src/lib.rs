@@ -1,0 +1,257 @@
+//! Types shared by the kernel programs (`watcher-ebpf`) and the daemon (`watcher`).
+//!
+//! Every ring-buffer record starts with [`EventHeader`]; its `kind` says which record follows.
+//! All types are `#[repr(C)]` with explicit padding so both sides agree byte for byte.
+#![no_std]
+
+/// Longest path the kernel copies (exec filename, open path, chdir path), NUL included.
+pub const PATH_MAX: usize = 512;
+/// Bytes of argv copied at exec (the new program's `arg_start..arg_end`, NUL-separated).
+/// Longer command lines are cut and flagged [`EVENT_FLAG_TRUNCATED`]. A power of two.
+pub const ARGV_MAX: usize = 2048;
+/// Bytes of a `struct sockaddr` copied at connect (enough for `sockaddr_un`).
+pub const SOCKADDR_MAX: usize = 112;
+/// Agent matcher keys: basenames up to this many bytes (longer names cannot be matched).
+pub const AGENT_NAME_MAX: usize = 32;
+
+/// Record kinds. Values are stable: they index the per-kind drop counters too.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 0,
+    Fork = 1,
+    Exit = 2,
+    Open = 3,
+    Connect = 4,
+    Chdir = 5,
+}
+
+/// Number of [`EventKind`] values (size of the drop counter array).
+pub const EVENT_KINDS: u32 = 6;
+
+impl EventKind {
+    pub const ALL: [EventKind; EVENT_KINDS as usize] = [
+        EventKind::Exec,
+        EventKind::Fork,
+        EventKind::Exit,
+        EventKind::Open,
+        EventKind::Connect,
+        EventKind::Chdir,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Exec => "exec",
+            EventKind::Fork => "fork",
+            EventKind::Exit => "exit",
+            EventKind::Open => "open",
+            EventKind::Connect => "connect",
+            EventKind::Chdir => "chdir",
+        }
+    }
+}
+
+/// First bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// `EVENT_FLAG_*` bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so suspend does not skew wall-clock conversion.
+    pub ts_ns: u64,
+    pub session_id: u64,
+    pub cgroup_id: u64,
+    /// Thread id of the task that caused the record.
+    pub pid: u32,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread group id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: [u8; 16],
+}
+
+/// The string or argv buffer of this record was cut at its limit.
+pub const EVENT_FLAG_TRUNCATED: u32 = 1 << 0;
+/// The argv area could not be read (argv is empty in the record).
+pub const EVENT_FLAG_ARGV_MISSING: u32 = 1 << 1;
+/// This exec started a session (agent matcher).
+pub const EVENT_FLAG_SESSION_START: u32 = 1 << 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub hdr: EventHeader,
+    /// Bytes of `argv` in use (each argument NUL-terminated).
+    pub argv_len: u32,
+    /// Agent profile index + 1 that started the session at this exec, 0 otherwise.
+    pub profile: u32,
+    pub filename: [u8; PATH_MAX],
+    pub argv: [u8; ARGV_MAX],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub hdr: EventHeader,
+    /// The new task's id: a process id, or a thread id when `is_thread` is 1.
+    pub child_pid: u32,
+    pub is_thread: u32,
+    pub clone_flags: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub hdr: EventHeader,
+    /// The kernel's `task_struct.exit_code`: `status << 8` or the terminating signal.
+    pub exit_code: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OpenEvent {
+    pub hdr: EventHeader,
+    /// The syscall's return value: a file descriptor or `-errno`.
+    pub result: i64,
+    pub flags: u64,
+    pub resolve: u64,
+    pub dfd: i32,
+    pub mode: u32,
+    /// 1 for openat2.
+    pub openat2: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_MAX],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectEvent {
+    pub hdr: EventHeader,
+    pub result: i64,
+    pub fd: i32,
+    /// The `addrlen` the process passed.
+    pub addrlen: u32,
+    /// The raw `struct sockaddr`, first `min(addrlen, SOCKADDR_MAX)` bytes.
+    pub addr: [u8; SOCKADDR_MAX],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ChdirEvent {
+    pub hdr: EventHeader,
+    pub result: i64,
+    /// The fd of an `fchdir`, or -1 for `chdir`.
+    pub fd: i32,
+    pub _pad: u32,
+    pub path: [u8; PATH_MAX],
+}
+
+/// Value of the `WATCHED` map (key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    pub session_id: u64,
+    /// Agent profile index + 1, 0 when none.
+    pub profile: u32,
+    pub _pad: u32,
+}
+
+/// Key of the `AGENTS` map: a basename, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentName(pub [u8; AGENT_NAME_MAX]);
+
+/// Value of the `SYSCALL_ARGS` map (key: tid): a syscall's arguments kept from enter to exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallArgs {
+    pub kind: u32,
+    pub openat2: u32,
+    pub session_id: u64,
+    pub args: [u64; 4],
+}
+
+/// Where the fields the programs read live. Tracepoint field offsets come from
+/// tracefs `format` files and `task_struct` member offsets from kernel BTF, both at start-up,
+/// so no kernel layout is compiled in. Handed to the programs as a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub exec_filename: u32,
+    pub exec_pid: u32,
+    pub exec_old_pid: u32,
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    pub exit_group_dead: u32,
+    pub openat_dfd: u32,
+    pub openat_filename: u32,
+    pub openat_flags: u32,
+    pub openat_mode: u32,
+    pub openat2_dfd: u32,
+    pub openat2_filename: u32,
+    pub openat2_how: u32,
+    pub connect_fd: u32,
+    pub connect_addr: u32,
+    pub connect_addrlen: u32,
+    pub chdir_filename: u32,
+    pub fchdir_fd: u32,
+    /// Offset of `ret` in every `sys_exit_*` record.
+    pub sys_exit_ret: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_exit_code: u32,
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    /// 1 once user space filled this in; programs do nothing while it is 0.
+    pub ready: u32,
+}
+
+impl ProbeConfig {
+    pub const fn zeroed() -> Self {
+        ProbeConfig {
+            exec_filename: 0,
+            exec_pid: 0,
+            exec_old_pid: 0,
+            newtask_pid: 0,
+            newtask_clone_flags: 0,
+            exit_group_dead: 0,
+            openat_dfd: 0,
+            openat_filename: 0,
+            openat_flags: 0,
+            openat_mode: 0,
+            openat2_dfd: 0,
+            openat2_filename: 0,
+            openat2_how: 0,
+            connect_fd: 0,
+            connect_addr: 0,
+            connect_addrlen: 0,
+            chdir_filename: 0,
+            fchdir_fd: 0,
+            sys_exit_ret: 0,
+            task_real_parent: 0,
+            task_tgid: 0,
+            task_exit_code: 0,
+            task_mm: 0,
+            mm_arg_start: 0,
+            mm_arg_end: 0,
+            ready: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers.
+    unsafe impl aya::Pod for Watch {}
+    unsafe impl aya::Pod for ProbeConfig {}
+    unsafe impl aya::Pod for AgentName {}
+}

@@ -1,0 +1,19 @@
+//! Kernel programs of the watcher. One file per hook under `probes/`; this file holds the maps
+//! and the helpers every probe shares.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod probes;
+#[cfg(target_arch = "bpf")]
+mod shared;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects programs that could reach a panic; this is never called.
+    unsafe { core::hint::unreachable_unchecked() }
+}

@@ -1,0 +1,159 @@
+//! `sched:sched_process_exec`: the new program is in place and has run no instruction yet.
+//! The filename comes from the tracepoint; argv is read from the new program's stack
+//! (`mm->arg_start..arg_end`, already NUL-separated), so no `sys_enter_execve` hook is needed.
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, generated::bpf_get_prandom_u32},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
+};
+use watcher_common::{
+    AgentName, EventKind, ExecEvent, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
+    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_SESSION_START, EVENT_FLAG_TRUNCATED, PATH_MAX,
+};
+
+use crate::shared::{
+    config, count_drop, current_task, current_tgid, fill_header, read_kernel, watch_of, AGENTS,
+    EVENTS, SCRATCH_PATH, WATCHED,
+};
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    match try_sched_process_exec(&ctx) {
+        Ok(()) => 0,
+        Err(_) => 0,
+    }
+}
+
+fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(0)?;
+    let tgid = current_tgid();
+    let mut flags = 0;
+    let watch = match watch_of(tgid) {
+        Some(w) => w,
+        None => {
+            let profile = match_agent(ctx, &cfg).ok_or(0)?;
+            let w = Watch {
+                session_id: new_session_id(),
+                profile,
+                _pad: 0,
+            };
+            WATCHED.insert(&tgid, &w, 0)?;
+            flags |= EVENT_FLAG_SESSION_START;
+            w
+        }
+    };
+
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_drop(EventKind::Exec);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a live reservation of size_of::<ExecEvent>().
+    unsafe {
+        fill_header(&raw mut (*ev).hdr, EventKind::Exec, watch.session_id, &cfg);
+        (*ev).profile = watch.profile;
+        if read_filename(ctx, &cfg, &mut (*ev).filename).is_err() {
+            (*ev).filename[0] = 0;
+        }
+        let (len, arg_flags) = read_argv(&cfg, &mut (*ev).argv);
+        (*ev).argv_len = len;
+        (*ev).hdr.flags = flags | arg_flags;
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// Kernel-side session ids have the top bit clear; user space sets it on its own.
+#[inline(always)]
+fn new_session_id() -> u64 {
+    // SAFETY: helpers without preconditions.
+    let (hi, lo) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    (((hi & 0x7fff_ffff) as u64) << 32) | lo as u64
+}
+
+#[inline(always)]
+fn read_filename(ctx: &TracePointContext, cfg: &ProbeConfig, dst: &mut [u8; PATH_MAX]) -> Result<(), i64> {
+    // SAFETY: the offset came from this tracepoint's format file.
+    let loc: u32 = unsafe { ctx.read_at(cfg.exec_filename as usize)? };
+    let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: probe read of the tracepoint record.
+    unsafe { bpf_probe_read_kernel_str_bytes(src, dst)? };
+    Ok(())
+}
+
+/// Copies the new program's argument area; returns (bytes, flags).
+#[inline(always)]
+fn read_argv(cfg: &ProbeConfig, dst: &mut [u8; ARGV_MAX]) -> (u32, u32) {
+    let Some(mm) = read_kernel::<*const u8>(current_task(), cfg.task_mm) else {
+        return (0, EVENT_FLAG_ARGV_MISSING);
+    };
+    let (Some(start), Some(end)) = (
+        read_kernel::<u64>(mm, cfg.mm_arg_start),
+        read_kernel::<u64>(mm, cfg.mm_arg_end),
+    ) else {
+        return (0, EVENT_FLAG_ARGV_MISSING);
+    };
+    let total = end.saturating_sub(start);
+    if total == 0 {
+        return (0, EVENT_FLAG_ARGV_MISSING);
+    }
+    let mut flags = 0;
+    let mut len = total as usize;
+    if len > ARGV_MAX {
+        len = ARGV_MAX;
+        flags |= EVENT_FLAG_TRUNCATED;
+    }
+    // Keep the verifier convinced the length is within the buffer.
+    let len = len & (2 * ARGV_MAX - 1);
+    if len == 0 || len > ARGV_MAX {
+        return (0, EVENT_FLAG_ARGV_MISSING);
+    }
+    // SAFETY: the slice is within `dst`; the helper faults safely.
+    match unsafe { bpf_probe_read_user_buf(start as *const u8, &mut dst[..len]) } {
+        Ok(()) => (len as u32, flags),
+        Err(_) => (0, EVENT_FLAG_ARGV_MISSING),
+    }
+}
+
+/// Looks the executable's basename up in `AGENTS` (agent matchers from the config). Names are
+/// at most `AGENT_NAME_MAX` bytes, so only the filename's tail is scanned (a short, fixed loop
+/// the verifier accepts).
+#[inline(always)]
+fn match_agent(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<u32> {
+    let buf = SCRATCH_PATH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, no concurrent user on this CPU.
+    let buf = unsafe { &mut *buf };
+    // SAFETY: the offset came from this tracepoint's format file.
+    let loc: u32 = unsafe { ctx.read_at(cfg.exec_filename as usize).ok()? };
+    let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: probe read of the tracepoint record.
+    let end = unsafe { bpf_probe_read_kernel_str_bytes(src, buf).ok()? }.len();
+    if end == 0 || end >= PATH_MAX {
+        return None;
+    }
+    let mut start = end;
+    let mut k = 0usize;
+    while k <= AGENT_NAME_MAX {
+        if start == 0 || buf[(start - 1) & (PATH_MAX - 1)] == b'/' {
+            break;
+        }
+        start -= 1;
+        k += 1;
+    }
+    let len = end - start;
+    if len == 0 || len > AGENT_NAME_MAX {
+        return None;
+    }
+    let mut key = AgentName([0; AGENT_NAME_MAX]);
+    let mut j = 0usize;
+    while j < AGENT_NAME_MAX {
+        if j >= len {
+            break;
+        }
+        key.0[j] = buf[(start + j) & (PATH_MAX - 1)];
+        j += 1;
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { AGENTS.get(&key).copied() }
+}

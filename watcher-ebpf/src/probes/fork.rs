@@ -1,0 +1,46 @@
+//! `task:task_newtask`: a task was created. Fires in the parent before the child can run, and
+//! carries `clone_flags`, which tells a new process from a new thread. A new process of a
+//! watched process joins its session here, in the kernel, so it is watched from its first
+//! instruction.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use watcher_common::{EventKind, ForkEvent};
+
+use crate::shared::{config, count_drop, current_tgid, fill_header, watch_of, EVENTS, WATCHED};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    match try_task_newtask(&ctx) {
+        Ok(()) => 0,
+        Err(_) => 0,
+    }
+}
+
+fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(watch) = watch_of(current_tgid()) else {
+        return Ok(());
+    };
+    let cfg = config().ok_or(0)?;
+    // SAFETY: offsets came from this tracepoint's format file.
+    let child: u32 = unsafe { ctx.read_at(cfg.newtask_pid as usize)? };
+    let clone_flags: u64 = unsafe { ctx.read_at(cfg.newtask_clone_flags as usize)? };
+    let is_thread = clone_flags & CLONE_THREAD != 0;
+    if !is_thread {
+        WATCHED.insert(&child, &watch, 0)?;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+        count_drop(EventKind::Fork);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a live reservation of size_of::<ForkEvent>().
+    unsafe {
+        fill_header(&raw mut (*ev).hdr, EventKind::Fork, watch.session_id, &cfg);
+        (*ev).child_pid = child;
+        (*ev).is_thread = is_thread as u32;
+        (*ev).clone_flags = clone_flags;
+    }
+    entry.submit(0);
+    Ok(())
+}

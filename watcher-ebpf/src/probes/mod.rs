@@ -1,0 +1,7 @@
+mod chdir;
+mod connect;
+mod exec;
+mod exit;
+mod floor;
+mod fork;
+mod open;

@@ -1,0 +1,122 @@
+//! Maps and helpers shared by every probe.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use watcher_common::{
+    AgentName, EventHeader, EventKind, ProbeConfig, SyscallArgs, Watch, EVENT_KINDS, PATH_MAX,
+};
+
+/// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
+/// than `aya_ebpf::Global`, whose `MaybeUninit<..>` BTF type name the kernel refuses.
+#[unsafe(no_mangle)]
+pub static CONFIG: ProbeConfig = ProbeConfig::zeroed();
+
+/// All records to user space. Size set by user space at load (`ring_buffer_bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Records that could not be reserved, per CPU and per `EventKind`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
+
+/// Watched processes: tgid -> session. Filled by user space (launch, attach), by an agent
+/// matcher at exec, and inherited at fork in the kernel; removed at exit.
+#[map]
+pub static WATCHED: HashMap<u32, Watch> = HashMap::with_max_entries(65536, 0);
+
+/// Agent matchers: executable basename -> profile index + 1.
+#[map]
+pub static AGENTS: HashMap<AgentName, u32> = HashMap::with_max_entries(256, 0);
+
+/// A watched thread's syscall arguments, from `sys_enter_*` to `sys_exit_*` (key: tid).
+/// LRU so that a thread that dies inside a syscall cannot leak an entry.
+#[map]
+pub static SYSCALL_ARGS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-CPU scratch for a path that is not going into a record (agent matching).
+#[map]
+pub static SCRATCH_PATH: PerCpuArray<[u8; PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn config() -> Option<ProbeConfig> {
+    // SAFETY: a volatile read keeps the compiler from folding the load-time value away.
+    let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
+    if cfg.ready == 0 {
+        return None;
+    }
+    Some(cfg)
+}
+
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+pub fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+pub fn watch_of(tgid: u32) -> Option<Watch> {
+    // SAFETY: the value is copied out at once; a concurrent delete can only make it stale.
+    unsafe { WATCHED.get(&tgid).copied() }
+}
+
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// Reads a `T` at `offset` bytes into the kernel object at `base`.
+#[inline(always)]
+pub fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel faults safely on a bad address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok() }
+}
+
+#[inline(always)]
+fn parent_tgid(cfg: &ProbeConfig) -> u32 {
+    let parent: *const u8 = match read_kernel(current_task(), cfg.task_real_parent) {
+        Some(p) => p,
+        None => return 0,
+    };
+    read_kernel(parent, cfg.task_tgid).unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, cfg: &ProbeConfig) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: `hdr` points into a ring-buffer reservation of the right size.
+    unsafe {
+        (*hdr).kind = kind as u32;
+        (*hdr).flags = 0;
+        (*hdr).ts_ns = bpf_ktime_get_boot_ns();
+        (*hdr).session_id = session_id;
+        (*hdr).cgroup_id = bpf_get_current_cgroup_id();
+        (*hdr).pid = pid_tgid as u32;
+        (*hdr).tgid = (pid_tgid >> 32) as u32;
+        (*hdr).ppid = parent_tgid(cfg);
+        (*hdr).uid = bpf_get_current_uid_gid() as u32;
+        (*hdr).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+}
+
+/// Counts a record the ring buffer had no room for.
+#[inline(always)]
+pub fn count_drop(kind: EventKind) {
+    if let Some(counter) = DROPS.get_ptr_mut(kind as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}

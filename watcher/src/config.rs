@@ -1,0 +1,199 @@
+//! The daemon's configuration file (TOML). Embedded defaults make `watcher run` work with no file.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use watcher_common::AGENT_NAME_MAX;
+
+pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: Daemon,
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    /// Control socket (mode 0660, owned by root and `approver_group`).
+    pub socket: PathBuf,
+    /// A group whose members may use the control socket besides root.
+    pub approver_group: Option<String>,
+    /// Kernel ring buffer size, a power of two and a multiple of the page size.
+    pub ring_buffer_bytes: u32,
+    /// Most processes watched at once (kernel map size).
+    pub max_watched_processes: u32,
+    /// Events kept for `watcher events` without `--follow`.
+    pub recent_events: usize,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            socket: PathBuf::from("/run/watcher/control.sock"),
+            approver_group: None,
+            ring_buffer_bytes: 16 * 1024 * 1024,
+            max_watched_processes: 65536,
+            recent_events: 10000,
+        }
+    }
+}
+
+/// An agent matcher: an exec whose executable basename matches starts a session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub profile: String,
+    /// `NAME` or `*/NAME`: matched in the kernel against the executable's basename.
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, p)
+            }
+            None => Self::parse(DEFAULT_CONFIG, Path::new("<embedded default config>")),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        let rb = self.daemon.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(invalid(
+                "daemon.ring_buffer_bytes".into(),
+                format!("{rb} is not a power of two of at least 4096"),
+            ));
+        }
+        if self.daemon.max_watched_processes == 0 {
+            return Err(invalid(
+                "daemon.max_watched_processes".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (i, agent) in self.agents.iter().enumerate() {
+            if agent.profile.is_empty() {
+                return Err(invalid(format!("agents[{i}].profile"), "is empty".into()));
+            }
+            for (j, m) in agent.matches.iter().enumerate() {
+                matcher_basename(m)
+                    .map_err(|msg| invalid(format!("agents[{i}].match[{j}]"), msg))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// (basename, profile index + 1) for the kernel's `AGENTS` map.
+    pub fn agent_names(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for (i, agent) in self.agents.iter().enumerate() {
+            for m in &agent.matches {
+                if let Ok(name) = matcher_basename(m) {
+                    out.push((name.to_string(), i as u32 + 1));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The kernel matches basenames exactly, so only `NAME` and `*/NAME` are accepted.
+pub fn matcher_basename(m: &str) -> Result<&str, String> {
+    let name = m.strip_prefix("*/").unwrap_or(m);
+    if name.is_empty() {
+        return Err(format!("{m:?}: empty name"));
+    }
+    if name.contains(['/', '*', '?', '[', ']']) {
+        return Err(format!(
+            "{m:?}: expected NAME or */NAME (the executable's basename, matched exactly in the kernel)"
+        ));
+    }
+    if name.len() > AGENT_NAME_MAX {
+        return Err(format!(
+            "{m:?}: names longer than {AGENT_NAME_MAX} bytes cannot be matched in the kernel"
+        ));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let cfg = Config::load(None).unwrap();
+        let names: Vec<_> = cfg.agent_names().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"claude".to_string()), "{names:?}");
+        assert!(names.contains(&"aider".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_line() {
+        let err = Config::parse("[daemon]\nsocket = \"/x\"\nbogus = 1\n", Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("w.toml: "), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_matcher_is_rejected_with_field() {
+        let err = Config::parse(
+            "[[agents]]\nprofile = \"x\"\nmatch = [\"ok\", \"*/a*b\"]\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("agents[0].match[1]"), "{err}");
+    }
+
+    #[test]
+    fn ring_buffer_must_be_power_of_two() {
+        let err = Config::parse("[daemon]\nring_buffer_bytes = 5000\n", Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.ring_buffer_bytes"), "{err}");
+    }
+}

@@ -1,0 +1,54 @@
+//! The control socket: JSON lines over a unix socket, root or the approver group only.
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sessions::Session;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Recent events, then (with `follow`) live ones.
+    Events { follow: bool, trace: Option<String> },
+    /// Watch a running process and its descendants as a new session.
+    Attach { pid: u32, profile: Option<String> },
+    /// Watch the calling process (which then execs the agent) as a new session.
+    Launch { profile: Option<String> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Error { error: String },
+    Started { trace_id: String, pids: Vec<u32> },
+    Status(Box<Status>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KindCount {
+    pub events: u64,
+    pub drops: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub sessions: Vec<Session>,
+    /// Processes in the user-space tree.
+    pub processes_watched: usize,
+    /// Entries of the kernel's watched-process map.
+    pub kernel_watched: Vec<u32>,
+    /// Per event type: records received and records the kernel could not reserve.
+    pub per_type: std::collections::BTreeMap<String, KindCount>,
+    pub malformed_records: u64,
+    pub client_lag: u64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+}
+
+/// A line that says the stream skipped events (slow client), sent in place of them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Skipped {
+    pub skipped: u64,
+}

@@ -1,0 +1,327 @@
+//! Control socket server.
+use std::{
+    os::unix::fs::PermissionsExt,
+    sync::{atomic::Ordering, Arc},
+};
+
+use anyhow::{anyhow, Context as _};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast::error::RecvError,
+};
+use watcher_common::{EventKind, Watch};
+
+use super::{KindCount, Reply, Request, Skipped, Status};
+use crate::{
+    config::Config,
+    daemon::{Seed, Shared},
+    event::Event,
+    sessions::{new_session_id, new_trace_id, Session},
+};
+
+pub fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let path = &cfg.daemon.socket;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(anyhow!(
+                "{} is in use: another watcher daemon is running",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let gid = match &cfg.daemon.approver_group {
+        Some(g) => Some(group_id(g)?),
+        None => None,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| anyhow!("approver_group {name:?}: no such group in /etc/group"))
+}
+
+/// Root, or a member of the approver group (checked on the peer's credentials, not on what
+/// it claims).
+fn authorized(cred: &tokio::net::unix::UCred, cfg: &Config) -> bool {
+    if cred.uid() == 0 {
+        return true;
+    }
+    let Some(group) = &cfg.daemon.approver_group else {
+        return false;
+    };
+    let Ok(gid) = group_id(group) else {
+        return false;
+    };
+    if cred.gid() == gid {
+        return true;
+    }
+    // Supplementary groups of the peer process.
+    cred.pid()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Groups:"))
+                .map(|l| l[7..].split_whitespace().any(|g| g.parse() == Ok(gid)))
+        })
+        .unwrap_or(false)
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, shared).await {
+                tracing::debug!("control client: {e:#}");
+            }
+        });
+    }
+}
+
+async fn write_json<T: serde::Serialize>(w: &mut (impl AsyncWriteExt + Unpin), v: &T) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(v)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (r, mut w) = stream.into_split();
+    if !authorized(&cred, &shared.config) {
+        write_json(&mut w, &Reply::Error {
+            error: "permission denied: the control socket is for root and the approver group".into(),
+        })
+        .await?;
+        return Ok(());
+    }
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            write_json(&mut w, &Reply::Error { error: format!("bad request: {e}") }).await?;
+            return Ok(());
+        }
+    };
+    match req {
+        Request::Status => write_json(&mut w, &Reply::Status(Box::new(status(&shared)))).await,
+        Request::Events { follow, trace } => stream_events(&mut w, &shared, follow, trace).await,
+        Request::Launch { profile } => {
+            let reply = match cred.pid() {
+                Some(pid) => start_session(&shared, pid as u32, profile, "launch"),
+                None => Err(anyhow!("cannot tell the caller's pid")),
+            };
+            write_json(&mut w, &reply_of(reply)).await
+        }
+        Request::Attach { pid, profile } => {
+            write_json(&mut w, &reply_of(start_session(&shared, pid, profile, "attach"))).await
+        }
+    }
+}
+
+fn reply_of(r: anyhow::Result<Reply>) -> Reply {
+    r.unwrap_or_else(|e| Reply::Error { error: format!("{e:#}") })
+}
+
+fn status(shared: &Shared) -> Status {
+    let kernel = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+    let drops = kernel.drops();
+    let per_type = EventKind::ALL
+        .iter()
+        .map(|k| {
+            (
+                k.name().to_string(),
+                KindCount {
+                    events: shared.counters.events[*k as usize].load(Ordering::Relaxed),
+                    drops: drops[*k as usize],
+                },
+            )
+        })
+        .collect();
+    let sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).all();
+    let (p50, p99) = shared
+        .latency
+        .lock()
+        .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+        .unwrap_or((0, 0));
+    let kernel_watched = kernel.watched_pids();
+    Status {
+        processes_watched: kernel_watched.len(),
+        sessions,
+        kernel_watched,
+        per_type,
+        malformed_records: shared.counters.malformed.load(Ordering::Relaxed),
+        client_lag: shared.counters.client_lag.load(Ordering::Relaxed),
+        latency_us_p50: p50,
+        latency_us_p99: p99,
+    }
+}
+
+/// The pid's descendants from /proc (children of children...).
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The comm field may contain spaces and parens: fields resume after the last ')'.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+fn ppid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn start_session(shared: &Shared, pid: u32, profile: Option<String>, how: &str) -> anyhow::Result<Reply> {
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(anyhow!("no process {pid}"));
+    }
+    let session_id = new_session_id();
+    let trace_id = new_trace_id();
+    let watch = Watch {
+        session_id,
+        profile: 0,
+        _pad: 0,
+    };
+    let seeds = shared.seeds.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut kernel = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+    if kernel.watched.get(&pid, 0).is_ok() {
+        return Err(anyhow!("process {pid} is already watched"));
+    }
+    // Register with intake before the kernel can emit a record for the process.
+    let seed = |p: u32| Seed {
+        pid: p,
+        ppid: ppid_of(p),
+        session_id,
+        cwd: std::fs::read_link(format!("/proc/{p}/cwd")).ok(),
+    };
+    let _ = seeds.send(seed(pid));
+    kernel.watch(pid, watch)?;
+    let mut pids = vec![pid];
+    // Children forked from now on are added by the kernel; catch the ones that already exist,
+    // repeating until a pass finds nothing new (a child may fork while we walk).
+    loop {
+        let mut new = 0;
+        for child in descendants(pid) {
+            if !pids.contains(&child) {
+                let _ = seeds.send(seed(child));
+                if kernel.watched.get(&child, 0).is_err() {
+                    kernel.watch(child, watch)?;
+                }
+                pids.push(child);
+                new += 1;
+            }
+        }
+        if new == 0 {
+            break;
+        }
+    }
+    drop(kernel);
+    let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .start(Session {
+            trace_id: trace_id.clone(),
+            session_id,
+            profile,
+            started_by: how.into(),
+            root_pid: pid,
+            started: now,
+            processes: pids.len() as u32,
+            events: 0,
+            ended: None,
+        });
+    tracing::info!(%trace_id, pid, how, "session started");
+    Ok(Reply::Started { trace_id, pids })
+}
+
+async fn stream_events(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    shared: &Shared,
+    follow: bool,
+    trace: Option<String>,
+) -> anyhow::Result<()> {
+    let keep = |e: &Event| trace.as_deref().is_none_or(|t| e.trace_id == t);
+    // Subscribe before copying the backlog so nothing falls between the two.
+    let mut rx = shared.live.subscribe();
+    let backlog: Vec<_> = shared
+        .recent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let last_seq = backlog.last().map(|e| e.seq);
+    for ev in backlog.iter().filter(|e| keep(e)) {
+        write_json(w, ev.as_ref()).await?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                // Events published between subscribe and the backlog copy are in both.
+                if last_seq.is_some_and(|l| ev.seq <= l) {
+                    continue;
+                }
+                if keep(&ev) {
+                    write_json(w, ev.as_ref()).await?;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                shared.counters.client_lag.fetch_add(n, Ordering::Relaxed);
+                write_json(w, &Skipped { skipped: n }).await?;
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Events as users see them (`watcher events`): one JSON object per line, or one readable line.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Position in the daemon's event stream (gap-free; a client can spot what it missed).
+    #[serde(default)]
+    pub seq: u64,
+    /// RFC 3339 wall-clock time of the kernel event.
+    pub ts: String,
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Thread id that made the call.
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub trace_id: String,
+    pub comm: String,
+    pub cgroup_id: u64,
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Detail {
+    Exec {
+        path: String,
+        argv: Vec<String>,
+        /// argv was longer than the kernel copies (see README: limits).
+        #[serde(default, skip_serializing_if = "is_false")]
+        argv_truncated: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+    },
+    Fork {
+        child_pid: u32,
+        thread: bool,
+    },
+    Exit {
+        /// The exit status when the process exited, or None when a signal ended it.
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    Open {
+        /// Absolute when it could be resolved (see `resolved`).
+        path: String,
+        /// Open flags by name: O_RDONLY, O_WRONLY or O_RDWR first.
+        flags: Vec<String>,
+        mode: u32,
+        /// A file descriptor, or a negative errno.
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// False when a relative path could not be made absolute.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        path_truncated: bool,
+    },
+    Connect {
+        /// inet, inet6, unix or other.
+        family: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn yes() -> bool {
+    true
+}
+
+impl Detail {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detail::Exec { .. } => "exec",
+            Detail::Fork { .. } => "fork",
+            Detail::Exit { .. } => "exit",
+            Detail::Open { .. } => "open",
+            Detail::Connect { .. } => "connect",
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let trace = self.trace_id.get(..8).unwrap_or(&self.trace_id);
+        write!(
+            f,
+            "{} {} {:<7} pid={} ppid={} comm={} ",
+            self.ts,
+            trace,
+            self.detail.kind(),
+            self.pid,
+            self.ppid,
+            self.comm
+        )?;
+        match &self.detail {
+            Detail::Exec { path, argv, .. } => write!(f, "{path} {argv:?}"),
+            Detail::Fork { child_pid, thread } => {
+                write!(f, "{} {child_pid}", if *thread { "thread" } else { "child" })
+            }
+            Detail::Exit { exit_code, signal } => match (exit_code, signal) {
+                (_, Some(sig)) => write!(f, "killed by signal {sig}"),
+                (Some(code), None) => write!(f, "exit code {code}"),
+                (None, None) => write!(f, "exited"),
+            },
+            Detail::Open {
+                path,
+                flags,
+                result,
+                error,
+                ..
+            } => write!(
+                f,
+                "{path} {} -> {}",
+                flags.join("|"),
+                error.clone().unwrap_or_else(|| format!("fd {result}"))
+            ),
+            Detail::Connect {
+                addr,
+                port,
+                path,
+                result,
+                error,
+                ..
+            } => {
+                match (addr, port, path) {
+                    (Some(a), Some(p), _) => write!(f, "{a}:{p}")?,
+                    (_, _, Some(p)) => write!(f, "{p}")?,
+                    _ => write!(f, "?")?,
+                }
+                write!(f, " -> {}", error.clone().unwrap_or_else(|| result.to_string()))
+            }
+        }
+    }
+}
+
+/// Open flags by name, access mode first.
+pub fn open_flags(flags: u64) -> Vec<String> {
+    let flags = flags as i32;
+    let mut out = vec![match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => "O_WRONLY",
+        libc::O_RDWR => "O_RDWR",
+        _ => "O_RDONLY",
+    }
+    .to_string()];
+    let named = [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_CLOEXEC, "O_CLOEXEC"),
+        (libc::O_TMPFILE & !libc::O_DIRECTORY, "O_TMPFILE"),
+        (libc::O_PATH, "O_PATH"),
+        (libc::O_SYNC, "O_SYNC"),
+    ];
+    for (bit, name) in named {
+        if flags & bit == bit {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// `-errno` as its symbolic name.
+pub fn errno_name(result: i64) -> Option<String> {
+    if result >= 0 {
+        return None;
+    }
+    let e = (-result) as i32;
+    let name = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::EROFS => "EROFS",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EISCONN => "EISCONN",
+        libc::EAGAIN => "EAGAIN",
+        libc::EINTR => "EINTR",
+        _ => return Some(format!("errno {e}")),
+    };
+    Some(name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let ev = Event {
+            seq: 1,
+            ts: "t".into(),
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            uid: 0,
+            trace_id: "ab".into(),
+            comm: "cat".into(),
+            cgroup_id: 3,
+            detail: Detail::Open {
+                path: "/tmp/x".into(),
+                flags: open_flags(libc::O_WRONLY as u64 | libc::O_CREAT as u64),
+                mode: 0o644,
+                result: -2,
+                error: errno_name(-2),
+                resolved: true,
+                path_truncated: false,
+            },
+        };
+        let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["type"], "open");
+        assert_eq!(v["path"], "/tmp/x");
+        assert_eq!(v["flags"], serde_json::json!(["O_WRONLY", "O_CREAT"]));
+        assert_eq!(v["error"], "ENOENT");
+        assert_eq!(v["trace_id"], "ab");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+}

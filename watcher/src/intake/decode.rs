@@ -1,0 +1,295 @@
+//! Ring-buffer records to typed values. Every length is checked: a short, unknown or garbled
+//! record is an error to count, never a panic.
+use std::mem::size_of;
+
+use watcher_common::{
+    ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, OpenEvent,
+    EVENT_FLAG_TRUNCATED,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {kind} layout ({need} bytes)")]
+    Short {
+        kind: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SockAddr {
+    Inet { addr: std::net::IpAddr, port: u16 },
+    Unix { path: String },
+    Other { family: u16 },
+}
+
+#[derive(Debug, Clone)]
+pub enum Record {
+    Exec {
+        hdr: EventHeader,
+        filename: String,
+        argv: Vec<String>,
+        truncated: bool,
+        profile: u32,
+    },
+    Fork {
+        hdr: EventHeader,
+        child: u32,
+        is_thread: bool,
+    },
+    Exit {
+        hdr: EventHeader,
+        exit_code: u32,
+    },
+    Open {
+        hdr: EventHeader,
+        dfd: i32,
+        path: String,
+        flags: u64,
+        mode: u32,
+        result: i64,
+        truncated: bool,
+    },
+    Connect {
+        hdr: EventHeader,
+        fd: i32,
+        addr: SockAddr,
+        result: i64,
+    },
+    Chdir {
+        hdr: EventHeader,
+        fd: i32,
+        path: String,
+    },
+}
+
+impl Record {
+    pub fn header(&self) -> &EventHeader {
+        match self {
+            Record::Exec { hdr, .. }
+            | Record::Fork { hdr, .. }
+            | Record::Exit { hdr, .. }
+            | Record::Open { hdr, .. }
+            | Record::Connect { hdr, .. }
+            | Record::Chdir { hdr, .. } => hdr,
+        }
+    }
+}
+
+/// Copies a `T` out of the front of `buf`.
+fn read<T: Copy>(buf: &[u8], kind: &'static str) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if buf.len() < need {
+        return Err(DecodeError::Short {
+            kind,
+            len: buf.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; every `T` used here is plain integers and byte arrays, for which
+    // any bit pattern is valid; read_unaligned copes with the buffer's alignment.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const T) })
+}
+
+/// The bytes before the first NUL (all of them when there is none).
+pub fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
+    let hdr: EventHeader = read(buf, "header")?;
+    let kind = EventKind::from_u32(hdr.kind).ok_or(DecodeError::UnknownKind(hdr.kind))?;
+    let truncated = hdr.flags & EVENT_FLAG_TRUNCATED != 0;
+    Ok(match kind {
+        EventKind::Exec => {
+            let ev: ExecEvent = read(buf, "exec")?;
+            let len = (ev.argv_len as usize).min(ev.argv.len());
+            let mut area = &ev.argv[..len];
+            // Each argument ends with a NUL; drop the last one so split() yields no empty tail.
+            if let [rest @ .., 0] = area {
+                area = rest;
+            }
+            let argv = if area.is_empty() {
+                Vec::new()
+            } else {
+                area.split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            };
+            Record::Exec {
+                hdr,
+                filename: cstr(&ev.filename),
+                argv,
+                truncated,
+                profile: ev.profile,
+            }
+        }
+        EventKind::Fork => {
+            let ev: ForkEvent = read(buf, "fork")?;
+            Record::Fork {
+                hdr,
+                child: ev.child_pid,
+                is_thread: ev.is_thread != 0,
+            }
+        }
+        EventKind::Exit => {
+            let ev: ExitEvent = read(buf, "exit")?;
+            Record::Exit {
+                hdr,
+                exit_code: ev.exit_code,
+            }
+        }
+        EventKind::Open => {
+            let ev: OpenEvent = read(buf, "open")?;
+            Record::Open {
+                hdr,
+                dfd: ev.dfd,
+                path: cstr(&ev.path),
+                flags: ev.flags,
+                mode: ev.mode,
+                result: ev.result,
+                truncated,
+            }
+        }
+        EventKind::Connect => {
+            let ev: ConnectEvent = read(buf, "connect")?;
+            let len = (ev.addrlen as usize).min(ev.addr.len());
+            Record::Connect {
+                hdr,
+                fd: ev.fd,
+                addr: sockaddr(&ev.addr[..len]),
+                result: ev.result,
+            }
+        }
+        EventKind::Chdir => {
+            let ev: ChdirEvent = read(buf, "chdir")?;
+            Record::Chdir {
+                hdr,
+                fd: ev.fd,
+                path: cstr(&ev.path),
+            }
+        }
+    })
+}
+
+/// Decodes a raw `struct sockaddr` (AF_INET, AF_INET6, AF_UNIX).
+pub fn sockaddr(b: &[u8]) -> SockAddr {
+    if b.len() < 2 {
+        return SockAddr::Other { family: 0 };
+    }
+    let family = u16::from_ne_bytes([b[0], b[1]]);
+    match family as i32 {
+        libc::AF_INET if b.len() >= 8 => SockAddr::Inet {
+            port: u16::from_be_bytes([b[2], b[3]]),
+            addr: std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]).into(),
+        },
+        libc::AF_INET6 if b.len() >= 24 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[8..24]);
+            SockAddr::Inet {
+                port: u16::from_be_bytes([b[2], b[3]]),
+                addr: std::net::Ipv6Addr::from(a).into(),
+            }
+        }
+        libc::AF_UNIX => {
+            let p = &b[2..];
+            // A leading NUL is an abstract socket; show it as `@name` like ss(8).
+            let path = match p.first() {
+                Some(0) => format!("@{}", String::from_utf8_lossy(&p[1..]).trim_end_matches('\0')),
+                _ => cstr(p),
+            };
+            SockAddr::Unix { path }
+        }
+        _ => SockAddr::Other { family },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain #[repr(C)] value.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()).to_vec() }
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            flags: 0,
+            ts_ns: 1,
+            session_id: 7,
+            cgroup_id: 0,
+            pid: 10,
+            tgid: 10,
+            ppid: 1,
+            uid: 0,
+            comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn exec_argv_is_split_on_nul() {
+        let mut ev = ExecEvent {
+            hdr: header(EventKind::Exec),
+            argv_len: 0,
+            profile: 0,
+            filename: [0; watcher_common::PATH_MAX],
+            argv: [0; watcher_common::ARGV_MAX],
+        };
+        let args = b"sh\0-c\0echo hi\0";
+        ev.argv[..args.len()].copy_from_slice(args);
+        ev.argv_len = args.len() as u32;
+        ev.filename[..7].copy_from_slice(b"/bin/sh");
+        match decode(&bytes_of(&ev)).unwrap() {
+            Record::Exec { filename, argv, .. } => {
+                assert_eq!(filename, "/bin/sh");
+                assert_eq!(argv, vec!["sh", "-c", "echo hi"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let ev = ForkEvent {
+            hdr: header(EventKind::Fork),
+            child_pid: 11,
+            is_thread: 0,
+            clone_flags: 0,
+        };
+        let b = bytes_of(&ev);
+        assert!(matches!(decode(&b[..b.len() - 1]), Err(DecodeError::Short { .. })));
+        assert!(matches!(decode(&b[..3]), Err(DecodeError::Short { .. })));
+        let mut h = header(EventKind::Fork);
+        h.kind = 99;
+        assert_eq!(decode(&bytes_of(&h)).unwrap_err(), DecodeError::UnknownKind(99));
+        assert!(decode(&[]).is_err());
+    }
+
+    #[test]
+    fn sockaddrs_decode() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            sockaddr(&v4),
+            SockAddr::Inet {
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 8080
+            }
+        );
+        let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        un.extend_from_slice(b"/tmp/s.sock\0\0\0");
+        assert_eq!(sockaddr(&un), SockAddr::Unix { path: "/tmp/s.sock".into() });
+        let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        abs.extend_from_slice(b"\0name");
+        assert_eq!(sockaddr(&abs), SockAddr::Unix { path: "@name".into() });
+        assert_eq!(sockaddr(&[1]), SockAddr::Other { family: 0 });
+    }
+}

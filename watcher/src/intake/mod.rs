@@ -1,0 +1,350 @@
+//! Intake: drains the kernel ring buffer, decodes records, keeps the process tree, resolves
+//! paths and attaches the session's trace id. The reader hands records to the pipeline through
+//! a lock-free single-producer queue; when the pipeline falls behind, the reader stops draining
+//! and the kernel counts what it cannot reserve, per event kind (nothing is lost silently).
+pub mod decode;
+pub mod tree;
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, RingBuf};
+use ringbuf::{
+    traits::{Consumer, Producer, Split},
+    HeapRb,
+};
+use tokio::{io::unix::AsyncFd, sync::Notify};
+use watcher_common::{EventHeader, EVENT_FLAG_SESSION_START};
+
+use self::{
+    decode::{decode, Record, SockAddr},
+    tree::{Proc, Tree},
+};
+use crate::{
+    daemon::{Seed, Shared},
+    event::{errno_name, open_flags, Detail, Event},
+    sessions::{new_trace_id, Session},
+};
+
+/// Records in flight between reader and pipeline.
+const HANDOFF: usize = 65536;
+
+/// Starts the reader and the pipeline; they run until the runtime stops.
+pub fn spawn(events: RingBuf<MapData>, shared: Arc<Shared>, seeds: std::sync::mpsc::Receiver<Seed>) -> anyhow::Result<()> {
+    let (mut prod, mut cons) = HeapRb::<Record>::new(HANDOFF).split();
+    let ready = Arc::new(Notify::new());
+    let space = Arc::new(Notify::new());
+    // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so the fd stays open
+    // (and is not reused) for as long as it is registered.
+    let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {}", e))?;
+
+    let (r_ready, r_space, r_shared) = (ready.clone(), space.clone(), shared.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                tracing::error!("ring buffer poll failed; intake stopped");
+                return;
+            };
+            let rb = guard.get_inner_mut();
+            while let Some(item) = rb.next() {
+                let rec = match decode(&item) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        r_shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("malformed record: {e}");
+                        continue;
+                    }
+                };
+                drop(item);
+                let mut rec = rec;
+                loop {
+                    match prod.try_push(rec) {
+                        Ok(()) => break,
+                        Err(back) => {
+                            rec = back;
+                            r_ready.notify_one();
+                            r_space.notified().await;
+                        }
+                    }
+                }
+                r_ready.notify_one();
+            }
+            guard.clear_ready();
+        }
+    });
+
+    tokio::spawn(async move {
+        let mut intake = Intake::new(shared, seeds);
+        loop {
+            let mut n = 0;
+            while let Some(rec) = cons.try_pop() {
+                intake.process(rec);
+                n += 1;
+                if n % 1024 == 0 {
+                    space.notify_one();
+                }
+            }
+            space.notify_one();
+            ready.notified().await;
+        }
+    });
+    Ok(())
+}
+
+/// Converts kernel CLOCK_BOOTTIME stamps to wall-clock time.
+struct Clock {
+    offset_ns: i128,
+    refreshed: std::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            offset_ns: Self::measure(),
+            refreshed: std::time::Instant::now(),
+        }
+    }
+
+    fn measure() -> i128 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let boot = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        wall - boot
+    }
+
+    fn wall(&mut self, boot_ns: u64) -> SystemTime {
+        // Follow clock steps (NTP) without a syscall per event.
+        if self.refreshed.elapsed() > Duration::from_secs(10) {
+            self.offset_ns = Self::measure();
+            self.refreshed = std::time::Instant::now();
+        }
+        let ns = (boot_ns as i128 + self.offset_ns).max(0) as u128;
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+pub struct Intake {
+    shared: Arc<Shared>,
+    seeds: std::sync::mpsc::Receiver<Seed>,
+    tree: Tree,
+    clock: Clock,
+}
+
+impl Intake {
+    pub fn new(shared: Arc<Shared>, seeds: std::sync::mpsc::Receiver<Seed>) -> Intake {
+        Intake {
+            shared,
+            seeds,
+            tree: Tree::default(),
+            clock: Clock::new(),
+        }
+    }
+
+    /// Processes the launches and attaches registered since the last call. A process of a new
+    /// session was registered before it could produce a record, so draining here, when a
+    /// record names a process we do not know, never misses one.
+    fn take_seeds(&mut self) {
+        while let Ok(s) = self.seeds.try_recv() {
+            let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned());
+            self.tree.insert(
+                s.pid,
+                Proc {
+                    ppid: s.ppid,
+                    session_id: s.session_id,
+                    comm: String::new(),
+                    exe,
+                    cwd: s.cwd,
+                    fds: Default::default(),
+                },
+            );
+        }
+    }
+
+    pub fn process(&mut self, rec: Record) {
+        let hdr = *rec.header();
+        let kind = hdr.kind as usize;
+        if let Some(c) = self.shared.counters.events.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.tree.get(hdr.tgid).is_none() {
+            self.take_seeds();
+        }
+        let ts = self.clock.wall(hdr.ts_ns);
+        let ts_text = humantime::format_rfc3339_nanos(ts).to_string();
+        self.record_latency(ts);
+        let Some(detail) = self.apply(&rec, &hdr) else {
+            return;
+        };
+        let trace_id = {
+            let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions.get(hdr.session_id).is_none() {
+                // A session the kernel started (agent matcher) and we have not seen yet.
+                let profile = match &detail {
+                    Detail::Exec { profile, .. } => profile.clone(),
+                    _ => None,
+                };
+                sessions.start(Session {
+                    trace_id: new_trace_id(),
+                    session_id: hdr.session_id,
+                    profile,
+                    started_by: "matcher".into(),
+                    root_pid: hdr.tgid,
+                    started: ts_text.clone(),
+                    processes: 1,
+                    events: 0,
+                    ended: None,
+                });
+            }
+            let s = sessions.get_mut(hdr.session_id).expect("inserted above");
+            s.events += 1;
+            let trace = s.trace_id.clone();
+            match &detail {
+                Detail::Fork { thread: false, .. } => s.processes += 1,
+                Detail::Exit { .. } => sessions.process_exited(hdr.session_id, &ts_text),
+                _ => {}
+            }
+            trace
+        };
+        let comm = decode::cstr(&hdr.comm);
+        self.shared.publish(Event {
+            seq: 0,
+            ts: ts_text,
+            pid: hdr.tgid,
+            tid: hdr.pid,
+            ppid: hdr.ppid,
+            uid: hdr.uid,
+            trace_id,
+            comm,
+            cgroup_id: hdr.cgroup_id,
+            detail,
+        });
+    }
+
+    fn record_latency(&self, ts: SystemTime) {
+        if let Ok(d) = SystemTime::now().duration_since(ts) {
+            if let Ok(mut h) = self.shared.latency.lock() {
+                let _ = h.record(d.as_micros() as u64);
+            }
+        }
+    }
+
+    /// Updates the tree and builds the user-facing detail (None for internal records).
+    fn apply(&mut self, rec: &Record, hdr: &EventHeader) -> Option<Detail> {
+        let pid = hdr.tgid;
+        let comm = decode::cstr(&hdr.comm);
+        match rec {
+            Record::Exec {
+                filename,
+                argv,
+                truncated,
+                profile,
+                ..
+            } => {
+                let p = self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                p.exe = Some(filename.clone());
+                p.comm = comm;
+                let profile = (hdr.flags & EVENT_FLAG_SESSION_START != 0 || *profile != 0)
+                    .then(|| {
+                        self.shared
+                            .config
+                            .agents
+                            .get((*profile as usize).wrapping_sub(1))
+                            .map(|a| a.profile.clone())
+                    })
+                    .flatten();
+                Some(Detail::Exec {
+                    path: filename.clone(),
+                    argv: argv.clone(),
+                    argv_truncated: *truncated,
+                    profile,
+                })
+            }
+            Record::Fork {
+                child, is_thread, ..
+            } => {
+                if !is_thread {
+                    self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                    self.tree.fork(pid, *child);
+                }
+                Some(Detail::Fork {
+                    child_pid: *child,
+                    thread: *is_thread,
+                })
+            }
+            Record::Exit { exit_code, .. } => {
+                self.tree.exit(pid);
+                let sig = (exit_code & 0x7f) as i32;
+                Some(if sig == 0 {
+                    Detail::Exit {
+                        exit_code: Some(((exit_code >> 8) & 0xff) as i32),
+                        signal: None,
+                    }
+                } else {
+                    Detail::Exit {
+                        exit_code: None,
+                        signal: Some(sig),
+                    }
+                })
+            }
+            Record::Open {
+                dfd,
+                path,
+                flags,
+                mode,
+                result,
+                truncated,
+                ..
+            } => {
+                self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                let (abs, resolved) = self.tree.resolve(pid, *dfd, path);
+                if *result >= 0 && resolved {
+                    self.tree.opened(pid, *result, &abs);
+                }
+                Some(Detail::Open {
+                    path: abs,
+                    flags: open_flags(*flags),
+                    mode: *mode,
+                    result: *result,
+                    error: errno_name(*result),
+                    resolved,
+                    path_truncated: *truncated,
+                })
+            }
+            Record::Connect { addr, result, .. } => {
+                let (family, addr, port, path) = match addr {
+                    SockAddr::Inet { addr, port } => (
+                        if addr.is_ipv4() { "inet" } else { "inet6" },
+                        Some(addr.to_string()),
+                        Some(*port),
+                        None,
+                    ),
+                    SockAddr::Unix { path } => ("unix", None, None, Some(path.clone())),
+                    SockAddr::Other { .. } => ("other", None, None, None),
+                };
+                Some(Detail::Connect {
+                    family: family.into(),
+                    addr,
+                    port,
+                    path,
+                    result: *result,
+                    error: errno_name(*result),
+                })
+            }
+            Record::Chdir { fd, path, .. } => {
+                self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                self.tree.chdir(pid, *fd, path);
+                None
+            }
+        }
+    }
+}

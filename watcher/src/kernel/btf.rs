@@ -1,0 +1,62 @@
+//! `task_struct` and `mm_struct` member offsets from the running kernel's BTF.
+use btf_rs::{Btf, Type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("kernel BTF: struct {0} not found")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {0} has no member {1}")]
+    NoMember(String, String),
+}
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelBtf(Btf);
+
+impl KernelBtf {
+    pub fn open() -> Result<KernelBtf, BtfError> {
+        Btf::from_file(VMLINUX)
+            .map(KernelBtf)
+            .map_err(|e| BtfError::Read {
+                path: VMLINUX.into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let types = self
+            .0
+            .resolve_types_by_name(name)
+            .map_err(|_| BtfError::NoStruct(name.into()))?;
+        for t in types {
+            if let Type::Struct(s) = t {
+                if let Some(bits) = self.find(&s, member, 0) {
+                    return Ok(bits / 8);
+                }
+                return Err(BtfError::NoMember(name.into(), member.into()));
+            }
+        }
+        Err(BtfError::NoStruct(name.into()))
+    }
+
+    fn find(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
+        for m in &s.members {
+            let name = self.0.resolve_name(m).unwrap_or_default();
+            let bits = base_bits + m.bit_offset();
+            if name == member {
+                return Some(bits);
+            }
+            if name.is_empty() {
+                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.0.resolve_chained_type(m) {
+                    if let Some(found) = self.find(&inner, member, bits) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        None
+    }
+}

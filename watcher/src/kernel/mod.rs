@@ -1,0 +1,234 @@
+//! Loading the kernel programs: feature checks, layout discovery, attach, and map access.
+pub mod btf;
+pub mod tracefs;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use watcher_common::{AgentName, ProbeConfig, Watch, AGENT_NAME_MAX, EVENT_KINDS};
+
+use self::{btf::KernelBtf, tracefs::Format};
+use crate::config::Config;
+
+/// The eBPF object, built by `build.rs` with aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher"));
+
+/// (program, category, tracepoint) for every hook.
+pub const HOOKS: &[(&str, &str, &str)] = &[
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("task_newtask", "task", "task_newtask"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
+    ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
+    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_exit_openat", "syscalls", "sys_exit_openat2"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_enter_chdir", "syscalls", "sys_enter_chdir"),
+    ("sys_enter_fchdir", "syscalls", "sys_enter_fchdir"),
+    ("sys_exit_chdir", "syscalls", "sys_exit_chdir"),
+    ("sys_exit_chdir", "syscalls", "sys_exit_fchdir"),
+];
+
+/// Checks everything the programs need and reports every missing piece at once.
+pub fn preflight() -> anyhow::Result<PathBuf> {
+    let mut missing = Vec::new();
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root: watcher loads eBPF programs and must run as root".to_string());
+    }
+    let tracefs = tracefs::find_tracefs().or_else(|| {
+        // Mounting is what an operator would do by hand; try it once before giving up.
+        let target = tracefs::TRACEFS_ROOTS[0];
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", target])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            tracefs::find_tracefs()
+        } else {
+            None
+        }
+    });
+    if tracefs.is_none() {
+        missing.push(format!(
+            "tracefs: not mounted and could not be mounted (tried {}; `mount -t tracefs tracefs /sys/kernel/tracing`)",
+            tracefs::TRACEFS_ROOTS.join(", ")
+        ));
+    }
+    if !Path::new(btf::VMLINUX).exists() {
+        missing.push(format!(
+            "BTF: {} is missing (kernel built without CONFIG_DEBUG_INFO_BTF)",
+            btf::VMLINUX
+        ));
+    }
+    if let Some(t) = &tracefs {
+        for (_, cat, name) in HOOKS {
+            let f = t.join("events").join(cat).join(name);
+            if !f.exists() {
+                missing.push(format!("tracepoint {cat}:{name}: not in {}", t.display()));
+            }
+        }
+    }
+    match (missing.is_empty(), tracefs) {
+        (true, Some(t)) => Ok(t),
+        _ => Err(anyhow!(
+            "this host cannot run watcher; missing:\n  - {}",
+            missing.join("\n  - ")
+        )),
+    }
+}
+
+/// Reads every offset the programs use from tracefs and BTF.
+pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
+    let f = |cat: &str, name: &str| Format::read(tracefs, cat, name);
+    let exec = f("sched", "sched_process_exec")?;
+    let newtask = f("task", "task_newtask")?;
+    let exit = f("sched", "sched_process_exit")?;
+    let openat = f("syscalls", "sys_enter_openat")?;
+    let openat2 = f("syscalls", "sys_enter_openat2")?;
+    let connect = f("syscalls", "sys_enter_connect")?;
+    let chdir = f("syscalls", "sys_enter_chdir")?;
+    let fchdir = f("syscalls", "sys_enter_fchdir")?;
+    let mut ret = None;
+    for name in [
+        "sys_exit_openat",
+        "sys_exit_openat2",
+        "sys_exit_connect",
+        "sys_exit_chdir",
+        "sys_exit_fchdir",
+    ] {
+        let off = f("syscalls", name)?.offset("ret", 8)?;
+        if *ret.get_or_insert(off) != off {
+            return Err(anyhow!("syscalls:{name}: `ret` at {off}, other sys_exit records differ"));
+        }
+    }
+    let btf = KernelBtf::open()?;
+    Ok(ProbeConfig {
+        exec_filename: exec.offset("filename", 4)?,
+        exec_pid: exec.offset("pid", 4)?,
+        exec_old_pid: exec.offset("old_pid", 4)?,
+        newtask_pid: newtask.offset("pid", 4)?,
+        newtask_clone_flags: newtask.offset("clone_flags", 8)?,
+        exit_group_dead: exit.offset("group_dead", 1)?,
+        openat_dfd: openat.offset("dfd", 8)?,
+        openat_filename: openat.offset("filename", 8)?,
+        openat_flags: openat.offset("flags", 8)?,
+        openat_mode: openat.offset("mode", 8)?,
+        openat2_dfd: openat2.offset("dfd", 8)?,
+        openat2_filename: openat2.offset("filename", 8)?,
+        openat2_how: openat2.offset("how", 8)?,
+        connect_fd: connect.offset("fd", 8)?,
+        connect_addr: connect.offset("uservaddr", 8)?,
+        connect_addrlen: connect.offset("addrlen", 8)?,
+        chdir_filename: chdir.offset("filename", 8)?,
+        fchdir_fd: fchdir.offset("fd", 8)?,
+        sys_exit_ret: ret.unwrap_or(0),
+        task_real_parent: btf.member_offset("task_struct", "real_parent")?,
+        task_tgid: btf.member_offset("task_struct", "tgid")?,
+        task_exit_code: btf.member_offset("task_struct", "exit_code")?,
+        task_mm: btf.member_offset("task_struct", "mm")?,
+        mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
+        mm_arg_end: btf.member_offset("mm_struct", "arg_end")?,
+        ready: 1,
+    })
+}
+
+/// The loaded and attached programs and the maps user space works with.
+pub struct Kernel {
+    ebpf: Ebpf,
+    pub watched: BpfHashMap<MapData, u32, Watch>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl Kernel {
+    pub fn load(cfg: &Config) -> anyhow::Result<Kernel> {
+        let tracefs = preflight()?;
+        let probe_cfg = probe_config(&tracefs).context("reading kernel layouts")?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &probe_cfg, true)
+            .map_max_entries("EVENTS", cfg.daemon.ring_buffer_bytes)
+            .map_max_entries("WATCHED", cfg.daemon.max_watched_processes)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        for (prog, cat, name) in HOOKS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            if p.fd().is_err() {
+                p.load().with_context(|| format!("verifier rejected {prog}"))?;
+            }
+            p.attach(cat, name)
+                .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;
+        }
+        let mut agents: BpfHashMap<_, AgentName, u32> =
+            BpfHashMap::try_from(ebpf.map_mut("AGENTS").ok_or_else(|| anyhow!("no AGENTS map"))?)?;
+        for (name, profile) in cfg.agent_names() {
+            let mut key = AgentName([0; AGENT_NAME_MAX]);
+            key.0[..name.len()].copy_from_slice(name.as_bytes());
+            agents.insert(key, profile, 0)?;
+        }
+        let watched = BpfHashMap::try_from(
+            ebpf.take_map("WATCHED").ok_or_else(|| anyhow!("no WATCHED map"))?,
+        )?;
+        let drops =
+            PerCpuArray::try_from(ebpf.take_map("DROPS").ok_or_else(|| anyhow!("no DROPS map"))?)?;
+        Ok(Kernel {
+            ebpf,
+            watched,
+            drops,
+        })
+    }
+
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS map already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Records the kernel could not reserve, per event kind, summed over CPUs.
+    pub fn drops(&self) -> [u64; EVENT_KINDS as usize] {
+        let mut out = [0; EVENT_KINDS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(per_cpu) = self.drops.get(&(i as u32), 0) {
+                *slot = per_cpu.iter().sum();
+            }
+        }
+        out
+    }
+
+    pub fn watch(&mut self, tgid: u32, w: Watch) -> anyhow::Result<()> {
+        self.watched
+            .insert(tgid, w, 0)
+            .with_context(|| format!("adding pid {tgid} to the kernel map"))
+    }
+
+    pub fn watched_pids(&self) -> Vec<u32> {
+        self.watched.keys().filter_map(Result::ok).collect()
+    }
+}
+
+/// Attaches the empty `floor` program to every hook: the benchmark's kernel floor.
+pub fn load_floor() -> anyhow::Result<Ebpf> {
+    preflight()?;
+    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    let p: &mut TracePoint = ebpf
+        .program_mut("floor")
+        .ok_or_else(|| anyhow!("no floor program"))?
+        .try_into()?;
+    p.load()?;
+    for (_, cat, name) in HOOKS {
+        p.attach(cat, name)?;
+    }
+    Ok(ebpf)
+}

@@ -1,0 +1,193 @@
+use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf, process::ExitCode};
+
+use anyhow::{anyhow, Context as _};
+use clap::{Parser, Subcommand};
+use watcher::{
+    config::Config,
+    control::{client::Client, Reply, Request, Skipped, Status},
+    event::Event,
+};
+
+#[derive(Parser)]
+#[command(name = "watcher", version, about = "Watches AI agent process trees from the kernel")]
+struct Cli {
+    /// Configuration file (TOML); the embedded defaults apply without one.
+    #[arg(long, global = true, env = "WATCHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Control socket (overrides the configuration).
+    #[arg(long, global = true, env = "WATCHER_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Run,
+    /// Run CMD as a new watched session; prints the trace id on stderr, exits with CMD's code.
+    Launch {
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<OsString>,
+    },
+    /// Watch a running process and its descendants as a new session.
+    Attach {
+        pid: u32,
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Print events from the daemon.
+    Events {
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+        /// Only this session.
+        #[arg(long)]
+        trace: Option<String>,
+    },
+    /// Sessions, processes watched, events and drops per type.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
+    #[command(hide = true)]
+    BenchFloor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("watcher: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(s) = cli.socket {
+        config.daemon.socket = s;
+    }
+    let socket = config.daemon.socket.clone();
+    match cli.cmd {
+        Cmd::Run => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(watcher::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Launch { profile, cmd } => {
+            let reply = Client::send(&socket, &Request::Launch { profile })?.reply()?;
+            let Reply::Started { trace_id, .. } = reply else {
+                return Err(anyhow!("unexpected reply from the daemon"));
+            };
+            eprintln!("watcher: trace id {trace_id}");
+            // This process is watched now; exec keeps it (and its pid) as the session root.
+            let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+            Err(anyhow!("cannot run {:?}: {err}", cmd[0]))
+        }
+        Cmd::Attach { pid, profile } => {
+            match Client::send(&socket, &Request::Attach { pid, profile })?.reply()? {
+                Reply::Started { trace_id, pids } => {
+                    eprintln!("watcher: watching {} process(es)", pids.len());
+                    println!("{trace_id}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => Err(anyhow!("unexpected reply from the daemon")),
+            }
+        }
+        Cmd::Events {
+            json,
+            follow,
+            trace,
+        } => {
+            let mut client = Client::send(&socket, &Request::Events { follow, trace })?;
+            let stdout = std::io::stdout();
+            while let Some(line) = client.next_line()? {
+                if let Ok(s) = serde_json::from_str::<Skipped>(&line) {
+                    eprintln!("watcher: {} events skipped: this client read too slowly", s.skipped);
+                    continue;
+                }
+                let mut out = stdout.lock();
+                use std::io::Write;
+                let written = if json {
+                    out.write_all(line.as_bytes())
+                } else {
+                    let ev: Event = serde_json::from_str(&line).context("malformed event")?;
+                    writeln!(out, "{ev}")
+                };
+                // A closed pipe (`| head`) ends the command quietly.
+                if written.and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json } => {
+            let Reply::Status(st) = Client::send(&socket, &Request::Status)?.reply()? else {
+                return Err(anyhow!("unexpected reply from the daemon"));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchFloor => {
+            let _ebpf = watcher::kernel::load_floor()?;
+            println!("ready");
+            // Held until the benchmark kills us.
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn print_status(st: &Status) {
+    println!(
+        "{:<32}  {:<10}  {:<8}  {:>8}  {:>6}  {:>9}  STATE",
+        "TRACE ID", "PROFILE", "BY", "ROOT PID", "PROCS", "EVENTS"
+    );
+    for s in &st.sessions {
+        println!(
+            "{:<32}  {:<10}  {:<8}  {:>8}  {:>6}  {:>9}  {}",
+            s.trace_id,
+            s.profile.as_deref().unwrap_or("-"),
+            s.started_by,
+            s.root_pid,
+            s.processes,
+            s.events,
+            if s.ended.is_some() { "ended" } else { "running" }
+        );
+    }
+    println!();
+    println!("processes watched: {}", st.processes_watched);
+    println!("{:<8}  {:>12}  {:>8}", "TYPE", "EVENTS", "DROPS");
+    for (k, c) in &st.per_type {
+        println!("{:<8}  {:>12}  {:>8}", k, c.events, c.drops);
+    }
+    println!("malformed records: {}", st.malformed_records);
+    println!("events skipped by slow clients: {}", st.client_lag);
+    println!(
+        "kernel to user-space latency: p50 {} us, p99 {} us",
+        st.latency_us_p50, st.latency_us_p99
+    );
+}

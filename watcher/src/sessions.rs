@@ -1,0 +1,101 @@
+//! Sessions: one agent process tree, one trace id.
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Ended sessions kept for `watcher status`.
+const ENDED_KEPT: usize = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    pub trace_id: String,
+    pub session_id: u64,
+    pub profile: Option<String>,
+    /// launch, attach or matcher.
+    pub started_by: String,
+    pub root_pid: u32,
+    pub started: String,
+    /// Processes of the session alive now.
+    pub processes: u32,
+    pub events: u64,
+    pub ended: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_id: HashMap<u64, Session>,
+    ended: VecDeque<u64>,
+}
+
+/// A random 128-bit trace id, as 32 hex digits (W3C trace-context form).
+pub fn new_trace_id() -> String {
+    let mut b = [0u8; 16];
+    fill_random(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A session id for user-space-started sessions; the top bit keeps them apart from the ids the
+/// kernel draws for agent matchers.
+pub fn new_session_id() -> u64 {
+    let mut b = [0u8; 8];
+    fill_random(&mut b);
+    u64::from_ne_bytes(b) | (1 << 63)
+}
+
+fn fill_random(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes within `buf`.
+        let n = unsafe {
+            libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0)
+        };
+        if n > 0 {
+            done += n as usize;
+        }
+    }
+}
+
+impl Sessions {
+    pub fn start(&mut self, s: Session) {
+        self.by_id.insert(s.session_id, s);
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Session> {
+        self.by_id.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Session> {
+        self.by_id.get_mut(&id)
+    }
+
+    pub fn trace_id(&self, id: u64) -> Option<&str> {
+        self.by_id.get(&id).map(|s| s.trace_id.as_str())
+    }
+
+    pub fn by_trace(&self, trace: &str) -> Option<&Session> {
+        self.by_id.values().find(|s| s.trace_id == trace)
+    }
+
+    /// A process of the session ended; the session ends with its last process.
+    pub fn process_exited(&mut self, id: u64, now: &str) {
+        let Some(s) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        s.processes = s.processes.saturating_sub(1);
+        if s.processes == 0 && s.ended.is_none() {
+            s.ended = Some(now.to_string());
+            self.ended.push_back(id);
+            while self.ended.len() > ENDED_KEPT {
+                if let Some(old) = self.ended.pop_front() {
+                    self.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn all(&self) -> Vec<Session> {
+        let mut v: Vec<_> = self.by_id.values().cloned().collect();
+        v.sort_by(|a, b| a.started.cmp(&b.started));
+        v
+    }
+}
