@@ -1,0 +1,409 @@
+//! End-to-end: the real daemon loads the real eBPF programs into the running kernel, and real
+//! processes exec, open and connect. Needs root (CI runs as root); fails loudly without it.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_watcher");
+/// Upper bound for an awaited event; reaching it fails the test (it is not a sleep).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests load eBPF programs into the kernel and must run as root (cargo xtask test does)"
+    );
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        require_root();
+        let dir = TempDir::new("daemon");
+        let socket = dir.0.join("ctl.sock");
+        let mut child = Command::new(BIN)
+            .args(["run", "--socket"])
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn watcher run");
+        // The daemon prints "ready" once its programs are attached and the socket listens.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "daemon did not start: {line:?}");
+        Daemon {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn cli(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--socket").arg(&self.socket);
+        c
+    }
+
+    /// Runs `sh -c script` as a watched session; returns (trace id, exit code).
+    fn launch(&self, script: &str) -> (String, i32) {
+        let out = self
+            .cli()
+            .args(["launch", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let trace = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("watcher: trace id "))
+            .unwrap_or_else(|| panic!("no trace id on stderr: {stderr}"))
+            .trim()
+            .to_string();
+        (trace, out.status.code().unwrap_or(-1))
+    }
+
+    /// The session's events, read from `watcher events --follow` until the exit of `root`.
+    fn session_events(&self, trace: &str, root: Option<u32>) -> Vec<Value> {
+        let mut child = self
+            .cli()
+            .args(["events", "--json", "--follow", "--trace", trace])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut events = Vec::new();
+        let mut root = root;
+        loop {
+            let line = rx
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("session {trace} did not end; saw {events:#?}"));
+            let ev: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(ev["trace_id"], trace, "event of another session: {ev}");
+            if root.is_none() && ev["type"] == "exec" {
+                root = ev["pid"].as_u64().map(|p| p as u32);
+            }
+            let done = ev["type"] == "exit" && root.is_some_and(|r| ev["pid"] == r);
+            events.push(ev);
+            if done {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        events
+    }
+
+    fn status(&self) -> Value {
+        let out = self.cli().args(["status", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "watcher-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// The real interpreter behind any `python3` shim, so the tree under test stays small.
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed by this test");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+/// A script that execs /bin/true, reads a file by a relative path, connects to a TCP listener
+/// on 127.0.0.1 and to a unix socket, and has a grandchild.
+fn workload(dir: &Path, port: u16, unix: &Path) -> String {
+    format!(
+        "cd {dir} && /bin/true && cat ./data.txt >/dev/null && (/bin/echo grandchild >/dev/null; :) && \
+         {py} -c 'import socket; s=socket.create_connection((\"127.0.0.1\", {port})); u=socket.socket(socket.AF_UNIX); u.connect(\"{unix}\")'; exit 7",
+        dir = dir.display(),
+        py = python(),
+        unix = unix.display(),
+    )
+}
+
+struct Listeners {
+    dir: TempDir,
+    tcp: TcpListener,
+    unix_path: PathBuf,
+    _unix: UnixListener,
+}
+
+fn listeners() -> Listeners {
+    let dir = TempDir::new("work");
+    std::fs::write(dir.0.join("data.txt"), "secret-ish\n").unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let unix_path = dir.0.join("s.sock");
+    let unix = UnixListener::bind(&unix_path).unwrap();
+    Listeners {
+        dir,
+        tcp,
+        unix_path,
+        _unix: unix,
+    }
+}
+
+#[test]
+fn watched_session_produces_exactly_its_events() {
+    let d = Daemon::start();
+    let l = listeners();
+    let port = l.tcp.local_addr().unwrap().port();
+    let (trace, code) = d.launch(&workload(&l.dir.0, port, &l.unix_path));
+    assert_eq!(code, 7, "launch returns the command's exit code");
+    let events = d.session_events(&trace, None);
+
+    let execs = of_type(&events, "exec");
+    let root = execs[0]["pid"].as_u64().unwrap();
+    assert_eq!(execs[0]["argv"][0], "sh");
+
+    let trues: Vec<_> = execs.iter().filter(|e| e["path"] == "/bin/true").collect();
+    assert_eq!(trues.len(), 1, "{execs:#?}");
+    assert_eq!(trues[0]["argv"], serde_json::json!(["/bin/true"]));
+    assert_eq!(trues[0]["ppid"], root);
+
+    // The relative open is reported with its absolute path and result.
+    let data = l.dir.0.join("data.txt");
+    let opens: Vec<_> = of_type(&events, "open")
+        .into_iter()
+        .filter(|e| e["path"] == data.to_str().unwrap())
+        .collect();
+    assert_eq!(opens.len(), 1, "one open of {}: {opens:#?}", data.display());
+    assert_eq!(opens[0]["comm"], "cat");
+    assert!(opens[0]["result"].as_i64().unwrap() >= 0, "{}", opens[0]);
+    assert_eq!(opens[0]["flags"][0], "O_RDONLY");
+
+    let connects = of_type(&events, "connect");
+    let tcp: Vec<_> = connects.iter().filter(|e| e["family"] == "inet").collect();
+    assert_eq!(tcp.len(), 1, "{connects:#?}");
+    assert_eq!(tcp[0]["addr"], "127.0.0.1");
+    assert_eq!(tcp[0]["port"], port);
+    assert_eq!(tcp[0]["result"], 0);
+    let unix: Vec<_> = connects.iter().filter(|e| e["family"] == "unix").collect();
+    assert_eq!(unix.len(), 1, "{connects:#?}");
+    assert_eq!(unix[0]["path"], l.unix_path.to_str().unwrap());
+    assert_eq!(unix[0]["result"], 0);
+
+    // The grandchild (sh -> subshell -> echo) is in the session.
+    let echo = execs
+        .iter()
+        .find(|e| e["path"] == "/bin/echo")
+        .expect("grandchild exec");
+    let subshell = echo["ppid"].as_u64().unwrap();
+    assert_ne!(subshell, root);
+    let forks = of_type(&events, "fork");
+    assert!(
+        forks
+            .iter()
+            .any(|f| f["pid"] == root && f["child_pid"] == subshell),
+        "the subshell was forked by the root: {forks:#?}"
+    );
+
+    // Exit codes are reported, and the root's is the command's.
+    let root_exit = of_type(&events, "exit")
+        .into_iter()
+        .find(|e| e["pid"] == root)
+        .unwrap();
+    assert_eq!(root_exit["exit_code"], 7);
+
+    // Every process of the session left the kernel map when it exited.
+    let pids: Vec<u64> = events.iter().map(|e| e["pid"].as_u64().unwrap()).collect();
+    let st = d.status();
+    let kernel: Vec<u64> = st["kernel_watched"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        pids.iter().all(|p| !kernel.contains(p)),
+        "exited pids still in the kernel map: {kernel:?}"
+    );
+    let session = st["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["trace_id"] == trace.as_str())
+        .unwrap();
+    assert_eq!(session["processes"], 0);
+    assert!(session["ended"].is_string());
+}
+
+#[test]
+fn unwatched_processes_produce_no_records() {
+    let d = Daemon::start();
+    let l = listeners();
+    let port = l.tcp.local_addr().unwrap().port();
+    let before = total_events(&d.status());
+    assert_eq!(before, 0, "a fresh daemon with no session has seen nothing");
+    // The same work, not launched through the watcher.
+    let status = Command::new("sh")
+        .args(["-c", &workload(&l.dir.0, port, &l.unix_path)])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(7));
+    // A watched sentinel afterwards: once its exit is through, anything the unwatched run had
+    // produced would have been delivered before it.
+    let (trace, _) = d.launch("exit 0");
+    let sentinel = d.session_events(&trace, None);
+    let after = total_events(&d.status());
+    assert_eq!(
+        after,
+        sentinel.len() as u64,
+        "records beyond the sentinel session's own: {}",
+        after - sentinel.len() as u64
+    );
+}
+
+fn total_events(st: &Value) -> u64 {
+    st["per_type"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["events"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_thread_is_not_a_process() {
+    let d = Daemon::start();
+    let l = listeners();
+    let data = l.dir.0.join("data.txt");
+    let script = format!(
+        "{py} -c 'import threading; t=threading.Thread(target=lambda: open(\"{data}\").read()); t.start(); t.join()'",
+        py = python(),
+        data = data.display()
+    );
+    let (trace, code) = d.launch(&script);
+    assert_eq!(code, 0);
+    let events = d.session_events(&trace, None);
+    let py_pid = of_type(&events, "exec").last().unwrap()["pid"].clone();
+    let threads: Vec<_> = of_type(&events, "fork")
+        .into_iter()
+        .filter(|f| f["pid"] == py_pid && f["thread"] == true)
+        .collect();
+    assert!(!threads.is_empty(), "the thread's creation is reported");
+    let tid = threads.last().unwrap()["child_pid"].clone();
+    // The thread's open belongs to the process (pid) and names the thread (tid).
+    let open = of_type(&events, "open")
+        .into_iter()
+        .find(|e| e["path"] == data.to_str().unwrap())
+        .expect("the thread's open");
+    assert_eq!(open["pid"], py_pid);
+    assert_eq!(open["tid"], tid);
+    // No process was created or ended for the thread.
+    assert!(events.iter().all(|e| e["pid"] != tid));
+    assert!(
+        !of_type(&events, "fork")
+            .iter()
+            .any(|f| f["child_pid"] == tid && f["thread"] == false)
+    );
+}
+
+#[test]
+fn attach_watches_a_running_process_and_its_children() {
+    let d = Daemon::start();
+    let l = listeners();
+    // A shell that waits on stdin, then reads the file: attach while it waits.
+    let mut sh = Command::new("sh")
+        .args(["-c", "read line; cat ./data.txt >/dev/null; exit 4"])
+        .current_dir(&l.dir.0)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = d
+        .cli()
+        .args(["attach", &sh.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trace = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(sh.wait().unwrap().code(), Some(4));
+    let events = d.session_events(&trace, Some(sh.id()));
+    let data = l.dir.0.join("data.txt");
+    assert!(
+        of_type(&events, "open")
+            .iter()
+            .any(|e| e["path"] == data.to_str().unwrap() && e["comm"] == "cat"),
+        "the child's relative open, resolved with the attached process's cwd: {events:#?}"
+    );
+    // Attaching an already watched process is refused with a clear error.
+    let mut waiter = Command::new("sh")
+        .args(["-c", "read line"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = waiter.id().to_string();
+    let first = d.cli().args(["attach", &pid]).output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let second = d.cli().args(["attach", &pid]).output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("already watched"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    waiter.stdin.take().unwrap().write_all(b"x\n").unwrap();
+    waiter.wait().unwrap();
+}
