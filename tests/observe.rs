@@ -121,7 +121,11 @@ impl Daemon {
 
     fn status(&self) -> Value {
         let out = self.cli().args(["status", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -353,11 +357,9 @@ fn a_thread_is_not_a_process() {
     assert_eq!(open["tid"], tid);
     // No process was created or ended for the thread.
     assert!(events.iter().all(|e| e["pid"] != tid));
-    assert!(
-        !of_type(&events, "fork")
-            .iter()
-            .any(|f| f["child_pid"] == tid && f["thread"] == false)
-    );
+    assert!(!of_type(&events, "fork")
+        .iter()
+        .any(|f| f["child_pid"] == tid && f["thread"] == false));
 }
 
 #[test]
@@ -376,7 +378,11 @@ fn attach_watches_a_running_process_and_its_children() {
         .args(["attach", &sh.id().to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let trace = String::from_utf8(out.stdout).unwrap().trim().to_string();
     sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(sh.wait().unwrap().code(), Some(4));
@@ -396,7 +402,11 @@ fn attach_watches_a_running_process_and_its_children() {
         .unwrap();
     let pid = waiter.id().to_string();
     let first = d.cli().args(["attach", &pid]).output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let second = d.cli().args(["attach", &pid]).output().unwrap();
     assert!(!second.status.success());
     assert!(

@@ -170,9 +170,12 @@ mod tests {
 
     #[test]
     fn unknown_field_names_file_and_line() {
-        let err = Config::parse("[daemon]\nsocket = \"/x\"\nbogus = 1\n", Path::new("w.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[daemon]\nsocket = \"/x\"\nbogus = 1\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("w.toml: "), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("bogus"), "{err}");

@@ -112,7 +112,11 @@ impl std::fmt::Display for Event {
         match &self.detail {
             Detail::Exec { path, argv, .. } => write!(f, "{path} {argv:?}"),
             Detail::Fork { child_pid, thread } => {
-                write!(f, "{} {child_pid}", if *thread { "thread" } else { "child" })
+                write!(
+                    f,
+                    "{} {child_pid}",
+                    if *thread { "thread" } else { "child" }
+                )
             }
             Detail::Exit { exit_code, signal } => match (exit_code, signal) {
                 (_, Some(sig)) => write!(f, "killed by signal {sig}"),
@@ -144,7 +148,11 @@ impl std::fmt::Display for Event {
                     (_, _, Some(p)) => write!(f, "{p}")?,
                     _ => write!(f, "?")?,
                 }
-                write!(f, " -> {}", error.clone().unwrap_or_else(|| result.to_string()))
+                write!(
+                    f,
+                    " -> {}",
+                    error.clone().unwrap_or_else(|| result.to_string())
+                )
             }
         }
     }

@@ -9,7 +9,11 @@ use watcher::{
 };
 
 #[derive(Parser)]
-#[command(name = "watcher", version, about = "Watches AI agent process trees from the kernel")]
+#[command(
+    name = "watcher",
+    version,
+    about = "Watches AI agent process trees from the kernel"
+)]
 struct Cli {
     /// Configuration file (TOML); the embedded defaults apply without one.
     #[arg(long, global = true, env = "WATCHER_CONFIG")]
@@ -121,7 +125,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stdout = std::io::stdout();
             while let Some(line) = client.next_line()? {
                 if let Ok(s) = serde_json::from_str::<Skipped>(&line) {
-                    eprintln!("watcher: {} events skipped: this client read too slowly", s.skipped);
+                    eprintln!(
+                        "watcher: {} events skipped: this client read too slowly",
+                        s.skipped
+                    );
                     continue;
                 }
                 let mut out = stdout.lock();
@@ -175,7 +182,11 @@ fn print_status(st: &Status) {
             s.root_pid,
             s.processes,
             s.events,
-            if s.ended.is_some() { "ended" } else { "running" }
+            if s.ended.is_some() {
+                "ended"
+            } else {
+                "running"
+            }
         );
     }
     println!();

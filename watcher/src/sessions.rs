@@ -46,9 +46,7 @@ fn fill_random(buf: &mut [u8]) {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: writes within `buf`.
-        let n = unsafe {
-            libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0)
-        };
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
         if n > 0 {
             done += n as usize;
         }

@@ -1,1 +1,89 @@
-fn main(){}
+//! Developer and CI tasks: `cargo xtask run | test | bench | setup`.
+mod bench;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF build prerequisites and mount tracefs/bpffs (idempotent).
+    Setup,
+    /// Set up, build, and run the daemon in the foreground with the embedded defaults.
+    Run {
+        /// Extra arguments for `watcher run` (e.g. --config FILE).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run every test (unit tests and the root tests that load the eBPF programs).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run the benchmarks (storms and a real build, watched and not).
+    Bench(bench::Args),
+    /// A storm, run by `bench` as the measured workload.
+    #[command(hide = true)]
+    Storm(bench::StormArgs),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Run { args } => {
+            setup::setup()?;
+            cargo(&["build", "--release", "-p", "watcher"])?;
+            let status = Command::new(setup::root().join("target/release/watcher"))
+                .arg("run")
+                .args(args)
+                .status()
+                .context("starting target/release/watcher")?;
+            if !status.success() {
+                bail!("watcher run exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::setup()?;
+            let mut a = vec!["test", "--workspace", "--exclude", "watcher-ebpf"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
+        Cmd::Bench(args) => {
+            setup::setup()?;
+            bench::run(args)
+        }
+        Cmd::Storm(args) => bench::storm(args),
+    }
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(setup::root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

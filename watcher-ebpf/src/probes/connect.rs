@@ -61,7 +61,12 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let addrlen = args.args[2] as u32;
     // SAFETY: `ev` is a live reservation of size_of::<ConnectEvent>().
     unsafe {
-        fill_header(&raw mut (*ev).hdr, EventKind::Connect, args.session_id, &cfg);
+        fill_header(
+            &raw mut (*ev).hdr,
+            EventKind::Connect,
+            args.session_id,
+            &cfg,
+        );
         (*ev).result = ret;
         (*ev).fd = args.args[0] as i32;
         (*ev).addrlen = addrlen;
@@ -69,7 +74,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*ev).addr[1] = 0;
         let len = (addrlen as usize).min(SOCKADDR_MAX);
         if len > 0 && len <= SOCKADDR_MAX {
-            let _ = bpf_probe_read_user_buf(args.args[1] as *const u8, &mut (&mut (*ev).addr)[..len]);
+            let _ =
+                bpf_probe_read_user_buf(args.args[1] as *const u8, &mut (&mut (*ev).addr)[..len]);
         }
     }
     entry.submit(0);

@@ -2,7 +2,9 @@
 //! The filename comes from the tracepoint; argv is read from the new program's stack
 //! (`mm->arg_start..arg_end`, already NUL-separated), so no `sys_enter_execve` hook is needed.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, generated::bpf_get_prandom_u32},
+    helpers::{
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, generated::bpf_get_prandom_u32,
+    },
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext,
@@ -73,7 +75,11 @@ fn new_session_id() -> u64 {
 }
 
 #[inline(always)]
-fn read_filename(ctx: &TracePointContext, cfg: &ProbeConfig, dst: &mut [u8; PATH_MAX]) -> Result<(), i64> {
+fn read_filename(
+    ctx: &TracePointContext,
+    cfg: &ProbeConfig,
+    dst: &mut [u8; PATH_MAX],
+) -> Result<(), i64> {
     // SAFETY: the offset came from this tracepoint's format file.
     let loc: u32 = unsafe { ctx.read_at(cfg.exec_filename as usize)? };
     let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);

@@ -11,11 +11,19 @@ use crate::sessions::Session;
 pub enum Request {
     Status,
     /// Recent events, then (with `follow`) live ones.
-    Events { follow: bool, trace: Option<String> },
+    Events {
+        follow: bool,
+        trace: Option<String>,
+    },
     /// Watch a running process and its descendants as a new session.
-    Attach { pid: u32, profile: Option<String> },
+    Attach {
+        pid: u32,
+        profile: Option<String>,
+    },
     /// Watch the calling process (which then execs the agent) as a new session.
-    Launch { profile: Option<String> },
+    Launch {
+        profile: Option<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -97,7 +97,10 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Resul
     }
 }
 
-async fn write_json<T: serde::Serialize>(w: &mut (impl AsyncWriteExt + Unpin), v: &T) -> anyhow::Result<()> {
+async fn write_json<T: serde::Serialize>(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    v: &T,
+) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(v)?;
     line.push(b'\n');
     w.write_all(&line).await?;
@@ -108,9 +111,13 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let cred = stream.peer_cred()?;
     let (r, mut w) = stream.into_split();
     if !authorized(&cred, &shared.config) {
-        write_json(&mut w, &Reply::Error {
-            error: "permission denied: the control socket is for root and the approver group".into(),
-        })
+        write_json(
+            &mut w,
+            &Reply::Error {
+                error: "permission denied: the control socket is for root and the approver group"
+                    .into(),
+            },
+        )
         .await?;
         return Ok(());
     }
@@ -119,7 +126,13 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
-            write_json(&mut w, &Reply::Error { error: format!("bad request: {e}") }).await?;
+            write_json(
+                &mut w,
+                &Reply::Error {
+                    error: format!("bad request: {e}"),
+                },
+            )
+            .await?;
             return Ok(());
         }
     };
@@ -134,13 +147,19 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
             write_json(&mut w, &reply_of(reply)).await
         }
         Request::Attach { pid, profile } => {
-            write_json(&mut w, &reply_of(start_session(&shared, pid, profile, "attach"))).await
+            write_json(
+                &mut w,
+                &reply_of(start_session(&shared, pid, profile, "attach")),
+            )
+            .await
         }
     }
 }
 
 fn reply_of(r: anyhow::Result<Reply>) -> Reply {
-    r.unwrap_or_else(|e| Reply::Error { error: format!("{e:#}") })
+    r.unwrap_or_else(|e| Reply::Error {
+        error: format!("{e:#}"),
+    })
 }
 
 fn status(shared: &Shared) -> Status {
@@ -158,7 +177,11 @@ fn status(shared: &Shared) -> Status {
             )
         })
         .collect();
-    let sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).all();
+    let sessions = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .all();
     let (p50, p99) = shared
         .latency
         .lock()
@@ -218,7 +241,12 @@ fn ppid_of(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
-fn start_session(shared: &Shared, pid: u32, profile: Option<String>, how: &str) -> anyhow::Result<Reply> {
+fn start_session(
+    shared: &Shared,
+    pid: u32,
+    profile: Option<String>,
+    how: &str,
+) -> anyhow::Result<Reply> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(anyhow!("no process {pid}"));
     }
@@ -229,7 +257,11 @@ fn start_session(shared: &Shared, pid: u32, profile: Option<String>, how: &str) 
         profile: 0,
         _pad: 0,
     };
-    let seeds = shared.seeds.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let seeds = shared
+        .seeds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let mut kernel = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
     if kernel.watched.get(&pid, 0).is_ok() {
         return Err(anyhow!("process {pid} is already watched"));

@@ -199,7 +199,10 @@ pub fn sockaddr(b: &[u8]) -> SockAddr {
             let p = &b[2..];
             // A leading NUL is an abstract socket; show it as `@name` like ss(8).
             let path = match p.first() {
-                Some(0) => format!("@{}", String::from_utf8_lossy(&p[1..]).trim_end_matches('\0')),
+                Some(0) => format!(
+                    "@{}",
+                    String::from_utf8_lossy(&p[1..]).trim_end_matches('\0')
+                ),
                 _ => cstr(p),
             };
             SockAddr::Unix { path }
@@ -263,11 +266,17 @@ mod tests {
             clone_flags: 0,
         };
         let b = bytes_of(&ev);
-        assert!(matches!(decode(&b[..b.len() - 1]), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            decode(&b[..b.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
         assert!(matches!(decode(&b[..3]), Err(DecodeError::Short { .. })));
         let mut h = header(EventKind::Fork);
         h.kind = 99;
-        assert_eq!(decode(&bytes_of(&h)).unwrap_err(), DecodeError::UnknownKind(99));
+        assert_eq!(
+            decode(&bytes_of(&h)).unwrap_err(),
+            DecodeError::UnknownKind(99)
+        );
         assert!(decode(&[]).is_err());
     }
 
@@ -286,10 +295,20 @@ mod tests {
         );
         let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         un.extend_from_slice(b"/tmp/s.sock\0\0\0");
-        assert_eq!(sockaddr(&un), SockAddr::Unix { path: "/tmp/s.sock".into() });
+        assert_eq!(
+            sockaddr(&un),
+            SockAddr::Unix {
+                path: "/tmp/s.sock".into()
+            }
+        );
         let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         abs.extend_from_slice(b"\0name");
-        assert_eq!(sockaddr(&abs), SockAddr::Unix { path: "@name".into() });
+        assert_eq!(
+            sockaddr(&abs),
+            SockAddr::Unix {
+                path: "@name".into()
+            }
+        );
         assert_eq!(sockaddr(&[1]), SockAddr::Other { family: 0 });
     }
 }

@@ -32,7 +32,11 @@ use crate::{
 const HANDOFF: usize = 65536;
 
 /// Starts the reader and the pipeline; they run until the runtime stops.
-pub fn spawn(events: RingBuf<MapData>, shared: Arc<Shared>, seeds: std::sync::mpsc::Receiver<Seed>) -> anyhow::Result<()> {
+pub fn spawn(
+    events: RingBuf<MapData>,
+    shared: Arc<Shared>,
+    seeds: std::sync::mpsc::Receiver<Seed>,
+) -> anyhow::Result<()> {
     let (mut prod, mut cons) = HeapRb::<Record>::new(HANDOFF).split();
     let ready = Arc::new(Notify::new());
     let space = Arc::new(Notify::new());
@@ -49,6 +53,7 @@ pub fn spawn(events: RingBuf<MapData>, shared: Arc<Shared>, seeds: std::sync::mp
                 return;
             };
             let rb = guard.get_inner_mut();
+            let mut pushed = 0u32;
             while let Some(item) = rb.next() {
                 let rec = match decode(&item) {
                     Ok(r) => r,
@@ -70,8 +75,14 @@ pub fn spawn(events: RingBuf<MapData>, shared: Arc<Shared>, seeds: std::sync::mp
                         }
                     }
                 }
-                r_ready.notify_one();
+                pushed += 1;
+                // Wake the pipeline once per batch, not per record: a wake-up costs more
+                // than processing a record.
+                if pushed.is_multiple_of(256) {
+                    r_ready.notify_one();
+                }
             }
+            r_ready.notify_one();
             guard.clear_ready();
         }
     });
@@ -79,11 +90,11 @@ pub fn spawn(events: RingBuf<MapData>, shared: Arc<Shared>, seeds: std::sync::mp
     tokio::spawn(async move {
         let mut intake = Intake::new(shared, seeds);
         loop {
-            let mut n = 0;
+            let mut n = 0u32;
             while let Some(rec) = cons.try_pop() {
                 intake.process(rec);
                 n += 1;
-                if n % 1024 == 0 {
+                if n.is_multiple_of(1024) {
                     space.notify_one();
                 }
             }
@@ -109,7 +120,10 @@ impl Clock {
     }
 
     fn measure() -> i128 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
         let boot = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
@@ -186,7 +200,11 @@ impl Intake {
             return;
         };
         let trace_id = {
-            let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sessions = self
+                .shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if sessions.get(hdr.session_id).is_none() {
                 // A session the kernel started (agent matcher) and we have not seen yet.
                 let profile = match &detail {

@@ -137,15 +137,24 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!(t.resolve(10, AT_FDCWD, "./src/../a.txt"), ("/work/repo/a.txt".into(), true));
+        assert_eq!(
+            t.resolve(10, AT_FDCWD, "./src/../a.txt"),
+            ("/work/repo/a.txt".into(), true)
+        );
         t.opened(10, 5, "/etc");
         assert_eq!(t.resolve(10, 5, "passwd"), ("/etc/passwd".into(), true));
         t.fork(10, 11);
         t.chdir(11, -1, "sub");
-        assert_eq!(t.resolve(11, AT_FDCWD, "x"), ("/work/repo/sub/x".into(), true));
+        assert_eq!(
+            t.resolve(11, AT_FDCWD, "x"),
+            ("/work/repo/sub/x".into(), true)
+        );
         assert_eq!(t.resolve(10, AT_FDCWD, "x"), ("/work/repo/x".into(), true));
         t.chdir(11, 5, "");
-        assert_eq!(t.resolve(11, AT_FDCWD, "hosts"), ("/etc/hosts".into(), true));
+        assert_eq!(
+            t.resolve(11, AT_FDCWD, "hosts"),
+            ("/etc/hosts".into(), true)
+        );
         assert_eq!(t.resolve(11, 3, "/abs//p/./q"), ("/abs/p/q".into(), true));
     }
 

@@ -50,7 +50,8 @@ impl KernelBtf {
                 return Some(bits);
             }
             if name.is_empty() {
-                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.0.resolve_chained_type(m) {
+                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.0.resolve_chained_type(m)
+                {
                     if let Some(found) = self.find(&inner, member, bits) {
                         return Some(found);
                     }

@@ -107,7 +107,9 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     ] {
         let off = f("syscalls", name)?.offset("ret", 8)?;
         if *ret.get_or_insert(off) != off {
-            return Err(anyhow!("syscalls:{name}: `ret` at {off}, other sys_exit records differ"));
+            return Err(anyhow!(
+                "syscalls:{name}: `ret` at {off}, other sys_exit records differ"
+            ));
         }
     }
     let btf = KernelBtf::open()?;
@@ -164,23 +166,29 @@ impl Kernel {
                 .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
                 .try_into()?;
             if p.fd().is_err() {
-                p.load().with_context(|| format!("verifier rejected {prog}"))?;
+                p.load()
+                    .with_context(|| format!("verifier rejected {prog}"))?;
             }
             p.attach(cat, name)
                 .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;
         }
-        let mut agents: BpfHashMap<_, AgentName, u32> =
-            BpfHashMap::try_from(ebpf.map_mut("AGENTS").ok_or_else(|| anyhow!("no AGENTS map"))?)?;
+        let mut agents: BpfHashMap<_, AgentName, u32> = BpfHashMap::try_from(
+            ebpf.map_mut("AGENTS")
+                .ok_or_else(|| anyhow!("no AGENTS map"))?,
+        )?;
         for (name, profile) in cfg.agent_names() {
             let mut key = AgentName([0; AGENT_NAME_MAX]);
             key.0[..name.len()].copy_from_slice(name.as_bytes());
             agents.insert(key, profile, 0)?;
         }
         let watched = BpfHashMap::try_from(
-            ebpf.take_map("WATCHED").ok_or_else(|| anyhow!("no WATCHED map"))?,
+            ebpf.take_map("WATCHED")
+                .ok_or_else(|| anyhow!("no WATCHED map"))?,
         )?;
-        let drops =
-            PerCpuArray::try_from(ebpf.take_map("DROPS").ok_or_else(|| anyhow!("no DROPS map"))?)?;
+        let drops = PerCpuArray::try_from(
+            ebpf.take_map("DROPS")
+                .ok_or_else(|| anyhow!("no DROPS map"))?,
+        )?;
         Ok(Kernel {
             ebpf,
             watched,

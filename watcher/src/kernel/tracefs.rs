@@ -1,5 +1,8 @@
 //! Tracepoint record layouts, read from tracefs `format` files at start-up.
-use std::{collections::HashMap, path::{Path, PathBuf}};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -44,7 +47,11 @@ pub struct Format {
 
 impl Format {
     pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Format, FormatError> {
-        let path = tracefs.join("events").join(category).join(name).join("format");
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = std::fs::read_to_string(&path).map_err(|source| FormatError::Read {
             path: path.clone(),
             source,
