@@ -66,14 +66,6 @@ impl Sessions {
         self.by_id.get_mut(&id)
     }
 
-    pub fn trace_id(&self, id: u64) -> Option<&str> {
-        self.by_id.get(&id).map(|s| s.trace_id.as_str())
-    }
-
-    pub fn by_trace(&self, trace: &str) -> Option<&Session> {
-        self.by_id.values().find(|s| s.trace_id == trace)
-    }
-
     /// A process of the session ended; the session ends with its last process.
     pub fn process_exited(&mut self, id: u64, now: &str) {
         let Some(s) = self.by_id.get_mut(&id) else {

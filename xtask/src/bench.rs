@@ -92,6 +92,17 @@ impl Daemon {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `watcher --socket S launch --`: what runs a command as a watched session.
+    fn launch_prefix<'a>(&'a self, bin: &'a std::ffi::OsStr) -> [&'a std::ffi::OsStr; 5] {
+        [
+            bin,
+            "--socket".as_ref(),
+            self.socket.as_os_str(),
+            "launch".as_ref(),
+            "--".as_ref(),
+        ]
+    }
+
     /// utime + stime of the daemon, in clock ticks.
     fn cpu_ticks(&self) -> u64 {
         let stat =
@@ -201,13 +212,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ns[s][2].push(run_storm(&[], kind, *ops)?);
             let (ev0, dr0) = totals(&d.status(&bin)?);
             let cpu0 = d.cpu_ticks();
-            let launch = [
-                bin.as_os_str(),
-                "--socket".as_ref(),
-                d.socket.as_os_str(),
-                "launch".as_ref(),
-                "--".as_ref(),
-            ];
+            let launch = d.launch_prefix(bin.as_os_str());
             let t = Instant::now();
             ns[s][3].push(run_storm(&launch, kind, *ops)?);
             let secs = t.elapsed().as_secs_f64();
@@ -313,13 +318,7 @@ fn real_workload(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     // Warm the registry index and sources once.
     build(&[])?;
     let d = Daemon::start(bin, dir)?;
-    let launch = [
-        bin.as_os_str(),
-        "--socket".as_ref(),
-        d.socket.as_os_str(),
-        "launch".as_ref(),
-        "--".as_ref(),
-    ];
+    let launch = d.launch_prefix(bin.as_os_str());
     let mut ratios = Vec::new();
     let mut plain = Vec::new();
     for r in 0..rounds {

@@ -24,14 +24,6 @@ pub struct Tree {
 }
 
 impl Tree {
-    pub fn len(&self) -> usize {
-        self.procs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
-    }
-
     pub fn get(&self, pid: u32) -> Option<&Proc> {
         self.procs.get(&pid)
     }
