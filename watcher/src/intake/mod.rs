@@ -196,7 +196,8 @@ impl Intake {
         let ts = self.clock.wall(hdr.ts_ns);
         let ts_text = humantime::format_rfc3339_nanos(ts).to_string();
         self.record_latency(ts);
-        let Some(detail) = self.apply(&rec, &hdr) else {
+        let comm = decode::cstr(&hdr.comm);
+        let Some(detail) = self.apply(rec, &hdr, &comm) else {
             return;
         };
         let trace_id = {
@@ -233,7 +234,6 @@ impl Intake {
             }
             trace
         };
-        let comm = decode::cstr(&hdr.comm);
         self.shared.publish(Event {
             seq: 0,
             ts: ts_text,
@@ -257,9 +257,9 @@ impl Intake {
     }
 
     /// Updates the tree and builds the user-facing detail (None for internal records).
-    fn apply(&mut self, rec: &Record, hdr: &EventHeader) -> Option<Detail> {
+    /// Takes the record by value so its strings move into the event instead of being copied.
+    fn apply(&mut self, rec: Record, hdr: &EventHeader, comm: &str) -> Option<Detail> {
         let pid = hdr.tgid;
-        let comm = decode::cstr(&hdr.comm);
         match rec {
             Record::Exec {
                 filename,
@@ -270,20 +270,20 @@ impl Intake {
             } => {
                 let p = self.tree.entry(pid, hdr.ppid, hdr.session_id);
                 p.exe = Some(filename.clone());
-                p.comm = comm;
-                let profile = (hdr.flags & EVENT_FLAG_SESSION_START != 0 || *profile != 0)
+                p.comm = comm.to_string();
+                let profile = (hdr.flags & EVENT_FLAG_SESSION_START != 0 || profile != 0)
                     .then(|| {
                         self.shared
                             .config
                             .agents
-                            .get((*profile as usize).wrapping_sub(1))
+                            .get((profile as usize).wrapping_sub(1))
                             .map(|a| a.profile.clone())
                     })
                     .flatten();
                 Some(Detail::Exec {
-                    path: filename.clone(),
-                    argv: argv.clone(),
-                    argv_truncated: *truncated,
+                    path: filename,
+                    argv,
+                    argv_truncated: truncated,
                     profile,
                 })
             }
@@ -292,11 +292,11 @@ impl Intake {
             } => {
                 if !is_thread {
                     self.tree.entry(pid, hdr.ppid, hdr.session_id);
-                    self.tree.fork(pid, *child);
+                    self.tree.fork(pid, child);
                 }
                 Some(Detail::Fork {
-                    child_pid: *child,
-                    thread: *is_thread,
+                    child_pid: child,
+                    thread: is_thread,
                 })
             }
             Record::Exit { exit_code, .. } => {
@@ -324,18 +324,18 @@ impl Intake {
                 ..
             } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
-                let (abs, resolved) = self.tree.resolve(pid, *dfd, path);
-                if *result >= 0 && resolved {
-                    self.tree.opened(pid, *result, &abs);
+                let (abs, resolved) = self.tree.resolve(pid, dfd, &path);
+                if result >= 0 && resolved {
+                    self.tree.opened(pid, result, &abs);
                 }
                 Some(Detail::Open {
                     path: abs,
-                    flags: open_flags(*flags),
-                    mode: *mode,
-                    result: *result,
-                    error: errno_name(*result),
+                    flags: open_flags(flags),
+                    mode,
+                    result,
+                    error: errno_name(result),
                     resolved,
-                    path_truncated: *truncated,
+                    path_truncated: truncated,
                 })
             }
             Record::Connect { addr, result, .. } => {
@@ -343,10 +343,10 @@ impl Intake {
                     SockAddr::Inet { addr, port } => (
                         if addr.is_ipv4() { "inet" } else { "inet6" },
                         Some(addr.to_string()),
-                        Some(*port),
+                        Some(port),
                         None,
                     ),
-                    SockAddr::Unix { path } => ("unix", None, None, Some(path.clone())),
+                    SockAddr::Unix { path } => ("unix", None, None, Some(path)),
                     SockAddr::Other { .. } => ("other", None, None, None),
                 };
                 Some(Detail::Connect {
@@ -354,13 +354,13 @@ impl Intake {
                     addr,
                     port,
                     path,
-                    result: *result,
-                    error: errno_name(*result),
+                    result,
+                    error: errno_name(result),
                 })
             }
             Record::Chdir { fd, path, .. } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
-                self.tree.chdir(pid, *fd, path);
+                self.tree.chdir(pid, fd, &path);
                 None
             }
         }
