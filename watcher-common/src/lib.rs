@@ -82,6 +82,8 @@ pub const EVENT_FLAG_TRUNCATED: u32 = 1 << 0;
 pub const EVENT_FLAG_ARGV_MISSING: u32 = 1 << 1;
 /// This exec started a session (agent matcher).
 pub const EVENT_FLAG_SESSION_START: u32 = 1 << 2;
+/// A fast-path entry of the kernel policy matched this event (and the kernel acted on it).
+pub const EVENT_FLAG_FAST_PATH: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy)]

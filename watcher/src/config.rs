@@ -30,6 +30,29 @@ pub struct Config {
     pub daemon: Daemon,
     #[serde(default)]
     pub agents: Vec<Agent>,
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rules {
+    /// A rule file or a directory of `*.yaml` files; the shipped pack when unset.
+    pub path: Option<PathBuf>,
+    /// Reload when a file under `path` changes (SIGHUP and `watcher rules reload` always work).
+    pub watch: bool,
+    /// Findings kept for `watcher findings` (without --follow).
+    pub recent_findings: usize,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            path: None,
+            watch: true,
+            recent_findings: 10000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

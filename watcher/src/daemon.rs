@@ -14,7 +14,18 @@ use hdrhistogram::Histogram;
 use tokio::sync::broadcast;
 use watcher_common::EVENT_KINDS;
 
-use crate::{config::Config, control, event::Event, intake, kernel::Kernel, sessions::Sessions};
+use arc_swap::ArcSwap;
+
+use crate::{
+    config::Config,
+    control,
+    event::{Detail, Event},
+    intake,
+    kernel::Kernel,
+    reload,
+    rules::{self, kernel::KernelPolicy, Policy, RuleError},
+    sessions::Sessions,
+};
 
 /// A process registered by `launch` or `attach`, handed to intake before it can run.
 #[derive(Debug)]
@@ -35,6 +46,15 @@ pub struct Counters {
     pub client_lag: AtomicU64,
     /// Events published (the last sequence number).
     pub published: AtomicU64,
+    pub findings: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+}
+
+/// The policy in force, with the part compiled into the kernel.
+pub struct ActivePolicy {
+    pub policy: Policy,
+    pub kernel: KernelPolicy,
 }
 
 pub struct Shared {
@@ -47,11 +67,18 @@ pub struct Shared {
     pub seeds: Mutex<std::sync::mpsc::Sender<Seed>>,
     /// Kernel event to user-space event, microseconds.
     pub latency: Mutex<Histogram<u64>>,
+    /// Swapped whole on reload: intake sees the old policy or the new one, never a mix.
+    pub policy: ArcSwap<ActivePolicy>,
+    pub findings: Mutex<VecDeque<Arc<Event>>>,
+    /// The last reload error, until a reload succeeds.
+    pub rules_error: Mutex<Option<String>>,
+    /// Serialises reloads (file watcher, SIGHUP, control socket).
+    reload_lock: Mutex<()>,
 }
 
 impl Shared {
     /// Numbers the event and hands it to `recent` and to live followers, in one order.
-    pub fn publish(&self, mut ev: Event) {
+    pub fn publish(&self, mut ev: Event) -> Arc<Event> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         ev.seq = self.counters.published.fetch_add(1, Ordering::Relaxed) + 1;
         let ev = Arc::new(ev);
@@ -59,13 +86,66 @@ impl Shared {
             recent.pop_front();
         }
         recent.push_back(ev.clone());
+        if matches!(ev.detail, Detail::Finding(_)) {
+            self.counters.findings.fetch_add(1, Ordering::Relaxed);
+            let mut f = self.findings.lock().unwrap_or_else(|e| e.into_inner());
+            if f.len() >= self.config.rules.recent_findings {
+                f.pop_front();
+            }
+            f.push_back(ev.clone());
+        }
         // No subscriber is fine: the event is kept in `recent`.
-        let _ = self.live.send(ev);
+        let _ = self.live.send(ev.clone());
+        ev
+    }
+
+    /// Loads the rule files again and swaps the policy (and the kernel's fast paths) in whole.
+    /// On error the running policy stays in force; the error is logged, counted and kept for
+    /// `watcher status`.
+    pub fn reload(&self, why: &str) -> Result<(String, usize), RuleError> {
+        let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = rules::load(self.config.rules.path.as_deref()).and_then(|(policy, _)| {
+            let kernel = KernelPolicy::of(&policy);
+            self.kernel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_fast_paths(&kernel)
+                .map_err(|e| RuleError {
+                    file: "<kernel>".into(),
+                    line: 0,
+                    column: 0,
+                    message: format!("updating the kernel fast paths: {e:#}"),
+                })?;
+            Ok(ActivePolicy { policy, kernel })
+        });
+        match result {
+            Ok(active) => {
+                let out = (active.policy.version.clone(), active.policy.rules.len());
+                let old = self.policy.swap(Arc::new(active));
+                self.counters.reloads.fetch_add(1, Ordering::Relaxed);
+                *self.rules_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(why, version = %out.0, previous = %old.policy.version, rules = out.1, "policy loaded");
+                Ok(out)
+            }
+            Err(e) => {
+                self.counters.reload_errors.fetch_add(1, Ordering::Relaxed);
+                *self.rules_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                tracing::error!(
+                    why,
+                    "rules not reloaded, the running policy stays in force: {e}"
+                );
+                Err(e)
+            }
+        }
     }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // A broken rule file at start-up is an error, not a daemon without rules.
+    let (policy, _) = rules::load(config.rules.path.as_deref())?;
+    let kernel_policy = KernelPolicy::of(&policy);
     let mut kernel = Kernel::load(&config)?;
+    kernel.set_fast_paths(&kernel_policy)?;
     let events = kernel.take_events()?;
     let (seed_tx, seed_rx) = std::sync::mpsc::channel();
     let (live, _) = broadcast::channel(16384);
@@ -77,8 +157,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kernel: Mutex::new(kernel),
         seeds: Mutex::new(seed_tx),
         latency: Mutex::new(Histogram::new(3).context("histogram")?),
+        policy: ArcSwap::from_pointee(ActivePolicy {
+            policy,
+            kernel: kernel_policy,
+        }),
+        findings: Mutex::new(VecDeque::new()),
+        rules_error: Mutex::new(None),
+        reload_lock: Mutex::new(()),
         config,
     });
+    tracing::info!(version = %shared.policy.load().policy.version, rules = shared.policy.load().policy.rules.len(), "policy loaded");
+    let _watcher = reload::watch_files(shared.clone())?;
+    tokio::spawn(reload::on_sighup(shared.clone()));
     intake::spawn(events, shared.clone(), seed_rx)?;
     let listener = control::server::bind(&shared.config)?;
     tracing::info!(

@@ -1,6 +1,8 @@
 //! Events as users see them (`watcher events`): one JSON object per line, or one readable line.
 use serde::{Deserialize, Serialize};
 
+pub use crate::rules::syntax::{Action, Mode, Severity};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     /// Position in the daemon's event stream (gap-free; a client can spot what it missed).
@@ -72,6 +74,45 @@ pub enum Detail {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    Finding(Box<Finding>),
+}
+
+/// A rule matched: what it decided and the events that made it match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    pub rule: String,
+    pub description: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What the rule asks for.
+    pub action: Action,
+    pub mode: Mode,
+    /// What was actually done.
+    pub outcome: Outcome,
+    /// The policy's content hash.
+    pub policy_version: String,
+    /// The kernel matched this event on its fast path (and acted, see `outcome`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub in_kernel: bool,
+    /// The events that matched, in order (the last one completed the rule).
+    pub evidence: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Monitor mode: recorded what the action would have been, did nothing.
+    Monitored,
+    /// An alert was raised (this finding).
+    Alerted,
+    /// The kernel sent SIGKILL at the hook, before the process ran another instruction.
+    KilledInKernel,
+    /// The kernel refused the connect.
+    RefusedInKernel,
+    /// Enforce mode, but this action is not carried out by the daemon yet: recorded as what
+    /// would have been done.
+    NotEnforced,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -92,6 +133,7 @@ impl Detail {
             Detail::Exit { .. } => "exit",
             Detail::Open { .. } => "open",
             Detail::Connect { .. } => "connect",
+            Detail::Finding(_) => "finding",
         }
     }
 }
@@ -154,6 +196,11 @@ impl std::fmt::Display for Event {
                     error.clone().unwrap_or_else(|| result.to_string())
                 )
             }
+            Detail::Finding(x) => write!(
+                f,
+                "{:?} {} action={:?} mode={:?} outcome={:?}: {}",
+                x.severity, x.rule, x.action, x.mode, x.outcome, x.description
+            ),
         }
     }
 }

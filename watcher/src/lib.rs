@@ -5,4 +5,6 @@ pub mod daemon;
 pub mod event;
 pub mod intake;
 pub mod kernel;
+pub mod reload;
+pub mod rules;
 pub mod sessions;

@@ -58,9 +58,47 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Findings (rules that matched), with their evidence.
+    Findings {
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new findings.
+        #[arg(long)]
+        follow: bool,
+        /// Only this session.
+        #[arg(long)]
+        trace: Option<String>,
+    },
+    /// Test, check and reload detection rules.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
+    /// Evaluate the rule pack over a recorded event stream (JSON lines) and print the rate.
+    #[command(hide = true)]
+    BenchRules {
+        stream: PathBuf,
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
     /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
     #[command(hide = true)]
     BenchFloor,
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Run every rule's examples (the shipped pack when PATH is omitted).
+    Test { path: Option<PathBuf> },
+    /// Validate rule files; errors give file, line and column.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Ask the daemon to load its rule files again now.
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -157,6 +195,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Findings {
+            json,
+            follow,
+            trace,
+        } => {
+            let mut client = Client::send(&socket, &Request::Findings { follow, trace })?;
+            let stdout = std::io::stdout();
+            while let Some(line) = client.next_line()? {
+                use std::io::Write;
+                let mut out = stdout.lock();
+                let written = if json {
+                    out.write_all(line.as_bytes())
+                } else {
+                    let ev: Event = serde_json::from_str(&line).context("malformed finding")?;
+                    write_finding(&mut out, &ev)
+                };
+                if written.and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rules { cmd } => rules_cmd(cmd, &socket),
+        Cmd::BenchRules {
+            stream,
+            rules,
+            rounds,
+        } => {
+            watcher::rules::bench::run(&stream, rules.as_deref(), rounds)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::BenchFloor => {
             let _ebpf = watcher::kernel::load_floor()?;
             println!("ready");
@@ -166,6 +235,84 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn rules_cmd(cmd: RulesCmd, socket: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use watcher::rules;
+    match cmd {
+        RulesCmd::Test { path } => {
+            let (policy, sources) = rules::load(path.as_deref())?;
+            let (n, failures) = rules::examples::run(&policy, &sources)?;
+            for f in &failures {
+                println!("FAIL {} ({}): {}", f.rule, f.file, f.message);
+            }
+            println!(
+                "{} rules, {} examples, {} failed (policy {})",
+                policy.rules.len(),
+                n,
+                failures.len(),
+                policy.version
+            );
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        RulesCmd::Check { paths } => {
+            let mut sources = Vec::new();
+            for p in &paths {
+                sources.extend(rules::read_sources(p)?);
+            }
+            // A file may use the shipped lists and macros.
+            let mut with_pack = rules::pack::sources();
+            with_pack.retain(|s| s.name.ends_with("lists.yaml"));
+            if sources.iter().any(|s| s.name.ends_with("lists.yaml")) {
+                with_pack.clear();
+            }
+            with_pack.extend(sources);
+            let policy = rules::compile::compile(&with_pack, &rules::compile::homes())?;
+            println!(
+                "ok: {} rules (policy {})",
+                policy.rules.len(),
+                policy.version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        RulesCmd::Reload => match Client::send(socket, &Request::Reload)?.reply()? {
+            Reply::Reloaded {
+                policy_version,
+                rules,
+            } => {
+                println!("reloaded: {rules} rules (policy {policy_version})");
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => Err(anyhow!("unexpected reply from the daemon")),
+        },
+    }
+}
+
+fn write_finding(out: &mut impl std::io::Write, ev: &Event) -> std::io::Result<()> {
+    let watcher::event::Detail::Finding(f) = &ev.detail else {
+        return writeln!(out, "{ev}");
+    };
+    writeln!(
+        out,
+        "{} {} {:<8} {:<28} {:<5} {:<8} {:<18} pid={} {}",
+        ev.ts,
+        ev.trace_id.get(..8).unwrap_or(&ev.trace_id),
+        format!("{:?}", f.severity).to_lowercase(),
+        f.rule,
+        format!("{:?}", f.action).to_lowercase(),
+        format!("{:?}", f.mode).to_lowercase(),
+        format!("{:?}", f.outcome),
+        ev.pid,
+        f.description
+    )?;
+    for e in &f.evidence {
+        writeln!(out, "    {e}")?;
+    }
+    Ok(())
 }
 
 fn print_status(st: &Status) {
@@ -201,4 +348,16 @@ fn print_status(st: &Status) {
         "kernel to user-space latency: p50 {} us, p99 {} us",
         st.latency_us_p50, st.latency_us_p99
     );
+    let p = &st.policy;
+    println!(
+        "policy {} ({} rules from {}): {} findings; {} reloads, {} failed",
+        p.version, p.rules, p.source, p.findings, p.reloads, p.reload_errors
+    );
+    println!(
+        "kernel fast paths: {} exec paths, {} open paths, {} denied networks",
+        p.kernel_exec, p.kernel_open, p.kernel_deny
+    );
+    if let Some(e) = &p.last_error {
+        println!("last reload error (the policy above stays in force): {e}");
+    }
 }

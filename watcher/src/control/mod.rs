@@ -24,13 +24,29 @@ pub enum Request {
     Launch {
         profile: Option<String>,
     },
+    /// Recent findings, then (with `follow`) live ones.
+    Findings {
+        follow: bool,
+        trace: Option<String>,
+    },
+    /// Load the rule files again.
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
-    Error { error: String },
-    Started { trace_id: String, pids: Vec<u32> },
+    Error {
+        error: String,
+    },
+    Started {
+        trace_id: String,
+        pids: Vec<u32>,
+    },
+    Reloaded {
+        policy_version: String,
+        rules: usize,
+    },
     Status(Box<Status>),
 }
 
@@ -53,6 +69,24 @@ pub struct Status {
     pub client_lag: u64,
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
+    pub policy: PolicyStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub version: String,
+    pub rules: usize,
+    /// Where the rules come from (`<shipped pack>` or a path).
+    pub source: String,
+    pub findings: u64,
+    pub reloads: u64,
+    pub reload_errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Entries in the kernel's fast-path maps: exec paths, open paths, denied networks.
+    pub kernel_exec: usize,
+    pub kernel_open: usize,
+    pub kernel_deny: usize,
 }
 
 /// A line that says the stream skipped events (slow client), sent in place of them.

@@ -12,11 +12,11 @@ use tokio::{
 };
 use watcher_common::{EventKind, Watch};
 
-use super::{KindCount, Reply, Request, Skipped, Status};
+use super::{KindCount, PolicyStatus, Reply, Request, Skipped, Status};
 use crate::{
     config::Config,
     daemon::{Seed, Shared},
-    event::Event,
+    event::{Detail, Event},
     sessions::{new_session_id, new_trace_id, Session},
 };
 
@@ -138,7 +138,27 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     };
     match req {
         Request::Status => write_json(&mut w, &Reply::Status(Box::new(status(&shared)))).await,
-        Request::Events { follow, trace } => stream_events(&mut w, &shared, follow, trace).await,
+        Request::Events { follow, trace } => {
+            stream_events(&mut w, &shared, follow, trace, false).await
+        }
+        Request::Findings { follow, trace } => {
+            stream_events(&mut w, &shared, follow, trace, true).await
+        }
+        Request::Reload => {
+            let s = shared.clone();
+            let reply = match tokio::task::spawn_blocking(move || s.reload("watcher rules reload"))
+                .await?
+            {
+                Ok((policy_version, rules)) => Reply::Reloaded {
+                    policy_version,
+                    rules,
+                },
+                Err(e) => Reply::Error {
+                    error: format!("rules not reloaded, the running policy stays in force: {e}"),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
         Request::Launch { profile } => {
             let reply = match cred.pid() {
                 Some(pid) => start_session(&shared, pid as u32, profile, "launch"),
@@ -197,6 +217,34 @@ fn status(shared: &Shared) -> Status {
         client_lag: shared.counters.client_lag.load(Ordering::Relaxed),
         latency_us_p50: p50,
         latency_us_p99: p99,
+        policy: policy_status(shared),
+    }
+}
+
+fn policy_status(shared: &Shared) -> PolicyStatus {
+    let active = shared.policy.load();
+    let c = &shared.counters;
+    PolicyStatus {
+        version: active.policy.version.clone(),
+        rules: active.policy.rules.len(),
+        source: shared
+            .config
+            .rules
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<shipped pack>".into()),
+        findings: c.findings.load(Ordering::Relaxed),
+        reloads: c.reloads.load(Ordering::Relaxed),
+        reload_errors: c.reload_errors.load(Ordering::Relaxed),
+        last_error: shared
+            .rules_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        kernel_exec: active.kernel.exec.len(),
+        kernel_open: active.kernel.open.len(),
+        kernel_deny: active.kernel.deny.len(),
     }
 }
 
@@ -320,12 +368,20 @@ async fn stream_events(
     shared: &Shared,
     follow: bool,
     trace: Option<String>,
+    findings_only: bool,
 ) -> anyhow::Result<()> {
-    let keep = |e: &Event| trace.as_deref().is_none_or(|t| e.trace_id == t);
+    let keep = |e: &Event| {
+        trace.as_deref().is_none_or(|t| e.trace_id == t)
+            && (!findings_only || matches!(e.detail, Detail::Finding(_)))
+    };
     // Subscribe before copying the backlog so nothing falls between the two.
     let mut rx = shared.live.subscribe();
-    let backlog: Vec<_> = shared
-        .recent
+    let source = if findings_only {
+        &shared.findings
+    } else {
+        &shared.recent
+    };
+    let backlog: Vec<_> = source
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()

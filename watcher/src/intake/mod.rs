@@ -16,7 +16,7 @@ use ringbuf::{
     HeapRb,
 };
 use tokio::{io::unix::AsyncFd, sync::Notify};
-use watcher_common::{EventHeader, EVENT_FLAG_SESSION_START};
+use watcher_common::{EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START};
 
 use self::{
     decode::{decode, Record, SockAddr},
@@ -24,7 +24,8 @@ use self::{
 };
 use crate::{
     daemon::{Seed, Shared},
-    event::{errno_name, open_flags, Detail, Event},
+    event::{errno_name, open_flags, Action, Detail, Event, Finding, Mode, Outcome},
+    rules::{Match, SeqState},
     sessions::{new_trace_id, Session},
 };
 
@@ -150,6 +151,9 @@ pub struct Intake {
     seeds: std::sync::mpsc::Receiver<Seed>,
     tree: Tree,
     clock: Clock,
+    seq: SeqState,
+    policy_version: String,
+    matches: Vec<Match>,
 }
 
 impl Intake {
@@ -159,6 +163,9 @@ impl Intake {
             seeds,
             tree: Tree::default(),
             clock: Clock::new(),
+            seq: SeqState::default(),
+            policy_version: String::new(),
+            matches: Vec::new(),
         }
     }
 
@@ -176,6 +183,14 @@ impl Intake {
                     ppid: s.ppid,
                     session_id: s.session_id,
                     comm: String::new(),
+                    argv: std::fs::read(format!("/proc/{}/cmdline", s.pid))
+                        .map(|b| {
+                            b.split(|c| *c == 0)
+                                .filter(|a| !a.is_empty())
+                                .map(|a| String::from_utf8_lossy(a).into_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     exe,
                     cwd: s.cwd,
                     fds: Default::default(),
@@ -200,7 +215,7 @@ impl Intake {
         let Some(detail) = self.apply(rec, &hdr, &comm) else {
             return;
         };
-        let trace_id = {
+        let (trace_id, profile) = {
             let mut sessions = self
                 .shared
                 .sessions
@@ -227,14 +242,15 @@ impl Intake {
             let s = sessions.get_mut(hdr.session_id).expect("inserted above");
             s.events += 1;
             let trace = s.trace_id.clone();
+            let profile = s.profile.clone();
             match &detail {
                 Detail::Fork { thread: false, .. } => s.processes += 1,
                 Detail::Exit { .. } => sessions.process_exited(hdr.session_id, &ts_text),
                 _ => {}
             }
-            trace
+            (trace, profile)
         };
-        self.shared.publish(Event {
+        let ev = self.shared.publish(Event {
             seq: 0,
             ts: ts_text,
             pid: hdr.tgid,
@@ -246,6 +262,65 @@ impl Intake {
             cgroup_id: hdr.cgroup_id,
             detail,
         });
+        self.detect(
+            &ev,
+            hdr.ts_ns,
+            profile.as_deref(),
+            hdr.flags & EVENT_FLAG_FAST_PATH != 0,
+        );
+    }
+
+    /// Runs the policy on the event and publishes a finding per rule it completes.
+    fn detect(&mut self, ev: &Arc<Event>, ts_ns: u64, profile: Option<&str>, in_kernel: bool) {
+        let active = self.shared.policy.load();
+        let policy = &active.policy;
+        if policy.version != self.policy_version {
+            // Partial sequences belong to the policy that started them.
+            self.seq.clear();
+            self.policy_version.clone_from(&policy.version);
+        }
+        let mut matches = std::mem::take(&mut self.matches);
+        policy.evaluate(ev, ts_ns, profile, &self.tree, &mut self.seq, &mut matches);
+        for m in matches.drain(..) {
+            let rule = &policy.rules[m.rule];
+            // The fast-path flag belongs to this event; only a rule the kernel holds can own it.
+            let kernel_rule = in_kernel && active.kernel.has_rule(&rule.id);
+            let outcome = match (rule.mode, rule.action) {
+                (Mode::Monitor, _) => Outcome::Monitored,
+                (_, Action::Alert) => Outcome::Alerted,
+                (_, _) if kernel_rule && matches!(ev.detail, Detail::Connect { .. }) => {
+                    Outcome::RefusedInKernel
+                }
+                (_, Action::Kill) if kernel_rule => Outcome::KilledInKernel,
+                _ => Outcome::NotEnforced,
+            };
+            let finding = Finding {
+                rule: rule.id.clone(),
+                description: rule.description.clone(),
+                severity: rule.severity,
+                tags: rule.tags.clone(),
+                action: rule.action,
+                mode: rule.mode,
+                outcome,
+                policy_version: policy.version.clone(),
+                in_kernel: kernel_rule,
+                evidence: m.evidence.iter().map(|e| e.as_ref().clone()).collect(),
+            };
+            tracing::info!(rule = %finding.rule, trace_id = %ev.trace_id, pid = ev.pid, outcome = ?outcome, "finding");
+            self.shared.publish(Event {
+                seq: 0,
+                ts: ev.ts.clone(),
+                pid: ev.pid,
+                tid: ev.tid,
+                ppid: ev.ppid,
+                uid: ev.uid,
+                trace_id: ev.trace_id.clone(),
+                comm: ev.comm.clone(),
+                cgroup_id: ev.cgroup_id,
+                detail: Detail::Finding(Box::new(finding)),
+            });
+        }
+        self.matches = matches;
     }
 
     fn record_latency(&self, ts: SystemTime) {
@@ -270,6 +345,7 @@ impl Intake {
             } => {
                 let p = self.tree.entry(pid, hdr.ppid, hdr.session_id);
                 p.exe = Some(filename.clone());
+                p.argv = argv.clone();
                 p.comm = comm.to_string();
                 let profile = (hdr.flags & EVENT_FLAG_SESSION_START != 0 || profile != 0)
                     .then(|| {

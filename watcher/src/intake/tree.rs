@@ -13,6 +13,7 @@ pub struct Proc {
     pub session_id: u64,
     pub comm: String,
     pub exe: Option<String>,
+    pub argv: Vec<String>,
     pub cwd: Option<PathBuf>,
     /// Descriptors whose path we saw opened (inherited at fork).
     pub fds: HashMap<i32, PathBuf>,
@@ -96,6 +97,17 @@ impl Tree {
             // Unknown: fall back to /proc at the next relative open rather than guess.
             p.cwd = new;
         }
+    }
+}
+
+impl crate::rules::Lineage for Tree {
+    fn get(&self, pid: u32) -> Option<crate::rules::ProcView<'_>> {
+        self.procs.get(&pid).map(|p| crate::rules::ProcView {
+            ppid: p.ppid,
+            exe: p.exe.as_deref().unwrap_or(""),
+            comm: &p.comm,
+            argv: &p.argv,
+        })
     }
 }
 

@@ -1,0 +1,575 @@
+//! Matching events against a compiled policy. Each pattern field (executable, command line,
+//! path, ...) has one automaton for the whole policy; an event's value is run through it once,
+//! lazily, and each rule then only tests which of its patterns hit.
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
+
+use globset::{Candidate, GlobSet};
+use ipnet::IpNet;
+
+use super::syntax::{Action, Family, Field, Intent, Mode, SequenceScope, Severity};
+use crate::event::{Detail, Event};
+
+/// The pattern fields, each with its own automaton.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Exe,
+    Comm,
+    Cmdline,
+    Arg,
+    Path,
+    Unix,
+    Profile,
+}
+
+impl Slot {
+    pub const COUNT: usize = 7;
+    /// In path fields `*` stops at `/` and `**` crosses it; elsewhere `*` matches anything.
+    pub fn is_path(self) -> bool {
+        matches!(self, Slot::Exe | Slot::Path | Slot::Unix)
+    }
+}
+
+pub struct FieldSets {
+    pub sets: [GlobSet; Slot::COUNT],
+    /// The pattern text behind each automaton entry (for the kernel's fast paths).
+    pub patterns: [Vec<String>; Slot::COUNT],
+}
+
+#[derive(Debug, Clone)]
+pub enum Cond {
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Kind(u8),
+    Glob { slot: Slot, ids: Vec<usize> },
+    CmdlineRegex(regex::RegexSet),
+    Intent(u8),
+    Ok(bool),
+    Addr(Vec<IpNet>),
+    Port(Vec<(u16, u16)>),
+    Family(Vec<Family>),
+    Parent(Box<Cond>),
+    Ancestor(Box<Cond>),
+}
+
+impl Cond {
+    pub fn cost(&self) -> u8 {
+        match self {
+            Cond::Kind(_) | Cond::Intent(_) | Cond::Ok(_) | Cond::Family(_) => 0,
+            Cond::Port(_) | Cond::Addr(_) => 1,
+            Cond::Glob { .. } => 2,
+            Cond::Not(_) | Cond::All(_) | Cond::Any(_) => 3,
+            Cond::CmdlineRegex(_) => 4,
+            Cond::Parent(_) | Cond::Ancestor(_) => 5,
+        }
+    }
+
+    /// The event kinds this condition can match (a bit per kind).
+    fn kinds(&self) -> u8 {
+        match self {
+            Cond::Kind(m) => *m,
+            Cond::All(v) => v.iter().fold(ALL_KINDS, |m, c| m & c.kinds()),
+            Cond::Any(v) => v.iter().fold(0, |m, c| m | c.kinds()),
+            _ => ALL_KINDS,
+        }
+    }
+
+    fn eval(&self, s: &mut Subject<'_>, sets: &FieldSets) -> bool {
+        match self {
+            Cond::All(v) => v.iter().all(|c| c.eval(s, sets)),
+            Cond::Any(v) => v.iter().any(|c| c.eval(s, sets)),
+            Cond::Not(c) => !c.eval(s, sets),
+            Cond::Kind(m) => m & s.kind_bit != 0,
+            Cond::Glob { slot, ids } => s
+                .hits(*slot, sets)
+                .iter()
+                .any(|h| ids.binary_search(h).is_ok()),
+            Cond::CmdlineRegex(set) => s.proc_.as_ref().is_some_and(|p| set.is_match(&p.cmdline())),
+            Cond::Intent(m) => s.intent() & m != 0,
+            Cond::Ok(ok) => s.result().is_some_and(|r| (r >= 0) == *ok),
+            Cond::Addr(nets) => s
+                .addr()
+                .is_some_and(|a| nets.iter().any(|n| n.contains(&a))),
+            Cond::Port(ranges) => s
+                .port()
+                .is_some_and(|p| ranges.iter().any(|(a, b)| (*a..=*b).contains(&p))),
+            Cond::Family(fs) => s.family().is_some_and(|f| fs.contains(&f)),
+            Cond::Parent(c) => {
+                let Some(pp) = s.proc_.as_ref().map(|p| p.ppid) else {
+                    return false;
+                };
+                s.lineage
+                    .get(pp)
+                    .is_some_and(|p| c.eval(&mut Subject::of_process(p, s), sets))
+            }
+            Cond::Ancestor(c) => {
+                let mut pid = s.proc_.as_ref().map(|p| p.ppid);
+                // Bounded: a corrupt tree (a cycle) must not hang the pipeline.
+                for _ in 0..64 {
+                    let Some(p) = pid.and_then(|pid| s.lineage.get(pid)) else {
+                        return false;
+                    };
+                    pid = Some(p.ppid);
+                    if c.eval(&mut Subject::of_process(p, s), sets) {
+                        return true;
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+const ALL_KINDS: u8 = 0x1f;
+
+fn kind_bit(d: &Detail) -> u8 {
+    match d {
+        Detail::Exec { .. } => 1 << 0,
+        Detail::Fork { .. } => 1 << 1,
+        Detail::Exit { .. } => 1 << 2,
+        Detail::Open { .. } => 1 << 3,
+        Detail::Connect { .. } => 1 << 4,
+        Detail::Finding(_) => 0,
+    }
+}
+
+/// What the rules know of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcView<'a> {
+    pub ppid: u32,
+    pub exe: &'a str,
+    pub comm: &'a str,
+    pub argv: &'a [String],
+}
+
+impl ProcView<'_> {
+    pub fn cmdline(&self) -> String {
+        self.argv.join(" ")
+    }
+}
+
+/// The process tree, as far as rules need it.
+pub trait Lineage {
+    fn get(&self, pid: u32) -> Option<ProcView<'_>>;
+}
+
+/// One event (or, inside `parent:`/`ancestor:`, one process) being matched, with the
+/// automaton results computed so far.
+pub struct Subject<'a> {
+    ev: Option<&'a Event>,
+    proc_: Option<ProcView<'a>>,
+    profile: Option<&'a str>,
+    lineage: &'a dyn Lineage,
+    kind_bit: u8,
+    hits: [Option<Vec<usize>>; Slot::COUNT],
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(ev: &'a Event, profile: Option<&'a str>, lineage: &'a dyn Lineage) -> Subject<'a> {
+        let proc_ = match &ev.detail {
+            Detail::Exec { path, argv, .. } => Some(ProcView {
+                ppid: ev.ppid,
+                exe: path,
+                comm: &ev.comm,
+                argv,
+            }),
+            _ => lineage.get(ev.pid),
+        };
+        Subject {
+            ev: Some(ev),
+            proc_,
+            profile,
+            lineage,
+            kind_bit: kind_bit(&ev.detail),
+            hits: Default::default(),
+        }
+    }
+
+    fn of_process(p: ProcView<'a>, outer: &Subject<'a>) -> Subject<'a> {
+        Subject {
+            ev: None,
+            proc_: Some(p),
+            profile: outer.profile,
+            lineage: outer.lineage,
+            kind_bit: 0,
+            hits: Default::default(),
+        }
+    }
+
+    fn hits(&mut self, slot: Slot, sets: &FieldSets) -> &[usize] {
+        if self.hits[slot as usize].is_none() {
+            let set = &sets.sets[slot as usize];
+            let mut out = Vec::new();
+            if !set.is_empty() {
+                match slot {
+                    Slot::Arg => {
+                        let mut tmp = Vec::new();
+                        for a in self
+                            .proc_
+                            .as_ref()
+                            .map(|p| p.argv)
+                            .unwrap_or(&[])
+                            .iter()
+                            .skip(1)
+                        {
+                            set.matches_candidate_into(&Candidate::new(a), &mut tmp);
+                            out.extend_from_slice(&tmp);
+                        }
+                        out.sort_unstable();
+                        out.dedup();
+                    }
+                    Slot::Cmdline => {
+                        if let Some(p) = &self.proc_ {
+                            set.matches_into(p.cmdline(), &mut out);
+                        }
+                    }
+                    _ => {
+                        if let Some(v) = self.text(slot) {
+                            set.matches_into(v, &mut out);
+                        }
+                    }
+                }
+            }
+            self.hits[slot as usize] = Some(out);
+        }
+        self.hits[slot as usize].as_deref().unwrap_or(&[])
+    }
+
+    fn text(&self, slot: Slot) -> Option<&'a str> {
+        match slot {
+            Slot::Exe => self.proc_.map(|p| p.exe),
+            Slot::Comm => self.proc_.map(|p| p.comm),
+            Slot::Profile => self.profile,
+            Slot::Path => match &self.ev?.detail {
+                Detail::Open { path, .. } => Some(path),
+                _ => None,
+            },
+            Slot::Unix => match &self.ev?.detail {
+                Detail::Connect { path, .. } => path.as_deref(),
+                _ => None,
+            },
+            Slot::Cmdline | Slot::Arg => None,
+        }
+    }
+
+    fn intent(&self) -> u8 {
+        let Some(Detail::Open { flags, .. }) = self.ev.map(|e| &e.detail) else {
+            return 0;
+        };
+        let mut m = 0;
+        for f in flags {
+            m |= match f.as_str() {
+                "O_RDONLY" => 1 << Intent::Read as u8,
+                "O_WRONLY" => 1 << Intent::Write as u8,
+                "O_RDWR" => (1 << Intent::Read as u8) | (1 << Intent::Write as u8),
+                "O_CREAT" => 1 << Intent::Create as u8,
+                "O_TRUNC" => 1 << Intent::Truncate as u8,
+                _ => 0,
+            };
+        }
+        m
+    }
+
+    fn result(&self) -> Option<i64> {
+        match &self.ev?.detail {
+            Detail::Open { result, .. } | Detail::Connect { result, .. } => Some(*result),
+            Detail::Exit { exit_code, .. } => Some(if *exit_code == Some(0) { 0 } else { -1 }),
+            _ => None,
+        }
+    }
+
+    fn addr(&self) -> Option<std::net::IpAddr> {
+        match &self.ev?.detail {
+            Detail::Connect { addr: Some(a), .. } => a.parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn port(&self) -> Option<u16> {
+        match &self.ev?.detail {
+            Detail::Connect { port, .. } => *port,
+            _ => None,
+        }
+    }
+
+    fn family(&self) -> Option<Family> {
+        match &self.ev?.detail {
+            Detail::Connect { family, .. } => match family.as_str() {
+                "inet" => Some(Family::Inet),
+                "inet6" => Some(Family::Inet6),
+                "unix" => Some(Family::Unix),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A field's value, for sequence `same:` comparisons.
+    fn field(&self, f: Field) -> Option<String> {
+        let ev = self.ev?;
+        Some(match f {
+            Field::Pid => ev.pid.to_string(),
+            Field::Ppid => ev.ppid.to_string(),
+            Field::Comm => ev.comm.clone(),
+            Field::Exe => self.proc_?.exe.to_string(),
+            Field::Addr => self.addr()?.to_string(),
+            Field::Port => self.port()?.to_string(),
+            Field::Path => match &ev.detail {
+                Detail::Open { path, .. } | Detail::Exec { path, .. } => path.clone(),
+                Detail::Connect { path: Some(p), .. } => p.clone(),
+                _ => return None,
+            },
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    pub severity: Severity,
+    pub tags: Vec<String>,
+    pub action: Action,
+    pub mode: Mode,
+    pub cond: Option<Cond>,
+    pub sequence: Option<Sequence>,
+    /// For `order: any`: the steps the other way round.
+    pub reverse: Option<Sequence>,
+    pub file: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    pub within_ns: u64,
+    pub by: SequenceScope,
+    pub steps: Vec<SeqStep>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeqStep {
+    pub cond: Cond,
+    pub same: Vec<(Field, Field)>,
+}
+
+pub struct Policy {
+    pub version: String,
+    pub rules: Vec<Rule>,
+    pub sets: FieldSets,
+    /// Per event kind: the rules (and sequence steps) that can match it.
+    by_kind: [Vec<usize>; 5],
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Policy({} rules, version {})",
+            self.rules.len(),
+            self.version
+        )
+    }
+}
+
+/// A rule that matched, with the events that made it match (in order).
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub rule: usize,
+    pub evidence: Vec<Arc<Event>>,
+}
+
+impl Policy {
+    pub fn new(rules: Vec<Rule>, sets: FieldSets, version: String) -> Policy {
+        let mut by_kind: [Vec<usize>; 5] = Default::default();
+        for (i, r) in rules.iter().enumerate() {
+            let mask = match (&r.cond, &r.sequence) {
+                (Some(c), _) => c.kinds(),
+                (_, Some(s)) => s.steps.iter().fold(0, |m, st| m | st.cond.kinds()),
+                _ => 0,
+            };
+            for (k, list) in by_kind.iter_mut().enumerate() {
+                if mask & (1 << k) != 0 {
+                    list.push(i);
+                }
+            }
+        }
+        Policy {
+            version,
+            rules,
+            sets,
+            by_kind,
+        }
+    }
+
+    pub fn empty() -> Policy {
+        let sets = FieldSets {
+            sets: std::array::from_fn(|_| GlobSet::empty()),
+            patterns: Default::default(),
+        };
+        Policy::new(Vec::new(), sets, "empty".into())
+    }
+
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// Every rule the event completes. `state` carries sequences between calls and must be
+    /// reset when the policy changes.
+    pub fn evaluate(
+        &self,
+        ev: &Arc<Event>,
+        ts_ns: u64,
+        profile: Option<&str>,
+        lineage: &dyn Lineage,
+        state: &mut SeqState,
+        out: &mut Vec<Match>,
+    ) {
+        let bit = kind_bit(&ev.detail);
+        if bit == 0 {
+            return;
+        }
+        let candidates = &self.by_kind[bit.trailing_zeros() as usize];
+        if candidates.is_empty() {
+            return;
+        }
+        let mut s = Subject::new(ev, profile, lineage);
+        for &i in candidates {
+            let r = &self.rules[i];
+            if let Some(c) = &r.cond {
+                if c.eval(&mut s, &self.sets) {
+                    out.push(Match {
+                        rule: i,
+                        evidence: vec![ev.clone()],
+                    });
+                }
+            } else if let Some(seq) = &r.sequence {
+                state.step((i, false), seq, ev, ts_ns, &mut s, &self.sets, out);
+                if let Some(rev) = &r.reverse {
+                    state.step((i, true), rev, ev, ts_ns, &mut s, &self.sets, out);
+                }
+            }
+        }
+    }
+}
+
+/// A sequence that has matched its first steps.
+#[derive(Debug)]
+struct Partial {
+    next: usize,
+    start_ns: u64,
+    evidence: Vec<Arc<Event>>,
+    /// `same:` values of the last matched step, by field.
+    last: Vec<(Field, Option<String>)>,
+}
+
+/// Partial sequence matches, per rule and session (or process).
+#[derive(Debug, Default)]
+pub struct SeqState {
+    partial: HashMap<((usize, bool), u64), Vec<Partial>>,
+}
+
+/// Partial matches kept per rule and key; the oldest go first.
+const MAX_PARTIAL: usize = 32;
+
+impl SeqState {
+    pub fn clear(&mut self) {
+        self.partial.clear();
+    }
+
+    /// Partial matches held.
+    pub fn len(&self) -> usize {
+        self.partial.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        rule: (usize, bool),
+        seq: &Sequence,
+        ev: &Arc<Event>,
+        ts_ns: u64,
+        s: &mut Subject<'_>,
+        sets: &FieldSets,
+        out: &mut Vec<Match>,
+    ) {
+        let key = match seq.by {
+            SequenceScope::Session => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                ev.trace_id.hash(&mut h);
+                h.finish()
+            }
+            SequenceScope::Process => ev.pid as u64,
+        };
+        let mut matched: Vec<bool> = Vec::with_capacity(seq.steps.len());
+        let mut step_matches = |i: usize, s: &mut Subject<'_>| -> bool {
+            while matched.len() <= i {
+                let j = matched.len();
+                matched.push(seq.steps[j].cond.eval(s, sets));
+            }
+            matched[i]
+        };
+        let list = self.partial.entry((rule, key)).or_default();
+        list.retain(|p| ts_ns.saturating_sub(p.start_ns) <= seq.within_ns);
+        let mut completed = None;
+        for (idx, p) in list.iter_mut().enumerate() {
+            let st = &seq.steps[p.next];
+            let same_ok = st.same.iter().all(|(this, prev)| {
+                let prev_v = p
+                    .last
+                    .iter()
+                    .find(|(f, _)| f == prev)
+                    .and_then(|(_, v)| v.as_ref());
+                prev_v.is_some() && s.field(*this).as_ref() == prev_v
+            });
+            if same_ok && step_matches(p.next, s) {
+                p.evidence.push(ev.clone());
+                p.next += 1;
+                if p.next == seq.steps.len() {
+                    completed = Some(idx);
+                    break;
+                }
+                p.last = wanted(seq, p.next)
+                    .iter()
+                    .map(|f| (*f, s.field(*f)))
+                    .collect();
+            }
+        }
+        if let Some(idx) = completed {
+            let p = list.remove(idx);
+            out.push(Match {
+                rule: rule.0,
+                evidence: p.evidence,
+            });
+            return;
+        }
+        if step_matches(0, s) {
+            if list.len() >= MAX_PARTIAL {
+                list.remove(0);
+            }
+            list.push(Partial {
+                next: 1,
+                start_ns: ts_ns,
+                evidence: vec![ev.clone()],
+                last: wanted(seq, 1).iter().map(|f| (*f, s.field(*f))).collect(),
+            });
+        }
+        if list.is_empty() {
+            self.partial.remove(&(rule, key));
+        }
+    }
+}
+
+/// The previous-step fields step `i` compares against.
+fn wanted(seq: &Sequence, i: usize) -> Vec<Field> {
+    seq.steps
+        .get(i)
+        .map(|st| st.same.iter().map(|(_, prev)| *prev).collect())
+        .unwrap_or_default()
+}

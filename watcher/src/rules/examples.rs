@@ -1,0 +1,251 @@
+//! `watcher rules test`: every rule's `examples` run through the compiled policy. An example
+//! is one event as `watcher events --json` prints it (most fields may be left out), or a list
+//! of events for sequences. Two extra keys describe the process: `exe`/`argv` (the process's
+//! executable and command line, on events other than exec) and `ancestors` (parent first).
+use std::{collections::HashMap, sync::Arc};
+
+use serde_json::{json, Map, Value};
+
+use super::{eval::SeqState, Lineage, Policy, ProcView};
+use crate::event::Event;
+
+#[derive(Debug, Default)]
+struct OwnedProc {
+    ppid: u32,
+    exe: String,
+    comm: String,
+    argv: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ExampleLineage {
+    procs: HashMap<u32, OwnedProc>,
+}
+
+impl Lineage for ExampleLineage {
+    fn get(&self, pid: u32) -> Option<ProcView<'_>> {
+        self.procs.get(&pid).map(|p| ProcView {
+            ppid: p.ppid,
+            exe: &p.exe,
+            comm: &p.comm,
+            argv: &p.argv,
+        })
+    }
+}
+
+fn basename(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
+/// One example event, with the defaults filled in, and what it says about its process tree.
+pub fn example_event(
+    v: &Value,
+    seq: u64,
+    lineage: &mut ExampleLineage,
+) -> Result<(Event, u64), String> {
+    let Value::Object(obj) = v else {
+        return Err(format!("expected an event object, found {v}"));
+    };
+    let mut o: Map<String, Value> = obj.clone();
+    let exe = o.remove("exe").and_then(|v| v.as_str().map(String::from));
+    let ancestors = o.remove("ancestors");
+    let kind = o
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("missing \"type\"")?
+        .to_string();
+    // On an exec `argv` is the event's own; on other events it describes the process.
+    let argv = if kind == "exec" {
+        None
+    } else {
+        o.remove("argv")
+    };
+    let pid = o.get("pid").and_then(Value::as_u64).unwrap_or(1000) as u32;
+    let ppid = o.get("ppid").and_then(Value::as_u64).unwrap_or(999) as u32;
+    let path = o.get("path").and_then(Value::as_str).map(String::from);
+    let name = match (&kind[..], &path, &exe) {
+        ("exec", Some(p), _) => basename(p).to_string(),
+        (_, _, Some(e)) => basename(e).to_string(),
+        _ => "example".into(),
+    };
+    let defaults = json!({
+        "seq": seq, "ts": "2026-01-01T00:00:00Z", "pid": pid, "tid": pid, "ppid": ppid, "uid": 1000,
+        "trace_id": "example", "comm": name.chars().take(15).collect::<String>(), "cgroup_id": 0,
+    });
+    for (k, d) in defaults.as_object().expect("object") {
+        o.entry(k.clone()).or_insert_with(|| d.clone());
+    }
+    match &kind[..] {
+        "exec" => {
+            o.entry("argv").or_insert_with(|| json!([name]));
+        }
+        "open" => {
+            o.entry("flags").or_insert_with(|| json!(["O_RDONLY"]));
+            o.entry("mode").or_insert(json!(0));
+            o.entry("result").or_insert(json!(3));
+        }
+        "connect" => {
+            let fam = if o.contains_key("path") {
+                "unix"
+            } else if o
+                .get("addr")
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.contains(':'))
+            {
+                "inet6"
+            } else {
+                "inet"
+            };
+            o.entry("family").or_insert(json!(fam));
+            o.entry("result").or_insert(json!(0));
+        }
+        "fork" => {
+            o.entry("child_pid").or_insert(json!(pid + 1));
+            o.entry("thread").or_insert(json!(false));
+        }
+        "exit" => {
+            o.entry("exit_code").or_insert(json!(0));
+        }
+        _ => {}
+    }
+    let ev: Event =
+        serde_json::from_value(Value::Object(o)).map_err(|e| format!("not an event: {e}"))?;
+    let ts_ns = humantime::parse_rfc3339(&ev.ts)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // The process itself, then its ancestors with made-up pids above it.
+    let own_argv: Vec<String> = match (&ev.detail, argv) {
+        (crate::event::Detail::Exec { argv, .. }, _) => argv.clone(),
+        (_, Some(a)) => serde_json::from_value(a).map_err(|e| format!("argv: {e}"))?,
+        (_, None) => vec![name.clone()],
+    };
+    let own_exe = match &ev.detail {
+        crate::event::Detail::Exec { path, .. } => path.clone(),
+        _ => exe.unwrap_or_default(),
+    };
+    lineage.procs.insert(
+        ev.pid,
+        OwnedProc {
+            ppid: ev.ppid,
+            comm: basename(&own_exe).to_string(),
+            exe: own_exe,
+            argv: own_argv,
+        },
+    );
+    if let Some(Value::Array(list)) = ancestors {
+        let mut pid = ev.ppid;
+        for (i, a) in list.iter().enumerate() {
+            let exe = a
+                .get("exe")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let argv: Vec<String> = a
+                .get("argv")
+                .map(|v| serde_json::from_value(v.clone()))
+                .transpose()
+                .map_err(|e| format!("ancestors[{i}].argv: {e}"))?
+                .unwrap_or_else(|| vec![basename(&exe).to_string()]);
+            let parent = 500_000 + pid + i as u32;
+            lineage.procs.insert(
+                pid,
+                OwnedProc {
+                    ppid: parent,
+                    comm: basename(&exe).to_string(),
+                    exe,
+                    argv,
+                },
+            );
+            pid = parent;
+        }
+    }
+    Ok((ev, ts_ns))
+}
+
+/// Rule ids that the stream (one event or a list) makes fire.
+pub fn fired(policy: &Policy, example: &Value) -> Result<Vec<String>, String> {
+    let items: Vec<&Value> = match example {
+        Value::Array(v) => v.iter().collect(),
+        v => vec![v],
+    };
+    let mut lineage = ExampleLineage::default();
+    let mut state = SeqState::default();
+    let mut out = Vec::new();
+    for (i, v) in items.iter().enumerate() {
+        let (ev, ts) = example_event(v, i as u64 + 1, &mut lineage)
+            .map_err(|e| format!("event {}: {e}", i + 1))?;
+        let profile = v.get("profile").and_then(Value::as_str).map(String::from);
+        policy.evaluate(
+            &Arc::new(ev),
+            ts,
+            profile.as_deref(),
+            &lineage,
+            &mut state,
+            &mut out,
+        );
+    }
+    let mut ids: Vec<String> = out
+        .into_iter()
+        .map(|m| policy.rules[m.rule].id.clone())
+        .collect();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// One failed example.
+#[derive(Debug)]
+pub struct Failure {
+    pub rule: String,
+    pub file: String,
+    pub message: String,
+}
+
+/// Runs every rule's examples; returns (examples run, failures).
+pub fn run(
+    policy: &Policy,
+    sources: &[super::Source],
+) -> Result<(usize, Vec<Failure>), super::RuleError> {
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for src in sources {
+        let file: super::syntax::RuleFile =
+            serde_yaml_ng::from_str(&src.text).map_err(|e| super::RuleError {
+                file: src.name.clone(),
+                line: e.location().map(|l| l.line()).unwrap_or(0),
+                column: e.location().map(|l| l.column()).unwrap_or(0),
+                message: super::compile::strip_location(&e.to_string()),
+            })?;
+        for def in &file.rules {
+            let fail = |message: String| Failure {
+                rule: def.id.clone(),
+                file: src.name.clone(),
+                message,
+            };
+            if def.examples.matches.is_empty() {
+                failures.push(fail(
+                    "no `examples.match`: every rule needs at least one".into(),
+                ));
+            }
+            for (want, list) in [
+                (true, &def.examples.matches),
+                (false, &def.examples.no_match),
+            ] {
+                for (i, ex) in list.iter().enumerate() {
+                    n += 1;
+                    let which = if want { "match" } else { "no_match" };
+                    match fired(policy, ex) {
+                        Err(e) => failures.push(fail(format!("examples.{which}[{i}]: {e}"))),
+                        Ok(ids) if ids.contains(&def.id) != want => failures.push(fail(format!(
+                            "examples.{which}[{i}]: {} (rules that fired: {ids:?})",
+                            if want { "did not match" } else { "matched" }
+                        ))),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok((n, failures))
+}

@@ -1,0 +1,205 @@
+//! The part of a policy the kernel can decide alone, at the hook, before the process runs
+//! another instruction: enforce-mode `hold`/`kill` rules whose whole condition is an exec of
+//! given paths, an open of given paths or path prefixes, or a connect to given networks and
+//! ports. Everything else is decided in user space.
+use ipnet::IpNet;
+
+use super::{
+    eval::{Cond, Policy, Slot},
+    syntax::{Action, Mode},
+};
+
+/// What the kernel does when a fast-path entry matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelAction {
+    /// Flag the record only (holds: the kernel's stop comes with the hold machinery).
+    Mark,
+    Kill,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathEntry {
+    pub path: String,
+    /// A prefix (`/dir/` or `/dir/name_`) rather than one exact path.
+    pub prefix: bool,
+    pub action: KernelAction,
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetEntry {
+    pub net: IpNet,
+    pub ports: (u16, u16),
+    pub rule: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelPolicy {
+    pub exec: Vec<PathEntry>,
+    pub open: Vec<PathEntry>,
+    pub deny: Vec<NetEntry>,
+}
+
+/// Directories an executable named without a path is looked for in.
+const BIN_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+const EXEC: u8 = 1 << 0;
+const OPEN: u8 = 1 << 3;
+const CONNECT: u8 = 1 << 4;
+
+impl KernelPolicy {
+    pub fn has_rule(&self, id: &str) -> bool {
+        self.exec.iter().chain(&self.open).any(|e| e.rule == id)
+            || self.deny.iter().any(|e| e.rule == id)
+    }
+
+    pub fn of(policy: &Policy) -> KernelPolicy {
+        let mut kp = KernelPolicy::default();
+        for r in &policy.rules {
+            if r.mode != Mode::Enforce || r.action == Action::Alert {
+                continue;
+            }
+            let Some(Cond::All(parts)) = &r.cond else {
+                continue;
+            };
+            let action = if r.action == Action::Kill {
+                KernelAction::Kill
+            } else {
+                KernelAction::Mark
+            };
+            match parts.as_slice() {
+                [Cond::Kind(EXEC), Cond::Glob {
+                    slot: Slot::Exe,
+                    ids,
+                }] => {
+                    let pats: Vec<&str> = ids
+                        .iter()
+                        .map(|i| policy.sets.patterns[Slot::Exe as usize][*i].as_str())
+                        .collect();
+                    if let Some(paths) = exec_paths(&pats) {
+                        kp.exec.extend(paths.into_iter().map(|path| PathEntry {
+                            path,
+                            prefix: false,
+                            action,
+                            rule: r.id.clone(),
+                        }));
+                    }
+                }
+                [Cond::Kind(OPEN), Cond::Glob {
+                    slot: Slot::Path,
+                    ids,
+                }] => {
+                    let pats: Vec<&str> = ids
+                        .iter()
+                        .map(|i| policy.sets.patterns[Slot::Path as usize][*i].as_str())
+                        .collect();
+                    if let Some(entries) = open_prefixes(&pats) {
+                        kp.open
+                            .extend(entries.into_iter().map(|(path, prefix)| PathEntry {
+                                path,
+                                prefix,
+                                action,
+                                rule: r.id.clone(),
+                            }));
+                    }
+                }
+                [Cond::Kind(CONNECT), rest @ ..] => {
+                    let (mut nets, mut ports) = (None, None);
+                    let mut ok = true;
+                    for c in rest {
+                        match c {
+                            Cond::Addr(n) => nets = Some(n.clone()),
+                            Cond::Port(p) if p.len() == 1 => ports = Some(p[0]),
+                            _ => ok = false,
+                        }
+                    }
+                    if !ok || (nets.is_none() && ports.is_none()) {
+                        continue;
+                    }
+                    let nets = nets.unwrap_or_else(|| {
+                        vec![
+                            "0.0.0.0/0".parse().expect("net"),
+                            "::/0".parse().expect("net"),
+                        ]
+                    });
+                    for net in nets {
+                        kp.deny.push(NetEntry {
+                            net,
+                            ports: ports.unwrap_or((0, 65535)),
+                            rule: r.id.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        kp
+    }
+}
+
+fn is_literal(s: &str) -> bool {
+    !s.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// Exact executable paths, or None when a pattern is not a plain path or name.
+fn exec_paths(pats: &[&str]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for p in pats {
+        if let Some(name) = p.strip_prefix("**/") {
+            if !is_literal(name) || name.contains('/') {
+                return None;
+            }
+            out.extend(BIN_DIRS.iter().map(|d| format!("{d}/{name}")));
+        } else if is_literal(p) && p.starts_with('/') {
+            out.push(p.to_string());
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// (path, is_prefix) for patterns that are a literal path, or a literal prefix followed by a
+/// final `*` or `**`. `/home/*/` (a `~/` pattern) becomes each existing home directory.
+fn open_prefixes(pats: &[&str]) -> Option<Vec<(String, bool)>> {
+    let mut out = Vec::new();
+    for p in pats {
+        let expanded: Vec<String> = match p.strip_prefix("/home/*/") {
+            Some(rest) => home_dirs()
+                .iter()
+                .map(|h| format!("{}/{rest}", h.trim_end_matches('/')))
+                .collect(),
+            None => vec![p.to_string()],
+        };
+        for e in expanded {
+            if is_literal(&e) {
+                out.push((e, false));
+            } else if let Some(pre) = e.strip_suffix("**").or_else(|| e.strip_suffix('*')) {
+                if !is_literal(pre) {
+                    return None;
+                }
+                out.push((pre.to_string(), true));
+            } else {
+                return None;
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Some(out)
+}
+
+fn home_dirs() -> Vec<String> {
+    std::fs::read_dir("/home")
+        .map(|rd| {
+            rd.filter_map(|e| Some(e.ok()?.path().to_str()?.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,281 @@
+//! The rule files as written (YAML). Values that can be checked alone (globs, regexes, CIDRs,
+//! ports) are checked while parsing, so their errors carry the file's line and column.
+use std::collections::BTreeMap;
+
+use serde::{de::Error as _, Deserialize, Deserializer};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Named lists, referenced as `$name` inside any pattern list.
+    #[serde(default)]
+    pub lists: BTreeMap<String, Vec<Item>>,
+    /// Named conditions, included with `macro: name`.
+    #[serde(default)]
+    pub macros: BTreeMap<String, CondDef>,
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    pub id: String,
+    pub description: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub action: Action,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub condition: Option<CondDef>,
+    #[serde(default)]
+    pub sequence: Option<SequenceDef>,
+    #[serde(default)]
+    pub examples: Examples,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Examples {
+    /// Each item is one event, or a list of events (a stream) for sequences.
+    #[serde(rename = "match", default)]
+    pub matches: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub no_match: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceDef {
+    /// The whole sequence must happen within this time of its first step (e.g. `30s`).
+    #[serde(deserialize_with = "duration")]
+    pub within: std::time::Duration,
+    /// Steps must come from the same session (default) or the same process.
+    #[serde(default)]
+    pub by: SequenceScope,
+    /// `any`: two steps that may happen in either order (the two ends of a pipe).
+    #[serde(default)]
+    pub order: Order,
+    pub steps: Vec<StepDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    #[serde(flatten)]
+    pub condition: CondDef,
+    /// `this_field: previous_step_field`: values that must be equal.
+    #[serde(default)]
+    pub same: BTreeMap<Field, Field>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SequenceScope {
+    #[default]
+    Session,
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Given,
+    Any,
+}
+
+/// Event fields a sequence step can compare with the previous step.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Field {
+    Pid,
+    Ppid,
+    /// Open path, exec path or unix socket path.
+    Path,
+    /// The process's executable.
+    Exe,
+    Addr,
+    Port,
+    Comm,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Alert,
+    Hold,
+    Kill,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Record what would have been done.
+    #[default]
+    Monitor,
+    Enforce,
+}
+
+/// A condition: every key present must hold (keys are ANDed).
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CondDef {
+    #[serde(rename = "type", default)]
+    pub kind: Option<OneOrMany<Kind>>,
+    /// The process's executable (for `exec`: the new one). A pattern without `/` matches
+    /// the basename.
+    #[serde(default)]
+    pub exe: Option<OneOrMany<Item>>,
+    #[serde(default)]
+    pub comm: Option<OneOrMany<Item>>,
+    /// Glob on the whole command line (arguments joined by single spaces).
+    #[serde(default)]
+    pub cmdline: Option<OneOrMany<Item>>,
+    /// Regex on the whole command line.
+    #[serde(default)]
+    pub cmdline_regex: Option<OneOrMany<Regex>>,
+    /// Glob that must match at least one argument (argv[1..]).
+    #[serde(default)]
+    pub arg: Option<OneOrMany<Item>>,
+    /// Open path (absolute). `~/` means every user's home.
+    #[serde(default)]
+    pub path: Option<OneOrMany<Item>>,
+    #[serde(default)]
+    pub intent: Option<OneOrMany<Intent>>,
+    /// Whether the call succeeded.
+    #[serde(default)]
+    pub ok: Option<bool>,
+    /// Connect destination address (CIDR or address).
+    #[serde(default)]
+    pub addr: Option<OneOrMany<Item>>,
+    #[serde(default)]
+    pub port: Option<OneOrMany<Item>>,
+    /// Connect destination unix socket path (glob).
+    #[serde(default)]
+    pub unix: Option<OneOrMany<Item>>,
+    #[serde(default)]
+    pub family: Option<OneOrMany<Family>>,
+    /// The session profile (glob).
+    #[serde(default)]
+    pub profile: Option<OneOrMany<Item>>,
+    /// The parent process must match this condition.
+    #[serde(default)]
+    pub parent: Option<Box<CondDef>>,
+    /// Some ancestor (parent, grandparent, ...) must match this condition.
+    #[serde(default)]
+    pub ancestor: Option<Box<CondDef>>,
+    #[serde(default)]
+    pub any: Option<Vec<CondDef>>,
+    #[serde(default)]
+    pub all: Option<Vec<CondDef>>,
+    #[serde(default)]
+    pub not: Option<Box<CondDef>>,
+    #[serde(rename = "macro", default)]
+    pub macros: Option<OneOrMany<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Exec,
+    Fork,
+    Exit,
+    Open,
+    Connect,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Intent {
+    Read,
+    Write,
+    Create,
+    Truncate,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Inet,
+    Inet6,
+    Unix,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(t) => std::slice::from_ref(t),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// One entry of a pattern list: a value, or `$name` for a named list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Value(String),
+    List(String),
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(u64),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::N(n) => n.to_string(),
+        };
+        if let Some(name) = s.strip_prefix('$') {
+            if name.is_empty() {
+                return Err(D::Error::custom("`$` must be followed by a list name"));
+            }
+            return Ok(Item::List(name.to_string()));
+        }
+        Ok(Item::Value(s))
+    }
+}
+
+/// A regex, compiled while parsing so a bad one is reported at its line.
+#[derive(Debug, Clone)]
+pub struct Regex(pub String);
+
+impl<'de> Deserialize<'de> for Regex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        regex::Regex::new(&s).map_err(|e| D::Error::custom(format!("invalid regex: {e}")))?;
+        Ok(Regex(s))
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        D::Error::custom(format!(
+            "invalid duration {s:?}: {e} (expected e.g. `30s` or `5m`)"
+        ))
+    })
+}
