@@ -175,9 +175,46 @@ pub struct AgentName(pub [u8; AGENT_NAME_MAX]);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallArgs {
     pub kind: u32,
-    pub openat2: u32,
+    /// `ARGS_*` bits.
+    pub flags: u32,
     pub session_id: u64,
     pub args: [u64; 4],
+}
+
+/// The call was openat2.
+pub const ARGS_OPENAT2: u32 = 1 << 0;
+/// A fast-path entry matched at entry (or the connect was refused by the kernel policy).
+pub const ARGS_FAST_PATH: u32 = 1 << 1;
+
+/// Paths the kernel fast path can match (longer ones are left to user space).
+pub const FAST_PATH_MAX: usize = 256;
+/// Fast-path actions: flag the record only, or SIGKILL at the hook as well.
+pub const FAST_MARK: u32 = 1;
+pub const FAST_KILL: u32 = 2;
+/// Open intents, as bits of `FastRule::intent` (0: any open).
+pub const INTENT_READ: u32 = 1 << 0;
+pub const INTENT_WRITE: u32 = 1 << 1;
+pub const INTENT_CREATE: u32 = 1 << 2;
+pub const INTENT_TRUNCATE: u32 = 1 << 3;
+
+/// The value of a path entry of `FAST_EXEC`/`FAST_OPEN` (LPM tries keyed by path bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastRule {
+    pub action: u32,
+    pub intent: u32,
+    /// The exact path's length, or 0 for a prefix entry.
+    pub exact_len: u32,
+    pub _pad: u32,
+}
+
+/// The value of a `DENY_V4`/`DENY_V6` entry: the ports refused (host order, inclusive).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastNet {
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub _pad: u32,
 }
 
 /// Where the fields the programs read live. Tracepoint field offsets come from
@@ -256,4 +293,6 @@ mod pod {
     unsafe impl aya::Pod for Watch {}
     unsafe impl aya::Pod for ProbeConfig {}
     unsafe impl aya::Pod for AgentName {}
+    unsafe impl aya::Pod for FastRule {}
+    unsafe impl aya::Pod for FastNet {}
 }

@@ -6,10 +6,11 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
-    AgentName, EventHeader, EventKind, ProbeConfig, SyscallArgs, Watch, EVENT_KINDS, PATH_MAX,
+    AgentName, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, SyscallArgs, Watch,
+    EVENT_KINDS, FAST_PATH_MAX, PATH_MAX,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -118,5 +119,58 @@ pub fn count_drop(kind: EventKind) {
     if let Some(counter) = DROPS.get_ptr_mut(kind as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
+    }
+}
+
+/// Kernel policy (see `watcher::rules::kernel`): executables to act on at exec, keyed by path.
+#[map]
+pub static FAST_EXEC: LpmTrie<[u8; FAST_PATH_MAX], FastRule> = LpmTrie::with_max_entries(4096, 0);
+
+/// Kernel policy: paths and path prefixes to act on at open.
+#[map]
+pub static FAST_OPEN: LpmTrie<[u8; FAST_PATH_MAX], FastRule> = LpmTrie::with_max_entries(4096, 0);
+
+/// Kernel policy: destinations a watched process may not connect to.
+#[map]
+pub static DENY_V4: LpmTrie<[u8; 4], FastNet> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static DENY_V6: LpmTrie<[u8; 16], FastNet> = LpmTrie::with_max_entries(1024, 0);
+
+/// Per-CPU scratch for a fast-path lookup key (too big for the stack next to a record).
+#[map]
+pub static SCRATCH_KEY: PerCpuArray<Key<[u8; FAST_PATH_MAX]>> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn scratch_key() -> Option<&'static mut Key<[u8; FAST_PATH_MAX]>> {
+    let k = SCRATCH_KEY.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, no concurrent user on this CPU.
+    Some(unsafe { &mut *k })
+}
+
+/// The fast-path entry for the `len` bytes in `key.data`: the longest stored prefix, which
+/// applies when it is a prefix entry or an exact entry of the same length.
+#[inline(always)]
+pub fn fast_lookup(
+    map: &LpmTrie<[u8; FAST_PATH_MAX], FastRule>,
+    key: &mut Key<[u8; FAST_PATH_MAX]>,
+    len: usize,
+) -> Option<FastRule> {
+    if len == 0 || len > FAST_PATH_MAX {
+        return None;
+    }
+    key.prefix_len = (len * 8) as u32;
+    let r = *map.get(&*key)?;
+    if r.exact_len != 0 && r.exact_len as usize != len {
+        return None;
+    }
+    Some(r)
+}
+
+/// Acts on a fast-path match: SIGKILL takes effect before the task returns to user space.
+#[inline(always)]
+pub fn fast_act(r: &FastRule) {
+    if r.action == watcher_common::FAST_KILL {
+        // SAFETY: helper without preconditions; it signals the current task.
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
     }
 }

@@ -35,7 +35,7 @@ fn try_enter(ctx: &TracePointContext, by_fd: bool) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
     let mut args = SyscallArgs {
         kind: EventKind::Chdir as u32,
-        openat2: 0,
+        flags: 0,
         session_id: watch.session_id,
         args: [0; 4],
     };

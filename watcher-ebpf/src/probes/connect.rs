@@ -1,7 +1,9 @@
 //! `syscalls:sys_enter/exit_connect`: the raw sockaddr is copied at exit (user space decodes
 //! IPv4, IPv6 and unix paths) together with the result.
 use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::tracepoint, programs::TracePointContext};
-use watcher_common::{ConnectEvent, EventKind, SyscallArgs, SOCKADDR_MAX};
+use watcher_common::{
+    ConnectEvent, EventKind, SyscallArgs, ARGS_FAST_PATH, EVENT_FLAG_FAST_PATH, SOCKADDR_MAX,
+};
 
 use crate::shared::{
     config, count_drop, current_tgid, current_tid, fill_header, watch_of, EVENTS, SYSCALL_ARGS,
@@ -26,7 +28,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
     let mut args = SyscallArgs {
         kind: EventKind::Connect as u32,
-        openat2: 0,
+        flags: 0,
         session_id: watch.session_id,
         args: [0; 4],
     };
@@ -68,6 +70,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
             &cfg,
         );
         (*ev).result = ret;
+        if args.flags & ARGS_FAST_PATH != 0 {
+            (*ev).hdr.flags |= EVENT_FLAG_FAST_PATH;
+        }
         (*ev).fd = args.args[0] as i32;
         (*ev).addrlen = addrlen;
         (*ev).addr[0] = 0;

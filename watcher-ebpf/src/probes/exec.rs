@@ -10,13 +10,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use watcher_common::{
-    AgentName, EventKind, ExecEvent, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
-    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_SESSION_START, EVENT_FLAG_TRUNCATED, PATH_MAX,
+    AgentName, EventKind, ExecEvent, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
+    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START,
+    EVENT_FLAG_TRUNCATED, PATH_MAX,
 };
 
 use crate::shared::{
-    config, count_drop, current_task, current_tgid, fill_header, read_kernel, watch_of, AGENTS,
-    EVENTS, SCRATCH_PATH, WATCHED,
+    config, count_drop, current_task, current_tgid, fast_act, fast_lookup, fill_header,
+    read_kernel, scratch_key, watch_of, AGENTS, EVENTS, FAST_EXEC, SCRATCH_PATH, WATCHED,
 };
 
 #[tracepoint]
@@ -46,6 +47,11 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
     };
 
+    // The kernel policy acts whether or not the record can be written.
+    if let Some(rule) = fast_exec(ctx, &cfg) {
+        fast_act(&rule);
+        flags |= EVENT_FLAG_FAST_PATH;
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_drop(EventKind::Exec);
         return Ok(());
@@ -64,6 +70,18 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     }
     entry.submit(0);
     Ok(())
+}
+
+/// The `FAST_EXEC` entry for the new program's path, if any.
+#[inline(always)]
+fn fast_exec(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<FastRule> {
+    let key = scratch_key()?;
+    // SAFETY: the offset came from this tracepoint's format file.
+    let loc: u32 = unsafe { ctx.read_at(cfg.exec_filename as usize).ok()? };
+    let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: probe read of the tracepoint record.
+    let len = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut key.data).ok()? }.len();
+    fast_lookup(&FAST_EXEC, key, len)
 }
 
 /// Kernel-side session ids have the top bit clear; user space sets it on its own.

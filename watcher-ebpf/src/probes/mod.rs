@@ -1,5 +1,6 @@
 mod chdir;
 mod connect;
+mod deny;
 mod exec;
 mod exit;
 mod floor;

@@ -5,10 +5,15 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use watcher_common::{EventKind, OpenEvent, SyscallArgs, EVENT_FLAG_TRUNCATED, PATH_MAX};
+use watcher_common::{
+    EventKind, FastRule, OpenEvent, SyscallArgs, ARGS_FAST_PATH, ARGS_OPENAT2,
+    EVENT_FLAG_FAST_PATH, EVENT_FLAG_TRUNCATED, INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE,
+    INTENT_WRITE, PATH_MAX,
+};
 
 use crate::shared::{
-    config, count_drop, current_tgid, current_tid, fill_header, watch_of, EVENTS, SYSCALL_ARGS,
+    config, count_drop, current_tgid, current_tid, fast_act, fast_lookup, fill_header,
+    scratch_key, watch_of, EVENTS, FAST_OPEN, SYSCALL_ARGS,
 };
 
 #[repr(C)]
@@ -43,7 +48,7 @@ fn try_enter(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
     let mut args = SyscallArgs {
         kind: EventKind::Open as u32,
-        openat2: openat2 as u32,
+        flags: if openat2 { ARGS_OPENAT2 } else { 0 },
         session_id: watch.session_id,
         args: [0; 4],
     };
@@ -64,8 +69,42 @@ fn try_enter(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
             args.args[3] = ctx.read_at::<u64>(cfg.openat_mode as usize)? & 0xffff_ffff;
         }
     }
+    if let Some(rule) = fast_open(args.args[1] as *const u8, args.args[2]) {
+        // Takes effect on the way back to user space: the open completes, the process never
+        // gets to use the descriptor.
+        fast_act(&rule);
+        args.flags |= ARGS_FAST_PATH;
+    }
     SYSCALL_ARGS.insert(&current_tid(), &args, 0)?;
     Ok(())
+}
+
+/// The `FAST_OPEN` entry for an absolute path opened with these flags, if any.
+#[inline(always)]
+fn fast_open(path: *const u8, flags: u64) -> Option<FastRule> {
+    let key = scratch_key()?;
+    // SAFETY: probe read of user memory, faults safely.
+    let len = unsafe { bpf_probe_read_user_str_bytes(path, &mut key.data).ok()? }.len();
+    if key.data[0] != b'/' {
+        // Relative paths are resolved (and matched) in user space.
+        return None;
+    }
+    let rule = fast_lookup(&FAST_OPEN, key, len)?;
+    let mut intent = match flags & 3 {
+        0 => INTENT_READ,
+        1 => INTENT_WRITE,
+        _ => INTENT_READ | INTENT_WRITE,
+    };
+    if flags & 0o100 != 0 {
+        intent |= INTENT_CREATE;
+    }
+    if flags & 0o1000 != 0 {
+        intent |= INTENT_TRUNCATE;
+    }
+    if rule.intent != 0 && rule.intent & intent == 0 {
+        return None;
+    }
+    Some(rule)
 }
 
 /// Shared by `sys_exit_openat` and `sys_exit_openat2` (the same program is attached to both).
@@ -95,8 +134,11 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*ev).flags = args.args[2];
         (*ev).mode = args.args[3] as u32;
         (*ev).resolve = args.args[3] >> 32;
-        (*ev).openat2 = args.openat2;
+        (*ev).openat2 = args.flags & ARGS_OPENAT2;
         (*ev)._pad = 0;
+        if args.flags & ARGS_FAST_PATH != 0 {
+            (*ev).hdr.flags |= EVENT_FLAG_FAST_PATH;
+        }
         match bpf_probe_read_user_str_bytes(args.args[1] as *const u8, &mut (*ev).path) {
             Ok(s) if s.len() >= PATH_MAX - 1 => (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED,
             Ok(_) => {}

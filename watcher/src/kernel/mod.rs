@@ -6,14 +6,24 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
+    },
+    programs::{links::CgroupAttachMode, CgroupSockAddr, TracePoint},
     Ebpf, EbpfLoader,
 };
-use watcher_common::{AgentName, ProbeConfig, Watch, AGENT_NAME_MAX, EVENT_KINDS};
+use ipnet::IpNet;
+use watcher_common::{
+    AgentName, FastNet, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, EVENT_KINDS, FAST_KILL,
+    FAST_MARK, FAST_PATH_MAX,
+};
 
 use self::{btf::KernelBtf, tracefs::Format};
-use crate::config::Config;
+use crate::{
+    config::Config,
+    rules::kernel::{KernelAction, KernelPolicy, NetEntry, PathEntry},
+};
 
 /// The eBPF object, built by `build.rs` with aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher"));
@@ -172,6 +182,21 @@ impl Kernel {
             p.attach(cat, name)
                 .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;
         }
+        let root = cgroup2_root().ok_or_else(|| {
+            anyhow!("cgroup v2: no cgroup2 file system is mounted (needed to refuse connects in the kernel)")
+        })?;
+        let cgroup = std::fs::File::open(&root)
+            .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+        for prog in ["deny_connect4", "deny_connect6"] {
+            let p: &mut CgroupSockAddr = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load().with_context(|| format!("verifier rejected {prog}"))?;
+            // A bpf_link (5.7+) always coexists with other programs; it takes no mode flags.
+            p.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {prog} to {}", root.display()))?;
+        }
         let mut agents: BpfHashMap<_, AgentName, u32> = BpfHashMap::try_from(
             ebpf.map_mut("AGENTS")
                 .ok_or_else(|| anyhow!("no AGENTS map"))?,
@@ -221,17 +246,99 @@ impl Kernel {
             .with_context(|| format!("adding pid {tgid} to the kernel map"))
     }
 
-    /// Replaces the kernel's fast-path maps with the policy's.
-    pub fn set_fast_paths(
-        &mut self,
-        _kp: &crate::rules::kernel::KernelPolicy,
-    ) -> anyhow::Result<()> {
+    /// Makes the kernel's fast-path maps hold exactly the policy's entries. New entries go in
+    /// before stale ones go out, so a reload never opens a window with no policy at all.
+    pub fn set_fast_paths(&mut self, kp: &KernelPolicy) -> anyhow::Result<()> {
+        let path_entries = |list: &[PathEntry]| -> Vec<(Key<[u8; FAST_PATH_MAX]>, FastRule)> {
+            list.iter()
+                .filter(|e| !e.path.is_empty() && e.path.len() <= FAST_PATH_MAX)
+                .map(|e| {
+                    let mut data = [0u8; FAST_PATH_MAX];
+                    data[..e.path.len()].copy_from_slice(e.path.as_bytes());
+                    let rule = FastRule {
+                        action: match e.action {
+                            KernelAction::Kill => FAST_KILL,
+                            KernelAction::Mark => FAST_MARK,
+                        },
+                        intent: e.intent,
+                        exact_len: if e.prefix { 0 } else { e.path.len() as u32 },
+                        _pad: 0,
+                    };
+                    (Key::new(e.path.len() as u32 * 8, data), rule)
+                })
+                .collect()
+        };
+        replace_trie(&mut self.ebpf, "FAST_EXEC", path_entries(&kp.exec))?;
+        replace_trie(&mut self.ebpf, "FAST_OPEN", path_entries(&kp.open))?;
+        let net = |e: &NetEntry| FastNet {
+            port_lo: e.ports.0,
+            port_hi: e.ports.1,
+            _pad: 0,
+        };
+        let v4 = kp
+            .deny
+            .iter()
+            .filter_map(|e| match e.net {
+                IpNet::V4(n) => Some((Key::new(n.prefix_len() as u32, n.network().octets()), net(e))),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let v6 = kp
+            .deny
+            .iter()
+            .filter_map(|e| match e.net {
+                IpNet::V6(n) => Some((Key::new(n.prefix_len() as u32, n.network().octets()), net(e))),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        replace_trie(&mut self.ebpf, "DENY_V4", v4)?;
+        replace_trie(&mut self.ebpf, "DENY_V6", v6)?;
         Ok(())
     }
 
     pub fn watched_pids(&self) -> Vec<u32> {
         self.watched.keys().filter_map(Result::ok).collect()
     }
+}
+
+fn replace_trie<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: Vec<(Key<K>, V)>,
+) -> anyhow::Result<()> {
+    let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("no {name} map"))?,
+    )?;
+    let old: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
+    let key_bytes = |k: &Key<K>| -> Vec<u8> {
+        // SAFETY: Key<K> is plain old data (K: Pod), read as bytes for comparison only.
+        unsafe {
+            std::slice::from_raw_parts(k as *const Key<K> as *const u8, std::mem::size_of::<Key<K>>())
+                .to_vec()
+        }
+    };
+    let new: std::collections::HashSet<Vec<u8>> = entries.iter().map(|(k, _)| key_bytes(k)).collect();
+    for (k, v) in &entries {
+        trie.insert(k, v, 0).with_context(|| format!("updating {name}"))?;
+    }
+    for k in old.iter().filter(|k| !new.contains(&key_bytes(k))) {
+        trie.remove(k).with_context(|| format!("updating {name}"))?;
+    }
+    Ok(())
+}
+
+/// The cgroup v2 hierarchy's mount point (`/sys/fs/cgroup` or, in hybrid layouts,
+/// `/sys/fs/cgroup/unified`), from the mount table.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(left.split_whitespace().nth(4)?))
+    })
 }
 
 /// Attaches the empty `floor` program to every hook: the benchmark's kernel floor.

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use super::{
     eval::{Cond, Policy, Slot},
-    syntax::{Action, Mode},
+    syntax::{Action, Intent, Mode},
 };
 
 /// What the kernel does when a fast-path entry matches.
@@ -22,6 +22,8 @@ pub struct PathEntry {
     pub path: String,
     /// A prefix (`/dir/` or `/dir/name_`) rather than one exact path.
     pub prefix: bool,
+    /// `watcher_common::INTENT_*` bits the open must have one of (0: any open).
+    pub intent: u32,
     pub action: KernelAction,
     pub rule: String,
 }
@@ -86,6 +88,7 @@ impl KernelPolicy {
                         kp.exec.extend(paths.into_iter().map(|path| PathEntry {
                             path,
                             prefix: false,
+                            intent: 0,
                             action,
                             rule: r.id.clone(),
                         }));
@@ -94,7 +97,15 @@ impl KernelPolicy {
                 [Cond::Kind(OPEN), Cond::Glob {
                     slot: Slot::Path,
                     ids,
+                }]
+                | [Cond::Kind(OPEN), Cond::Intent(_), Cond::Glob {
+                    slot: Slot::Path,
+                    ids,
                 }] => {
+                    let intent = match parts.as_slice() {
+                        [_, Cond::Intent(m), _] => intent_bits(*m),
+                        _ => 0,
+                    };
                     let pats: Vec<&str> = ids
                         .iter()
                         .map(|i| policy.sets.patterns[Slot::Path as usize][*i].as_str())
@@ -104,6 +115,7 @@ impl KernelPolicy {
                             .extend(entries.into_iter().map(|(path, prefix)| PathEntry {
                                 path,
                                 prefix,
+                                intent,
                                 action,
                                 rule: r.id.clone(),
                             }));
@@ -141,6 +153,15 @@ impl KernelPolicy {
         }
         kp
     }
+}
+
+/// The rule language's intent mask (bit = `Intent as u8`) as the kernel's `INTENT_*` bits.
+fn intent_bits(m: u8) -> u32 {
+    use watcher_common::{INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE};
+    [(Intent::Read, INTENT_READ), (Intent::Write, INTENT_WRITE), (Intent::Create, INTENT_CREATE), (Intent::Truncate, INTENT_TRUNCATE)]
+        .iter()
+        .filter(|(i, _)| m & (1 << *i as u8) != 0)
+        .fold(0, |acc, (_, b)| acc | b)
 }
 
 fn is_literal(s: &str) -> bool {
