@@ -2,9 +2,7 @@
 //! a watched process connecting to a destination of the kernel policy gets EPERM, in the
 //! kernel, before any packet leaves. Everyone else is let through after one map lookup.
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    macros::cgroup_sock_addr,
-    maps::lpm_trie::Key,
+    bindings::bpf_sock_addr, macros::cgroup_sock_addr, maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use watcher_common::{FastNet, ARGS_FAST_PATH};

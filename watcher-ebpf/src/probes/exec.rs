@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use watcher_common::{
     AgentName, EventKind, ExecEvent, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
-    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START,
-    EVENT_FLAG_TRUNCATED, PATH_MAX,
+    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_TRUNCATED,
+    PATH_MAX,
 };
 
 use crate::shared::{

@@ -12,8 +12,8 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    config, count_drop, current_tgid, current_tid, fast_act, fast_lookup, fill_header,
-    scratch_key, watch_of, EVENTS, FAST_OPEN, SYSCALL_ARGS,
+    config, count_drop, current_tgid, current_tid, fast_act, fast_lookup, fill_header, scratch_key,
+    watch_of, EVENTS, FAST_OPEN, SYSCALL_ARGS,
 };
 
 #[repr(C)]

@@ -192,7 +192,8 @@ impl Kernel {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
                 .try_into()?;
-            p.load().with_context(|| format!("verifier rejected {prog}"))?;
+            p.load()
+                .with_context(|| format!("verifier rejected {prog}"))?;
             // A bpf_link (5.7+) always coexists with other programs; it takes no mode flags.
             p.attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {prog} to {}", root.display()))?;
@@ -279,7 +280,10 @@ impl Kernel {
             .deny
             .iter()
             .filter_map(|e| match e.net {
-                IpNet::V4(n) => Some((Key::new(n.prefix_len() as u32, n.network().octets()), net(e))),
+                IpNet::V4(n) => Some((
+                    Key::new(n.prefix_len() as u32, n.network().octets()),
+                    net(e),
+                )),
                 IpNet::V6(_) => None,
             })
             .collect();
@@ -287,7 +291,10 @@ impl Kernel {
             .deny
             .iter()
             .filter_map(|e| match e.net {
-                IpNet::V6(n) => Some((Key::new(n.prefix_len() as u32, n.network().octets()), net(e))),
+                IpNet::V6(n) => Some((
+                    Key::new(n.prefix_len() as u32, n.network().octets()),
+                    net(e),
+                )),
                 IpNet::V4(_) => None,
             })
             .collect();
@@ -306,21 +313,24 @@ fn replace_trie<K: aya::Pod, V: aya::Pod>(
     name: &str,
     entries: Vec<(Key<K>, V)>,
 ) -> anyhow::Result<()> {
-    let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(
-        ebpf.map_mut(name)
-            .ok_or_else(|| anyhow!("no {name} map"))?,
-    )?;
+    let mut trie: LpmTrie<_, K, V> =
+        LpmTrie::try_from(ebpf.map_mut(name).ok_or_else(|| anyhow!("no {name} map"))?)?;
     let old: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
     let key_bytes = |k: &Key<K>| -> Vec<u8> {
         // SAFETY: Key<K> is plain old data (K: Pod), read as bytes for comparison only.
         unsafe {
-            std::slice::from_raw_parts(k as *const Key<K> as *const u8, std::mem::size_of::<Key<K>>())
-                .to_vec()
+            std::slice::from_raw_parts(
+                k as *const Key<K> as *const u8,
+                std::mem::size_of::<Key<K>>(),
+            )
+            .to_vec()
         }
     };
-    let new: std::collections::HashSet<Vec<u8>> = entries.iter().map(|(k, _)| key_bytes(k)).collect();
+    let new: std::collections::HashSet<Vec<u8>> =
+        entries.iter().map(|(k, _)| key_bytes(k)).collect();
     for (k, v) in &entries {
-        trie.insert(k, v, 0).with_context(|| format!("updating {name}"))?;
+        trie.insert(k, v, 0)
+            .with_context(|| format!("updating {name}"))?;
     }
     for k in old.iter().filter(|k| !new.contains(&key_bytes(k))) {
         trie.remove(k).with_context(|| format!("updating {name}"))?;

@@ -72,6 +72,16 @@ pub fn compile(sources: &[Source], homes: &[String]) -> Result<Policy, RuleError
             let (cond, sequence) = match (&def.condition, &def.sequence) {
                 (Some(cd), None) => (Some(c.cond(src, cd, &ctx("condition"), 0)?), None),
                 (None, Some(sd)) => {
+                    if sd.steps.len() > super::eval::MAX_STEPS {
+                        return Err(c.error_at(
+                            src,
+                            &at,
+                            ctx(&format!(
+                                "sequence.steps: at most {} steps",
+                                super::eval::MAX_STEPS
+                            )),
+                        ));
+                    }
                     if sd.steps.len() < 2 {
                         return Err(c.error_at(
                             src,

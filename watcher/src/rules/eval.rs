@@ -3,7 +3,7 @@
 //! lazily, and each rule then only tests which of its patterns hit.
 use std::{
     collections::HashMap,
-    hash::{Hash, Hasher},
+    hash::{BuildHasherDefault, Hasher},
     sync::Arc,
 };
 
@@ -166,10 +166,16 @@ pub struct Subject<'a> {
     lineage: &'a dyn Lineage,
     kind_bit: u8,
     hits: [Option<Vec<usize>>; Slot::COUNT],
+    memo: Option<&'a mut Memo>,
 }
 
 impl<'a> Subject<'a> {
-    pub fn new(ev: &'a Event, profile: Option<&'a str>, lineage: &'a dyn Lineage) -> Subject<'a> {
+    pub fn new(
+        ev: &'a Event,
+        profile: Option<&'a str>,
+        lineage: &'a dyn Lineage,
+        memo: Option<&'a mut Memo>,
+    ) -> Subject<'a> {
         let proc_ = match &ev.detail {
             Detail::Exec { path, argv, .. } => Some(ProcView {
                 ppid: ev.ppid,
@@ -186,6 +192,7 @@ impl<'a> Subject<'a> {
             lineage,
             kind_bit: kind_bit(&ev.detail),
             hits: Default::default(),
+            memo,
         }
     }
 
@@ -197,6 +204,7 @@ impl<'a> Subject<'a> {
             lineage: outer.lineage,
             kind_bit: 0,
             hits: Default::default(),
+            memo: None,
         }
     }
 
@@ -229,7 +237,21 @@ impl<'a> Subject<'a> {
                     }
                     _ => {
                         if let Some(v) = self.text(slot) {
-                            set.matches_into(v, &mut out);
+                            match (Memo::index(slot), self.memo.as_deref_mut()) {
+                                (Some(m), Some(memo)) => {
+                                    let map = &mut memo.by_slot[m];
+                                    if let Some(h) = map.get(v) {
+                                        out.extend_from_slice(h);
+                                    } else {
+                                        set.matches_into(v, &mut out);
+                                        if map.len() >= MEMO_MAX {
+                                            map.clear();
+                                        }
+                                        map.insert(v.into(), out.clone().into());
+                                    }
+                                }
+                                _ => set.matches_into(v, &mut out),
+                            }
                         }
                     }
                 }
@@ -435,7 +457,8 @@ impl Policy {
         if candidates.is_empty() {
             return;
         }
-        let mut s = Subject::new(ev, profile, lineage);
+        let SeqState { partial, memo } = state;
+        let mut s = Subject::new(ev, profile, lineage, Some(memo));
         for &i in candidates {
             let r = &self.rules[i];
             if let Some(c) = &r.cond {
@@ -446,9 +469,9 @@ impl Policy {
                     });
                 }
             } else if let Some(seq) = &r.sequence {
-                state.step((i, false), seq, ev, ts_ns, &mut s, &self.sets, out);
+                SeqState::step(partial, (i, false), seq, ev, ts_ns, &mut s, &self.sets, out);
                 if let Some(rev) = &r.reverse {
-                    state.step((i, true), rev, ev, ts_ns, &mut s, &self.sets, out);
+                    SeqState::step(partial, (i, true), rev, ev, ts_ns, &mut s, &self.sets, out);
                 }
             }
         }
@@ -468,7 +491,31 @@ struct Partial {
 /// Partial sequence matches, per rule and session (or process).
 #[derive(Debug, Default)]
 pub struct SeqState {
-    partial: HashMap<((usize, bool), u64), Vec<Partial>>,
+    partial: PartialMap,
+    memo: Memo,
+}
+
+type PartialMap = HashMap<(usize, bool, u64), Vec<Partial>, BuildHasherDefault<FnvHasher>>;
+
+/// Automaton results for values seen before (a build opens the same files over and over).
+#[derive(Debug, Default)]
+pub struct Memo {
+    by_slot: [MemoMap; 2],
+}
+
+type MemoMap = HashMap<Box<str>, Box<[usize]>, BuildHasherDefault<FnvHasher>>;
+
+/// Values remembered per slot before the memo starts over.
+const MEMO_MAX: usize = 16384;
+
+impl Memo {
+    fn index(slot: Slot) -> Option<usize> {
+        match slot {
+            Slot::Path => Some(0),
+            Slot::Exe => Some(1),
+            _ => None,
+        }
+    }
 }
 
 /// Partial matches kept per rule and key; the oldest go first.
@@ -477,6 +524,7 @@ const MAX_PARTIAL: usize = 32;
 impl SeqState {
     pub fn clear(&mut self) {
         self.partial.clear();
+        self.memo = Memo::default();
     }
 
     /// Partial matches held.
@@ -490,7 +538,7 @@ impl SeqState {
 
     #[allow(clippy::too_many_arguments)]
     fn step(
-        &mut self,
+        partial: &mut PartialMap,
         rule: (usize, bool),
         seq: &Sequence,
         ev: &Arc<Event>,
@@ -500,56 +548,58 @@ impl SeqState {
         out: &mut Vec<Match>,
     ) {
         let key = match seq.by {
-            SequenceScope::Session => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                ev.trace_id.hash(&mut h);
-                h.finish()
-            }
+            SequenceScope::Session => fnv(ev.trace_id.as_bytes()),
             SequenceScope::Process => ev.pid as u64,
         };
-        let mut matched: Vec<bool> = Vec::with_capacity(seq.steps.len());
+        // Each step's condition is evaluated at most once per event (0: not yet).
+        let mut matched = [0u8; MAX_STEPS];
         let mut step_matches = |i: usize, s: &mut Subject<'_>| -> bool {
-            while matched.len() <= i {
-                let j = matched.len();
-                matched.push(seq.steps[j].cond.eval(s, sets));
+            if matched[i] == 0 {
+                matched[i] = 1 + seq.steps[i].cond.eval(s, sets) as u8;
             }
-            matched[i]
+            matched[i] == 2
         };
-        let list = self.partial.entry((rule, key)).or_default();
-        list.retain(|p| ts_ns.saturating_sub(p.start_ns) <= seq.within_ns);
-        let mut completed = None;
-        for (idx, p) in list.iter_mut().enumerate() {
-            let st = &seq.steps[p.next];
-            let same_ok = st.same.iter().all(|(this, prev)| {
-                let prev_v = p
-                    .last
-                    .iter()
-                    .find(|(f, _)| f == prev)
-                    .and_then(|(_, v)| v.as_ref());
-                prev_v.is_some() && s.field(*this).as_ref() == prev_v
-            });
-            if same_ok && step_matches(p.next, s) {
-                p.evidence.push(ev.clone());
-                p.next += 1;
-                if p.next == seq.steps.len() {
-                    completed = Some(idx);
-                    break;
+        let k = (rule.0, rule.1, key);
+        if let Some(list) = partial.get_mut(&k) {
+            list.retain(|p| ts_ns.saturating_sub(p.start_ns) <= seq.within_ns);
+            let mut completed = None;
+            for (idx, p) in list.iter_mut().enumerate() {
+                let st = &seq.steps[p.next];
+                let same_ok = st.same.iter().all(|(this, prev)| {
+                    let prev_v = p
+                        .last
+                        .iter()
+                        .find(|(f, _)| f == prev)
+                        .and_then(|(_, v)| v.as_ref());
+                    prev_v.is_some() && s.field(*this).as_ref() == prev_v
+                });
+                if same_ok && step_matches(p.next, s) {
+                    p.evidence.push(ev.clone());
+                    p.next += 1;
+                    if p.next == seq.steps.len() {
+                        completed = Some(idx);
+                        break;
+                    }
+                    p.last = wanted(seq, p.next)
+                        .iter()
+                        .map(|f| (*f, s.field(*f)))
+                        .collect();
                 }
-                p.last = wanted(seq, p.next)
-                    .iter()
-                    .map(|f| (*f, s.field(*f)))
-                    .collect();
             }
-        }
-        if let Some(idx) = completed {
-            let p = list.remove(idx);
-            out.push(Match {
-                rule: rule.0,
-                evidence: p.evidence,
-            });
-            return;
+            if let Some(idx) = completed {
+                let p = list.remove(idx);
+                if list.is_empty() {
+                    partial.remove(&k);
+                }
+                out.push(Match {
+                    rule: rule.0,
+                    evidence: p.evidence,
+                });
+                return;
+            }
         }
         if step_matches(0, s) {
+            let list = partial.entry(k).or_default();
             if list.len() >= MAX_PARTIAL {
                 list.remove(0);
             }
@@ -559,10 +609,50 @@ impl SeqState {
                 evidence: vec![ev.clone()],
                 last: wanted(seq, 1).iter().map(|f| (*f, s.field(*f))).collect(),
             });
+        } else if partial.get(&k).is_some_and(Vec::is_empty) {
+            partial.remove(&k);
         }
-        if list.is_empty() {
-            self.partial.remove(&(rule, key));
+    }
+}
+
+/// Steps a sequence may have (checked when rules are compiled).
+pub const MAX_STEPS: usize = 8;
+
+/// FNV-1a: keys here are our own trace ids and pids, so a fast hash is safe.
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Default)]
+pub struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
+        self.0 = h;
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(v as u64);
     }
 }
 

@@ -158,10 +158,15 @@ impl KernelPolicy {
 /// The rule language's intent mask (bit = `Intent as u8`) as the kernel's `INTENT_*` bits.
 fn intent_bits(m: u8) -> u32 {
     use watcher_common::{INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE};
-    [(Intent::Read, INTENT_READ), (Intent::Write, INTENT_WRITE), (Intent::Create, INTENT_CREATE), (Intent::Truncate, INTENT_TRUNCATE)]
-        .iter()
-        .filter(|(i, _)| m & (1 << *i as u8) != 0)
-        .fold(0, |acc, (_, b)| acc | b)
+    [
+        (Intent::Read, INTENT_READ),
+        (Intent::Write, INTENT_WRITE),
+        (Intent::Create, INTENT_CREATE),
+        (Intent::Truncate, INTENT_TRUNCATE),
+    ]
+    .iter()
+    .filter(|(i, _)| m & (1 << *i as u8) != 0)
+    .fold(0, |acc, (_, b)| acc | b)
 }
 
 fn is_literal(s: &str) -> bool {

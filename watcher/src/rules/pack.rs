@@ -44,6 +44,14 @@ mod tests {
     }
 
     #[test]
+    fn every_example_of_the_pack_passes() {
+        let (policy, sources) = super::super::load(None).unwrap();
+        let (n, failures) = super::super::examples::run(&policy, &sources).unwrap();
+        assert!(n > 80, "{n} examples");
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
     fn the_pack_compiles() {
         let (policy, _) = super::super::load(None).unwrap();
         assert!(policy.rules.len() >= 20, "{}", policy.rules.len());

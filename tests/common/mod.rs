@@ -1,0 +1,207 @@
+//! The test harness shared by the end-to-end tests: the real daemon binary, started as root
+//! with its own socket (and optionally its own config), driven through its CLI.
+#![allow(dead_code)]
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_watcher");
+/// Upper bound for an awaited event; reaching it fails the test (it is not a sleep).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests load eBPF programs into the kernel and must run as root (cargo xtask test does)"
+    );
+}
+
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with("")
+    }
+
+    /// Starts the daemon with `config` (TOML text) as its configuration file.
+    pub fn start_with(config: &str) -> Daemon {
+        require_root();
+        let dir = TempDir::new("daemon");
+        let socket = dir.0.join("ctl.sock");
+        let config_path = dir.0.join("watcher.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .args(["run", "--socket"])
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn watcher run");
+        // The daemon prints "ready" once its programs are attached and the socket listens.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "daemon did not start: {line:?}");
+        Daemon { child, socket, dir }
+    }
+
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--socket").arg(&self.socket);
+        c
+    }
+
+    /// Runs `sh -c script` as a watched session; returns (trace id, exit code).
+    pub fn launch(&self, script: &str) -> (String, i32) {
+        let out = self
+            .cli()
+            .args(["launch", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let trace = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("watcher: trace id "))
+            .unwrap_or_else(|| panic!("no trace id on stderr: {stderr}"))
+            .trim()
+            .to_string();
+        (trace, out.status.code().unwrap_or(-1))
+    }
+
+    /// The session's events, read from `watcher events --follow` until the exit of `root`.
+    pub fn session_events(&self, trace: &str, root: Option<u32>) -> Vec<Value> {
+        let mut child = self
+            .cli()
+            .args(["events", "--json", "--follow", "--trace", trace])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut events = Vec::new();
+        let mut root = root;
+        loop {
+            let line = rx
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("session {trace} did not end; saw {events:#?}"));
+            let ev: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(ev["trace_id"], trace, "event of another session: {ev}");
+            if root.is_none() && ev["type"] == "exec" {
+                root = ev["pid"].as_u64().map(|p| p as u32);
+            }
+            let done = ev["type"] == "exit" && root.is_some_and(|r| ev["pid"] == r);
+            events.push(ev);
+            if done {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        events
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.cli().args(["status", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "watcher-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// The real interpreter behind any `python3` shim, so the tree under test stays small.
+pub fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed by this test");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl Daemon {
+    /// The session's findings (after `session_events` saw its end, all of them are in).
+    pub fn findings(&self, trace: &str) -> Vec<Value> {
+        let out = self
+            .cli()
+            .args(["findings", "--json", "--trace", trace])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Runs `script` as a session and returns (its events, its findings, exit code).
+    pub fn run_session(&self, script: &str) -> (Vec<Value>, Vec<Value>, i32) {
+        let (trace, code) = self.launch(script);
+        let events = self.session_events(&trace, None);
+        (events, self.findings(&trace), code)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
