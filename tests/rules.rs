@@ -112,8 +112,9 @@ fn pack_dir(into: &Path) -> PathBuf {
 
 #[test]
 fn threat_cases_fire_the_expected_rules() {
-    let daemon = Daemon::start();
+    // The home exists before the daemon loads its policy, so the kernel fast paths cover it.
     let home = FakeHome::new();
+    let daemon = Daemon::start();
     let h = home.0.display().to_string();
     let work = TempDir::new("threats");
     let d = work.0.display().to_string();
@@ -140,6 +141,7 @@ fn threat_cases_fire_the_expected_rules() {
         ("read /etc/shadow", "cat /etc/shadow >/dev/null".into(), "shadow-read", "/etc/shadow"),
         ("metadata service", format!("{py} -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry: s.connect(('169.254.169.254', 80))\nexcept OSError as e: print(e)\""), "cloud-metadata-connect", "169.254.169.254"),
         (".bashrc", format!("echo 'curl x|sh' >> {h}/.bashrc"), "shell-rc-write", "/.bashrc"),
+        ("authorized_keys", format!("sh -c 'echo ssh-ed25519 AAAA attacker >> {h}/.ssh/authorized_keys'; echo \"rc=$?\" > {d}/ak-rc"), "ssh-authorized-keys-write", "/.ssh/authorized_keys"),
         ("crontab", format!("echo '* * * * * true' > {d}/job.cron && {crontab} {d}/job.cron"), "crontab-install", "crontab"),
         ("systemd user unit", format!("mkdir -p {h}/.config/systemd/user && echo '[Service]' > {h}/.config/systemd/user/evil.service"), "systemd-unit-write", "evil.service"),
         ("git hook", format!("git init -q {d}/hookrepo && echo 'echo pwned' > {d}/hookrepo/.git/hooks/pre-commit"), "git-hook-plant", "/.git/hooks/pre-commit"),

@@ -29,7 +29,7 @@ pub struct StormArgs {
 }
 
 const STORMS: [(&str, u64); 3] = [("exec", 2000), ("open", 200_000), ("connect", 200_000)];
-const VARIANTS: [&str; 4] = ["off", "floor", "unwatched", "watched"];
+const VARIANTS: [&str; 5] = ["off", "floor", "unwatched", "watched", "watched, no rules"];
 
 /// The measured loop, in its own process so it can be launched as a watched session.
 /// Prints nanoseconds per operation.
@@ -72,9 +72,18 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Daemon> {
+    /// `rules`: a rule path for the daemon; None for the shipped pack.
+    fn start(bin: &Path, dir: &Path, rules: Option<&Path>) -> anyhow::Result<Daemon> {
         let socket = dir.join("bench.sock");
+        let config = dir.join("bench.toml");
+        let text = match rules {
+            Some(r) => format!("[rules]\npath = \"{}\"\n", r.display()),
+            None => String::new(),
+        };
+        std::fs::write(&config, text)?;
         let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
             .args(["run", "--socket"])
             .arg(&socket)
             .env("RUST_LOG", "warn")
@@ -186,6 +195,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let bin = root().join("target/release/watcher");
     let dir = std::env::temp_dir().join(format!("watcher-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let no_rules = dir.join("no-rules");
+    std::fs::create_dir_all(&no_rules)?;
     // ns/op per storm, variant, round; events, drops, CPU per watched storm.
     let mut ns = vec![vec![Vec::new(); VARIANTS.len()]; STORMS.len()];
     let mut delivered = vec![(0u64, 0u64, 0u64, 0f64); STORMS.len()];
@@ -207,7 +218,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let _ = floor.kill();
             let _ = floor.wait();
         }
-        let d = Daemon::start(&bin, &dir)?;
+        {
+            // The same watched storms with no rules: what the rules (kernel fast paths and
+            // user-space evaluation) add.
+            let d = Daemon::start(&bin, &dir, Some(&no_rules))?;
+            let launch = d.launch_prefix(bin.as_os_str());
+            for (s, (kind, ops)) in STORMS.iter().enumerate() {
+                ns[s][4].push(run_storm(&launch, kind, *ops)?);
+            }
+        }
+        let d = Daemon::start(&bin, &dir, None)?;
         for (s, (kind, ops)) in STORMS.iter().enumerate() {
             ns[s][2].push(run_storm(&[], kind, *ops)?);
             let (ev0, dr0) = totals(&d.status(&bin)?);
@@ -260,6 +280,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("| {kind} | {} | {:.3} |", VARIANTS[v], stats(r).0);
         }
     }
+    println!("\n| storm | watched (shipped pack, kernel fast paths) vs watched with no rules (median) | min | max |");
+    println!("|---|---|---|---|");
+    for (s, (kind, _)) in STORMS.iter().enumerate() {
+        let r: Vec<f64> = ns[s][3].iter().zip(&ns[s][4]).map(|(x, n)| x / n).collect();
+        let (med, min, max) = stats(r);
+        println!("| {kind} | {med:.3} | {min:.3} | {max:.3} |");
+    }
     println!("\n| watched storm | events delivered | events/s | drops | daemon CPU per event |");
     println!("|---|---|---|---|---|");
     for (s, (kind, _)) in STORMS.iter().enumerate() {
@@ -272,7 +299,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 
     real_workload(&bin, &dir, a.build_rounds)?;
+    rules_throughput(&bin)?;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The shipped pack's evaluation rate over a recorded agent session (one core, in-process
+/// baseline: the same loop with an empty policy).
+fn rules_throughput(bin: &Path) -> anyhow::Result<()> {
+    let stream = root().join("bench/streams/agent-session.jsonl");
+    let out = Command::new(bin)
+        .arg("bench-rules")
+        .arg(&stream)
+        .args(["--rounds", "15"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench-rules failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("\n## Rule evaluation (shipped pack, recorded stream)\n");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }
 
@@ -317,7 +365,7 @@ fn real_workload(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     };
     // Warm the registry index and sources once.
     build(&[])?;
-    let d = Daemon::start(bin, dir)?;
+    let d = Daemon::start(bin, dir, None)?;
     let launch = d.launch_prefix(bin.as_os_str());
     let mut ratios = Vec::new();
     let mut plain = Vec::new();

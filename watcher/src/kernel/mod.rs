@@ -87,6 +87,12 @@ pub fn preflight() -> anyhow::Result<PathBuf> {
             }
         }
     }
+    if cgroup2_root().is_none() {
+        missing.push(
+            "cgroup v2: no cgroup2 file system is mounted (watcher refuses denied connects with a cgroup program; `mount -t cgroup2 none /sys/fs/cgroup/unified`)"
+                .to_string(),
+        );
+    }
     match (missing.is_empty(), tracefs) {
         (true, Some(t)) => Ok(t),
         _ => Err(anyhow!(
@@ -182,22 +188,7 @@ impl Kernel {
             p.attach(cat, name)
                 .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;
         }
-        let root = cgroup2_root().ok_or_else(|| {
-            anyhow!("cgroup v2: no cgroup2 file system is mounted (needed to refuse connects in the kernel)")
-        })?;
-        let cgroup = std::fs::File::open(&root)
-            .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
-        for prog in ["deny_connect4", "deny_connect6"] {
-            let p: &mut CgroupSockAddr = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("verifier rejected {prog}"))?;
-            // A bpf_link (5.7+) always coexists with other programs; it takes no mode flags.
-            p.attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {prog} to {}", root.display()))?;
-        }
+        attach_connect_programs(&mut ebpf, ["deny_connect4", "deny_connect6"])?;
         let mut agents: BpfHashMap<_, AgentName, u32> = BpfHashMap::try_from(
             ebpf.map_mut("AGENTS")
                 .ok_or_else(|| anyhow!("no AGENTS map"))?,
@@ -363,5 +354,27 @@ pub fn load_floor() -> anyhow::Result<Ebpf> {
     for (_, cat, name) in HOOKS {
         p.attach(cat, name)?;
     }
+    attach_connect_programs(&mut ebpf, ["floor_connect4", "floor_connect6"])?;
     Ok(ebpf)
+}
+
+/// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
+fn attach_connect_programs(ebpf: &mut Ebpf, progs: [&str; 2]) -> anyhow::Result<()> {
+    let root = cgroup2_root().ok_or_else(|| {
+        anyhow!("cgroup v2: no cgroup2 file system is mounted (needed to refuse connects in the kernel)")
+    })?;
+    let cgroup = std::fs::File::open(&root)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    for prog in progs {
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("verifier rejected {prog}"))?;
+        // A bpf_link (5.7+) always coexists with other programs; it takes no mode flags.
+        p.attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {prog} to {}", root.display()))?;
+    }
+    Ok(())
 }

@@ -65,8 +65,15 @@ pub fn compile(sources: &[Source], homes: &[String]) -> Result<Policy, RuleError
             if def.id.is_empty() {
                 return Err(c.error_at(src, "id:", "rule id is empty".into()));
             }
-            if ids.insert(def.id.clone(), src.name.clone()).is_some() {
-                return Err(c.error_at(src, &at, format!("rule id {:?} is used twice", def.id)));
+            if let Some(first) = ids.insert(def.id.clone(), src.name.clone()) {
+                // Point at the second use (the last mention in this file).
+                let (line, column) = locate_last(&src.text, &at);
+                return Err(RuleError {
+                    file: src.name.clone(),
+                    line,
+                    column,
+                    message: format!("rule id {:?} is used twice (also in {first})", def.id),
+                });
             }
             let ctx = |field: &str| format!("rule {:?}: {field}", def.id);
             let (cond, sequence) = match (&def.condition, &def.sequence) {
@@ -498,6 +505,17 @@ pub fn strip_location(msg: &str) -> String {
         Some(i) if msg[i..].contains(" column ") => msg[..i].to_string(),
         _ => msg.to_string(),
     }
+}
+
+/// 1-based line and column of the last occurrence of `needle`, or (0, 0).
+fn locate_last(text: &str, needle: &str) -> (usize, usize) {
+    let mut out = (0, 0);
+    for (i, line) in text.lines().enumerate() {
+        if let Some(col) = line.find(needle) {
+            out = (i + 1, col + 1);
+        }
+    }
+    out
 }
 
 /// 1-based line and column of the first occurrence of `needle`, or (0, 0).

@@ -68,6 +68,23 @@ impl Cond {
         }
     }
 
+    /// The open-path patterns of which one must match for this condition to hold: a top-level
+    /// `type: open` with a `path` key.
+    fn required_paths(&self) -> Option<&[usize]> {
+        let Cond::All(parts) = self else { return None };
+        let only_open = parts
+            .iter()
+            .any(|c| matches!(c, Cond::Kind(m) if *m == 1 << 3));
+        let ids = parts.iter().find_map(|c| match c {
+            Cond::Glob {
+                slot: Slot::Path,
+                ids,
+            } => Some(ids.as_slice()),
+            _ => None,
+        })?;
+        only_open.then_some(ids)
+    }
+
     /// The event kinds this condition can match (a bit per kind).
     fn kinds(&self) -> u8 {
         match self {
@@ -165,6 +182,9 @@ pub struct Subject<'a> {
     profile: Option<&'a str>,
     lineage: &'a dyn Lineage,
     kind_bit: u8,
+    /// Open intent bits, parsed once.
+    intent: u8,
+    addr: Option<std::net::IpAddr>,
     hits: [Option<Vec<usize>>; Slot::COUNT],
     memo: Option<&'a mut Memo>,
 }
@@ -191,6 +211,11 @@ impl<'a> Subject<'a> {
             profile,
             lineage,
             kind_bit: kind_bit(&ev.detail),
+            intent: Self::intent_of(ev),
+            addr: match &ev.detail {
+                Detail::Connect { addr: Some(a), .. } => a.parse().ok(),
+                _ => None,
+            },
             hits: Default::default(),
             memo,
         }
@@ -203,13 +228,26 @@ impl<'a> Subject<'a> {
             profile: outer.profile,
             lineage: outer.lineage,
             kind_bit: 0,
+            intent: 0,
+            addr: None,
             hits: Default::default(),
             memo: None,
         }
     }
 
+    #[inline]
     fn hits(&mut self, slot: Slot, sets: &FieldSets) -> &[usize] {
         if self.hits[slot as usize].is_none() {
+            self.compute_hits(slot, sets);
+        }
+        self.hits[slot as usize].as_deref().unwrap_or(&[])
+    }
+
+    /// Runs the field's automaton (or asks the memo); kept out of line so the hot `eval`
+    /// stays small.
+    #[inline(never)]
+    fn compute_hits(&mut self, slot: Slot, sets: &FieldSets) {
+        {
             let set = &sets.sets[slot as usize];
             let mut out = Vec::new();
             if !set.is_empty() {
@@ -258,7 +296,6 @@ impl<'a> Subject<'a> {
             }
             self.hits[slot as usize] = Some(out);
         }
-        self.hits[slot as usize].as_deref().unwrap_or(&[])
     }
 
     fn text(&self, slot: Slot) -> Option<&'a str> {
@@ -279,7 +316,11 @@ impl<'a> Subject<'a> {
     }
 
     fn intent(&self) -> u8 {
-        let Some(Detail::Open { flags, .. }) = self.ev.map(|e| &e.detail) else {
+        self.intent
+    }
+
+    fn intent_of(ev: &Event) -> u8 {
+        let Detail::Open { flags, .. } = &ev.detail else {
             return 0;
         };
         let mut m = 0;
@@ -305,10 +346,7 @@ impl<'a> Subject<'a> {
     }
 
     fn addr(&self) -> Option<std::net::IpAddr> {
-        match &self.ev?.detail {
-            Detail::Connect { addr: Some(a), .. } => a.parse().ok(),
-            _ => None,
-        }
+        self.addr
     }
 
     fn port(&self) -> Option<u16> {
@@ -381,8 +419,10 @@ pub struct Policy {
     pub version: String,
     pub rules: Vec<Rule>,
     pub sets: FieldSets,
-    /// Per event kind: the rules (and sequence steps) that can match it.
+    /// Per event kind: the rules (and sequences) that can match it, except those in `by_path`.
     by_kind: [Vec<usize>; 5],
+    /// Per path pattern: the rules that need it to match.
+    by_path: Vec<Vec<usize>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -406,7 +446,16 @@ pub struct Match {
 impl Policy {
     pub fn new(rules: Vec<Rule>, sets: FieldSets, version: String) -> Policy {
         let mut by_kind: [Vec<usize>; 5] = Default::default();
+        let mut by_path = vec![Vec::new(); sets.patterns[Slot::Path as usize].len()];
         for (i, r) in rules.iter().enumerate() {
+            // A plain rule that needs an open path is reached through the patterns it needs,
+            // so an open that no path pattern matches costs no rule at all.
+            if let Some(ids) = r.cond.as_ref().and_then(Cond::required_paths) {
+                for id in ids {
+                    by_path[*id].push(i);
+                }
+                continue;
+            }
             let mask = match (&r.cond, &r.sequence) {
                 (Some(c), _) => c.kinds(),
                 (_, Some(s)) => s.steps.iter().fold(0, |m, st| m | st.cond.kinds()),
@@ -423,6 +472,7 @@ impl Policy {
             rules,
             sets,
             by_kind,
+            by_path,
         }
     }
 
@@ -454,12 +504,22 @@ impl Policy {
             return;
         }
         let candidates = &self.by_kind[bit.trailing_zeros() as usize];
-        if candidates.is_empty() {
+        let is_open = matches!(ev.detail, Detail::Open { .. });
+        if candidates.is_empty() && (!is_open || self.by_path.is_empty()) {
             return;
         }
         let SeqState { partial, memo } = state;
         let mut s = Subject::new(ev, profile, lineage, Some(memo));
-        for &i in candidates {
+        let session_key = fnv(ev.trace_id.as_bytes());
+        let mut by_path = Vec::new();
+        if is_open && !self.by_path.is_empty() {
+            for h in s.hits(Slot::Path, &self.sets) {
+                by_path.extend_from_slice(&self.by_path[*h]);
+            }
+            by_path.sort_unstable();
+            by_path.dedup();
+        }
+        for &i in candidates.iter().chain(&by_path) {
             let r = &self.rules[i];
             if let Some(c) = &r.cond {
                 if c.eval(&mut s, &self.sets) {
@@ -469,9 +529,29 @@ impl Policy {
                     });
                 }
             } else if let Some(seq) = &r.sequence {
-                SeqState::step(partial, (i, false), seq, ev, ts_ns, &mut s, &self.sets, out);
+                SeqState::step(
+                    partial,
+                    (i, false),
+                    seq,
+                    session_key,
+                    ev,
+                    ts_ns,
+                    &mut s,
+                    &self.sets,
+                    out,
+                );
                 if let Some(rev) = &r.reverse {
-                    SeqState::step(partial, (i, true), rev, ev, ts_ns, &mut s, &self.sets, out);
+                    SeqState::step(
+                        partial,
+                        (i, true),
+                        rev,
+                        session_key,
+                        ev,
+                        ts_ns,
+                        &mut s,
+                        &self.sets,
+                        out,
+                    );
                 }
             }
         }
@@ -498,7 +578,7 @@ pub struct SeqState {
 type PartialMap = HashMap<(usize, bool, u64), Vec<Partial>, BuildHasherDefault<FnvHasher>>;
 
 /// Automaton results for values seen before (a build opens the same files over and over).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Memo {
     by_slot: [MemoMap; 2],
 }
@@ -507,6 +587,16 @@ type MemoMap = HashMap<Box<str>, Box<[usize]>, BuildHasherDefault<FnvHasher>>;
 
 /// Values remembered per slot before the memo starts over.
 const MEMO_MAX: usize = 16384;
+
+impl Default for Memo {
+    fn default() -> Self {
+        // Sized for a build's working set up front: growing a map rehashes every entry.
+        let map = || MemoMap::with_capacity_and_hasher(4096, Default::default());
+        Memo {
+            by_slot: [map(), map()],
+        }
+    }
+}
 
 impl Memo {
     fn index(slot: Slot) -> Option<usize> {
@@ -541,6 +631,7 @@ impl SeqState {
         partial: &mut PartialMap,
         rule: (usize, bool),
         seq: &Sequence,
+        session_key: u64,
         ev: &Arc<Event>,
         ts_ns: u64,
         s: &mut Subject<'_>,
@@ -548,7 +639,7 @@ impl SeqState {
         out: &mut Vec<Match>,
     ) {
         let key = match seq.by {
-            SequenceScope::Session => fnv(ev.trace_id.as_bytes()),
+            SequenceScope::Session => session_key,
             SequenceScope::Process => ev.pid as u64,
         };
         // Each step's condition is evaluated at most once per event (0: not yet).

@@ -98,3 +98,175 @@ pub fn load(path: Option<&Path>) -> Result<(Policy, Vec<Source>), RuleError> {
     let policy = compile::compile(&sources, &compile::homes())?;
     Ok((policy, sources))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile_one(text: &str) -> Result<Policy, RuleError> {
+        let src = Source {
+            name: "t.yaml".into(),
+            text: text.into(),
+        };
+        compile::compile(&[src], &["/root".to_string(), "/home/*".to_string()])
+    }
+
+    const HEAD: &str =
+        "rules:\n  - id: r\n    description: d\n    severity: low\n    action: alert\n";
+
+    #[test]
+    fn errors_name_file_line_column_and_what_was_expected() {
+        let cases = [
+            // Unclosed: the parser notices at the end of the input.
+            ("rules:\n  - id: [x\n", 0, "t.yaml:"),
+            (
+                &format!("{HEAD}    colour: red\n"),
+                6,
+                "unknown field `colour`, expected one of",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      path: \"/a/[b\"\n"),
+                7,
+                "invalid glob \"/a/[b\"",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      addr: [10.0.0.0/33]\n"),
+                7,
+                "invalid address or CIDR",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      port: 70000\n"),
+                7,
+                "invalid port \"70000\"",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      cmdline_regex: \"(\"\n"),
+                7,
+                "invalid regex",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      exe: $nope\n"),
+                7,
+                "unknown list $nope",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      macro: nope\n"),
+                7,
+                "unknown macro \"nope\"",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      type: opne\n"),
+                7,
+                "unknown variant `opne`",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      type: open\n{}", &HEAD[7..]),
+                8,
+                "rule id \"r\" is used twice",
+            ),
+            (
+                &format!("{HEAD}    sequence:\n      within: soon\n      steps: []\n"),
+                7,
+                "invalid duration \"soon\"",
+            ),
+            (HEAD, 2, "expected exactly one of `condition` or `sequence`"),
+        ];
+        for (text, line, want) in cases {
+            let e = compile_one(text).unwrap_err();
+            assert_eq!(e.file, "t.yaml");
+            if line == 0 {
+                assert!(e.line > 0, "{e}");
+            } else {
+                assert_eq!(e.line, line, "{e}");
+            }
+            assert!(e.column > 0, "{e}");
+            assert!(e.to_string().contains(want), "{e} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn sequences_respect_order_window_and_same() {
+        let p = compile_one(&format!(
+            "{HEAD}    sequence:\n      within: 10s\n      steps:\n        - {{type: open, path: /s}}\n        - {{type: connect, same: {{pid: pid}}}}\n"
+        ))
+        .unwrap();
+        let run = |events: serde_json::Value| examples::fired(&p, &events).unwrap();
+        let open = |pid: u32, ts: &str| serde_json::json!({"type": "open", "path": "/s", "pid": pid, "ts": ts});
+        let conn = |pid: u32, ts: &str| serde_json::json!({"type": "connect", "addr": "10.0.0.1", "port": 1, "pid": pid, "ts": ts});
+        let t0 = "2026-01-01T00:00:00Z";
+        let t5 = "2026-01-01T00:00:05Z";
+        let t20 = "2026-01-01T00:00:20Z";
+        assert_eq!(run(serde_json::json!([open(1, t0), conn(1, t5)])), ["r"]);
+        assert!(
+            run(serde_json::json!([conn(1, t0), open(1, t5)])).is_empty(),
+            "order"
+        );
+        assert!(
+            run(serde_json::json!([open(1, t0), conn(1, t20)])).is_empty(),
+            "window"
+        );
+        assert!(
+            run(serde_json::json!([open(1, t0), conn(2, t5)])).is_empty(),
+            "same pid"
+        );
+    }
+
+    #[test]
+    fn tilde_means_every_home_and_exe_names_match_basenames() {
+        let p = compile_one(&format!(
+            "{HEAD}    condition:\n      path: \"~/.netrc\"\n      exe: cat\n"
+        ))
+        .unwrap();
+        for (path, exe, want) in [
+            ("/root/.netrc", "/bin/cat", true),
+            ("/home/bob/.netrc", "/usr/bin/cat", true),
+            ("/home/bob/x/.netrc", "/usr/bin/cat", false),
+            ("/root/.netrc", "/usr/bin/concat", false),
+        ] {
+            let ev = serde_json::json!({"type": "open", "path": path, "exe": exe});
+            assert_eq!(
+                !examples::fired(&p, &ev).unwrap().is_empty(),
+                want,
+                "{path} {exe}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_version_changes_with_any_byte() {
+        let a = Source {
+            name: "a.yaml".into(),
+            text: "rules: []\n".into(),
+        };
+        let mut b = a.clone();
+        b.text.push(' ');
+        assert_ne!(version_of(std::slice::from_ref(&a)), version_of(&[b]));
+        assert_eq!(version_of(std::slice::from_ref(&a)), version_of(&[a]));
+    }
+
+    #[test]
+    fn the_kernel_gets_only_what_it_can_decide_alone() {
+        let p = compile_one(
+            "rules:\n\
+             - {id: a, description: d, severity: high, action: kill, mode: enforce, condition: {type: exec, exe: [nmap, /opt/x]}}\n\
+             - {id: b, description: d, severity: high, action: kill, mode: monitor, condition: {type: exec, exe: nc}}\n\
+             - {id: c, description: d, severity: high, action: kill, mode: enforce, condition: {type: exec, exe: nc, arg: -e}}\n\
+             - {id: d, description: d, severity: high, action: hold, mode: enforce, condition: {type: open, intent: write, path: [/etc/cron.d/*, /etc/crontab]}}\n\
+             - {id: e, description: d, severity: high, action: hold, mode: enforce, condition: {type: connect, addr: 169.254.169.254, port: 80}}\n\
+             - {id: f, description: d, severity: high, action: alert, mode: enforce, condition: {type: connect, addr: 10.0.0.0/8}}\n",
+        )
+        .unwrap();
+        let k = kernel::KernelPolicy::of(&p);
+        assert!(k
+            .exec
+            .iter()
+            .any(|e| e.path == "/usr/bin/nmap" && e.rule == "a"));
+        assert!(k.exec.iter().any(|e| e.path == "/opt/x"));
+        assert!(k.exec.iter().all(|e| e.rule == "a"), "{:?}", k.exec);
+        let cron: Vec<_> = k.open.iter().map(|e| (e.path.as_str(), e.prefix)).collect();
+        assert_eq!(cron, [("/etc/cron.d/", true), ("/etc/crontab", false)]);
+        assert_eq!(k.open[0].intent, watcher_common::INTENT_WRITE);
+        assert_eq!(k.deny.len(), 1);
+        assert_eq!(k.deny[0].ports, (80, 80));
+    }
+}
