@@ -8,8 +8,8 @@ pub struct Event {
     /// Position in the daemon's event stream (gap-free; a client can spot what it missed).
     #[serde(default)]
     pub seq: u64,
-    /// RFC 3339 wall-clock time of the kernel event.
-    pub ts: String,
+    /// Wall-clock time of the kernel event (RFC 3339 with nanoseconds on the wire).
+    pub ts: Ts,
     /// Process id (thread group id).
     pub pid: u32,
     /// Thread id that made the call.
@@ -113,6 +113,41 @@ pub enum Outcome {
     /// Enforce mode, but this action is not carried out by the daemon yet: recorded as what
     /// would have been done.
     NotEnforced,
+}
+
+/// A wall-clock time, formatted only when an event is written out (most events never are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ts(pub std::time::SystemTime);
+
+impl std::fmt::Display for Ts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_nanos(self.0))
+    }
+}
+
+impl Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Ts)
+            .map_err(|e| serde::de::Error::custom(format!("ts {text:?}: {e}")))
+    }
+}
+
+impl Ts {
+    /// Nanoseconds since the Unix epoch (0 before it).
+    pub fn unix_ns(&self) -> u64 {
+        self.0
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -276,7 +311,9 @@ mod tests {
     fn json_has_the_documented_fields() {
         let ev = Event {
             seq: 1,
-            ts: "t".into(),
+            ts: Ts(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_500_000_000_123_456_789)
+            ),
             pid: 1,
             tid: 1,
             ppid: 0,
@@ -300,6 +337,7 @@ mod tests {
         assert_eq!(v["flags"], serde_json::json!(["O_WRONLY", "O_CREAT"]));
         assert_eq!(v["error"], "ENOENT");
         assert_eq!(v["trace_id"], "ab");
+        assert_eq!(v["ts"], "2017-07-14T02:40:00.123456789Z");
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
     }

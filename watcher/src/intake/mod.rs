@@ -24,7 +24,7 @@ use self::{
 };
 use crate::{
     daemon::{Seed, Shared},
-    event::{errno_name, open_flags, Action, Detail, Event, Finding, Mode, Outcome},
+    event::{errno_name, open_flags, Action, Detail, Event, Finding, Mode, Outcome, Ts},
     rules::{Match, SeqState},
     sessions::{new_trace_id, Session},
 };
@@ -109,14 +109,18 @@ pub fn spawn(
 /// Converts kernel CLOCK_BOOTTIME stamps to wall-clock time.
 struct Clock {
     offset_ns: i128,
-    refreshed: std::time::Instant,
+    /// The boot-time stamp of the event at the last measurement.
+    refreshed_boot_ns: u64,
 }
+
+/// How often (in kernel time) the boot-to-wall offset is measured again.
+const CLOCK_REFRESH_NS: u64 = 10_000_000_000;
 
 impl Clock {
     fn new() -> Clock {
         Clock {
             offset_ns: Self::measure(),
-            refreshed: std::time::Instant::now(),
+            refreshed_boot_ns: 0,
         }
     }
 
@@ -136,10 +140,11 @@ impl Clock {
     }
 
     fn wall(&mut self, boot_ns: u64) -> SystemTime {
-        // Follow clock steps (NTP) without a syscall per event.
-        if self.refreshed.elapsed() > Duration::from_secs(10) {
+        // Follow clock steps (NTP) without a syscall per event: the events' own kernel time
+        // says when the last measurement is old.
+        if boot_ns.abs_diff(self.refreshed_boot_ns) > CLOCK_REFRESH_NS {
             self.offset_ns = Self::measure();
-            self.refreshed = std::time::Instant::now();
+            self.refreshed_boot_ns = boot_ns;
         }
         let ns = (boot_ns as i128 + self.offset_ns).max(0) as u128;
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -154,7 +159,11 @@ pub struct Intake {
     seq: SeqState,
     policy_version: String,
     matches: Vec<Match>,
+    sampled: u32,
 }
+
+/// Kernel-to-intake latency is measured on one event in this many.
+const LATENCY_SAMPLE: u32 = 16;
 
 impl Intake {
     pub fn new(shared: Arc<Shared>, seeds: std::sync::mpsc::Receiver<Seed>) -> Intake {
@@ -166,6 +175,7 @@ impl Intake {
             seq: SeqState::default(),
             policy_version: String::new(),
             matches: Vec::new(),
+            sampled: 0,
         }
     }
 
@@ -209,7 +219,7 @@ impl Intake {
             self.take_seeds();
         }
         let ts = self.clock.wall(hdr.ts_ns);
-        let ts_text = humantime::format_rfc3339_nanos(ts).to_string();
+        let ts_text = || humantime::format_rfc3339_nanos(ts).to_string();
         self.record_latency(ts);
         let comm = decode::cstr(&hdr.comm);
         let Some(detail) = self.apply(rec, &hdr, &comm) else {
@@ -233,7 +243,7 @@ impl Intake {
                     profile,
                     started_by: "matcher".into(),
                     root_pid: hdr.tgid,
-                    started: ts_text.clone(),
+                    started: ts_text(),
                     processes: 1,
                     events: 0,
                     ended: None,
@@ -245,14 +255,14 @@ impl Intake {
             let profile = s.profile.clone();
             match &detail {
                 Detail::Fork { thread: false, .. } => s.processes += 1,
-                Detail::Exit { .. } => sessions.process_exited(hdr.session_id, &ts_text),
+                Detail::Exit { .. } => sessions.process_exited(hdr.session_id, &ts_text()),
                 _ => {}
             }
             (trace, profile)
         };
         let ev = self.shared.publish(Event {
             seq: 0,
-            ts: ts_text,
+            ts: Ts(ts),
             pid: hdr.tgid,
             tid: hdr.pid,
             ppid: hdr.ppid,
@@ -309,7 +319,7 @@ impl Intake {
             tracing::info!(rule = %finding.rule, trace_id = %ev.trace_id, pid = ev.pid, outcome = ?outcome, "finding");
             self.shared.publish(Event {
                 seq: 0,
-                ts: ev.ts.clone(),
+                ts: ev.ts,
                 pid: ev.pid,
                 tid: ev.tid,
                 ppid: ev.ppid,
@@ -323,7 +333,13 @@ impl Intake {
         self.matches = matches;
     }
 
-    fn record_latency(&self, ts: SystemTime) {
+    /// Records one event in `LATENCY_SAMPLE`: a clock read and a lock per event would cost
+    /// more than the percentiles are worth.
+    fn record_latency(&mut self, ts: SystemTime) {
+        self.sampled = self.sampled.wrapping_add(1);
+        if !self.sampled.is_multiple_of(LATENCY_SAMPLE) {
+            return;
+        }
         if let Ok(d) = SystemTime::now().duration_since(ts) {
             if let Ok(mut h) = self.shared.latency.lock() {
                 let _ = h.record(d.as_micros() as u64);

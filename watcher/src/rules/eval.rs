@@ -690,7 +690,17 @@ impl SeqState {
             }
         }
         if step_matches(0, s) {
+            let last: Vec<(Field, Option<String>)> =
+                wanted(seq, 1).iter().map(|f| (*f, s.field(*f))).collect();
             let list = partial.entry(k).or_default();
+            // A first step like one already waiting replaces it: the latest start leaves the
+            // longest window, and a storm of first steps stays one entry.
+            if let Some(p) = list.iter_mut().find(|p| p.next == 1 && p.last == last) {
+                p.start_ns = ts_ns;
+                p.evidence.clear();
+                p.evidence.push(ev.clone());
+                return;
+            }
             if list.len() >= MAX_PARTIAL {
                 list.remove(0);
             }
@@ -698,7 +708,7 @@ impl SeqState {
                 next: 1,
                 start_ns: ts_ns,
                 evidence: vec![ev.clone()],
-                last: wanted(seq, 1).iter().map(|f| (*f, s.field(*f))).collect(),
+                last,
             });
         } else if partial.get(&k).is_some_and(Vec::is_empty) {
             partial.remove(&k);

@@ -110,11 +110,7 @@ pub fn example_event(
     }
     let ev: Event =
         serde_json::from_value(Value::Object(o)).map_err(|e| format!("not an event: {e}"))?;
-    let ts_ns = humantime::parse_rfc3339(&ev.ts)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let ts_ns = ev.ts.unix_ns();
     // The process itself, then its ancestors with made-up pids above it.
     let own_argv: Vec<String> = match (&ev.detail, argv) {
         (crate::event::Detail::Exec { argv, .. }, _) => argv.clone(),
