@@ -113,8 +113,10 @@ fn pack_dir(into: &Path) -> PathBuf {
 #[test]
 fn threat_cases_fire_the_expected_rules() {
     // The home exists before the daemon loads its policy, so the kernel fast paths cover it.
+    // Holds off: each case runs to its end and its findings say what would have been held
+    // (tests/holds.rs covers holding).
     let home = FakeHome::new();
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_with("[holds]\nenabled = false\n");
     let h = home.0.display().to_string();
     let work = TempDir::new("threats");
     let d = work.0.display().to_string();
@@ -228,7 +230,10 @@ rules:
         ),
     )
     .unwrap();
-    let daemon = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
+    let daemon = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\nenabled = false\n",
+        rules.display()
+    ));
     let st = daemon.status();
     assert!(st["policy"]["kernel_exec"].as_u64().unwrap() >= 1, "{st}");
 

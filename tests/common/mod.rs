@@ -28,6 +28,10 @@ pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
     pub dir: TempDir,
+    config_path: PathBuf,
+    /// This daemon's directory of session cgroups (one per test daemon, so parallel tests and a
+    /// restarted daemon see only their own sessions).
+    pub cgroup: PathBuf,
 }
 
 impl Daemon {
@@ -35,30 +39,41 @@ impl Daemon {
         Self::start_with("")
     }
 
-    /// Starts the daemon with `config` (TOML text) as its configuration file.
+    /// Starts the daemon with `config` (TOML text) as its configuration file. The hold store
+    /// and the cgroup directory are this daemon's own.
     pub fn start_with(config: &str) -> Daemon {
         require_root();
         let dir = TempDir::new("daemon");
         let socket = dir.0.join("ctl.sock");
         let config_path = dir.0.join("watcher.toml");
+        let cgroup_name = format!("watcher-test-{}-{}", std::process::id(), rand_suffix());
+        let own = format!(
+            "store = \"{}\"\ncgroup = \"{cgroup_name}\"\n",
+            dir.0.join("watcher.db").display()
+        );
+        let config = if config.contains("[holds]\n") {
+            config.replacen("[holds]\n", &format!("[holds]\n{own}"), 1)
+        } else {
+            format!("{config}\n[holds]\n{own}")
+        };
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config_path)
-            .args(["run", "--socket"])
-            .arg(&socket)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn watcher run");
-        // The daemon prints "ready" once its programs are attached and the socket listens.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("ready"), "daemon did not start: {line:?}");
-        Daemon { child, socket, dir }
+        let cgroup = cgroup2_root().join(cgroup_name);
+        let child = spawn_daemon(&config_path, &socket);
+        Daemon {
+            child,
+            socket,
+            dir,
+            config_path,
+            cgroup,
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (no clean-up at all) and starts it again, same
+    /// configuration, store and cgroups.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_daemon(&self.config_path, &self.socket);
     }
 
     pub fn cli(&self) -> Command {
@@ -138,7 +153,55 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Whatever a test left in its sessions (a held process, say) goes with it.
+        if let Ok(rd) = std::fs::read_dir(&self.cgroup) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    let _ = std::fs::write(p.join("cgroup.kill"), "1");
+                    for _ in 0..100 {
+                        if std::fs::remove_dir(&p).is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
     }
+}
+
+fn spawn_daemon(config: &std::path::Path, socket: &std::path::Path) -> Child {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--socket"])
+        .arg(socket)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn watcher run");
+    // The daemon prints "ready" once its programs are attached and the socket listens.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ready"), "daemon did not start: {line:?}");
+    child
+}
+
+/// The cgroup v2 mount point, from the mount table.
+pub fn cgroup2_root() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("no cgroup2 file system is mounted; the hold tests need cgroup v2")
 }
 
 pub struct TempDir(pub PathBuf);

@@ -191,6 +191,11 @@ pub const FAST_PATH_MAX: usize = 256;
 /// Fast-path actions: flag the record only, or SIGKILL at the hook as well.
 pub const FAST_MARK: u32 = 1;
 pub const FAST_KILL: u32 = 2;
+/// SIGSTOP at the hook: the process waits for a human (a hold).
+pub const FAST_STOP: u32 = 3;
+/// Kill-switch modes (`HALT_ALL[0]`, `HALTED[session]`): stop or kill at the next hook.
+pub const HALT_STOP: u32 = 1;
+pub const HALT_KILL: u32 = 2;
 /// Open intents, as bits of `FastRule::intent` (0: any open).
 pub const INTENT_READ: u32 = 1 << 0;
 pub const INTENT_WRITE: u32 = 1 << 1;

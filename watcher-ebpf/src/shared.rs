@@ -6,7 +6,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
     },
     macros::map,
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
     AgentName, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, SyscallArgs, Watch,
@@ -166,11 +166,50 @@ pub fn fast_lookup(
     Some(r)
 }
 
-/// Acts on a fast-path match: SIGKILL takes effect before the task returns to user space.
+/// Acts on a fast-path match: the signal takes effect before the task returns to user space.
 #[inline(always)]
 pub fn fast_act(r: &FastRule) {
-    if r.action == watcher_common::FAST_KILL {
-        // SAFETY: helper without preconditions; it signals the current task.
-        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
+    match r.action {
+        watcher_common::FAST_KILL => signal(SIGKILL),
+        watcher_common::FAST_STOP => signal(SIGSTOP),
+        _ => {}
+    }
+}
+
+const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
+
+#[inline(always)]
+fn signal(sig: u32) {
+    // SAFETY: helper without preconditions; it signals the current task's process.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal(sig) };
+}
+
+/// Kill-switch for every watched process: `[0]` is 0 (off), `HALT_STOP` or `HALT_KILL`.
+#[map]
+pub static HALT_ALL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Kill-switch per session: session id -> `HALT_STOP` or `HALT_KILL`.
+#[map]
+pub static HALTED: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// The kill-switch mode that applies to a session (0: none).
+#[inline(always)]
+pub fn halted(session_id: u64) -> u32 {
+    let all = HALT_ALL.get(0).copied().unwrap_or(0);
+    if all != 0 {
+        return all;
+    }
+    // SAFETY: copied out at once.
+    unsafe { HALTED.get(&session_id).copied().unwrap_or(0) }
+}
+
+/// Stops or kills the current watched process at this hook when the kill-switch says so.
+#[inline(always)]
+pub fn enforce_halt(session_id: u64) {
+    match halted(session_id) {
+        watcher_common::HALT_STOP => signal(SIGSTOP),
+        watcher_common::HALT_KILL => signal(SIGKILL),
+        _ => {}
     }
 }

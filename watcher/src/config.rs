@@ -32,6 +32,44 @@ pub struct Config {
     pub agents: Vec<Agent>,
     #[serde(default)]
     pub rules: Rules,
+    #[serde(default)]
+    pub holds: Holds,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Holds {
+    /// Carry out `hold` (freeze and ask) and `kill` decisions. Off: they are recorded as what
+    /// would have been done (`outcome: not_enforced`).
+    pub enabled: bool,
+    /// The SQLite file with holds, decisions, exceptions and the kill-switch state.
+    pub store: PathBuf,
+    /// No answer within this time means deny (e.g. `10m`, `30s`).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: std::time::Duration,
+    /// What deny stops: `session` (every process, `cgroup.kill`) or `process` (the trigger).
+    pub deny: crate::approvals::DenyScope,
+    /// The directory under the cgroup v2 root that holds one cgroup per session.
+    pub cgroup: String,
+}
+
+impl Default for Holds {
+    fn default() -> Self {
+        Holds {
+            enabled: true,
+            store: PathBuf::from("/var/lib/watcher/watcher.db"),
+            timeout: std::time::Duration::from_secs(600),
+            deny: crate::approvals::DenyScope::Session,
+            cgroup: "watcher".into(),
+        }
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("invalid duration {s:?}: {e} (expected e.g. `10m`)"))
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +170,13 @@ impl Config {
             return Err(invalid(
                 "daemon.max_watched_processes".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        let cg = &self.holds.cgroup;
+        if cg.is_empty() || cg.contains('/') || cg == "." || cg == ".." {
+            return Err(invalid(
+                "holds.cgroup".into(),
+                format!("{cg:?}: expected one directory name"),
             ));
         }
         for (i, agent) in self.agents.iter().enumerate() {

@@ -16,6 +16,8 @@ use watcher_common::EVENT_KINDS;
 
 use arc_swap::ArcSwap;
 
+use crate::{approvals::Approvals, freeze::Cgroups};
+
 use crate::{
     config::Config,
     control,
@@ -47,6 +49,7 @@ pub struct Counters {
     /// Events published (the last sequence number).
     pub published: AtomicU64,
     pub findings: AtomicU64,
+    pub holds: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_errors: AtomicU64,
 }
@@ -74,6 +77,10 @@ pub struct Shared {
     pub rules_error: Mutex<Option<String>>,
     /// Serialises reloads (file watcher, SIGHUP, control socket).
     reload_lock: Mutex<()>,
+    /// Holds, their store, the session cgroups and the kill-switch state.
+    pub approvals: Arc<Approvals>,
+    /// Kernel event to "whole session frozen", microseconds.
+    pub hold_latency: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
@@ -105,7 +112,7 @@ impl Shared {
     pub fn reload(&self, why: &str) -> Result<(String, usize), RuleError> {
         let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = rules::load(self.config.rules.path.as_deref()).and_then(|(policy, _)| {
-            let kernel = KernelPolicy::of(&policy);
+            let kernel = KernelPolicy::of(&policy, self.config.holds.enabled);
             self.kernel
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -143,10 +150,16 @@ impl Shared {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // A broken rule file at start-up is an error, not a daemon without rules.
     let (policy, _) = rules::load(config.rules.path.as_deref())?;
-    let kernel_policy = KernelPolicy::of(&policy);
+    let kernel_policy = KernelPolicy::of(&policy, config.holds.enabled);
     let mut kernel = Kernel::load(&config)?;
     kernel.set_fast_paths(&kernel_policy)?;
     let events = kernel.take_events()?;
+    let approvals = Arc::new(Approvals::open(
+        &config.holds.store,
+        Cgroups::open_named(&config.holds.cgroup)?,
+        config.holds.timeout,
+        config.holds.deny,
+    )?);
     let (seed_tx, seed_rx) = std::sync::mpsc::channel();
     let (live, _) = broadcast::channel(16384);
     let shared = Arc::new(Shared {
@@ -164,8 +177,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         findings: Mutex::new(VecDeque::new()),
         rules_error: Mutex::new(None),
         reload_lock: Mutex::new(()),
+        approvals,
+        hold_latency: Mutex::new(Histogram::new(3).context("histogram")?),
         config,
     });
+    // Sessions of an earlier daemon (its cgroups are still there): watched again, same trace
+    // ids; frozen ones stay frozen until their hold is decided.
+    crate::decide::adopt_sessions(&shared);
+    crate::decide::restore_kill_switch(&shared);
+    tokio::spawn(crate::approvals::deadlines(shared.approvals.clone()));
+    tokio::spawn(crate::decide::sweep_cgroups(shared.clone()));
     tracing::info!(version = %shared.policy.load().policy.version, rules = shared.policy.load().policy.rules.len(), "policy loaded");
     let _watcher = reload::watch_files(shared.clone())?;
     tokio::spawn(reload::on_sighup(shared.clone()));

@@ -95,6 +95,9 @@ pub struct Finding {
     /// The kernel matched this event on its fast path (and acted, see `outcome`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub in_kernel: bool,
+    /// The hold this finding opened or joined (`watcher show-hold ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
     /// The events that matched, in order (the last one completed the rule).
     pub evidence: Vec<Event>,
 }
@@ -110,9 +113,15 @@ pub enum Outcome {
     KilledInKernel,
     /// The kernel refused the connect.
     RefusedInKernel,
-    /// Enforce mode, but this action is not carried out by the daemon yet: recorded as what
-    /// would have been done.
+    /// Enforce mode with holds disabled (`[holds] enabled = false`): recorded as what would
+    /// have been done.
     NotEnforced,
+    /// The session is frozen and waits for a human (see `hold`).
+    Held,
+    /// The daemon killed the process (SIGKILL) as soon as the finding was made.
+    Killed,
+    /// An approver said this rule may pass for this session (`approve --remember`).
+    Excepted,
 }
 
 /// A wall-clock time, formatted only when an event is written out (most events never are).

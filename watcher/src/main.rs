@@ -69,6 +69,34 @@ enum Cmd {
         #[arg(long)]
         trace: Option<String>,
     },
+    /// Pending holds: sessions frozen by a finding, waiting for a decision.
+    Holds {
+        #[arg(long)]
+        json: bool,
+        /// Decided holds too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The evidence of a hold: finding, triggering event, process tree, recent events.
+    ShowHold {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a held session.
+    Approve {
+        id: String,
+        /// Do not hold this session for the same rule again.
+        #[arg(long)]
+        remember: bool,
+    },
+    /// Stop a held session (or only its triggering process, by configuration).
+    Deny { id: String },
+    /// Stop every watched process at once (incident response).
+    KillSwitch {
+        #[command(subcommand)]
+        cmd: KillSwitchCmd,
+    },
     /// Test, check and reload detection rules.
     Rules {
         #[command(subcommand)]
@@ -86,6 +114,26 @@ enum Cmd {
     /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
     #[command(hide = true)]
     BenchFloor,
+}
+
+#[derive(Subcommand)]
+enum KillSwitchCmd {
+    /// Freeze (default) or kill the given sessions, or all of them.
+    Engage {
+        /// A session's trace id (repeatable).
+        #[arg(long = "trace", conflicts_with = "all")]
+        traces: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, conflicts_with = "kill")]
+        freeze: bool,
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Thaw what the kill-switch froze (sessions waiting on a hold stay frozen).
+    Release,
+    /// Whether it is engaged, by whom and since when.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -218,6 +266,140 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rules { cmd } => rules_cmd(cmd, &socket),
+        Cmd::Holds { json, all } => {
+            let Reply::Holds { holds } = Client::send(&socket, &Request::Holds { all })?.reply()?
+            else {
+                return Err(anyhow!("unexpected reply from the daemon"));
+            };
+            if json {
+                for h in &holds {
+                    println!("{}", serde_json::to_string(h)?);
+                }
+            } else {
+                print_holds(&holds);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ShowHold { id, json } => {
+            let Reply::Hold { hold } = Client::send(&socket, &Request::ShowHold { id })?.reply()?
+            else {
+                return Err(anyhow!("unexpected reply from the daemon"));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hold)?);
+            } else {
+                print_hold(&hold);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Approve { id, remember } => {
+            let Reply::Hold { hold } =
+                Client::send(&socket, &Request::Approve { id, remember })?.reply()?
+            else {
+                return Err(anyhow!("unexpected reply from the daemon"));
+            };
+            println!(
+                "{} approved by {}: session {} resumed{}",
+                hold.id,
+                hold.decided_by.as_deref().unwrap_or("?"),
+                hold.trace_id,
+                if hold.remembered {
+                    " (remembered for this session)"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Deny { id } => {
+            let Reply::Hold { hold } = Client::send(&socket, &Request::Deny { id })?.reply()?
+            else {
+                return Err(anyhow!("unexpected reply from the daemon"));
+            };
+            println!(
+                "{} denied by {}: {}",
+                hold.id,
+                hold.decided_by.as_deref().unwrap_or("?"),
+                hold.result.as_deref().unwrap_or("")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::KillSwitch { cmd } => {
+            use watcher::{control::KillSwitchOp, killswitch::HaltMode};
+            let req = match cmd {
+                KillSwitchCmd::Engage {
+                    traces,
+                    all,
+                    freeze: _,
+                    kill,
+                } => Request::KillSwitch {
+                    op: KillSwitchOp::Engage,
+                    traces,
+                    all,
+                    mode: Some(if kill {
+                        HaltMode::Kill
+                    } else {
+                        HaltMode::Freeze
+                    }),
+                },
+                KillSwitchCmd::Release => Request::KillSwitch {
+                    op: KillSwitchOp::Release,
+                    traces: Vec::new(),
+                    all: false,
+                    mode: None,
+                },
+                KillSwitchCmd::Status => Request::KillSwitch {
+                    op: KillSwitchOp::Status,
+                    traces: Vec::new(),
+                    all: false,
+                    mode: None,
+                },
+            };
+            let is_release = matches!(
+                req,
+                Request::KillSwitch {
+                    op: KillSwitchOp::Release,
+                    ..
+                }
+            );
+            let Reply::KillSwitch {
+                kill_switch,
+                engaged,
+                released,
+            } = Client::send(&socket, &req)?.reply()?
+            else {
+                return Err(anyhow!("unexpected reply from the daemon"));
+            };
+            if let Some(e) = engaged {
+                println!(
+                    "kill-switch engaged ({}): {} session(s), {} process(es), all stopped in {} us",
+                    kill_switch.mode,
+                    e.sessions.len(),
+                    e.processes,
+                    e.micros
+                );
+            } else if is_release {
+                println!(
+                    "kill-switch released: {} session(s) resumed",
+                    released.len()
+                );
+            } else if kill_switch.engaged {
+                println!(
+                    "kill-switch ENGAGED ({}) by {} at {}: {}",
+                    kill_switch.mode,
+                    kill_switch.by,
+                    kill_switch.at,
+                    if kill_switch.all {
+                        "all sessions".to_string()
+                    } else {
+                        kill_switch.traces.join(", ")
+                    }
+                );
+            } else {
+                println!("kill-switch not engaged");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::BenchRules {
             stream,
             rules,
@@ -292,6 +474,74 @@ fn rules_cmd(cmd: RulesCmd, socket: &std::path::Path) -> anyhow::Result<ExitCode
     }
 }
 
+fn print_holds(holds: &[watcher::approvals::Hold]) {
+    println!(
+        "{:<15}  {:<32}  {:<26}  {:<8}  {:<24}  {:<24}  TRIGGER",
+        "ID", "TRACE ID", "RULE", "STATE", "STARTED", "DEADLINE"
+    );
+    for h in holds {
+        println!(
+            "{:<15}  {:<32}  {:<26}  {:<8}  {:<24}  {:<24}  pid {} {}",
+            h.id,
+            h.trace_id,
+            h.rule,
+            h.state.as_str(),
+            h.started,
+            h.deadline,
+            h.trigger.pid,
+            short(&h.trigger)
+        );
+    }
+}
+
+/// The trigger in a few words: what ran, opened or connected.
+fn short(ev: &Event) -> String {
+    let s = ev.to_string();
+    // Drop the timestamp, trace id and type columns the table already has.
+    s.splitn(4, ' ').nth(3).unwrap_or(&s).to_string()
+}
+
+fn print_hold(h: &watcher::approvals::Hold) {
+    println!("hold      {}", h.id);
+    println!("state     {}", h.state.as_str());
+    println!("trace id  {}", h.trace_id);
+    println!("rule      {} (policy {})", h.rule, h.policy_version);
+    if let watcher::event::Detail::Finding(f) = &h.finding.detail {
+        println!("finding   {:?} {}: {}", f.severity, f.rule, f.description);
+        println!("tags      {}", f.tags.join(", "));
+    }
+    println!("started   {}", h.started);
+    println!("deadline  {} (no answer means deny)", h.deadline);
+    if let Some(by) = &h.decided_by {
+        println!(
+            "decided   by {by} at {} {}",
+            h.decided_at.as_deref().unwrap_or("?"),
+            h.result.as_deref().unwrap_or("")
+        );
+    }
+    println!("\ntrigger\n    {}", h.trigger);
+    if let watcher::event::Detail::Finding(f) = &h.finding.detail {
+        println!("\nevidence");
+        for e in &f.evidence {
+            println!("    {e}");
+        }
+    }
+    println!("\nprocess tree ({} processes)", h.tree.len());
+    for p in &h.tree {
+        println!(
+            "    {:>7} {:>7}  {}  {}",
+            p.pid,
+            p.ppid,
+            p.exe,
+            p.argv.join(" ")
+        );
+    }
+    println!("\nrecent events of the session ({})", h.recent.len());
+    for e in h.recent.iter().rev().take(30).rev() {
+        println!("    {e}");
+    }
+}
+
 fn write_finding(out: &mut impl std::io::Write, ev: &Event) -> std::io::Result<()> {
     let watcher::event::Detail::Finding(f) = &ev.detail else {
         return writeln!(out, "{ev}");
@@ -359,5 +609,20 @@ fn print_status(st: &Status) {
     );
     if let Some(e) = &p.last_error {
         println!("last reload error (the policy above stays in force): {e}");
+    }
+    let h = &st.holds;
+    println!(
+        "holds: {} pending, {} opened since start{}; event to frozen p50 {} us, p99 {} us",
+        h.pending,
+        h.opened,
+        if h.enabled { "" } else { " (holds disabled)" },
+        h.freeze_us_p50,
+        h.freeze_us_p99
+    );
+    if h.kill_switch.engaged {
+        println!(
+            "KILL-SWITCH ENGAGED ({}) by {} at {}",
+            h.kill_switch.mode, h.kill_switch.by, h.kill_switch.at
+        );
     }
 }

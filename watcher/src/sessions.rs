@@ -42,7 +42,7 @@ pub fn new_session_id() -> u64 {
     u64::from_ne_bytes(b) | (1 << 63)
 }
 
-fn fill_random(buf: &mut [u8]) {
+pub fn fill_random(buf: &mut [u8]) {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: writes within `buf`.

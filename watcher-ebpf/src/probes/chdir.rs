@@ -6,7 +6,8 @@ use aya_ebpf::{
 use watcher_common::{ChdirEvent, EventKind, SyscallArgs};
 
 use crate::shared::{
-    config, count_drop, current_tgid, current_tid, fill_header, watch_of, EVENTS, SYSCALL_ARGS,
+    config, count_drop, current_tgid, current_tid, enforce_halt, fill_header, watch_of, EVENTS,
+    SYSCALL_ARGS,
 };
 
 #[tracepoint]
@@ -32,6 +33,7 @@ fn try_enter(ctx: &TracePointContext, by_fd: bool) -> Result<(), i64> {
     let Some(watch) = watch_of(current_tgid()) else {
         return Ok(());
     };
+    enforce_halt(watch.session_id);
     let cfg = config().ok_or(0)?;
     let mut args = SyscallArgs {
         kind: EventKind::Chdir as u32,

@@ -6,7 +6,8 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    config, count_drop, current_tgid, current_tid, fill_header, watch_of, EVENTS, SYSCALL_ARGS,
+    config, count_drop, current_tgid, current_tid, enforce_halt, fill_header, watch_of, EVENTS,
+    SYSCALL_ARGS,
 };
 
 #[tracepoint]
@@ -25,6 +26,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(watch) = watch_of(current_tgid()) else {
         return Ok(());
     };
+    enforce_halt(watch.session_id);
     let cfg = config().ok_or(0)?;
     let mut args = SyscallArgs {
         kind: EventKind::Connect as u32,

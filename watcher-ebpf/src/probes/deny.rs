@@ -1,21 +1,25 @@
 //! `cgroup/connect4` and `cgroup/connect6`, attached to the root of the cgroup v2 hierarchy:
 //! a watched process connecting to a destination of the kernel policy gets EPERM, in the
-//! kernel, before any packet leaves. Everyone else is let through after one map lookup.
+//! kernel, before any packet leaves; so does every watched process while the kill-switch is
+//! engaged for it. Everyone else is let through after one map lookup.
 use aya_ebpf::{
     bindings::bpf_sock_addr, macros::cgroup_sock_addr, maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use watcher_common::{FastNet, ARGS_FAST_PATH};
 
-use crate::shared::{current_tgid, current_tid, watch_of, DENY_V4, DENY_V6, SYSCALL_ARGS};
+use crate::shared::{current_tgid, current_tid, halted, watch_of, DENY_V4, DENY_V6, SYSCALL_ARGS};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn deny_connect4(ctx: SockAddrContext) -> i32 {
-    if watch_of(current_tgid()).is_none() {
+    let Some(watch) = watch_of(current_tgid()) else {
         return ALLOW;
+    };
+    if halted(watch.session_id) != 0 {
+        return refuse();
     }
     let sa = ctx.sock_addr as *const bpf_sock_addr;
     // SAFETY: the context is the kernel's bpf_sock_addr; 4-byte loads as the verifier wants.
@@ -26,8 +30,11 @@ pub fn deny_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn deny_connect6(ctx: SockAddrContext) -> i32 {
-    if watch_of(current_tgid()).is_none() {
+    let Some(watch) = watch_of(current_tgid()) else {
         return ALLOW;
+    };
+    if halted(watch.session_id) != 0 {
+        return refuse();
     }
     let sa = ctx.sock_addr as *const bpf_sock_addr;
     let mut ip = [0u8; 16];
@@ -63,6 +70,11 @@ fn verdict(entry: Option<FastNet>, port_be: u32) -> i32 {
     if port < e.port_lo || port > e.port_hi {
         return ALLOW;
     }
+    refuse()
+}
+
+#[inline(always)]
+fn refuse() -> i32 {
     // Tell the connect tracepoint that the kernel policy refused this call.
     if let Some(args) = SYSCALL_ARGS.get_ptr_mut(&current_tid()) {
         // SAFETY: this thread's own entry, written only by itself.

@@ -16,8 +16,9 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    config, count_drop, current_task, current_tgid, fast_act, fast_lookup, fill_header,
-    read_kernel, scratch_key, watch_of, AGENTS, EVENTS, FAST_EXEC, SCRATCH_PATH, WATCHED,
+    config, count_drop, current_task, current_tgid, enforce_halt, fast_act, fast_lookup,
+    fill_header, read_kernel, scratch_key, watch_of, AGENTS, EVENTS, FAST_EXEC, SCRATCH_PATH,
+    WATCHED,
 };
 
 #[tracepoint]
@@ -47,6 +48,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
     };
 
+    enforce_halt(watch.session_id);
     // The kernel policy acts whether or not the record can be written.
     if let Some(rule) = fast_exec(ctx, &cfg) {
         fast_act(&rule);

@@ -5,7 +5,9 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ForkEvent};
 
-use crate::shared::{config, count_drop, current_tgid, fill_header, watch_of, EVENTS, WATCHED};
+use crate::shared::{
+    config, count_drop, current_tgid, enforce_halt, fill_header, watch_of, EVENTS, WATCHED,
+};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -21,6 +23,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(watch) = watch_of(current_tgid()) else {
         return Ok(());
     };
+    enforce_halt(watch.session_id);
     let cfg = config().ok_or(0)?;
     // SAFETY: offsets came from this tracepoint's format file.
     let child: u32 = unsafe { ctx.read_at(cfg.newtask_pid as usize)? };

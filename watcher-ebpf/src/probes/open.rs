@@ -12,8 +12,8 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    config, count_drop, current_tgid, current_tid, fast_act, fast_lookup, fill_header, scratch_key,
-    watch_of, EVENTS, FAST_OPEN, SYSCALL_ARGS,
+    config, count_drop, current_tgid, current_tid, enforce_halt, fast_act, fast_lookup,
+    fill_header, scratch_key, watch_of, EVENTS, FAST_OPEN, SYSCALL_ARGS,
 };
 
 #[repr(C)]
@@ -45,6 +45,7 @@ fn try_enter(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
     let Some(watch) = watch_of(current_tgid()) else {
         return Ok(());
     };
+    enforce_halt(watch.session_id);
     let cfg = config().ok_or(0)?;
     let mut args = SyscallArgs {
         kind: EventKind::Open as u32,

@@ -11,6 +11,9 @@ use super::{Reply, Request};
 
 pub struct Client {
     reader: BufReader<UnixStream>,
+    /// The request could not be written: the daemon refused the connection first (its reply
+    /// says why) or went away.
+    write_error: Option<std::io::Error>,
 }
 
 impl Client {
@@ -23,9 +26,21 @@ impl Client {
         })?;
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
-        s.write_all(&line)?;
+        let write_error = match s.write_all(&line) {
+            Ok(()) => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Some(e)
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Client {
             reader: BufReader::new(s),
+            write_error,
         })
     }
 
@@ -40,9 +55,14 @@ impl Client {
 
     /// A single-reply request; daemon-side errors become errors here.
     pub fn reply(mut self) -> anyhow::Result<Reply> {
-        let line = self
-            .next_line()?
-            .ok_or_else(|| anyhow!("the daemon closed the connection without a reply"))?;
+        let line = match (self.next_line(), self.write_error.take()) {
+            (Ok(Some(l)), _) => l,
+            (_, Some(e)) => return Err(anyhow!("the daemon closed the connection: {e}")),
+            (Ok(None), None) => {
+                return Err(anyhow!("the daemon closed the connection without a reply"))
+            }
+            (Err(e), None) => return Err(e),
+        };
         match serde_json::from_str(&line).context("malformed reply from the daemon")? {
             Reply::Error { error } => Err(anyhow!(error)),
             r => Ok(r),

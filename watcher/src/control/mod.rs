@@ -4,7 +4,11 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sessions::Session;
+use crate::{
+    approvals::{Hold, KillSwitchState},
+    killswitch::Engaged,
+    sessions::Session,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -31,6 +35,37 @@ pub enum Request {
     },
     /// Load the rule files again.
     Reload,
+    /// Holds (pending only unless `all`).
+    Holds {
+        all: bool,
+    },
+    ShowHold {
+        id: String,
+    },
+    Approve {
+        id: String,
+        remember: bool,
+    },
+    Deny {
+        id: String,
+    },
+    KillSwitch {
+        op: KillSwitchOp,
+        #[serde(default)]
+        traces: Vec<String>,
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        mode: Option<crate::killswitch::HaltMode>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KillSwitchOp {
+    Engage,
+    Release,
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +81,19 @@ pub enum Reply {
     Reloaded {
         policy_version: String,
         rules: usize,
+    },
+    Holds {
+        holds: Vec<Hold>,
+    },
+    Hold {
+        hold: Box<Hold>,
+    },
+    KillSwitch {
+        kill_switch: KillSwitchState,
+        #[serde(default)]
+        engaged: Option<Engaged>,
+        #[serde(default)]
+        released: Vec<String>,
     },
     Status(Box<Status>),
 }
@@ -70,6 +118,19 @@ pub struct Status {
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
     pub policy: PolicyStatus,
+    pub holds: HoldsStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HoldsStatus {
+    pub enabled: bool,
+    pub pending: usize,
+    /// Holds opened since the daemon started.
+    pub opened: u64,
+    pub kill_switch: KillSwitchState,
+    /// Kernel event to "whole session frozen".
+    pub freeze_us_p50: u64,
+    pub freeze_us_p99: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -12,8 +12,9 @@ use tokio::{
 };
 use watcher_common::{EventKind, Watch};
 
-use super::{KindCount, PolicyStatus, Reply, Request, Skipped, Status};
+use super::{HoldsStatus, KillSwitchOp, KindCount, PolicyStatus, Reply, Request, Skipped, Status};
 use crate::{
+    approvals::HoldState,
     config::Config,
     daemon::{Seed, Shared},
     event::{Detail, Event},
@@ -121,6 +122,22 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         .await?;
         return Ok(());
     }
+    // A process of a watched session may not use the control socket at all, root or not: it
+    // could approve its own hold, resume itself or start a session outside its own.
+    if let Some(pid) = cred.pid() {
+        if in_a_session(&shared, pid as u32) {
+            tracing::warn!(pid, "control request from a watched process refused");
+            write_json(
+                &mut w,
+                &Reply::Error {
+                    error: "permission denied: this process is part of a watched session".into(),
+                },
+            )
+            .await?;
+            return Ok(());
+        }
+    }
+    let who = user_name(cred.uid());
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let req: Request = match serde_json::from_str(&line) {
@@ -143,6 +160,84 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         Request::Findings { follow, trace } => {
             stream_events(&mut w, &shared, follow, trace, true).await
+        }
+        Request::Holds { all } => {
+            let state = (!all).then_some(HoldState::Pending);
+            let reply = match shared.approvals.list(state) {
+                Ok(holds) => Reply::Holds { holds },
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::ShowHold { id } => {
+            let reply = match shared.approvals.get(&id) {
+                Ok(h) => Reply::Hold { hold: Box::new(h) },
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::Approve { id, remember } => {
+            let a = shared.approvals.clone();
+            let r = tokio::task::spawn_blocking(move || a.approve(&id, &who, remember)).await?;
+            let reply = match r {
+                Ok(h) => {
+                    tracing::warn!(hold = %h.id, by = ?h.decided_by, "hold approved: session resumed");
+                    Reply::Hold { hold: Box::new(h) }
+                }
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::Deny { id } => {
+            let a = shared.approvals.clone();
+            let r = tokio::task::spawn_blocking(move || a.deny(&id, &who)).await?;
+            let reply = match r {
+                Ok(h) => {
+                    tracing::warn!(hold = %h.id, by = ?h.decided_by, result = ?h.result, "hold denied");
+                    Reply::Hold { hold: Box::new(h) }
+                }
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::KillSwitch {
+            op,
+            traces,
+            all,
+            mode,
+        } => {
+            let s = shared.clone();
+            let r = tokio::task::spawn_blocking(move || -> anyhow::Result<Reply> {
+                let (engaged, released) = match op {
+                    KillSwitchOp::Engage => (
+                        Some(crate::killswitch::engage(
+                            &s,
+                            traces,
+                            all,
+                            mode.unwrap_or(crate::killswitch::HaltMode::Freeze),
+                            &who,
+                        )?),
+                        Vec::new(),
+                    ),
+                    KillSwitchOp::Release => (None, crate::killswitch::release(&s, &who)?),
+                    KillSwitchOp::Status => (None, Vec::new()),
+                };
+                Ok(Reply::KillSwitch {
+                    kill_switch: s.approvals.kill_switch()?,
+                    engaged,
+                    released,
+                })
+            })
+            .await?;
+            write_json(&mut w, &reply_of(r)).await
         }
         Request::Reload => {
             let s = shared.clone();
@@ -218,7 +313,61 @@ fn status(shared: &Shared) -> Status {
         latency_us_p50: p50,
         latency_us_p99: p99,
         policy: policy_status(shared),
+        holds: holds_status(shared),
     }
+}
+
+fn holds_status(shared: &Shared) -> HoldsStatus {
+    let (p50, p99) = shared
+        .hold_latency
+        .lock()
+        .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+        .unwrap_or((0, 0));
+    HoldsStatus {
+        enabled: shared.config.holds.enabled,
+        pending: shared
+            .approvals
+            .list(Some(HoldState::Pending))
+            .map(|v| v.len())
+            .unwrap_or(0),
+        opened: shared.counters.holds.load(Ordering::Relaxed),
+        kill_switch: shared.approvals.kill_switch().unwrap_or_default(),
+        freeze_us_p50: p50,
+        freeze_us_p99: p99,
+    }
+}
+
+/// Whether `pid` belongs to a watched session: in the kernel's map, or in a session cgroup.
+fn in_a_session(shared: &Shared, pid: u32) -> bool {
+    if shared
+        .kernel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_watched(pid)
+    {
+        return true;
+    }
+    let marker = format!("/{}/", shared.config.holds.cgroup);
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|t| {
+            t.lines()
+                .any(|l| l.starts_with("0::") && l.contains(&marker))
+        })
+        .unwrap_or(false)
+}
+
+/// The peer's user name (for the record of who decided), or `uid N`.
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2).and_then(|u| u.parse::<u32>().ok()) == Some(uid))
+                    .then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn policy_status(shared: &Shared) -> PolicyStatus {
@@ -279,7 +428,7 @@ fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-fn ppid_of(pid: u32) -> u32 {
+pub fn ppid_of(pid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -343,6 +492,10 @@ fn start_session(
         }
     }
     drop(kernel);
+    // The session's own cgroup: a hold freezes it whole, a deny kills it whole.
+    if let Err(e) = shared.approvals.cgroups.create(&trace_id, &pids) {
+        tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
+    }
     let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
     shared
         .sessions

@@ -24,7 +24,8 @@ use self::{
 };
 use crate::{
     daemon::{Seed, Shared},
-    event::{errno_name, open_flags, Action, Detail, Event, Finding, Mode, Outcome, Ts},
+    decide,
+    event::{errno_name, open_flags, Detail, Event, Finding, Ts},
     rules::{Match, SeqState},
     sessions::{new_trace_id, Session},
 };
@@ -237,8 +238,12 @@ impl Intake {
                     Detail::Exec { profile, .. } => profile.clone(),
                     _ => None,
                 };
+                let trace_id = new_trace_id();
+                if let Err(e) = self.shared.approvals.cgroups.create(&trace_id, &[hdr.tgid]) {
+                    tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
+                }
                 sessions.start(Session {
-                    trace_id: new_trace_id(),
+                    trace_id,
                     session_id: hdr.session_id,
                     profile,
                     started_by: "matcher".into(),
@@ -277,11 +282,19 @@ impl Intake {
             hdr.ts_ns,
             profile.as_deref(),
             hdr.flags & EVENT_FLAG_FAST_PATH != 0,
+            hdr.session_id,
         );
     }
 
     /// Runs the policy on the event and publishes a finding per rule it completes.
-    fn detect(&mut self, ev: &Arc<Event>, ts_ns: u64, profile: Option<&str>, in_kernel: bool) {
+    fn detect(
+        &mut self,
+        ev: &Arc<Event>,
+        ts_ns: u64,
+        profile: Option<&str>,
+        in_kernel: bool,
+        session_id: u64,
+    ) {
         let active = self.shared.policy.load();
         let policy = &active.policy;
         if policy.version != self.policy_version {
@@ -295,15 +308,11 @@ impl Intake {
             let rule = &policy.rules[m.rule];
             // The fast-path flag belongs to this event; only a rule the kernel holds can own it.
             let kernel_rule = in_kernel && active.kernel.has_rule(&rule.id);
-            let outcome = match (rule.mode, rule.action) {
-                (Mode::Monitor, _) => Outcome::Monitored,
-                (_, Action::Alert) => Outcome::Alerted,
-                (_, _) if kernel_rule && matches!(ev.detail, Detail::Connect { .. }) => {
-                    Outcome::RefusedInKernel
-                }
-                (_, Action::Kill) if kernel_rule => Outcome::KilledInKernel,
-                _ => Outcome::NotEnforced,
-            };
+            let tree = &self.tree;
+            let d = decide::decide(&self.shared, rule, ev, kernel_rule, profile, &|| {
+                tree.session_pids(session_id)
+            });
+            let outcome = d.outcome;
             let finding = Finding {
                 rule: rule.id.clone(),
                 description: rule.description.clone(),
@@ -314,10 +323,11 @@ impl Intake {
                 outcome,
                 policy_version: policy.version.clone(),
                 in_kernel: kernel_rule,
+                hold: d.hold.clone(),
                 evidence: m.evidence.iter().map(|e| e.as_ref().clone()).collect(),
             };
             tracing::info!(rule = %finding.rule, trace_id = %ev.trace_id, pid = ev.pid, outcome = ?outcome, "finding");
-            self.shared.publish(Event {
+            let published = self.shared.publish(Event {
                 seq: 0,
                 ts: ev.ts,
                 pid: ev.pid,
@@ -329,6 +339,24 @@ impl Intake {
                 cgroup_id: ev.cgroup_id,
                 detail: Detail::Finding(Box::new(finding)),
             });
+            if let (true, Some(id)) = (d.new_hold, d.hold) {
+                // The kernel stopped the trigger at the hook (SIGSTOP): it needs SIGCONT later.
+                let stopped = if kernel_rule && !matches!(ev.detail, Detail::Connect { .. }) {
+                    vec![ev.pid]
+                } else {
+                    Vec::new()
+                };
+                decide::record_hold(
+                    self.shared.clone(),
+                    id,
+                    published.as_ref().clone(),
+                    ev.as_ref().clone(),
+                    self.tree.session_procs(session_id),
+                    stopped,
+                    rule.id.clone(),
+                    policy.version.clone(),
+                );
+            }
         }
         self.matches = matches;
     }

@@ -80,6 +80,31 @@ impl Tree {
         }
     }
 
+    /// The processes of a session, with what a hold record shows of them.
+    pub fn session_procs(&self, session_id: u64) -> Vec<crate::approvals::ProcInfo> {
+        let mut v: Vec<_> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.session_id == session_id)
+            .map(|(pid, p)| crate::approvals::ProcInfo {
+                pid: *pid,
+                ppid: p.ppid,
+                exe: p.exe.clone().unwrap_or_default(),
+                argv: p.argv.clone(),
+            })
+            .collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+
+    pub fn session_pids(&self, session_id: u64) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.session_id == session_id)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
     pub fn opened(&mut self, pid: u32, fd: i64, path: &str) {
         if let (Some(p), Ok(fd)) = (self.procs.get_mut(&pid), i32::try_from(fd)) {
             p.fds.insert(fd, PathBuf::from(path));

@@ -16,7 +16,7 @@ use aya::{
 use ipnet::IpNet;
 use watcher_common::{
     AgentName, FastNet, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, EVENT_KINDS, FAST_KILL,
-    FAST_MARK, FAST_PATH_MAX,
+    FAST_MARK, FAST_PATH_MAX, FAST_STOP,
 };
 
 use self::{btf::KernelBtf, tracefs::Format};
@@ -250,6 +250,7 @@ impl Kernel {
                     let rule = FastRule {
                         action: match e.action {
                             KernelAction::Kill => FAST_KILL,
+                            KernelAction::Stop => FAST_STOP,
                             KernelAction::Mark => FAST_MARK,
                         },
                         intent: e.intent,
@@ -292,6 +293,50 @@ impl Kernel {
         replace_trie(&mut self.ebpf, "DENY_V4", v4)?;
         replace_trie(&mut self.ebpf, "DENY_V6", v6)?;
         Ok(())
+    }
+
+    /// The kill-switch for every watched process: 0 (off), `HALT_STOP` or `HALT_KILL`.
+    pub fn set_halt_all(&mut self, mode: u32) -> anyhow::Result<()> {
+        let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut("HALT_ALL")
+                .ok_or_else(|| anyhow!("no HALT_ALL map"))?,
+        )?;
+        a.set(0, mode, 0).context("setting HALT_ALL")?;
+        Ok(())
+    }
+
+    /// The kill-switch for one session (mode 0 removes it).
+    pub fn set_halt_session(&mut self, session_id: u64, mode: u32) -> anyhow::Result<()> {
+        let mut m: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("HALTED")
+                .ok_or_else(|| anyhow!("no HALTED map"))?,
+        )?;
+        if mode == 0 {
+            let _ = m.remove(&session_id);
+            Ok(())
+        } else {
+            m.insert(session_id, mode, 0).context("setting HALTED")
+        }
+    }
+
+    pub fn clear_halted_sessions(&mut self) -> anyhow::Result<()> {
+        let mut m: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("HALTED")
+                .ok_or_else(|| anyhow!("no HALTED map"))?,
+        )?;
+        let keys: Vec<u64> = m.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Whether `tgid` is in a watched session (the control socket refuses those).
+    pub fn is_watched(&self, tgid: u32) -> bool {
+        self.watched.get(&tgid, 0).is_ok()
     }
 
     pub fn watched_pids(&self) -> Vec<u32> {

@@ -12,8 +12,10 @@ use super::{
 /// What the kernel does when a fast-path entry matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelAction {
-    /// Flag the record only (holds: the kernel's stop comes with the hold machinery).
+    /// Flag the record only (holds, when the daemon runs with holds disabled).
     Mark,
+    /// SIGSTOP at the hook; the daemon freezes the session and opens a hold.
+    Stop,
     Kill,
 }
 
@@ -61,7 +63,8 @@ impl KernelPolicy {
             || self.deny.iter().any(|e| e.rule == id)
     }
 
-    pub fn of(policy: &Policy) -> KernelPolicy {
+    /// `holds`: whether a hold stops the process (the daemon runs holds) or only marks it.
+    pub fn of(policy: &Policy, holds: bool) -> KernelPolicy {
         let mut kp = KernelPolicy::default();
         for r in &policy.rules {
             if r.mode != Mode::Enforce || r.action == Action::Alert {
@@ -70,10 +73,10 @@ impl KernelPolicy {
             let Some(Cond::All(parts)) = &r.cond else {
                 continue;
             };
-            let action = if r.action == Action::Kill {
-                KernelAction::Kill
-            } else {
-                KernelAction::Mark
+            let action = match r.action {
+                Action::Kill => KernelAction::Kill,
+                _ if holds => KernelAction::Stop,
+                _ => KernelAction::Mark,
             };
             match parts.as_slice() {
                 [Cond::Kind(EXEC), Cond::Glob {

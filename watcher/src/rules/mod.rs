@@ -256,7 +256,7 @@ mod tests {
              - {id: f, description: d, severity: high, action: alert, mode: enforce, condition: {type: connect, addr: 10.0.0.0/8}}\n",
         )
         .unwrap();
-        let k = kernel::KernelPolicy::of(&p);
+        let k = kernel::KernelPolicy::of(&p, true);
         assert!(k
             .exec
             .iter()

@@ -1,0 +1,406 @@
+//! End-to-end holds: a rule freezes a watched session before harm, a human approves or denies
+//! it (or the deadline denies it), the freeze survives SIGCONT and a daemon crash, and the
+//! kill-switch stops every session at once. Root, the real kernel, real processes.
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+mod common;
+use common::{Daemon, TempDir, DEADLINE};
+
+/// A session started in the background: (launch process, trace id).
+fn launch_bg(d: &Daemon, script: &str) -> (Child, String) {
+    let mut child = d
+        .cli()
+        .args(["launch", "--", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let trace = line
+        .strip_prefix("watcher: trace id ")
+        .unwrap_or_else(|| panic!("no trace id: {line:?}"))
+        .trim()
+        .to_string();
+    (child, trace)
+}
+
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits (on the finding stream) for the session's hold and returns it once it is stored.
+fn await_hold(d: &Daemon, trace: &str) -> Value {
+    let mut f = d
+        .cli()
+        .args(["findings", "--json", "--follow", "--trace", trace])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = None;
+    for line in BufReader::new(f.stdout.take().unwrap()).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let Some(h) = v["hold"].as_str() {
+            id = Some(h.to_string());
+            break;
+        }
+    }
+    let _ = f.kill();
+    let _ = f.wait();
+    let id = id.expect("the finding stream ended without a hold");
+    // The record is written right after the finding; wait for it.
+    let start = Instant::now();
+    loop {
+        let out = d.cli().args(["show-hold", &id, "--json"]).output().unwrap();
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert!(start.elapsed() < DEADLINE, "hold {id} was never stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn state_of(pid: u64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+fn frozen(d: &Daemon, trace: &str) -> bool {
+    std::fs::read_to_string(d.cgroup.join(trace).join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l == "frozen 1"))
+        .unwrap_or(false)
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(start.elapsed() < DEADLINE, "the session did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A rules directory with one rule: holding an exec of `tool` (a kernel fast path: SIGSTOP
+/// before the program's first instruction).
+fn hold_setup(extra_config: &str) -> (TempDir, Daemon, String) {
+    let work = TempDir::new("holds");
+    let tool = work.0.join("held-tool");
+    std::fs::write(
+        &tool,
+        format!("#!/bin/sh\necho ran > {}/marker-$1\n", work.0.display()),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&tool).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rules = work.0.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("hold.yaml"),
+        format!(
+            "rules:\n  - id: test-hold-exec\n    description: a tool that needs a human's yes\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: exec, exe: \"{}\"}}\n    examples: {{match: [{{type: exec, path: \"{}\"}}]}}\n",
+            tool.display(),
+            tool.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n{extra_config}",
+        rules.display()
+    ));
+    let w = work.0.display().to_string();
+    (work, d, w)
+}
+
+fn marker(dir: &str, name: &str) -> bool {
+    Path::new(dir).join(format!("marker-{name}")).exists()
+}
+
+#[test]
+fn a_held_exec_waits_for_approval() {
+    let (_work, d, w) = hold_setup("");
+    let (mut child, trace) = launch_bg(
+        &d,
+        &format!("echo > {w}/marker-before; {w}/held-tool a; echo > {w}/marker-after"),
+    );
+    let hold = await_hold(&d, &trace);
+    assert!(marker(&w, "before"));
+    assert_eq!(hold["state"], "pending");
+    assert_eq!(hold["rule"], "test-hold-exec");
+    assert_eq!(hold["trigger"]["type"], "exec");
+    let pid = hold["trigger"]["pid"].as_u64().unwrap();
+    // Stopped at exec, before the new program's first instruction, and the session frozen.
+    assert_eq!(state_of(pid), Some('T'), "held process state");
+    assert!(frozen(&d, &trace), "session cgroup not frozen");
+    assert!(!marker(&w, "a"), "the held program ran");
+    assert!(
+        hold["tree"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == pid),
+        "{hold}"
+    );
+    assert!(
+        hold["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "open"),
+        "no recent events: {hold}"
+    );
+    let id = hold["id"].as_str().unwrap();
+    // Listed as pending.
+    let list = json_lines(&d.cli().args(["holds", "--json"]).output().unwrap().stdout);
+    assert!(list.iter().any(|h| h["id"] == id));
+
+    let out = d.cli().args(["approve", id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = wait_exit(&mut child);
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        marker(&w, "a") && marker(&w, "after"),
+        "did not complete after approve"
+    );
+    let h: Value = serde_json::from_slice(
+        &d.cli()
+            .args(["show-hold", id, "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(h["state"], "approved");
+    assert_eq!(h["decided_by"], "root");
+}
+
+#[test]
+fn deny_kills_and_no_answer_is_deny() {
+    let (_work, d, w) = hold_setup("[holds]\ntimeout = \"2s\"\n");
+    // Deny.
+    let (mut child, trace) = launch_bg(
+        &d,
+        &format!("{w}/held-tool denied; echo > {w}/marker-after-deny"),
+    );
+    let hold = await_hold(&d, &trace);
+    let out = d
+        .cli()
+        .args(["deny", hold["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = wait_exit(&mut child);
+    assert!(st.code().is_none(), "the session was not killed: {st:?}");
+    assert!(!marker(&w, "denied") && !marker(&w, "after-deny"));
+
+    // No answer: denied at the deadline.
+    let (mut child, trace) = launch_bg(&d, &format!("{w}/held-tool late"));
+    let hold = await_hold(&d, &trace);
+    let st = wait_exit(&mut child);
+    assert!(st.code().is_none(), "not killed at the deadline: {st:?}");
+    assert!(!marker(&w, "late"));
+    let h: Value = serde_json::from_slice(
+        &d.cli()
+            .args(["show-hold", hold["id"].as_str().unwrap(), "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(h["state"], "denied");
+    assert_eq!(h["decided_by"], "deadline");
+}
+
+#[test]
+fn sigcont_does_not_release_a_held_session() {
+    let (_work, d, w) = hold_setup("");
+    let (mut child, trace) = launch_bg(&d, &format!("{w}/held-tool cont"));
+    let hold = await_hold(&d, &trace);
+    let pid = hold["trigger"]["pid"].as_u64().unwrap();
+    // SIGCONT from outside the session (root, unwatched): the cgroup freezer keeps it.
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // A negative check needs a grace period: the program writes its marker at once if it runs.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker(&w, "cont"), "SIGCONT resumed a held process");
+    assert!(frozen(&d, &trace));
+    let out = d
+        .cli()
+        .args(["approve", hold["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert!(marker(&w, "cont"));
+}
+
+#[test]
+fn a_hold_survives_a_daemon_crash() {
+    let (_work, mut d, w) = hold_setup("");
+    let (mut child, trace) = launch_bg(&d, &format!("{w}/held-tool crash"));
+    let hold = await_hold(&d, &trace);
+    let id = hold["id"].as_str().unwrap().to_string();
+    d.crash_and_restart();
+    // Still frozen (fail closed), still listed, and it can be approved.
+    assert!(
+        frozen(&d, &trace),
+        "the session thawed when the daemon died"
+    );
+    assert!(!marker(&w, "crash"));
+    let list = json_lines(&d.cli().args(["holds", "--json"]).output().unwrap().stdout);
+    assert!(list.iter().any(|h| h["id"] == id.as_str()), "{list:?}");
+    let st = d.status();
+    assert!(
+        st["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["trace_id"] == trace.as_str()),
+        "the session was not watched again: {st}"
+    );
+    let out = d.cli().args(["approve", &id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert!(marker(&w, "crash"));
+}
+
+#[test]
+fn a_watched_process_cannot_approve_its_hold() {
+    let (_work, d, w) = hold_setup("");
+    let (_held, trace) = launch_bg(&d, &format!("{w}/held-tool self"));
+    let hold = await_hold(&d, &trace);
+    let id = hold["id"].as_str().unwrap();
+    // Another watched session (root, too) tries to approve it through the control socket.
+    let (code, _) = {
+        let (trace2, code) = d.launch(&format!(
+            "{} --socket {} approve {id} 2> {w}/approve-err",
+            common::BIN,
+            d.socket.display()
+        ));
+        (code, trace2)
+    };
+    assert_ne!(code, 0);
+    let err = std::fs::read_to_string(format!("{w}/approve-err")).unwrap();
+    assert!(err.contains("part of a watched session"), "{err}");
+    let h: Value = serde_json::from_slice(
+        &d.cli()
+            .args(["show-hold", id, "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(h["state"], "pending");
+}
+
+#[test]
+fn the_kill_switch_stops_every_session_and_nothing_else() {
+    let d = Daemon::start();
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(launch_bg(&d, "sleep 300 & sleep 300; wait"));
+    }
+    let mut bystander = Command::new("sleep").arg("300").spawn().unwrap();
+    // Every session has its processes in place (each has two sleeps under its shell).
+    for (_, trace) in &sessions {
+        let start = Instant::now();
+        while std::fs::read_to_string(d.cgroup.join(trace).join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+            < 3
+        {
+            assert!(start.elapsed() < DEADLINE, "session {trace} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let out = d
+        .cli()
+        .args(["kill-switch", "engage", "--all", "--freeze"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (_, trace) in &sessions {
+        assert!(frozen(&d, trace), "session {trace} not frozen");
+    }
+    assert_eq!(
+        state_of(bystander.id() as u64),
+        Some('S'),
+        "an unwatched process was touched"
+    );
+    let st = d.status();
+    assert_eq!(st["holds"]["kill_switch"]["engaged"], true);
+
+    let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (_, trace) in &sessions {
+        assert!(
+            !frozen(&d, trace),
+            "session {trace} still frozen after release"
+        );
+    }
+
+    let out = d
+        .cli()
+        .args(["kill-switch", "engage", "--all", "--kill"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (child, _) in &mut sessions {
+        assert!(
+            wait_exit(child).code().is_none(),
+            "a session survived --kill"
+        );
+    }
+    assert_eq!(
+        bystander.try_wait().unwrap(),
+        None,
+        "an unwatched process was killed"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let _ = d.cli().args(["kill-switch", "release"]).output();
+}

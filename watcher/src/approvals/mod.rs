@@ -1,0 +1,406 @@
+//! Holds: a session frozen by a finding, waiting for a human. The record carries what the
+//! approver needs to decide (the finding, the triggering event, the process tree, the session's
+//! recent events) and is stored before anything else happens to it; no answer by the deadline
+//! means deny.
+pub mod store;
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use self::store::{Store, StoreError};
+use crate::{
+    event::Event,
+    freeze::{Cgroups, FreezeError},
+};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldState {
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldState::Pending => "pending",
+            HoldState::Approved => "approved",
+            HoldState::Denied => "denied",
+        }
+    }
+}
+
+/// A process of the held session when the hold began.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub exe: String,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hold {
+    pub id: String,
+    pub trace_id: String,
+    pub rule: String,
+    pub policy_version: String,
+    pub state: HoldState,
+    /// The finding event (its `evidence` holds the events that matched).
+    pub finding: Event,
+    /// The event that completed the rule.
+    pub trigger: Event,
+    pub tree: Vec<ProcInfo>,
+    /// The session's events before the hold, oldest first.
+    pub recent: Vec<Event>,
+    pub started: String,
+    pub deadline: String,
+    pub deadline_ms: i64,
+    /// Processes the kernel stopped (SIGSTOP) at the hook: they get SIGCONT on approve.
+    #[serde(default)]
+    pub stopped: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// `approve --remember`: an exception was recorded.
+    #[serde(default)]
+    pub remembered: bool,
+    /// What deny did (`killed session`, `killed process 123`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// `approve --remember`: the same rule does not hold this session (or profile) again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Exception {
+    pub rule: String,
+    /// `trace` or `profile`.
+    pub scope: String,
+    pub value: String,
+    pub by: String,
+    pub at: String,
+    pub hold: String,
+}
+
+/// The kill-switch, as stored (so a restart keeps it engaged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KillSwitchState {
+    pub engaged: bool,
+    /// `freeze` or `kill`.
+    #[serde(default)]
+    pub mode: String,
+    /// Sessions it applies to; empty with `all`.
+    #[serde(default)]
+    pub traces: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    #[error("no hold {0}")]
+    NotFound(String),
+    #[error("hold {0} is already {1}")]
+    Decided(String, &'static str),
+}
+
+/// What deny stops.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyScope {
+    /// Every process of the session (`cgroup.kill`).
+    #[default]
+    Session,
+    /// Only the triggering process; the rest of the session resumes.
+    Process,
+}
+
+pub struct Approvals {
+    store: Mutex<Store>,
+    pub cgroups: Cgroups,
+    /// Pending hold per session (one at a time: the session is frozen).
+    pending: Mutex<HashMap<String, String>>,
+    exceptions: RwLock<Vec<Exception>>,
+    pub timeout: Duration,
+    pub deny: DenyScope,
+    /// Wakes the deadline task when a hold begins.
+    pub changed: tokio::sync::Notify,
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_hold_id() -> String {
+    let mut b = [0u8; 6];
+    crate::sessions::fill_random(&mut b);
+    format!(
+        "h-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+impl Approvals {
+    pub fn open(
+        store: &std::path::Path,
+        cgroups: Cgroups,
+        timeout: Duration,
+        deny: DenyScope,
+    ) -> Result<Approvals, HoldError> {
+        let store = Store::open(store)?;
+        let pending = store
+            .list(Some(HoldState::Pending))?
+            .into_iter()
+            .map(|h| (h.trace_id, h.id))
+            .collect();
+        let exceptions = store.exceptions()?;
+        Ok(Approvals {
+            store: Mutex::new(store),
+            cgroups,
+            pending: Mutex::new(pending),
+            exceptions: RwLock::new(exceptions),
+            timeout,
+            deny,
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session's pending hold, if any.
+    pub fn pending_for(&self, trace: &str) -> Option<String> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(trace)
+            .cloned()
+    }
+
+    /// Claims the session for a new hold; None when one is already pending (the session is
+    /// frozen already, later findings join the record as evidence only).
+    pub fn claim(&self, trace: &str) -> Option<String> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.contains_key(trace) {
+            return None;
+        }
+        let id = new_hold_id();
+        p.insert(trace.to_string(), id.clone());
+        Some(id)
+    }
+
+    /// Stores the hold record (the session was frozen by the caller already).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        id: String,
+        finding: Event,
+        trigger: Event,
+        tree: Vec<ProcInfo>,
+        recent: Vec<Event>,
+        stopped: Vec<u32>,
+        rule: String,
+        policy_version: String,
+    ) -> Result<Hold, HoldError> {
+        let deadline = SystemTime::now() + self.timeout;
+        let hold = Hold {
+            id,
+            trace_id: finding.trace_id.clone(),
+            rule,
+            policy_version,
+            state: HoldState::Pending,
+            finding,
+            trigger,
+            tree,
+            recent,
+            started: now_rfc3339(),
+            deadline: humantime::format_rfc3339_millis(deadline).to_string(),
+            deadline_ms: now_ms() + self.timeout.as_millis() as i64,
+            stopped,
+            decided_by: None,
+            decided_at: None,
+            remembered: false,
+            result: None,
+        };
+        self.store().put(&hold)?;
+        self.changed.notify_one();
+        Ok(hold)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Hold, HoldError> {
+        self.store()
+            .get(id)?
+            .ok_or_else(|| HoldError::NotFound(id.into()))
+    }
+
+    pub fn list(&self, state: Option<HoldState>) -> Result<Vec<Hold>, HoldError> {
+        Ok(self.store().list(state)?)
+    }
+
+    fn pending_hold(&self, id: &str) -> Result<Hold, HoldError> {
+        let h = self.get(id)?;
+        if h.state != HoldState::Pending {
+            return Err(HoldError::Decided(id.into(), h.state.as_str()));
+        }
+        Ok(h)
+    }
+
+    fn finish(&self, mut h: Hold, state: HoldState, by: &str) -> Result<Hold, HoldError> {
+        h.state = state;
+        h.decided_by = Some(by.to_string());
+        h.decided_at = Some(now_rfc3339());
+        // On disk before it is acted on: a crash after this resumes nothing unrecorded.
+        self.store().put(&h)?;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&h.trace_id);
+        Ok(h)
+    }
+
+    /// Resumes the session. With `remember`, the rule does not hold this session again.
+    pub fn approve(&self, id: &str, by: &str, remember: bool) -> Result<Hold, HoldError> {
+        let mut h = self.pending_hold(id)?;
+        if remember {
+            let e = Exception {
+                rule: h.rule.clone(),
+                scope: "trace".into(),
+                value: h.trace_id.clone(),
+                by: by.into(),
+                at: now_rfc3339(),
+                hold: h.id.clone(),
+            };
+            self.store().add_exception(&e)?;
+            self.exceptions
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(e);
+            h.remembered = true;
+        }
+        let h = self.finish(h, HoldState::Approved, by)?;
+        self.resume(&h.trace_id, &h.stopped);
+        Ok(h)
+    }
+
+    /// Thaws the session and continues the processes the kernel stopped.
+    pub fn resume(&self, trace: &str, stopped: &[u32]) {
+        if let Err(e) = self.cgroups.thaw(trace) {
+            tracing::warn!(trace, "thawing: {e}");
+        }
+        for pid in stopped {
+            // SAFETY: plain kill(2); a pid that is gone gives ESRCH, which is fine.
+            unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+        }
+    }
+
+    /// Stops the session (or, by configuration, only the triggering process).
+    pub fn deny(&self, id: &str, by: &str) -> Result<Hold, HoldError> {
+        let mut h = self.pending_hold(id)?;
+        h.result = Some(self.stop(&h)?);
+        self.finish(h, HoldState::Denied, by)
+    }
+
+    fn stop(&self, h: &Hold) -> Result<String, HoldError> {
+        match self.deny {
+            DenyScope::Session => {
+                self.cgroups.kill(&h.trace_id)?;
+                Ok("killed the session".into())
+            }
+            DenyScope::Process => {
+                let pid = h.trigger.pid;
+                // SAFETY: plain kill(2); SIGKILL reaches a frozen task.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                self.resume(&h.trace_id, &[]);
+                Ok(format!("killed process {pid}"))
+            }
+        }
+    }
+
+    /// Denies every pending hold whose deadline passed; returns the time to the next one.
+    pub fn expire_due(&self) -> Option<Duration> {
+        let pending = match self.list(Some(HoldState::Pending)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("reading holds: {e}");
+                return Some(Duration::from_secs(1));
+            }
+        };
+        let now = now_ms();
+        let mut next: Option<i64> = None;
+        for h in pending {
+            if h.deadline_ms <= now {
+                match self.deny(&h.id, "deadline") {
+                    Ok(_) => {
+                        tracing::warn!(hold = %h.id, trace_id = %h.trace_id, "no answer by the deadline: denied")
+                    }
+                    Err(e) => tracing::error!(hold = %h.id, "denying at the deadline: {e}"),
+                }
+            } else {
+                next = Some(next.map_or(h.deadline_ms, |n: i64| n.min(h.deadline_ms)));
+            }
+        }
+        next.map(|n| Duration::from_millis((n - now).max(0) as u64))
+    }
+
+    pub fn excepted(&self, rule: &str, trace: &str, profile: Option<&str>) -> bool {
+        self.exceptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| {
+                e.rule == rule
+                    && match e.scope.as_str() {
+                        "trace" => e.value == trace,
+                        "profile" => profile == Some(e.value.as_str()),
+                        _ => false,
+                    }
+            })
+    }
+
+    pub fn kill_switch(&self) -> Result<KillSwitchState, HoldError> {
+        Ok(self.store().kill_switch()?)
+    }
+
+    pub fn set_kill_switch(&self, k: &KillSwitchState) -> Result<(), HoldError> {
+        Ok(self.store().set_kill_switch(k)?)
+    }
+}
+
+/// Runs until the daemon stops: denies holds at their deadline.
+pub async fn deadlines(approvals: std::sync::Arc<Approvals>) {
+    loop {
+        let a = approvals.clone();
+        let next = tokio::task::spawn_blocking(move || a.expire_due())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            _ = approvals.changed.notified() => {}
+        }
+    }
+}

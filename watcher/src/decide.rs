@@ -1,0 +1,247 @@
+//! From a finding to what is done about it: allow (monitor), alert, hold (freeze the session and
+//! ask a human) or kill. Decided here, in code, from the rule and the configuration; never by
+//! asking the agent.
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    approvals::ProcInfo,
+    daemon::{Seed, Shared},
+    event::{Action, Detail, Event, Mode, Outcome},
+    rules::eval::Rule,
+    sessions::{new_session_id, Session},
+};
+
+/// What happened to a finding, and the hold it opened or joined.
+pub struct Decision {
+    pub outcome: Outcome,
+    pub hold: Option<String>,
+    /// A hold this finding opened (the caller records it).
+    pub new_hold: bool,
+}
+
+/// Decides and acts. `kernel_rule`: the kernel's fast path matched this event for this rule
+/// (it has already killed the process, stopped it, or refused the connect).
+pub fn decide(
+    shared: &Shared,
+    rule: &Rule,
+    ev: &Event,
+    kernel_rule: bool,
+    profile: Option<&str>,
+    session_pids: &dyn Fn() -> Vec<u32>,
+) -> Decision {
+    let plain = |outcome| Decision {
+        outcome,
+        hold: None,
+        new_hold: false,
+    };
+    let is_connect = matches!(ev.detail, Detail::Connect { .. });
+    match (rule.mode, rule.action) {
+        (Mode::Monitor, _) => return plain(Outcome::Monitored),
+        (_, Action::Alert) => return plain(Outcome::Alerted),
+        _ => {}
+    }
+    if !shared.config.holds.enabled {
+        return plain(match rule.action {
+            _ if kernel_rule && is_connect => Outcome::RefusedInKernel,
+            Action::Kill if kernel_rule => Outcome::KilledInKernel,
+            _ => Outcome::NotEnforced,
+        });
+    }
+    let a = &shared.approvals;
+    if a.excepted(&rule.id, &ev.trace_id, profile) {
+        return plain(Outcome::Excepted);
+    }
+    match rule.action {
+        Action::Kill if kernel_rule && !is_connect => plain(Outcome::KilledInKernel),
+        Action::Kill => {
+            // SAFETY: plain kill(2) of the process the finding is about.
+            unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
+            plain(Outcome::Killed)
+        }
+        _ => {
+            if let Some(id) = a.pending_for(&ev.trace_id) {
+                return Decision {
+                    outcome: Outcome::Held,
+                    hold: Some(id),
+                    new_hold: false,
+                };
+            }
+            let Some(id) = a.claim(&ev.trace_id) else {
+                return plain(Outcome::Held);
+            };
+            freeze_session(shared, &ev.trace_id, session_pids);
+            Decision {
+                outcome: Outcome::Held,
+                hold: Some(id),
+                new_hold: true,
+            }
+        }
+    }
+}
+
+/// Starts freezing the session: its cgroup when it has one, else SIGSTOP to each process
+/// (weaker: another process may send SIGCONT).
+fn freeze_session(shared: &Shared, trace: &str, session_pids: &dyn Fn() -> Vec<u32>) {
+    let cg = &shared.approvals.cgroups;
+    match cg.set_frozen(trace, true) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(
+                trace,
+                "no session cgroup to freeze ({e}); stopping each process"
+            );
+            for pid in session_pids() {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+            }
+        }
+    }
+}
+
+/// Completes a hold off the pipeline: waits until the session is frozen (for the latency
+/// figure), stores the record, and says so.
+#[allow(clippy::too_many_arguments)]
+pub fn record_hold(
+    shared: Arc<Shared>,
+    id: String,
+    finding: Event,
+    trigger: Event,
+    tree: Vec<ProcInfo>,
+    stopped: Vec<u32>,
+    rule: String,
+    policy_version: String,
+) {
+    let recent: Vec<Event> = {
+        let r = shared.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Event> = r
+            .iter()
+            .rev()
+            .filter(|e| e.trace_id == trigger.trace_id && !matches!(e.detail, Detail::Finding(_)))
+            .take(RECENT_IN_HOLD)
+            .map(|e| e.as_ref().clone())
+            .collect();
+        v.reverse();
+        v
+    };
+    let trace = trigger.trace_id.clone();
+    let event_time = trigger.ts.0;
+    let a = shared.approvals.clone();
+    tokio::task::spawn_blocking(move || {
+        if a.cgroups.exists(&trace) {
+            match a.cgroups.wait_frozen(&trace, true, Duration::from_secs(5)) {
+                Ok(()) => {
+                    if let Ok(d) = SystemTime::now().duration_since(event_time) {
+                        if let Ok(mut h) = shared.hold_latency.lock() {
+                            let _ = h.record(d.as_micros() as u64);
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(hold = %id, "{e}"),
+            }
+        }
+        match a.record(
+            id.clone(),
+            finding,
+            trigger,
+            tree,
+            recent,
+            stopped,
+            rule,
+            policy_version,
+        ) {
+            Ok(h) => {
+                shared.counters.holds.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(hold = %h.id, trace_id = %h.trace_id, rule = %h.rule, deadline = %h.deadline, "session held: waiting for `watcher approve` or `watcher deny`");
+            }
+            // Fail closed: the session stays frozen; the error says why there is no record.
+            Err(e) => {
+                tracing::error!(hold = %id, "storing the hold failed, the session stays frozen: {e}")
+            }
+        }
+    });
+}
+
+/// Events of the session kept in a hold record.
+const RECENT_IN_HOLD: usize = 200;
+
+/// Watches the sessions whose cgroups an earlier daemon left (same trace ids).
+pub fn adopt_sessions(shared: &Shared) {
+    let cg = &shared.approvals.cgroups;
+    for trace in cg.sessions() {
+        let pids = cg.pids(&trace);
+        if pids.is_empty() {
+            cg.remove_if_empty(&trace);
+            continue;
+        }
+        let session_id = new_session_id();
+        let watch = watcher_common::Watch {
+            session_id,
+            profile: 0,
+            _pad: 0,
+        };
+        {
+            let seeds = shared.seeds.lock().unwrap_or_else(|e| e.into_inner());
+            let mut k = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            for pid in &pids {
+                let _ = seeds.send(Seed {
+                    pid: *pid,
+                    ppid: crate::control::server::ppid_of(*pid),
+                    session_id,
+                    cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+                });
+                if let Err(e) = k.watch(*pid, watch) {
+                    tracing::error!(pid, "re-watching: {e:#}");
+                }
+            }
+        }
+        let frozen = cg.is_frozen(&trace);
+        shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start(Session {
+                trace_id: trace.clone(),
+                session_id,
+                profile: None,
+                started_by: "restart".into(),
+                root_pid: pids[0],
+                started: crate::approvals::now_rfc3339(),
+                processes: pids.len() as u32,
+                events: 0,
+                ended: None,
+            });
+        tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
+    }
+}
+
+/// Re-applies a kill-switch that was engaged when the daemon stopped.
+pub fn restore_kill_switch(shared: &Shared) {
+    match shared.approvals.kill_switch() {
+        Ok(k) if k.engaged => {
+            if let Err(e) = crate::killswitch::apply(shared, &k) {
+                tracing::error!("re-applying the kill-switch: {e:#}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("reading the kill-switch state: {e}"),
+    }
+}
+
+/// Removes the cgroups of sessions that ended (nothing pending on them).
+pub async fn sweep_cgroups(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let a = shared.approvals.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for trace in a.cgroups.sessions() {
+                if a.pending_for(&trace).is_none() {
+                    a.cgroups.remove_if_empty(&trace);
+                }
+            }
+        })
+        .await;
+    }
+}
