@@ -84,6 +84,8 @@ pub const EVENT_FLAG_ARGV_MISSING: u32 = 1 << 1;
 pub const EVENT_FLAG_SESSION_START: u32 = 1 << 2;
 /// A fast-path entry of the kernel policy matched this event (and the kernel acted on it).
 pub const EVENT_FLAG_FAST_PATH: u32 = 1 << 3;
+/// The kernel stopped the process (SIGSTOP) for a hold: user space freezes its session now.
+pub const EVENT_FLAG_STOPPED: u32 = 1 << 4;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -185,6 +187,8 @@ pub struct SyscallArgs {
 pub const ARGS_OPENAT2: u32 = 1 << 0;
 /// A fast-path entry matched at entry (or the connect was refused by the kernel policy).
 pub const ARGS_FAST_PATH: u32 = 1 << 1;
+/// The fast path stopped the thread (SIGSTOP) at entry.
+pub const ARGS_STOPPED: u32 = 1 << 2;
 
 /// Paths the kernel fast path can match (longer ones are left to user space).
 pub const FAST_PATH_MAX: usize = 256;

@@ -3,7 +3,7 @@
 //! asking the agent.
 use std::{
     sync::{atomic::Ordering, Arc},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use crate::{
@@ -28,6 +28,7 @@ pub fn decide(
     shared: &Shared,
     rule: &Rule,
     ev: &Event,
+    event_boot_ns: u64,
     kernel_rule: bool,
     profile: Option<&str>,
     session_pids: &dyn Fn() -> Vec<u32>,
@@ -72,7 +73,7 @@ pub fn decide(
             let Some(id) = a.claim(&ev.trace_id) else {
                 return plain(Outcome::Held);
             };
-            freeze_session(shared, &ev.trace_id, session_pids);
+            freeze_session(shared, &ev.trace_id, event_boot_ns, session_pids);
             Decision {
                 outcome: Outcome::Held,
                 hold: Some(id),
@@ -84,9 +85,14 @@ pub fn decide(
 
 /// Starts freezing the session: its cgroup when it has one, else SIGSTOP to each process
 /// (weaker: another process may send SIGCONT).
-fn freeze_session(shared: &Shared, trace: &str, session_pids: &dyn Fn() -> Vec<u32>) {
+fn freeze_session(
+    shared: &Shared,
+    trace: &str,
+    event_boot_ns: u64,
+    session_pids: &dyn Fn() -> Vec<u32>,
+) {
     let cg = &shared.approvals.cgroups;
-    match cg.set_frozen(trace, true) {
+    match cg.freeze_timed(trace, event_boot_ns) {
         Ok(()) => {}
         Err(e) => {
             tracing::warn!(
@@ -127,19 +133,18 @@ pub fn record_hold(
         v
     };
     let trace = trigger.trace_id.clone();
-    let event_time = trigger.ts.0;
     let a = shared.approvals.clone();
     tokio::task::spawn_blocking(move || {
+        let mut frozen_us = None;
         if a.cgroups.exists(&trace) {
-            match a.cgroups.wait_frozen(&trace, true, Duration::from_secs(5)) {
-                Ok(()) => {
-                    if let Ok(d) = SystemTime::now().duration_since(event_time) {
-                        if let Ok(mut h) = shared.hold_latency.lock() {
-                            let _ = h.record(d.as_micros() as u64);
-                        }
+            frozen_us = a.cgroups.take_frozen_us(&trace, Duration::from_secs(5));
+            match frozen_us {
+                Some(us) => {
+                    if let Ok(mut h) = shared.hold_latency.lock() {
+                        let _ = h.record(us);
                     }
                 }
-                Err(e) => tracing::error!(hold = %id, "{e}"),
+                None => tracing::error!(hold = %id, "the session did not report frozen within 5 s"),
             }
         }
         match a.record(
@@ -151,6 +156,7 @@ pub fn record_hold(
             stopped,
             rule,
             policy_version,
+            frozen_us,
         ) {
             Ok(h) => {
                 shared.counters.holds.fetch_add(1, Ordering::Relaxed);

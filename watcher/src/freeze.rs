@@ -31,10 +31,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FreezeError + '_ {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Cgroups {
     /// `<cgroup v2 root>/watcher`.
     base: PathBuf,
+    /// Cgroup id (the directory's inode, what the kernel stamps on each record) to directory,
+    /// so the intake reader can freeze a session from a record's header alone.
+    by_id: std::sync::Mutex<std::collections::HashMap<u64, PathBuf>>,
+    /// Session directory -> microseconds from the triggering kernel event to `frozen 1`.
+    frozen_us: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>>,
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of the kernel's event timestamps.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Cgroups {
@@ -46,7 +62,11 @@ impl Cgroups {
 
     pub fn at(base: PathBuf) -> Result<Cgroups, FreezeError> {
         std::fs::create_dir_all(&base).map_err(io(&base))?;
-        Ok(Cgroups { base })
+        Ok(Cgroups {
+            base,
+            by_id: Default::default(),
+            frozen_us: Default::default(),
+        })
     }
 
     pub fn dir(&self, trace: &str) -> PathBuf {
@@ -58,10 +78,96 @@ impl Cgroups {
     pub fn create(&self, trace: &str, pids: &[u32]) -> Result<PathBuf, FreezeError> {
         let dir = self.dir(trace);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        self.remember_id(&dir);
         for pid in pids {
             self.add(trace, *pid)?;
         }
         Ok(dir)
+    }
+
+    fn remember_id(&self, dir: &Path) {
+        if let Ok(md) = std::fs::metadata(dir) {
+            self.by_id
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(std::os::unix::fs::MetadataExt::ino(&md), dir.to_path_buf());
+        }
+    }
+
+    /// Starts freezing the session cgroup with this id, if it is one of ours, and times it
+    /// from the kernel event at `event_boot_ns`.
+    pub fn freeze_id(&self, id: u64, event_boot_ns: u64) -> bool {
+        let dir = self
+            .by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        match dir {
+            Some(d) => self.freeze_dir_timed(d, event_boot_ns).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Starts freezing the session and times it from the kernel event at `event_boot_ns`
+    /// (a helper thread watches `cgroup.events`, so the figure does not include whatever the
+    /// caller does next).
+    pub fn freeze_timed(&self, trace: &str, event_boot_ns: u64) -> Result<(), FreezeError> {
+        let dir = self.dir(trace);
+        if !dir.is_dir() {
+            return Err(FreezeError::NoSession(trace.into()));
+        }
+        self.freeze_dir_timed(dir, event_boot_ns)
+    }
+
+    fn freeze_dir_timed(&self, dir: PathBuf, event_boot_ns: u64) -> Result<(), FreezeError> {
+        let already = self
+            .frozen_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&dir);
+        write(&dir.join("cgroup.freeze"), "1")?;
+        if already {
+            return Ok(());
+        }
+        let out = self.frozen_us.clone();
+        std::thread::spawn(move || {
+            let events = dir.join("cgroup.events");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if std::fs::read_to_string(&events)
+                    .is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
+                {
+                    let us = boot_ns().saturating_sub(event_boot_ns) / 1000;
+                    out.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(dir, us);
+                    return;
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        });
+        Ok(())
+    }
+
+    /// The measured event-to-frozen time of the session's freeze (waits for the measurement).
+    pub fn take_frozen_us(&self, trace: &str, limit: Duration) -> Option<u64> {
+        let dir = self.dir(trace);
+        let start = Instant::now();
+        loop {
+            if let Some(us) = self
+                .frozen_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&dir)
+            {
+                return Some(us);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn add(&self, trace: &str, pid: u32) -> Result<(), FreezeError> {
@@ -137,6 +243,14 @@ impl Cgroups {
 
     /// Every session cgroup (trace id), including those of an earlier daemon.
     pub fn sessions(&self) -> Vec<String> {
+        let out = self.list();
+        for t in &out {
+            self.remember_id(&self.dir(t));
+        }
+        out
+    }
+
+    fn list(&self) -> Vec<String> {
         std::fs::read_dir(&self.base)
             .map(|rd| {
                 rd.filter_map(|e| {

@@ -20,6 +20,12 @@ pub struct Args {
     /// Rounds of the real-workload comparison.
     #[arg(long, default_value_t = 5)]
     build_rounds: usize,
+    /// Holds per session size in the hold-latency benchmark.
+    #[arg(long, default_value_t = 20)]
+    hold_rounds: usize,
+    /// Run only these parts (storms, build, rules, holds); all when omitted.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +75,10 @@ pub fn storm(a: StormArgs) -> anyhow::Result<()> {
 struct Daemon {
     child: Child,
     socket: PathBuf,
+}
+
+fn wanted(a: &Args, part: &str) -> bool {
+    a.only.is_empty() || a.only.iter().any(|p| p == part)
 }
 
 impl Daemon {
@@ -201,7 +211,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut ns = vec![vec![Vec::new(); VARIANTS.len()]; STORMS.len()];
     let mut delivered = vec![(0u64, 0u64, 0u64, 0f64); STORMS.len()];
     let tick = 1e9 / ticks_per_sec();
-    for round in 0..a.rounds {
+    let storm_rounds = if wanted(&a, "storms") { a.rounds } else { 0 };
+    for round in 0..storm_rounds {
         eprintln!("bench: round {}/{}", round + 1, a.rounds);
         for (s, (kind, ops)) in STORMS.iter().enumerate() {
             ns[s][0].push(run_storm(&[], kind, *ops)?);
@@ -258,9 +269,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
 
+    if storm_rounds > 0 {
+        print_storms(&ns, &delivered, a.rounds, tick);
+    }
+    if wanted(&a, "build") {
+        real_workload(&bin, &dir, a.build_rounds)?;
+    }
+    if wanted(&a, "rules") {
+        rules_throughput(&bin)?;
+    }
+    if wanted(&a, "holds") {
+        holds(&bin, &dir, a.hold_rounds)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[allow(clippy::type_complexity)]
+fn print_storms(
+    ns: &[Vec<Vec<f64>>],
+    delivered: &[(u64, u64, u64, f64)],
+    rounds: usize,
+    tick: f64,
+) {
     println!(
         "\n## Storms ({} rounds, interleaved; ratio = variant / off, per round)\n",
-        a.rounds
+        rounds
     );
     println!("| storm | variant | ns/op (median) | ratio median | min | max |");
     println!("|---|---|---|---|---|---|");
@@ -297,11 +331,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ev as f64 / secs
         );
     }
-
-    real_workload(&bin, &dir, a.build_rounds)?;
-    rules_throughput(&bin)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 /// The shipped pack's evaluation rate over a recorded agent session (one core, in-process
@@ -394,4 +423,217 @@ fn real_workload(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
         stats(plain).0
     );
     Ok(())
+}
+
+/// Event-to-frozen latency of holds, and kill-switch engage-to-frozen, for sessions of 1, 10
+/// and 100 processes. Baseline in the same run: freezing an equal cgroup by hand (write
+/// `cgroup.freeze`, wait for `frozen 1`), i.e. the kernel's own cost.
+fn holds(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+    let tool = dir.join("held-tool");
+    std::fs::write(&tool, "#!/bin/sh\ntrue\n")?;
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let rules = dir.join("hold-rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("hold.yaml"),
+        format!(
+            "rules:\n  - id: bench-hold\n    description: bench\n    severity: low\n    action: hold\n    mode: enforce\n    condition: {{type: exec, exe: \"{}\"}}\n    examples: {{match: [{{type: exec, path: \"{}\"}}]}}\n",
+            tool.display(),
+            tool.display()
+        ),
+    )?;
+    let d = Daemon::start(bin, dir, Some(&rules))?;
+    let sock = d.socket.clone();
+    let cli = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(bin)
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()?)
+    };
+    println!("\n## Holds: kernel event to whole session frozen, and the kill-switch\n");
+    println!("| processes | holds | event to frozen p50 | p99 | max | hand-made freeze p50 (baseline) | p50 ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut ks_rows = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for n in [1usize, 10, 100] {
+        let mut lat = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut base = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut ks = hdrhistogram::Histogram::<u64>::new(3)?;
+        for _ in 0..rounds {
+            // n - 1 sleepers; once they all run, the shell becomes the held program: a
+            // settled session of n processes.
+            let fifo = dir.join("go");
+            let _ = std::fs::remove_file(&fifo);
+            let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes())?;
+            // SAFETY: valid C string.
+            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                bail!("mkfifo {}", fifo.display());
+            }
+            let script = format!(
+                "i=1; while [ $i -lt {n} ]; do sleep 600 & i=$((i+1)); done; read x < {}; exec {}",
+                fifo.display(),
+                tool.display()
+            );
+            let mut child = Command::new(bin)
+                .arg("--socket")
+                .arg(&sock)
+                .args(["launch", "--", "sh", "-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            wait_for_processes(&d, bin, n)?;
+            // Follow the findings before the trigger, so the hold is read, not polled for:
+            // a polling loop would compete with the daemon for the two CPUs.
+            let mut follow = Command::new(bin)
+                .arg("--socket")
+                .arg(&sock)
+                .args(["findings", "--json", "--follow"])
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut lines = BufReader::new(follow.stdout.take().context("stdout")?).lines();
+            // The backlog of earlier rounds comes first; only a new hold counts.
+            std::fs::write(&fifo, "go\n")?;
+            let mut id = None;
+            for line in lines.by_ref() {
+                let v: serde_json::Value = serde_json::from_str(&line?)?;
+                if let Some(h) = v["hold"].as_str() {
+                    if !seen.contains(h) {
+                        id = Some(h.to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = follow.kill();
+            let _ = follow.wait();
+            let id = id.ok_or_else(|| anyhow!("no hold"))?;
+            seen.insert(id.clone());
+            let hold = wait_for_record(&cli, &id)?;
+            lat.record(
+                hold["frozen_us"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("hold {id} has no frozen_us"))?,
+            )?;
+            cli(&["deny", &id])?;
+            let _ = child.wait();
+            base.record(hand_freeze(n)?)?;
+            // Kill-switch over the same number of processes, in one running session.
+            let mut child = Command::new(bin)
+                .arg("--socket")
+                .arg(&sock)
+                .args([
+                    "launch",
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("i=1; while [ $i -lt {n} ]; do sleep 600 & i=$((i+1)); done; exec sleep 600"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            wait_for_processes(&d, bin, n)?;
+            let out = cli(&["kill-switch", "engage", "--all", "--freeze"])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let us: u64 = text
+                .split(" in ")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| anyhow!("kill-switch output: {text}"))?;
+            ks.record(us)?;
+            cli(&["kill-switch", "engage", "--all", "--kill"])?;
+            let _ = child.wait();
+            cli(&["kill-switch", "release"])?;
+        }
+        println!(
+            "| {n} | {rounds} | {} us | {} us | {} us | {} us | {:.2} |",
+            lat.value_at_quantile(0.5),
+            lat.value_at_quantile(0.99),
+            lat.max(),
+            base.value_at_quantile(0.5),
+            lat.value_at_quantile(0.5) as f64 / base.value_at_quantile(0.5).max(1) as f64
+        );
+        ks_rows.push((n, ks));
+    }
+    println!("\n| processes | kill-switch engage to all frozen p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    for (n, ks) in ks_rows {
+        println!(
+            "| {n} | {} us | {} us | {} us |",
+            ks.value_at_quantile(0.5),
+            ks.value_at_quantile(0.99),
+            ks.max()
+        );
+    }
+    Ok(())
+}
+
+/// The stored hold record (written just after its finding).
+fn wait_for_record(
+    cli: &dyn Fn(&[&str]) -> anyhow::Result<std::process::Output>,
+    id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let out = cli(&["show-hold", id, "--json"])?;
+        if out.status.success() {
+            return Ok(serde_json::from_slice(&out.stdout)?);
+        }
+        if start.elapsed().as_secs() > 30 {
+            bail!("hold {id} was never stored");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn wait_for_processes(d: &Daemon, bin: &Path, n: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let st = d.status(bin)?;
+        if st["processes_watched"].as_u64().unwrap_or(0) as usize >= n {
+            return Ok(());
+        }
+        if start.elapsed().as_secs() > 30 {
+            bail!("the session's {n} processes did not start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Microseconds to freeze a cgroup of `n` sleeping processes by hand.
+fn hand_freeze(n: usize) -> anyhow::Result<u64> {
+    let root = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap_or("")))
+        })
+        .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
+    let cg = root.join(format!("watcher-bench-baseline-{}", std::process::id()));
+    std::fs::create_dir_all(&cg)?;
+    let mut kids = Vec::new();
+    for _ in 0..n {
+        kids.push(Command::new("sleep").arg("600").spawn()?);
+    }
+    for k in &kids {
+        std::fs::write(cg.join("cgroup.procs"), k.id().to_string())?;
+    }
+    let t = Instant::now();
+    std::fs::write(cg.join("cgroup.freeze"), "1")?;
+    while !std::fs::read_to_string(cg.join("cgroup.events"))?.contains("frozen 1") {
+        std::hint::spin_loop();
+    }
+    let us = t.elapsed().as_micros() as u64;
+    std::fs::write(cg.join("cgroup.kill"), "1")?;
+    for mut k in kids {
+        let _ = k.wait();
+    }
+    for _ in 0..100 {
+        if std::fs::remove_dir(&cg).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(us)
 }

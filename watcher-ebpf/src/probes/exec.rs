@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use watcher_common::{
     AgentName, EventKind, ExecEvent, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
-    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_TRUNCATED,
-    PATH_MAX,
+    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
+    EVENT_FLAG_TRUNCATED, FAST_STOP, PATH_MAX,
 };
 
 use crate::shared::{
@@ -53,6 +53,9 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if let Some(rule) = fast_exec(ctx, &cfg) {
         fast_act(&rule);
         flags |= EVENT_FLAG_FAST_PATH;
+        if rule.action == FAST_STOP {
+            flags |= EVENT_FLAG_STOPPED;
+        }
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_drop(EventKind::Exec);

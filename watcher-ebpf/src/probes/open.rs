@@ -6,9 +6,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use watcher_common::{
-    EventKind, FastRule, OpenEvent, SyscallArgs, ARGS_FAST_PATH, ARGS_OPENAT2,
-    EVENT_FLAG_FAST_PATH, EVENT_FLAG_TRUNCATED, INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE,
-    INTENT_WRITE, PATH_MAX,
+    EventKind, FastRule, OpenEvent, SyscallArgs, ARGS_FAST_PATH, ARGS_OPENAT2, ARGS_STOPPED,
+    EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED, EVENT_FLAG_TRUNCATED, FAST_STOP, INTENT_CREATE,
+    INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, PATH_MAX,
 };
 
 use crate::shared::{
@@ -75,6 +75,9 @@ fn try_enter(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
         // gets to use the descriptor.
         fast_act(&rule);
         args.flags |= ARGS_FAST_PATH;
+        if rule.action == FAST_STOP {
+            args.flags |= ARGS_STOPPED;
+        }
     }
     SYSCALL_ARGS.insert(&current_tid(), &args, 0)?;
     Ok(())
@@ -139,6 +142,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*ev)._pad = 0;
         if args.flags & ARGS_FAST_PATH != 0 {
             (*ev).hdr.flags |= EVENT_FLAG_FAST_PATH;
+        }
+        if args.flags & ARGS_STOPPED != 0 {
+            (*ev).hdr.flags |= EVENT_FLAG_STOPPED;
         }
         match bpf_probe_read_user_str_bytes(args.args[1] as *const u8, &mut (*ev).path) {
             Ok(s) if s.len() >= PATH_MAX - 1 => (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED,

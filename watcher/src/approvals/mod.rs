@@ -65,6 +65,9 @@ pub struct Hold {
     /// Processes the kernel stopped (SIGSTOP) at the hook: they get SIGCONT on approve.
     #[serde(default)]
     pub stopped: Vec<u32>,
+    /// From the kernel event to the whole session frozen, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +227,7 @@ impl Approvals {
         stopped: Vec<u32>,
         rule: String,
         policy_version: String,
+        frozen_us: Option<u64>,
     ) -> Result<Hold, HoldError> {
         let deadline = SystemTime::now() + self.timeout;
         let hold = Hold {
@@ -240,6 +244,7 @@ impl Approvals {
             deadline: humantime::format_rfc3339_millis(deadline).to_string(),
             deadline_ms: now_ms() + self.timeout.as_millis() as i64,
             stopped,
+            frozen_us,
             decided_by: None,
             decided_at: None,
             remembered: false,

@@ -16,7 +16,9 @@ use ringbuf::{
     HeapRb,
 };
 use tokio::{io::unix::AsyncFd, sync::Notify};
-use watcher_common::{EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START};
+use watcher_common::{
+    EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
+};
 
 use self::{
     decode::{decode, Record, SockAddr},
@@ -66,6 +68,15 @@ pub fn spawn(
                     }
                 };
                 drop(item);
+                // A hold the kernel decided: the trigger is stopped already; freeze the rest of
+                // its session now, before the record waits its turn in the pipeline.
+                let hdr = rec.header();
+                if hdr.flags & EVENT_FLAG_STOPPED != 0 {
+                    r_shared
+                        .approvals
+                        .cgroups
+                        .freeze_id(hdr.cgroup_id, hdr.ts_ns);
+                }
                 let mut rec = rec;
                 loop {
                     match prod.try_push(rec) {
@@ -309,7 +320,7 @@ impl Intake {
             // The fast-path flag belongs to this event; only a rule the kernel holds can own it.
             let kernel_rule = in_kernel && active.kernel.has_rule(&rule.id);
             let tree = &self.tree;
-            let d = decide::decide(&self.shared, rule, ev, kernel_rule, profile, &|| {
+            let d = decide::decide(&self.shared, rule, ev, ts_ns, kernel_rule, profile, &|| {
                 tree.session_pids(session_id)
             });
             let outcome = d.outcome;
