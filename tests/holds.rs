@@ -404,3 +404,68 @@ fn the_kill_switch_stops_every_session_and_nothing_else() {
     let _ = bystander.wait();
     let _ = d.cli().args(["kill-switch", "release"]).output();
 }
+
+#[test]
+fn a_protected_open_waits_for_the_verdict() {
+    let work = TempDir::new("protect");
+    let w = work.0.display().to_string();
+    let secret = work.0.join("secret.txt");
+    std::fs::write(&secret, "the-secret\n").unwrap();
+    let d = Daemon::start_with(&format!(
+        "[holds]\nprotected = [\"{}\"]\n",
+        secret.display()
+    ));
+    // Approve: the open completes and the reader gets the contents.
+    let (mut child, trace) = launch_bg(&d, &format!("cat {} > {w}/out-approved", secret.display()));
+    let hold = await_hold(&d, &trace);
+    assert_eq!(hold["kind"], "protected_open");
+    assert_eq!(hold["trigger"]["path"], secret.display().to_string());
+    // Meanwhile an unwatched process opens the same file at once.
+    let out = Command::new("cat").arg(&secret).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the-secret\n");
+    assert_eq!(
+        std::fs::read_to_string(format!("{w}/out-approved")).unwrap(),
+        "",
+        "read before the verdict"
+    );
+    assert!(d
+        .cli()
+        .args(["approve", hold["id"].as_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(format!("{w}/out-approved")).unwrap(),
+        "the-secret\n"
+    );
+
+    // Deny: the open fails with EPERM and the process carries on without the data.
+    let (mut child, trace) = launch_bg(
+        &d,
+        &format!(
+            "cat {} > {w}/out-denied 2> {w}/err-denied; echo \"rc=$?\" > {w}/rc-denied",
+            secret.display()
+        ),
+    );
+    let hold = await_hold(&d, &trace);
+    assert!(d
+        .cli()
+        .args(["deny", hold["id"].as_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(format!("{w}/rc-denied"))
+            .unwrap()
+            .trim(),
+        "rc=1"
+    );
+    let err = std::fs::read_to_string(format!("{w}/err-denied")).unwrap();
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{w}/out-denied")).unwrap(),
+        ""
+    );
+}

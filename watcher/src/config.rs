@@ -51,6 +51,9 @@ pub struct Holds {
     pub deny: crate::approvals::DenyScope,
     /// The directory under the cgroup v2 root that holds one cgroup per session.
     pub cgroup: String,
+    /// Files whose open by a watched process waits for a verdict (fanotify). `~/` means every
+    /// home; `*` may appear in the last component. Files must exist when the daemon starts.
+    pub protected: Vec<String>,
 }
 
 impl Default for Holds {
@@ -61,6 +64,16 @@ impl Default for Holds {
             timeout: std::time::Duration::from_secs(600),
             deny: crate::approvals::DenyScope::Session,
             cgroup: "watcher".into(),
+            protected: [
+                "~/.ssh/id_*",
+                "~/.aws/credentials",
+                "~/.kube/config",
+                "~/.netrc",
+                "~/.git-credentials",
+                "~/.docker/config.json",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

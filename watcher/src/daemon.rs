@@ -186,6 +186,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::decide::adopt_sessions(&shared);
     crate::decide::restore_kill_switch(&shared);
     tokio::spawn(crate::approvals::deadlines(shared.approvals.clone()));
+    let _protect = if shared.config.holds.enabled {
+        crate::protect::Protect::start(shared.clone())?
+    } else {
+        None
+    };
     tokio::spawn(crate::decide::sweep_cgroups(shared.clone()));
     tracing::info!(version = %shared.policy.load().policy.version, rules = shared.policy.load().policy.rules.len(), "policy loaded");
     let _watcher = reload::watch_files(shared.clone())?;

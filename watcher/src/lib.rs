@@ -9,6 +9,7 @@ pub mod freeze;
 pub mod intake;
 pub mod kernel;
 pub mod killswitch;
+pub mod protect;
 pub mod reload;
 pub mod rules;
 pub mod sessions;

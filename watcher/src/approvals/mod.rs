@@ -36,6 +36,17 @@ impl HoldState {
     }
 }
 
+/// What is held.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldKind {
+    /// The session is frozen (a rule's hold).
+    #[default]
+    Session,
+    /// An open of a protected path waits in the kernel (fanotify); deny refuses it (EPERM).
+    ProtectedOpen,
+}
+
 /// A process of the held session when the hold began.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcInfo {
@@ -48,6 +59,8 @@ pub struct ProcInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Hold {
     pub id: String,
+    #[serde(default)]
+    pub kind: HoldKind,
     pub trace_id: String,
     pub rule: String,
     pub policy_version: String,
@@ -143,7 +156,11 @@ pub struct Approvals {
     pub deny: DenyScope,
     /// Wakes the deadline task when a hold begins.
     pub changed: tokio::sync::Notify,
+    /// Answers a waiting protected open (hold id, allow); false when none waits.
+    verdict_hook: Mutex<Option<VerdictHook>>,
 }
+
+type VerdictHook = Box<dyn Fn(&str, bool) -> bool + Send + Sync>;
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -187,6 +204,7 @@ impl Approvals {
             timeout,
             deny,
             changed: tokio::sync::Notify::new(),
+            verdict_hook: Mutex::new(None),
         })
     }
 
@@ -215,6 +233,48 @@ impl Approvals {
         Some(id)
     }
 
+    pub fn set_verdict_hook(&self, hook: VerdictHook) {
+        *self.verdict_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    fn verdict(&self, id: &str, allow: bool) -> bool {
+        self.verdict_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| h(id, allow))
+    }
+
+    /// Stores a hold of another kind than a frozen session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_kind(
+        &self,
+        id: String,
+        finding: Event,
+        trigger: Event,
+        tree: Vec<ProcInfo>,
+        stopped: Vec<u32>,
+        rule: String,
+        policy_version: String,
+        kind: HoldKind,
+    ) -> Result<Hold, HoldError> {
+        let mut h = self.build(
+            id,
+            finding,
+            trigger,
+            tree,
+            Vec::new(),
+            stopped,
+            rule,
+            policy_version,
+            None,
+        );
+        h.kind = kind;
+        self.store().put(&h)?;
+        self.changed.notify_one();
+        Ok(h)
+    }
+
     /// Stores the hold record (the session was frozen by the caller already).
     #[allow(clippy::too_many_arguments)]
     pub fn record(
@@ -229,9 +289,39 @@ impl Approvals {
         policy_version: String,
         frozen_us: Option<u64>,
     ) -> Result<Hold, HoldError> {
-        let deadline = SystemTime::now() + self.timeout;
-        let hold = Hold {
+        let hold = self.build(
             id,
+            finding,
+            trigger,
+            tree,
+            recent,
+            stopped,
+            rule,
+            policy_version,
+            frozen_us,
+        );
+        self.store().put(&hold)?;
+        self.changed.notify_one();
+        Ok(hold)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        id: String,
+        finding: Event,
+        trigger: Event,
+        tree: Vec<ProcInfo>,
+        recent: Vec<Event>,
+        stopped: Vec<u32>,
+        rule: String,
+        policy_version: String,
+        frozen_us: Option<u64>,
+    ) -> Hold {
+        let deadline = SystemTime::now() + self.timeout;
+        Hold {
+            id,
+            kind: HoldKind::Session,
             trace_id: finding.trace_id.clone(),
             rule,
             policy_version,
@@ -249,10 +339,7 @@ impl Approvals {
             decided_at: None,
             remembered: false,
             result: None,
-        };
-        self.store().put(&hold)?;
-        self.changed.notify_one();
-        Ok(hold)
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Hold, HoldError> {
@@ -306,6 +393,9 @@ impl Approvals {
             h.remembered = true;
         }
         let h = self.finish(h, HoldState::Approved, by)?;
+        if h.kind == HoldKind::ProtectedOpen {
+            self.verdict(&h.id, true);
+        }
         self.resume(&h.trace_id, &h.stopped);
         Ok(h)
     }
@@ -329,6 +419,17 @@ impl Approvals {
     }
 
     fn stop(&self, h: &Hold) -> Result<String, HoldError> {
+        if h.kind == HoldKind::ProtectedOpen {
+            if self.verdict(&h.id, false) {
+                // The open failed with EPERM before it happened: nothing to stop.
+                self.resume(&h.trace_id, &[]);
+                return Ok("refused the open (EPERM)".into());
+            }
+            // No open waits any more (the daemon restarted and the kernel let it through):
+            // the frozen session cannot be let go.
+            self.cgroups.kill(&h.trace_id)?;
+            return Ok("killed the session (the open could no longer be refused)".into());
+        }
         match self.deny {
             DenyScope::Session => {
                 self.cgroups.kill(&h.trace_id)?;

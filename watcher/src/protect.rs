@@ -1,0 +1,346 @@
+//! Protected paths: an open of a protected file by a watched process waits in the kernel for a
+//! human's verdict (fanotify permission events), before the open happens. Unwatched processes
+//! are answered at once. fanotify marks inodes, so the protected list is expanded to the files
+//! that exist when the daemon starts (and on reload of the configuration, i.e. a restart).
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use crate::{
+    daemon::Shared,
+    event::{Action, Detail, Event, Finding, Mode, Outcome, Severity, Ts},
+};
+
+/// The built-in rule id of protected-path holds.
+pub const RULE: &str = "protected-path";
+
+pub struct Protect {
+    fd: OwnedFd,
+    /// Hold id -> the fanotify event's file descriptor, until the verdict is written.
+    pending: Mutex<HashMap<String, OwnedFd>>,
+    pub files: Vec<PathBuf>,
+}
+
+/// `~/` patterns for every home, globs by listing their directory (`*` in the last component
+/// only); files only, `*.pub` left out.
+pub fn expand(patterns: &[String]) -> Vec<PathBuf> {
+    let homes = crate::rules::compile::homes();
+    let mut out = Vec::new();
+    for p in patterns {
+        let candidates: Vec<String> = match p.strip_prefix("~/") {
+            Some(rest) => homes
+                .iter()
+                .flat_map(|h| {
+                    if let Some(base) = h.strip_suffix("/*") {
+                        std::fs::read_dir(base)
+                            .map(|rd| {
+                                rd.filter_map(|e| {
+                                    Some(format!("{}/{rest}", e.ok()?.path().to_str()?))
+                                })
+                                .collect::<Vec<_>>()
+                            })
+                            .unwrap_or_default()
+                    } else {
+                        vec![format!("{h}/{rest}")]
+                    }
+                })
+                .collect(),
+            None => vec![p.clone()],
+        };
+        for c in candidates {
+            let path = Path::new(&c);
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.contains('*') {
+                let Some(dir) = path.parent() else { continue };
+                let Ok(glob) = globset::Glob::new(name) else {
+                    continue;
+                };
+                let m = glob.compile_matcher();
+                if let Ok(rd) = std::fs::read_dir(dir) {
+                    for e in rd.flatten() {
+                        let f = e.file_name();
+                        let f = f.to_string_lossy();
+                        if m.is_match(f.as_ref()) && !f.ends_with(".pub") && e.path().is_file() {
+                            out.push(e.path());
+                        }
+                    }
+                }
+            } else if path.is_file() {
+                out.push(path.to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Protect {
+    /// Marks the protected files and starts answering their opens. None when the list is
+    /// empty (nothing to mark).
+    pub fn start(shared: Arc<Shared>) -> anyhow::Result<Option<Arc<Protect>>> {
+        let files = expand(&shared.config.holds.protected);
+        if files.is_empty() {
+            return Ok(None);
+        }
+        // SAFETY: plain syscall; the result is checked.
+        let raw = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC,
+                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
+            )
+        };
+        if raw < 0 {
+            return Err(anyhow::anyhow!(
+                "fanotify_init: {} (protected paths need fanotify permission events)",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        for f in &files {
+            let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
+            // SAFETY: valid descriptor and C string.
+            let r = unsafe {
+                libc::fanotify_mark(
+                    fd.as_raw_fd(),
+                    libc::FAN_MARK_ADD,
+                    libc::FAN_OPEN_PERM,
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                )
+            };
+            if r < 0 {
+                tracing::warn!(path = %f.display(), "cannot protect: {}", std::io::Error::last_os_error());
+            }
+        }
+        tracing::info!(
+            files = files.len(),
+            "protected paths: opens by watched processes wait for a verdict"
+        );
+        let p = Arc::new(Protect {
+            fd,
+            pending: Mutex::new(HashMap::new()),
+            files,
+        });
+        let (p2, s2) = (p.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("protect".into())
+            .spawn(move || p2.run(s2))?;
+        let p3 = p.clone();
+        shared
+            .approvals
+            .set_verdict_hook(Box::new(move |hold, allow| p3.verdict(hold, allow)));
+        Ok(Some(p))
+    }
+
+    fn run(&self, shared: Arc<Shared>) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // SAFETY: reading into our buffer from our descriptor.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!("fanotify read: {e}; protected paths are no longer held");
+                return;
+            }
+            let mut off = 0usize;
+            let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
+            while off + meta_len <= n as usize {
+                // SAFETY: the kernel wrote whole records; read_unaligned copes with the buffer.
+                let m: libc::fanotify_event_metadata =
+                    unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+                if m.event_len < meta_len as u32 {
+                    break;
+                }
+                off += m.event_len as usize;
+                if m.fd < 0 {
+                    continue;
+                }
+                // SAFETY: the event's descriptor is ours to close.
+                let efd = unsafe { OwnedFd::from_raw_fd(m.fd) };
+                if m.mask & libc::FAN_OPEN_PERM != 0 {
+                    self.on_open(&shared, m.pid as u32, efd);
+                }
+            }
+        }
+    }
+
+    fn respond(&self, efd: &OwnedFd, allow: bool) {
+        let r = libc::fanotify_response {
+            fd: efd.as_raw_fd(),
+            response: if allow {
+                libc::FAN_ALLOW
+            } else {
+                libc::FAN_DENY
+            },
+        };
+        // SAFETY: writing a plain struct to our descriptor.
+        let n = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&r as *const libc::fanotify_response).cast(),
+                std::mem::size_of::<libc::fanotify_response>(),
+            )
+        };
+        if n < 0 {
+            tracing::error!("fanotify response: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    fn on_open(&self, shared: &Arc<Shared>, pid: u32, efd: OwnedFd) {
+        let Some(trace) = session_of(shared, pid) else {
+            // Not watched: answered at once.
+            self.respond(&efd, true);
+            return;
+        };
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", efd.as_raw_fd()))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let a = &shared.approvals;
+        let id = match a.pending_for(&trace) {
+            // One verdict at a time per session: a second protected open while a hold is
+            // pending waits on the same decision.
+            Some(id) => id,
+            None => match a.claim(&trace) {
+                Some(id) => id,
+                None => {
+                    self.respond(&efd, false);
+                    return;
+                }
+            },
+        };
+        // The whole session stops too, so a daemon crash (which makes the kernel allow the
+        // waiting open) still leaves it frozen.
+        let _ = a.cgroups.set_frozen(&trace, true);
+        let fresh = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = !p.contains_key(&id);
+            if let Some(old) = p.insert(id.clone(), efd) {
+                self.respond(&old, false);
+            }
+            fresh
+        };
+        if !fresh {
+            return;
+        }
+        let trigger = Event {
+            seq: 0,
+            ts: Ts(std::time::SystemTime::now()),
+            pid,
+            tid: pid,
+            ppid: crate::control::server::ppid_of(pid),
+            uid: uid_of(pid),
+            trace_id: trace.clone(),
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            cgroup_id: 0,
+            detail: Detail::Open {
+                path: path.clone(),
+                flags: vec!["O_RDONLY".into()],
+                mode: 0,
+                result: 0,
+                error: None,
+                resolved: true,
+                path_truncated: false,
+            },
+        };
+        let version = shared.policy.load().policy.version.clone();
+        let finding = Finding {
+            rule: RULE.into(),
+            description: format!(
+                "a watched process opened the protected file {path}; the open waits for a verdict"
+            ),
+            severity: Severity::High,
+            tags: vec!["T1552.001".into(), "ASI03".into()],
+            action: Action::Hold,
+            mode: Mode::Enforce,
+            outcome: Outcome::Held,
+            policy_version: version.clone(),
+            in_kernel: true,
+            hold: Some(id.clone()),
+            evidence: vec![trigger.clone()],
+        };
+        let mut fev = trigger.clone();
+        fev.detail = Detail::Finding(Box::new(finding));
+        let published = shared.publish(fev);
+        tracing::warn!(hold = %id, trace_id = %trace, pid, path, "protected open held");
+        let tree: Vec<crate::approvals::ProcInfo> = a
+            .cgroups
+            .pids(&trace)
+            .into_iter()
+            .map(|p| crate::approvals::ProcInfo {
+                pid: p,
+                ppid: crate::control::server::ppid_of(p),
+                exe: std::fs::read_link(format!("/proc/{p}/exe"))
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                argv: std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|b| {
+                        b.split(|c| *c == 0)
+                            .filter(|a| !a.is_empty())
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+        if let Err(e) = a.record_kind(
+            id,
+            published.as_ref().clone(),
+            trigger,
+            tree,
+            Vec::new(),
+            RULE.into(),
+            version,
+            crate::approvals::HoldKind::ProtectedOpen,
+        ) {
+            tracing::error!("storing the protected-open hold: {e}");
+        }
+    }
+
+    /// Writes the verdict of a protected-open hold. False when no open is waiting on it (the
+    /// daemon restarted since).
+    fn verdict(&self, hold: &str, allow: bool) -> bool {
+        let efd = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hold);
+        match efd {
+            Some(efd) => {
+                self.respond(&efd, allow);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The trace id of the session `pid` belongs to: its cgroup under ours.
+fn session_of(shared: &Shared, pid: u32) -> Option<String> {
+    let marker = format!("/{}/", shared.config.holds.cgroup);
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("0::"))?;
+    let i = line.find(&marker)?;
+    let rest = &line[i + marker.len()..];
+    Some(rest.split('/').next()?.to_string()).filter(|t| !t.is_empty())
+}
+
+fn uid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
