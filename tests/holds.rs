@@ -295,24 +295,61 @@ fn a_hold_survives_a_daemon_crash() {
     assert!(marker(&w, "crash"));
 }
 
+/// The first finding of `rule` in the session's stream (read as it arrives).
+fn await_finding(d: &Daemon, trace: &str, rule: &str) -> Value {
+    let mut f = d
+        .cli()
+        .args(["findings", "--json", "--follow", "--trace", trace])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut found = None;
+    for line in BufReader::new(f.stdout.take().unwrap()).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["rule"] == rule {
+            found = Some(v);
+            break;
+        }
+    }
+    let _ = f.kill();
+    let _ = f.wait();
+    found.unwrap_or_else(|| panic!("no {rule} finding"))
+}
+
+/// Waits until the session's cgroup reports frozen.
+fn await_frozen(d: &Daemon, trace: &str) {
+    let start = Instant::now();
+    while !frozen(d, trace) {
+        assert!(start.elapsed() < DEADLINE, "session {trace} was not frozen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_watched_process_cannot_approve_its_hold() {
     let (_work, d, w) = hold_setup("");
     let (_held, trace) = launch_bg(&d, &format!("{w}/held-tool self"));
     let hold = await_hold(&d, &trace);
     let id = hold["id"].as_str().unwrap();
-    // Another watched session (root, too) tries to approve it through the control socket.
-    let (code, _) = {
-        let (trace2, code) = d.launch(&format!(
-            "{} --socket {} approve {id} 2> {w}/approve-err",
+    // Another watched session (root, too) tries to approve it through the control socket: it
+    // is refused, and touching the socket is tampering, which freezes that session.
+    let (mut approver, trace2) = launch_bg(
+        &d,
+        &format!(
+            "{} --socket {} approve {id} 2> {w}/approve-err; echo done > {w}/approver-done",
             common::BIN,
             d.socket.display()
-        ));
-        (code, trace2)
-    };
-    assert_ne!(code, 0);
-    let err = std::fs::read_to_string(format!("{w}/approve-err")).unwrap();
-    assert!(err.contains("part of a watched session"), "{err}");
+        ),
+    );
+    let f = await_finding(&d, &trace2, "watcher-tamper");
+    assert!(
+        f["description"]
+            .as_str()
+            .unwrap()
+            .contains("control socket"),
+        "{f}"
+    );
+    await_frozen(&d, &trace2);
     let h: Value = serde_json::from_slice(
         &d.cli()
             .args(["show-hold", id, "--json"])
@@ -322,6 +359,26 @@ fn a_watched_process_cannot_approve_its_hold() {
     )
     .unwrap();
     assert_eq!(h["state"], "pending");
+    assert!(!Path::new(&format!("{w}/approver-done")).exists());
+    let _ = approver.kill();
+}
+
+#[test]
+fn a_watched_sigcont_to_a_held_process_is_tampering() {
+    let (_work, d, w) = hold_setup("");
+    let (_held, trace) = launch_bg(&d, &format!("{w}/held-tool sib"));
+    let hold = await_hold(&d, &trace);
+    let pid = hold["trigger"]["pid"].as_u64().unwrap();
+    let (_sender, trace2) = launch_bg(&d, &format!("kill -CONT {pid}; sleep 300"));
+    let f = await_finding(&d, &trace2, "watcher-tamper");
+    assert!(
+        f["description"].as_str().unwrap().contains("held session"),
+        "{f}"
+    );
+    assert_eq!(f["evidence"][0]["type"], "signal");
+    await_frozen(&d, &trace2);
+    assert!(frozen(&d, &trace), "the held session was released");
+    assert!(!marker(&w, "sib"));
 }
 
 #[test]

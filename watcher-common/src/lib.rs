@@ -24,10 +24,12 @@ pub enum EventKind {
     Open = 3,
     Connect = 4,
     Chdir = 5,
+    /// A signal sent by a watched process (kill, tkill, tgkill, pidfd_send_signal, sigqueue).
+    Signal = 6,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 6;
+pub const EVENT_KINDS: u32 = 7;
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KINDS as usize] = [
@@ -37,6 +39,7 @@ impl EventKind {
         EventKind::Open,
         EventKind::Connect,
         EventKind::Chdir,
+        EventKind::Signal,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -51,6 +54,7 @@ impl EventKind {
             EventKind::Open => "open",
             EventKind::Connect => "connect",
             EventKind::Chdir => "chdir",
+            EventKind::Signal => "signal",
         }
     }
 }
@@ -183,6 +187,20 @@ pub struct SyscallArgs {
     pub args: [u64; 4],
 }
 
+/// `signal:signal_generate` from a watched sender.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SignalEvent {
+    pub hdr: EventHeader,
+    /// The receiving thread.
+    pub target: u32,
+    pub sig: i32,
+    /// `si_code`: 0 (SI_USER, kill), -6 (SI_TKILL), -1 (SI_QUEUE), ...
+    pub code: i32,
+    /// TRACE_SIGNAL_DELIVERED (0), IGNORED (1), ALREADY_PENDING (2), ...
+    pub result: i32,
+}
+
 /// The call was openat2.
 pub const ARGS_OPENAT2: u32 = 1 << 0;
 /// A fast-path entry matched at entry (or the connect was refused by the kernel policy).
@@ -250,6 +268,10 @@ pub struct ProbeConfig {
     pub connect_addrlen: u32,
     pub chdir_filename: u32,
     pub fchdir_fd: u32,
+    pub signal_sig: u32,
+    pub signal_code: u32,
+    pub signal_pid: u32,
+    pub signal_result: u32,
     /// Offset of `ret` in every `sys_exit_*` record.
     pub sys_exit_ret: u32,
     pub task_real_parent: u32,
@@ -283,6 +305,10 @@ impl ProbeConfig {
             connect_addrlen: 0,
             chdir_filename: 0,
             fchdir_fd: 0,
+            signal_sig: 0,
+            signal_code: 0,
+            signal_pid: 0,
+            signal_result: 0,
             sys_exit_ret: 0,
             task_real_parent: 0,
             task_tgid: 0,

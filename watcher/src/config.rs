@@ -34,6 +34,9 @@ pub struct Config {
     pub rules: Rules,
     #[serde(default)]
     pub holds: Holds,
+    /// The file this configuration came from (None: the embedded defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +57,9 @@ pub struct Holds {
     /// Files whose open by a watched process waits for a verdict (fanotify). `~/` means every
     /// home; `*` may appear in the last component. Files must exist when the daemon starts.
     pub protected: Vec<String>,
+    /// What tampering with the watcher does to the offending session: `freeze` (kill-switch),
+    /// `kill` (kill-switch) or `alert`.
+    pub tamper: crate::tamper::TamperAction,
 }
 
 impl Default for Holds {
@@ -74,6 +80,7 @@ impl Default for Holds {
             ]
             .map(String::from)
             .to_vec(),
+            tamper: crate::tamper::TamperAction::Freeze,
         }
     }
 }
@@ -151,7 +158,9 @@ impl Config {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                Self::parse(&text, p)
+                let mut cfg = Self::parse(&text, p)?;
+                cfg.source = Some(p.to_path_buf());
+                Ok(cfg)
             }
             None => Self::parse(DEFAULT_CONFIG, Path::new("<embedded default config>")),
         }

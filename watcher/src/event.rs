@@ -74,6 +74,13 @@ pub enum Detail {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A signal a watched process sent.
+    Signal {
+        target_pid: u32,
+        signal: i32,
+        /// 0: delivered; otherwise ignored, already pending, ... (the kernel's trace result).
+        result: i32,
+    },
     Finding(Box<Finding>),
 }
 
@@ -177,6 +184,7 @@ impl Detail {
             Detail::Exit { .. } => "exit",
             Detail::Open { .. } => "open",
             Detail::Connect { .. } => "connect",
+            Detail::Signal { .. } => "signal",
             Detail::Finding(_) => "finding",
         }
     }
@@ -240,6 +248,9 @@ impl std::fmt::Display for Event {
                     error.clone().unwrap_or_else(|| result.to_string())
                 )
             }
+            Detail::Signal {
+                target_pid, signal, ..
+            } => write!(f, "signal {signal} to {target_pid}"),
             Detail::Finding(x) => write!(
                 f,
                 "{:?} {} action={:?} mode={:?} outcome={:?}: {}",

@@ -13,3 +13,4 @@ pub mod protect;
 pub mod reload;
 pub mod rules;
 pub mod sessions;
+pub mod tamper;

@@ -195,7 +195,7 @@ impl Protect {
     }
 
     fn on_open(&self, shared: &Arc<Shared>, pid: u32, efd: OwnedFd) {
-        let Some(trace) = session_of(shared, pid) else {
+        let Some(trace) = crate::tamper::session_of(shared, pid) else {
             // Not watched: answered at once.
             self.respond(&efd, true);
             return;
@@ -322,16 +322,6 @@ impl Protect {
             None => false,
         }
     }
-}
-
-/// The trace id of the session `pid` belongs to: its cgroup under ours.
-fn session_of(shared: &Shared, pid: u32) -> Option<String> {
-    let marker = format!("/{}/", shared.config.holds.cgroup);
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("0::"))?;
-    let i = line.find(&marker)?;
-    let rest = &line[i + marker.len()..];
-    Some(rest.split('/').next()?.to_string()).filter(|t| !t.is_empty())
 }
 
 fn uid_of(pid: u32) -> u32 {

@@ -6,3 +6,4 @@ mod exit;
 mod floor;
 mod fork;
 mod open;
+mod signal;

@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use watcher_common::{
     ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, OpenEvent,
-    EVENT_FLAG_TRUNCATED,
+    SignalEvent, EVENT_FLAG_TRUNCATED,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +64,13 @@ pub enum Record {
         fd: i32,
         path: String,
     },
+    Signal {
+        hdr: EventHeader,
+        target: u32,
+        sig: i32,
+        code: i32,
+        result: i32,
+    },
 }
 
 impl Record {
@@ -74,7 +81,8 @@ impl Record {
             | Record::Exit { hdr, .. }
             | Record::Open { hdr, .. }
             | Record::Connect { hdr, .. }
-            | Record::Chdir { hdr, .. } => hdr,
+            | Record::Chdir { hdr, .. }
+            | Record::Signal { hdr, .. } => hdr,
         }
     }
 }
@@ -171,6 +179,16 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 hdr,
                 fd: ev.fd,
                 path: cstr(&ev.path),
+            }
+        }
+        EventKind::Signal => {
+            let ev: SignalEvent = read(buf, "signal")?;
+            Record::Signal {
+                hdr,
+                target: ev.target,
+                sig: ev.sig,
+                code: ev.code,
+                result: ev.result,
             }
         }
     })

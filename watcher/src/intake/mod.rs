@@ -172,6 +172,8 @@ pub struct Intake {
     policy_version: String,
     matches: Vec<Match>,
     sampled: u32,
+    /// The watcher's own files (tamper checks).
+    own: Vec<std::path::PathBuf>,
 }
 
 /// Kernel-to-intake latency is measured on one event in this many.
@@ -180,6 +182,7 @@ const LATENCY_SAMPLE: u32 = 16;
 impl Intake {
     pub fn new(shared: Arc<Shared>, seeds: std::sync::mpsc::Receiver<Seed>) -> Intake {
         Intake {
+            own: crate::tamper::own_paths(&shared),
             shared,
             seeds,
             tree: Tree::default(),
@@ -288,6 +291,9 @@ impl Intake {
             cgroup_id: hdr.cgroup_id,
             detail,
         });
+        if let Some(why) = crate::tamper::check(&self.shared, &self.own, &ev) {
+            crate::tamper::act(&self.shared, &ev, why);
+        }
         self.detect(
             &ev,
             hdr.ts_ns,
@@ -489,6 +495,16 @@ impl Intake {
                     error: errno_name(result),
                 })
             }
+            Record::Signal {
+                target,
+                sig,
+                result,
+                ..
+            } => Some(Detail::Signal {
+                target_pid: target,
+                signal: sig,
+                result,
+            }),
             Record::Chdir { fd, path, .. } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
                 self.tree.chdir(pid, fd, &path);

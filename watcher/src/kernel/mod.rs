@@ -43,6 +43,7 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_enter_fchdir", "syscalls", "sys_enter_fchdir"),
     ("sys_exit_chdir", "syscalls", "sys_exit_chdir"),
     ("sys_exit_chdir", "syscalls", "sys_exit_fchdir"),
+    ("signal_generate", "signal", "signal_generate"),
 ];
 
 /// Checks everything the programs need and reports every missing piece at once.
@@ -113,6 +114,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let connect = f("syscalls", "sys_enter_connect")?;
     let chdir = f("syscalls", "sys_enter_chdir")?;
     let fchdir = f("syscalls", "sys_enter_fchdir")?;
+    let signal = f("signal", "signal_generate")?;
     let mut ret = None;
     for name in [
         "sys_exit_openat",
@@ -148,6 +150,10 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         connect_addrlen: connect.offset("addrlen", 8)?,
         chdir_filename: chdir.offset("filename", 8)?,
         fchdir_fd: fchdir.offset("fd", 8)?,
+        signal_sig: signal.offset("sig", 4)?,
+        signal_code: signal.offset("code", 4)?,
+        signal_pid: signal.offset("pid", 4)?,
+        signal_result: signal.offset("result", 4)?,
         sys_exit_ret: ret.unwrap_or(0),
         task_real_parent: btf.member_offset("task_struct", "real_parent")?,
         task_tgid: btf.member_offset("task_struct", "tgid")?,

@@ -106,6 +106,11 @@ pub fn example_event(
         "exit" => {
             o.entry("exit_code").or_insert(json!(0));
         }
+        "signal" => {
+            o.entry("target_pid").or_insert(json!(1));
+            o.entry("signal").or_insert(json!(15));
+            o.entry("result").or_insert(json!(0));
+        }
         _ => {}
     }
     let ev: Event =

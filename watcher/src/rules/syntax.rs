@@ -195,6 +195,7 @@ pub enum Kind {
     Exit,
     Open,
     Connect,
+    Signal,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

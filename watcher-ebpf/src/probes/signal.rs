@@ -1,0 +1,53 @@
+//! `signal:signal_generate`: a signal sent by a watched process to anyone (kill, tkill, tgkill,
+//! pidfd_send_signal, sigqueue). Signals the kernel generates (SIGCHLD at exit, faults) have a
+//! positive `si_code` and are left out. User space looks for tampering: a signal to the watcher
+//! or to a held process.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use watcher_common::{EventKind, SignalEvent};
+
+use crate::shared::{config, count_drop, current_tgid, fill_header, watch_of, EVENTS};
+
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let _ = try_signal_generate(&ctx);
+    0
+}
+
+fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(watch) = watch_of(current_tgid()) else {
+        return Ok(());
+    };
+    let cfg = config().ok_or(0)?;
+    // SAFETY: offsets came from this tracepoint's format file.
+    let (sig, code, target, result) = unsafe {
+        (
+            ctx.read_at::<i32>(cfg.signal_sig as usize)?,
+            ctx.read_at::<i32>(cfg.signal_code as usize)?,
+            ctx.read_at::<u32>(cfg.signal_pid as usize)?,
+            ctx.read_at::<i32>(cfg.signal_result as usize)?,
+        )
+    };
+    if code > 0 {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
+        count_drop(EventKind::Signal);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a live reservation of size_of::<SignalEvent>().
+    unsafe {
+        fill_header(
+            &raw mut (*ev).hdr,
+            EventKind::Signal,
+            watch.session_id,
+            &cfg,
+        );
+        (*ev).target = target;
+        (*ev).sig = sig;
+        (*ev).code = code;
+        (*ev).result = result;
+    }
+    entry.submit(0);
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Tamper resistance: a watched process that signals the watcher or a held process, or touches
+//! the watcher's control socket, configuration, rules or store, is caught here (built in, not a
+//! rule a bad policy file could drop) and by default its session is frozen with the kill-switch.
+use std::{path::PathBuf, sync::Arc};
+
+use crate::{
+    daemon::Shared,
+    event::{Action, Detail, Event, Finding, Mode, Outcome, Severity},
+    killswitch::HaltMode,
+};
+
+/// The built-in rule id of tamper findings.
+pub const RULE: &str = "watcher-tamper";
+
+/// What a tamper finding does to the session.
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TamperAction {
+    /// Kill-switch (freeze) for the offending session.
+    #[default]
+    Freeze,
+    /// Kill-switch (kill) for the offending session.
+    Kill,
+    /// Record the finding only.
+    Alert,
+}
+
+/// The watcher's own files and directories.
+pub fn own_paths(shared: &Shared) -> Vec<PathBuf> {
+    let c = &shared.config;
+    let mut v = vec![c.daemon.socket.clone(), c.holds.store.clone()];
+    let store = c.holds.store.display().to_string();
+    v.push(PathBuf::from(format!("{store}-wal")));
+    v.push(PathBuf::from(format!("{store}-shm")));
+    if let Some(p) = &c.source {
+        v.push(p.clone());
+    }
+    if let Some(p) = &c.rules.path {
+        v.push(p.clone());
+    }
+    if let Some(root) = crate::kernel::cgroup2_root() {
+        v.push(root.join(&c.holds.cgroup));
+    }
+    v
+}
+
+/// Why this event is tampering, if it is.
+pub fn check(shared: &Shared, own: &[PathBuf], ev: &Event) -> Option<String> {
+    match &ev.detail {
+        Detail::Signal {
+            target_pid, signal, ..
+        } => {
+            if *target_pid == std::process::id() {
+                return Some(format!("signal {signal} to the watcher daemon"));
+            }
+            let trace = session_of(shared, *target_pid)?;
+            let a = &shared.approvals;
+            (a.pending_for(&trace).is_some() || a.cgroups.is_frozen(&trace))
+                .then(|| format!("signal {signal} to process {target_pid} of a held session"))
+        }
+        Detail::Open { path, .. } => own
+            .iter()
+            .find(|p| std::path::Path::new(path).starts_with(p))
+            .map(|p| format!("opened the watcher's {}", p.display())),
+        Detail::Connect { path: Some(p), .. }
+            if *p == shared.config.daemon.socket.display().to_string() =>
+        {
+            Some("connected to the watcher's control socket".into())
+        }
+        _ => None,
+    }
+}
+
+/// Publishes the finding and applies the configured action to the offender's session.
+pub fn act(shared: &Arc<Shared>, ev: &Event, why: String) {
+    let action = if shared.config.holds.enabled {
+        shared.config.holds.tamper
+    } else {
+        TamperAction::Alert
+    };
+    let finding = Finding {
+        rule: RULE.into(),
+        description: format!("tampering with the watcher: {why}"),
+        severity: Severity::Critical,
+        tags: vec!["T1562.001".into(), "T1489".into(), "ASI10".into()],
+        action: match action {
+            TamperAction::Alert => Action::Alert,
+            _ => Action::Kill,
+        },
+        mode: Mode::Enforce,
+        outcome: match action {
+            TamperAction::Alert => Outcome::Alerted,
+            _ => Outcome::Held,
+        },
+        policy_version: shared.policy.load().policy.version.clone(),
+        in_kernel: false,
+        hold: None,
+        evidence: vec![ev.clone()],
+    };
+    let mut fev = ev.clone();
+    fev.detail = Detail::Finding(Box::new(finding));
+    shared.publish(fev);
+    tracing::error!(trace_id = %ev.trace_id, pid = ev.pid, "tampering: {why}");
+    let mode = match action {
+        TamperAction::Alert => return,
+        TamperAction::Freeze => HaltMode::Freeze,
+        TamperAction::Kill => HaltMode::Kill,
+    };
+    let (s, trace) = (shared.clone(), ev.trace_id.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::killswitch::engage(&s, vec![trace], false, mode, "watcher (tamper)")
+        {
+            tracing::error!("kill-switch for a tampering session: {e:#}");
+        }
+    });
+}
+
+/// The trace id of the session `pid` belongs to (its cgroup under ours).
+pub fn session_of(shared: &Shared, pid: u32) -> Option<String> {
+    let marker = format!("/{}/", shared.config.holds.cgroup);
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("0::"))?;
+    let i = line.find(&marker)?;
+    let rest = &line[i + marker.len()..];
+    Some(rest.split('/').next()?.to_string()).filter(|t| !t.is_empty())
+}
