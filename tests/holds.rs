@@ -526,3 +526,144 @@ fn a_protected_open_waits_for_the_verdict() {
         ""
     );
 }
+
+/// A one-request HTTP receiver on loopback: returns its port and the body it will get.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            // Head, then as much body as Content-Length says.
+            loop {
+                let n = s.read(&mut tmp).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + len {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                        let _ = tx.send(text[i + 4..].to_string());
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+fn curl(args: &[&str]) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is needed by this test");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn the_http_api_webhook_and_alertmanager() {
+    let (hook_port, hook) = webhook_receiver();
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = TempDir::new("api");
+    let token_file = tmp.0.join("api.token");
+    let (_work, d, w) = hold_setup(&format!(
+        "[holds]\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken_file = \"{}\"\n",
+        token_file.display()
+    ));
+    let (mut child, trace) = launch_bg(&d, &format!("{w}/held-tool api"));
+    // The webhook announces the hold.
+    let body: Value =
+        serde_json::from_str(&hook.recv_timeout(DEADLINE).expect("no webhook call")).unwrap();
+    assert_eq!(body["event"], "hold");
+    assert_eq!(body["hold"]["trace_id"], trace.as_str());
+    let id = body["hold"]["id"].as_str().unwrap().to_string();
+    // Unix socket: listed (peer credentials: root).
+    let api_sock = d.dir.0.join("api.sock").display().to_string();
+    let (code, v) = curl(&["--unix-socket", &api_sock, "http://watcher/v1/holds"]);
+    assert_eq!(code, 200);
+    assert!(
+        v["holds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["id"] == id.as_str()),
+        "{v}"
+    );
+    // Loopback: no token, no entry.
+    let base = format!("http://127.0.0.1:{api_port}");
+    let (code, _) = curl(&["-X", "POST", &format!("{base}/v1/holds/{id}/approve")]);
+    assert_eq!(code, 401);
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, v) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-H",
+        "X-Watcher-Approver: alice",
+        &format!("{base}/v1/holds/{id}/approve"),
+    ]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["state"], "approved");
+    assert_eq!(v["decided_by"], "api token (alice)");
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert!(marker(&w, "api"));
+
+    // Alertmanager: a firing alert naming the session engages the kill-switch for it.
+    let (_running, trace) = launch_bg(&d, "sleep 300");
+    let alert = serde_json::json!({
+        "status": "firing",
+        "alerts": [{"status": "firing", "labels": {"alertname": "AgentExfil", "trace_id": trace}}]
+    })
+    .to_string();
+    let (code, v) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-d",
+        &alert,
+        &format!("{base}/v1/alertmanager"),
+    ]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["engaged"], true);
+    assert!(frozen(&d, &trace));
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        &format!("{base}/v1/kill-switch/release"),
+    ]);
+    assert_eq!(code, 200);
+    assert!(!frozen(&d, &trace));
+}

@@ -51,11 +51,9 @@ impl Daemon {
             "store = \"{}\"\ncgroup = \"{cgroup_name}\"\n",
             dir.0.join("watcher.db").display()
         );
-        let config = if config.contains("[holds]\n") {
-            config.replacen("[holds]\n", &format!("[holds]\n{own}"), 1)
-        } else {
-            format!("{config}\n[holds]\n{own}")
-        };
+        let config = with_section(config, "[holds]", &own);
+        let api = format!("socket = \"{}\"\n", dir.0.join("api.sock").display());
+        let config = with_section(&config, "[api]", &api);
         std::fs::write(&config_path, config).unwrap();
         let cgroup = cgroup2_root().join(cgroup_name);
         let child = spawn_daemon(&config_path, &socket);
@@ -169,6 +167,16 @@ impl Drop for Daemon {
             }
         }
         let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// `config` with `lines` at the top of `section` (added when missing).
+fn with_section(config: &str, section: &str, lines: &str) -> String {
+    let header = format!("{section}\n");
+    if config.contains(&header) {
+        config.replacen(&header, &format!("{header}{lines}"), 1)
+    } else {
+        format!("{config}\n{header}{lines}")
     }
 }
 

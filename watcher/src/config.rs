@@ -34,9 +34,34 @@ pub struct Config {
     pub rules: Rules,
     #[serde(default)]
     pub holds: Holds,
+    #[serde(default)]
+    pub api: Api,
     /// The file this configuration came from (None: the embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// HTTP on a unix socket; callers are identified by their kernel credentials (root or the
+    /// approver group). Unset: no unix-socket API.
+    pub socket: Option<PathBuf>,
+    /// HTTP on a loopback address (e.g. `127.0.0.1:7380`) with a bearer token, for
+    /// Alertmanager and chat bots. Unset: not served.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token (made when missing; mode 0640, group `approver_group`).
+    pub token_file: PathBuf,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            socket: Some(PathBuf::from("/run/watcher/api.sock")),
+            listen: None,
+            token_file: PathBuf::from("/var/lib/watcher/api.token"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +85,18 @@ pub struct Holds {
     /// What tampering with the watcher does to the offending session: `freeze` (kill-switch),
     /// `kill` (kill-switch) or `alert`.
     pub tamper: crate::tamper::TamperAction,
+    /// A URL that gets a POST for every new hold.
+    pub webhook: Option<String>,
+    /// `json` (the hold record, generic) or `slack` (a Slack-compatible `{"text": ...}`).
+    pub webhook_format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 impl Default for Holds {
@@ -81,6 +118,8 @@ impl Default for Holds {
             .map(String::from)
             .to_vec(),
             tamper: crate::tamper::TamperAction::Freeze,
+            webhook: None,
+            webhook_format: WebhookFormat::Json,
         }
     }
 }
@@ -193,6 +232,22 @@ impl Config {
                 "daemon.max_watched_processes".into(),
                 "must be at least 1".into(),
             ));
+        }
+        if let Some(l) = &self.api.listen {
+            if !l.ip().is_loopback() {
+                return Err(invalid(
+                    "api.listen".into(),
+                    format!("{l}: only a loopback address (the API is for this host)"),
+                ));
+            }
+        }
+        if let Some(w) = &self.holds.webhook {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                return Err(invalid(
+                    "holds.webhook".into(),
+                    format!("{w:?}: expected an http:// or https:// URL"),
+                ));
+            }
         }
         let cg = &self.holds.cgroup;
         if cg.is_empty() || cg.contains('/') || cg == "." || cg == ".." {

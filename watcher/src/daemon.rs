@@ -147,6 +147,28 @@ impl Shared {
     }
 }
 
+async fn start_api(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let api = &shared.config.api;
+    if let Some(path) = &api.socket {
+        let l = control::server::bind_at(path, &shared.config)?;
+        tracing::info!(socket = %path.display(), "HTTP API on a unix socket");
+        tokio::spawn(crate::api::serve_unix(l, shared.clone()));
+    }
+    if let Some(addr) = api.listen {
+        let gid = match &shared.config.daemon.approver_group {
+            Some(g) => Some(control::server::group_id(g)?),
+            None => None,
+        };
+        let token = crate::api::token(&api.token_file, gid)?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("api.listen {addr}"))?;
+        tracing::info!(%addr, token_file = %api.token_file.display(), "HTTP API on loopback");
+        tokio::spawn(crate::api::serve_tcp(l, shared.clone(), token));
+    }
+    Ok(())
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // A broken rule file at start-up is an error, not a daemon without rules.
     let (policy, _) = rules::load(config.rules.path.as_deref())?;
@@ -204,6 +226,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and supervisors wait for this line instead of polling.
     println!("ready {}", shared.config.daemon.socket.display());
     let server = tokio::spawn(control::server::serve(listener, shared.clone()));
+    start_api(&shared).await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -213,5 +236,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&shared.config.daemon.socket);
+    if let Some(p) = &shared.config.api.socket {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }

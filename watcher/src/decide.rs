@@ -161,6 +161,7 @@ pub fn record_hold(
             Ok(h) => {
                 shared.counters.holds.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(hold = %h.id, trace_id = %h.trace_id, rule = %h.rule, deadline = %h.deadline, "session held: waiting for `watcher approve` or `watcher deny`");
+                announce(&shared, &h);
             }
             // Fail closed: the session stays frozen; the error says why there is no record.
             Err(e) => {
@@ -249,5 +250,38 @@ pub async fn sweep_cgroups(shared: Arc<Shared>) {
             }
         })
         .await;
+    }
+}
+
+/// POSTs a new hold to the configured webhook (blocking; call off the pipeline). A failure is
+/// logged: the hold stands either way.
+pub fn announce(shared: &Shared, h: &crate::approvals::Hold) {
+    let Some(url) = &shared.config.holds.webhook else {
+        return;
+    };
+    let body = match shared.config.holds.webhook_format {
+        crate::config::WebhookFormat::Json => serde_json::json!({
+            "event": "hold",
+            "hold": h,
+        }),
+        crate::config::WebhookFormat::Slack => serde_json::json!({
+            "text": format!(
+                ":octagonal_sign: watcher held session `{}`: rule *{}* on `{}` (pid {}). Decide before {}: `watcher approve {}` or `watcher deny {}`",
+                h.trace_id,
+                h.rule,
+                h.trigger,
+                h.trigger.pid,
+                h.deadline,
+                h.id,
+                h.id
+            ),
+        }),
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    match agent.post(url).send_json(body) {
+        Ok(_) => tracing::info!(hold = %h.id, "webhook notified"),
+        Err(e) => tracing::error!(hold = %h.id, url, "webhook: {e}"),
     }
 }

@@ -1,4 +1,5 @@
 //! watcher: watches AI agent process trees from the kernel.
+pub mod api;
 pub mod approvals;
 pub mod config;
 pub mod control;

@@ -292,7 +292,7 @@ impl Protect {
                     .unwrap_or_default(),
             })
             .collect();
-        if let Err(e) = a.record_kind(
+        match a.record_kind(
             id,
             published.as_ref().clone(),
             trigger,
@@ -302,7 +302,8 @@ impl Protect {
             version,
             crate::approvals::HoldKind::ProtectedOpen,
         ) {
-            tracing::error!("storing the protected-open hold: {e}");
+            Ok(h) => crate::decide::announce(shared, &h),
+            Err(e) => tracing::error!("storing the protected-open hold: {e}"),
         }
     }
 

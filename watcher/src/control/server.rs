@@ -22,7 +22,11 @@ use crate::{
 };
 
 pub fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
-    let path = &cfg.daemon.socket;
+    bind_at(&cfg.daemon.socket, cfg)
+}
+
+/// A unix socket at `path`, mode 0660, owned by root and the approver group.
+pub fn bind_at(path: &std::path::Path, cfg: &Config) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -48,7 +52,7 @@ pub fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-fn group_id(name: &str) -> anyhow::Result<u32> {
+pub fn group_id(name: &str) -> anyhow::Result<u32> {
     let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
     text.lines()
         .filter_map(|l| {
@@ -62,7 +66,7 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
 
 /// Root, or a member of the approver group (checked on the peer's credentials, not on what
 /// it claims).
-fn authorized(cred: &tokio::net::unix::UCred, cfg: &Config) -> bool {
+pub fn authorized(cred: &tokio::net::unix::UCred, cfg: &Config) -> bool {
     if cred.uid() == 0 {
         return true;
     }
@@ -338,7 +342,7 @@ fn holds_status(shared: &Shared) -> HoldsStatus {
 }
 
 /// Whether `pid` belongs to a watched session: in the kernel's map, or in a session cgroup.
-fn in_a_session(shared: &Shared, pid: u32) -> bool {
+pub fn in_a_session(shared: &Shared, pid: u32) -> bool {
     if shared
         .kernel
         .lock()
@@ -357,7 +361,7 @@ fn in_a_session(shared: &Shared, pid: u32) -> bool {
 }
 
 /// The peer's user name (for the record of who decided), or `uid N`.
-fn user_name(uid: u32) -> String {
+pub fn user_name(uid: u32) -> String {
     std::fs::read_to_string("/etc/passwd")
         .ok()
         .and_then(|t| {
