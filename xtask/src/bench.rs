@@ -86,10 +86,16 @@ impl Daemon {
     fn start(bin: &Path, dir: &Path, rules: Option<&Path>) -> anyhow::Result<Daemon> {
         let socket = dir.join("bench.sock");
         let config = dir.join("bench.toml");
-        let text = match rules {
+        let mut text = match rules {
             Some(r) => format!("[rules]\npath = \"{}\"\n", r.display()),
             None => String::new(),
         };
+        // Its own store, cgroups and API socket: a benchmark must not touch a running daemon's.
+        text.push_str(&format!(
+            "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n",
+            dir.join("bench.db").display(),
+            dir.join("api.sock").display()
+        ));
         std::fs::write(&config, text)?;
         let mut child = Command::new(bin)
             .arg("--config")
