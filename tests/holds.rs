@@ -667,3 +667,41 @@ fn the_http_api_webhook_and_alertmanager() {
     assert_eq!(code, 200);
     assert!(!frozen(&d, &trace));
 }
+
+#[test]
+fn ptrace_outside_the_session_is_tampering() {
+    let d = Daemon::start();
+    let mut victim = Command::new("sleep").arg("300").spawn().unwrap();
+    let (_tracer, trace) = launch_bg(
+        &d,
+        &format!(
+            "{} -c 'import ctypes; ctypes.CDLL(None).ptrace(16, {}, None, None)'; sleep 300",
+            common::python(),
+            victim.id()
+        ),
+    );
+    let f = await_finding(&d, &trace, "watcher-tamper");
+    assert!(
+        f["description"]
+            .as_str()
+            .unwrap()
+            .contains("outside its session"),
+        "{f}"
+    );
+    assert_eq!(f["evidence"][0]["type"], "ptrace");
+    await_frozen(&d, &trace);
+    // The frozen tracer still holds the victim: end the tracer's session first, or the victim's
+    // exit would be reported to the tracer and never to us.
+    let out = d
+        .cli()
+        .args(["kill-switch", "engage", "--trace", &trace, "--kill"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = victim.kill();
+    let _ = victim.wait();
+}

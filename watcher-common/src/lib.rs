@@ -26,10 +26,12 @@ pub enum EventKind {
     Chdir = 5,
     /// A signal sent by a watched process (kill, tkill, tgkill, pidfd_send_signal, sigqueue).
     Signal = 6,
+    /// ptrace(2) attach or seize by a watched process.
+    Ptrace = 7,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 7;
+pub const EVENT_KINDS: u32 = 8;
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KINDS as usize] = [
@@ -40,6 +42,7 @@ impl EventKind {
         EventKind::Connect,
         EventKind::Chdir,
         EventKind::Signal,
+        EventKind::Ptrace,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -55,6 +58,7 @@ impl EventKind {
             EventKind::Connect => "connect",
             EventKind::Chdir => "chdir",
             EventKind::Signal => "signal",
+            EventKind::Ptrace => "ptrace",
         }
     }
 }
@@ -201,6 +205,15 @@ pub struct SignalEvent {
     pub result: i32,
 }
 
+/// `syscalls:sys_enter_ptrace` (attach or seize) from a watched process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PtraceEvent {
+    pub hdr: EventHeader,
+    pub target: u32,
+    pub request: u32,
+}
+
 /// The call was openat2.
 pub const ARGS_OPENAT2: u32 = 1 << 0;
 /// A fast-path entry matched at entry (or the connect was refused by the kernel policy).
@@ -272,6 +285,8 @@ pub struct ProbeConfig {
     pub signal_code: u32,
     pub signal_pid: u32,
     pub signal_result: u32,
+    pub ptrace_request: u32,
+    pub ptrace_pid: u32,
     /// Offset of `ret` in every `sys_exit_*` record.
     pub sys_exit_ret: u32,
     pub task_real_parent: u32,
@@ -309,6 +324,8 @@ impl ProbeConfig {
             signal_code: 0,
             signal_pid: 0,
             signal_result: 0,
+            ptrace_request: 0,
+            ptrace_pid: 0,
             sys_exit_ret: 0,
             task_real_parent: 0,
             task_tgid: 0,

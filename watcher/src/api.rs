@@ -250,7 +250,11 @@ async fn route(shared: &Arc<Shared>, req: &Request, who: String) -> (u16, Value)
                 },
                 ("POST", ["v1", "holds", id, "approve"]) => {
                     let remember = body["remember"].as_bool().unwrap_or(false);
-                    match a.approve(id, &who, remember) {
+                    let profile = match body["remember_profile"].as_bool().unwrap_or(false) {
+                        true => Some(crate::control::server::profile_of_hold(&s, id)?),
+                        false => None,
+                    };
+                    match a.approve(id, &who, remember, profile) {
                         Ok(h) => (200, serde_json::to_value(h)?),
                         Err(e) => (409, json!({"error": e.to_string()})),
                     }

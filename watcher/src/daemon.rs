@@ -235,6 +235,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = server => { r??; }
     }
     tracing::info!("shutting down");
+    // Ended sessions leave empty cgroups; running (and frozen) ones stay for the next start.
+    for t in shared.approvals.cgroups.sessions() {
+        shared.approvals.cgroups.remove_if_empty(&t);
+    }
     let _ = std::fs::remove_file(&shared.config.daemon.socket);
     if let Some(p) = &shared.config.api.socket {
         let _ = std::fs::remove_file(p);

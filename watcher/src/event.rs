@@ -81,6 +81,11 @@ pub enum Detail {
         /// 0: delivered; otherwise ignored, already pending, ... (the kernel's trace result).
         result: i32,
     },
+    /// ptrace attach (request 16) or seize (0x4206) by a watched process.
+    Ptrace {
+        target_pid: u32,
+        request: u32,
+    },
     Finding(Box<Finding>),
 }
 
@@ -185,6 +190,7 @@ impl Detail {
             Detail::Open { .. } => "open",
             Detail::Connect { .. } => "connect",
             Detail::Signal { .. } => "signal",
+            Detail::Ptrace { .. } => "ptrace",
             Detail::Finding(_) => "finding",
         }
     }
@@ -251,6 +257,10 @@ impl std::fmt::Display for Event {
             Detail::Signal {
                 target_pid, signal, ..
             } => write!(f, "signal {signal} to {target_pid}"),
+            Detail::Ptrace {
+                target_pid,
+                request,
+            } => write!(f, "ptrace request {request:#x} on {target_pid}"),
             Detail::Finding(x) => write!(
                 f,
                 "{:?} {} action={:?} mode={:?} outcome={:?}: {}",

@@ -89,6 +89,9 @@ enum Cmd {
         /// Do not hold this session for the same rule again.
         #[arg(long)]
         remember: bool,
+        /// Do not hold any session of this session's profile for the same rule again.
+        #[arg(long, conflicts_with = "remember")]
+        remember_profile: bool,
     },
     /// Stop a held session (or only its triggering process, by configuration).
     Deny { id: String },
@@ -292,9 +295,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Approve { id, remember } => {
-            let Reply::Hold { hold } =
-                Client::send(&socket, &Request::Approve { id, remember })?.reply()?
+        Cmd::Approve {
+            id,
+            remember,
+            remember_profile,
+        } => {
+            let Reply::Hold { hold } = Client::send(
+                &socket,
+                &Request::Approve {
+                    id,
+                    remember,
+                    remember_profile,
+                },
+            )?
+            .reply()?
             else {
                 return Err(anyhow!("unexpected reply from the daemon"));
             };
@@ -304,7 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hold.decided_by.as_deref().unwrap_or("?"),
                 hold.trace_id,
                 if hold.remembered {
-                    " (remembered for this session)"
+                    " (remembered: this rule no longer holds it)"
                 } else {
                     ""
                 }

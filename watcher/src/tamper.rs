@@ -1,4 +1,5 @@
-//! Tamper resistance: a watched process that signals the watcher or a held process, or touches
+//! Tamper resistance: a watched process that signals the watcher or a held process, ptraces a
+//! process outside its session, or touches
 //! the watcher's control socket, configuration, rules or store, is caught here (built in, not a
 //! rule a bad policy file could drop) and by default its session is frozen with the kill-switch.
 use std::{path::PathBuf, sync::Arc};
@@ -57,6 +58,16 @@ pub fn check(shared: &Shared, own: &[PathBuf], ev: &Event) -> Option<String> {
             let a = &shared.approvals;
             (a.pending_for(&trace).is_some() || a.cgroups.is_frozen(&trace))
                 .then(|| format!("signal {signal} to process {target_pid} of a held session"))
+        }
+        Detail::Ptrace { target_pid, .. } => {
+            if *target_pid == std::process::id() {
+                return Some("ptrace of the watcher daemon".into());
+            }
+            // Debugging its own children is normal work; anything outside the session is not.
+            let own_session = session_of(shared, ev.pid);
+            let target = session_of(shared, *target_pid);
+            (target.is_none() || target != own_session)
+                .then(|| format!("ptrace of process {target_pid} outside its session"))
         }
         Detail::Open { path, .. } => own
             .iter()

@@ -287,6 +287,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if wanted(&a, "holds") {
         holds(&bin, &dir, a.hold_rounds)?;
     }
+    remove_bench_cgroups();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -604,6 +605,30 @@ fn wait_for_processes(d: &Daemon, bin: &Path, n: usize) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// The benchmark daemons' session cgroups (ended sessions leave empty directories).
+fn remove_bench_cgroups() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let Some(root) = text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap_or("")))
+    }) else {
+        return;
+    };
+    let base = root.join("watcher-bench");
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&base);
 }
 
 /// Microseconds to freeze a cgroup of `n` sleeping processes by hand.

@@ -6,4 +6,5 @@ mod exit;
 mod floor;
 mod fork;
 mod open;
+mod ptrace;
 mod signal;

@@ -374,13 +374,25 @@ impl Approvals {
     }
 
     /// Resumes the session. With `remember`, the rule does not hold this session again.
-    pub fn approve(&self, id: &str, by: &str, remember: bool) -> Result<Hold, HoldError> {
+    /// `remember_profile`: the exception is for the session's profile (every session of it),
+    /// not only this session.
+    pub fn approve(
+        &self,
+        id: &str,
+        by: &str,
+        remember: bool,
+        remember_profile: Option<String>,
+    ) -> Result<Hold, HoldError> {
         let mut h = self.pending_hold(id)?;
-        if remember {
+        if remember || remember_profile.is_some() {
+            let (scope, value) = match remember_profile {
+                Some(p) => ("profile", p),
+                None => ("trace", h.trace_id.clone()),
+            };
             let e = Exception {
                 rule: h.rule.clone(),
-                scope: "trace".into(),
-                value: h.trace_id.clone(),
+                scope: scope.into(),
+                value,
                 by: by.into(),
                 at: now_rfc3339(),
                 hold: h.id.clone(),
@@ -508,5 +520,69 @@ pub async fn deadlines(approvals: std::sync::Arc<Approvals>) {
             _ = tokio::time::sleep(next) => {}
             _ = approvals.changed.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(trace: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "ts": "2026-01-01T00:00:00Z", "pid": 10, "tid": 10, "ppid": 1, "uid": 0,
+            "trace_id": trace, "comm": "x", "cgroup_id": 0, "type": "exec", "path": "/bin/x", "argv": ["x"]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn holds_persist_and_remembered_exceptions_apply_by_scope() {
+        let dir = std::env::temp_dir().join(format!("watcher-approvals-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A plain directory stands in for the cgroup tree: thawing it fails and is logged.
+        let cg = Cgroups::at(dir.join("cg")).unwrap();
+        let a = Approvals::open(
+            &dir.join("db"),
+            cg,
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        let id = a.claim("t1").unwrap();
+        assert!(a.claim("t1").is_none(), "one pending hold per session");
+        a.record(
+            id.clone(),
+            event("t1"),
+            event("t1"),
+            vec![],
+            vec![],
+            vec![],
+            "r".into(),
+            "v".into(),
+            Some(5),
+        )
+        .unwrap();
+        // A second Approvals on the same file (a restarted daemon) sees it pending.
+        let again = Approvals::open(
+            &dir.join("db"),
+            Cgroups::at(dir.join("cg")).unwrap(),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        assert_eq!(again.pending_for("t1"), Some(id.clone()));
+        let h = a
+            .approve(&id, "alice", false, Some("claude".into()))
+            .unwrap();
+        assert_eq!(h.state, HoldState::Approved);
+        assert_eq!(h.decided_by.as_deref(), Some("alice"));
+        assert!(a.excepted("r", "another-trace", Some("claude")));
+        assert!(!a.excepted("r", "another-trace", Some("codex")));
+        assert!(!a.excepted("other-rule", "t1", Some("claude")));
+        assert!(matches!(
+            a.approve(&id, "bob", false, None),
+            Err(HoldError::Decided(..))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

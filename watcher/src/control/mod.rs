@@ -45,6 +45,9 @@ pub enum Request {
     Approve {
         id: String,
         remember: bool,
+        /// Remember for every session of this session's profile.
+        #[serde(default)]
+        remember_profile: bool,
     },
     Deny {
         id: String,

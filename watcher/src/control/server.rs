@@ -184,9 +184,29 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
             };
             write_json(&mut w, &reply).await
         }
-        Request::Approve { id, remember } => {
+        Request::Approve {
+            id,
+            remember,
+            remember_profile,
+        } => {
             let a = shared.approvals.clone();
-            let r = tokio::task::spawn_blocking(move || a.approve(&id, &who, remember)).await?;
+            let profile = match remember_profile {
+                true => match profile_of_hold(&shared, &id) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        return write_json(
+                            &mut w,
+                            &Reply::Error {
+                                error: e.to_string(),
+                            },
+                        )
+                        .await;
+                    }
+                },
+                false => None,
+            };
+            let r = tokio::task::spawn_blocking(move || a.approve(&id, &who, remember, profile))
+                .await?;
             let reply = match r {
                 Ok(h) => {
                     tracing::warn!(hold = %h.id, by = ?h.decided_by, "hold approved: session resumed");
@@ -319,6 +339,25 @@ fn status(shared: &Shared) -> Status {
         policy: policy_status(shared),
         holds: holds_status(shared),
     }
+}
+
+/// The profile of the session a hold is about (for `approve --remember-profile`).
+pub fn profile_of_hold(shared: &Shared, id: &str) -> anyhow::Result<String> {
+    let h = shared.approvals.get(id)?;
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .all()
+        .into_iter()
+        .find(|s| s.trace_id == h.trace_id)
+        .and_then(|s| s.profile)
+        .ok_or_else(|| {
+            anyhow!(
+                "session {} has no profile to remember the approval for",
+                h.trace_id
+            )
+        })
 }
 
 fn holds_status(shared: &Shared) -> HoldsStatus {

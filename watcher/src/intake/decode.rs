@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use watcher_common::{
     ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, OpenEvent,
-    SignalEvent, EVENT_FLAG_TRUNCATED,
+    PtraceEvent, SignalEvent, EVENT_FLAG_TRUNCATED,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,6 +71,11 @@ pub enum Record {
         code: i32,
         result: i32,
     },
+    Ptrace {
+        hdr: EventHeader,
+        target: u32,
+        request: u32,
+    },
 }
 
 impl Record {
@@ -82,7 +87,8 @@ impl Record {
             | Record::Open { hdr, .. }
             | Record::Connect { hdr, .. }
             | Record::Chdir { hdr, .. }
-            | Record::Signal { hdr, .. } => hdr,
+            | Record::Signal { hdr, .. }
+            | Record::Ptrace { hdr, .. } => hdr,
         }
     }
 }
@@ -189,6 +195,14 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 sig: ev.sig,
                 code: ev.code,
                 result: ev.result,
+            }
+        }
+        EventKind::Ptrace => {
+            let ev: PtraceEvent = read(buf, "ptrace")?;
+            Record::Ptrace {
+                hdr,
+                target: ev.target,
+                request: ev.request,
             }
         }
     })

@@ -505,6 +505,12 @@ impl Intake {
                 signal: sig,
                 result,
             }),
+            Record::Ptrace {
+                target, request, ..
+            } => Some(Detail::Ptrace {
+                target_pid: target,
+                request,
+            }),
             Record::Chdir { fd, path, .. } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
                 self.tree.chdir(pid, fd, &path);

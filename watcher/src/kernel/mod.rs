@@ -44,6 +44,7 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_chdir", "syscalls", "sys_exit_chdir"),
     ("sys_exit_chdir", "syscalls", "sys_exit_fchdir"),
     ("signal_generate", "signal", "signal_generate"),
+    ("sys_enter_ptrace", "syscalls", "sys_enter_ptrace"),
 ];
 
 /// Checks everything the programs need and reports every missing piece at once.
@@ -115,6 +116,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let chdir = f("syscalls", "sys_enter_chdir")?;
     let fchdir = f("syscalls", "sys_enter_fchdir")?;
     let signal = f("signal", "signal_generate")?;
+    let ptrace = f("syscalls", "sys_enter_ptrace")?;
     let mut ret = None;
     for name in [
         "sys_exit_openat",
@@ -154,6 +156,8 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         signal_code: signal.offset("code", 4)?,
         signal_pid: signal.offset("pid", 4)?,
         signal_result: signal.offset("result", 4)?,
+        ptrace_request: ptrace.offset("request", 8)?,
+        ptrace_pid: ptrace.offset("pid", 8)?,
         sys_exit_ret: ret.unwrap_or(0),
         task_real_parent: btf.member_offset("task_struct", "real_parent")?,
         task_tgid: btf.member_offset("task_struct", "tgid")?,

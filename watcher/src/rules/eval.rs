@@ -141,7 +141,7 @@ impl Cond {
     }
 }
 
-const ALL_KINDS: u8 = 0x3f;
+const ALL_KINDS: u8 = 0x7f;
 
 fn kind_bit(d: &Detail) -> u8 {
     match d {
@@ -151,6 +151,7 @@ fn kind_bit(d: &Detail) -> u8 {
         Detail::Open { .. } => 1 << 3,
         Detail::Connect { .. } => 1 << 4,
         Detail::Signal { .. } => 1 << 5,
+        Detail::Ptrace { .. } => 1 << 6,
         Detail::Finding(_) => 0,
     }
 }
@@ -421,7 +422,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub sets: FieldSets,
     /// Per event kind: the rules (and sequences) that can match it, except those in `by_path`.
-    by_kind: [Vec<usize>; 6],
+    by_kind: [Vec<usize>; 7],
     /// Per path pattern: the rules that need it to match.
     by_path: Vec<Vec<usize>>,
 }
@@ -446,7 +447,7 @@ pub struct Match {
 
 impl Policy {
     pub fn new(rules: Vec<Rule>, sets: FieldSets, version: String) -> Policy {
-        let mut by_kind: [Vec<usize>; 6] = Default::default();
+        let mut by_kind: [Vec<usize>; 7] = Default::default();
         let mut by_path = vec![Vec::new(); sets.patterns[Slot::Path as usize].len()];
         for (i, r) in rules.iter().enumerate() {
             // A plain rule that needs an open path is reached through the patterns it needs,

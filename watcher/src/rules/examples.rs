@@ -106,6 +106,10 @@ pub fn example_event(
         "exit" => {
             o.entry("exit_code").or_insert(json!(0));
         }
+        "ptrace" => {
+            o.entry("target_pid").or_insert(json!(1));
+            o.entry("request").or_insert(json!(16));
+        }
         "signal" => {
             o.entry("target_pid").or_insert(json!(1));
             o.entry("signal").or_insert(json!(15));

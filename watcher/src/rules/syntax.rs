@@ -196,6 +196,7 @@ pub enum Kind {
     Open,
     Connect,
     Signal,
+    Ptrace,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
