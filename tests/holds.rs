@@ -316,10 +316,16 @@ fn await_finding(d: &Daemon, trace: &str, rule: &str) -> Value {
     found.unwrap_or_else(|| panic!("no {rule} finding"))
 }
 
-/// Waits until the session's cgroup reports frozen.
+/// Waits until the session's cgroup reports frozen with processes in it (an empty cgroup
+/// reports frozen too).
 fn await_frozen(d: &Daemon, trace: &str) {
     let start = Instant::now();
-    while !frozen(d, trace) {
+    let procs = || {
+        std::fs::read_to_string(d.cgroup.join(trace).join("cgroup.procs"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while !(frozen(d, trace) && procs() > 0) {
         assert!(start.elapsed() < DEADLINE, "session {trace} was not frozen");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -336,7 +342,7 @@ fn a_watched_process_cannot_approve_its_hold() {
     let (mut approver, trace2) = launch_bg(
         &d,
         &format!(
-            "{} --socket {} approve {id} 2> {w}/approve-err; echo done > {w}/approver-done",
+            "{} --socket {} approve {id} 2> {w}/approve-err; sleep 300",
             common::BIN,
             d.socket.display()
         ),
