@@ -276,20 +276,14 @@ impl Protect {
             .cgroups
             .pids(&trace)
             .into_iter()
-            .map(|p| crate::approvals::ProcInfo {
-                pid: p,
-                ppid: crate::control::server::ppid_of(p),
-                exe: std::fs::read_link(format!("/proc/{p}/exe"))
-                    .map(|e| e.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                argv: std::fs::read(format!("/proc/{p}/cmdline"))
-                    .map(|b| {
-                        b.split(|c| *c == 0)
-                            .filter(|a| !a.is_empty())
-                            .map(|a| String::from_utf8_lossy(a).into_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+            .map(|p| {
+                let (exe, argv) = crate::intake::tree::proc_exe_argv(p);
+                crate::approvals::ProcInfo {
+                    pid: p,
+                    ppid: crate::control::server::ppid_of(p),
+                    exe: exe.unwrap_or_default(),
+                    argv,
+                }
             })
             .collect();
         match a.record_kind(

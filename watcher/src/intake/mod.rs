@@ -199,23 +199,14 @@ impl Intake {
     /// record names a process we do not know, never misses one.
     fn take_seeds(&mut self) {
         while let Ok(s) = self.seeds.try_recv() {
-            let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned());
+            let (exe, argv) = tree::proc_exe_argv(s.pid);
             self.tree.insert(
                 s.pid,
                 Proc {
                     ppid: s.ppid,
                     session_id: s.session_id,
                     comm: String::new(),
-                    argv: std::fs::read(format!("/proc/{}/cmdline", s.pid))
-                        .map(|b| {
-                            b.split(|c| *c == 0)
-                                .filter(|a| !a.is_empty())
-                                .map(|a| String::from_utf8_lossy(a).into_owned())
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    argv,
                     exe,
                     cwd: s.cwd,
                     fds: Default::default(),

@@ -136,6 +136,22 @@ impl crate::rules::Lineage for Tree {
     }
 }
 
+/// A live process's executable and command line, from /proc (empty when it is gone).
+pub fn proc_exe_argv(pid: u32) -> (Option<String>, Vec<String>) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (exe, argv)
+}
+
 /// Removes `.` and `..` lexically. (A `..` after a symlink can differ from the kernel's
 /// answer; the path is what the process asked for, made absolute.)
 pub fn normalize(p: &Path) -> String {
