@@ -72,6 +72,17 @@ fn await_hold(d: &Daemon, trace: &str) -> Value {
     }
 }
 
+/// A stored hold, as `watcher show-hold --json` prints it.
+fn show_hold(d: &Daemon, id: &str) -> Value {
+    let out = d.cli().args(["show-hold", id, "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn state_of(pid: u64) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
@@ -182,14 +193,7 @@ fn a_held_exec_waits_for_approval() {
         marker(&w, "a") && marker(&w, "after"),
         "did not complete after approve"
     );
-    let h: Value = serde_json::from_slice(
-        &d.cli()
-            .args(["show-hold", id, "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let h = show_hold(&d, id);
     assert_eq!(h["state"], "approved");
     assert_eq!(h["decided_by"], "root");
 }
@@ -223,14 +227,7 @@ fn deny_kills_and_no_answer_is_deny() {
     let st = wait_exit(&mut child);
     assert!(st.code().is_none(), "not killed at the deadline: {st:?}");
     assert!(!marker(&w, "late"));
-    let h: Value = serde_json::from_slice(
-        &d.cli()
-            .args(["show-hold", hold["id"].as_str().unwrap(), "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let h = show_hold(&d, hold["id"].as_str().unwrap());
     assert_eq!(h["state"], "denied");
     assert_eq!(h["decided_by"], "deadline");
 }
@@ -356,14 +353,7 @@ fn a_watched_process_cannot_approve_its_hold() {
         "{f}"
     );
     await_frozen(&d, &trace2);
-    let h: Value = serde_json::from_slice(
-        &d.cli()
-            .args(["show-hold", id, "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let h = show_hold(&d, id);
     assert_eq!(h["state"], "pending");
     assert!(!Path::new(&format!("{w}/approver-done")).exists());
     let _ = approver.kill();

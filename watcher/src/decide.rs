@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    approvals::ProcInfo,
+    approvals::HoldDraft,
     daemon::{Seed, Shared},
     event::{Action, Detail, Event, Mode, Outcome},
     rules::eval::Rule,
@@ -107,38 +107,30 @@ fn freeze_session(
     }
 }
 
-/// Completes a hold off the pipeline: waits until the session is frozen (for the latency
-/// figure), stores the record, and says so.
-#[allow(clippy::too_many_arguments)]
-pub fn record_hold(
-    shared: Arc<Shared>,
-    id: String,
-    finding: Event,
-    trigger: Event,
-    tree: Vec<ProcInfo>,
-    stopped: Vec<u32>,
-    rule: String,
-    policy_version: String,
-) {
+/// Completes a hold off the pipeline: adds the session's recent events, waits until the
+/// session is frozen (for the latency figure), stores the record, and says so.
+pub fn record_hold(shared: Arc<Shared>, mut draft: HoldDraft) {
     let recent: Vec<Event> = {
         let r = shared.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let trace = &draft.trigger.trace_id;
         let mut v: Vec<Event> = r
             .iter()
             .rev()
-            .filter(|e| e.trace_id == trigger.trace_id && !matches!(e.detail, Detail::Finding(_)))
+            .filter(|e| &e.trace_id == trace && !matches!(e.detail, Detail::Finding(_)))
             .take(RECENT_IN_HOLD)
             .map(|e| e.as_ref().clone())
             .collect();
         v.reverse();
         v
     };
-    let trace = trigger.trace_id.clone();
+    draft.recent = recent;
+    let trace = draft.trigger.trace_id.clone();
     let a = shared.approvals.clone();
     tokio::task::spawn_blocking(move || {
-        let mut frozen_us = None;
+        let id = draft.id.clone();
         if a.cgroups.exists(&trace) {
-            frozen_us = a.cgroups.take_frozen_us(&trace, Duration::from_secs(5));
-            match frozen_us {
+            draft.frozen_us = a.cgroups.take_frozen_us(&trace, Duration::from_secs(5));
+            match draft.frozen_us {
                 Some(us) => {
                     if let Ok(mut h) = shared.hold_latency.lock() {
                         let _ = h.record(us);
@@ -147,17 +139,7 @@ pub fn record_hold(
                 None => tracing::error!(hold = %id, "the session did not report frozen within 5 s"),
             }
         }
-        match a.record(
-            id.clone(),
-            finding,
-            trigger,
-            tree,
-            recent,
-            stopped,
-            rule,
-            policy_version,
-            frozen_us,
-        ) {
+        match a.record(draft) {
             Ok(h) => {
                 shared.counters.holds.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(hold = %h.id, trace_id = %h.trace_id, rule = %h.rule, deadline = %h.deadline, "session held: waiting for `watcher approve` or `watcher deny`");

@@ -286,16 +286,18 @@ impl Protect {
                 }
             })
             .collect();
-        match a.record_kind(
+        match a.record(crate::approvals::HoldDraft {
             id,
-            published.as_ref().clone(),
+            kind: crate::approvals::HoldKind::ProtectedOpen,
+            finding: published.as_ref().clone(),
             trigger,
             tree,
-            Vec::new(),
-            RULE.into(),
-            version,
-            crate::approvals::HoldKind::ProtectedOpen,
-        ) {
+            recent: Vec::new(),
+            stopped: Vec::new(),
+            rule: RULE.into(),
+            policy_version: version,
+            frozen_us: None,
+        }) {
             Ok(h) => crate::decide::announce(shared, &h),
             Err(e) => tracing::error!("storing the protected-open hold: {e}"),
         }

@@ -93,6 +93,20 @@ pub struct Hold {
     pub result: Option<String>,
 }
 
+/// What a new hold is made of; `Approvals::record` adds the times and the state.
+pub struct HoldDraft {
+    pub id: String,
+    pub kind: HoldKind,
+    pub finding: Event,
+    pub trigger: Event,
+    pub tree: Vec<ProcInfo>,
+    pub recent: Vec<Event>,
+    pub stopped: Vec<u32>,
+    pub rule: String,
+    pub policy_version: String,
+    pub frozen_us: Option<u64>,
+}
+
 /// `approve --remember`: the same rule does not hold this session (or profile) again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Exception {
@@ -245,101 +259,34 @@ impl Approvals {
             .is_some_and(|h| h(id, allow))
     }
 
-    /// Stores a hold of another kind than a frozen session.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_kind(
-        &self,
-        id: String,
-        finding: Event,
-        trigger: Event,
-        tree: Vec<ProcInfo>,
-        stopped: Vec<u32>,
-        rule: String,
-        policy_version: String,
-        kind: HoldKind,
-    ) -> Result<Hold, HoldError> {
-        let mut h = self.build(
-            id,
-            finding,
-            trigger,
-            tree,
-            Vec::new(),
-            stopped,
-            rule,
-            policy_version,
-            None,
-        );
-        h.kind = kind;
-        self.store().put(&h)?;
-        self.changed.notify_one();
-        Ok(h)
-    }
-
-    /// Stores the hold record (the session was frozen by the caller already).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        id: String,
-        finding: Event,
-        trigger: Event,
-        tree: Vec<ProcInfo>,
-        recent: Vec<Event>,
-        stopped: Vec<u32>,
-        rule: String,
-        policy_version: String,
-        frozen_us: Option<u64>,
-    ) -> Result<Hold, HoldError> {
-        let hold = self.build(
-            id,
-            finding,
-            trigger,
-            tree,
-            recent,
-            stopped,
-            rule,
-            policy_version,
-            frozen_us,
-        );
-        self.store().put(&hold)?;
-        self.changed.notify_one();
-        Ok(hold)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        &self,
-        id: String,
-        finding: Event,
-        trigger: Event,
-        tree: Vec<ProcInfo>,
-        recent: Vec<Event>,
-        stopped: Vec<u32>,
-        rule: String,
-        policy_version: String,
-        frozen_us: Option<u64>,
-    ) -> Hold {
+    /// Stores the hold (the caller has frozen the session, or holds the open) and wakes the
+    /// deadline task.
+    pub fn record(&self, d: HoldDraft) -> Result<Hold, HoldError> {
         let deadline = SystemTime::now() + self.timeout;
-        Hold {
-            id,
-            kind: HoldKind::Session,
-            trace_id: finding.trace_id.clone(),
-            rule,
-            policy_version,
+        let hold = Hold {
+            id: d.id,
+            kind: d.kind,
+            trace_id: d.finding.trace_id.clone(),
+            rule: d.rule,
+            policy_version: d.policy_version,
             state: HoldState::Pending,
-            finding,
-            trigger,
-            tree,
-            recent,
+            finding: d.finding,
+            trigger: d.trigger,
+            tree: d.tree,
+            recent: d.recent,
             started: now_rfc3339(),
             deadline: humantime::format_rfc3339_millis(deadline).to_string(),
             deadline_ms: now_ms() + self.timeout.as_millis() as i64,
-            stopped,
-            frozen_us,
+            stopped: d.stopped,
+            frozen_us: d.frozen_us,
             decided_by: None,
             decided_at: None,
             remembered: false,
             result: None,
-        }
+        };
+        self.store().put(&hold)?;
+        self.changed.notify_one();
+        Ok(hold)
     }
 
     pub fn get(&self, id: &str) -> Result<Hold, HoldError> {
@@ -550,17 +497,18 @@ mod tests {
         .unwrap();
         let id = a.claim("t1").unwrap();
         assert!(a.claim("t1").is_none(), "one pending hold per session");
-        a.record(
-            id.clone(),
-            event("t1"),
-            event("t1"),
-            vec![],
-            vec![],
-            vec![],
-            "r".into(),
-            "v".into(),
-            Some(5),
-        )
+        a.record(HoldDraft {
+            id: id.clone(),
+            kind: HoldKind::Session,
+            finding: event("t1"),
+            trigger: event("t1"),
+            tree: vec![],
+            recent: vec![],
+            stopped: vec![],
+            rule: "r".into(),
+            policy_version: "v".into(),
+            frozen_us: Some(5),
+        })
         .unwrap();
         // A second Approvals on the same file (a restarted daemon) sees it pending.
         let again = Approvals::open(

@@ -356,13 +356,18 @@ impl Intake {
                 };
                 decide::record_hold(
                     self.shared.clone(),
-                    id,
-                    published.as_ref().clone(),
-                    ev.as_ref().clone(),
-                    self.tree.session_procs(session_id),
-                    stopped,
-                    rule.id.clone(),
-                    policy.version.clone(),
+                    crate::approvals::HoldDraft {
+                        id,
+                        kind: crate::approvals::HoldKind::Session,
+                        finding: published.as_ref().clone(),
+                        trigger: ev.as_ref().clone(),
+                        tree: self.tree.session_procs(session_id),
+                        recent: Vec::new(),
+                        stopped,
+                        rule: rule.id.clone(),
+                        policy_version: policy.version.clone(),
+                        frozen_us: None,
+                    },
                 );
             }
         }

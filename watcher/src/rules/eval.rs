@@ -530,30 +530,22 @@ impl Policy {
                         evidence: vec![ev.clone()],
                     });
                 }
-            } else if let Some(seq) = &r.sequence {
-                SeqState::step(
-                    partial,
-                    (i, false),
-                    seq,
-                    session_key,
-                    ev,
-                    ts_ns,
-                    &mut s,
-                    &self.sets,
-                    out,
-                );
-                if let Some(rev) = &r.reverse {
-                    SeqState::step(
-                        partial,
-                        (i, true),
-                        rev,
-                        session_key,
-                        ev,
-                        ts_ns,
-                        &mut s,
-                        &self.sets,
-                        out,
-                    );
+            } else {
+                // `order: any` runs the steps the other way round as a second sequence.
+                for (reversed, seq) in [(false, &r.sequence), (true, &r.reverse)] {
+                    if let Some(seq) = seq {
+                        SeqState::step(
+                            partial,
+                            (i, reversed),
+                            seq,
+                            session_key,
+                            ev,
+                            ts_ns,
+                            &mut s,
+                            &self.sets,
+                            out,
+                        );
+                    }
                 }
             }
         }
