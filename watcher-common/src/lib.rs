@@ -165,6 +165,23 @@ pub struct ChdirEvent {
     pub path: [u8; PATH_MAX],
 }
 
+/// A record of the `ALERTS` ring: the main ring's record of the same event needs user space
+/// now. The intake reader batches the main ring (it wakes at most once per batch interval while
+/// records keep coming); this small ring wakes it at once. For a hold the kernel decided
+/// (`EVENT_FLAG_STOPPED`) the reader freezes the session from the alert alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Alert {
+    /// `EventKind` of the record.
+    pub kind: u32,
+    /// `EVENT_FLAG_*` bits of the record.
+    pub flags: u32,
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
 /// Value of the `WATCHED` map (key: tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

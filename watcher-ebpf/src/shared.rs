@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
-    AgentName, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, SyscallArgs, Watch,
+    AgentName, Alert, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, SyscallArgs, Watch,
     EVENT_KINDS, FAST_PATH_MAX, PATH_MAX,
 };
 
@@ -21,6 +21,27 @@ pub static CONFIG: ProbeConfig = ProbeConfig::zeroed();
 /// All records to user space. Size set by user space at load (`ring_buffer_bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Records that must wake user space at once (see `Alert`).
+#[map]
+pub static ALERTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Tells user space, through `ALERTS`, that this event's record is urgent. Sent before the
+/// record is written, so a hold's freeze starts while the record is still being filled. A lost alert
+/// costs only latency: the main record still carries its flags.
+#[inline(always)]
+pub fn alert(kind: EventKind, flags: u32) {
+    let a = Alert {
+        kind: kind as u32,
+        flags,
+        // SAFETY: helpers without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: current_tgid(),
+        _pad: 0,
+    };
+    let _ = ALERTS.output::<Alert>(&a, 0);
+}
 
 /// Records that could not be reserved, per CPU and per `EventKind`.
 #[map]

@@ -165,6 +165,11 @@ pub struct Daemon {
     pub max_watched_processes: u32,
     /// Events kept for `watcher events` without `--follow`.
     pub recent_events: usize,
+    /// While records keep coming, the intake reader wakes at most once per this interval and
+    /// takes what has arrived as one batch: a wake-up per record would cost more CPU than the
+    /// record. Holds, signals and ptrace wake it at once regardless. `0s`: wake per record.
+    #[serde(deserialize_with = "duration")]
+    pub batch_wait: std::time::Duration,
 }
 
 impl Default for Daemon {
@@ -175,6 +180,7 @@ impl Default for Daemon {
             ring_buffer_bytes: 16 * 1024 * 1024,
             max_watched_processes: 65536,
             recent_events: 10000,
+            batch_wait: std::time::Duration::from_millis(1),
         }
     }
 }

@@ -175,7 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let kernel_policy = KernelPolicy::of(&policy, config.holds.enabled);
     let mut kernel = Kernel::load(&config)?;
     kernel.set_fast_paths(&kernel_policy)?;
-    let events = kernel.take_events()?;
+    let rings = kernel.take_rings()?;
     let approvals = Arc::new(Approvals::open(
         &config.holds.store,
         Cgroups::open_named(&config.holds.cgroup)?,
@@ -217,7 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(version = %shared.policy.load().policy.version, rules = shared.policy.load().policy.rules.len(), "policy loaded");
     let _watcher = reload::watch_files(shared.clone())?;
     tokio::spawn(reload::on_sighup(shared.clone()));
-    intake::spawn(events, shared.clone(), seed_rx)?;
+    intake::spawn(rings, shared.clone(), seed_rx)?;
     let listener = control::server::bind(&shared.config)?;
     tracing::info!(
         socket = %shared.config.daemon.socket.display(),

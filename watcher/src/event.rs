@@ -49,12 +49,12 @@ pub enum Detail {
         /// Absolute when it could be resolved (see `resolved`).
         path: String,
         /// Open flags by name: O_RDONLY, O_WRONLY or O_RDWR first.
-        flags: Vec<String>,
+        flags: Vec<Name>,
         mode: u32,
         /// A file descriptor, or a negative errno.
         result: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
+        error: Option<Name>,
         /// False when a relative path could not be made absolute.
         #[serde(default = "yes", skip_serializing_if = "is_true")]
         resolved: bool,
@@ -72,7 +72,7 @@ pub enum Detail {
         path: Option<String>,
         result: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
+        error: Option<Name>,
     },
     /// A signal a watched process sent.
     Signal {
@@ -233,7 +233,9 @@ impl std::fmt::Display for Event {
                 f,
                 "{path} {} -> {}",
                 flags.join("|"),
-                error.clone().unwrap_or_else(|| format!("fd {result}"))
+                error
+                    .clone()
+                    .unwrap_or_else(|| format!("fd {result}").into())
             ),
             Detail::Connect {
                 addr,
@@ -251,7 +253,7 @@ impl std::fmt::Display for Event {
                 write!(
                     f,
                     " -> {}",
-                    error.clone().unwrap_or_else(|| result.to_string())
+                    error.clone().unwrap_or_else(|| result.to_string().into())
                 )
             }
             Detail::Signal {
@@ -270,15 +272,19 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// A symbolic name (open flag, errno): static for the kernel's own names, so an event costs no
+/// allocation for them; owned when read back from JSON.
+pub type Name = std::borrow::Cow<'static, str>;
+
 /// Open flags by name, access mode first.
-pub fn open_flags(flags: u64) -> Vec<String> {
+pub fn open_flags(flags: u64) -> Vec<Name> {
     let flags = flags as i32;
     let mut out = vec![match flags & libc::O_ACCMODE {
         libc::O_WRONLY => "O_WRONLY",
         libc::O_RDWR => "O_RDWR",
         _ => "O_RDONLY",
     }
-    .to_string()];
+    .into()];
     let named = [
         (libc::O_CREAT, "O_CREAT"),
         (libc::O_EXCL, "O_EXCL"),
@@ -294,14 +300,14 @@ pub fn open_flags(flags: u64) -> Vec<String> {
     ];
     for (bit, name) in named {
         if flags & bit == bit {
-            out.push(name.to_string());
+            out.push(name.into());
         }
     }
     out
 }
 
 /// `-errno` as its symbolic name.
-pub fn errno_name(result: i64) -> Option<String> {
+pub fn errno_name(result: i64) -> Option<Name> {
     if result >= 0 {
         return None;
     }
@@ -328,9 +334,9 @@ pub fn errno_name(result: i64) -> Option<String> {
         libc::EISCONN => "EISCONN",
         libc::EAGAIN => "EAGAIN",
         libc::EINTR => "EINTR",
-        _ => return Some(format!("errno {e}")),
+        _ => return Some(format!("errno {e}").into()),
     };
-    Some(name.to_string())
+    Some(name.into())
 }
 
 #[cfg(test)]

@@ -132,19 +132,11 @@ impl Cgroups {
         }
         let out = self.frozen_us.clone();
         std::thread::spawn(move || {
-            let events = dir.join("cgroup.events");
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if std::fs::read_to_string(&events)
-                    .is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
-                {
-                    let us = boot_ns().saturating_sub(event_boot_ns) / 1000;
-                    out.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(dir, us);
-                    return;
-                }
-                std::thread::sleep(Duration::from_micros(20));
+            if wait_events(&dir, true, Duration::from_secs(5)).is_ok() {
+                let us = boot_ns().saturating_sub(event_boot_ns) / 1000;
+                out.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(dir, us);
             }
         });
         Ok(())
@@ -212,18 +204,7 @@ impl Cgroups {
     }
 
     pub fn wait_frozen(&self, trace: &str, want: bool, limit: Duration) -> Result<(), FreezeError> {
-        // The kernel freezes each task on its way back to user space; `cgroup.events` flips when
-        // the last one has. Polled briefly: this is microseconds for a sleeping tree.
-        let start = Instant::now();
-        let mut pause = Duration::from_micros(50);
-        while self.is_frozen(trace) != want {
-            if start.elapsed() > limit {
-                return Err(FreezeError::Timeout(self.dir(trace), limit));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
-        }
-        Ok(())
+        wait_events(&self.dir(trace), want, limit)
     }
 
     /// SIGKILL to every process of the session (`cgroup.kill`), frozen or not.
@@ -266,6 +247,43 @@ impl Cgroups {
     /// Removes the cgroup of a session with no process left (the kernel refuses otherwise).
     pub fn remove_if_empty(&self, trace: &str) -> bool {
         self.pids(trace).is_empty() && std::fs::remove_dir(self.dir(trace)).is_ok()
+    }
+}
+
+/// Waits until the cgroup's `cgroup.events` says `frozen` is `want`. The kernel freezes each
+/// task on its way back to user space and flips the file when the last one has; it wakes
+/// pollers of the file (POLLPRI) on every change, so this sleeps rather than re-reads.
+fn wait_events(dir: &Path, want: bool, limit: Duration) -> Result<(), FreezeError> {
+    use std::{
+        io::{Read as _, Seek as _},
+        os::fd::AsRawFd as _,
+    };
+    let path = dir.join("cgroup.events");
+    let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+    let line = if want { "frozen 1" } else { "frozen 0" };
+    let deadline = Instant::now() + limit;
+    let mut text = String::new();
+    loop {
+        // Reading (from the start) also re-arms the notification.
+        text.clear();
+        f.rewind().map_err(io(&path))?;
+        f.read_to_string(&mut text).map_err(io(&path))?;
+        if text.lines().any(|l| l == line) {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FreezeError::Timeout(dir.to_path_buf(), limit));
+        }
+        let mut p = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // Bounded, so a directory removed meanwhile cannot leave us waiting for the limit.
+        let ms = left.as_millis().clamp(1, 100) as i32;
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) };
     }
 }
 

@@ -71,7 +71,7 @@ pub fn check(shared: &Shared, own: &[PathBuf], ev: &Event) -> Option<String> {
         }
         Detail::Open { path, .. } => own
             .iter()
-            .find(|p| std::path::Path::new(path).starts_with(p))
+            .find(|p| is_under(path, p))
             .map(|p| format!("opened the watcher's {}", p.display())),
         Detail::Connect { path: Some(p), .. }
             if *p == shared.config.daemon.socket.display().to_string() =>
@@ -79,6 +79,19 @@ pub fn check(shared: &Shared, own: &[PathBuf], ev: &Event) -> Option<String> {
             Some("connected to the watcher's control socket".into())
         }
         _ => None,
+    }
+}
+
+/// `path` is `base` or inside it. A byte comparison: this runs on every open, and the paths are
+/// normalised already (no `.`, `..` or doubled slashes).
+fn is_under(path: &str, base: &std::path::Path) -> bool {
+    let Some(base) = base.to_str() else {
+        return false;
+    };
+    let base = base.trim_end_matches('/');
+    match path.strip_prefix(base) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
     }
 }
 
@@ -134,4 +147,21 @@ pub fn session_of(shared: &Shared, pid: u32) -> Option<String> {
     let i = line.find(&marker)?;
     let rest = &line[i + marker.len()..];
     Some(rest.split('/').next()?.to_string()).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_paths_match_by_whole_components() {
+        let base = std::path::Path::new("/run/watcher/api.sock");
+        assert!(super::is_under("/run/watcher/api.sock", base));
+        assert!(!super::is_under("/run/watcher/api.sock2", base));
+        let dir = std::path::Path::new("/sys/fs/cgroup/watcher/");
+        assert!(super::is_under(
+            "/sys/fs/cgroup/watcher/abc/cgroup.freeze",
+            dir
+        ));
+        assert!(super::is_under("/sys/fs/cgroup/watcher", dir));
+        assert!(!super::is_under("/sys/fs/cgroup/watcher-bench/x", dir));
+    }
 }

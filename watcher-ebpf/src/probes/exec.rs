@@ -16,7 +16,7 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    config, count_drop, current_task, current_tgid, enforce_halt, fast_act, fast_lookup,
+    alert, config, count_drop, current_task, current_tgid, enforce_halt, fast_act, fast_lookup,
     fill_header, read_kernel, scratch_key, watch_of, AGENTS, EVENTS, FAST_EXEC, SCRATCH_PATH,
     WATCHED,
 };
@@ -55,6 +55,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         flags |= EVENT_FLAG_FAST_PATH;
         if rule.action == FAST_STOP {
             flags |= EVENT_FLAG_STOPPED;
+            alert(EventKind::Exec, flags);
         }
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {

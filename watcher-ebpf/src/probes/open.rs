@@ -12,7 +12,7 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    config, count_drop, current_tgid, current_tid, enforce_halt, fast_act, fast_lookup,
+    alert, config, count_drop, current_tgid, current_tid, enforce_halt, fast_act, fast_lookup,
     fill_header, scratch_key, watch_of, EVENTS, FAST_OPEN, SYSCALL_ARGS,
 };
 
@@ -77,6 +77,7 @@ fn try_enter(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
         args.flags |= ARGS_FAST_PATH;
         if rule.action == FAST_STOP {
             args.flags |= ARGS_STOPPED;
+            alert(EventKind::Open, EVENT_FLAG_FAST_PATH | EVENT_FLAG_STOPPED);
         }
     }
     SYSCALL_ARGS.insert(&current_tid(), &args, 0)?;

@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use watcher_common::{
-    ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, OpenEvent,
-    PtraceEvent, SignalEvent, EVENT_FLAG_TRUNCATED,
+    Alert, ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    OpenEvent, PtraceEvent, SignalEvent, EVENT_FLAG_TRUNCATED,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -112,6 +112,11 @@ fn read<T: Copy>(buf: &[u8], kind: &'static str) -> Result<T, DecodeError> {
 pub fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A record of the `ALERTS` ring.
+pub fn alert(buf: &[u8]) -> Result<Alert, DecodeError> {
+    read(buf, "alert")
 }
 
 pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {

@@ -15,7 +15,7 @@ use ringbuf::{
     traits::{Consumer, Producer, Split},
     HeapRb,
 };
-use tokio::{io::unix::AsyncFd, sync::Notify};
+use tokio::sync::Notify;
 use watcher_common::{
     EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
 };
@@ -35,87 +35,168 @@ use crate::{
 /// Records in flight between reader and pipeline.
 const HANDOFF: usize = 65536;
 
-/// Starts the reader and the pipeline; they run until the runtime stops.
+/// Starts the reader (its own thread) and the pipeline (a task); they run until the process
+/// ends.
 pub fn spawn(
-    events: RingBuf<MapData>,
+    (events, alerts): (RingBuf<MapData>, RingBuf<MapData>),
     shared: Arc<Shared>,
     seeds: std::sync::mpsc::Receiver<Seed>,
 ) -> anyhow::Result<()> {
-    let (mut prod, mut cons) = HeapRb::<Record>::new(HANDOFF).split();
+    let (prod, mut cons) = HeapRb::<Record>::new(HANDOFF).split();
     let ready = Arc::new(Notify::new());
-    let space = Arc::new(Notify::new());
-    // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so the fd stays open
-    // (and is not reused) for as long as it is registered.
-    let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {}", e))?;
-
-    let (r_ready, r_space, r_shared) = (ready.clone(), space.clone(), shared.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                tracing::error!("ring buffer poll failed; intake stopped");
-                return;
-            };
-            let rb = guard.get_inner_mut();
-            let mut pushed = 0u32;
-            while let Some(item) = rb.next() {
-                let rec = match decode(&item) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        r_shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("malformed record: {e}");
-                        continue;
-                    }
-                };
-                drop(item);
-                // A hold the kernel decided: the trigger is stopped already; freeze the rest of
-                // its session now, before the record waits its turn in the pipeline.
-                let hdr = rec.header();
-                if hdr.flags & EVENT_FLAG_STOPPED != 0 {
-                    r_shared
-                        .approvals
-                        .cgroups
-                        .freeze_id(hdr.cgroup_id, hdr.ts_ns);
-                }
-                let mut rec = rec;
-                loop {
-                    match prod.try_push(rec) {
-                        Ok(()) => break,
-                        Err(back) => {
-                            rec = back;
-                            r_ready.notify_one();
-                            r_space.notified().await;
-                        }
-                    }
-                }
-                pushed += 1;
-                // Wake the pipeline once per batch, not per record: a wake-up costs more
-                // than processing a record.
-                if pushed.is_multiple_of(256) {
-                    r_ready.notify_one();
-                }
-            }
-            r_ready.notify_one();
-            guard.clear_ready();
-        }
-    });
+    let reader = Reader {
+        events,
+        alerts,
+        prod,
+        ready: ready.clone(),
+        batch_wait: shared.config.daemon.batch_wait,
+        shared: shared.clone(),
+    };
+    std::thread::Builder::new()
+        .name("intake-reader".into())
+        .spawn(move || reader.run())
+        .map_err(|e| anyhow::anyhow!("starting the intake reader thread: {e}"))?;
 
     tokio::spawn(async move {
         let mut intake = Intake::new(shared, seeds);
         loop {
-            let mut n = 0u32;
             while let Some(rec) = cons.try_pop() {
                 intake.process(rec);
-                n += 1;
-                if n.is_multiple_of(1024) {
-                    space.notify_one();
-                }
             }
-            space.notify_one();
             ready.notified().await;
         }
     });
     Ok(())
+}
+
+/// Drains the kernel's rings on a thread of its own, so a busy pipeline or runtime never delays
+/// an alert. While records keep coming it sleeps `batch_wait` between drains (woken early only
+/// by an alert); when a drain finds nothing it blocks until the kernel wakes it.
+struct Reader {
+    events: RingBuf<MapData>,
+    alerts: RingBuf<MapData>,
+    prod: ringbuf::HeapProd<Record>,
+    ready: Arc<Notify>,
+    batch_wait: Duration,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut busy = false;
+        loop {
+            if let Err(e) = self.wait(busy) {
+                tracing::error!("polling the ring buffers failed, intake stopped: {e}");
+                return;
+            }
+            self.take_alerts();
+            let n = self.drain();
+            busy = n > 0 && !self.batch_wait.is_zero();
+        }
+    }
+
+    /// Idle: until either ring has data. Busy: until an alert or `batch_wait` has passed.
+    fn wait(&self, busy: bool) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut fds = [
+            libc::pollfd {
+                fd: self.alerts.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let (n, timeout) = if busy {
+            (
+                1,
+                self.batch_wait.as_millis().clamp(1, i32::MAX as u128) as i32,
+            )
+        } else {
+            (2, -1)
+        };
+        // SAFETY: `fds` outlives the call and `n` is within it.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), n, timeout) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// A hold the kernel decided: the trigger is stopped already; freeze the rest of its
+    /// session now, before its record waits its turn in the pipeline.
+    fn take_alerts(&mut self) {
+        while let Some(item) = self.alerts.next() {
+            match decode::alert(&item) {
+                Ok(a) if a.flags & EVENT_FLAG_STOPPED != 0 => {
+                    self.shared
+                        .approvals
+                        .cgroups
+                        .freeze_id(a.cgroup_id, a.ts_ns);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.shared
+                        .counters
+                        .malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("malformed alert: {e}");
+                }
+            }
+        }
+    }
+
+    /// Hands every waiting record to the pipeline; returns how many.
+    fn drain(&mut self) -> u32 {
+        let mut pushed = 0u32;
+        while let Some(item) = self.events.next() {
+            let rec = match decode(&item) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.shared
+                        .counters
+                        .malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("malformed record: {e}");
+                    continue;
+                }
+            };
+            drop(item);
+            let hdr = rec.header();
+            if hdr.flags & EVENT_FLAG_STOPPED != 0 {
+                // Normally frozen by the alert already (a second write is harmless); this
+                // covers an alert the kernel could not write.
+                self.shared
+                    .approvals
+                    .cgroups
+                    .freeze_id(hdr.cgroup_id, hdr.ts_ns);
+            }
+            let mut rec = rec;
+            while let Err(back) = self.prod.try_push(rec) {
+                // The pipeline is behind: let it catch up; the kernel ring holds the rest,
+                // and counts what it cannot hold.
+                rec = back;
+                self.ready.notify_one();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            pushed += 1;
+            // Wake the pipeline once per batch, not per record: a wake-up costs more than
+            // processing a record.
+            if pushed.is_multiple_of(256) {
+                self.ready.notify_one();
+            }
+        }
+        if pushed > 0 {
+            self.ready.notify_one();
+        }
+        pushed
+    }
 }
 
 /// Converts kernel CLOCK_BOOTTIME stamps to wall-clock time.
@@ -457,7 +538,7 @@ impl Intake {
                 ..
             } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
-                let (abs, resolved) = self.tree.resolve(pid, dfd, &path);
+                let (abs, resolved) = self.tree.resolve(pid, dfd, path);
                 if result >= 0 && resolved {
                     self.tree.opened(pid, result, &abs);
                 }

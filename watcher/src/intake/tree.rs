@@ -54,9 +54,10 @@ impl Tree {
     }
 
     /// Makes `path` (relative to `dfd`) absolute; false when the base directory is unknown.
-    pub fn resolve(&self, pid: u32, dfd: i32, path: &str) -> (String, bool) {
+    pub fn resolve(&self, pid: u32, dfd: i32, path: impl Into<String>) -> (String, bool) {
+        let path = path.into();
         if path.starts_with('/') {
-            return (normalize(Path::new(path)), true);
+            return (normalized(path), true);
         }
         let base = self.procs.get(&pid).and_then(|p| {
             if dfd == AT_FDCWD {
@@ -75,8 +76,8 @@ impl Tree {
             std::fs::read_link(link).ok()
         });
         match base {
-            Some(b) => (normalize(&b.join(path)), true),
-            None => (path.to_string(), false),
+            Some(b) => (normalize(&b.join(&path)), true),
+            None => (path, false),
         }
     }
 
@@ -107,7 +108,10 @@ impl Tree {
 
     pub fn opened(&mut self, pid: u32, fd: i64, path: &str) {
         if let (Some(p), Ok(fd)) = (self.procs.get_mut(&pid), i32::try_from(fd)) {
-            p.fds.insert(fd, PathBuf::from(path));
+            // Descriptor numbers are reused at once: keep the old buffer rather than allocate.
+            let buf = p.fds.entry(fd).or_default().as_mut_os_string();
+            buf.clear();
+            buf.push(path);
         }
     }
 
@@ -150,6 +154,24 @@ pub fn proc_exe_argv(pid: u32) -> (Option<String>, Vec<String>) {
         })
         .unwrap_or_default();
     (exe, argv)
+}
+
+/// `path` (absolute) without `.`, `..`, doubled or trailing slashes; returned as it is, without
+/// a copy, when it has none (nearly every path a program opens).
+pub fn normalized(path: String) -> String {
+    let b = path.as_bytes();
+    let clean = b.first() == Some(&b'/')
+        && (b.len() == 1 || b.last() != Some(&b'/'))
+        && !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/../")
+        && !path.ends_with("/.")
+        && !path.ends_with("/..");
+    if clean {
+        path
+    } else {
+        normalize(Path::new(&path))
+    }
 }
 
 /// Removes `.` and `..` lexically. (A `..` after a symlink can differ from the kernel's
@@ -208,5 +230,18 @@ mod tests {
         let t = Tree::default();
         // pid 0 never has a /proc entry.
         assert_eq!(t.resolve(0, AT_FDCWD, "rel"), ("rel".into(), false));
+        for (raw, want) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/..", "/"),
+            ("/a/.", "/a"),
+            ("/..", "/"),
+            ("/a/.hidden/..x", "/a/.hidden/..x"),
+        ] {
+            assert_eq!(normalized(raw.to_string()), want, "{raw}");
+        }
     }
 }

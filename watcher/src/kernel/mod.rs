@@ -223,12 +223,16 @@ impl Kernel {
         })
     }
 
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow!("EVENTS map already taken"))?;
-        Ok(RingBuf::try_from(map)?)
+    /// The ring buffer of records and the small one of alerts (see `watcher_common::Alert`).
+    pub fn take_rings(&mut self) -> anyhow::Result<(RingBuf<MapData>, RingBuf<MapData>)> {
+        let mut take = |name: &str| -> anyhow::Result<RingBuf<MapData>> {
+            let map = self
+                .ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("{name} map already taken"))?;
+            Ok(RingBuf::try_from(map)?)
+        };
+        Ok((take("EVENTS")?, take("ALERTS")?))
     }
 
     /// Records the kernel could not reserve, per event kind, summed over CPUs.

@@ -327,7 +327,7 @@ impl<'a> Subject<'a> {
         };
         let mut m = 0;
         for f in flags {
-            m |= match f.as_str() {
+            m |= match f.as_ref() {
                 "O_RDONLY" => 1 << Intent::Read as u8,
                 "O_WRONLY" => 1 << Intent::Write as u8,
                 "O_RDWR" => (1 << Intent::Read as u8) | (1 << Intent::Write as u8),
