@@ -165,10 +165,9 @@ pub struct ChdirEvent {
     pub path: [u8; PATH_MAX],
 }
 
-/// A record of the `ALERTS` ring: the main ring's record of the same event needs user space
-/// now. The intake reader batches the main ring (it wakes at most once per batch interval while
-/// records keep coming); this small ring wakes it at once. For a hold the kernel decided
-/// (`EVENT_FLAG_STOPPED`) the reader freezes the session from the alert alone.
+/// A record of the `ALERTS` ring: the kernel stopped a process for a hold
+/// (`EVENT_FLAG_STOPPED`) and its session must be frozen now. The record ring is read in
+/// batches; this small ring has a thread of its own that wakes at once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Alert {

@@ -167,7 +167,8 @@ pub struct Daemon {
     pub recent_events: usize,
     /// While records keep coming, the intake reader wakes at most once per this interval and
     /// takes what has arrived as one batch: a wake-up per record would cost more CPU than the
-    /// record. Holds, signals and ptrace wake it at once regardless. `0s`: wake per record.
+    /// record. A hold the kernel decided is frozen at once regardless (it has a thread of its
+    /// own). `0s`: wake per record.
     #[serde(deserialize_with = "duration")]
     pub batch_wait: std::time::Duration,
 }

@@ -516,11 +516,11 @@ fn holds(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
             let id = id.ok_or_else(|| anyhow!("no hold"))?;
             seen.insert(id.clone());
             let hold = wait_for_record(&cli, &id)?;
-            lat.record(
-                hold["frozen_us"]
-                    .as_u64()
-                    .ok_or_else(|| anyhow!("hold {id} has no frozen_us"))?,
-            )?;
+            let us = hold["frozen_us"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("hold {id} has no frozen_us"))?;
+            eprintln!("bench: {n} processes, hold {id}: frozen {us} us after the event");
+            lat.record(us)?;
             cli(&["deny", &id])?;
             let _ = child.wait();
             base.record(hand_freeze(n)?)?;

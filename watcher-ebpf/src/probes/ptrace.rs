@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, PtraceEvent};
 
-use crate::shared::{alert, config, count_drop, current_tgid, fill_header, watch_of, EVENTS};
+use crate::shared::{config, count_drop, current_tgid, fill_header, watch_of, EVENTS};
 
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
@@ -46,7 +46,5 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
         (*ev).request = request as u32;
     }
     entry.submit(0);
-    // Tamper checks run on these: wake the reader now rather than at its next batch.
-    alert(EventKind::Ptrace, 0);
     Ok(())
 }

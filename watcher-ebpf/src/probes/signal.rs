@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, SignalEvent};
 
-use crate::shared::{alert, config, count_drop, current_tgid, fill_header, watch_of, EVENTS};
+use crate::shared::{config, count_drop, current_tgid, fill_header, watch_of, EVENTS};
 
 #[tracepoint]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
@@ -49,7 +49,5 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
         (*ev).result = result;
     }
     entry.submit(0);
-    // Tamper checks run on these: wake the reader now rather than at its next batch.
-    alert(EventKind::Signal, 0);
     Ok(())
 }

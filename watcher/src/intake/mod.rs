@@ -46,7 +46,6 @@ pub fn spawn(
     let ready = Arc::new(Notify::new());
     let reader = Reader {
         events,
-        alerts,
         prod,
         ready: ready.clone(),
         batch_wait: shared.config.daemon.batch_wait,
@@ -56,6 +55,14 @@ pub fn spawn(
         .name("intake-reader".into())
         .spawn(move || reader.run())
         .map_err(|e| anyhow::anyhow!("starting the intake reader thread: {e}"))?;
+    let alerts = Alerts {
+        ring: alerts,
+        shared: shared.clone(),
+    };
+    std::thread::Builder::new()
+        .name("intake-alerts".into())
+        .spawn(move || alerts.run())
+        .map_err(|e| anyhow::anyhow!("starting the alert thread: {e}"))?;
 
     tokio::spawn(async move {
         let mut intake = Intake::new(shared, seeds);
@@ -69,12 +76,10 @@ pub fn spawn(
     Ok(())
 }
 
-/// Drains the kernel's rings on a thread of its own, so a busy pipeline or runtime never delays
-/// an alert. While records keep coming it sleeps `batch_wait` between drains (woken early only
-/// by an alert); when a drain finds nothing it blocks until the kernel wakes it.
+/// Drains the record ring on a thread of its own. While records keep coming it sleeps
+/// `batch_wait` between drains; when a drain finds nothing it blocks until the kernel wakes it.
 struct Reader {
     events: RingBuf<MapData>,
-    alerts: RingBuf<MapData>,
     prod: ringbuf::HeapProd<Record>,
     ready: Arc<Notify>,
     batch_wait: Duration,
@@ -83,71 +88,13 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) {
-        let mut busy = false;
         loop {
-            if let Err(e) = self.wait(busy) {
-                tracing::error!("polling the ring buffers failed, intake stopped: {e}");
+            if let Err(e) = wait_readable(&self.events) {
+                tracing::error!("polling the ring buffer failed, intake stopped: {e}");
                 return;
             }
-            self.take_alerts();
-            let n = self.drain();
-            busy = n > 0 && !self.batch_wait.is_zero();
-        }
-    }
-
-    /// Idle: until either ring has data. Busy: until an alert or `batch_wait` has passed.
-    fn wait(&self, busy: bool) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let mut fds = [
-            libc::pollfd {
-                fd: self.alerts.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.events.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let (n, timeout) = if busy {
-            (
-                1,
-                self.batch_wait.as_millis().clamp(1, i32::MAX as u128) as i32,
-            )
-        } else {
-            (2, -1)
-        };
-        // SAFETY: `fds` outlives the call and `n` is within it.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), n, timeout) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// A hold the kernel decided: the trigger is stopped already; freeze the rest of its
-    /// session now, before its record waits its turn in the pipeline.
-    fn take_alerts(&mut self) {
-        while let Some(item) = self.alerts.next() {
-            match decode::alert(&item) {
-                Ok(a) if a.flags & EVENT_FLAG_STOPPED != 0 => {
-                    self.shared
-                        .approvals
-                        .cgroups
-                        .freeze_id(a.cgroup_id, a.ts_ns);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.shared
-                        .counters
-                        .malformed
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("malformed alert: {e}");
-                }
+            while self.drain() > 0 && !self.batch_wait.is_zero() {
+                std::thread::sleep(self.batch_wait);
             }
         }
     }
@@ -170,7 +117,7 @@ impl Reader {
             drop(item);
             let hdr = rec.header();
             if hdr.flags & EVENT_FLAG_STOPPED != 0 {
-                // Normally frozen by the alert already (a second write is harmless); this
+                // Normally frozen from the alert already (a second write is harmless); this
                 // covers an alert the kernel could not write.
                 self.shared
                     .approvals
@@ -197,6 +144,75 @@ impl Reader {
         }
         pushed
     }
+}
+
+/// Freezes the session of a hold the kernel decided (the trigger is stopped already) as soon
+/// as the kernel says so, on a thread that does nothing else and runs at real-time priority
+/// when allowed: neither a busy pipeline nor a busy CPU delays it. It wakes only for holds.
+struct Alerts {
+    ring: RingBuf<MapData>,
+    shared: Arc<Shared>,
+}
+
+impl Alerts {
+    fn run(mut self) {
+        realtime_priority();
+        loop {
+            if let Err(e) = wait_readable(&self.ring) {
+                tracing::error!("polling the alert ring failed, kernel holds freeze late: {e}");
+                return;
+            }
+            while let Some(item) = self.ring.next() {
+                match decode::alert(&item) {
+                    Ok(a) if a.flags & EVENT_FLAG_STOPPED != 0 => {
+                        self.shared
+                            .approvals
+                            .cgroups
+                            .freeze_id(a.cgroup_id, a.ts_ns);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.shared
+                            .counters
+                            .malformed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("malformed alert: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SCHED_FIFO at the lowest real-time priority for the calling thread (and the threads it
+/// starts). Only for threads that sleep until the kernel has something urgent.
+fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: plain syscall on the calling thread (0).
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        tracing::debug!(
+            "no real-time priority for the alert thread: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Blocks until `ring` has data.
+fn wait_readable(ring: &RingBuf<MapData>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut fd, 1, -1) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Converts kernel CLOCK_BOOTTIME stamps to wall-clock time.
