@@ -196,17 +196,6 @@ pub struct Watch {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AgentName(pub [u8; AGENT_NAME_MAX]);
 
-/// Value of the `SYSCALL_ARGS` map (key: tid): a syscall's arguments kept from enter to exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SyscallArgs {
-    pub kind: u32,
-    /// `ARGS_*` bits.
-    pub flags: u32,
-    pub session_id: u64,
-    pub args: [u64; 4],
-}
-
 /// `signal:signal_generate` from a watched sender.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -229,13 +218,6 @@ pub struct PtraceEvent {
     pub target: u32,
     pub request: u32,
 }
-
-/// The call was openat2.
-pub const ARGS_OPENAT2: u32 = 1 << 0;
-/// A fast-path entry matched at entry (or the connect was refused by the kernel policy).
-pub const ARGS_FAST_PATH: u32 = 1 << 1;
-/// The fast path stopped the thread (SIGSTOP) at entry.
-pub const ARGS_STOPPED: u32 = 1 << 2;
 
 /// Paths the kernel fast path can match (longer ones are left to user space).
 pub const FAST_PATH_MAX: usize = 256;
@@ -285,18 +267,10 @@ pub struct ProbeConfig {
     pub newtask_pid: u32,
     pub newtask_clone_flags: u32,
     pub exit_group_dead: u32,
-    pub openat_dfd: u32,
-    pub openat_filename: u32,
-    pub openat_flags: u32,
-    pub openat_mode: u32,
-    pub openat2_dfd: u32,
-    pub openat2_filename: u32,
-    pub openat2_how: u32,
-    pub connect_fd: u32,
-    pub connect_addr: u32,
-    pub connect_addrlen: u32,
-    pub chdir_filename: u32,
-    pub fchdir_fd: u32,
+    /// Offsets in `struct pt_regs` of a syscall's first four arguments as user space passed
+    /// them (x86_64: di, si, dx, r10), from BTF: a `sys_exit_*` program reads its call's
+    /// arguments there, so no `sys_enter_*` program and no map has to carry them.
+    pub syscall_arg: [u32; 4],
     pub signal_sig: u32,
     pub signal_code: u32,
     pub signal_pid: u32,
@@ -324,18 +298,7 @@ impl ProbeConfig {
             newtask_pid: 0,
             newtask_clone_flags: 0,
             exit_group_dead: 0,
-            openat_dfd: 0,
-            openat_filename: 0,
-            openat_flags: 0,
-            openat_mode: 0,
-            openat2_dfd: 0,
-            openat2_filename: 0,
-            openat2_how: 0,
-            connect_fd: 0,
-            connect_addr: 0,
-            connect_addrlen: 0,
-            chdir_filename: 0,
-            fchdir_fd: 0,
+            syscall_arg: [0; 4],
             signal_sig: 0,
             signal_code: 0,
             signal_pid: 0,

@@ -3,14 +3,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_ktime_get_boot_ns, bpf_task_pt_regs,
+        },
     },
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
-    AgentName, Alert, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, SyscallArgs, Watch,
-    EVENT_KINDS, FAST_PATH_MAX, PATH_MAX,
+    AgentName, Alert, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, Watch, EVENT_KINDS,
+    FAST_PATH_MAX, PATH_MAX,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -56,10 +59,10 @@ pub static WATCHED: HashMap<u32, Watch> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static AGENTS: HashMap<AgentName, u32> = HashMap::with_max_entries(256, 0);
 
-/// A watched thread's syscall arguments, from `sys_enter_*` to `sys_exit_*` (key: tid).
-/// LRU so that a thread that dies inside a syscall cannot leak an entry.
+/// Threads whose connect the kernel policy just refused (key: tid), for the connect record's
+/// fast-path flag. Written only on a refusal; LRU so a thread that dies meanwhile cannot leak.
 #[map]
-pub static SYSCALL_ARGS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+pub static REFUSED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
 
 /// Per-CPU scratch for a path that is not going into a record (agent matching).
 #[map]
@@ -95,6 +98,21 @@ pub fn watch_of(tgid: u32) -> Option<Watch> {
 pub fn current_task() -> *const u8 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// The current syscall's first four arguments, from the registers saved when the task entered
+/// the kernel (they stay as user space passed them until it returns). Lets a `sys_exit_*`
+/// program see its call's arguments without a `sys_enter_*` program and a map between them.
+#[inline(always)]
+pub fn syscall_args(cfg: &ProbeConfig) -> Option<[u64; 4]> {
+    // SAFETY: helpers on the current task; the result is only read through probe reads.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    Some([
+        read_kernel(regs, cfg.syscall_arg[0])?,
+        read_kernel(regs, cfg.syscall_arg[1])?,
+        read_kernel(regs, cfg.syscall_arg[2])?,
+        read_kernel(regs, cfg.syscall_arg[3])?,
+    ])
 }
 
 /// Reads a `T` at `offset` bytes into the kernel object at `base`.

@@ -177,7 +177,12 @@ fn run_storm(prefix: &[&std::ffi::OsStr], kind: &str, ops: u64) -> anyhow::Resul
             .arg(&me)
             .args(["storm", kind, &ops.to_string()]);
     }
-    let out = cmd.stderr(Stdio::null()).output()?;
+    // cargo puts its toolchain and target directories on LD_LIBRARY_PATH; inherited, every
+    // exec of the storm would search them for libc first (78 failed opens per /bin/true).
+    let out = cmd
+        .env_remove("LD_LIBRARY_PATH")
+        .stderr(Stdio::null())
+        .output()?;
     if !out.status.success() {
         bail!(
             "storm {kind} failed: {}",
@@ -267,6 +272,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 st = d.status(&bin)?;
             }
             let (ev1, dr1) = totals(&st);
+            eprintln!(
+                "bench: watched {kind}: {} events, {} drops",
+                ev1 - ev0,
+                dr1 - dr0
+            );
             let e = &mut delivered[s];
             e.0 += ev1 - ev0;
             e.1 += dr1 - dr0;
@@ -277,6 +287,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     if storm_rounds > 0 {
         print_storms(&ns, &delivered, a.rounds, tick);
+        program_costs(&bin, &dir, &ns)?;
     }
     if wanted(&a, "build") {
         real_workload(&bin, &dir, a.build_rounds)?;
@@ -338,6 +349,66 @@ fn print_storms(
             ev as f64 / secs
         );
     }
+}
+
+/// What the kernel programs themselves cost per run, from the kernel's BPF run-time statistics
+/// (switched on only for this pass: they add two clock reads per run), in one watched run of
+/// each storm, against the median "off" time of an operation in the rounds above.
+fn program_costs(bin: &Path, dir: &Path, ns: &[Vec<Vec<f64>>]) -> anyhow::Result<()> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(STATS)
+        .with_context(|| format!("reading {STATS}"))?
+        .trim()
+        .to_string();
+    let d = Daemon::start(bin, dir, None)?;
+    let launch = d.launch_prefix(bin.as_os_str());
+    let per_prog = |st: &serde_json::Value| -> std::collections::BTreeMap<String, (u64, u64)> {
+        st["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p["name"].as_str()?.to_string(),
+                    (p["runs"].as_u64()?, p["run_ns"].as_u64()?),
+                ))
+            })
+            .collect()
+    };
+    println!("\n## Kernel programs: cost per run (BPF run-time statistics, one watched run)\n");
+    println!("| storm | program | runs per op | ns per run | ns per op | off ns/op (median) | programs / off |");
+    println!("|---|---|---|---|---|---|---|");
+    std::fs::write(STATS, "1").with_context(|| format!("writing {STATS}"))?;
+    let result = (|| -> anyhow::Result<()> {
+        for (s, (kind, ops)) in STORMS.iter().enumerate() {
+            let a = per_prog(&d.status(bin)?);
+            run_storm(&launch, kind, *ops)?;
+            let b = per_prog(&d.status(bin)?);
+            let off = stats(ns[s][0].clone()).0;
+            let mut total = 0.0;
+            for (name, (runs, run_ns)) in &b {
+                let (r0, t0) = a.get(name).copied().unwrap_or((0, 0));
+                let (runs, t) = (runs - r0, run_ns - t0);
+                if runs < *ops / 2 {
+                    continue;
+                }
+                let per_op = t as f64 / *ops as f64;
+                total += per_op;
+                println!(
+                    "| {kind} | {name} | {:.2} | {:.0} | {per_op:.0} | | |",
+                    runs as f64 / *ops as f64,
+                    t as f64 / runs as f64
+                );
+            }
+            println!(
+                "| {kind} | all | | | {total:.0} | {off:.0} | {:.3} |",
+                total / off
+            );
+        }
+        Ok(())
+    })();
+    let _ = std::fs::write(STATS, &before);
+    result
 }
 
 /// The shipped pack's evaluation rate over a recorded agent session (one core, in-process

@@ -6,9 +6,9 @@ use aya_ebpf::{
     bindings::bpf_sock_addr, macros::cgroup_sock_addr, maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use watcher_common::{FastNet, ARGS_FAST_PATH};
+use watcher_common::FastNet;
 
-use crate::shared::{current_tgid, current_tid, halted, watch_of, DENY_V4, DENY_V6, SYSCALL_ARGS};
+use crate::shared::{current_tgid, current_tid, halted, watch_of, DENY_V4, DENY_V6, REFUSED};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -76,9 +76,6 @@ fn verdict(entry: Option<FastNet>, port_be: u32) -> i32 {
 #[inline(always)]
 fn refuse() -> i32 {
     // Tell the connect tracepoint that the kernel policy refused this call.
-    if let Some(args) = SYSCALL_ARGS.get_ptr_mut(&current_tid()) {
-        // SAFETY: this thread's own entry, written only by itself.
-        unsafe { (*args).flags |= ARGS_FAST_PATH };
-    }
+    let _ = REFUSED.insert(&current_tid(), &1, 0);
     REFUSE
 }

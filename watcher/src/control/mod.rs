@@ -122,6 +122,17 @@ pub struct Status {
     pub latency_us_p99: u64,
     pub policy: PolicyStatus,
     pub holds: HoldsStatus,
+    /// Each kernel program's run count and time; they count only while BPF run-time
+    /// statistics are on (`sysctl kernel.bpf_stats_enabled=1`), which costs a little per run.
+    #[serde(default)]
+    pub programs: Vec<ProgramStat>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProgramStat {
+    pub name: String,
+    pub runs: u64,
+    pub run_ns: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

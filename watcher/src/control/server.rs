@@ -327,7 +327,9 @@ fn status(shared: &Shared) -> Status {
         .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
         .unwrap_or((0, 0));
     let kernel_watched = kernel.watched_pids();
+    let programs = kernel.program_stats();
     Status {
+        programs,
         processes_watched: kernel_watched.len(),
         sessions,
         kernel_watched,

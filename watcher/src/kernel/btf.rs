@@ -1,4 +1,4 @@
-//! `task_struct` and `mm_struct` member offsets from the running kernel's BTF.
+//! `task_struct`, `mm_struct` and `pt_regs` member offsets from the running kernel's BTF.
 use btf_rs::{Btf, Type};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,35 @@ impl KernelBtf {
             }
         }
         Err(BtfError::NoStruct(name.into()))
+    }
+
+    /// Offsets in `struct pt_regs` of syscall arguments 0 to 3 as they entered the kernel.
+    pub fn syscall_arg_offsets(&self) -> Result<[u32; 4], BtfError> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Ok([
+                self.member_offset("pt_regs", "di")?,
+                self.member_offset("pt_regs", "si")?,
+                self.member_offset("pt_regs", "dx")?,
+                // The syscall ABI passes the fourth argument in r10, not rcx.
+                self.member_offset("pt_regs", "r10")?,
+            ])
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // x0 is overwritten with the return value; the kernel keeps the argument aside.
+            let regs = self.member_offset("pt_regs", "regs")?;
+            Ok([
+                self.member_offset("pt_regs", "orig_x0")?,
+                regs + 8,
+                regs + 16,
+                regs + 24,
+            ])
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            compile_error!("syscall argument registers: only x86_64 and aarch64 are supported");
+        }
     }
 
     fn find(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {

@@ -33,16 +33,11 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("task_newtask", "task", "task_newtask"),
     ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
-    ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
-    ("sys_exit_openat", "syscalls", "sys_exit_openat2"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_chdir", "syscalls", "sys_enter_chdir"),
-    ("sys_enter_fchdir", "syscalls", "sys_enter_fchdir"),
     ("sys_exit_chdir", "syscalls", "sys_exit_chdir"),
-    ("sys_exit_chdir", "syscalls", "sys_exit_fchdir"),
+    ("sys_exit_fchdir", "syscalls", "sys_exit_fchdir"),
     ("signal_generate", "signal", "signal_generate"),
     ("sys_enter_ptrace", "syscalls", "sys_enter_ptrace"),
 ];
@@ -110,11 +105,6 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let exec = f("sched", "sched_process_exec")?;
     let newtask = f("task", "task_newtask")?;
     let exit = f("sched", "sched_process_exit")?;
-    let openat = f("syscalls", "sys_enter_openat")?;
-    let openat2 = f("syscalls", "sys_enter_openat2")?;
-    let connect = f("syscalls", "sys_enter_connect")?;
-    let chdir = f("syscalls", "sys_enter_chdir")?;
-    let fchdir = f("syscalls", "sys_enter_fchdir")?;
     let signal = f("signal", "signal_generate")?;
     let ptrace = f("syscalls", "sys_enter_ptrace")?;
     let mut ret = None;
@@ -140,18 +130,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         newtask_pid: newtask.offset("pid", 4)?,
         newtask_clone_flags: newtask.offset("clone_flags", 8)?,
         exit_group_dead: exit.offset("group_dead", 1)?,
-        openat_dfd: openat.offset("dfd", 8)?,
-        openat_filename: openat.offset("filename", 8)?,
-        openat_flags: openat.offset("flags", 8)?,
-        openat_mode: openat.offset("mode", 8)?,
-        openat2_dfd: openat2.offset("dfd", 8)?,
-        openat2_filename: openat2.offset("filename", 8)?,
-        openat2_how: openat2.offset("how", 8)?,
-        connect_fd: connect.offset("fd", 8)?,
-        connect_addr: connect.offset("uservaddr", 8)?,
-        connect_addrlen: connect.offset("addrlen", 8)?,
-        chdir_filename: chdir.offset("filename", 8)?,
-        fchdir_fd: fchdir.offset("fd", 8)?,
+        syscall_arg: btf.syscall_arg_offsets()?,
         signal_sig: signal.offset("sig", 4)?,
         signal_code: signal.offset("code", 4)?,
         signal_pid: signal.offset("pid", 4)?,
@@ -233,6 +212,21 @@ impl Kernel {
             Ok(RingBuf::try_from(map)?)
         };
         Ok((take("EVENTS")?, take("ALERTS")?))
+    }
+
+    /// Run count and time of every program (see `control::Status::programs`).
+    pub fn program_stats(&self) -> Vec<crate::control::ProgramStat> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(crate::control::ProgramStat {
+                    name: name.to_string(),
+                    runs: info.run_count(),
+                    run_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     /// Records the kernel could not reserve, per event kind, summed over CPUs.
