@@ -2,13 +2,14 @@
 //! arguments come from the task's saved registers (`syscall_args`), so nothing runs at entry:
 //! an unwatched open pays for one tracepoint, not two, and a watched one needs no map.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
+    maps::lpm_trie::Key,
     programs::TracePointContext,
 };
 use watcher_common::{
     EventKind, FastRule, OpenEvent, EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED, EVENT_FLAG_TRUNCATED,
-    FAST_STOP, INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, PATH_MAX,
+    FAST_PATH_MAX, FAST_STOP, INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, PATH_MAX,
 };
 
 use crate::shared::{
@@ -57,28 +58,24 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
     // SAFETY: offset came from the format file.
     let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize)? };
 
-    let mut flags_out = 0;
     // A signal sent here takes effect before the task is back in user space, as at entry: the
     // open has happened, the process never gets to use the descriptor. The kernel policy acts
     // whether or not the record can be written.
-    if let Some(rule) = fast_open(path, flags) {
-        fast_act(&rule);
-        flags_out |= EVENT_FLAG_FAST_PATH;
-        if rule.action == FAST_STOP {
-            flags_out |= EVENT_FLAG_STOPPED;
-            alert(EventKind::Open, flags_out);
-        }
-    }
-
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count_drop(EventKind::Open);
+        if let Some(key) = scratch_key() {
+            // SAFETY: probe read of user memory, faults safely.
+            if let Ok(p) = unsafe { bpf_probe_read_user_str_bytes(path, &mut key.data) } {
+                let len = p.len();
+                fast_open(key, len, flags);
+            }
+        }
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<OpenEvent>().
     unsafe {
         fill_header(&raw mut (*ev).hdr, EventKind::Open, watch.session_id, &cfg);
-        (*ev).hdr.flags = flags_out;
         (*ev).result = ret;
         (*ev).dfd = dfd as i32;
         (*ev).flags = flags;
@@ -86,22 +83,50 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
         (*ev).resolve = resolve;
         (*ev).openat2 = openat2 as u32;
         (*ev)._pad = 0;
-        match bpf_probe_read_user_str_bytes(path, &mut (*ev).path) {
-            Ok(s) if s.len() >= PATH_MAX - 1 => (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED,
-            Ok(_) => {}
-            Err(_) => (*ev).path[0] = 0,
+        let len = match bpf_probe_read_user_str_bytes(path, &mut (*ev).path) {
+            Ok(s) => {
+                if s.len() >= PATH_MAX - 1 {
+                    (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED;
+                }
+                s.len()
+            }
+            Err(_) => {
+                (*ev).path[0] = 0;
+                0
+            }
+        };
+        // The path is read from user memory once; the lookup key is a copy of the record's.
+        if len > 0 && len <= FAST_PATH_MAX && (*ev).path[0] == b'/' {
+            if let Some(key) = scratch_key() {
+                if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut key.data).is_ok() {
+                    (*ev).hdr.flags |= fast_open(key, len, flags);
+                }
+            }
         }
     }
     entry.submit(0);
     Ok(())
 }
 
+/// Acts on the `FAST_OPEN` entry for the absolute path in `key` (`len` bytes) opened with
+/// these flags, if there is one; returns the record flags that say so.
+#[inline(always)]
+fn fast_open(key: &mut Key<[u8; FAST_PATH_MAX]>, len: usize, flags: u64) -> u32 {
+    let Some(rule) = fast_rule(key, len, flags) else {
+        return 0;
+    };
+    fast_act(&rule);
+    if rule.action == FAST_STOP {
+        let out = EVENT_FLAG_FAST_PATH | EVENT_FLAG_STOPPED;
+        alert(EventKind::Open, out);
+        return out;
+    }
+    EVENT_FLAG_FAST_PATH
+}
+
 /// The `FAST_OPEN` entry for an absolute path opened with these flags, if any.
 #[inline(always)]
-fn fast_open(path: *const u8, flags: u64) -> Option<FastRule> {
-    let key = scratch_key()?;
-    // SAFETY: probe read of user memory, faults safely.
-    let len = unsafe { bpf_probe_read_user_str_bytes(path, &mut key.data).ok()? }.len();
+fn fast_rule(key: &mut Key<[u8; FAST_PATH_MAX]>, len: usize, flags: u64) -> Option<FastRule> {
     if key.data[0] != b'/' {
         // Relative paths are resolved (and matched) in user space.
         return None;
