@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use watcher_common::{
     AgentName, Alert, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, Watch, EVENT_KINDS,
-    FAST_PATH_MAX, PATH_MAX,
+    FAST_PATH_MAX, PATH_MAX, REGS_OUTSIDE, REGS_WINDOW_SLOTS,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -107,12 +107,19 @@ pub fn current_task() -> *const u8 {
 pub fn syscall_args(cfg: &ProbeConfig) -> Option<[u64; 4]> {
     // SAFETY: helpers on the current task; the result is only read through probe reads.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    Some([
-        read_kernel(regs, cfg.syscall_arg[0])?,
-        read_kernel(regs, cfg.syscall_arg[1])?,
-        read_kernel(regs, cfg.syscall_arg[2])?,
-        read_kernel(regs, cfg.syscall_arg[3])?,
-    ])
+    let window: [u64; REGS_WINDOW_SLOTS] = read_kernel(regs, cfg.regs_window)?;
+    let mut out = [0u64; 4];
+    let mut i = 0;
+    while i < 4 {
+        let slot = cfg.regs_slot[i];
+        out[i] = if slot == REGS_OUTSIDE {
+            read_kernel(regs, cfg.syscall_arg[i])?
+        } else {
+            window[slot as usize % REGS_WINDOW_SLOTS]
+        };
+        i += 1;
+    }
+    Some(out)
 }
 
 /// Reads a `T` at `offset` bytes into the kernel object at `base`.
@@ -224,9 +231,10 @@ fn signal(sig: u32) {
     unsafe { aya_ebpf::helpers::generated::bpf_send_signal(sig) };
 }
 
-/// Kill-switch for every watched process: `[0]` is 0 (off), `HALT_STOP` or `HALT_KILL`.
+/// Kill-switch for every watched process: `[0]` is 0 (off), `HALT_STOP` or `HALT_KILL`;
+/// `[1]` is how many sessions `HALTED` holds, so that no event pays a hash lookup while none.
 #[map]
-pub static HALT_ALL: Array<u32> = Array::with_max_entries(1, 0);
+pub static HALT_ALL: Array<u32> = Array::with_max_entries(2, 0);
 
 /// Kill-switch per session: session id -> `HALT_STOP` or `HALT_KILL`.
 #[map]
@@ -238,6 +246,9 @@ pub fn halted(session_id: u64) -> u32 {
     let all = HALT_ALL.get(0).copied().unwrap_or(0);
     if all != 0 {
         return all;
+    }
+    if HALT_ALL.get(1).copied().unwrap_or(0) == 0 {
+        return 0;
     }
     // SAFETY: copied out at once.
     unsafe { HALTED.get(&session_id).copied().unwrap_or(0) }

@@ -102,7 +102,7 @@ impl Daemon {
             .arg(&config)
             .args(["run", "--socket"])
             .arg(&socket)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .spawn()?;
         wait_ready(&mut child)?;

@@ -16,7 +16,7 @@ use aya::{
 use ipnet::IpNet;
 use watcher_common::{
     AgentName, FastNet, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, EVENT_KINDS, FAST_KILL,
-    FAST_MARK, FAST_PATH_MAX, FAST_STOP,
+    FAST_MARK, FAST_PATH_MAX, FAST_STOP, REGS_OUTSIDE, REGS_WINDOW_SLOTS,
 };
 
 use self::{btf::KernelBtf, tracefs::Format};
@@ -99,6 +99,21 @@ pub fn preflight() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// A 64-byte window of `pt_regs` holding as many of the argument registers as it can (from
+/// the lowest offset), and each argument's slot in it, so one copy reads them.
+fn regs_window(offsets: [u32; 4]) -> (u32, [u32; 4]) {
+    let base = offsets.iter().copied().min().unwrap_or(0);
+    let end = base + (REGS_WINDOW_SLOTS as u32) * 8;
+    let slot = offsets.map(|o| {
+        if o < end && (o - base) % 8 == 0 {
+            (o - base) / 8
+        } else {
+            REGS_OUTSIDE
+        }
+    });
+    (base, slot)
+}
+
 /// Reads every offset the programs use from tracefs and BTF.
 pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let f = |cat: &str, name: &str| Format::read(tracefs, cat, name);
@@ -123,6 +138,8 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         }
     }
     let btf = KernelBtf::open()?;
+    let syscall_arg = btf.syscall_arg_offsets()?;
+    let (regs_window, regs_slot) = regs_window(syscall_arg);
     Ok(ProbeConfig {
         exec_filename: exec.offset("filename", 4)?,
         exec_pid: exec.offset("pid", 4)?,
@@ -130,7 +147,9 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         newtask_pid: newtask.offset("pid", 4)?,
         newtask_clone_flags: newtask.offset("clone_flags", 8)?,
         exit_group_dead: exit.offset("group_dead", 1)?,
-        syscall_arg: btf.syscall_arg_offsets()?,
+        syscall_arg,
+        regs_window,
+        regs_slot,
         signal_sig: signal.offset("sig", 4)?,
         signal_code: signal.offset("code", 4)?,
         signal_pid: signal.offset("pid", 4)?,
@@ -305,41 +324,52 @@ impl Kernel {
 
     /// The kill-switch for every watched process: 0 (off), `HALT_STOP` or `HALT_KILL`.
     pub fn set_halt_all(&mut self, mode: u32) -> anyhow::Result<()> {
+        self.set_halt_slot(0, mode)
+    }
+
+    /// `HALT_ALL[slot]`: 0 is the mode for all, 1 the number of sessions in `HALTED`.
+    fn set_halt_slot(&mut self, slot: u32, value: u32) -> anyhow::Result<()> {
         let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
             self.ebpf
                 .map_mut("HALT_ALL")
                 .ok_or_else(|| anyhow!("no HALT_ALL map"))?,
         )?;
-        a.set(0, mode, 0).context("setting HALT_ALL")?;
+        a.set(slot, value, 0).context("setting HALT_ALL")?;
         Ok(())
     }
 
-    /// The kill-switch for one session (mode 0 removes it).
-    pub fn set_halt_session(&mut self, session_id: u64, mode: u32) -> anyhow::Result<()> {
-        let mut m: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(
+    fn halted_map(&mut self) -> anyhow::Result<BpfHashMap<&mut MapData, u64, u32>> {
+        Ok(BpfHashMap::try_from(
             self.ebpf
                 .map_mut("HALTED")
                 .ok_or_else(|| anyhow!("no HALTED map"))?,
-        )?;
+        )?)
+    }
+
+    /// The kill-switch for one session (mode 0 removes it). The programs look in `HALTED` only
+    /// while its count is not 0: the count goes up before an entry is added and down after one
+    /// is removed, so a program never skips an entry that is there.
+    pub fn set_halt_session(&mut self, session_id: u64, mode: u32) -> anyhow::Result<()> {
+        let count = self.halted_map()?.keys().filter_map(Result::ok).count() as u32;
         if mode == 0 {
-            let _ = m.remove(&session_id);
-            Ok(())
+            let _ = self.halted_map()?.remove(&session_id);
+            let count = self.halted_map()?.keys().filter_map(Result::ok).count() as u32;
+            self.set_halt_slot(1, count)
         } else {
-            m.insert(session_id, mode, 0).context("setting HALTED")
+            self.set_halt_slot(1, count + 1)?;
+            self.halted_map()?
+                .insert(session_id, mode, 0)
+                .context("setting HALTED")
         }
     }
 
     pub fn clear_halted_sessions(&mut self) -> anyhow::Result<()> {
-        let mut m: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("HALTED")
-                .ok_or_else(|| anyhow!("no HALTED map"))?,
-        )?;
+        let mut m = self.halted_map()?;
         let keys: Vec<u64> = m.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = m.remove(&k);
         }
-        Ok(())
+        self.set_halt_slot(1, 0)
     }
 
     /// Whether `tgid` is in a watched session (the control socket refuses those).
@@ -430,4 +460,17 @@ fn attach_connect_programs(ebpf: &mut Ebpf, progs: [&str; 2]) -> anyhow::Result<
             .with_context(|| format!("attaching {prog} to {}", root.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_registers_are_read_through_one_window_where_they_fit() {
+        // x86_64: di, si, dx, r10.
+        assert_eq!(regs_window([112, 104, 96, 56]), (56, [7, 6, 5, 0]));
+        // aarch64: orig_x0 far from regs[1..3].
+        assert_eq!(regs_window([272, 8, 16, 24]), (8, [REGS_OUTSIDE, 0, 1, 2]));
+    }
 }
