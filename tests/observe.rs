@@ -259,3 +259,30 @@ fn attach_watches_a_running_process_and_its_children() {
     waiter.stdin.take().unwrap().write_all(b"x\n").unwrap();
     waiter.wait().unwrap();
 }
+
+/// `watcher status` reports each kernel program's runs and run time while the kernel's BPF
+/// run-time statistics are on (the benchmark prices every program with them).
+#[test]
+fn status_reports_what_each_kernel_program_costs() {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let d = Daemon::start();
+    let runs = |st: &Value, name: &str| -> (u64, u64) {
+        let p = st["programs"]
+            .as_array()
+            .expect("status has programs")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no program {name} in {st}"));
+        (p["runs"].as_u64().unwrap(), p["run_ns"].as_u64().unwrap())
+    };
+    let before = std::fs::read_to_string(STATS)
+        .unwrap_or_else(|e| panic!("{STATS}: {e} (BPF run-time statistics need Linux 5.1)"));
+    let (r0, t0) = runs(&d.status(), "sys_exit_openat");
+    std::fs::write(STATS, "1").unwrap();
+    let (_, code) = d.launch("for i in 1 2 3 4 5; do cat /etc/hostname > /dev/null; done");
+    std::fs::write(STATS, before.trim()).unwrap();
+    assert_eq!(code, 0);
+    let (r1, t1) = runs(&d.status(), "sys_exit_openat");
+    assert!(r1 >= r0 + 5, "sys_exit_openat ran {} times", r1 - r0);
+    assert!(t1 > t0, "no run time counted");
+}
