@@ -252,7 +252,7 @@ impl Cgroups {
 
 /// Waits until the cgroup's `cgroup.events` says `frozen` is `want`. The kernel freezes each
 /// task on its way back to user space and flips the file when the last one has; it wakes
-/// pollers of the file (POLLPRI) on every change, so this sleeps rather than re-reads.
+/// pollers of the file (POLLPRI) on every change, so this mostly sleeps.
 fn wait_events(dir: &Path, want: bool, limit: Duration) -> Result<(), FreezeError> {
     use std::{
         io::{Read as _, Seek as _},
@@ -280,10 +280,10 @@ fn wait_events(dir: &Path, want: bool, limit: Duration) -> Result<(), FreezeErro
             events: libc::POLLPRI,
             revents: 0,
         };
-        // Bounded, so a directory removed meanwhile cannot leave us waiting for the limit.
-        let ms = left.as_millis().clamp(1, 100) as i32;
+        // The kernel delivers the notification from a workqueue, which a busy CPU can delay
+        // by milliseconds; a read every millisecond bounds that (and a removed directory).
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, ms) };
+        unsafe { libc::poll(&mut p, 1, 1) };
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Args {
     /// Holds per session size in the hold-latency benchmark.
     #[arg(long, default_value_t = 20)]
     hold_rounds: usize,
+    /// Session sizes (processes) of the hold-latency benchmark.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
+    hold_sizes: Vec<usize>,
     /// Run only these parts (storms, build, rules, holds); all when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -296,7 +299,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         rules_throughput(&bin)?;
     }
     if wanted(&a, "holds") {
-        holds(&bin, &dir, a.hold_rounds)?;
+        holds(&bin, &dir, a.hold_rounds, &a.hold_sizes)?;
     }
     remove_bench_cgroups();
     let _ = std::fs::remove_dir_all(&dir);
@@ -506,7 +509,7 @@ fn real_workload(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
 /// Event-to-frozen latency of holds, and kill-switch engage-to-frozen, for sessions of 1, 10
 /// and 100 processes. Baseline in the same run: freezing an equal cgroup by hand (write
 /// `cgroup.freeze`, wait for `frozen 1`), i.e. the kernel's own cost.
-fn holds(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+fn holds(bin: &Path, dir: &Path, rounds: usize, sizes: &[usize]) -> anyhow::Result<()> {
     let tool = dir.join("held-tool");
     std::fs::write(&tool, "#!/bin/sh\ntrue\n")?;
     std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -534,7 +537,7 @@ fn holds(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|");
     let mut ks_rows = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for n in [1usize, 10, 100] {
+    for &n in sizes {
         let mut lat = hdrhistogram::Histogram::<u64>::new(3)?;
         let mut base = hdrhistogram::Histogram::<u64>::new(3)?;
         let mut ks = hdrhistogram::Histogram::<u64>::new(3)?;
