@@ -104,6 +104,18 @@ fn watched_session_produces_exactly_its_events() {
             .any(|f| f["pid"] == root && f["child_pid"] == subshell),
         "the subshell was forked by the root: {forks:#?}"
     );
+    // Opens and connects carry the parent recorded when the process was forked.
+    let mut checked = 0;
+    for o in of_type(&events, "open")
+        .into_iter()
+        .chain(of_type(&events, "connect"))
+    {
+        if let Some(f) = forks.iter().find(|f| f["child_pid"] == o["pid"]) {
+            assert_eq!(o["ppid"], f["pid"], "{o}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no open or connect by a forked process");
 
     // Exit codes are reported, and the root's is the command's.
     let root_exit = of_type(&events, "exit")

@@ -188,7 +188,10 @@ pub struct Watch {
     pub session_id: u64,
     /// Agent profile index + 1, 0 when none.
     pub profile: u32,
-    pub _pad: u32,
+    /// The parent's tgid when the process was forked or first watched: the `ppid` of its
+    /// records other than exec, fork and exit (which read the current parent), so most records
+    /// cost no kernel reads for it. The process tree in user space keeps the same parent.
+    pub ppid: u32,
 }
 
 /// Key of the `AGENTS` map: a basename, zero-padded.

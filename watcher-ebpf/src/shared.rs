@@ -132,8 +132,9 @@ pub fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok() }
 }
 
+/// The current parent's tgid (two kernel reads).
 #[inline(always)]
-fn parent_tgid(cfg: &ProbeConfig) -> u32 {
+pub fn parent_tgid(cfg: &ProbeConfig) -> u32 {
     let parent: *const u8 = match read_kernel(current_task(), cfg.task_real_parent) {
         Some(p) => p,
         None => return 0,
@@ -142,7 +143,7 @@ fn parent_tgid(cfg: &ProbeConfig) -> u32 {
 }
 
 #[inline(always)]
-pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, cfg: &ProbeConfig) {
+pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, ppid: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `hdr` points into a ring-buffer reservation of the right size.
     unsafe {
@@ -153,7 +154,7 @@ pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, cfg:
         (*hdr).cgroup_id = bpf_get_current_cgroup_id();
         (*hdr).pid = pid_tgid as u32;
         (*hdr).tgid = (pid_tgid >> 32) as u32;
-        (*hdr).ppid = parent_tgid(cfg);
+        (*hdr).ppid = ppid;
         (*hdr).uid = bpf_get_current_uid_gid() as u32;
         (*hdr).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }

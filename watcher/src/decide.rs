@@ -169,7 +169,7 @@ pub fn adopt_sessions(shared: &Shared) {
         let watch = watcher_common::Watch {
             session_id,
             profile: 0,
-            _pad: 0,
+            ppid: 0,
         };
         {
             let seeds = shared.seeds.lock().unwrap_or_else(|e| e.into_inner());

@@ -42,7 +42,12 @@ fn try_exit(ctx: &TracePointContext, by_fd: bool) -> Result<(), i64> {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ChdirEvent>().
     unsafe {
-        fill_header(&raw mut (*ev).hdr, EventKind::Chdir, watch.session_id, &cfg);
+        fill_header(
+            &raw mut (*ev).hdr,
+            EventKind::Chdir,
+            watch.session_id,
+            watch.ppid,
+        );
         (*ev).result = ret;
         (*ev).fd = if by_fd { args[0] as i32 } else { -1 };
         (*ev)._pad = 0;

@@ -47,7 +47,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
             &raw mut (*ev).hdr,
             EventKind::Connect,
             watch.session_id,
-            &cfg,
+            watch.ppid,
         );
         (*ev).result = ret;
         if refused {

@@ -17,8 +17,8 @@ use watcher_common::{
 
 use crate::shared::{
     alert, config, count_drop, current_task, current_tgid, enforce_halt, fast_act, fast_lookup,
-    fill_header, read_kernel, scratch_key, watch_of, AGENTS, EVENTS, FAST_EXEC, SCRATCH_PATH,
-    WATCHED,
+    fill_header, parent_tgid, read_kernel, scratch_key, watch_of, AGENTS, EVENTS, FAST_EXEC,
+    SCRATCH_PATH, WATCHED,
 };
 
 #[tracepoint]
@@ -40,7 +40,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
             let w = Watch {
                 session_id: new_session_id(),
                 profile,
-                _pad: 0,
+                ppid: parent_tgid(&cfg),
             };
             WATCHED.insert(&tgid, &w, 0)?;
             flags |= EVENT_FLAG_SESSION_START;
@@ -65,7 +65,12 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ExecEvent>().
     unsafe {
-        fill_header(&raw mut (*ev).hdr, EventKind::Exec, watch.session_id, &cfg);
+        fill_header(
+            &raw mut (*ev).hdr,
+            EventKind::Exec,
+            watch.session_id,
+            parent_tgid(&cfg),
+        );
         (*ev).profile = watch.profile;
         if read_filename(ctx, &cfg, &mut (*ev).filename).is_err() {
             (*ev).filename[0] = 0;

@@ -4,8 +4,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ExitEvent};
 
 use crate::shared::{
-    config, count_drop, current_task, current_tgid, fill_header, read_kernel, watch_of, EVENTS,
-    WATCHED,
+    config, count_drop, current_task, current_tgid, fill_header, parent_tgid, read_kernel,
+    watch_of, EVENTS, WATCHED,
 };
 
 #[tracepoint]
@@ -35,7 +35,12 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ExitEvent>().
     unsafe {
-        fill_header(&raw mut (*ev).hdr, EventKind::Exit, watch.session_id, &cfg);
+        fill_header(
+            &raw mut (*ev).hdr,
+            EventKind::Exit,
+            watch.session_id,
+            parent_tgid(&cfg),
+        );
         (*ev).exit_code = read_kernel::<u32>(current_task(), cfg.task_exit_code).unwrap_or(0);
         (*ev)._pad = 0;
     }

@@ -3,10 +3,11 @@
 //! watched process joins its session here, in the kernel, so it is watched from its first
 //! instruction.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::{EventKind, ForkEvent};
+use watcher_common::{EventKind, ForkEvent, Watch};
 
 use crate::shared::{
-    config, count_drop, current_tgid, enforce_halt, fill_header, watch_of, EVENTS, WATCHED,
+    config, count_drop, current_tgid, enforce_halt, fill_header, parent_tgid, watch_of, EVENTS,
+    WATCHED,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -30,7 +31,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let clone_flags: u64 = unsafe { ctx.read_at(cfg.newtask_clone_flags as usize)? };
     let is_thread = clone_flags & CLONE_THREAD != 0;
     if !is_thread {
-        WATCHED.insert(&child, &watch, 0)?;
+        let child_watch = Watch {
+            ppid: current_tgid(),
+            ..watch
+        };
+        WATCHED.insert(&child, &child_watch, 0)?;
     }
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_drop(EventKind::Fork);
@@ -39,7 +44,12 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ForkEvent>().
     unsafe {
-        fill_header(&raw mut (*ev).hdr, EventKind::Fork, watch.session_id, &cfg);
+        fill_header(
+            &raw mut (*ev).hdr,
+            EventKind::Fork,
+            watch.session_id,
+            parent_tgid(&cfg),
+        );
         (*ev).child_pid = child;
         (*ev).is_thread = is_thread as u32;
         (*ev).clone_flags = clone_flags;

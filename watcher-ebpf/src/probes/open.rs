@@ -75,7 +75,12 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<OpenEvent>().
     unsafe {
-        fill_header(&raw mut (*ev).hdr, EventKind::Open, watch.session_id, &cfg);
+        fill_header(
+            &raw mut (*ev).hdr,
+            EventKind::Open,
+            watch.session_id,
+            watch.ppid,
+        );
         (*ev).result = ret;
         (*ev).dfd = dfd as i32;
         (*ev).flags = flags;

@@ -40,7 +40,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
             &raw mut (*ev).hdr,
             EventKind::Ptrace,
             watch.session_id,
-            &cfg,
+            watch.ppid,
         );
         (*ev).target = pid as u32;
         (*ev).request = request as u32;

@@ -41,7 +41,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
             &raw mut (*ev).hdr,
             EventKind::Signal,
             watch.session_id,
-            &cfg,
+            watch.ppid,
         );
         (*ev).target = target;
         (*ev).sig = sig;

@@ -491,7 +491,7 @@ fn start_session(
     let watch = Watch {
         session_id,
         profile: 0,
-        _pad: 0,
+        ppid: 0,
     };
     let seeds = shared
         .seeds

@@ -259,7 +259,12 @@ impl Kernel {
         out
     }
 
+    /// Watches `tgid` (its `ppid` is taken from /proc here).
     pub fn watch(&mut self, tgid: u32, w: Watch) -> anyhow::Result<()> {
+        let w = Watch {
+            ppid: crate::control::server::ppid_of(tgid),
+            ..w
+        };
         self.watched
             .insert(tgid, w, 0)
             .with_context(|| format!("adding pid {tgid} to the kernel map"))
