@@ -1,7 +1,7 @@
 //! Intake: drains the kernel ring buffer, decodes records, keeps the process tree, resolves
-//! paths and attaches the session's trace id. The reader hands records to the pipeline through
-//! a lock-free single-producer queue; when the pipeline falls behind, the reader stops draining
-//! and the kernel counts what it cannot reserve, per event kind (nothing is lost silently).
+//! paths and attaches the session's trace id, on one thread. When it falls behind, the kernel
+//! ring holds the backlog and counts what it cannot reserve, per event kind (nothing is lost
+//! silently).
 pub mod decode;
 pub mod tree;
 
@@ -11,11 +11,6 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use ringbuf::{
-    traits::{Consumer, Producer, Split},
-    HeapRb,
-};
-use tokio::sync::Notify;
 use watcher_common::{
     EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
 };
@@ -32,57 +27,47 @@ use crate::{
     sessions::{new_trace_id, Session},
 };
 
-/// Records in flight between reader and pipeline.
-const HANDOFF: usize = 65536;
-
-/// Starts the reader (its own thread) and the pipeline (a task); they run until the process
-/// ends.
+/// Starts the reader and the alert thread; they run until the process ends.
 pub fn spawn(
     (events, alerts): (RingBuf<MapData>, RingBuf<MapData>),
     shared: Arc<Shared>,
     seeds: std::sync::mpsc::Receiver<Seed>,
 ) -> anyhow::Result<()> {
-    let (prod, mut cons) = HeapRb::<Record>::new(HANDOFF).split();
-    let ready = Arc::new(Notify::new());
+    let runtime = tokio::runtime::Handle::current();
     let reader = Reader {
         events,
-        prod,
-        ready: ready.clone(),
         batch_wait: shared.config.daemon.batch_wait,
+        intake: Intake::new(shared.clone(), seeds),
         shared: shared.clone(),
     };
     std::thread::Builder::new()
-        .name("intake-reader".into())
-        .spawn(move || reader.run())
-        .map_err(|e| anyhow::anyhow!("starting the intake reader thread: {e}"))?;
+        .name("intake".into())
+        .spawn(move || {
+            // Holds and tamper actions start blocking work on the runtime.
+            let _rt = runtime.enter();
+            reader.run()
+        })
+        .map_err(|e| anyhow::anyhow!("starting the intake thread: {e}"))?;
     let alerts = Alerts {
         ring: alerts,
-        shared: shared.clone(),
+        shared,
     };
     std::thread::Builder::new()
         .name("intake-alerts".into())
         .spawn(move || alerts.run())
         .map_err(|e| anyhow::anyhow!("starting the alert thread: {e}"))?;
-
-    tokio::spawn(async move {
-        let mut intake = Intake::new(shared, seeds);
-        loop {
-            while let Some(rec) = cons.try_pop() {
-                intake.process(rec);
-            }
-            ready.notified().await;
-        }
-    });
     Ok(())
 }
 
-/// Drains the record ring on a thread of its own. While records keep coming it sleeps
-/// `batch_wait` between drains; when a drain finds nothing it blocks until the kernel wakes it.
+/// Drains the record ring and runs each record through the pipeline, on a thread of its own.
+/// While records keep coming it sleeps `batch_wait` between drains; when a drain finds nothing
+/// it blocks until the kernel wakes it. One thread for both: handing records to another
+/// thread cost a second wake-up per batch, more than the pipeline's own work at agent rates.
+/// Everything slow (hold records, kill-switch) is started on the runtime, not done here.
 struct Reader {
     events: RingBuf<MapData>,
-    prod: ringbuf::HeapProd<Record>,
-    ready: Arc<Notify>,
     batch_wait: Duration,
+    intake: Intake,
     shared: Arc<Shared>,
 }
 
@@ -99,9 +84,9 @@ impl Reader {
         }
     }
 
-    /// Hands every waiting record to the pipeline; returns how many.
+    /// Processes every waiting record; returns how many.
     fn drain(&mut self) -> u32 {
-        let mut pushed = 0u32;
+        let mut n = 0u32;
         while let Some(item) = self.events.next() {
             let rec = match decode(&item) {
                 Ok(r) => r,
@@ -124,25 +109,10 @@ impl Reader {
                     .cgroups
                     .freeze_id(hdr.cgroup_id, hdr.ts_ns);
             }
-            let mut rec = rec;
-            while let Err(back) = self.prod.try_push(rec) {
-                // The pipeline is behind: let it catch up; the kernel ring holds the rest,
-                // and counts what it cannot hold.
-                rec = back;
-                self.ready.notify_one();
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            pushed += 1;
-            // Wake the pipeline once per batch, not per record: a wake-up costs more than
-            // processing a record.
-            if pushed.is_multiple_of(256) {
-                self.ready.notify_one();
-            }
+            self.intake.process(rec);
+            n += 1;
         }
-        if pushed > 0 {
-            self.ready.notify_one();
-        }
-        pushed
+        n
     }
 }
 
