@@ -27,6 +27,12 @@ use crate::{
     sessions::{new_trace_id, Session},
 };
 
+/// Decoded records waiting for the pipeline: a burst waits here, in user memory, rather than
+/// filling the kernel's ring (which would then have to drop).
+const QUEUE: usize = 65536;
+/// Records processed between two looks at the kernel's ring.
+const SLICE: usize = 4096;
+
 /// Starts the reader and the alert thread; they run until the process ends.
 pub fn spawn(
     (events, alerts): (RingBuf<MapData>, RingBuf<MapData>),
@@ -36,6 +42,7 @@ pub fn spawn(
     let runtime = tokio::runtime::Handle::current();
     let reader = Reader {
         events,
+        queue: std::collections::VecDeque::with_capacity(QUEUE),
         batch_wait: shared.config.daemon.batch_wait,
         intake: Intake::new(shared.clone(), seeds),
         shared: shared.clone(),
@@ -66,6 +73,7 @@ pub fn spawn(
 /// Everything slow (hold records, kill-switch) is started on the runtime, not done here.
 struct Reader {
     events: RingBuf<MapData>,
+    queue: std::collections::VecDeque<Record>,
     batch_wait: Duration,
     intake: Intake,
     shared: Arc<Shared>,
@@ -87,7 +95,28 @@ impl Reader {
     /// Processes every waiting record; returns how many.
     fn drain(&mut self) -> u32 {
         let mut n = 0u32;
-        while let Some(item) = self.events.next() {
+        loop {
+            self.fill();
+            if self.queue.is_empty() {
+                return n;
+            }
+            for _ in 0..SLICE {
+                let Some(rec) = self.queue.pop_front() else {
+                    break;
+                };
+                self.intake.process(rec);
+                n += 1;
+            }
+        }
+    }
+
+    /// Moves records from the kernel's ring into the queue until the ring is empty or the
+    /// queue full.
+    fn fill(&mut self) {
+        while self.queue.len() < QUEUE {
+            let Some(item) = self.events.next() else {
+                return;
+            };
             let rec = match decode(&item) {
                 Ok(r) => r,
                 Err(e) => {
@@ -109,10 +138,8 @@ impl Reader {
                     .cgroups
                     .freeze_id(hdr.cgroup_id, hdr.ts_ns);
             }
-            self.intake.process(rec);
-            n += 1;
+            self.queue.push_back(rec);
         }
-        n
     }
 }
 
