@@ -481,6 +481,54 @@ fn the_kill_switch_stops_every_session_and_nothing_else() {
 }
 
 #[test]
+fn a_protected_file_created_after_start_is_protected_too() {
+    let work = TempDir::new("protect-new");
+    let keys = work.0.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let d = Daemon::start_with(&format!(
+        "[holds]\nprotected = [\"{}/id_*\"]\n",
+        keys.display()
+    ));
+    let protected = |d: &Daemon| d.status()["holds"]["protected_files"].as_u64().unwrap();
+    assert_eq!(protected(&d), 0, "no key exists yet");
+    // A key written later, by the usual write-then-rename.
+    let key = keys.join("id_new");
+    std::fs::write(keys.join(".tmp-key"), "new-secret\n").unwrap();
+    std::fs::rename(keys.join(".tmp-key"), &key).unwrap();
+    let start = Instant::now();
+    while protected(&d) != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new key was not marked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let w = work.0.display().to_string();
+    let (mut child, trace) = launch_bg(
+        &d,
+        &format!(
+            "cat {} > {w}/out 2> {w}/err; echo \"rc=$?\" > {w}/rc",
+            key.display()
+        ),
+    );
+    let hold = await_hold(&d, &trace);
+    assert_eq!(hold["kind"], "protected_open");
+    assert_eq!(hold["trigger"]["path"], key.display().to_string());
+    assert!(d
+        .cli()
+        .args(["deny", hold["id"].as_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(format!("{w}/rc")).unwrap().trim(),
+        "rc=1"
+    );
+    assert_eq!(std::fs::read_to_string(format!("{w}/out")).unwrap(), "");
+}
+
+#[test]
 fn a_protected_open_waits_for_the_verdict() {
     let work = TempDir::new("protect");
     let w = work.0.display().to_string();

@@ -52,6 +52,8 @@ pub struct Counters {
     pub holds: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_errors: AtomicU64,
+    /// Files with a fanotify mark (protected paths).
+    pub protected_files: AtomicU64,
 }
 
 /// The policy in force, with the part compiled into the kernel.

@@ -1,12 +1,14 @@
 //! Protected paths: an open of a protected file by a watched process waits in the kernel for a
 //! human's verdict (fanotify permission events), before the open happens. Unwatched processes
 //! are answered at once. fanotify marks inodes, so the protected list is expanded to the files
-//! that exist when the daemon starts (and on reload of the configuration, i.e. a restart).
+//! that exist when the daemon starts; the directories they live in are watched (inotify), and a
+//! matching file created or renamed there later is marked too. (Marking the directories for
+//! permission events instead would make every open in a home directory wait on the daemon.)
 use std::{
     collections::HashMap,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
 };
 
 use crate::{
@@ -21,56 +23,59 @@ pub struct Protect {
     fd: OwnedFd,
     /// Hold id -> the fanotify event's file descriptor, until the verdict is written.
     pending: Mutex<HashMap<String, OwnedFd>>,
-    pub files: Vec<PathBuf>,
+    /// The files marked so far.
+    files: Mutex<std::collections::BTreeSet<PathBuf>>,
+    patterns: Vec<String>,
+    /// Keeps the directory watch alive.
+    dirs: Mutex<Option<notify::RecommendedWatcher>>,
+}
+
+/// The patterns with `~/` made into a path per home (a glob may remain in the last component).
+fn candidates(patterns: &[String]) -> Vec<PathBuf> {
+    let homes = crate::rules::compile::homes();
+    let mut out = Vec::new();
+    for p in patterns {
+        match p.strip_prefix("~/") {
+            Some(rest) => {
+                for h in &homes {
+                    if let Some(base) = h.strip_suffix("/*") {
+                        if let Ok(rd) = std::fs::read_dir(base) {
+                            out.extend(rd.flatten().map(|e| e.path().join(rest)));
+                        }
+                    } else {
+                        out.push(Path::new(h).join(rest));
+                    }
+                }
+            }
+            None => out.push(PathBuf::from(p)),
+        }
+    }
+    out
 }
 
 /// `~/` patterns for every home, globs by listing their directory (`*` in the last component
 /// only); files only, `*.pub` left out.
 pub fn expand(patterns: &[String]) -> Vec<PathBuf> {
-    let homes = crate::rules::compile::homes();
     let mut out = Vec::new();
-    for p in patterns {
-        let candidates: Vec<String> = match p.strip_prefix("~/") {
-            Some(rest) => homes
-                .iter()
-                .flat_map(|h| {
-                    if let Some(base) = h.strip_suffix("/*") {
-                        std::fs::read_dir(base)
-                            .map(|rd| {
-                                rd.filter_map(|e| {
-                                    Some(format!("{}/{rest}", e.ok()?.path().to_str()?))
-                                })
-                                .collect::<Vec<_>>()
-                            })
-                            .unwrap_or_default()
-                    } else {
-                        vec![format!("{h}/{rest}")]
-                    }
-                })
-                .collect(),
-            None => vec![p.clone()],
-        };
-        for c in candidates {
-            let path = Path::new(&c);
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.contains('*') {
-                let Some(dir) = path.parent() else { continue };
-                let Ok(glob) = globset::Glob::new(name) else {
-                    continue;
-                };
-                let m = glob.compile_matcher();
-                if let Ok(rd) = std::fs::read_dir(dir) {
-                    for e in rd.flatten() {
-                        let f = e.file_name();
-                        let f = f.to_string_lossy();
-                        if m.is_match(f.as_ref()) && !f.ends_with(".pub") && e.path().is_file() {
-                            out.push(e.path());
-                        }
+    for path in candidates(patterns) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.contains('*') {
+            let Some(dir) = path.parent() else { continue };
+            let Ok(glob) = globset::Glob::new(name) else {
+                continue;
+            };
+            let m = glob.compile_matcher();
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let f = e.file_name();
+                    let f = f.to_string_lossy();
+                    if m.is_match(f.as_ref()) && !f.ends_with(".pub") && e.path().is_file() {
+                        out.push(e.path());
                     }
                 }
-            } else if path.is_file() {
-                out.push(path.to_path_buf());
             }
+        } else if path.is_file() {
+            out.push(path);
         }
     }
     out.sort();
@@ -78,12 +83,24 @@ pub fn expand(patterns: &[String]) -> Vec<PathBuf> {
     out
 }
 
+/// The existing directories protected files are (or may appear) in.
+fn directories(patterns: &[String]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = candidates(patterns)
+        .iter()
+        .filter_map(|p| p.parent().filter(|d| d.is_dir()).map(Path::to_path_buf))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 impl Protect {
-    /// Marks the protected files and starts answering their opens. None when the list is
-    /// empty (nothing to mark).
+    /// Marks the protected files, watches their directories for new ones, and starts answering
+    /// their opens. None when there is nothing to mark and no directory to watch.
     pub fn start(shared: Arc<Shared>) -> anyhow::Result<Option<Arc<Protect>>> {
-        let files = expand(&shared.config.holds.protected);
-        if files.is_empty() {
+        let patterns = shared.config.holds.protected.clone();
+        let dirs = directories(&patterns);
+        if dirs.is_empty() && expand(&patterns).is_empty() {
             return Ok(None);
         }
         // SAFETY: plain syscall; the result is checked.
@@ -99,33 +116,21 @@ impl Protect {
                 std::io::Error::last_os_error()
             ));
         }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        for f in &files {
-            let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
-            // SAFETY: valid descriptor and C string.
-            let r = unsafe {
-                libc::fanotify_mark(
-                    fd.as_raw_fd(),
-                    libc::FAN_MARK_ADD,
-                    libc::FAN_OPEN_PERM,
-                    libc::AT_FDCWD,
-                    c.as_ptr(),
-                )
-            };
-            if r < 0 {
-                tracing::warn!(path = %f.display(), "cannot protect: {}", std::io::Error::last_os_error());
-            }
-        }
+        let p = Arc::new(Protect {
+            // SAFETY: a fresh descriptor we own.
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            pending: Mutex::new(HashMap::new()),
+            files: Mutex::new(Default::default()),
+            patterns,
+            dirs: Mutex::new(None),
+        });
+        p.refresh(&shared);
         tracing::info!(
-            files = files.len(),
+            files = p.files.lock().map(|f| f.len()).unwrap_or(0),
+            directories = dirs.len(),
             "protected paths: opens by watched processes wait for a verdict"
         );
-        let p = Arc::new(Protect {
-            fd,
-            pending: Mutex::new(HashMap::new()),
-            files,
-        });
+        p.watch_directories(&shared, &dirs);
         let (p2, s2) = (p.clone(), shared.clone());
         std::thread::Builder::new()
             .name("protect".into())
@@ -135,6 +140,84 @@ impl Protect {
             .approvals
             .set_verdict_hook(Box::new(move |hold, allow| p3.verdict(hold, allow)));
         Ok(Some(p))
+    }
+
+    /// Marks every file the patterns match now that is not marked yet.
+    fn refresh(&self, shared: &Shared) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        for f in expand(&self.patterns) {
+            if files.contains(&f) {
+                continue;
+            }
+            match self.mark(&f) {
+                Ok(()) => {
+                    tracing::debug!(path = %f.display(), "protected");
+                    files.insert(f);
+                }
+                Err(e) => tracing::warn!(path = %f.display(), "cannot protect: {e}"),
+            }
+        }
+        shared
+            .counters
+            .protected_files
+            .store(files.len() as u64, Ordering::Relaxed);
+    }
+
+    fn mark(&self, path: &Path) -> std::io::Result<()> {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: valid descriptor and C string.
+        let r = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_ADD,
+                libc::FAN_OPEN_PERM,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Marks files that appear later in the protected files' directories.
+    fn watch_directories(self: &Arc<Self>, shared: &Arc<Shared>, dirs: &[PathBuf]) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                // A new name in the directory: created, or renamed into place.
+                if matches!(
+                    ev.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                ) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut w = match w {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch for new protected files: {e}");
+                return;
+            }
+        };
+        for d in dirs {
+            if let Err(e) = notify::Watcher::watch(&mut w, d, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %d.display(), "cannot watch for new protected files: {e}");
+            }
+        }
+        *self.dirs.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        let (p, s) = (self.clone(), shared.clone());
+        let _ = std::thread::Builder::new()
+            .name("protect-dirs".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    while rx.try_recv().is_ok() {}
+                    p.refresh(&s);
+                }
+            });
     }
 
     fn run(&self, shared: Arc<Shared>) {

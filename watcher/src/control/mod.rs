@@ -145,6 +145,9 @@ pub struct HoldsStatus {
     /// Kernel event to "whole session frozen".
     pub freeze_us_p50: u64,
     pub freeze_us_p99: u64,
+    /// Protected files whose opens wait for a verdict (found at start or created since).
+    #[serde(default)]
+    pub protected_files: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

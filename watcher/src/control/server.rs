@@ -379,6 +379,7 @@ fn holds_status(shared: &Shared) -> HoldsStatus {
         kill_switch: shared.approvals.kill_switch().unwrap_or_default(),
         freeze_us_p50: p50,
         freeze_us_p99: p99,
+        protected_files: shared.counters.protected_files.load(Ordering::Relaxed),
     }
 }
 
