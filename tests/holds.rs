@@ -480,6 +480,83 @@ fn the_kill_switch_stops_every_session_and_nothing_else() {
     let _ = d.cli().args(["kill-switch", "release"]).output();
 }
 
+/// An agent started outside the watcher is matched at exec and becomes a session. A child it
+/// forks before the daemon has seen the session still ends up in the session's cgroup, where a
+/// hold freezes it with the rest.
+#[test]
+fn a_matched_agent_is_a_session_with_every_child_in_its_cgroup() {
+    let work = TempDir::new("matcher");
+    let w = work.0.display().to_string();
+    let name = format!("fake-agent-{}", common::rand_suffix() % 1_000_000);
+    let agent = work.0.join(&name);
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\nsleep 600 &\necho $! > {w}/child.tmp\nmv {w}/child.tmp {w}/child\nwait\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start_with(&format!(
+        "[[agents]]\nprofile = \"fake\"\nmatch = [\"{name}\"]\n"
+    ));
+    // Not this test's stdout: a process left behind must not hold the harness's pipes.
+    let root = Command::new(&agent)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reap = Reap(root, None);
+    let start = Instant::now();
+    let waited = || {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let child: u32 = loop {
+        if let Ok(t) = std::fs::read_to_string(format!("{w}/child")) {
+            break t.trim().parse().unwrap();
+        }
+        waited();
+    };
+    reap.1 = Some(child);
+    let root = reap.0.id();
+    let trace = loop {
+        let st = d.status();
+        let found = st["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["root_pid"] == root && s["started_by"] == "matcher");
+        if let Some(s) = found {
+            assert_eq!(s["profile"], "fake");
+            break s["trace_id"].as_str().unwrap().to_string();
+        }
+        waited();
+    };
+    let in_session = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap_or_default()
+            .contains(&format!("/{trace}"))
+    };
+    while !(in_session(root) && in_session(child)) {
+        waited();
+    }
+}
+
+/// Kills the agent and its child when the test ends, passed or not.
+struct Reap(Child, Option<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(pid) = self.1 {
+            // SAFETY: plain syscall on a process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_protected_file_created_after_start_is_protected_too() {
     let work = TempDir::new("protect-new");

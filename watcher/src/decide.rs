@@ -201,6 +201,7 @@ pub fn adopt_sessions(shared: &Shared) {
                 processes: pids.len() as u32,
                 events: 0,
                 ended: None,
+                cgroup_id: cg.id(&trace),
             });
         tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
     }

@@ -85,6 +85,14 @@ impl Cgroups {
         Ok(dir)
     }
 
+    /// The session cgroup's id: its directory's inode, which the kernel stamps on every record
+    /// of a process in it.
+    pub fn id(&self, trace: &str) -> Option<u64> {
+        std::fs::metadata(self.dir(trace))
+            .ok()
+            .map(|md| std::os::unix::fs::MetadataExt::ino(&md))
+    }
+
     fn remember_id(&self, dir: &Path) {
         if let Ok(md) = std::fs::metadata(dir) {
             self.by_id

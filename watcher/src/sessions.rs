@@ -19,6 +19,9 @@ pub struct Session {
     pub processes: u32,
     pub events: u64,
     pub ended: Option<String>,
+    /// The session cgroup's id (see `freeze::Cgroups::id`); None without a cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
 }
 
 #[derive(Debug, Default)]

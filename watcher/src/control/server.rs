@@ -551,6 +551,7 @@ fn start_session(
             processes: pids.len() as u32,
             events: 0,
             ended: None,
+            cgroup_id: shared.approvals.cgroups.id(&trace_id),
         });
     tracing::info!(%trace_id, pid, how, "session started");
     Ok(Reply::Started { trace_id, pids })

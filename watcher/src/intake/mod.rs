@@ -325,7 +325,8 @@ impl Intake {
         let Some(detail) = self.apply(rec, &hdr, &comm) else {
             return;
         };
-        let (trace_id, profile) = {
+        let mut new_matcher_session = false;
+        let (trace_id, profile, stray) = {
             let mut sessions = self
                 .shared
                 .sessions
@@ -338,10 +339,13 @@ impl Intake {
                     _ => None,
                 };
                 let trace_id = new_trace_id();
-                if let Err(e) = self.shared.approvals.cgroups.create(&trace_id, &[hdr.tgid]) {
+                let cgroups = &self.shared.approvals.cgroups;
+                if let Err(e) = cgroups.create(&trace_id, &[hdr.tgid]) {
                     tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
                 }
+                new_matcher_session = true;
                 sessions.start(Session {
+                    cgroup_id: cgroups.id(&trace_id),
                     trace_id,
                     session_id: hdr.session_id,
                     profile,
@@ -357,13 +361,21 @@ impl Intake {
             s.events += 1;
             let trace = s.trace_id.clone();
             let profile = s.profile.clone();
+            // A process of the session outside its cgroup would keep running through a hold.
+            let stray = s.cgroup_id.is_some_and(|id| id != hdr.cgroup_id)
+                && !matches!(detail, Detail::Exit { .. });
             match &detail {
                 Detail::Fork { thread: false, .. } => s.processes += 1,
                 Detail::Exit { .. } => sessions.process_exited(hdr.session_id, &ts_text()),
                 _ => {}
             }
-            (trace, profile)
+            (trace, profile, stray)
         };
+        if new_matcher_session {
+            self.gather(&trace_id, hdr.session_id);
+        } else if stray {
+            self.move_into_session(&trace_id, hdr.tgid);
+        }
         let ev = self.shared.publish(Event {
             seq: 0,
             ts: Ts(ts),
@@ -386,6 +398,27 @@ impl Intake {
             hdr.flags & EVENT_FLAG_FAST_PATH != 0,
             hdr.session_id,
         );
+    }
+
+    /// Moves every process the kernel counts in a session the kernel started (agent matcher)
+    /// into its new cgroup: children forked before intake saw the session are not in it yet.
+    fn gather(&self, trace: &str, session_id: u64) {
+        let pids = self
+            .shared
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pids_of_session(session_id);
+        for pid in pids {
+            self.move_into_session(trace, pid);
+        }
+    }
+
+    /// Puts `pid` into the session's cgroup; it was outside (its record said so).
+    fn move_into_session(&self, trace: &str, pid: u32) {
+        if let Err(e) = self.shared.approvals.cgroups.add(trace, pid) {
+            tracing::warn!(trace_id = %trace, pid, "cannot move into the session cgroup: {e}");
+        }
     }
 
     /// Runs the policy on the event and publishes a finding per rule it completes.

@@ -382,6 +382,16 @@ impl Kernel {
         self.watched.get(&tgid, 0).is_ok()
     }
 
+    /// The processes the kernel counts in a session.
+    pub fn pids_of_session(&self, session_id: u64) -> Vec<u32> {
+        self.watched
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, w)| w.session_id == session_id)
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
     pub fn watched_pids(&self) -> Vec<u32> {
         self.watched.keys().filter_map(Result::ok).collect()
     }
