@@ -41,24 +41,31 @@ fn json_lines(out: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-/// Waits (on the finding stream) for the session's hold and returns it once it is stored.
-fn await_hold(d: &Daemon, trace: &str) -> Value {
+/// The first finding in the session's stream that `wanted` accepts (read as it arrives).
+fn first_finding(d: &Daemon, trace: &str, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
     let mut f = d
         .cli()
         .args(["findings", "--json", "--follow", "--trace", trace])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut id = None;
+    let mut found = None;
     for line in BufReader::new(f.stdout.take().unwrap()).lines() {
         let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if let Some(h) = v["hold"].as_str() {
-            id = Some(h.to_string());
+        if wanted(&v) {
+            found = Some(v);
             break;
         }
     }
     let _ = f.kill();
     let _ = f.wait();
+    found
+}
+
+/// Waits (on the finding stream) for the session's hold and returns it once it is stored.
+fn await_hold(d: &Daemon, trace: &str) -> Value {
+    let id = first_finding(d, trace, |v| v["hold"].is_string())
+        .and_then(|v| v["hold"].as_str().map(str::to_string));
     let id = id.expect("the finding stream ended without a hold");
     // The record is written right after the finding; wait for it.
     let start = Instant::now();
@@ -157,6 +164,20 @@ fn hold_setup(extra_config: &str) -> (TempDir, Daemon, String) {
     (work, d, w)
 }
 
+/// `watcher approve|deny ID`, which must succeed.
+fn verdict(d: &Daemon, verb: &str, hold: &Value) {
+    let out = d
+        .cli()
+        .args([verb, hold["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{verb}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn marker(dir: &str, name: &str) -> bool {
     Path::new(dir).join(format!("marker-{name}")).exists()
 }
@@ -229,16 +250,7 @@ fn deny_kills_and_no_answer_is_deny() {
         &format!("{w}/held-tool denied; echo > {w}/marker-after-deny"),
     );
     let hold = await_hold(&d, &trace);
-    let out = d
-        .cli()
-        .args(["deny", hold["id"].as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    verdict(&d, "deny", &hold);
     let st = wait_exit(&mut child);
     assert!(st.code().is_none(), "the session was not killed: {st:?}");
     assert!(!marker(&w, "denied") && !marker(&w, "after-deny"));
@@ -270,12 +282,7 @@ fn sigcont_does_not_release_a_held_session() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!marker(&w, "cont"), "SIGCONT resumed a held process");
     assert!(frozen(&d, &trace));
-    let out = d
-        .cli()
-        .args(["approve", hold["id"].as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    verdict(&d, "approve", &hold);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     assert!(marker(&w, "cont"));
 }
@@ -316,23 +323,7 @@ fn a_hold_survives_a_daemon_crash() {
 
 /// The first finding of `rule` in the session's stream (read as it arrives).
 fn await_finding(d: &Daemon, trace: &str, rule: &str) -> Value {
-    let mut f = d
-        .cli()
-        .args(["findings", "--json", "--follow", "--trace", trace])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut found = None;
-    for line in BufReader::new(f.stdout.take().unwrap()).lines() {
-        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if v["rule"] == rule {
-            found = Some(v);
-            break;
-        }
-    }
-    let _ = f.kill();
-    let _ = f.wait();
-    found.unwrap_or_else(|| panic!("no {rule} finding"))
+    first_finding(d, trace, |v| v["rule"] == rule).unwrap_or_else(|| panic!("no {rule} finding"))
 }
 
 /// Waits until the session's cgroup reports frozen with processes in it (an empty cgroup
@@ -591,12 +582,7 @@ fn a_protected_file_created_after_start_is_protected_too() {
     let hold = await_hold(&d, &trace);
     assert_eq!(hold["kind"], "protected_open");
     assert_eq!(hold["trigger"]["path"], key.display().to_string());
-    assert!(d
-        .cli()
-        .args(["deny", hold["id"].as_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
+    verdict(&d, "deny", &hold);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     assert_eq!(
         std::fs::read_to_string(format!("{w}/rc")).unwrap().trim(),
@@ -628,12 +614,7 @@ fn a_protected_open_waits_for_the_verdict() {
         "",
         "read before the verdict"
     );
-    assert!(d
-        .cli()
-        .args(["approve", hold["id"].as_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
+    verdict(&d, "approve", &hold);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     assert_eq!(
         std::fs::read_to_string(format!("{w}/out-approved")).unwrap(),
@@ -649,12 +630,7 @@ fn a_protected_open_waits_for_the_verdict() {
         ),
     );
     let hold = await_hold(&d, &trace);
-    assert!(d
-        .cli()
-        .args(["deny", hold["id"].as_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
+    verdict(&d, "deny", &hold);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     assert_eq!(
         std::fs::read_to_string(format!("{w}/rc-denied"))

@@ -120,11 +120,7 @@ impl Reader {
             let rec = match decode(&item) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.shared
-                        .counters
-                        .malformed
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("malformed record: {e}");
+                    malformed(&self.shared, "record", &e);
                     continue;
                 }
             };
@@ -168,13 +164,7 @@ impl Alerts {
                             .freeze_id(a.cgroup_id, a.ts_ns);
                     }
                     Ok(_) => {}
-                    Err(e) => {
-                        self.shared
-                            .counters
-                            .malformed
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("malformed alert: {e}");
-                    }
+                    Err(e) => malformed(&self.shared, "alert", &e),
                 }
             }
         }
@@ -192,6 +182,12 @@ fn realtime_priority() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// Counts and logs a ring entry that could not be decoded.
+fn malformed(shared: &Shared, what: &str, e: &decode::DecodeError) {
+    shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!("malformed {what}: {e}");
 }
 
 /// Blocks until `ring` has data.

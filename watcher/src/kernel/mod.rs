@@ -355,17 +355,21 @@ impl Kernel {
     /// while its count is not 0: the count goes up before an entry is added and down after one
     /// is removed, so a program never skips an entry that is there.
     pub fn set_halt_session(&mut self, session_id: u64, mode: u32) -> anyhow::Result<()> {
-        let count = self.halted_map()?.keys().filter_map(Result::ok).count() as u32;
         if mode == 0 {
             let _ = self.halted_map()?.remove(&session_id);
-            let count = self.halted_map()?.keys().filter_map(Result::ok).count() as u32;
+            let count = self.halted_count()?;
             self.set_halt_slot(1, count)
         } else {
+            let count = self.halted_count()?;
             self.set_halt_slot(1, count + 1)?;
             self.halted_map()?
                 .insert(session_id, mode, 0)
                 .context("setting HALTED")
         }
+    }
+
+    fn halted_count(&mut self) -> anyhow::Result<u32> {
+        Ok(self.halted_map()?.keys().filter_map(Result::ok).count() as u32)
     }
 
     pub fn clear_halted_sessions(&mut self) -> anyhow::Result<()> {
