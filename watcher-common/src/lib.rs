@@ -229,6 +229,35 @@ pub const REGS_WINDOW_SLOTS: usize = 8;
 
 /// Paths the kernel fast path can match (longer ones are left to user space).
 pub const FAST_PATH_MAX: usize = 256;
+/// `PATH_FILTER` words per fast-path table: one bit for each possible pair of bytes after the
+/// leading `/` (65,536 bits).
+pub const PATH_FILTER_WORDS: u32 = 1024;
+/// The table of a `PATH_FILTER` lookup: its words start at `table * PATH_FILTER_WORDS`.
+pub const FILTER_EXEC: u32 = 0;
+pub const FILTER_OPEN: u32 = 1;
+
+/// The `PATH_FILTER` bit for an absolute path whose bytes after the `/` are `b1`, `b2` (`b2`
+/// is 0 when the path is `/` or `/x`): a fast-path entry can only match a path whose bit is set.
+#[inline(always)]
+pub const fn path_filter_bit(b1: u8, b2: u8) -> (u32, u64) {
+    let b2 = if b1 == 0 { 0 } else { b2 };
+    let i = ((b1 as u32) << 8) | b2 as u32;
+    (i / 64, 1u64 << (i % 64))
+}
+
+/// `NET_FILTER` words: 256 bits per address family, one for each possible first byte of a
+/// destination address (IPv4 in words 0..4, IPv6 in 4..8).
+pub const NET_FILTER_WORDS: u32 = 8;
+pub const NET_FILTER_V6: u32 = 4;
+
+/// The `NET_FILTER` word and bit for a destination whose address starts with `b` (`v6`: an
+/// IPv6 address): a `DENY_V4`/`DENY_V6` entry can only match a destination whose bit is set.
+#[inline(always)]
+pub const fn net_filter_bit(v6: bool, b: u8) -> (u32, u64) {
+    let base = if v6 { NET_FILTER_V6 } else { 0 };
+    (base + (b / 64) as u32, 1u64 << (b % 64))
+}
+
 /// Fast-path actions: flag the record only, or SIGKILL at the hook as well.
 pub const FAST_MARK: u32 = 1;
 pub const FAST_KILL: u32 = 2;

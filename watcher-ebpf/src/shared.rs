@@ -1,19 +1,19 @@
 //! Maps and helpers shared by every probe.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_ktime_get_boot_ns, bpf_task_pt_regs,
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+            bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs,
         },
     },
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
-    AgentName, Alert, EventHeader, EventKind, FastNet, FastRule, ProbeConfig, Watch, EVENT_KINDS,
-    FAST_PATH_MAX, PATH_MAX, REGS_OUTSIDE, REGS_WINDOW_SLOTS,
+    net_filter_bit, path_filter_bit, AgentName, Alert, EventHeader, EventKind, FastNet, FastRule,
+    ProbeConfig, Watch, EVENT_KINDS, FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_WORDS, PATH_MAX,
+    REGS_OUTSIDE, REGS_WINDOW_SLOTS,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -156,7 +156,11 @@ pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, ppid
         (*hdr).tgid = (pid_tgid >> 32) as u32;
         (*hdr).ppid = ppid;
         (*hdr).uid = bpf_get_current_uid_gid() as u32;
-        (*hdr).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // Written in place: the helper zeroes the buffer itself when it fails.
+        bpf_get_current_comm(
+            (&raw mut (*hdr).comm).cast(),
+            core::mem::size_of::<[u8; 16]>() as u32,
+        );
     }
 }
 
@@ -183,6 +187,40 @@ pub static DENY_V4: LpmTrie<[u8; 4], FastNet> = LpmTrie::with_max_entries(1024, 
 #[map]
 pub static DENY_V6: LpmTrie<[u8; 16], FastNet> = LpmTrie::with_max_entries(1024, 0);
 
+/// Which pairs of bytes after the leading `/` begin some `FAST_EXEC` (words 0..1024) or
+/// `FAST_OPEN` (1024..2048) entry (`watcher_common::path_filter_bit`). Most paths a process
+/// opens share no first two bytes with any policy path; for them one array load replaces the
+/// key copy and the trie walk.
+#[map]
+pub static PATH_FILTER: Array<u64> = Array::with_max_entries(2 * PATH_FILTER_WORDS, 0);
+
+/// Whether some entry of fast-path `table` (`FILTER_EXEC`, `FILTER_OPEN`) may match the absolute
+/// path that begins with `/`, `b1`, `b2`.
+#[inline(always)]
+pub fn may_match(table: u32, b1: u8, b2: u8) -> bool {
+    let (word, bit) = path_filter_bit(b1, b2);
+    match PATH_FILTER.get(table * PATH_FILTER_WORDS + word) {
+        Some(w) => *w & bit != 0,
+        None => true,
+    }
+}
+
+/// Which first bytes of a destination address begin some `DENY_V4` or `DENY_V6` network
+/// (`watcher_common::net_filter_bit`): a connect to anywhere else needs no lookup at all
+/// while the kill-switch is off, watched or not.
+#[map]
+pub static NET_FILTER: Array<u64> = Array::with_max_entries(NET_FILTER_WORDS, 0);
+
+/// Whether some deny entry of the family may cover an address that starts with `b`.
+#[inline(always)]
+pub fn net_may_match(v6: bool, b: u8) -> bool {
+    let (word, bit) = net_filter_bit(v6, b);
+    match NET_FILTER.get(word) {
+        Some(w) => *w & bit != 0,
+        None => true,
+    }
+}
+
 /// Per-CPU scratch for a fast-path lookup key (too big for the stack next to a record).
 #[map]
 pub static SCRATCH_KEY: PerCpuArray<Key<[u8; FAST_PATH_MAX]>> = PerCpuArray::with_max_entries(1, 0);
@@ -195,14 +233,16 @@ pub fn scratch_key() -> Option<&'static mut Key<[u8; FAST_PATH_MAX]>> {
 }
 
 /// The fast-path entry for the `len` bytes in `key.data`: the longest stored prefix, which
-/// applies when it is a prefix entry or an exact entry of the same length.
+/// applies when it is a prefix entry or an exact entry of the same length. `table` names the
+/// map's `PATH_FILTER` words.
 #[inline(always)]
 pub fn fast_lookup(
     map: &LpmTrie<[u8; FAST_PATH_MAX], FastRule>,
+    table: u32,
     key: &mut Key<[u8; FAST_PATH_MAX]>,
     len: usize,
 ) -> Option<FastRule> {
-    if len == 0 || len > FAST_PATH_MAX {
+    if len == 0 || len > FAST_PATH_MAX || !may_match(table, key.data[1], key.data[2]) {
         return None;
     }
     key.prefix_len = (len * 8) as u32;
@@ -240,6 +280,12 @@ pub static HALT_ALL: Array<u32> = Array::with_max_entries(2, 0);
 /// Kill-switch per session: session id -> `HALT_STOP` or `HALT_KILL`.
 #[map]
 pub static HALTED: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Whether the kill-switch is engaged for anything (all sessions, or any one).
+#[inline(always)]
+pub fn halt_engaged() -> bool {
+    HALT_ALL.get(0).copied().unwrap_or(0) != 0 || HALT_ALL.get(1).copied().unwrap_or(0) != 0
+}
 
 /// The kill-switch mode that applies to a session (0: none).
 #[inline(always)]

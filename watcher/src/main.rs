@@ -116,7 +116,11 @@ enum Cmd {
     },
     /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor {
+        /// How the syscalls are hooked.
+        #[arg(long, value_enum, default_value = "classic")]
+        hooks: watcher::kernel::SyscallHooks,
+    },
 }
 
 #[derive(Subcommand)]
@@ -422,8 +426,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watcher::rules::bench::run(&stream, rules.as_deref(), rounds)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::BenchFloor => {
-            let _ebpf = watcher::kernel::load_floor()?;
+        Cmd::BenchFloor { hooks } => {
+            let _ebpf = watcher::kernel::load_floor(hooks)?;
             println!("ready");
             // Held until the benchmark kills us.
             loop {

@@ -37,8 +37,23 @@ pub struct StormArgs {
     ops: u64,
 }
 
-const STORMS: [(&str, u64); 3] = [("exec", 2000), ("open", 200_000), ("connect", 200_000)];
-const VARIANTS: [&str; 5] = ["off", "floor", "unwatched", "watched", "watched, no rules"];
+const STORMS: [(&str, u64); 4] = [
+    ("exec", 2000),
+    ("open", 200_000),
+    ("connect", 200_000),
+    ("getppid", 2_000_000),
+];
+const VARIANTS: [&str; 7] = [
+    "off",
+    "floor",
+    "unwatched",
+    "watched",
+    "watched, no rules",
+    "floor, tp_btf sys_exit",
+    "floor, raw_tp sys_exit",
+];
+/// `bench-floor --hooks` of the floor variants (`floor` and the two after `watched, no rules`).
+const FLOORS: [(usize, &str); 3] = [(1, "classic"), (5, "tp-btf"), (6, "raw-tp")];
 
 /// The measured loop, in its own process so it can be launched as a watched session.
 /// Prints nanoseconds per operation.
@@ -49,6 +64,14 @@ pub fn storm(a: StormArgs) -> anyhow::Result<()> {
             start = Instant::now();
             for _ in 0..a.ops {
                 Command::new("/bin/true").status()?;
+            }
+        }
+        "getppid" => {
+            // A syscall no program hooks: what the hooks cost every other syscall on the host.
+            start = Instant::now();
+            for _ in 0..a.ops {
+                // SAFETY: no preconditions.
+                unsafe { libc::getppid() };
             }
         }
         "open" => {
@@ -231,14 +254,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         for (s, (kind, ops)) in STORMS.iter().enumerate() {
             ns[s][0].push(run_storm(&[], kind, *ops)?);
         }
-        {
+        for (v, hooks) in FLOORS {
             let mut floor = Command::new(&bin)
-                .arg("bench-floor")
+                .args(["bench-floor", "--hooks", hooks])
                 .stdout(Stdio::piped())
                 .spawn()?;
             wait_ready(&mut floor)?;
             for (s, (kind, ops)) in STORMS.iter().enumerate() {
-                ns[s][1].push(run_storm(&[], kind, *ops)?);
+                ns[s][v].push(run_storm(&[], kind, *ops)?);
             }
             let _ = floor.kill();
             let _ = floor.wait();
@@ -334,6 +357,15 @@ fn print_storms(
             let r: Vec<f64> = ns[s][v].iter().zip(&ns[s][1]).map(|(x, f)| x / f).collect();
             println!("| {kind} | {} | {:.3} |", VARIANTS[v], stats(r).0);
         }
+    }
+    println!("\n| storm | floor: tp_btf sys_exit vs per-syscall tracepoints (median) | raw_tp sys_exit vs per-syscall |");
+    println!("|---|---|---|");
+    for (s, (kind, _)) in STORMS.iter().enumerate() {
+        let vs = |v: usize| {
+            let r: Vec<f64> = ns[s][v].iter().zip(&ns[s][1]).map(|(x, f)| x / f).collect();
+            stats(r).0
+        };
+        println!("| {kind} | {:.3} | {:.3} |", vs(5), vs(6));
     }
     println!("\n| storm | watched (shipped pack, kernel fast paths) vs watched with no rules (median) | min | max |");
     println!("|---|---|---|---|");

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use watcher_common::{
     AgentName, EventKind, ExecEvent, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
     EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
-    EVENT_FLAG_TRUNCATED, FAST_STOP, PATH_MAX,
+    EVENT_FLAG_TRUNCATED, FAST_STOP, FILTER_EXEC, PATH_MAX,
 };
 
 use crate::shared::{
@@ -92,7 +92,7 @@ fn fast_exec(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<FastRule> {
     let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     // SAFETY: probe read of the tracepoint record.
     let len = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut key.data).ok()? }.len();
-    fast_lookup(&FAST_EXEC, key, len)
+    fast_lookup(&FAST_EXEC, FILTER_EXEC, key, len)
 }
 
 /// Kernel-side session ids have the top bit clear; user space sets it on its own.

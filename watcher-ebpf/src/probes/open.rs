@@ -9,12 +9,13 @@ use aya_ebpf::{
 };
 use watcher_common::{
     EventKind, FastRule, OpenEvent, EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED, EVENT_FLAG_TRUNCATED,
-    FAST_PATH_MAX, FAST_STOP, INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, PATH_MAX,
+    FAST_PATH_MAX, FAST_STOP, FILTER_OPEN, INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE,
+    INTENT_WRITE, PATH_MAX,
 };
 
 use crate::shared::{
     alert, config, count_drop, current_tgid, enforce_halt, fast_act, fast_lookup, fill_header,
-    scratch_key, syscall_args, watch_of, EVENTS, FAST_OPEN,
+    may_match, scratch_key, syscall_args, watch_of, EVENTS, FAST_OPEN,
 };
 
 #[repr(C)]
@@ -100,8 +101,13 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
                 0
             }
         };
-        // The path is read from user memory once; the lookup key is a copy of the record's.
-        if len > 0 && len <= FAST_PATH_MAX && (*ev).path[0] == b'/' {
+        // The path is read from user memory once; the lookup key is a copy of the record's,
+        // made only for a path the filter does not rule out.
+        if len > 0
+            && len <= FAST_PATH_MAX
+            && (*ev).path[0] == b'/'
+            && may_match(FILTER_OPEN, (*ev).path[1], (*ev).path[2])
+        {
             if let Some(key) = scratch_key() {
                 if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut key.data).is_ok() {
                     (*ev).hdr.flags |= fast_open(key, len, flags);
@@ -136,7 +142,7 @@ fn fast_rule(key: &mut Key<[u8; FAST_PATH_MAX]>, len: usize, flags: u64) -> Opti
         // Relative paths are resolved (and matched) in user space.
         return None;
     }
-    let rule = fast_lookup(&FAST_OPEN, key, len)?;
+    let rule = fast_lookup(&FAST_OPEN, FILTER_OPEN, key, len)?;
     let mut intent = match flags & 3 {
         0 => INTENT_READ,
         1 => INTENT_WRITE,

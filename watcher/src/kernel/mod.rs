@@ -15,8 +15,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use watcher_common::{
-    AgentName, FastNet, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, EVENT_KINDS, FAST_KILL,
-    FAST_MARK, FAST_PATH_MAX, FAST_STOP, REGS_OUTSIDE, REGS_WINDOW_SLOTS,
+    net_filter_bit, path_filter_bit, AgentName, FastNet, FastRule, ProbeConfig, Watch,
+    AGENT_NAME_MAX, EVENT_KINDS, FAST_KILL, FAST_MARK, FAST_PATH_MAX, FAST_STOP, FILTER_EXEC,
+    FILTER_OPEN, NET_FILTER_WORDS, PATH_FILTER_WORDS, REGS_OUTSIDE, REGS_WINDOW_SLOTS,
 };
 
 use self::{btf::KernelBtf, tracefs::Format};
@@ -293,8 +294,22 @@ impl Kernel {
                 })
                 .collect()
         };
+        // The filter admits old and new entries while the tries change, then only the new.
+        let filters = [(FILTER_EXEC, &kp.exec), (FILTER_OPEN, &kp.open)];
+        for (table, list) in filters {
+            let first = table * PATH_FILTER_WORDS;
+            let mut words = path_filter(list);
+            let old = self.filter_words("PATH_FILTER", first, PATH_FILTER_WORDS)?;
+            for (w, o) in words.iter_mut().zip(old) {
+                *w |= o;
+            }
+            self.set_filter_words("PATH_FILTER", first, &words)?;
+        }
         replace_trie(&mut self.ebpf, "FAST_EXEC", path_entries(&kp.exec))?;
         replace_trie(&mut self.ebpf, "FAST_OPEN", path_entries(&kp.open))?;
+        for (table, list) in filters {
+            self.set_filter_words("PATH_FILTER", table * PATH_FILTER_WORDS, &path_filter(list))?;
+        }
         let net = |e: &NetEntry| FastNet {
             port_lo: e.ports.0,
             port_hi: e.ports.1,
@@ -322,8 +337,44 @@ impl Kernel {
                 IpNet::V4(_) => None,
             })
             .collect();
+        let nets = net_filter(&kp.deny);
+        let mut both = self.filter_words("NET_FILTER", 0, NET_FILTER_WORDS)?;
+        for (w, n) in both.iter_mut().zip(&nets) {
+            *w |= n;
+        }
+        self.set_filter_words("NET_FILTER", 0, &both)?;
         replace_trie(&mut self.ebpf, "DENY_V4", v4)?;
         replace_trie(&mut self.ebpf, "DENY_V6", v6)?;
+        self.set_filter_words("NET_FILTER", 0, &nets)?;
+        Ok(())
+    }
+
+    fn filter_map(&mut self, name: &str) -> anyhow::Result<aya::maps::Array<&mut MapData, u64>> {
+        Ok(aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("no {name} map"))?,
+        )?)
+    }
+
+    /// Words `first..first + n` of a filter map.
+    fn filter_words(&mut self, name: &str, first: u32, n: u32) -> anyhow::Result<Vec<u64>> {
+        let map = self.filter_map(name)?;
+        (first..first + n)
+            .map(|i| map.get(&i, 0).with_context(|| format!("reading {name}")))
+            .collect()
+    }
+
+    /// Writes the words from `first` on that differ from what the map holds.
+    fn set_filter_words(&mut self, name: &str, first: u32, words: &[u64]) -> anyhow::Result<()> {
+        let old = self.filter_words(name, first, words.len() as u32)?;
+        let mut map = self.filter_map(name)?;
+        for (i, (w, o)) in (first..).zip(words.iter().zip(old)) {
+            if *w != o {
+                map.set(i, *w, 0)
+                    .with_context(|| format!("setting {name}"))?;
+            }
+        }
         Ok(())
     }
 
@@ -401,6 +452,46 @@ impl Kernel {
     }
 }
 
+/// The `PATH_FILTER` words of a fast-path table: the bit of every pair of bytes after the `/`
+/// that an entry's path can begin with (all of them for an entry as short as `/` or a prefix
+/// `/x`, which match any such pair).
+fn path_filter(list: &[PathEntry]) -> Vec<u64> {
+    let mut words = vec![0u64; PATH_FILTER_WORDS as usize];
+    let mut set = |b1: u8, b2: u8| {
+        let (w, bit) = path_filter_bit(b1, b2);
+        words[w as usize] |= bit;
+    };
+    for e in list.iter().filter(|e| e.path.len() <= FAST_PATH_MAX) {
+        match e.path.as_bytes() {
+            [b'/', b1, b2, ..] => set(*b1, *b2),
+            [b'/', b1] if !e.prefix => set(*b1, 0),
+            [b'/', b1] => (0..=255).for_each(|b2| set(*b1, b2)),
+            [b'/'] if !e.prefix => set(0, 0),
+            _ => (0..=255).for_each(|b1| (0..=255).for_each(|b2| set(b1, b2))),
+        }
+    }
+    words
+}
+
+/// The `NET_FILTER` words for the deny entries: the bit of every first address byte a
+/// network covers (a network shorter than /8 covers several).
+fn net_filter(deny: &[NetEntry]) -> Vec<u64> {
+    let mut words = vec![0u64; NET_FILTER_WORDS as usize];
+    for e in deny {
+        let (v6, first, len) = match e.net {
+            IpNet::V4(n) => (false, n.network().octets()[0], n.prefix_len()),
+            IpNet::V6(n) => (true, n.network().octets()[0], n.prefix_len()),
+        };
+        // A /len network fixes the top `len` bits of the first byte (all of them from /8 on).
+        let span = 1u16 << (8 - len.min(8));
+        for b in first as u16..(first as u16 + span).min(256) {
+            let (w, bit) = net_filter_bit(v6, b as u8);
+            words[w as usize] |= bit;
+        }
+    }
+    words
+}
+
 fn replace_trie<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
@@ -444,8 +535,20 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// Attaches the empty `floor` program to every hook: the benchmark's kernel floor.
-pub fn load_floor() -> anyhow::Result<Ebpf> {
+/// Hook types for the syscall programs, compared by the benchmark's floors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallHooks {
+    /// One `syscalls:sys_{enter,exit}_*` tracepoint per syscall (what the watcher uses).
+    Classic,
+    /// One BTF tracepoint on `sys_exit`, run for every syscall.
+    TpBtf,
+    /// One raw tracepoint on `sys_exit`, run for every syscall.
+    RawTp,
+}
+
+/// Attaches empty programs to every hook: the benchmark's kernel floor. `hooks` says how the
+/// syscalls are hooked; the other tracepoints and the cgroup programs are the same.
+pub fn load_floor(hooks: SyscallHooks) -> anyhow::Result<Ebpf> {
     preflight()?;
     let mut ebpf = EbpfLoader::new().load(OBJECT)?;
     let p: &mut TracePoint = ebpf
@@ -454,7 +557,29 @@ pub fn load_floor() -> anyhow::Result<Ebpf> {
         .try_into()?;
     p.load()?;
     for (_, cat, name) in HOOKS {
-        p.attach(cat, name)?;
+        if hooks == SyscallHooks::Classic || *cat != "syscalls" {
+            p.attach(cat, name)?;
+        }
+    }
+    match hooks {
+        SyscallHooks::Classic => {}
+        SyscallHooks::TpBtf => {
+            let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+            let p: &mut aya::programs::BtfTracePoint = ebpf
+                .program_mut("floor_tp_btf")
+                .ok_or_else(|| anyhow!("no floor_tp_btf program"))?
+                .try_into()?;
+            p.load("sys_exit", &btf)?;
+            p.attach()?;
+        }
+        SyscallHooks::RawTp => {
+            let p: &mut aya::programs::RawTracePoint = ebpf
+                .program_mut("floor_raw_tp")
+                .ok_or_else(|| anyhow!("no floor_raw_tp program"))?
+                .try_into()?;
+            p.load()?;
+            p.attach("sys_exit")?;
+        }
     }
     attach_connect_programs(&mut ebpf, ["floor_connect4", "floor_connect6"])?;
     Ok(ebpf)
@@ -491,5 +616,117 @@ mod tests {
         assert_eq!(regs_window([112, 104, 96, 56]), (56, [7, 6, 5, 0]));
         // aarch64: orig_x0 far from regs[1..3].
         assert_eq!(regs_window([272, 8, 16, 24]), (8, [REGS_OUTSIDE, 0, 1, 2]));
+    }
+
+    fn entry(path: &str, prefix: bool) -> PathEntry {
+        PathEntry {
+            path: path.to_string(),
+            prefix,
+            intent: 0,
+            action: KernelAction::Mark,
+            rule: "r".to_string(),
+        }
+    }
+
+    /// What the kernel programs ask of the filter for an absolute path.
+    fn admits(words: &[u64], path: &str) -> bool {
+        let b = path.as_bytes();
+        let (w, bit) = path_filter_bit(
+            b.get(1).copied().unwrap_or(0),
+            b.get(2).copied().unwrap_or(0),
+        );
+        words[w as usize] & bit != 0
+    }
+
+    #[test]
+    fn the_path_filter_admits_every_path_an_entry_matches_and_few_others() {
+        let paths = [
+            "/",
+            "/e",
+            "/et",
+            "/etc/shadow",
+            "/etc/passwd",
+            "/etcetera",
+            "/root/.ssh/id_rsa",
+            "/usr/lib/libc.so.6",
+            "/tmp/x",
+            "/home/a/.aws/credentials",
+            "/x",
+        ];
+        let cases: [(&[PathEntry], &[&str]); 4] = [
+            (
+                &[entry("/etc/shadow", false), entry("/root/.ssh/", true)],
+                &[
+                    "/et",
+                    "/etc/shadow",
+                    "/etc/passwd",
+                    "/etcetera",
+                    "/root/.ssh/id_rsa",
+                ],
+            ),
+            (&[entry("/e", false)], &["/e"]),
+            (
+                &[entry("/e", true)],
+                &["/e", "/et", "/etc/shadow", "/etc/passwd", "/etcetera"],
+            ),
+            (&[entry("/", true)], &paths),
+        ];
+        for (entries, admitted) in cases {
+            let words = path_filter(entries);
+            for p in paths {
+                let matched = entries.iter().any(|e| {
+                    if e.prefix {
+                        p.starts_with(&e.path)
+                    } else {
+                        p == e.path
+                    }
+                });
+                assert!(
+                    !matched || admits(&words, p),
+                    "{p} matches {entries:?} but is filtered out"
+                );
+                assert_eq!(
+                    admits(&words, p),
+                    admitted.contains(&p),
+                    "{p} with {entries:?}"
+                );
+            }
+        }
+        assert!(path_filter(&[]).iter().all(|w| *w == 0));
+    }
+
+    #[test]
+    fn the_net_filter_admits_the_first_bytes_each_network_covers() {
+        let deny = |nets: &[&str]| -> Vec<NetEntry> {
+            nets.iter()
+                .map(|n| NetEntry {
+                    net: n.parse().unwrap(),
+                    ports: (0, 65535),
+                    rule: "r".to_string(),
+                })
+                .collect()
+        };
+        let admitted = |words: &[u64], v6: bool| -> Vec<u8> {
+            (0..=255u8)
+                .filter(|b| {
+                    let (w, bit) = net_filter_bit(v6, *b);
+                    words[w as usize] & bit != 0
+                })
+                .collect()
+        };
+        let w = net_filter(&deny(&[
+            "169.254.169.254/32",
+            "10.0.0.0/8",
+            "224.0.0.0/4",
+            "fd00::/8",
+        ]));
+        let mut v4 = vec![10, 169];
+        v4.extend(224..=239);
+        assert_eq!(admitted(&w, false), v4);
+        assert_eq!(admitted(&w, true), [0xfd]);
+        let w = net_filter(&deny(&["0.0.0.0/0", "fe80::/10"]));
+        assert_eq!(admitted(&w, false).len(), 256);
+        assert_eq!(admitted(&w, true), [0xfe]);
+        assert!(net_filter(&[]).iter().all(|w| *w == 0));
     }
 }
