@@ -222,11 +222,6 @@ pub struct PtraceEvent {
     pub request: u32,
 }
 
-/// `ProbeConfig::regs_slot` of an argument outside the window.
-pub const REGS_OUTSIDE: u32 = u32::MAX;
-/// 8-byte slots in `ProbeConfig::regs_window`.
-pub const REGS_WINDOW_SLOTS: usize = 8;
-
 /// Paths the kernel fast path can match (longer ones are left to user space).
 pub const FAST_PATH_MAX: usize = 256;
 /// `PATH_FILTER` words per fast-path table: one bit for each possible pair of bytes after the
@@ -308,10 +303,6 @@ pub struct ProbeConfig {
     /// them (x86_64: di, si, dx, r10), from BTF: a `sys_exit_*` program reads its call's
     /// arguments there, so no `sys_enter_*` program and no map has to carry them.
     pub syscall_arg: [u32; 4],
-    /// The same arguments read with one copy: the offset of a 64-byte window of `pt_regs`
-    /// and each argument's 8-byte slot in it (`REGS_OUTSIDE`: read on its own).
-    pub regs_window: u32,
-    pub regs_slot: [u32; 4],
     pub signal_sig: u32,
     pub signal_code: u32,
     pub signal_pid: u32,
@@ -340,8 +331,6 @@ impl ProbeConfig {
             newtask_clone_flags: 0,
             exit_group_dead: 0,
             syscall_arg: [0; 4],
-            regs_window: 0,
-            regs_slot: [REGS_OUTSIDE; 4],
             signal_sig: 0,
             signal_code: 0,
             signal_pid: 0,

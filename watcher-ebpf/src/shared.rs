@@ -13,7 +13,6 @@ use aya_ebpf::{
 use watcher_common::{
     net_filter_bit, path_filter_bit, AgentName, Alert, EventHeader, EventKind, FastNet, FastRule,
     ProbeConfig, Watch, EVENT_KINDS, FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_WORDS, PATH_MAX,
-    REGS_OUTSIDE, REGS_WINDOW_SLOTS,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -103,23 +102,25 @@ pub fn current_task() -> *const u8 {
 /// The current syscall's first four arguments, from the registers saved when the task entered
 /// the kernel (they stay as user space passed them until it returns). Lets a `sys_exit_*`
 /// program see its call's arguments without a `sys_enter_*` program and a map between them.
+///
+/// `bpf_task_pt_regs` returns a BTF-typed pointer, and each offset is read on its own from the
+/// frozen read-only `CONFIG`, so the verifier knows it as a constant: the arguments are plain
+/// loads it checks against `struct pt_regs`, with no helper call and no copy.
 #[inline(always)]
-pub fn syscall_args(cfg: &ProbeConfig) -> Option<[u64; 4]> {
-    // SAFETY: helpers on the current task; the result is only read through probe reads.
+pub fn syscall_args() -> [u64; 4] {
+    // SAFETY: helpers on the current task.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    let window: [u64; REGS_WINDOW_SLOTS] = read_kernel(regs, cfg.regs_window)?;
-    let mut out = [0u64; 4];
-    let mut i = 0;
-    while i < 4 {
-        let slot = cfg.regs_slot[i];
-        out[i] = if slot == REGS_OUTSIDE {
-            read_kernel(regs, cfg.syscall_arg[i])?
-        } else {
-            window[slot as usize % REGS_WINDOW_SLOTS]
-        };
-        i += 1;
+    // SAFETY: volatile reads of the load-time offsets; loads through a BTF pointer fault safely
+    // and the verifier checks each against the type.
+    unsafe {
+        let arg = |off: &u32| *(regs.add(core::ptr::read_volatile(off) as usize) as *const u64);
+        [
+            arg(&CONFIG.syscall_arg[0]),
+            arg(&CONFIG.syscall_arg[1]),
+            arg(&CONFIG.syscall_arg[2]),
+            arg(&CONFIG.syscall_arg[3]),
+        ]
     }
-    Some(out)
 }
 
 /// Reads a `T` at `offset` bytes into the kernel object at `base`.

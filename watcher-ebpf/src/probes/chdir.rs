@@ -34,7 +34,7 @@ fn try_exit(ctx: &TracePointContext, by_fd: bool) -> Result<(), i64> {
         // A failed chdir changes nothing user space tracks.
         return Ok(());
     }
-    let args = syscall_args(&cfg).ok_or(0)?;
+    let args = syscall_args();
     let Some(mut entry) = EVENTS.reserve::<ChdirEvent>(0) else {
         count_drop(EventKind::Chdir);
         return Ok(());

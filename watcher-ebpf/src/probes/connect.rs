@@ -22,7 +22,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     enforce_halt(watch.session_id);
     let cfg = config().ok_or(0)?;
-    let args = syscall_args(&cfg).ok_or(0)?;
+    let args = syscall_args();
     // SAFETY: offset came from the format file.
     let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize)? };
     // Only a refused call can have been refused by the kernel policy (deny.rs marks it).

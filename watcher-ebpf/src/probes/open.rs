@@ -43,7 +43,7 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
     };
     enforce_halt(watch.session_id);
     let cfg = config().ok_or(0)?;
-    let args = syscall_args(&cfg).ok_or(0)?;
+    let args = syscall_args();
     let (dfd, path, flags, mode, resolve) = if openat2 {
         // SAFETY: probe read of user memory, faults safely.
         let how = unsafe { bpf_probe_read_user(args[2] as *const OpenHow) }.unwrap_or(OpenHow {

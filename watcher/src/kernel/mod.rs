@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use watcher_common::{
     net_filter_bit, path_filter_bit, AgentName, FastNet, FastRule, ProbeConfig, Watch,
     AGENT_NAME_MAX, EVENT_KINDS, FAST_KILL, FAST_MARK, FAST_PATH_MAX, FAST_STOP, FILTER_EXEC,
-    FILTER_OPEN, NET_FILTER_WORDS, PATH_FILTER_WORDS, REGS_OUTSIDE, REGS_WINDOW_SLOTS,
+    FILTER_OPEN, NET_FILTER_WORDS, PATH_FILTER_WORDS,
 };
 
 use self::{btf::KernelBtf, tracefs::Format};
@@ -100,21 +100,6 @@ pub fn preflight() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A 64-byte window of `pt_regs` holding as many of the argument registers as it can (from
-/// the lowest offset), and each argument's slot in it, so one copy reads them.
-fn regs_window(offsets: [u32; 4]) -> (u32, [u32; 4]) {
-    let base = offsets.iter().copied().min().unwrap_or(0);
-    let end = base + (REGS_WINDOW_SLOTS as u32) * 8;
-    let slot = offsets.map(|o| {
-        if o < end && (o - base) % 8 == 0 {
-            (o - base) / 8
-        } else {
-            REGS_OUTSIDE
-        }
-    });
-    (base, slot)
-}
-
 /// Reads every offset the programs use from tracefs and BTF.
 pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let f = |cat: &str, name: &str| Format::read(tracefs, cat, name);
@@ -140,7 +125,6 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     }
     let btf = KernelBtf::open()?;
     let syscall_arg = btf.syscall_arg_offsets()?;
-    let (regs_window, regs_slot) = regs_window(syscall_arg);
     Ok(ProbeConfig {
         exec_filename: exec.offset("filename", 4)?,
         exec_pid: exec.offset("pid", 4)?,
@@ -149,8 +133,6 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         newtask_clone_flags: newtask.offset("clone_flags", 8)?,
         exit_group_dead: exit.offset("group_dead", 1)?,
         syscall_arg,
-        regs_window,
-        regs_slot,
         signal_sig: signal.offset("sig", 4)?,
         signal_code: signal.offset("code", 4)?,
         signal_pid: signal.offset("pid", 4)?,
@@ -609,14 +591,6 @@ fn attach_connect_programs(ebpf: &mut Ebpf, progs: [&str; 2]) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argument_registers_are_read_through_one_window_where_they_fit() {
-        // x86_64: di, si, dx, r10.
-        assert_eq!(regs_window([112, 104, 96, 56]), (56, [7, 6, 5, 0]));
-        // aarch64: orig_x0 far from regs[1..3].
-        assert_eq!(regs_window([272, 8, 16, 24]), (8, [REGS_OUTSIDE, 0, 1, 2]));
-    }
 
     fn entry(path: &str, prefix: bool) -> PathEntry {
         PathEntry {
