@@ -442,3 +442,86 @@ fn broken_rule_files_are_rejected_and_the_running_policy_stays() {
         st["policy"]["reloads"].as_u64().unwrap() > reloads
     });
 }
+
+/// A reload changes the kernel policy and the filters in front of it together: an entry added
+/// by a reload acts at the hook at once, and one removed stops acting.
+#[test]
+fn a_reloaded_kernel_policy_acts_at_once_and_a_removed_entry_stops() {
+    let work = TempDir::new("fast-reload");
+    let w = work.0.display().to_string();
+    std::fs::create_dir_all(work.0.join("vault")).unwrap();
+    let rules = pack_dir(&work.0);
+    let daemon = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\nenabled = false\n",
+        rules.display()
+    ));
+    // No entry of the shipped pack starts with this directory's first two bytes or covers
+    // 127.0.0.0/8, so the filters start with these bits clear.
+    let write = format!(
+        "{py} -c \"f = open('{w}/vault/loot', 'w'); f.write('stolen'); f.close()\"; echo \"rc=$?\" > {w}/open-rc",
+        py = python()
+    );
+    let connect = format!(
+        "{} -c \"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n  s.connect(('127.0.0.5', 9)); print('connected')\nexcept OSError as e: print('errno', e.errno)\" > {w}/connect-out",
+        python()
+    );
+    let outcome = |daemon: &Daemon| -> (String, String, String) {
+        let _ = std::fs::remove_file(work.0.join("vault/loot"));
+        daemon.run_session(&write);
+        daemon.run_session(&connect);
+        let read = |f: &str| {
+            std::fs::read_to_string(work.0.join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        (read("open-rc"), read("vault/loot"), read("connect-out"))
+    };
+    let allowed = (
+        "rc=0".to_string(),
+        "stolen".to_string(),
+        "connected".to_string(),
+    );
+    assert_eq!(outcome(&daemon), allowed, "before the reload");
+
+    let version = |st: &Value| st["policy"]["version"].as_str().unwrap().to_string();
+    let before = version(&daemon.status());
+    std::fs::write(
+        rules.join("test-fast.yaml"),
+        format!(
+            r#"
+rules:
+  - id: test-kill-open
+    description: test
+    severity: high
+    action: kill
+    mode: enforce
+    condition: {{type: open, intent: [write, create], path: "{w}/vault/**"}}
+    examples: {{match: [{{type: open, path: "{w}/vault/x", flags: [O_WRONLY]}}]}}
+  - id: test-deny-connect
+    description: test
+    severity: high
+    action: hold
+    mode: enforce
+    condition: {{type: connect, addr: 127.0.0.5, port: 9}}
+    examples: {{match: [{{type: connect, addr: 127.0.0.5, port: 9}}]}}
+"#
+        ),
+    )
+    .unwrap();
+    let st = await_status(&daemon, "the new rules to load", |st| {
+        version(st) != before && st["policy"]["last_error"].is_null()
+    });
+    assert_eq!(
+        outcome(&daemon),
+        ("rc=137".to_string(), String::new(), "errno 1".to_string()),
+        "after adding the entries"
+    );
+
+    let added = version(&st);
+    std::fs::remove_file(rules.join("test-fast.yaml")).unwrap();
+    await_status(&daemon, "the rules to unload", |st| {
+        version(st) != added && st["policy"]["last_error"].is_null()
+    });
+    assert_eq!(outcome(&daemon), allowed, "after removing them");
+}
