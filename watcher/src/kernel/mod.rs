@@ -276,16 +276,10 @@ impl Kernel {
                 })
                 .collect()
         };
-        // The filter admits old and new entries while the tries change, then only the new.
+        // Each filter admits old and new entries while its trie changes, then only the new.
         let filters = [(FILTER_EXEC, &kp.exec), (FILTER_OPEN, &kp.open)];
         for (table, list) in filters {
-            let first = table * PATH_FILTER_WORDS;
-            let mut words = path_filter(list);
-            let old = self.filter_words("PATH_FILTER", first, PATH_FILTER_WORDS)?;
-            for (w, o) in words.iter_mut().zip(old) {
-                *w |= o;
-            }
-            self.set_filter_words("PATH_FILTER", first, &words)?;
+            self.widen_filter("PATH_FILTER", table * PATH_FILTER_WORDS, &path_filter(list))?;
         }
         replace_trie(&mut self.ebpf, "FAST_EXEC", path_entries(&kp.exec))?;
         replace_trie(&mut self.ebpf, "FAST_OPEN", path_entries(&kp.open))?;
@@ -320,11 +314,7 @@ impl Kernel {
             })
             .collect();
         let nets = net_filter(&kp.deny);
-        let mut both = self.filter_words("NET_FILTER", 0, NET_FILTER_WORDS)?;
-        for (w, n) in both.iter_mut().zip(&nets) {
-            *w |= n;
-        }
-        self.set_filter_words("NET_FILTER", 0, &both)?;
+        self.widen_filter("NET_FILTER", 0, &nets)?;
         replace_trie(&mut self.ebpf, "DENY_V4", v4)?;
         replace_trie(&mut self.ebpf, "DENY_V6", v6)?;
         self.set_filter_words("NET_FILTER", 0, &nets)?;
@@ -345,6 +335,16 @@ impl Kernel {
         (first..first + n)
             .map(|i| map.get(&i, 0).with_context(|| format!("reading {name}")))
             .collect()
+    }
+
+    /// Adds the bits of `words` to those the map holds from `first` on: while a trie changes,
+    /// its filter must admit both its old and its new entries.
+    fn widen_filter(&mut self, name: &str, first: u32, words: &[u64]) -> anyhow::Result<()> {
+        let mut both = self.filter_words(name, first, words.len() as u32)?;
+        for (b, w) in both.iter_mut().zip(words) {
+            *b |= w;
+        }
+        self.set_filter_words(name, first, &both)
     }
 
     /// Writes the words from `first` on that differ from what the map holds.
