@@ -193,6 +193,44 @@ fn threat_cases_fire_the_expected_rules() {
     );
 }
 
+/// Rules the kernel decides alone: kill a write under `{w}/vault/`, refuse UDP/TCP port 9 of
+/// `addr`.
+fn kernel_open_and_connect_rules(w: &str, addr: &str) -> String {
+    format!(
+        r#"  - id: test-kill-open
+    description: test
+    severity: high
+    action: kill
+    mode: enforce
+    condition: {{type: open, intent: [write, create], path: "{w}/vault/**"}}
+    examples: {{match: [{{type: open, path: "{w}/vault/x", flags: [O_WRONLY]}}]}}
+  - id: test-deny-connect
+    description: test
+    severity: high
+    action: hold
+    mode: enforce
+    condition: {{type: connect, addr: {addr}, port: 9}}
+    examples: {{match: [{{type: connect, addr: {addr}, port: 9}}]}}
+"#
+    )
+}
+
+/// A watched write of `{w}/vault/loot` that records its exit status in `{w}/open-rc`.
+fn vault_write(w: &str) -> String {
+    format!(
+        "{py} -c \"f = open('{w}/vault/loot', 'w'); f.write('stolen'); f.close()\"; echo \"rc=$?\" > {w}/open-rc",
+        py = python()
+    )
+}
+
+/// A UDP connect to port 9 of `addr` that prints `connected` or `errno N`.
+fn udp_connect(addr: &str) -> String {
+    format!(
+        "{} -c \"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n  s.connect(('{addr}', 9)); print('connected')\nexcept OSError as e: print('errno', e.errno)\"",
+        python()
+    )
+}
+
 #[test]
 fn the_kernel_fast_path_kills_and_refuses_at_the_hook() {
     let work = TempDir::new("fast");
@@ -212,22 +250,8 @@ rules:
     mode: enforce
     condition: {{type: exec, exe: "{forbidden}"}}
     examples: {{match: [{{type: exec, path: "{forbidden}"}}]}}
-  - id: test-kill-open
-    description: test
-    severity: high
-    action: kill
-    mode: enforce
-    condition: {{type: open, intent: [write, create], path: "{w}/vault/**"}}
-    examples: {{match: [{{type: open, path: "{w}/vault/x", flags: [O_WRONLY]}}]}}
-  - id: test-deny-connect
-    description: test
-    severity: high
-    action: hold
-    mode: enforce
-    condition: {{type: connect, addr: 127.0.0.3, port: 9}}
-    examples: {{match: [{{type: connect, addr: 127.0.0.3, port: 9}}]}}
 "#
-        ),
+        ) + &kernel_open_and_connect_rules(&w, "127.0.0.3"),
     )
     .unwrap();
     let daemon = Daemon::start_with(&format!(
@@ -257,10 +281,7 @@ rules:
     );
 
     // open for write: killed before it can write a byte.
-    let (_, findings, _) = daemon.run_session(&format!(
-        "{py} -c \"f = open('{w}/vault/loot', 'w'); f.write('stolen'); f.close()\"; echo \"rc=$?\" > {w}/open-rc",
-        py = python()
-    ));
+    let (_, findings, _) = daemon.run_session(&vault_write(&w));
     let f =
         finding(&findings, "test-kill-open").unwrap_or_else(|| panic!("no finding: {findings:#?}"));
     assert_eq!(f["outcome"], "killed_in_kernel", "{f}");
@@ -277,10 +298,7 @@ rules:
     );
 
     // connect: refused for the watched process, allowed for an unwatched one.
-    let probe = format!(
-        "{} -c \"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n  s.connect(('127.0.0.3', 9)); print('connected')\nexcept OSError as e: print('errno', e.errno)\"",
-        python()
-    );
+    let probe = udp_connect("127.0.0.3");
     let out = Command::new("sh").args(["-c", &probe]).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -457,14 +475,8 @@ fn a_reloaded_kernel_policy_acts_at_once_and_a_removed_entry_stops() {
     ));
     // No entry of the shipped pack starts with this directory's first two bytes or covers
     // 127.0.0.0/8, so the filters start with these bits clear.
-    let write = format!(
-        "{py} -c \"f = open('{w}/vault/loot', 'w'); f.write('stolen'); f.close()\"; echo \"rc=$?\" > {w}/open-rc",
-        py = python()
-    );
-    let connect = format!(
-        "{} -c \"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n  s.connect(('127.0.0.5', 9)); print('connected')\nexcept OSError as e: print('errno', e.errno)\" > {w}/connect-out",
-        python()
-    );
+    let write = vault_write(&w);
+    let connect = format!("{} > {w}/connect-out", udp_connect("127.0.0.5"));
     let outcome = |daemon: &Daemon| -> (String, String, String) {
         let _ = std::fs::remove_file(work.0.join("vault/loot"));
         daemon.run_session(&write);
@@ -488,25 +500,7 @@ fn a_reloaded_kernel_policy_acts_at_once_and_a_removed_entry_stops() {
     let before = version(&daemon.status());
     std::fs::write(
         rules.join("test-fast.yaml"),
-        format!(
-            r#"
-rules:
-  - id: test-kill-open
-    description: test
-    severity: high
-    action: kill
-    mode: enforce
-    condition: {{type: open, intent: [write, create], path: "{w}/vault/**"}}
-    examples: {{match: [{{type: open, path: "{w}/vault/x", flags: [O_WRONLY]}}]}}
-  - id: test-deny-connect
-    description: test
-    severity: high
-    action: hold
-    mode: enforce
-    condition: {{type: connect, addr: 127.0.0.5, port: 9}}
-    examples: {{match: [{{type: connect, addr: 127.0.0.5, port: 9}}]}}
-"#
-        ),
+        format!("rules:\n{}", kernel_open_and_connect_rules(&w, "127.0.0.5")),
     )
     .unwrap();
     let st = await_status(&daemon, "the new rules to load", |st| {
