@@ -23,10 +23,13 @@ pub struct Args {
     /// Holds per session size in the hold-latency benchmark.
     #[arg(long, default_value_t = 20)]
     hold_rounds: usize,
+    /// Rounds of the profile part (perf record of the floor and the watched storm).
+    #[arg(long, default_value_t = 3)]
+    profile_rounds: usize,
     /// Session sizes (processes) of the hold-latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
-    /// Run only these parts (storms, build, rules, holds); all when omitted.
+    /// Run only these parts (storms, build, rules, holds, profile); all but profile when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -104,7 +107,7 @@ struct Daemon {
 }
 
 fn wanted(a: &Args, part: &str) -> bool {
-    a.only.is_empty() || a.only.iter().any(|p| p == part)
+    (a.only.is_empty() && part != "profile") || a.only.iter().any(|p| p == part)
 }
 
 impl Daemon {
@@ -324,8 +327,144 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if wanted(&a, "holds") {
         holds(&bin, &dir, a.hold_rounds, &a.hold_sizes)?;
     }
+    if wanted(&a, "profile") {
+        profile(&bin, &dir, a.profile_rounds)?;
+    }
     remove_bench_cgroups();
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Kernel symbols of the watcher's path: its programs and their helpers, the ring, the maps,
+/// and the syscall tracepoint machinery. (`bpf_lsm_*` are the kernel's LSM stubs, there
+/// without any program; an unhooked open+close has none of the others.)
+fn watcher_symbol(sym: &str) -> bool {
+    const PREFIXES: [&str; 20] = [
+        "bpf_",
+        "__bpf_",
+        "trie_",
+        "htab_",
+        "__htab_",
+        "lookup_nulls_elem_raw",
+        "copy_from_kernel_nofault",
+        "strncpy_from_user_nofault",
+        "sized_strscpy",
+        "read_tsc",
+        "ktime_get",
+        "perf_syscall_",
+        "perf_trace_",
+        "perf_swevent_",
+        "trace_call_bpf",
+        "syscall_exit_work",
+        "syscall_trace_enter",
+        "map_id_range_up",
+        "irq_work",
+        "native_write_msr",
+    ];
+    !sym.starts_with("bpf_lsm_") && PREFIXES.iter().any(|p| sym.starts_with(p))
+}
+
+/// The share of a storm's own CPU samples (`perf record`) spent in the watcher's kernel path,
+/// for the floor and the watched storm. Machine noise slows every function alike, so a share
+/// within one run is steadier than a time against another run; `1 / (1 - share)` is the
+/// overhead over the same storm without any of it. A lower bound: what the programs cost the
+/// kernel's own code through the caches is not counted.
+fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+    let perf = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("perf"))
+                .find(|f| f.exists())
+        })
+        .context("perf not found: the profile part needs it (apt-get install linux-perf)")?;
+    let data = dir.join("profile.data");
+    let share = |prefix: &[&std::ffi::OsStr], kind: &str, ops: u64| -> anyhow::Result<f64> {
+        let mut full: Vec<&std::ffi::OsStr> = vec![
+            perf.as_os_str(),
+            "record".as_ref(),
+            "-q".as_ref(),
+            "-F".as_ref(),
+        ];
+        full.extend([
+            "10000".as_ref(),
+            "-o".as_ref(),
+            data.as_os_str(),
+            "--".as_ref(),
+        ]);
+        full.extend_from_slice(prefix);
+        run_storm(&full, kind, ops)?;
+        let out = Command::new(&perf)
+            .arg("report")
+            .arg("-i")
+            .arg(&data)
+            .args([
+                "--comm",
+                "xtask",
+                "--no-children",
+                "--sort",
+                "sym",
+                "-g",
+                "none",
+                "-q",
+            ])
+            .args(["--percentage", "relative"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "perf report failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut total = 0.0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "    3.27%  [k] trie_lookup_elem"
+            let mut f = line.split_whitespace();
+            let (Some(pct), Some("[k]"), Some(sym)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if let (Some(p), true) = (pct.strip_suffix('%'), watcher_symbol(sym)) {
+                total += p.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+        Ok(total / 100.0)
+    };
+    let storms = [("open", 300_000u64), ("connect", 300_000)];
+    let mut shares = vec![[Vec::new(), Vec::new()]; storms.len()];
+    for round in 0..rounds {
+        eprintln!("bench: profile round {}/{rounds}", round + 1);
+        {
+            let mut floor = Command::new(bin)
+                .args(["bench-floor", "--hooks", "classic"])
+                .stdout(Stdio::piped())
+                .spawn()?;
+            wait_ready(&mut floor)?;
+            for (s, (kind, ops)) in storms.iter().enumerate() {
+                shares[s][0].push(share(&[], kind, *ops)?);
+            }
+            let _ = floor.kill();
+            let _ = floor.wait();
+        }
+        let d = Daemon::start(bin, dir, None)?;
+        let launch = d.launch_prefix(bin.as_os_str());
+        for (s, (kind, ops)) in storms.iter().enumerate() {
+            shares[s][1].push(share(&launch, kind, *ops)?);
+        }
+    }
+    println!("\n## Profile: share of the storm's samples in the watcher's kernel path ({rounds} rounds; direct cost, a lower bound)\n");
+    println!("| storm | variant | share (median) | min | max | implied overhead 1 / (1 - share) |");
+    println!("|---|---|---|---|---|---|");
+    for (s, (kind, _)) in storms.iter().enumerate() {
+        for (v, name) in ["floor", "watched"].iter().enumerate() {
+            let (med, min, max) = stats(shares[s][v].clone());
+            println!(
+                "| {kind} | {name} | {:.1}% | {:.1}% | {:.1}% | {:.3} |",
+                med * 100.0,
+                min * 100.0,
+                max * 100.0,
+                1.0 / (1.0 - med)
+            );
+        }
+    }
     Ok(())
 }
 
