@@ -175,6 +175,27 @@ impl Drop for Daemon {
     }
 }
 
+/// `watcher bench-floor --hooks H`: empty programs attached until dropped.
+struct Floor(Child);
+
+impl Floor {
+    fn start(bin: &Path, hooks: &str) -> anyhow::Result<Floor> {
+        let mut child = Command::new(bin)
+            .args(["bench-floor", "--hooks", hooks])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        wait_ready(&mut child)?;
+        Ok(Floor(child))
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_ready(child: &mut Child) -> anyhow::Result<()> {
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
@@ -258,16 +279,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ns[s][0].push(run_storm(&[], kind, *ops)?);
         }
         for (v, hooks) in FLOORS {
-            let mut floor = Command::new(&bin)
-                .args(["bench-floor", "--hooks", hooks])
-                .stdout(Stdio::piped())
-                .spawn()?;
-            wait_ready(&mut floor)?;
+            let _floor = Floor::start(&bin, hooks)?;
             for (s, (kind, ops)) in STORMS.iter().enumerate() {
                 ns[s][v].push(run_storm(&[], kind, *ops)?);
             }
-            let _ = floor.kill();
-            let _ = floor.wait();
         }
         {
             // The same watched storms with no rules: what the rules (kernel fast paths and
@@ -433,16 +448,10 @@ fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     for round in 0..rounds {
         eprintln!("bench: profile round {}/{rounds}", round + 1);
         {
-            let mut floor = Command::new(bin)
-                .args(["bench-floor", "--hooks", "classic"])
-                .stdout(Stdio::piped())
-                .spawn()?;
-            wait_ready(&mut floor)?;
+            let _floor = Floor::start(bin, "classic")?;
             for (s, (kind, ops)) in storms.iter().enumerate() {
                 shares[s][0].push(share(&[], kind, *ops)?);
             }
-            let _ = floor.kill();
-            let _ = floor.wait();
         }
         let d = Daemon::start(bin, dir, None)?;
         let launch = d.launch_prefix(bin.as_os_str());
