@@ -807,7 +807,12 @@ fn ptrace_outside_the_session_is_tampering() {
             .contains("outside its session"),
         "{f}"
     );
-    assert_eq!(f["evidence"][0]["type"], "ptrace");
+    let ev = &f["evidence"][0];
+    assert_eq!(ev["type"], "ptrace", "{f}");
+    // Arguments and result as the kernel saw them at the call's exit: root may attach.
+    assert_eq!(ev["target_pid"], victim.id(), "{f}");
+    assert_eq!(ev["request"], 16, "{f}");
+    assert_eq!(ev["result"], 0, "{f}");
     await_frozen(&d, &trace);
     // The frozen tracer still holds the victim: end the tracer's session first, or the victim's
     // exit would be reported to the tracer and never to us.

@@ -213,13 +213,15 @@ pub struct SignalEvent {
     pub result: i32,
 }
 
-/// `syscalls:sys_enter_ptrace` (attach or seize) from a watched process.
+/// `syscalls:sys_exit_ptrace` (attach or seize) from a watched process.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PtraceEvent {
     pub hdr: EventHeader,
     pub target: u32,
     pub request: u32,
+    /// 0, or the negative errno of a refused attach.
+    pub result: i64,
 }
 
 /// Paths the kernel fast path can match (longer ones are left to user space).
@@ -303,14 +305,14 @@ pub struct ProbeConfig {
     /// them (x86_64: di, si, dx, r10), from BTF: a `sys_exit_*` program reads its call's
     /// arguments there, so no `sys_enter_*` program and no map has to carry them.
     pub syscall_arg: [u32; 4],
+    /// Offset in `struct pt_regs` of a syscall's return value (x86_64: ax), set before the
+    /// `sys_exit` tracepoints run: a plain load instead of a probe read of the tracepoint's
+    /// record.
+    pub syscall_ret: u32,
     pub signal_sig: u32,
     pub signal_code: u32,
     pub signal_pid: u32,
     pub signal_result: u32,
-    pub ptrace_request: u32,
-    pub ptrace_pid: u32,
-    /// Offset of `ret` in every `sys_exit_*` record.
-    pub sys_exit_ret: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
     pub task_exit_code: u32,
@@ -331,13 +333,11 @@ impl ProbeConfig {
             newtask_clone_flags: 0,
             exit_group_dead: 0,
             syscall_arg: [0; 4],
+            syscall_ret: 0,
             signal_sig: 0,
             signal_code: 0,
             signal_pid: 0,
             signal_result: 0,
-            ptrace_request: 0,
-            ptrace_pid: 0,
-            sys_exit_ret: 0,
             task_real_parent: 0,
             task_tgid: 0,
             task_exit_code: 0,

@@ -67,6 +67,13 @@ pub static REFUSED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0)
 #[map]
 pub static SCRATCH_PATH: PerCpuArray<[u8; PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Whether user space filled `CONFIG` in, for programs that need no other field of it whole.
+#[inline(always)]
+pub fn ready() -> bool {
+    // SAFETY: a volatile read keeps the compiler from folding the load-time value away.
+    unsafe { core::ptr::read_volatile(&CONFIG.ready) != 0 }
+}
+
 #[inline(always)]
 pub fn config() -> Option<ProbeConfig> {
     // SAFETY: a volatile read keeps the compiler from folding the load-time value away.
@@ -99,27 +106,40 @@ pub fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
-/// The current syscall's first four arguments, from the registers saved when the task entered
-/// the kernel (they stay as user space passed them until it returns). Lets a `sys_exit_*`
-/// program see its call's arguments without a `sys_enter_*` program and a map between them.
+/// The current syscall as a `sys_exit_*` program sees it.
+pub struct Syscall {
+    /// The first four arguments as user space passed them.
+    pub args: [u64; 4],
+    /// The return value (a negative errno on failure).
+    pub ret: i64,
+}
+
+/// The current syscall's arguments and result, from the registers saved when the task entered
+/// the kernel: the arguments stay as user space passed them until it returns, and the result
+/// is in place before the `sys_exit` tracepoints run. Lets a `sys_exit_*` program see its
+/// call's arguments without a `sys_enter_*` program and a map between them, and its result
+/// without a probe read of the tracepoint's record.
 ///
 /// `bpf_task_pt_regs` returns a BTF-typed pointer, and each offset is read on its own from the
-/// frozen read-only `CONFIG`, so the verifier knows it as a constant: the arguments are plain
-/// loads it checks against `struct pt_regs`, with no helper call and no copy.
+/// frozen read-only `CONFIG`, so the verifier knows it as a constant: each value is a plain
+/// load it checks against `struct pt_regs`, with no helper call and no copy.
 #[inline(always)]
-pub fn syscall_args() -> [u64; 4] {
+pub fn syscall() -> Syscall {
     // SAFETY: helpers on the current task.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     // SAFETY: volatile reads of the load-time offsets; loads through a BTF pointer fault safely
     // and the verifier checks each against the type.
     unsafe {
-        let arg = |off: &u32| *(regs.add(core::ptr::read_volatile(off) as usize) as *const u64);
-        [
-            arg(&CONFIG.syscall_arg[0]),
-            arg(&CONFIG.syscall_arg[1]),
-            arg(&CONFIG.syscall_arg[2]),
-            arg(&CONFIG.syscall_arg[3]),
-        ]
+        let reg = |off: &u32| *(regs.add(core::ptr::read_volatile(off) as usize) as *const u64);
+        Syscall {
+            args: [
+                reg(&CONFIG.syscall_arg[0]),
+                reg(&CONFIG.syscall_arg[1]),
+                reg(&CONFIG.syscall_arg[2]),
+                reg(&CONFIG.syscall_arg[3]),
+            ],
+            ret: reg(&CONFIG.syscall_ret) as i64,
+        }
     }
 }
 

@@ -85,6 +85,10 @@ pub enum Detail {
     Ptrace {
         target_pid: u32,
         request: u32,
+        /// 0, or the negative errno of a refused attach. Absent (0) in events stored before
+        /// the watcher recorded it.
+        #[serde(default)]
+        result: i64,
     },
     Finding(Box<Finding>),
 }
@@ -262,7 +266,8 @@ impl std::fmt::Display for Event {
             Detail::Ptrace {
                 target_pid,
                 request,
-            } => write!(f, "ptrace request {request:#x} on {target_pid}"),
+                result,
+            } => write!(f, "ptrace request {request:#x} on {target_pid} -> {result}"),
             Detail::Finding(x) => write!(
                 f,
                 "{:?} {} action={:?} mode={:?} outcome={:?}: {}",

@@ -23,13 +23,17 @@ pub struct Args {
     /// Holds per session size in the hold-latency benchmark.
     #[arg(long, default_value_t = 20)]
     hold_rounds: usize,
-    /// Rounds of the profile part (perf record of the floor and the watched storm).
+    /// Rounds of the profile part (perf record of the floor, unwatched and watched storms).
     #[arg(long, default_value_t = 3)]
     profile_rounds: usize,
+    /// Chunk pairs per storm of the paired part (watched and unwatched alternated chunk by chunk).
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
     /// Session sizes (processes) of the hold-latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
-    /// Run only these parts (storms, build, rules, holds, profile); all but profile when omitted.
+    /// Run only these parts (storms, pairs, build, rules, holds, profile); all but profile when
+    /// omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -38,6 +42,10 @@ pub struct Args {
 pub struct StormArgs {
     kind: String,
     ops: u64,
+    /// Run `ops` operations each time a line arrives on stdin and print each run's ns/op,
+    /// until stdin closes: how the paired part alternates two storms chunk by chunk.
+    #[arg(long)]
+    chunked: bool,
 }
 
 const STORMS: [(&str, u64); 4] = [
@@ -58,31 +66,19 @@ const VARIANTS: [&str; 7] = [
 /// `bench-floor --hooks` of the floor variants (`floor` and the two after `watched, no rules`).
 const FLOORS: [(usize, &str); 3] = [(1, "classic"), (5, "tp-btf"), (6, "raw-tp")];
 
-/// The measured loop, in its own process so it can be launched as a watched session.
-/// Prints nanoseconds per operation.
-pub fn storm(a: StormArgs) -> anyhow::Result<()> {
-    let start;
-    match a.kind.as_str() {
-        "exec" => {
-            start = Instant::now();
-            for _ in 0..a.ops {
-                Command::new("/bin/true").status()?;
-            }
-        }
-        "getppid" => {
-            // A syscall no program hooks: what the hooks cost every other syscall on the host.
-            start = Instant::now();
-            for _ in 0..a.ops {
-                // SAFETY: no preconditions.
-                unsafe { libc::getppid() };
-            }
-        }
+/// One operation of a storm, with whatever it needs set up first.
+fn storm_op(kind: &str) -> anyhow::Result<Box<dyn FnMut() -> std::io::Result<()>>> {
+    Ok(match kind {
+        "exec" => Box::new(|| Command::new("/bin/true").status().map(drop)),
+        // A syscall no program hooks: what the hooks cost every other syscall on the host.
+        "getppid" => Box::new(|| {
+            // SAFETY: no preconditions.
+            unsafe { libc::getppid() };
+            Ok(())
+        }),
         "open" => {
             let path = std::env::current_exe()?;
-            start = Instant::now();
-            for _ in 0..a.ops {
-                drop(std::fs::File::open(&path)?);
-            }
+            Box::new(move || std::fs::File::open(&path).map(drop))
         }
         "connect" => {
             // One UDP socket connected over and over: the same syscall and hooks as a TCP
@@ -90,14 +86,37 @@ pub fn storm(a: StormArgs) -> anyhow::Result<()> {
             let target = std::net::UdpSocket::bind("127.0.0.1:0")?;
             let addr = target.local_addr()?;
             let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            start = Instant::now();
-            for _ in 0..a.ops {
-                sock.connect(addr)?;
-            }
+            Box::new(move || {
+                let _open = &target;
+                sock.connect(addr)
+            })
         }
         k => bail!("unknown storm {k}"),
+    })
+}
+
+/// The measured loop, in its own process so it can be launched as a watched session.
+/// Prints nanoseconds per operation (per chunk with `--chunked`).
+pub fn storm(a: StormArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut op = storm_op(&a.kind)?;
+    let mut run = || -> anyhow::Result<()> {
+        let start = Instant::now();
+        for _ in 0..a.ops {
+            op()?;
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", start.elapsed().as_nanos() as u64 / a.ops.max(1))?;
+        out.flush()?;
+        Ok(())
+    };
+    if !a.chunked {
+        return run();
     }
-    println!("{}", start.elapsed().as_nanos() as u64 / a.ops.max(1));
+    for line in std::io::stdin().lines() {
+        line?;
+        run()?;
+    }
     Ok(())
 }
 
@@ -333,6 +352,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         print_storms(&ns, &delivered, a.rounds, tick);
         program_costs(&bin, &dir, &ns)?;
     }
+    if wanted(&a, "pairs") {
+        pairs(&bin, &dir, a.pairs)?;
+    }
     if wanted(&a, "build") {
         real_workload(&bin, &dir, a.build_rounds)?;
     }
@@ -347,6 +369,97 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     remove_bench_cgroups();
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A storm started with `--chunked`: one chunk of operations per `run`.
+struct Chunked {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl Chunked {
+    fn start(prefix: &[&std::ffi::OsStr], kind: &str, ops: u64) -> anyhow::Result<Chunked> {
+        let me = std::env::current_exe()?;
+        let (program, args) = match prefix.split_first() {
+            Some((p, rest)) => (*p, rest),
+            None => (me.as_os_str(), &[][..]),
+        };
+        let mut child = Command::new(program)
+            .args(args)
+            .args((!prefix.is_empty()).then_some(&me))
+            .args(["storm", "--chunked", kind, &ops.to_string()])
+            .env_remove("LD_LIBRARY_PATH")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Chunked {
+            input: child.stdin.take().context("stdin")?,
+            output: BufReader::new(child.stdout.take().context("stdout")?),
+            child,
+        })
+    }
+
+    /// Runs one chunk; its ns/op.
+    fn run(&mut self) -> anyhow::Result<f64> {
+        use std::io::Write as _;
+        self.input.write_all(b"\n")?;
+        self.input.flush()?;
+        let mut line = String::new();
+        self.output.read_line(&mut line)?;
+        line.trim()
+            .parse()
+            .map_err(|e| anyhow!("chunked storm output {line:?}: {e}"))
+    }
+}
+
+impl Drop for Chunked {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Watched against unwatched, with the daemon on, as two storm processes that take turns chunk
+/// by chunk (ABBA order, ~20 ms each): the machine's speed drifts over seconds, so a chunk
+/// pair sees the same machine, which separate runs do not. What the daemon does on the other
+/// core while a watched chunk runs is counted; its tail spills into the next chunk, which
+/// makes this a slight underestimate.
+fn pairs(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<()> {
+    const CHUNKS: [(&str, u64); 3] = [("exec", 40), ("open", 15_000), ("connect", 40_000)];
+    let d = Daemon::start(bin, dir, None)?;
+    let launch = d.launch_prefix(bin.as_os_str());
+    println!("\n## Paired chunks: watched / unwatched, daemon on, shipped rules ({pairs} pairs per storm)\n");
+    println!("| storm | ops per chunk | unwatched ns/op (median) | watched ns/op (median) | ratio median | min | max | ratio of totals |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (kind, ops) in CHUNKS {
+        eprintln!("bench: paired {kind}");
+        let mut plain = Chunked::start(&[], kind, ops)?;
+        let mut watched = Chunked::start(&launch, kind, ops)?;
+        // Warm both (first exec of the binary, page cache, the daemon's session set-up).
+        plain.run()?;
+        watched.run()?;
+        let (mut a, mut b) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+        for i in 0..pairs {
+            if i % 2 == 0 {
+                a.push(plain.run()?);
+                b.push(watched.run()?);
+            } else {
+                b.push(watched.run()?);
+                a.push(plain.run()?);
+            }
+        }
+        let ratios: Vec<f64> = b.iter().zip(&a).map(|(w, p)| w / p).collect();
+        let (med, min, max) = stats(ratios);
+        let total = b.iter().sum::<f64>() / a.iter().sum::<f64>();
+        println!(
+            "| {kind} | {ops} | {:.0} | {:.0} | {med:.3} | {min:.3} | {max:.3} | {total:.3} |",
+            stats(a).0,
+            stats(b).0
+        );
+    }
     Ok(())
 }
 
@@ -380,7 +493,7 @@ fn watcher_symbol(sym: &str) -> bool {
 }
 
 /// The share of a storm's own CPU samples (`perf record`) spent in the watcher's kernel path,
-/// for the floor and the watched storm. Machine noise slows every function alike, so a share
+/// for the floor, the unwatched and the watched storm. Machine noise slows every function alike, so a share
 /// within one run is steadier than a time against another run; `1 / (1 - share)` is the
 /// overhead over the same storm without any of it. A lower bound: what the programs cost the
 /// kernel's own code through the caches is not counted.
@@ -444,7 +557,8 @@ fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
         Ok(total / 100.0)
     };
     let storms = [("open", 300_000u64), ("connect", 300_000)];
-    let mut shares = vec![[Vec::new(), Vec::new()]; storms.len()];
+    const NAMES: [&str; 3] = ["floor", "unwatched", "watched"];
+    let mut shares = vec![[Vec::new(), Vec::new(), Vec::new()]; storms.len()];
     for round in 0..rounds {
         eprintln!("bench: profile round {}/{rounds}", round + 1);
         {
@@ -456,14 +570,15 @@ fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
         let d = Daemon::start(bin, dir, None)?;
         let launch = d.launch_prefix(bin.as_os_str());
         for (s, (kind, ops)) in storms.iter().enumerate() {
-            shares[s][1].push(share(&launch, kind, *ops)?);
+            shares[s][1].push(share(&[], kind, *ops)?);
+            shares[s][2].push(share(&launch, kind, *ops)?);
         }
     }
     println!("\n## Profile: share of the storm's samples in the watcher's kernel path ({rounds} rounds; direct cost, a lower bound)\n");
     println!("| storm | variant | share (median) | min | max | implied overhead 1 / (1 - share) |");
     println!("|---|---|---|---|---|---|");
     for (s, (kind, _)) in storms.iter().enumerate() {
-        for (v, name) in ["floor", "watched"].iter().enumerate() {
+        for (v, name) in NAMES.iter().enumerate() {
             let (med, min, max) = stats(shares[s][v].clone());
             println!(
                 "| {kind} | {name} | {:.1}% | {:.1}% | {:.1}% | {:.3} |",
@@ -473,6 +588,20 @@ fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
                 1.0 / (1.0 - med)
             );
         }
+    }
+    // The rest of the storm (the kernel's own open or connect, user space) is the same work in
+    // every variant, so the ratio of the rests gives one variant's direct cost over another's.
+    println!(
+        "\n| storm | unwatched / floor, direct (median) | watched / unwatched, direct (median) |"
+    );
+    println!("|---|---|---|");
+    for (s, (kind, _)) in storms.iter().enumerate() {
+        let rest = |v: usize| 1.0 - stats(shares[s][v].clone()).0;
+        println!(
+            "| {kind} | {:.3} | {:.3} |",
+            rest(0) / rest(1),
+            rest(1) / rest(2)
+        );
     }
     Ok(())
 }

@@ -1,43 +1,43 @@
 //! `syscalls:sys_exit_chdir` and `sys_exit_fchdir`: user space tracks each process's working
 //! directory from these, to make relative open paths absolute even after the process is gone.
-//! The arguments come from the task's saved registers.
+//! The arguments and result come from the task's saved registers.
 use aya_ebpf::{
     helpers::bpf_probe_read_user_str_bytes, macros::tracepoint, programs::TracePointContext,
 };
 use watcher_common::{ChdirEvent, EventKind};
 
 use crate::shared::{
-    config, count_drop, current_tgid, enforce_halt, fill_header, syscall_args, watch_of, EVENTS,
+    count_drop, current_tgid, enforce_halt, fill_header, ready, syscall, watch_of, Syscall, EVENTS,
 };
 
 #[tracepoint]
-pub fn sys_exit_chdir(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, false);
+pub fn sys_exit_chdir(_ctx: TracePointContext) -> u32 {
+    try_exit(false);
     0
 }
 
 #[tracepoint]
-pub fn sys_exit_fchdir(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, true);
+pub fn sys_exit_fchdir(_ctx: TracePointContext) -> u32 {
+    try_exit(true);
     0
 }
 
-fn try_exit(ctx: &TracePointContext, by_fd: bool) -> Result<(), i64> {
+fn try_exit(by_fd: bool) {
     let Some(watch) = watch_of(current_tgid()) else {
-        return Ok(());
+        return;
     };
     enforce_halt(watch.session_id);
-    let cfg = config().ok_or(0)?;
-    // SAFETY: offset came from the format file.
-    let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize)? };
+    if !ready() {
+        return;
+    }
+    let Syscall { args, ret } = syscall();
     if ret != 0 {
         // A failed chdir changes nothing user space tracks.
-        return Ok(());
+        return;
     }
-    let args = syscall_args();
     let Some(mut entry) = EVENTS.reserve::<ChdirEvent>(0) else {
         count_drop(EventKind::Chdir);
-        return Ok(());
+        return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ChdirEvent>().
@@ -57,5 +57,4 @@ fn try_exit(ctx: &TracePointContext, by_fd: bool) -> Result<(), i64> {
         }
     }
     entry.submit(0);
-    Ok(())
 }

@@ -1,30 +1,31 @@
 //! `syscalls:sys_exit_connect`: the raw sockaddr (user space decodes IPv4, IPv6 and unix
-//! paths) with the result, at exit; the arguments come from the task's saved registers.
+//! paths) with the result, at exit; the arguments and result come from the task's saved
+//! registers.
 use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::tracepoint, programs::TracePointContext};
 use watcher_common::{ConnectEvent, EventKind, EVENT_FLAG_FAST_PATH, SOCKADDR_MAX};
 
 use crate::shared::{
-    config, count_drop, current_tgid, current_tid, enforce_halt, fill_header, syscall_args,
-    watch_of, EVENTS, REFUSED,
+    count_drop, current_tgid, current_tid, enforce_halt, fill_header, ready, syscall, watch_of,
+    Syscall, EVENTS, REFUSED,
 };
 
 const EPERM: i64 = 1;
 
 #[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
+pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
+    try_exit();
     0
 }
 
-fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit() {
     let Some(watch) = watch_of(current_tgid()) else {
-        return Ok(());
+        return;
     };
     enforce_halt(watch.session_id);
-    let cfg = config().ok_or(0)?;
-    let args = syscall_args();
-    // SAFETY: offset came from the format file.
-    let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize)? };
+    if !ready() {
+        return;
+    }
+    let Syscall { args, ret } = syscall();
     // Only a refused call can have been refused by the kernel policy (deny.rs marks it).
     let refused = ret == -EPERM && {
         let tid = current_tid();
@@ -37,7 +38,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_drop(EventKind::Connect);
-        return Ok(());
+        return;
     };
     let ev = entry.as_mut_ptr();
     let addrlen = args[2] as u32;
@@ -63,5 +64,4 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     entry.submit(0);
-    Ok(())
 }

@@ -1,5 +1,5 @@
 //! `syscalls:sys_exit_openat(2)`: one program per call, at exit, with the result. The call's
-//! arguments come from the task's saved registers (`syscall_args`), so nothing runs at entry:
+//! arguments and result come from the task's saved registers (`syscall`), so nothing runs at entry:
 //! an unwatched open pays for one tracepoint, not two, and a watched one needs no map.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
@@ -14,8 +14,8 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    alert, config, count_drop, current_tgid, enforce_halt, fast_act, fast_lookup, fill_header,
-    may_match, scratch_key, syscall_args, watch_of, EVENTS, FAST_OPEN,
+    alert, count_drop, current_tgid, enforce_halt, fast_act, fast_lookup, fill_header, may_match,
+    ready, scratch_key, syscall, watch_of, Syscall, EVENTS, FAST_OPEN,
 };
 
 #[repr(C)]
@@ -26,24 +26,26 @@ struct OpenHow {
 }
 
 #[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, false);
+pub fn sys_exit_openat(_ctx: TracePointContext) -> u32 {
+    try_exit(false);
     0
 }
 
 #[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, true);
+pub fn sys_exit_openat2(_ctx: TracePointContext) -> u32 {
+    try_exit(true);
     0
 }
 
-fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
+fn try_exit(openat2: bool) {
     let Some(watch) = watch_of(current_tgid()) else {
-        return Ok(());
+        return;
     };
     enforce_halt(watch.session_id);
-    let cfg = config().ok_or(0)?;
-    let args = syscall_args();
+    if !ready() {
+        return;
+    }
+    let Syscall { args, ret } = syscall();
     let (dfd, path, flags, mode, resolve) = if openat2 {
         // SAFETY: probe read of user memory, faults safely.
         let how = unsafe { bpf_probe_read_user(args[2] as *const OpenHow) }.unwrap_or(OpenHow {
@@ -56,8 +58,6 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
         (args[0], args[1], args[2], args[3], 0)
     };
     let path = path as *const u8;
-    // SAFETY: offset came from the format file.
-    let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize)? };
 
     // A signal sent here takes effect before the task is back in user space, as at entry: the
     // open has happened, the process never gets to use the descriptor. The kernel policy acts
@@ -71,7 +71,7 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
                 fast_open(key, len, flags);
             }
         }
-        return Ok(());
+        return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<OpenEvent>().
@@ -116,7 +116,6 @@ fn try_exit(ctx: &TracePointContext, openat2: bool) -> Result<(), i64> {
         }
     }
     entry.submit(0);
-    Ok(())
 }
 
 /// Acts on the `FAST_OPEN` entry for the absolute path in `key` (`len` bytes) opened with

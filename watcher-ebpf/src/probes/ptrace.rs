@@ -1,37 +1,39 @@
-//! `syscalls:sys_enter_ptrace`: a watched process attaching to (or seizing) another. User space
-//! decides whether it is tampering (the watcher, a held process, anything outside the session).
+//! `syscalls:sys_exit_ptrace`: a watched process attaching to (or seizing) another, with the
+//! result. User space decides whether it is tampering (the watcher, a held process, anything
+//! outside the session). At exit rather than entry: the arguments and result come from the
+//! task's saved registers, and no `sys_enter` tracepoint is attached at all, which every
+//! syscall on the host would pay for.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, PtraceEvent};
 
-use crate::shared::{config, count_drop, current_tgid, fill_header, watch_of, EVENTS};
+use crate::shared::{
+    count_drop, current_tgid, fill_header, ready, syscall, watch_of, Syscall, EVENTS,
+};
 
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
 
 #[tracepoint]
-pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx);
+pub fn sys_exit_ptrace(_ctx: TracePointContext) -> u32 {
+    try_exit();
     0
 }
 
-fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit() {
     let Some(watch) = watch_of(current_tgid()) else {
-        return Ok(());
+        return;
     };
-    let cfg = config().ok_or(0)?;
-    // SAFETY: offsets came from this tracepoint's format file.
-    let (request, pid) = unsafe {
-        (
-            ctx.read_at::<u64>(cfg.ptrace_request as usize)?,
-            ctx.read_at::<u64>(cfg.ptrace_pid as usize)?,
-        )
-    };
+    if !ready() {
+        return;
+    }
+    let Syscall { args, ret } = syscall();
+    let (request, pid) = (args[0], args[1]);
     if request != PTRACE_ATTACH && request != PTRACE_SEIZE {
-        return Ok(());
+        return;
     }
     let Some(mut entry) = EVENTS.reserve::<PtraceEvent>(0) else {
         count_drop(EventKind::Ptrace);
-        return Ok(());
+        return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<PtraceEvent>().
@@ -44,7 +46,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i64> {
         );
         (*ev).target = pid as u32;
         (*ev).request = request as u32;
+        (*ev).result = ret;
     }
     entry.submit(0);
-    Ok(())
 }

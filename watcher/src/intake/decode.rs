@@ -75,6 +75,7 @@ pub enum Record {
         hdr: EventHeader,
         target: u32,
         request: u32,
+        result: i64,
     },
 }
 
@@ -208,6 +209,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 hdr,
                 target: ev.target,
                 request: ev.request,
+                result: ev.result,
             }
         }
     })

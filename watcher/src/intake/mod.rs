@@ -625,10 +625,14 @@ impl Intake {
                 result,
             }),
             Record::Ptrace {
-                target, request, ..
+                target,
+                request,
+                result,
+                ..
             } => Some(Detail::Ptrace {
                 target_pid: target,
                 request,
+                result,
             }),
             Record::Chdir { fd, path, .. } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);

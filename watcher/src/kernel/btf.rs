@@ -71,6 +71,19 @@ impl KernelBtf {
         }
     }
 
+    /// Offset in `struct pt_regs` of the syscall's return value, as the `sys_exit`
+    /// tracepoints see it.
+    pub fn syscall_ret_offset(&self) -> Result<u32, BtfError> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.member_offset("pt_regs", "ax")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            self.member_offset("pt_regs", "regs")
+        }
+    }
+
     fn find(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
         for m in &s.members {
             let name = self.0.resolve_name(m).unwrap_or_default();

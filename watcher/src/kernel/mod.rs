@@ -40,7 +40,7 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_chdir", "syscalls", "sys_exit_chdir"),
     ("sys_exit_fchdir", "syscalls", "sys_exit_fchdir"),
     ("signal_generate", "signal", "signal_generate"),
-    ("sys_enter_ptrace", "syscalls", "sys_enter_ptrace"),
+    ("sys_exit_ptrace", "syscalls", "sys_exit_ptrace"),
 ];
 
 /// Checks everything the programs need and reports every missing piece at once.
@@ -107,24 +107,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let newtask = f("task", "task_newtask")?;
     let exit = f("sched", "sched_process_exit")?;
     let signal = f("signal", "signal_generate")?;
-    let ptrace = f("syscalls", "sys_enter_ptrace")?;
-    let mut ret = None;
-    for name in [
-        "sys_exit_openat",
-        "sys_exit_openat2",
-        "sys_exit_connect",
-        "sys_exit_chdir",
-        "sys_exit_fchdir",
-    ] {
-        let off = f("syscalls", name)?.offset("ret", 8)?;
-        if *ret.get_or_insert(off) != off {
-            return Err(anyhow!(
-                "syscalls:{name}: `ret` at {off}, other sys_exit records differ"
-            ));
-        }
-    }
     let btf = KernelBtf::open()?;
-    let syscall_arg = btf.syscall_arg_offsets()?;
     Ok(ProbeConfig {
         exec_filename: exec.offset("filename", 4)?,
         exec_pid: exec.offset("pid", 4)?,
@@ -132,14 +115,12 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         newtask_pid: newtask.offset("pid", 4)?,
         newtask_clone_flags: newtask.offset("clone_flags", 8)?,
         exit_group_dead: exit.offset("group_dead", 1)?,
-        syscall_arg,
+        syscall_arg: btf.syscall_arg_offsets()?,
+        syscall_ret: btf.syscall_ret_offset()?,
         signal_sig: signal.offset("sig", 4)?,
         signal_code: signal.offset("code", 4)?,
         signal_pid: signal.offset("pid", 4)?,
         signal_result: signal.offset("result", 4)?,
-        ptrace_request: ptrace.offset("request", 8)?,
-        ptrace_pid: ptrace.offset("pid", 8)?,
-        sys_exit_ret: ret.unwrap_or(0),
         task_real_parent: btf.member_offset("task_struct", "real_parent")?,
         task_tgid: btf.member_offset("task_struct", "tgid")?,
         task_exit_code: btf.member_offset("task_struct", "exit_code")?,
@@ -520,7 +501,7 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 /// Hook types for the syscall programs, compared by the benchmark's floors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyscallHooks {
-    /// One `syscalls:sys_{enter,exit}_*` tracepoint per syscall (what the watcher uses).
+    /// One `syscalls:sys_exit_*` tracepoint per syscall (what the watcher uses).
     Classic,
     /// One BTF tracepoint on `sys_exit`, run for every syscall.
     TpBtf,
