@@ -84,6 +84,9 @@ pub struct EventHeader {
     pub comm: [u8; 16],
 }
 
+// The probes fill `comm` with two 8-byte stores.
+const _: () = assert!(core::mem::offset_of!(EventHeader, comm) % 8 == 0);
+
 /// The string or argv buffer of this record was cut at its limit.
 pub const EVENT_FLAG_TRUNCATED: u32 = 1 << 0;
 /// The argv area could not be read (argv is empty in the record).
@@ -315,6 +318,9 @@ pub struct ProbeConfig {
     pub signal_result: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
+    /// Offset of `comm` in `struct task_struct`: every record's header reads it with two
+    /// plain loads through the BTF-typed current task instead of a helper call.
+    pub task_comm: u32,
     pub task_exit_code: u32,
     pub task_mm: u32,
     pub mm_arg_start: u32,
@@ -340,6 +346,7 @@ impl ProbeConfig {
             signal_result: 0,
             task_real_parent: 0,
             task_tgid: 0,
+            task_comm: 0,
             task_exit_code: 0,
             task_mm: 0,
             mm_arg_start: 0,

@@ -3,8 +3,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
-            bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_ktime_get_boot_ns, bpf_task_pt_regs,
         },
     },
     macros::map,
@@ -166,6 +166,8 @@ pub fn parent_tgid(cfg: &ProbeConfig) -> u32 {
 #[inline(always)]
 pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, ppid: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     // SAFETY: `hdr` points into a ring-buffer reservation of the right size.
     unsafe {
         (*hdr).kind = kind as u32;
@@ -177,11 +179,14 @@ pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, ppid
         (*hdr).tgid = (pid_tgid >> 32) as u32;
         (*hdr).ppid = ppid;
         (*hdr).uid = bpf_get_current_uid_gid() as u32;
-        // Written in place: the helper zeroes the buffer itself when it fails.
-        bpf_get_current_comm(
-            (&raw mut (*hdr).comm).cast(),
-            core::mem::size_of::<[u8; 16]>() as u32,
-        );
+        // Two loads the verifier checks against `task_struct` (the offset is a constant from
+        // the frozen `CONFIG`), where the helper would copy byte by byte and pad. The kernel
+        // keeps `comm` NUL-padded; a rename racing this read can tear it, as with the helper.
+        let comm = task.add(core::ptr::read_volatile(&CONFIG.task_comm) as usize) as *const u64;
+        // `comm` sits at an 8-byte boundary of the header.
+        let out = (&raw mut (*hdr).comm) as *mut u64;
+        *out = *comm;
+        *out.add(1) = *comm.add(1);
     }
 }
 

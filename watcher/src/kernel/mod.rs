@@ -123,6 +123,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         signal_result: signal.offset("result", 4)?,
         task_real_parent: btf.member_offset("task_struct", "real_parent")?,
         task_tgid: btf.member_offset("task_struct", "tgid")?,
+        task_comm: btf.member_offset("task_struct", "comm")?,
         task_exit_code: btf.member_offset("task_struct", "exit_code")?,
         task_mm: btf.member_offset("task_struct", "mm")?,
         mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
