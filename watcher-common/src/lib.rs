@@ -227,6 +227,14 @@ pub struct PtraceEvent {
     pub result: i64,
 }
 
+/// Slots of the `WATCH_FILTER` counters in front of the watched-process map (a power of two).
+pub const WATCH_FILTER_SLOTS: u32 = 65536;
+
+/// The `WATCH_FILTER` slot of a tgid.
+pub const fn watch_slot(tgid: u32) -> u32 {
+    tgid & (WATCH_FILTER_SLOTS - 1)
+}
+
 /// Paths the kernel fast path can match (longer ones are left to user space).
 pub const FAST_PATH_MAX: usize = 256;
 /// `PATH_FILTER` words per fast-path table: one bit for each possible pair of bytes after the

@@ -2,6 +2,10 @@
 //! and the helpers every probe shares.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `AtomicU64::fetch_add` does not exist on the BPF target (no compare-and-swap loop to build
+// it from); the intrinsic is the one atomic add BPF has always had.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod probes;

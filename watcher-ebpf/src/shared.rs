@@ -11,8 +11,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use watcher_common::{
-    net_filter_bit, path_filter_bit, AgentName, Alert, EventHeader, EventKind, FastNet, FastRule,
-    ProbeConfig, Watch, EVENT_KINDS, FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_WORDS, PATH_MAX,
+    net_filter_bit, path_filter_bit, watch_slot, AgentName, Alert, EventHeader, EventKind, FastNet,
+    FastRule, ProbeConfig, Watch, EVENT_KINDS, FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_WORDS,
+    PATH_MAX, WATCH_FILTER_SLOTS,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -53,6 +54,49 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 
 /// matcher at exec, and inherited at fork in the kernel; removed at exit.
 #[map]
 pub static WATCHED: HashMap<u32, Watch> = HashMap::with_max_entries(65536, 0);
+
+/// For each `watch_slot`, at least how many `WATCHED` keys fall in it: every hook asks this
+/// (an array load the verifier inlines) before the hash lookup, so the processes of the host
+/// that no session holds, nearly all of them, skip the hash. A count, not a bit, so that a
+/// removal never clears a slot another tgid still needs. It may count too many (a lost race,
+/// a map update that replaced an entry), which only costs a lookup; never too few: it goes
+/// up before a key is added and down after one is removed, with atomic adds on both sides.
+/// Mappable, so that user space adds with the same atomic instruction.
+#[map]
+pub static WATCH_FILTER: Array<u64> =
+    Array::with_max_entries(WATCH_FILTER_SLOTS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+#[inline(always)]
+fn watch_count(tgid: u32, delta: u64) {
+    if let Some(slot) = WATCH_FILTER.get_ptr_mut(watch_slot(tgid)) {
+        use core::intrinsics::{atomic_xadd, AtomicOrdering};
+        // SAFETY: an 8-byte aligned map value; the result is unused, so this is one atomic add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
+    }
+}
+
+/// Adds (or replaces) the watched process `tgid`.
+#[inline(always)]
+pub fn watch_insert(tgid: u32, w: &Watch) -> Result<(), i64> {
+    // SAFETY: only compared with None.
+    let new = unsafe { WATCHED.get(&tgid).is_none() };
+    if new {
+        watch_count(tgid, 1);
+    }
+    let r = WATCHED.insert(&tgid, w, 0);
+    if r.is_err() && new {
+        watch_count(tgid, u64::MAX);
+    }
+    r.map_err(i64::from)
+}
+
+/// Removes the watched process `tgid`, if it is one.
+#[inline(always)]
+pub fn watch_remove(tgid: u32) {
+    if WATCHED.remove(&tgid).is_ok() {
+        watch_count(tgid, u64::MAX);
+    }
+}
 
 /// Agent matchers: executable basename -> profile index + 1.
 #[map]
@@ -96,6 +140,9 @@ pub fn current_tid() -> u32 {
 
 #[inline(always)]
 pub fn watch_of(tgid: u32) -> Option<Watch> {
+    if WATCH_FILTER.get(watch_slot(tgid)).copied() == Some(0) {
+        return None;
+    }
     // SAFETY: the value is copied out at once; a concurrent delete can only make it stale.
     unsafe { WATCHED.get(&tgid).copied() }
 }

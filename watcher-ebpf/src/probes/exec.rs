@@ -17,8 +17,8 @@ use watcher_common::{
 
 use crate::shared::{
     alert, config, count_drop, current_task, current_tgid, enforce_halt, fast_act, fast_lookup,
-    fill_header, parent_tgid, read_kernel, scratch_key, watch_of, AGENTS, EVENTS, FAST_EXEC,
-    SCRATCH_PATH, WATCHED,
+    fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, AGENTS, EVENTS,
+    FAST_EXEC, SCRATCH_PATH,
 };
 
 #[tracepoint]
@@ -42,7 +42,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
                 profile,
                 ppid: parent_tgid(&cfg),
             };
-            WATCHED.insert(&tgid, &w, 0)?;
+            watch_insert(tgid, &w)?;
             flags |= EVENT_FLAG_SESSION_START;
             w
         }

@@ -5,7 +5,7 @@ use watcher_common::{EventKind, ExitEvent};
 
 use crate::shared::{
     config, count_drop, current_task, current_tgid, fill_header, parent_tgid, read_kernel,
-    watch_of, EVENTS, WATCHED,
+    watch_of, watch_remove, EVENTS,
 };
 
 #[tracepoint]
@@ -27,7 +27,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if group_dead == 0 {
         return Ok(());
     }
-    let _ = WATCHED.remove(&tgid);
+    watch_remove(tgid);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_drop(EventKind::Exit);
         return Ok(());

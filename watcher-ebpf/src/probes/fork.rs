@@ -6,8 +6,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ForkEvent, Watch};
 
 use crate::shared::{
-    config, count_drop, current_tgid, enforce_halt, fill_header, parent_tgid, watch_of, EVENTS,
-    WATCHED,
+    config, count_drop, current_tgid, enforce_halt, fill_header, parent_tgid, watch_insert,
+    watch_of, EVENTS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -35,7 +35,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
             ppid: current_tgid(),
             ..watch
         };
-        WATCHED.insert(&child, &child_watch, 0)?;
+        watch_insert(child, &child_watch)?;
     }
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_drop(EventKind::Fork);

@@ -1,6 +1,7 @@
 //! Loading the kernel programs: feature checks, layout discovery, attach, and map access.
 pub mod btf;
 pub mod tracefs;
+mod watch_filter;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,7 @@ use watcher_common::{
     FILTER_OPEN, NET_FILTER_WORDS, PATH_FILTER_WORDS,
 };
 
-use self::{btf::KernelBtf, tracefs::Format};
+use self::{btf::KernelBtf, tracefs::Format, watch_filter::WatchFilter};
 use crate::{
     config::Config,
     rules::kernel::{KernelAction, KernelPolicy, NetEntry, PathEntry},
@@ -136,6 +137,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
 pub struct Kernel {
     ebpf: Ebpf,
     pub watched: BpfHashMap<MapData, u32, Watch>,
+    watch_filter: WatchFilter,
     drops: PerCpuArray<MapData, u64>,
 }
 
@@ -175,6 +177,10 @@ impl Kernel {
             ebpf.take_map("WATCHED")
                 .ok_or_else(|| anyhow!("no WATCHED map"))?,
         )?;
+        let watch_filter = WatchFilter::new(
+            ebpf.take_map("WATCH_FILTER")
+                .ok_or_else(|| anyhow!("no WATCH_FILTER map"))?,
+        )?;
         let drops = PerCpuArray::try_from(
             ebpf.take_map("DROPS")
                 .ok_or_else(|| anyhow!("no DROPS map"))?,
@@ -182,6 +188,7 @@ impl Kernel {
         Ok(Kernel {
             ebpf,
             watched,
+            watch_filter,
             drops,
         })
     }
@@ -230,9 +237,19 @@ impl Kernel {
             ppid: crate::control::server::ppid_of(tgid),
             ..w
         };
-        self.watched
+        // Counted before it goes in (see `WatchFilter`); a replaced entry is already counted.
+        let new = self.watched.get(&tgid, 0).is_err();
+        if new {
+            self.watch_filter.add(tgid);
+        }
+        let r = self
+            .watched
             .insert(tgid, w, 0)
-            .with_context(|| format!("adding pid {tgid} to the kernel map"))
+            .with_context(|| format!("adding pid {tgid} to the kernel map"));
+        if r.is_err() && new {
+            self.watch_filter.undo_add(tgid);
+        }
+        r
     }
 
     /// Makes the kernel's fast-path maps hold exactly the policy's entries. New entries go in
