@@ -298,3 +298,58 @@ fn status_reports_what_each_kernel_program_costs() {
     assert!(r1 >= r0 + 5, "sys_exit_openat ran {} times", r1 - r0);
     assert!(t1 > t0, "no run time counted");
 }
+
+/// An absolute path of exactly `len` bytes under `base`, its directories created.
+fn path_of_len(base: &Path, len: usize) -> PathBuf {
+    let mut p = base.to_path_buf();
+    let mut n = 0;
+    while len - p.as_os_str().len() > 80 {
+        p.push(format!("{n:0>60}"));
+        n += 1;
+    }
+    std::fs::create_dir_all(&p).unwrap();
+    let rest = len - p.as_os_str().len() - 1;
+    p.push("f".repeat(rest));
+    assert_eq!(p.as_os_str().len(), len);
+    p
+}
+
+#[test]
+fn open_paths_of_every_length_arrive_whole_or_flagged() {
+    let d = Daemon::start();
+    let dir = TempDir::new("long");
+    // Around the short record's end (150 bytes of path fit), a long record, and around the
+    // longest record's end (510 bytes fit; from 511 on the path is cut and flagged, as the
+    // kernel's copy cannot tell 511 bytes from more).
+    let short = dir.0.as_os_str().len() + 10;
+    assert!(short < 149, "temp dir too deep: {}", dir.0.display());
+    let lens = [short, 149, 150, 151, 152, 300, 510, 511, 700];
+    let paths: Vec<PathBuf> = lens.iter().map(|&n| path_of_len(&dir.0, n)).collect();
+    for p in &paths {
+        std::fs::write(p, "x").unwrap();
+    }
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let (trace, code) = d.launch(&format!("cat {} >/dev/null", list.join(" ")));
+    assert_eq!(code, 0);
+    let events = d.session_events(&trace, None);
+    let opens: Vec<_> = of_type(&events, "open")
+        .into_iter()
+        .filter(|e| e["comm"] == "cat" && e["result"].as_i64().unwrap_or(-1) >= 0)
+        .collect();
+    for (p, &len) in list.iter().zip(&lens) {
+        if len <= 510 {
+            let found: Vec<_> = opens.iter().filter(|e| e["path"] == p.as_str()).collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "one open of the {len}-byte path: {opens:#?}"
+            );
+            assert!(found[0].get("path_truncated").is_none(), "{}", found[0]);
+        } else {
+            let cut = &p[..511];
+            let found: Vec<_> = opens.iter().filter(|e| e["path"] == cut).collect();
+            assert_eq!(found.len(), 1, "the {len}-byte path, cut: {opens:#?}");
+            assert_eq!(found[0]["path_truncated"], true, "{}", found[0]);
+        }
+    }
+}

@@ -8,9 +8,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use watcher_common::{
-    EventKind, FastRule, OpenEvent, EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED, EVENT_FLAG_TRUNCATED,
-    FAST_PATH_MAX, FAST_STOP, FILTER_OPEN, INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE,
-    INTENT_WRITE, PATH_MAX,
+    EventKind, FastRule, OpenEvent, Watch, EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED,
+    EVENT_FLAG_TRUNCATED, FAST_PATH_MAX, FAST_STOP, FILTER_OPEN, INTENT_CREATE, INTENT_READ,
+    INTENT_TRUNCATE, INTENT_WRITE, OPEN_PATH_SHORT, PATH_MAX,
 };
 
 use crate::shared::{
@@ -57,50 +57,94 @@ fn try_exit(openat2: bool) {
     } else {
         (args[0], args[1], args[2], args[3], 0)
     };
-    let path = path as *const u8;
-
-    // A signal sent here takes effect before the task is back in user space, as at entry: the
-    // open has happened, the process never gets to use the descriptor. The kernel policy acts
-    // whether or not the record can be written.
-    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
+    let call = Call {
+        path: path as *const u8,
+        ret,
+        dfd,
+        flags,
+        mode,
+        resolve,
+        openat2,
+    };
+    // Most paths fit the short record; a longer one is read again into a long record (the
+    // short one is discarded, and costs only its ring space until user space skips it).
+    let written = match write::<OPEN_PATH_SHORT>(&call, &watch) {
+        Written::TooLong => write::<PATH_MAX>(&call, &watch),
+        w => w,
+    };
+    if let Written::NoRoom = written {
+        // The kernel policy acts whether or not the record can be written.
         count_drop(EventKind::Open);
         if let Some(key) = scratch_key() {
             // SAFETY: probe read of user memory, faults safely.
-            if let Ok(p) = unsafe { bpf_probe_read_user_str_bytes(path, &mut key.data) } {
+            if let Ok(p) = unsafe { bpf_probe_read_user_str_bytes(call.path, &mut key.data) } {
                 let len = p.len();
                 fast_open(key, len, flags);
             }
         }
-        return;
+    }
+}
+
+/// One open as the record needs it.
+struct Call {
+    path: *const u8,
+    ret: i64,
+    dfd: u64,
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+    openat2: bool,
+}
+
+enum Written {
+    Done,
+    /// The path needs a bigger record; nothing was written.
+    TooLong,
+    /// The ring is full; nothing was written.
+    NoRoom,
+}
+
+/// Writes the open's record with room for `N` path bytes, acting on the kernel policy on the
+/// way. A signal sent here takes effect before the task is back in user space, as at entry:
+/// the open has happened, the process never gets to use the descriptor.
+#[inline(always)]
+fn write<const N: usize>(c: &Call, watch: &Watch) -> Written {
+    let Some(mut entry) = EVENTS.reserve::<OpenEvent<N>>(0) else {
+        return Written::NoRoom;
     };
     let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is a live reservation of size_of::<OpenEvent>().
+    // SAFETY: `ev` is a live reservation of size_of::<OpenEvent<N>>().
     unsafe {
+        let len = match bpf_probe_read_user_str_bytes(c.path, &mut (*ev).path) {
+            Ok(s) => s.len(),
+            Err(_) => {
+                (*ev).path[0] = 0;
+                0
+            }
+        };
+        if len >= N - 1 {
+            if N < PATH_MAX {
+                entry.discard(0);
+                return Written::TooLong;
+            }
+            // Longer than any record holds: cut, and say so.
+        }
         fill_header(
             &raw mut (*ev).hdr,
             EventKind::Open,
             watch.session_id,
             watch.ppid,
         );
-        (*ev).result = ret;
-        (*ev).dfd = dfd as i32;
-        (*ev).flags = flags;
-        (*ev).mode = mode as u32;
-        (*ev).resolve = resolve;
-        (*ev).openat2 = openat2 as u32;
+        if len >= N - 1 {
+            (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED;
+        }
+        (*ev).result = c.ret;
+        (*ev).dfd = c.dfd as i32;
+        (*ev).flags = c.flags;
+        (*ev).mode = c.mode as u32;
+        (*ev).resolve = c.resolve;
+        (*ev).openat2 = c.openat2 as u32;
         (*ev)._pad = 0;
-        let len = match bpf_probe_read_user_str_bytes(path, &mut (*ev).path) {
-            Ok(s) => {
-                if s.len() >= PATH_MAX - 1 {
-                    (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED;
-                }
-                s.len()
-            }
-            Err(_) => {
-                (*ev).path[0] = 0;
-                0
-            }
-        };
         // The path is read from user memory once; the lookup key is a copy of the record's,
         // made only for a path the filter does not rule out.
         if len > 0
@@ -109,13 +153,16 @@ fn try_exit(openat2: bool) {
             && may_match(FILTER_OPEN, (*ev).path[1], (*ev).path[2])
         {
             if let Some(key) = scratch_key() {
-                if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut key.data).is_ok() {
-                    (*ev).hdr.flags |= fast_open(key, len, flags);
+                // Only the record's own bytes: a short record's path ends before the key's.
+                let n = if N < FAST_PATH_MAX { N } else { FAST_PATH_MAX };
+                if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut key.data[..n]).is_ok() {
+                    (*ev).hdr.flags |= fast_open(key, len, c.flags);
                 }
             }
         }
     }
     entry.submit(0);
+    Written::Done
 }
 
 /// Acts on the `FAST_OPEN` entry for the absolute path in `key` (`len` bytes) opened with

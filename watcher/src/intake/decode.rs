@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use watcher_common::{
     Alert, ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    OpenEvent, PtraceEvent, SignalEvent, EVENT_FLAG_TRUNCATED,
+    OpenEvent, PtraceEvent, SignalEvent, EVENT_FLAG_TRUNCATED, PATH_MAX,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,11 +164,13 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             }
         }
         EventKind::Open => {
-            let ev: OpenEvent = read(buf, "open")?;
+            // Short or long (see `OpenEvent`): the path runs to the end of the record.
+            let ev: OpenEvent<0> = read(buf, "open")?;
+            let path = &buf[size_of::<OpenEvent<0>>()..];
             Record::Open {
                 hdr,
                 dfd: ev.dfd,
-                path: cstr(&ev.path),
+                path: cstr(&path[..path.len().min(PATH_MAX)]),
                 flags: ev.flags,
                 mode: ev.mode,
                 result: ev.result,
