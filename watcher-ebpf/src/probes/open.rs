@@ -1,6 +1,6 @@
 //! `syscalls:sys_exit_openat(2)`: one program per call, at exit, with the result. The call's
-//! arguments and result come from the task's saved registers (`syscall`), so nothing runs at entry:
-//! an unwatched open pays for one tracepoint, not two, and a watched one needs no map.
+//! arguments and result come from the task's saved registers (`syscall`), so nothing runs at
+//! entry: an unwatched open pays for one tracepoint, not two, and a watched one needs no map.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
