@@ -136,6 +136,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
 /// The loaded and attached programs and the maps user space works with.
 pub struct Kernel {
     ebpf: Ebpf,
+    /// Read it anywhere; add to it only through `watch`, which keeps `watch_filter` counting.
     pub watched: BpfHashMap<MapData, u32, Watch>,
     watch_filter: WatchFilter,
     drops: PerCpuArray<MapData, u64>,
