@@ -236,22 +236,28 @@ fn totals(st: &serde_json::Value) -> (u64, u64) {
     (ev, drops)
 }
 
-fn run_storm(prefix: &[&std::ffi::OsStr], kind: &str, ops: u64) -> anyhow::Result<f64> {
+/// `xtask storm ARGS...`, run under `prefix` (e.g. `perf record --` or `watcher launch --`).
+fn storm_command(prefix: &[&std::ffi::OsStr], args: &[&str]) -> anyhow::Result<Command> {
     let me = std::env::current_exe()?;
-    let mut cmd = Command::new(prefix.first().copied().unwrap_or(me.as_os_str()));
-    if prefix.is_empty() {
-        cmd.args(["storm", kind, &ops.to_string()]);
-    } else {
-        cmd.args(&prefix[1..])
-            .arg(&me)
-            .args(["storm", kind, &ops.to_string()]);
-    }
+    let mut cmd = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&me);
+            c
+        }
+        None => Command::new(&me),
+    };
     // cargo puts its toolchain and target directories on LD_LIBRARY_PATH; inherited, every
     // exec of the storm would search them for libc first (78 failed opens per /bin/true).
-    let out = cmd
+    cmd.arg("storm")
+        .args(args)
         .env_remove("LD_LIBRARY_PATH")
-        .stderr(Stdio::null())
-        .output()?;
+        .stderr(Stdio::null());
+    Ok(cmd)
+}
+
+fn run_storm(prefix: &[&std::ffi::OsStr], kind: &str, ops: u64) -> anyhow::Result<f64> {
+    let out = storm_command(prefix, &[kind, &ops.to_string()])?.output()?;
     if !out.status.success() {
         bail!(
             "storm {kind} failed: {}",
@@ -381,19 +387,9 @@ struct Chunked {
 
 impl Chunked {
     fn start(prefix: &[&std::ffi::OsStr], kind: &str, ops: u64) -> anyhow::Result<Chunked> {
-        let me = std::env::current_exe()?;
-        let (program, args) = match prefix.split_first() {
-            Some((p, rest)) => (*p, rest),
-            None => (me.as_os_str(), &[][..]),
-        };
-        let mut child = Command::new(program)
-            .args(args)
-            .args((!prefix.is_empty()).then_some(&me))
-            .args(["storm", "--chunked", kind, &ops.to_string()])
-            .env_remove("LD_LIBRARY_PATH")
+        let mut child = storm_command(prefix, &["--chunked", kind, &ops.to_string()])?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()?;
         Ok(Chunked {
             input: child.stdin.take().context("stdin")?,
