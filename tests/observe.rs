@@ -13,15 +13,19 @@ use serde_json::Value;
 mod common;
 use common::{python, Daemon, TempDir};
 
+/// The uid `workload` switches to (nobody's on Debian; any unused one would do).
+const NOBODY: u32 = 65534;
+
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == t).collect()
 }
 
 /// A script that execs /bin/true, reads a file by a relative path, connects to a TCP listener
-/// on 127.0.0.1 and to a unix socket, and has a grandchild.
+/// on 127.0.0.1 and to a unix socket, has a grandchild, and runs a program as `nobody`.
 fn workload(dir: &Path, port: u16, unix: &Path) -> String {
     format!(
         "cd {dir} && /bin/true && cat ./data.txt >/dev/null && (/bin/echo grandchild >/dev/null; :) && \
+         {py} -c 'import os; os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY}); os.execv(\"/bin/sh\", [\"/bin/sh\", \"-c\", \":\"])' && \
          {py} -c 'import socket; s=socket.create_connection((\"127.0.0.1\", {port})); u=socket.socket(socket.AF_UNIX); u.connect(\"{unix}\")'; exit 7",
         dir = dir.display(),
         py = python(),
@@ -145,6 +149,26 @@ fn watched_session_produces_exactly_its_events() {
         .unwrap();
     assert_eq!(session["processes"], 0);
     assert!(session["ended"].is_string());
+
+    // The header's uid and cgroup id, which the kernel side reads from the task itself: the
+    // program run as nobody has nobody's uid and everything else root's (the tests run as
+    // root); every record of the session carries the id of the cgroup the daemon made for it.
+    let dropped: Vec<_> = execs
+        .iter()
+        .filter(|e| e["argv"] == serde_json::json!(["/bin/sh", "-c", ":"]))
+        .collect();
+    assert_eq!(dropped.len(), 1, "{execs:#?}");
+    assert_eq!(dropped[0]["uid"], NOBODY, "{}", dropped[0]);
+    let nobody = dropped[0]["pid"].clone();
+    for e in events.iter().filter(|e| e["pid"] != nobody) {
+        assert_eq!(e["uid"], 0, "{e}");
+    }
+    let cgroup = session["cgroup_id"]
+        .as_u64()
+        .expect("a launched session has a cgroup");
+    for e in &events {
+        assert_eq!(e["cgroup_id"], cgroup, "{e}");
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Maps and helpers shared by every probe.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
             bpf_ktime_get_boot_ns, bpf_task_pt_regs,
@@ -128,6 +128,8 @@ pub fn config() -> Option<ProbeConfig> {
     Some(cfg)
 }
 
+/// The current process's tgid, through the helper: for the `cgroup_sock_addr` programs and
+/// the alert, which run without `Task` (tracepoints use `Task::tgid`).
 #[inline(always)]
 pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
@@ -136,6 +138,72 @@ pub fn current_tgid() -> u32 {
 #[inline(always)]
 pub fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
+}
+
+/// The current task through its BTF type, for tracing programs. Each field is one plain load
+/// at an offset from the frozen read-only `CONFIG`, which the verifier knows as a constant and
+/// checks against the type (a pointer field loads as a typed pointer, so chains work); a bad
+/// pointer reads as 0 instead of faulting. Cheaper than the helpers that read the same
+/// fields, each a call and, for the uid, a namespace translation that is the identity from
+/// the initial namespace, which is where the daemon reads ids.
+#[derive(Clone, Copy)]
+pub struct Task(*const u8);
+
+impl Task {
+    #[inline(always)]
+    pub fn current() -> Task {
+        // SAFETY: helper without preconditions.
+        Task(unsafe { bpf_get_current_task_btf() } as *const u8)
+    }
+
+    #[inline(always)]
+    pub fn tgid(self) -> u32 {
+        // SAFETY: see `load`.
+        unsafe { load(self.0, &CONFIG.task_tgid) }
+    }
+
+    /// The thread id.
+    #[inline(always)]
+    pub fn pid(self) -> u32 {
+        // SAFETY: see `load`.
+        unsafe { load(self.0, &CONFIG.task_pid) }
+    }
+
+    /// The real uid of the task's (subjective) credentials, as `bpf_get_current_uid_gid` gives it.
+    #[inline(always)]
+    pub fn uid(self) -> u32 {
+        // SAFETY: see `load`.
+        unsafe {
+            load(
+                load::<*const u8>(self.0, &CONFIG.task_cred),
+                &CONFIG.cred_uid,
+            )
+        }
+    }
+
+    /// The id of the task's cgroup v2, as `bpf_get_current_cgroup_id` gives it.
+    #[inline(always)]
+    pub fn cgroup_id(self) -> u64 {
+        // SAFETY: see `load`.
+        unsafe {
+            let cset: *const u8 = load(self.0, &CONFIG.task_cgroups);
+            let cgroup: *const u8 = load(cset, &CONFIG.css_set_dfl_cgrp);
+            load(
+                load::<*const u8>(cgroup, &CONFIG.cgroup_kn),
+                &CONFIG.kernfs_node_id,
+            )
+        }
+    }
+}
+
+/// The `T` at `*offset` bytes into the BTF-typed kernel object at `base`.
+///
+/// SAFETY: `base` is a BTF-typed pointer and `offset` a field of `CONFIG` that user space set
+/// to the offset of a `T` in that type; the verifier checks both.
+#[inline(always)]
+unsafe fn load<T: Copy>(base: *const u8, offset: &u32) -> T {
+    // SAFETY: a volatile read keeps the compiler from folding the load-time offset away.
+    unsafe { *(base.add(core::ptr::read_volatile(offset) as usize) as *const T) }
 }
 
 #[inline(always)]
@@ -171,13 +239,12 @@ pub struct Syscall {
 /// frozen read-only `CONFIG`, so the verifier knows it as a constant: each value is a plain
 /// load it checks against `struct pt_regs`, with no helper call and no copy.
 #[inline(always)]
-pub fn syscall() -> Syscall {
-    // SAFETY: helpers on the current task.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    // SAFETY: volatile reads of the load-time offsets; loads through a BTF pointer fault safely
-    // and the verifier checks each against the type.
+pub fn syscall(task: Task) -> Syscall {
+    // SAFETY: helper on a BTF-typed task.
+    let regs = unsafe { bpf_task_pt_regs(task.0 as *mut _) } as *const u8;
+    // SAFETY: offsets of `struct pt_regs` members (see `load`).
     unsafe {
-        let reg = |off: &u32| *(regs.add(core::ptr::read_volatile(off) as usize) as *const u64);
+        let reg = |off: &u32| load::<u64>(regs, off);
         Syscall {
             args: [
                 reg(&CONFIG.syscall_arg[0]),
@@ -211,26 +278,25 @@ pub fn parent_tgid(cfg: &ProbeConfig) -> u32 {
 }
 
 #[inline(always)]
-pub fn fill_header(hdr: *mut EventHeader, kind: EventKind, session_id: u64, ppid: u32) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: helper without preconditions.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+pub fn fill_header(hdr: *mut EventHeader, task: Task, kind: EventKind, session_id: u64, ppid: u32) {
     // SAFETY: `hdr` points into a ring-buffer reservation of the right size.
     unsafe {
         (*hdr).kind = kind as u32;
         (*hdr).flags = 0;
         (*hdr).ts_ns = bpf_ktime_get_boot_ns();
         (*hdr).session_id = session_id;
-        (*hdr).cgroup_id = bpf_get_current_cgroup_id();
-        (*hdr).pid = pid_tgid as u32;
-        (*hdr).tgid = (pid_tgid >> 32) as u32;
+        (*hdr).cgroup_id = task.cgroup_id();
+        (*hdr).pid = task.pid();
+        (*hdr).tgid = task.tgid();
         (*hdr).ppid = ppid;
-        (*hdr).uid = bpf_get_current_uid_gid() as u32;
-        // Two loads the verifier checks against `task_struct` (the offset is a constant from
-        // the frozen `CONFIG`), where the helper would copy byte by byte and pad. The kernel
-        // keeps `comm` NUL-padded; a rename racing this read can tear it, as with the helper.
-        let comm = task.add(core::ptr::read_volatile(&CONFIG.task_comm) as usize) as *const u64;
-        // `comm` sits at an 8-byte boundary of the header.
+        (*hdr).uid = task.uid();
+        // Two 8-byte loads (`comm` sits at an 8-byte boundary of the header, and of the task).
+        // The kernel keeps `comm` NUL-padded; a rename racing this read can tear it, as with
+        // the helper.
+        let comm = task
+            .0
+            .add(core::ptr::read_volatile(&CONFIG.task_comm) as usize)
+            as *const u64;
         let out = (&raw mut (*hdr).comm) as *mut u64;
         *out = *comm;
         *out.add(1) = *comm.add(1);

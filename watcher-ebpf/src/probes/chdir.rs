@@ -7,7 +7,7 @@ use aya_ebpf::{
 use watcher_common::{ChdirEvent, EventKind};
 
 use crate::shared::{
-    count_drop, current_tgid, enforce_halt, fill_header, ready, syscall, watch_of, Syscall, EVENTS,
+    count_drop, enforce_halt, fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS,
 };
 
 #[tracepoint]
@@ -23,14 +23,15 @@ pub fn sys_exit_fchdir(_ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(by_fd: bool) {
-    let Some(watch) = watch_of(current_tgid()) else {
+    let task = Task::current();
+    let Some(watch) = watch_of(task.tgid()) else {
         return;
     };
     enforce_halt(watch.session_id);
     if !ready() {
         return;
     }
-    let Syscall { args, ret } = syscall();
+    let Syscall { args, ret } = syscall(task);
     if ret != 0 {
         // A failed chdir changes nothing user space tracks.
         return;
@@ -44,6 +45,7 @@ fn try_exit(by_fd: bool) {
     unsafe {
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Chdir,
             watch.session_id,
             watch.ppid,

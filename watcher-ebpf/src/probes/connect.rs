@@ -5,8 +5,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::tracepoint, programs::T
 use watcher_common::{ConnectEvent, EventKind, EVENT_FLAG_FAST_PATH, SOCKADDR_MAX};
 
 use crate::shared::{
-    count_drop, current_tgid, current_tid, enforce_halt, fill_header, ready, syscall, watch_of,
-    Syscall, EVENTS, REFUSED,
+    count_drop, enforce_halt, fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS, REFUSED,
 };
 
 const EPERM: i64 = 1;
@@ -18,17 +17,18 @@ pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit() {
-    let Some(watch) = watch_of(current_tgid()) else {
+    let task = Task::current();
+    let Some(watch) = watch_of(task.tgid()) else {
         return;
     };
     enforce_halt(watch.session_id);
     if !ready() {
         return;
     }
-    let Syscall { args, ret } = syscall();
+    let Syscall { args, ret } = syscall(task);
     // Only a refused call can have been refused by the kernel policy (deny.rs marks it).
     let refused = ret == -EPERM && {
-        let tid = current_tid();
+        let tid = task.pid();
         // SAFETY: read and removed by this thread only.
         let marked = unsafe { REFUSED.get(&tid).is_some() };
         if marked {
@@ -46,6 +46,7 @@ fn try_exit() {
     unsafe {
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Connect,
             watch.session_id,
             watch.ppid,

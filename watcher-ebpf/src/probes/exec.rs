@@ -16,9 +16,9 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    alert, config, count_drop, current_task, current_tgid, enforce_halt, fast_act, fast_lookup,
-    fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, AGENTS, EVENTS,
-    FAST_EXEC, SCRATCH_PATH,
+    alert, config, count_drop, current_task, enforce_halt, fast_act, fast_lookup, fill_header,
+    parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, Task, AGENTS, EVENTS, FAST_EXEC,
+    SCRATCH_PATH,
 };
 
 #[tracepoint]
@@ -31,7 +31,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
-    let tgid = current_tgid();
+    let task = Task::current();
+    let tgid = task.tgid();
     let mut flags = 0;
     let watch = match watch_of(tgid) {
         Some(w) => w,
@@ -67,6 +68,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe {
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Exec,
             watch.session_id,
             parent_tgid(&cfg),

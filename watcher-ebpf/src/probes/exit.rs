@@ -4,8 +4,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ExitEvent};
 
 use crate::shared::{
-    config, count_drop, current_task, current_tgid, fill_header, parent_tgid, read_kernel,
-    watch_of, watch_remove, EVENTS,
+    config, count_drop, current_task, fill_header, parent_tgid, read_kernel, watch_of,
+    watch_remove, Task, EVENTS,
 };
 
 #[tracepoint]
@@ -17,7 +17,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let tgid = current_tgid();
+    let task = Task::current();
+    let tgid = task.tgid();
     let Some(watch) = watch_of(tgid) else {
         return Ok(());
     };
@@ -37,6 +38,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe {
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Exit,
             watch.session_id,
             parent_tgid(&cfg),

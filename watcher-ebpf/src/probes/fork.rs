@@ -6,8 +6,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ForkEvent, Watch};
 
 use crate::shared::{
-    config, count_drop, current_tgid, enforce_halt, fill_header, parent_tgid, watch_insert,
-    watch_of, EVENTS,
+    config, count_drop, enforce_halt, fill_header, parent_tgid, watch_insert, watch_of, Task,
+    EVENTS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -21,7 +21,8 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 }
 
 fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
-    let Some(watch) = watch_of(current_tgid()) else {
+    let task = Task::current();
+    let Some(watch) = watch_of(task.tgid()) else {
         return Ok(());
     };
     enforce_halt(watch.session_id);
@@ -32,7 +33,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let is_thread = clone_flags & CLONE_THREAD != 0;
     if !is_thread {
         let child_watch = Watch {
-            ppid: current_tgid(),
+            ppid: task.tgid(),
             ..watch
         };
         watch_insert(child, &child_watch)?;
@@ -46,6 +47,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe {
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Fork,
             watch.session_id,
             parent_tgid(&cfg),

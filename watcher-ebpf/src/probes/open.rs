@@ -14,8 +14,8 @@ use watcher_common::{
 };
 
 use crate::shared::{
-    alert, count_drop, current_tgid, enforce_halt, fast_act, fast_lookup, fill_header, may_match,
-    ready, scratch_key, syscall, watch_of, Syscall, EVENTS, FAST_OPEN,
+    alert, count_drop, enforce_halt, fast_act, fast_lookup, fill_header, may_match, ready,
+    scratch_key, syscall, watch_of, Syscall, Task, EVENTS, FAST_OPEN,
 };
 
 #[repr(C)]
@@ -38,14 +38,15 @@ pub fn sys_exit_openat2(_ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(openat2: bool) {
-    let Some(watch) = watch_of(current_tgid()) else {
+    let task = Task::current();
+    let Some(watch) = watch_of(task.tgid()) else {
         return;
     };
     enforce_halt(watch.session_id);
     if !ready() {
         return;
     }
-    let Syscall { args, ret } = syscall();
+    let Syscall { args, ret } = syscall(task);
     let (dfd, path, flags, mode, resolve) = if openat2 {
         // SAFETY: probe read of user memory, faults safely.
         let how = unsafe { bpf_probe_read_user(args[2] as *const OpenHow) }.unwrap_or(OpenHow {
@@ -68,8 +69,8 @@ fn try_exit(openat2: bool) {
     };
     // Most paths fit the short record; a longer one is read again into a long record (the
     // short one is discarded, and costs only its ring space until user space skips it).
-    let written = match write::<OPEN_PATH_SHORT>(&call, &watch) {
-        Written::TooLong => write::<PATH_MAX>(&call, &watch),
+    let written = match write::<OPEN_PATH_SHORT>(&call, task, &watch) {
+        Written::TooLong => write::<PATH_MAX>(&call, task, &watch),
         w => w,
     };
     if let Written::NoRoom = written {
@@ -108,7 +109,7 @@ enum Written {
 /// way. A signal sent here takes effect before the task is back in user space, as at entry:
 /// the open has happened, the process never gets to use the descriptor.
 #[inline(always)]
-fn write<const N: usize>(c: &Call, watch: &Watch) -> Written {
+fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
     let Some(mut entry) = EVENTS.reserve::<OpenEvent<N>>(0) else {
         return Written::NoRoom;
     };
@@ -131,6 +132,7 @@ fn write<const N: usize>(c: &Call, watch: &Watch) -> Written {
         }
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Open,
             watch.session_id,
             watch.ppid,

@@ -6,9 +6,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, PtraceEvent};
 
-use crate::shared::{
-    count_drop, current_tgid, fill_header, ready, syscall, watch_of, Syscall, EVENTS,
-};
+use crate::shared::{count_drop, fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS};
 
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
@@ -20,13 +18,14 @@ pub fn sys_exit_ptrace(_ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit() {
-    let Some(watch) = watch_of(current_tgid()) else {
+    let task = Task::current();
+    let Some(watch) = watch_of(task.tgid()) else {
         return;
     };
     if !ready() {
         return;
     }
-    let Syscall { args, ret } = syscall();
+    let Syscall { args, ret } = syscall(task);
     let (request, pid) = (args[0], args[1]);
     if request != PTRACE_ATTACH && request != PTRACE_SEIZE {
         return;
@@ -40,6 +39,7 @@ fn try_exit() {
     unsafe {
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Ptrace,
             watch.session_id,
             watch.ppid,

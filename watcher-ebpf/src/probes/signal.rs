@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, SignalEvent};
 
-use crate::shared::{config, count_drop, current_tgid, fill_header, watch_of, EVENTS};
+use crate::shared::{config, count_drop, fill_header, watch_of, Task, EVENTS};
 
 #[tracepoint]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
@@ -14,7 +14,8 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
 }
 
 fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
-    let Some(watch) = watch_of(current_tgid()) else {
+    let task = Task::current();
+    let Some(watch) = watch_of(task.tgid()) else {
         return Ok(());
     };
     let cfg = config().ok_or(0)?;
@@ -39,6 +40,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe {
         fill_header(
             &raw mut (*ev).hdr,
+            task,
             EventKind::Signal,
             watch.session_id,
             watch.ppid,

@@ -1,4 +1,5 @@
-//! `task_struct`, `mm_struct` and `pt_regs` member offsets from the running kernel's BTF.
+//! Kernel struct member offsets (`task_struct`, `cred`, the cgroup path, `pt_regs`, ...) from
+//! the running kernel's BTF.
 use btf_rs::{Btf, Type};
 
 #[derive(Debug, thiserror::Error)]

@@ -123,8 +123,17 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         signal_pid: signal.offset("pid", 4)?,
         signal_result: signal.offset("result", 4)?,
         task_real_parent: btf.member_offset("task_struct", "real_parent")?,
+        task_pid: btf.member_offset("task_struct", "pid")?,
         task_tgid: btf.member_offset("task_struct", "tgid")?,
         task_comm: btf.member_offset("task_struct", "comm")?,
+        // The credentials `bpf_get_current_uid_gid` reads (the subjective ones).
+        task_cred: btf.member_offset("task_struct", "cred")?,
+        cred_uid: btf.member_offset("cred", "uid")?,
+        // The path `bpf_get_current_cgroup_id` takes: the task's cgroup on the v2 hierarchy.
+        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
         task_exit_code: btf.member_offset("task_struct", "exit_code")?,
         task_mm: btf.member_offset("task_struct", "mm")?,
         mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
