@@ -358,9 +358,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         print_storms(&ns, &delivered, a.rounds, tick);
         program_costs(&bin, &dir, &ns)?;
     }
-    if wanted(&a, "pairs") {
-        pairs(&bin, &dir, a.pairs)?;
-    }
+    let paired = if wanted(&a, "pairs") {
+        pairs(&bin, &dir, a.pairs)?
+    } else {
+        Vec::new()
+    };
     if wanted(&a, "build") {
         real_workload(&bin, &dir, a.build_rounds)?;
     }
@@ -371,7 +373,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         holds(&bin, &dir, a.hold_rounds, &a.hold_sizes)?;
     }
     if wanted(&a, "profile") {
-        profile(&bin, &dir, a.profile_rounds)?;
+        let direct = profile(&bin, &dir, a.profile_rounds)?;
+        if !paired.is_empty() {
+            print_composed(&paired, &direct);
+        }
     }
     remove_bench_cgroups();
     let _ = std::fs::remove_dir_all(&dir);
@@ -418,19 +423,67 @@ impl Drop for Chunked {
     }
 }
 
-/// Watched against unwatched, with the daemon on, as two storm processes that take turns chunk
-/// by chunk (ABBA order, ~20 ms each): the machine's speed drifts over seconds, so a chunk
-/// pair sees the same machine, which separate runs do not. What the daemon does on the other
-/// core while a watched chunk runs is counted; its tail spills into the next chunk, which
-/// makes this a slight underestimate.
-fn pairs(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<()> {
+/// Storms taken in turns chunk by chunk (ABBA order, ~20 ms each): the machine's speed
+/// drifts over seconds, so a chunk pair sees the same machine, which separate runs do not.
+///
+/// First the kernel's floor against nothing: one storm process, with the empty programs
+/// attached for one chunk of each pair and not for the other (`bench-floor` loads and attaches
+/// in ~30 ms; half as many pairs, as each detach takes ~0.7 s). Then watched against
+/// unwatched, with the daemon on, as two storm processes. What the daemon does on the other
+/// core while a watched chunk runs is counted; its tail spills into the next chunk, which makes
+/// that a slight underestimate. Returns, per storm, (watched / unwatched, floor / off).
+fn pairs(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
     const CHUNKS: [(&str, u64); 3] = [("exec", 40), ("open", 15_000), ("connect", 40_000)];
+    let mut out = Vec::new();
+    let floor_pairs = (pairs / 2).max(10);
+    println!("\n## Paired chunks: the empty programs' floor / off, daemon off ({floor_pairs} pairs per storm)\n");
+    println!("| storm | ops per chunk | off ns/op (median) | floor ns/op (median) | ratio median | min | max | ratio of totals |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut floors = Vec::new();
+    for (kind, ops) in CHUNKS {
+        eprintln!("bench: paired floor {kind}");
+        let mut storm = Chunked::start(&[], kind, ops)?;
+        storm.run()?;
+        // ABBA order keeps the floor attached across the two floor chunks in a row (detaching
+        // waits out RCU grace periods, ~0.7 s here). Loading the programs, and the kernel's
+        // work after the process that held them is reaped, spill into the next chunk: after
+        // each switch an unmeasured chunk runs first.
+        let mut attached: Option<Floor> = None;
+        let (mut off, mut floor) = (
+            Vec::with_capacity(floor_pairs),
+            Vec::with_capacity(floor_pairs),
+        );
+        for i in 0..floor_pairs {
+            let order = if i % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for on in order {
+                if on != attached.is_some() {
+                    attached = None;
+                    if on {
+                        attached = Some(Floor::start(bin, "classic")?);
+                    }
+                    storm.run()?;
+                }
+                let ns = storm.run()?;
+                if on {
+                    floor.push(ns)
+                } else {
+                    off.push(ns)
+                }
+            }
+        }
+        drop(attached);
+        floors.push(print_pair_row(kind, ops, off, floor));
+    }
     let d = Daemon::start(bin, dir, None)?;
     let launch = d.launch_prefix(bin.as_os_str());
     println!("\n## Paired chunks: watched / unwatched, daemon on, shipped rules ({pairs} pairs per storm)\n");
     println!("| storm | ops per chunk | unwatched ns/op (median) | watched ns/op (median) | ratio median | min | max | ratio of totals |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (kind, ops) in CHUNKS {
+    for ((kind, ops), floor_off) in CHUNKS.into_iter().zip(floors) {
         eprintln!("bench: paired {kind}");
         let mut plain = Chunked::start(&[], kind, ops)?;
         let mut watched = Chunked::start(&launch, kind, ops)?;
@@ -447,16 +500,39 @@ fn pairs(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<()> {
                 a.push(plain.run()?);
             }
         }
-        let ratios: Vec<f64> = b.iter().zip(&a).map(|(w, p)| w / p).collect();
-        let (med, min, max) = stats(ratios);
-        let total = b.iter().sum::<f64>() / a.iter().sum::<f64>();
-        println!(
-            "| {kind} | {ops} | {:.0} | {:.0} | {med:.3} | {min:.3} | {max:.3} | {total:.3} |",
-            stats(a).0,
-            stats(b).0
-        );
+        out.push((kind, print_pair_row(kind, ops, a, b), floor_off));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Prints one row of a paired-chunks table; returns the median ratio `b / a`.
+fn print_pair_row(kind: &str, ops: u64, a: Vec<f64>, b: Vec<f64>) -> f64 {
+    let ratios: Vec<f64> = b.iter().zip(&a).map(|(x, y)| x / y).collect();
+    let (med, min, max) = stats(ratios);
+    let total = b.iter().sum::<f64>() / a.iter().sum::<f64>();
+    println!(
+        "| {kind} | {ops} | {:.0} | {:.0} | {med:.3} | {min:.3} | {max:.3} | {total:.3} |",
+        stats(a).0,
+        stats(b).0
+    );
+    med
+}
+
+/// Watched / off from the steady measures alone: the paired floor / off, the profile's direct
+/// unwatched / floor (the daemon cannot be switched on and off chunk by chunk; unwatched, its
+/// programs stop after two loads), and the paired watched / unwatched.
+fn print_composed(pairs: &[(&str, f64, f64)], profile: &[(&str, f64)]) {
+    println!("\n## Watched / off, composed from the paired and profile measures\n");
+    println!("| storm | floor / off (pairs) | unwatched / floor (profile, direct) | watched / unwatched (pairs) | watched / off |");
+    println!("|---|---|---|---|---|");
+    for (kind, wu, floor_off) in pairs {
+        if let Some((_, uf)) = profile.iter().find(|(k, _)| k == kind) {
+            println!(
+                "| {kind} | {floor_off:.3} | {uf:.3} | {wu:.3} | {:.3} |",
+                floor_off * uf * wu
+            );
+        }
+    }
 }
 
 /// Kernel symbols of the watcher's path: its programs and their helpers, the ring, the maps,
@@ -493,7 +569,8 @@ fn watcher_symbol(sym: &str) -> bool {
 /// within one run is steadier than a time against another run; `1 / (1 - share)` is the
 /// overhead over the same storm without any of it. A lower bound: what the programs cost the
 /// kernel's own code through the caches is not counted.
-fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+/// Returns, per storm, the direct unwatched / floor ratio.
+fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
     let perf = std::env::var_os("PATH")
         .and_then(|p| {
             std::env::split_paths(&p)
@@ -591,6 +668,7 @@ fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
         "\n| storm | unwatched / floor, direct (median) | watched / unwatched, direct (median) |"
     );
     println!("|---|---|---|");
+    let mut out = Vec::new();
     for (s, (kind, _)) in storms.iter().enumerate() {
         let rest = |v: usize| 1.0 - stats(shares[s][v].clone()).0;
         println!(
@@ -598,8 +676,9 @@ fn profile(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
             rest(0) / rest(1),
             rest(1) / rest(2)
         );
+        out.push((*kind, rest(0) / rest(1)));
     }
-    Ok(())
+    Ok(out)
 }
 
 #[allow(clippy::type_complexity)]
