@@ -194,6 +194,31 @@ impl Drop for Daemon {
     }
 }
 
+/// Another watcher daemon or a leftover `bench-floor` keeps its programs attached through every
+/// variant, "off" included, which quietly shrinks every ratio: refuse to measure beside one.
+fn refuse_other_watchers() -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "watcher" {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push(format!("{pid}: {}", cmdline.trim()));
+        }
+    }
+    if !found.is_empty() {
+        bail!(
+            "other watcher processes are running; their programs would run in every variant, \
+             \"off\" too. Stop them first:\n  {}",
+            found.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 /// `watcher bench-floor --hooks H`: empty programs attached until dropped.
 struct Floor(Child);
 
@@ -287,6 +312,7 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    refuse_other_watchers()?;
     crate::cargo(&["build", "--release", "-p", "watcher", "-p", "xtask"])?;
     let bin = root().join("target/release/watcher");
     let dir = std::env::temp_dir().join(format!("watcher-bench-{}", std::process::id()));
