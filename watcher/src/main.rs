@@ -120,6 +120,10 @@ enum Cmd {
         /// How the syscalls are hooked.
         #[arg(long, value_enum, default_value = "classic")]
         hooks: watcher::kernel::SyscallHooks,
+        /// Take `off` and `on` lines on stdin (detach, attach again), answer each with `ok`,
+        /// and exit at the end of input, instead of holding the programs until killed.
+        #[arg(long)]
+        toggle: bool,
     },
 }
 
@@ -426,13 +430,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watcher::rules::bench::run(&stream, rules.as_deref(), rounds)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::BenchFloor { hooks } => {
-            let _ebpf = watcher::kernel::load_floor(hooks)?;
+        Cmd::BenchFloor { hooks, toggle } => {
+            let mut floor = watcher::kernel::Floor::load(hooks)?;
             println!("ready");
-            // Held until the benchmark kills us.
-            loop {
-                std::thread::park();
+            if !toggle {
+                // Held until the benchmark kills us.
+                loop {
+                    std::thread::park();
+                }
             }
+            for line in std::io::stdin().lines() {
+                match line?.trim() {
+                    "off" => floor.detach(),
+                    "on" => floor.attach()?,
+                    other => return Err(anyhow!("bench-floor: expected on or off, got {other:?}")),
+                }
+                println!("ok");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -219,6 +219,63 @@ fn refuse_other_watchers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `watcher bench-floor --toggle`: the empty programs (per-syscall tracepoints), attached
+/// and detached on request; attached at start.
+struct FloorSwitch {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+    on: bool,
+}
+
+impl FloorSwitch {
+    fn start(bin: &Path) -> anyhow::Result<FloorSwitch> {
+        let mut child = Command::new(bin)
+            .args(["bench-floor", "--toggle"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut output = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        output.read_line(&mut line)?;
+        if !line.starts_with("ready") {
+            let _ = child.kill();
+            bail!("bench-floor did not start: {line:?}");
+        }
+        Ok(FloorSwitch {
+            input: child.stdin.take().context("stdin")?,
+            output,
+            child,
+            on: true,
+        })
+    }
+
+    /// Attaches or detaches the programs; whether that changed anything. Returns once the
+    /// kernel has done it.
+    fn set(&mut self, on: bool) -> anyhow::Result<bool> {
+        use std::io::Write as _;
+        if on == self.on {
+            return Ok(false);
+        }
+        self.input.write_all(if on { b"on\n" } else { b"off\n" })?;
+        self.input.flush()?;
+        let mut line = String::new();
+        self.output.read_line(&mut line)?;
+        if line.trim() != "ok" {
+            bail!("bench-floor: {line:?}");
+        }
+        self.on = on;
+        Ok(true)
+    }
+}
+
+impl Drop for FloorSwitch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `watcher bench-floor --hooks H`: empty programs attached until dropped.
 struct Floor(Child);
 
@@ -453,16 +510,16 @@ impl Drop for Chunked {
 /// drifts over seconds, so a chunk pair sees the same machine, which separate runs do not.
 ///
 /// First the kernel's floor against nothing: one storm process, with the empty programs
-/// attached for one chunk of each pair and not for the other (`bench-floor` loads and attaches
-/// in ~30 ms; half as many pairs, as each detach takes ~0.7 s). Then watched against
+/// attached for one chunk of each pair and not for the other (`bench-floor --toggle`; an attach
+/// takes ~1 ms, a detach ~0.45 s, so this part takes ~1.5 minutes per storm at 200 pairs).
+/// Then watched against
 /// unwatched, with the daemon on, as two storm processes. What the daemon does on the other
 /// core while a watched chunk runs is counted; its tail spills into the next chunk, which makes
 /// that a slight underestimate. Returns, per storm, (watched / unwatched, floor / off).
 fn pairs(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
     const CHUNKS: [(&str, u64); 3] = [("exec", 40), ("open", 15_000), ("connect", 40_000)];
     let mut out = Vec::new();
-    let floor_pairs = (pairs / 2).max(10);
-    println!("\n## Paired chunks: the empty programs' floor / off, daemon off ({floor_pairs} pairs per storm)\n");
+    println!("\n## Paired chunks: the empty programs' floor / off, daemon off ({pairs} pairs per storm)\n");
     println!("| storm | ops per chunk | off ns/op (median) | floor ns/op (median) | ratio median | min | max | ratio of totals |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut floors = Vec::new();
@@ -470,27 +527,19 @@ fn pairs(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<Vec<(&'static s
         eprintln!("bench: paired floor {kind}");
         let mut storm = Chunked::start(&[], kind, ops)?;
         storm.run()?;
-        // ABBA order keeps the floor attached across the two floor chunks in a row (detaching
-        // waits out RCU grace periods, ~0.7 s here). Loading the programs, and the kernel's
-        // work after the process that held them is reaped, spill into the next chunk: after
-        // each switch an unmeasured chunk runs first.
-        let mut attached: Option<Floor> = None;
-        let (mut off, mut floor) = (
-            Vec::with_capacity(floor_pairs),
-            Vec::with_capacity(floor_pairs),
-        );
-        for i in 0..floor_pairs {
+        // ABBA order keeps the floor as it is across the two chunks in a row that want it so
+        // (detaching waits out RCU grace periods, ~0.45 s here). The kernel's work after a
+        // switch spills into the next chunk: after each switch an unmeasured chunk runs first.
+        let mut switch = FloorSwitch::start(bin)?;
+        let (mut off, mut floor) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+        for i in 0..pairs {
             let order = if i % 2 == 0 {
                 [false, true]
             } else {
                 [true, false]
             };
             for on in order {
-                if on != attached.is_some() {
-                    attached = None;
-                    if on {
-                        attached = Some(Floor::start(bin, "classic")?);
-                    }
+                if switch.set(on)? {
                     storm.run()?;
                 }
                 let ns = storm.run()?;
@@ -501,7 +550,7 @@ fn pairs(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<Vec<(&'static s
                 }
             }
         }
-        drop(attached);
+        drop(switch);
         floors.push(print_pair_row(kind, ops, off, floor));
     }
     let d = Daemon::start(bin, dir, None)?;

@@ -1,5 +1,6 @@
 //! Loading the kernel programs: feature checks, layout discovery, attach, and map access.
 pub mod btf;
+mod floor;
 pub mod tracefs;
 mod watch_filter;
 
@@ -21,6 +22,7 @@ use watcher_common::{
     FILTER_OPEN, NET_FILTER_WORDS, PATH_FILTER_WORDS,
 };
 
+pub use self::floor::Floor;
 use self::{btf::KernelBtf, tracefs::Format, watch_filter::WatchFilter};
 use crate::{
     config::Config,
@@ -535,45 +537,6 @@ pub enum SyscallHooks {
     TpBtf,
     /// One raw tracepoint on `sys_exit`, run for every syscall.
     RawTp,
-}
-
-/// Attaches empty programs to every hook: the benchmark's kernel floor. `hooks` says how the
-/// syscalls are hooked; the other tracepoints and the cgroup programs are the same.
-pub fn load_floor(hooks: SyscallHooks) -> anyhow::Result<Ebpf> {
-    preflight()?;
-    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
-    let p: &mut TracePoint = ebpf
-        .program_mut("floor")
-        .ok_or_else(|| anyhow!("no floor program"))?
-        .try_into()?;
-    p.load()?;
-    for (_, cat, name) in HOOKS {
-        if hooks == SyscallHooks::Classic || *cat != "syscalls" {
-            p.attach(cat, name)?;
-        }
-    }
-    match hooks {
-        SyscallHooks::Classic => {}
-        SyscallHooks::TpBtf => {
-            let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-            let p: &mut aya::programs::BtfTracePoint = ebpf
-                .program_mut("floor_tp_btf")
-                .ok_or_else(|| anyhow!("no floor_tp_btf program"))?
-                .try_into()?;
-            p.load("sys_exit", &btf)?;
-            p.attach()?;
-        }
-        SyscallHooks::RawTp => {
-            let p: &mut aya::programs::RawTracePoint = ebpf
-                .program_mut("floor_raw_tp")
-                .ok_or_else(|| anyhow!("no floor_raw_tp program"))?
-                .try_into()?;
-            p.load()?;
-            p.attach("sys_exit")?;
-        }
-    }
-    attach_connect_programs(&mut ebpf, ["floor_connect4", "floor_connect6"])?;
-    Ok(ebpf)
 }
 
 /// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
