@@ -236,11 +236,9 @@ impl FloorSwitch {
             .stdout(Stdio::piped())
             .spawn()?;
         let mut output = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        output.read_line(&mut line)?;
-        if !line.starts_with("ready") {
+        if let Err(e) = read_ready(&mut output) {
             let _ = child.kill();
-            bail!("bench-floor did not start: {line:?}");
+            return Err(e);
         }
         Ok(FloorSwitch {
             input: child.stdin.take().context("stdin")?,
@@ -298,8 +296,13 @@ impl Drop for Floor {
 }
 
 fn wait_ready(child: &mut Child) -> anyhow::Result<()> {
+    read_ready(&mut BufReader::new(child.stdout.take().context("stdout")?))
+}
+
+/// Waits for the `ready` line a daemon or `bench-floor` prints once its programs are attached.
+fn read_ready(out: &mut impl BufRead) -> anyhow::Result<()> {
     let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    out.read_line(&mut line)?;
     if !line.starts_with("ready") {
         bail!("daemon did not start: {line:?}");
     }

@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use super::{cgroup2_root, preflight, SyscallHooks, HOOKS, OBJECT};
+use super::{open_cgroup2_root, preflight, SyscallHooks, HOOKS, OBJECT};
 
 const CONNECT: [&str; 2] = ["floor_connect4", "floor_connect6"];
 
@@ -74,9 +74,7 @@ impl Floor {
                 self.links.push(Box::new(p.take_link(id)?));
             }
         }
-        let root = cgroup2_root().ok_or_else(|| anyhow!("cgroup v2: no cgroup2 file system"))?;
-        let cgroup = std::fs::File::open(&root)
-            .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+        let (_, cgroup) = open_cgroup2_root()?;
         for prog in CONNECT {
             let p = program::<CgroupSockAddr>(ebpf, prog)?;
             let id = p.attach(&cgroup, CgroupAttachMode::Single)?;

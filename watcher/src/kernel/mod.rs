@@ -539,13 +539,19 @@ pub enum SyscallHooks {
     RawTp,
 }
 
-/// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
-fn attach_connect_programs(ebpf: &mut Ebpf, progs: [&str; 2]) -> anyhow::Result<()> {
+/// The root of the cgroup v2 hierarchy, where the connect programs attach, and its path.
+fn open_cgroup2_root() -> anyhow::Result<(PathBuf, std::fs::File)> {
     let root = cgroup2_root().ok_or_else(|| {
         anyhow!("cgroup v2: no cgroup2 file system is mounted (needed to refuse connects in the kernel)")
     })?;
     let cgroup = std::fs::File::open(&root)
         .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    Ok((root, cgroup))
+}
+
+/// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
+fn attach_connect_programs(ebpf: &mut Ebpf, progs: [&str; 2]) -> anyhow::Result<()> {
+    let (root, cgroup) = open_cgroup2_root()?;
     for prog in progs {
         let p: &mut CgroupSockAddr = ebpf
             .program_mut(prog)
