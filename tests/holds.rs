@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{Daemon, TempDir, DEADLINE};
+use common::{curl, Daemon, TempDir, DEADLINE};
 
 /// A session started in the background: (launch process, trace id).
 fn launch_bg(d: &Daemon, script: &str) -> (Child, String) {
@@ -684,20 +684,6 @@ fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
         }
     });
     (port, rx)
-}
-
-fn curl(args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl is needed by this test");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
 }
 
 #[test]

@@ -276,3 +276,18 @@ impl Daemon {
         self.child.id()
     }
 }
+
+/// Runs curl with `args`; returns (HTTP status, JSON body or null).
+pub fn curl(args: &[&str]) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is needed by this test");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}

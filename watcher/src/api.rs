@@ -11,7 +11,12 @@ use tokio::{
     net::{TcpListener, UnixListener},
 };
 
-use crate::{approvals::HoldState, daemon::Shared, killswitch::HaltMode};
+use crate::{
+    approvals::HoldState,
+    daemon::Shared,
+    killswitch::HaltMode,
+    model::ids::{HoldId, TraceId},
+};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
@@ -26,8 +31,12 @@ enum Caller {
 
 pub async fn serve_unix(listener: UnixListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                crate::control::server::accept_failed("API socket", &e, &shared).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -53,8 +62,12 @@ pub async fn serve_unix(listener: UnixListener, shared: Arc<Shared>) {
 
 pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, token: String) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                crate::control::server::accept_failed("API port", &e, &shared).await;
+                continue;
+            }
         };
         let (shared, token) = (shared.clone(), token.clone());
         tokio::spawn(async move {
@@ -240,6 +253,12 @@ async fn route(shared: &Arc<Shared>, req: &Request, who: String) -> (u16, Value)
         move || -> anyhow::Result<(u16, Value)> {
             let a = &s.approvals;
             let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+            // A hold id in the path is checked before anything looks it up.
+            if let ["v1", "holds", id, ..] = p.as_slice() {
+                if let Err(e) = HoldId::parse(id) {
+                    return Ok((400, json!({"error": e.to_string()})));
+                }
+            }
             Ok(match (method.as_str(), p.as_slice()) {
                 ("GET", ["v1", "holds"]) => {
                     (200, json!({"holds": a.list(Some(HoldState::Pending))?}))
@@ -264,16 +283,20 @@ async fn route(shared: &Arc<Shared>, req: &Request, who: String) -> (u16, Value)
                     Err(e) => (409, json!({"error": e.to_string()})),
                 },
                 ("POST", ["v1", "kill-switch", "engage"]) => {
-                    let traces: Vec<String> =
-                        serde_json::from_value(body["traces"].clone()).unwrap_or_default();
+                    let traces = match trace_ids(&body["traces"]) {
+                        Ok(t) => t,
+                        Err(e) => return Ok((400, json!({"error": e}))),
+                    };
                     let all = body["all"].as_bool().unwrap_or(false);
                     let mode = if body["mode"] == "kill" {
                         HaltMode::Kill
                     } else {
                         HaltMode::Freeze
                     };
-                    let e = crate::killswitch::engage(&s, traces, all, mode, &who)?;
-                    (200, serde_json::to_value(e)?)
+                    match crate::killswitch::engage(&s, traces, all, mode, &who) {
+                        Ok(e) => (200, serde_json::to_value(e)?),
+                        Err(e) => (400, json!({"error": format!("{e:#}")})),
+                    }
                 }
                 ("POST", ["v1", "kill-switch", "release"]) => (
                     200,
@@ -301,7 +324,7 @@ async fn route(shared: &Arc<Shared>, req: &Request, who: String) -> (u16, Value)
 /// that session; `watcher_kill_switch: all` engages it for every session. `watcher_mode: kill`
 /// kills instead of freezing. Resolved alerts do nothing (release is a human's call).
 fn alertmanager(shared: &Shared, body: &Value, who: &str) -> anyhow::Result<(u16, Value)> {
-    let mut traces = Vec::new();
+    let mut traces: Vec<TraceId> = Vec::new();
     let mut all = false;
     let mut kill = false;
     for a in body["alerts"].as_array().into_iter().flatten() {
@@ -312,8 +335,22 @@ fn alertmanager(shared: &Shared, body: &Value, who: &str) -> anyhow::Result<(u16
         if l["watcher_kill_switch"] == "all" {
             all = true;
         }
-        if let Some(t) = l["trace_id"].as_str() {
-            traces.push(t.to_string());
+        match &l["trace_id"] {
+            Value::Null => {}
+            Value::String(t) => match TraceId::parse(t) {
+                // Alertmanager repeats a session in every alert about it.
+                Ok(t) if traces.contains(&t) => {}
+                Ok(t) => traces.push(t),
+                // One bad label refuses the whole notification: nothing is engaged on a
+                // payload that someone may have crafted.
+                Err(e) => return Ok((400, json!({"error": format!("label trace_id: {e}")}))),
+            },
+            other => {
+                return Ok((
+                    400,
+                    json!({"error": format!("label trace_id: not a string: {other}")}),
+                ))
+            }
         }
         if l["watcher_mode"] == "kill" {
             kill = true;
@@ -331,8 +368,26 @@ fn alertmanager(shared: &Shared, body: &Value, who: &str) -> anyhow::Result<(u16
         HaltMode::Freeze
     };
     let by = format!("alertmanager via {who}");
-    let e = crate::killswitch::engage(shared, traces, all, mode, &by)?;
-    Ok((200, json!({"engaged": true, "result": e})))
+    match crate::killswitch::engage(shared, traces, all, mode, &by) {
+        Ok(e) => Ok((200, json!({"engaged": true, "result": e}))),
+        Err(e) => Ok((400, json!({"engaged": false, "error": format!("{e:#}")}))),
+    }
+}
+
+/// The `traces` of a kill-switch request: absent, or a list of trace ids.
+fn trace_ids(v: &Value) -> Result<Vec<TraceId>, String> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                Value::String(t) => TraceId::parse(t).map_err(|e| format!("traces[{i}]: {e}")),
+                other => Err(format!("traces[{i}]: not a string: {other}")),
+            })
+            .collect(),
+        other => Err(format!("traces: not a list of trace ids: {other}")),
+    }
 }
 
 /// The pid owning the local end of a loopback TCP connection whose other end is `peer`.

@@ -54,6 +54,9 @@ pub struct Counters {
     pub reload_errors: AtomicU64,
     /// Files with a fanotify mark (protected paths).
     pub protected_files: AtomicU64,
+    /// Failed accepts on the control socket and the API (e.g. EMFILE); each is logged and the
+    /// listener goes on.
+    pub accept_errors: AtomicU64,
 }
 
 /// The policy in force, with the part compiled into the kernel.
@@ -171,7 +174,30 @@ async fn start_api(shared: &Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one: every control client, API client and
+/// protected-file mark holds a descriptor, and the default soft limit (1024) is a few hundred
+/// idle clients away.
+fn raise_nofile_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit out-pointer, then the same struct in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                tracing::warn!(
+                    "cannot raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_nofile_limit();
     // A broken rule file at start-up is an error, not a daemon without rules.
     let (policy, _) = rules::load(config.rules.path.as_deref())?;
     let kernel_policy = KernelPolicy::of(&policy, config.holds.enabled);
@@ -234,7 +260,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
-        r = server => { r??; }
+        r = server => {
+            // The server loops until the daemon stops; it ending is a bug, not a shutdown.
+            r?;
+            return Err(anyhow::anyhow!("the control socket server stopped"));
+        }
     }
     tracing::info!("shutting down");
     // Ended sessions leave empty cgroups; running (and frozen) ones stay for the next start.

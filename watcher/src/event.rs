@@ -32,6 +32,9 @@ pub enum Detail {
         /// argv was longer than the kernel copies (see README: limits).
         #[serde(default, skip_serializing_if = "is_false")]
         argv_truncated: bool,
+        /// The kernel could not read argv: `argv` is empty because it is unknown.
+        #[serde(default, skip_serializing_if = "is_false")]
+        argv_missing: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         profile: Option<String>,
     },

@@ -22,6 +22,8 @@ pub enum FreezeError {
     NoSession(String),
     #[error("{0}: did not report frozen within {1:?}")]
     Timeout(PathBuf, Duration),
+    #[error(transparent)]
+    Id(#[from] crate::model::ids::IdError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FreezeError + '_ {
@@ -69,14 +71,17 @@ impl Cgroups {
         })
     }
 
-    pub fn dir(&self, trace: &str) -> PathBuf {
-        self.base.join(trace)
+    /// The session's directory. The trace id is checked here too, where it becomes a path,
+    /// whatever the caller checked: only a plain 32-hex-digit name is ever joined to the base.
+    pub fn dir(&self, trace: &str) -> Result<PathBuf, FreezeError> {
+        let trace = crate::model::ids::TraceId::parse(trace)?;
+        Ok(self.base.join(trace.as_str()))
     }
 
     /// Creates the session's cgroup and moves `pids` into it. Children forked afterwards are
     /// born in it.
     pub fn create(&self, trace: &str, pids: &[u32]) -> Result<PathBuf, FreezeError> {
-        let dir = self.dir(trace);
+        let dir = self.dir(trace)?;
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         self.remember_id(&dir);
         for pid in pids {
@@ -88,7 +93,7 @@ impl Cgroups {
     /// The session cgroup's id: its directory's inode, which the kernel stamps on every record
     /// of a process in it.
     pub fn id(&self, trace: &str) -> Option<u64> {
-        std::fs::metadata(self.dir(trace))
+        std::fs::metadata(self.dir(trace).ok()?)
             .ok()
             .map(|md| std::os::unix::fs::MetadataExt::ino(&md))
     }
@@ -121,10 +126,7 @@ impl Cgroups {
     /// (a helper thread watches `cgroup.events`, so the figure does not include whatever the
     /// caller does next).
     pub fn freeze_timed(&self, trace: &str, event_boot_ns: u64) -> Result<(), FreezeError> {
-        let dir = self.dir(trace);
-        if !dir.is_dir() {
-            return Err(FreezeError::NoSession(trace.into()));
-        }
+        let dir = self.session_dir(trace)?;
         self.freeze_dir_timed(dir, event_boot_ns)
     }
 
@@ -152,7 +154,7 @@ impl Cgroups {
 
     /// The measured event-to-frozen time of the session's freeze (waits for the measurement).
     pub fn take_frozen_us(&self, trace: &str, limit: Duration) -> Option<u64> {
-        let dir = self.dir(trace);
+        let dir = self.dir(trace).ok()?;
         let start = Instant::now();
         loop {
             if let Some(us) = self
@@ -171,7 +173,7 @@ impl Cgroups {
     }
 
     pub fn add(&self, trace: &str, pid: u32) -> Result<(), FreezeError> {
-        let procs = self.dir(trace).join("cgroup.procs");
+        let procs = self.dir(trace)?.join("cgroup.procs");
         match write(&procs, &pid.to_string()) {
             // The process exited meanwhile: nothing to move.
             Err(FreezeError::Io { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
@@ -182,7 +184,16 @@ impl Cgroups {
     }
 
     pub fn exists(&self, trace: &str) -> bool {
-        self.dir(trace).is_dir()
+        self.dir(trace).is_ok_and(|d| d.is_dir())
+    }
+
+    /// The directory of a session that has one.
+    fn session_dir(&self, trace: &str) -> Result<PathBuf, FreezeError> {
+        let dir = self.dir(trace)?;
+        if !dir.is_dir() {
+            return Err(FreezeError::NoSession(trace.into()));
+        }
+        Ok(dir)
     }
 
     /// Freezes the session and waits until the kernel reports every task frozen.
@@ -197,35 +208,32 @@ impl Cgroups {
 
     /// Starts freezing (one write; tasks stop on their way back to user space).
     pub fn set_frozen(&self, trace: &str, on: bool) -> Result<(), FreezeError> {
-        let dir = self.dir(trace);
-        if !dir.is_dir() {
-            return Err(FreezeError::NoSession(trace.into()));
-        }
+        let dir = self.session_dir(trace)?;
         write(&dir.join("cgroup.freeze"), if on { "1" } else { "0" })
     }
 
     /// `frozen 1` in `cgroup.events`: every task of the session is frozen.
     pub fn is_frozen(&self, trace: &str) -> bool {
-        std::fs::read_to_string(self.dir(trace).join("cgroup.events"))
+        self.dir(trace)
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.events")).map_err(io(&d)))
             .map(|t| t.lines().any(|l| l == "frozen 1"))
             .unwrap_or(false)
     }
 
     pub fn wait_frozen(&self, trace: &str, want: bool, limit: Duration) -> Result<(), FreezeError> {
-        wait_events(&self.dir(trace), want, limit)
+        wait_events(&self.dir(trace)?, want, limit)
     }
 
     /// SIGKILL to every process of the session (`cgroup.kill`), frozen or not.
     pub fn kill(&self, trace: &str) -> Result<(), FreezeError> {
-        let dir = self.dir(trace);
-        if !dir.is_dir() {
-            return Err(FreezeError::NoSession(trace.into()));
-        }
+        let dir = self.session_dir(trace)?;
         write(&dir.join("cgroup.kill"), "1")
     }
 
     pub fn pids(&self, trace: &str) -> Vec<u32> {
-        std::fs::read_to_string(self.dir(trace).join("cgroup.procs"))
+        self.dir(trace)
+            .ok()
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
             .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
     }
@@ -234,7 +242,9 @@ impl Cgroups {
     pub fn sessions(&self) -> Vec<String> {
         let out = self.list();
         for t in &out {
-            self.remember_id(&self.dir(t));
+            if let Ok(d) = self.dir(t) {
+                self.remember_id(&d);
+            }
         }
         out
     }
@@ -245,7 +255,10 @@ impl Cgroups {
                 rd.filter_map(|e| {
                     let e = e.ok()?;
                     e.file_type().ok()?.is_dir().then_some(())?;
-                    e.file_name().into_string().ok()
+                    // Only session directories: whatever else someone made here is not ours.
+                    let name = e.file_name().into_string().ok()?;
+                    crate::model::ids::TraceId::parse(&name).ok()?;
+                    Some(name)
                 })
                 .collect()
             })
@@ -254,7 +267,10 @@ impl Cgroups {
 
     /// Removes the cgroup of a session with no process left (the kernel refuses otherwise).
     pub fn remove_if_empty(&self, trace: &str) -> bool {
-        self.pids(trace).is_empty() && std::fs::remove_dir(self.dir(trace)).is_ok()
+        self.pids(trace).is_empty()
+            && self
+                .dir(trace)
+                .is_ok_and(|d| std::fs::remove_dir(d).is_ok())
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context as _};
 use serde::{Deserialize, Serialize};
 use watcher_common::{HALT_KILL, HALT_STOP};
 
-use crate::{approvals::KillSwitchState, daemon::Shared};
+use crate::{approvals::KillSwitchState, daemon::Shared, model::ids::TraceId};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -36,9 +36,12 @@ pub struct Engaged {
     pub micros: u64,
 }
 
+/// Engages the kill-switch for `traces` (ids checked by the caller's parser) or for every
+/// session. A trace id that names no session is an error and engages nothing: a typo must not
+/// look like a stopped session.
 pub fn engage(
     shared: &Shared,
-    traces: Vec<String>,
+    traces: Vec<TraceId>,
     all: bool,
     mode: HaltMode,
     by: &str,
@@ -48,6 +51,24 @@ pub fn engage(
             "say which sessions: --trace ID (repeatable) or --all"
         ));
     }
+    let unknown: Vec<&str> = {
+        let sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let known = sessions.all();
+        traces
+            .iter()
+            .map(TraceId::as_str)
+            .filter(|t| {
+                !shared.approvals.cgroups.exists(t) && !known.iter().any(|s| s.trace_id == *t)
+            })
+            .collect()
+    };
+    if !unknown.is_empty() {
+        return Err(anyhow!(
+            "no such session: {} (nothing was engaged)",
+            unknown.join(", ")
+        ));
+    }
+    let traces: Vec<String> = traces.into_iter().map(String::from).collect();
     let start = Instant::now();
     let state = KillSwitchState {
         engaged: true,
@@ -85,7 +106,7 @@ pub fn apply(shared: &Shared, k: &KillSwitchState) -> anyhow::Result<(Vec<String
     let traces: Vec<String> = if k.all {
         cg.sessions()
     } else {
-        k.traces.clone()
+        valid(&k.traces)
     };
     {
         let mut kernel = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,7 +157,7 @@ pub fn release(shared: &Shared, by: &str) -> anyhow::Result<Vec<String>> {
     let traces = if k.all {
         cg.sessions()
     } else {
-        k.traces.clone()
+        valid(&k.traces)
     };
     let mut released = Vec::new();
     for t in traces {
@@ -156,4 +177,21 @@ pub fn release(shared: &Shared, by: &str) -> anyhow::Result<Vec<String>> {
     })?;
     tracing::warn!(by, sessions = released.len(), "kill-switch released");
     Ok(released)
+}
+
+/// The stored state's trace ids that are trace ids. The store is root's, but an id that is not
+/// one (an edited file, an older daemon's record) is dropped here, loudly, before it can name a
+/// path.
+fn valid(traces: &[String]) -> Vec<String> {
+    traces
+        .iter()
+        .filter(|t| match TraceId::parse(t) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!("kill-switch state: {e}; ignored");
+                false
+            }
+        })
+        .cloned()
+        .collect()
 }

@@ -10,6 +10,7 @@ pub mod freeze;
 pub mod intake;
 pub mod kernel;
 pub mod killswitch;
+pub mod model;
 pub mod protect;
 pub mod reload;
 pub mod rules;

@@ -6,6 +6,7 @@ use watcher::{
     config::Config,
     control::{client::Client, Reply, Request, Skipped, Status},
     event::Event,
+    model::ids::{HoldId, TraceId},
 };
 
 #[derive(Parser)]
@@ -49,9 +50,9 @@ enum Cmd {
         /// Keep printing new events.
         #[arg(long)]
         follow: bool,
-        /// Only this session.
+        /// Only this session (its trace id, 32 hex digits).
         #[arg(long)]
-        trace: Option<String>,
+        trace: Option<TraceId>,
     },
     /// Sessions, processes watched, events and drops per type.
     Status {
@@ -65,9 +66,9 @@ enum Cmd {
         /// Keep printing new findings.
         #[arg(long)]
         follow: bool,
-        /// Only this session.
+        /// Only this session (its trace id, 32 hex digits).
         #[arg(long)]
-        trace: Option<String>,
+        trace: Option<TraceId>,
     },
     /// Pending holds: sessions frozen by a finding, waiting for a decision.
     Holds {
@@ -79,13 +80,13 @@ enum Cmd {
     },
     /// The evidence of a hold: finding, triggering event, process tree, recent events.
     ShowHold {
-        id: String,
+        id: HoldId,
         #[arg(long)]
         json: bool,
     },
     /// Resume a held session.
     Approve {
-        id: String,
+        id: HoldId,
         /// Do not hold this session for the same rule again.
         #[arg(long)]
         remember: bool,
@@ -94,7 +95,7 @@ enum Cmd {
         remember_profile: bool,
     },
     /// Stop a held session (or only its triggering process, by configuration).
-    Deny { id: String },
+    Deny { id: HoldId },
     /// Stop every watched process at once (incident response).
     KillSwitch {
         #[command(subcommand)]
@@ -131,9 +132,9 @@ enum Cmd {
 enum KillSwitchCmd {
     /// Freeze (default) or kill the given sessions, or all of them.
     Engage {
-        /// A session's trace id (repeatable).
+        /// A session's trace id, 32 hex digits (repeatable).
         #[arg(long = "trace", conflicts_with = "all")]
-        traces: Vec<String>,
+        traces: Vec<TraceId>,
         #[arg(long)]
         all: bool,
         #[arg(long, conflicts_with = "kill")]

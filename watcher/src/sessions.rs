@@ -32,9 +32,7 @@ pub struct Sessions {
 
 /// A random 128-bit trace id, as 32 hex digits (W3C trace-context form).
 pub fn new_trace_id() -> String {
-    let mut b = [0u8; 16];
-    fill_random(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::model::ids::TraceId::random().into()
 }
 
 /// A session id for user-space-started sessions; the top bit keeps them apart from the ids the
@@ -45,16 +43,7 @@ pub fn new_session_id() -> u64 {
     u64::from_ne_bytes(b) | (1 << 63)
 }
 
-pub fn fill_random(buf: &mut [u8]) {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: writes within `buf`.
-        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
-        if n > 0 {
-            done += n as usize;
-        }
-    }
-}
+pub use crate::model::ids::fill_random;
 
 impl Sessions {
     pub fn start(&mut self, s: Session) {

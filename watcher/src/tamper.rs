@@ -130,7 +130,14 @@ pub fn act(shared: &Arc<Shared>, ev: &Event, why: String) {
         TamperAction::Freeze => HaltMode::Freeze,
         TamperAction::Kill => HaltMode::Kill,
     };
-    let (s, trace) = (shared.clone(), ev.trace_id.clone());
+    let trace = match crate::model::ids::TraceId::parse(&ev.trace_id) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("kill-switch for a tampering session: {e}");
+            return;
+        }
+    };
+    let s = shared.clone();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = crate::killswitch::engage(&s, vec![trace], false, mode, "watcher (tamper)")
         {

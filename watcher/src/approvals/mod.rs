@@ -147,6 +147,8 @@ pub enum HoldError {
     NotFound(String),
     #[error("hold {0} is already {1}")]
     Decided(String, &'static str),
+    #[error(transparent)]
+    Id(#[from] crate::model::ids::IdError),
 }
 
 /// What deny stops.
@@ -188,12 +190,7 @@ fn now_ms() -> i64 {
 }
 
 fn new_hold_id() -> String {
-    let mut b = [0u8; 6];
-    crate::sessions::fill_random(&mut b);
-    format!(
-        "h-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
+    crate::model::ids::HoldId::random().into()
 }
 
 impl Approvals {
@@ -290,6 +287,7 @@ impl Approvals {
     }
 
     pub fn get(&self, id: &str) -> Result<Hold, HoldError> {
+        crate::model::ids::HoldId::parse(id)?;
         self.store()
             .get(id)?
             .ok_or_else(|| HoldError::NotFound(id.into()))
@@ -307,16 +305,20 @@ impl Approvals {
         Ok(h)
     }
 
+    /// Records the decision, if no other decision came first (the store's compare-and-set),
+    /// before it is acted on: a crash after this resumes or kills nothing unrecorded.
     fn finish(&self, mut h: Hold, state: HoldState, by: &str) -> Result<Hold, HoldError> {
         h.state = state;
         h.decided_by = Some(by.to_string());
         h.decided_at = Some(now_rfc3339());
-        // On disk before it is acted on: a crash after this resumes nothing unrecorded.
-        self.store().put(&h)?;
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&h.trace_id);
+        if !self.store().decide(&h)? {
+            let now = self.get(&h.id)?;
+            return Err(HoldError::Decided(h.id, now.state.as_str()));
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.get(&h.trace_id) == Some(&h.id) {
+            pending.remove(&h.trace_id);
+        }
         Ok(h)
     }
 
@@ -331,27 +333,29 @@ impl Approvals {
         remember_profile: Option<String>,
     ) -> Result<Hold, HoldError> {
         let mut h = self.pending_hold(id)?;
-        if remember || remember_profile.is_some() {
+        let exception = (remember || remember_profile.is_some()).then(|| {
             let (scope, value) = match remember_profile {
                 Some(p) => ("profile", p),
                 None => ("trace", h.trace_id.clone()),
             };
-            let e = Exception {
+            Exception {
                 rule: h.rule.clone(),
                 scope: scope.into(),
                 value,
                 by: by.into(),
                 at: now_rfc3339(),
                 hold: h.id.clone(),
-            };
+            }
+        });
+        h.remembered = exception.is_some();
+        let h = self.finish(h, HoldState::Approved, by)?;
+        if let Some(e) = exception {
             self.store().add_exception(&e)?;
             self.exceptions
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(e);
-            h.remembered = true;
         }
-        let h = self.finish(h, HoldState::Approved, by)?;
         if h.kind == HoldKind::ProtectedOpen {
             self.verdict(&h.id, true);
         }
@@ -372,9 +376,15 @@ impl Approvals {
 
     /// Stops the session (or, by configuration, only the triggering process).
     pub fn deny(&self, id: &str, by: &str) -> Result<Hold, HoldError> {
-        let mut h = self.pending_hold(id)?;
-        h.result = Some(self.stop(&h)?);
-        self.finish(h, HoldState::Denied, by)
+        let h = self.pending_hold(id)?;
+        let mut h = self.finish(h, HoldState::Denied, by)?;
+        let stopped = self.stop(&h);
+        h.result = Some(match &stopped {
+            Ok(what) => what.clone(),
+            Err(e) => format!("deny failed: {e}"),
+        });
+        self.store().put(&h)?;
+        stopped.map(|_| h)
     }
 
     fn stop(&self, h: &Hold) -> Result<String, HoldError> {
@@ -495,13 +505,14 @@ mod tests {
             DenyScope::Session,
         )
         .unwrap();
-        let id = a.claim("t1").unwrap();
-        assert!(a.claim("t1").is_none(), "one pending hold per session");
+        let t1 = crate::model::ids::TraceId::random().to_string();
+        let id = a.claim(&t1).unwrap();
+        assert!(a.claim(&t1).is_none(), "one pending hold per session");
         a.record(HoldDraft {
             id: id.clone(),
             kind: HoldKind::Session,
-            finding: event("t1"),
-            trigger: event("t1"),
+            finding: event(&t1),
+            trigger: event(&t1),
             tree: vec![],
             recent: vec![],
             stopped: vec![],
@@ -518,7 +529,7 @@ mod tests {
             DenyScope::Session,
         )
         .unwrap();
-        assert_eq!(again.pending_for("t1"), Some(id.clone()));
+        assert_eq!(again.pending_for(&t1), Some(id.clone()));
         let h = a
             .approve(&id, "alice", false, Some("claude".into()))
             .unwrap();
@@ -526,10 +537,101 @@ mod tests {
         assert_eq!(h.decided_by.as_deref(), Some("alice"));
         assert!(a.excepted("r", "another-trace", Some("claude")));
         assert!(!a.excepted("r", "another-trace", Some("codex")));
-        assert!(!a.excepted("other-rule", "t1", Some("claude")));
+        assert!(!a.excepted("other-rule", &t1, Some("claude")));
         assert!(matches!(
             a.approve(&id, "bob", false, None),
             Err(HoldError::Decided(..))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A human's approve and the deadline's deny on one hold, started together: exactly one
+    /// decides, the other is told the hold is decided, and the store agrees with the winner.
+    #[test]
+    fn approve_and_deny_racing_give_exactly_one_decision() {
+        let dir = std::env::temp_dir().join(format!("watcher-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let trace = crate::model::ids::TraceId::random().to_string();
+        // Plain files stand in for the cgroup's control files: thaw and kill write to them.
+        let cg = Cgroups::at(dir.join("cg")).unwrap();
+        let session = cg.create(&trace, &[]).unwrap();
+        for f in ["cgroup.freeze", "cgroup.kill"] {
+            std::fs::write(session.join(f), "").unwrap();
+        }
+        let a = std::sync::Arc::new(
+            Approvals::open(
+                &dir.join("db"),
+                cg,
+                Duration::from_secs(60),
+                DenyScope::Session,
+            )
+            .unwrap(),
+        );
+        let (mut approved, mut denied) = (0, 0);
+        for _ in 0..100 {
+            let id = a.claim(&trace).unwrap();
+            a.record(HoldDraft {
+                id: id.clone(),
+                kind: HoldKind::Session,
+                finding: event(&trace),
+                trigger: event(&trace),
+                tree: vec![],
+                recent: vec![],
+                stopped: vec![],
+                rule: "r".into(),
+                policy_version: "v".into(),
+                frozen_us: None,
+            })
+            .unwrap();
+            let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let approve = std::thread::spawn({
+                let (a, id, go) = (a.clone(), id.clone(), go.clone());
+                move || {
+                    go.wait();
+                    a.approve(&id, "alice", false, None)
+                }
+            });
+            go.wait();
+            let deny = a.deny(&id, "deadline");
+            let approve = approve.join().unwrap();
+            let stored = a.get(&id).unwrap().state;
+            match (&approve, &deny) {
+                (Ok(h), Err(HoldError::Decided(..))) => {
+                    assert_eq!(h.state, HoldState::Approved);
+                    assert_eq!(stored, HoldState::Approved);
+                    approved += 1;
+                }
+                (Err(HoldError::Decided(..)), Ok(h)) => {
+                    assert_eq!(h.state, HoldState::Denied);
+                    assert_eq!(stored, HoldState::Denied);
+                    denied += 1;
+                }
+                other => panic!("not exactly one decision: {other:?}"),
+            }
+            assert_eq!(a.pending_for(&trace), None);
+        }
+        assert_eq!(approved + denied, 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_malformed_hold_id_is_refused_before_any_lookup() {
+        let dir = std::env::temp_dir().join(format!("watcher-holdid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Approvals::open(
+            &dir.join("db"),
+            Cgroups::at(dir.join("cg")).unwrap(),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        for bad in ["../x", "h-", "' OR 1=1 --"] {
+            assert!(matches!(a.get(bad), Err(HoldError::Id(_))), "{bad}");
+            assert!(matches!(a.deny(bad, "x"), Err(HoldError::Id(_))), "{bad}");
+        }
+        assert!(matches!(
+            a.get("h-0123456789ab"),
+            Err(HoldError::NotFound(_))
         ));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -107,6 +107,21 @@ impl Store {
         Ok(())
     }
 
+    /// Stores the decided record of a hold only if it is still pending: one compare-and-set, so
+    /// of a human's approve and the deadline's deny exactly one wins. False: another decision
+    /// came first and nothing was written.
+    pub fn decide(&self, h: &Hold) -> Result<bool, StoreError> {
+        let record = serde_json::to_string(h).map_err(|e| self.json(e))?;
+        let n = self
+            .conn
+            .execute(
+                "UPDATE holds SET state = ?2, record = ?3 WHERE id = ?1 AND state = 'pending'",
+                params![h.id, h.state.as_str(), record],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n == 1)
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Hold>, StoreError> {
         let rec: Option<String> = self
             .conn

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     approvals::{Hold, KillSwitchState},
     killswitch::Engaged,
+    model::ids::{HoldId, TraceId},
     sessions::Session,
 };
 
@@ -17,7 +18,7 @@ pub enum Request {
     /// Recent events, then (with `follow`) live ones.
     Events {
         follow: bool,
-        trace: Option<String>,
+        trace: Option<TraceId>,
     },
     /// Watch a running process and its descendants as a new session.
     Attach {
@@ -31,7 +32,7 @@ pub enum Request {
     /// Recent findings, then (with `follow`) live ones.
     Findings {
         follow: bool,
-        trace: Option<String>,
+        trace: Option<TraceId>,
     },
     /// Load the rule files again.
     Reload,
@@ -40,22 +41,22 @@ pub enum Request {
         all: bool,
     },
     ShowHold {
-        id: String,
+        id: HoldId,
     },
     Approve {
-        id: String,
+        id: HoldId,
         remember: bool,
         /// Remember for every session of this session's profile.
         #[serde(default)]
         remember_profile: bool,
     },
     Deny {
-        id: String,
+        id: HoldId,
     },
     KillSwitch {
         op: KillSwitchOp,
         #[serde(default)]
-        traces: Vec<String>,
+        traces: Vec<TraceId>,
         #[serde(default)]
         all: bool,
         #[serde(default)]
@@ -118,6 +119,9 @@ pub struct Status {
     pub per_type: std::collections::BTreeMap<String, KindCount>,
     pub malformed_records: u64,
     pub client_lag: u64,
+    /// Failed accepts on the control socket and the API since the daemon started.
+    #[serde(default)]
+    pub accept_errors: u64,
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
     pub policy: PolicyStatus,

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt as _, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::broadcast::error::RecvError,
 };
@@ -90,9 +90,30 @@ pub fn authorized(cred: &tokio::net::unix::UCred, cfg: &Config) -> bool {
         .unwrap_or(false)
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// The longest request line a client may send; longer ones are refused with an error.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long a client has to send its request line once connected.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    // One descriptor kept spare: out of descriptors, the server frees it to accept the waiting
+    // client and tell it why, instead of leaving it hanging in the backlog.
+    let mut spare = std::fs::File::open("/dev/null").ok();
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                accept_failed("control socket", &e, &shared).await;
+                if out_of_descriptors(&e) {
+                    if let Some(f) = spare.take() {
+                        drop(f);
+                        refuse_busy(&listener).await;
+                        spare = std::fs::File::open("/dev/null").ok();
+                    }
+                }
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, shared).await {
@@ -100,6 +121,59 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Resul
             }
         });
     }
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Accepts the client waiting at the head of the backlog and tells it the daemon is out of
+/// file descriptors.
+async fn refuse_busy(listener: &UnixListener) {
+    let wait = std::time::Duration::from_millis(100);
+    if let Ok(Ok((mut s, _))) = tokio::time::timeout(wait, listener.accept()).await {
+        let reply = Reply::Error {
+            error: "the watcher daemon is out of file descriptors; try again".into(),
+        };
+        let _ = tokio::time::timeout(wait, write_json(&mut s, &reply)).await;
+    }
+}
+
+/// A failed accept is logged and counted, and never ends a listener. Out of descriptors or
+/// memory, the listener pauses briefly: accepting again at once would only spin on the same
+/// error.
+pub async fn accept_failed(what: &str, e: &std::io::Error, shared: &Shared) {
+    let n = shared
+        .counters
+        .accept_errors
+        .fetch_add(1, Ordering::Relaxed);
+    // The first of a burst at warn, the rest at debug: an EMFILE storm must not flood the log.
+    if n.is_power_of_two() || n == 0 {
+        tracing::warn!(errors = n + 1, "{what}: accept failed: {e}");
+    } else {
+        tracing::debug!(errors = n + 1, "{what}: accept failed: {e}");
+    }
+    if out_of_descriptors(e) || matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM)) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads one request line of at most `MAX_LINE` bytes.
+async fn read_request_line(r: impl tokio::io::AsyncRead + Unpin) -> Result<String, String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut limited = BufReader::new(r).take(MAX_LINE as u64 + 1);
+    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut buf)).await {
+        Err(_) => return Err(format!("no request line within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(format!("reading the request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if buf.len() > MAX_LINE {
+        return Err(format!(
+            "bad request: the request line is over {MAX_LINE} bytes"
+        ));
+    }
+    String::from_utf8(buf).map_err(|_| "bad request: the request line is not UTF-8".into())
 }
 
 async fn write_json<T: serde::Serialize>(
@@ -142,8 +216,10 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         }
     }
     let who = user_name(cred.uid());
-    let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
+    let line = match read_request_line(r).await {
+        Ok(l) => l,
+        Err(error) => return write_json(&mut w, &Reply::Error { error }).await,
+    };
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
@@ -176,7 +252,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
             write_json(&mut w, &reply).await
         }
         Request::ShowHold { id } => {
-            let reply = match shared.approvals.get(&id) {
+            let reply = match shared.approvals.get(id.as_str()) {
                 Ok(h) => Reply::Hold { hold: Box::new(h) },
                 Err(e) => Reply::Error {
                     error: e.to_string(),
@@ -191,7 +267,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         } => {
             let a = shared.approvals.clone();
             let profile = match remember_profile {
-                true => match profile_of_hold(&shared, &id) {
+                true => match profile_of_hold(&shared, id.as_str()) {
                     Ok(p) => Some(p),
                     Err(e) => {
                         return write_json(
@@ -205,8 +281,10 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
                 },
                 false => None,
             };
-            let r = tokio::task::spawn_blocking(move || a.approve(&id, &who, remember, profile))
-                .await?;
+            let r = tokio::task::spawn_blocking(move || {
+                a.approve(id.as_str(), &who, remember, profile)
+            })
+            .await?;
             let reply = match r {
                 Ok(h) => {
                     tracing::warn!(hold = %h.id, by = ?h.decided_by, "hold approved: session resumed");
@@ -220,7 +298,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         Request::Deny { id } => {
             let a = shared.approvals.clone();
-            let r = tokio::task::spawn_blocking(move || a.deny(&id, &who)).await?;
+            let r = tokio::task::spawn_blocking(move || a.deny(id.as_str(), &who)).await?;
             let reply = match r {
                 Ok(h) => {
                     tracing::warn!(hold = %h.id, by = ?h.decided_by, result = ?h.result, "hold denied");
@@ -336,6 +414,7 @@ fn status(shared: &Shared) -> Status {
         per_type,
         malformed_records: shared.counters.malformed.load(Ordering::Relaxed),
         client_lag: shared.counters.client_lag.load(Ordering::Relaxed),
+        accept_errors: shared.counters.accept_errors.load(Ordering::Relaxed),
         latency_us_p50: p50,
         latency_us_p99: p99,
         policy: policy_status(shared),
@@ -561,11 +640,11 @@ async fn stream_events(
     w: &mut (impl AsyncWriteExt + Unpin),
     shared: &Shared,
     follow: bool,
-    trace: Option<String>,
+    trace: Option<crate::model::ids::TraceId>,
     findings_only: bool,
 ) -> anyhow::Result<()> {
     let keep = |e: &Event| {
-        trace.as_deref().is_none_or(|t| e.trace_id == t)
+        trace.as_ref().is_none_or(|t| e.trace_id == t.as_str())
             && (!findings_only || matches!(e.detail, Detail::Finding(_)))
     };
     // Subscribe before copying the backlog so nothing falls between the two.

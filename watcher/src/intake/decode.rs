@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use watcher_common::{
     Alert, ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    OpenEvent, PtraceEvent, SignalEvent, EVENT_FLAG_TRUNCATED, PATH_MAX,
+    OpenEvent, PtraceEvent, SignalEvent, EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_TRUNCATED, PATH_MAX,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub enum Record {
         filename: String,
         argv: Vec<String>,
         truncated: bool,
+        /// The kernel could not read the command line (no mm, a fault): `argv` is empty
+        /// because it is unknown, not because the program has none.
+        argv_missing: bool,
         profile: u32,
     },
     Fork {
@@ -145,6 +148,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 filename: cstr(&ev.filename),
                 argv,
                 truncated,
+                argv_missing: hdr.flags & EVENT_FLAG_ARGV_MISSING != 0,
                 profile: ev.profile,
             }
         }
@@ -295,6 +299,29 @@ mod tests {
                 assert_eq!(argv, vec!["sh", "-c", "echo hi"]);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_argv_is_said_so() {
+        let mut ev = ExecEvent {
+            hdr: header(EventKind::Exec),
+            argv_len: 0,
+            profile: 0,
+            filename: [0; watcher_common::PATH_MAX],
+            argv: [0; watcher_common::ARGV_MAX],
+        };
+        for (flags, missing) in [(EVENT_FLAG_ARGV_MISSING, true), (0, false)] {
+            ev.hdr.flags = flags;
+            match decode(&bytes_of(&ev)).unwrap() {
+                Record::Exec {
+                    argv, argv_missing, ..
+                } => {
+                    assert!(argv.is_empty());
+                    assert_eq!(argv_missing, missing);
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

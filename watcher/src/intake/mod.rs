@@ -520,6 +520,7 @@ impl Intake {
                 filename,
                 argv,
                 truncated,
+                argv_missing,
                 profile,
                 ..
             } => {
@@ -540,6 +541,7 @@ impl Intake {
                     path: filename,
                     argv,
                     argv_truncated: truncated,
+                    argv_missing,
                     profile,
                 })
             }
