@@ -41,7 +41,8 @@ fn json_lines(out: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-/// The first finding in the session's stream that `wanted` accepts (read as it arrives).
+/// The first finding in the session's stream that `wanted` accepts (read as it arrives);
+/// None when the stream ends first. Reaching the deadline fails the test.
 fn first_finding(d: &Daemon, trace: &str, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
     let mut f = d
         .cli()
@@ -49,14 +50,26 @@ fn first_finding(d: &Daemon, trace: &str, wanted: impl Fn(&Value) -> bool) -> Op
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut found = None;
-    for line in BufReader::new(f.stdout.take().unwrap()).lines() {
-        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if wanted(&v) {
-            found = Some(v);
-            break;
+    let lines = common::lines_of(f.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if wanted(&v) {
+                    break Some(v);
+                }
+                seen.push(v);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = f.kill();
+                panic!("no such finding of session {trace} within {DEADLINE:?}; saw {seen:#?}")
+            }
         }
-    }
+    };
     let _ = f.kill();
     let _ = f.wait();
     found
@@ -113,6 +126,16 @@ fn stopped_by_kernel(pid: u64) -> bool {
     state_of(pid) == Some('S') && (pending("SigPnd:") || pending("ShdPnd:"))
 }
 
+fn wchan(pid: u64) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok()
+}
+
+/// Asleep where the cgroup v2 freezer parks a task (its signal-delivery trap).
+fn in_freezer_trap(pid: u64) -> bool {
+    state_of(pid) == Some('S')
+        && wchan(pid).is_some_and(|w| w == "get_signal" || w == "do_freezer_trap")
+}
+
 fn frozen(d: &Daemon, trace: &str) -> bool {
     std::fs::read_to_string(d.cgroup.join(trace).join("cgroup.events"))
         .map(|t| t.lines().any(|l| l == "frozen 1"))
@@ -133,6 +156,11 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 /// A rules directory with one rule: holding an exec of `tool` (a kernel fast path: SIGSTOP
 /// before the program's first instruction).
 fn hold_setup(extra_config: &str) -> (TempDir, Daemon, String) {
+    hold_setup_env(extra_config, &[])
+}
+
+/// `hold_setup` with `env` in the first daemon's environment.
+fn hold_setup_env(extra_config: &str, env: &[(&str, &str)]) -> (TempDir, Daemon, String) {
     let work = TempDir::new("holds");
     let tool = work.0.join("held-tool");
     std::fs::write(
@@ -156,10 +184,10 @@ fn hold_setup(extra_config: &str) -> (TempDir, Daemon, String) {
         ),
     )
     .unwrap();
-    let d = Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n{extra_config}",
-        rules.display()
-    ));
+    let d = Daemon::start_with_env(
+        &format!("[rules]\npath = \"{}\"\n{extra_config}", rules.display()),
+        env,
+    );
     let w = work.0.display().to_string();
     (work, d, w)
 }
@@ -278,10 +306,21 @@ fn sigcont_does_not_release_a_held_session() {
         .status()
         .unwrap()
         .success());
-    // A negative check needs a grace period: the program writes its marker at once if it runs.
-    std::thread::sleep(Duration::from_millis(300));
+    // kill(2) has cleared the kernel's stop by the time it returns; the woken task then traps
+    // into the freezer again. Awaited: the task asleep in the freezer's trap (not stopped, not
+    // running, not in any other wait) with the session reporting frozen. Had SIGCONT released
+    // it, it would be running the program or gone, and the marker would follow.
+    let start = Instant::now();
+    while !(in_freezer_trap(pid) && frozen(&d, &trace)) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "after SIGCONT: state {:?}, wchan {:?}",
+            state_of(pid),
+            wchan(pid)
+        );
+        std::thread::yield_now();
+    }
     assert!(!marker(&w, "cont"), "SIGCONT resumed a held process");
-    assert!(frozen(&d, &trace));
     verdict(&d, "approve", &hold);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     assert!(marker(&w, "cont"));
@@ -321,6 +360,38 @@ fn a_hold_survives_a_daemon_crash() {
     assert!(marker(&w, "crash"));
 }
 
+/// The daemon dies (SIGKILL, at a fault-injection point) after it froze a session for a hold
+/// and before it stored the hold: the restarted daemon finds the frozen session without a hold,
+/// lists a hold for it, and approving it lets the session finish.
+#[test]
+fn a_crash_between_freeze_and_store_leaves_a_decidable_hold() {
+    let (_work, mut d, w) = hold_setup_env("", &[("WATCHER_FAULT", "before-hold-store")]);
+    let (mut child, trace) = launch_bg(&d, &format!("{w}/held-tool unrecorded"));
+    let st = d.await_death();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "the daemon did not stop at its fault-injection point ({st:?}); the crash tests need \
+         the watcher built with --features watcher/fault-injection (cargo xtask test does)"
+    );
+    await_frozen(&d, &trace);
+    assert!(!marker(&w, "unrecorded"));
+    d.restart();
+    let list = json_lines(&d.cli().args(["holds", "--json"]).output().unwrap().stdout);
+    let hold = list
+        .iter()
+        .find(|h| h["trace_id"] == trace.as_str())
+        .unwrap_or_else(|| panic!("no hold for the frozen session: {list:?}"))
+        .clone();
+    assert_eq!(hold["rule"], "watcher-recovered-hold", "{hold}");
+    assert_eq!(hold["state"], "pending");
+    assert!(frozen(&d, &trace), "the session thawed");
+    assert!(!marker(&w, "unrecorded"));
+    verdict(&d, "approve", &hold);
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert!(marker(&w, "unrecorded"));
+}
+
 /// The first finding of `rule` in the session's stream (read as it arrives).
 fn await_finding(d: &Daemon, trace: &str, rule: &str) -> Value {
     first_finding(d, trace, |v| v["rule"] == rule).unwrap_or_else(|| panic!("no {rule} finding"))
@@ -352,7 +423,7 @@ fn a_watched_process_cannot_approve_its_hold() {
     let (mut approver, trace2) = launch_bg(
         &d,
         &format!(
-            "{} --socket {} approve {id} 2> {w}/approve-err; sleep 300",
+            "{} --socket {} approve {id} 2> {w}/approve-err; echo $? > {w}/approve-rc; sleep 300",
             common::BIN,
             d.socket.display()
         ),
@@ -368,7 +439,32 @@ fn a_watched_process_cannot_approve_its_hold() {
     await_frozen(&d, &trace2);
     let h = show_hold(&d, id);
     assert_eq!(h["state"], "pending");
-    assert!(!Path::new(&format!("{w}/approver-done")).exists());
+    // Let the approver's session go (the kill-switch froze it) and read what it was told; the
+    // held session has its hold pending and stays frozen.
+    let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rc = Path::new(&w).join("approve-rc");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&rc).is_ok_and(|t| t.ends_with('\n')) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the refused approver never finished"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_ne!(
+        std::fs::read_to_string(&rc).unwrap().trim(),
+        "0",
+        "approve succeeded"
+    );
+    let err = std::fs::read_to_string(Path::new(&w).join("approve-err")).unwrap();
+    assert!(err.contains("part of a watched session"), "{err}");
+    assert_eq!(show_hold(&d, id)["state"], "pending");
+    assert!(frozen(&d, &trace), "the held session was released");
     let _ = approver.kill();
 }
 

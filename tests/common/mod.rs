@@ -42,6 +42,12 @@ impl Daemon {
     /// Starts the daemon with `config` (TOML text) as its configuration file. The hold store
     /// and the cgroup directory are this daemon's own.
     pub fn start_with(config: &str) -> Daemon {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As `start_with`, with `env` in the first daemon's environment only (a restart goes
+    /// without it).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
         require_root();
         let dir = TempDir::new("daemon");
         let socket = dir.0.join("ctl.sock");
@@ -56,7 +62,7 @@ impl Daemon {
         let config = with_section(&config, "[api]", &api);
         std::fs::write(&config_path, config).unwrap();
         let cgroup = cgroup2_root().join(cgroup_name);
-        let child = spawn_daemon(&config_path, &socket);
+        let child = spawn_daemon(&config_path, &socket, env);
         Daemon {
             child,
             socket,
@@ -71,7 +77,12 @@ impl Daemon {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_daemon(&self.config_path, &self.socket);
+        self.restart();
+    }
+
+    /// Starts the daemon again after it died (same configuration, store and cgroups).
+    pub fn restart(&mut self) {
+        self.child = spawn_daemon(&self.config_path, &self.socket, &[]);
     }
 
     pub fn cli(&self) -> Command {
@@ -180,8 +191,9 @@ fn with_section(config: &str, section: &str, lines: &str) -> String {
     }
 }
 
-fn spawn_daemon(config: &std::path::Path, socket: &std::path::Path) -> Child {
+fn spawn_daemon(config: &std::path::Path, socket: &std::path::Path, env: &[(&str, &str)]) -> Child {
     let mut child = Command::new(BIN)
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(config)
         .args(["run", "--socket"])
@@ -192,11 +204,14 @@ fn spawn_daemon(config: &std::path::Path, socket: &std::path::Path) -> Child {
         .spawn()
         .expect("spawn watcher run");
     // The daemon prints "ready" once its programs are attached and the socket listens.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("ready"), "daemon did not start: {line:?}");
+    let lines = lines_of(child.stdout.take().unwrap());
+    match lines.recv_timeout(DEADLINE) {
+        Ok(line) => assert!(line.starts_with("ready"), "daemon did not start: {line:?}"),
+        Err(e) => {
+            let _ = child.kill();
+            panic!("the daemon printed no ready line within {DEADLINE:?} ({e})")
+        }
+    }
     child
 }
 
@@ -275,6 +290,18 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits for the daemon to exit by itself (a fault-injection point, say).
+    pub fn await_death(&mut self) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(start.elapsed() < DEADLINE, "the daemon did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Runs curl with `args`; returns (HTTP status, JSON body or null).
@@ -290,4 +317,18 @@ pub fn curl(args: &[&str]) -> (u16, Value) {
         code.trim().parse().unwrap(),
         serde_json::from_str(body).unwrap_or(Value::Null),
     )
+}
+
+/// The lines of `r`, read on a thread, so that a wait for one can have a deadline.
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

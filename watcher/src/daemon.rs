@@ -86,6 +86,8 @@ pub struct Shared {
     pub approvals: Arc<Approvals>,
     /// Kernel event to "whole session frozen", microseconds.
     pub hold_latency: Mutex<Histogram<u64>>,
+    /// Calls the hold webhook, off every path that holds a process or a request.
+    pub announcer: crate::worker::Worker,
 }
 
 impl Shared {
@@ -229,6 +231,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reload_lock: Mutex::new(()),
         approvals,
         hold_latency: Mutex::new(Histogram::new(3).context("histogram")?),
+        announcer: crate::worker::Worker::start("announce")?,
         config,
     });
     // Sessions of an earlier daemon (its cgroups are still there): watched again, same trace

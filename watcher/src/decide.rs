@@ -139,11 +139,12 @@ pub fn record_hold(shared: Arc<Shared>, mut draft: HoldDraft) {
                 None => tracing::error!(hold = %id, "the session did not report frozen within 5 s"),
             }
         }
+        crate::fault::point(crate::fault::BEFORE_HOLD_STORE);
         match a.record(draft) {
             Ok(h) => {
                 shared.counters.holds.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(hold = %h.id, trace_id = %h.trace_id, rule = %h.rule, deadline = %h.deadline, "session held: waiting for `watcher approve` or `watcher deny`");
-                announce(&shared, &h);
+                announce(&shared, h);
             }
             // Fail closed: the session stays frozen; the error says why there is no record.
             Err(e) => {
@@ -187,6 +188,9 @@ pub fn adopt_sessions(shared: &Shared) {
             }
         }
         let frozen = cg.is_frozen(&trace);
+        if frozen {
+            recover_unrecorded_hold(shared, &trace, &pids);
+        }
         shared
             .sessions
             .lock()
@@ -204,6 +208,99 @@ pub fn adopt_sessions(shared: &Shared) {
                 cgroup_id: cg.id(&trace),
             });
         tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
+    }
+}
+
+/// The rule of a hold made at start-up for a session an earlier daemon froze without storing
+/// its hold.
+pub const RECOVERED_RULE: &str = "watcher-recovered-hold";
+
+/// A session frozen with no pending hold and no kill-switch on it was frozen by a daemon that
+/// died before it stored the hold (the freeze comes first, so that the session stops at once).
+/// It gets a hold now, so that it is listed and can be decided; left alone it would stay frozen
+/// with nothing to approve. Approve thaws it and continues every process (the kernel may have
+/// stopped any of them); deny kills it; the deadline applies as to any hold.
+fn recover_unrecorded_hold(shared: &Shared, trace: &str, pids: &[u32]) {
+    let a = &shared.approvals;
+    if a.pending_for(trace).is_some() {
+        return;
+    }
+    let k = a.kill_switch().unwrap_or_default();
+    if k.engaged && (k.all || k.traces.iter().any(|t| t == trace)) {
+        return;
+    }
+    let Some(id) = a.claim(trace) else { return };
+    let tree: Vec<crate::approvals::ProcInfo> = pids
+        .iter()
+        .map(|&p| {
+            let (exe, argv) = crate::intake::tree::proc_exe_argv(p);
+            crate::approvals::ProcInfo {
+                pid: p,
+                ppid: crate::control::server::ppid_of(p),
+                exe: exe.unwrap_or_default(),
+                argv,
+            }
+        })
+        .collect();
+    let root = &tree[0];
+    let trigger = Event {
+        seq: 0,
+        ts: crate::event::Ts(std::time::SystemTime::now()),
+        pid: root.pid,
+        tid: root.pid,
+        ppid: root.ppid,
+        uid: 0,
+        trace_id: trace.to_string(),
+        comm: std::fs::read_to_string(format!("/proc/{}/comm", root.pid))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        cgroup_id: a.cgroups.id(trace).unwrap_or(0),
+        detail: Detail::Exec {
+            path: root.exe.clone(),
+            argv: root.argv.clone(),
+            argv_truncated: false,
+            argv_missing: false,
+            profile: None,
+        },
+    };
+    let version = shared.policy.load().policy.version.clone();
+    let finding = crate::event::Finding {
+        rule: RECOVERED_RULE.into(),
+        description: "the session was frozen for a hold by a daemon that stopped before it \
+                      stored the hold; what triggered it is not known, decide from the tree"
+            .into(),
+        severity: crate::event::Severity::High,
+        tags: Vec::new(),
+        action: Action::Hold,
+        mode: Mode::Enforce,
+        outcome: Outcome::Held,
+        policy_version: version.clone(),
+        in_kernel: false,
+        hold: Some(id.clone()),
+        evidence: vec![trigger.clone()],
+    };
+    let mut fev = trigger.clone();
+    fev.detail = Detail::Finding(Box::new(finding));
+    let published = shared.publish(fev);
+    match a.record(HoldDraft {
+        id: id.clone(),
+        kind: crate::approvals::HoldKind::Session,
+        finding: published.as_ref().clone(),
+        trigger,
+        tree,
+        recent: Vec::new(),
+        stopped: pids.to_vec(),
+        rule: RECOVERED_RULE.into(),
+        policy_version: version,
+        frozen_us: None,
+    }) {
+        Ok(h) => {
+            tracing::warn!(hold = %h.id, trace_id = trace, "a frozen session had no hold (the daemon stopped first): hold recovered");
+        }
+        Err(e) => tracing::error!(
+            trace_id = trace,
+            "recovering the hold of a frozen session: {e}"
+        ),
     }
 }
 
@@ -236,9 +333,18 @@ pub async fn sweep_cgroups(shared: Arc<Shared>) {
     }
 }
 
-/// POSTs a new hold to the configured webhook (blocking; call off the pipeline). A failure is
-/// logged: the hold stands either way.
-pub fn announce(shared: &Shared, h: &crate::approvals::Hold) {
+/// POSTs a new hold to the configured webhook, on the announcer thread: a slow or dead
+/// webhook (10 s timeout) delays only later announcements. A failure is logged: the hold
+/// stands either way.
+pub fn announce(shared: &Arc<Shared>, h: crate::approvals::Hold) {
+    if shared.config.holds.webhook.is_none() {
+        return;
+    }
+    let s = shared.clone();
+    shared.announcer.submit(move || post_hold(&s, &h));
+}
+
+fn post_hold(shared: &Shared, h: &crate::approvals::Hold) {
     let Some(url) = &shared.config.holds.webhook else {
         return;
     };

@@ -28,6 +28,9 @@ pub struct Protect {
     patterns: Vec<String>,
     /// Keeps the directory watch alive.
     dirs: Mutex<Option<notify::RecommendedWatcher>>,
+    /// Builds, stores and announces the holds, so that the thread answering the kernel does
+    /// nothing slow: every protected open on the host waits behind it.
+    recorder: crate::worker::Worker,
 }
 
 /// The patterns with `~/` made into a path per home (a glob may remain in the last component).
@@ -123,6 +126,7 @@ impl Protect {
             files: Mutex::new(Default::default()),
             patterns,
             dirs: Mutex::new(None),
+            recorder: crate::worker::Worker::start("protect-record")?,
         });
         p.refresh(&shared);
         tracing::info!(
@@ -283,9 +287,6 @@ impl Protect {
             self.respond(&efd, true);
             return;
         };
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", efd.as_raw_fd()))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let a = &shared.approvals;
         let id = match a.pending_for(&trace) {
             // One verdict at a time per session: a second protected open while a hold is
@@ -313,77 +314,15 @@ impl Protect {
         if !fresh {
             return;
         }
-        let trigger = Event {
-            seq: 0,
-            ts: Ts(std::time::SystemTime::now()),
-            pid,
-            tid: pid,
-            ppid: crate::control::server::ppid_of(pid),
-            uid: uid_of(pid),
-            trace_id: trace.clone(),
-            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default(),
-            cgroup_id: 0,
-            detail: Detail::Open {
-                path: path.clone(),
-                flags: vec!["O_RDONLY".into()],
-                mode: 0,
-                result: 0,
-                error: None,
-                resolved: true,
-                path_truncated: false,
-            },
+        // The path, the process's details, the tree, SQLite and the webhook: on the worker.
+        // The open waits in the kernel and the session is frozen meanwhile.
+        let fd = match efd_dup(&self.pending, &id) {
+            Some(fd) => fd,
+            None => return,
         };
-        let version = shared.policy.load().policy.version.clone();
-        let finding = Finding {
-            rule: RULE.into(),
-            description: format!(
-                "a watched process opened the protected file {path}; the open waits for a verdict"
-            ),
-            severity: Severity::High,
-            tags: vec!["T1552.001".into(), "ASI03".into()],
-            action: Action::Hold,
-            mode: Mode::Enforce,
-            outcome: Outcome::Held,
-            policy_version: version.clone(),
-            in_kernel: true,
-            hold: Some(id.clone()),
-            evidence: vec![trigger.clone()],
-        };
-        let mut fev = trigger.clone();
-        fev.detail = Detail::Finding(Box::new(finding));
-        let published = shared.publish(fev);
-        tracing::warn!(hold = %id, trace_id = %trace, pid, path, "protected open held");
-        let tree: Vec<crate::approvals::ProcInfo> = a
-            .cgroups
-            .pids(&trace)
-            .into_iter()
-            .map(|p| {
-                let (exe, argv) = crate::intake::tree::proc_exe_argv(p);
-                crate::approvals::ProcInfo {
-                    pid: p,
-                    ppid: crate::control::server::ppid_of(p),
-                    exe: exe.unwrap_or_default(),
-                    argv,
-                }
-            })
-            .collect();
-        match a.record(crate::approvals::HoldDraft {
-            id,
-            kind: crate::approvals::HoldKind::ProtectedOpen,
-            finding: published.as_ref().clone(),
-            trigger,
-            tree,
-            recent: Vec::new(),
-            stopped: Vec::new(),
-            rule: RULE.into(),
-            policy_version: version,
-            frozen_us: None,
-        }) {
-            Ok(h) => crate::decide::announce(shared, &h),
-            Err(e) => tracing::error!("storing the protected-open hold: {e}"),
-        }
+        let shared = shared.clone();
+        self.recorder
+            .submit(move || record(&shared, pid, trace, id, fd));
     }
 
     /// Writes the verdict of a protected-open hold. False when no open is waiting on it (the
@@ -413,4 +352,91 @@ fn uid_of(pid: u32) -> u32 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A second descriptor of the waiting open's file (the verdict consumes the first one).
+fn efd_dup(pending: &Mutex<HashMap<String, OwnedFd>>, id: &str) -> Option<OwnedFd> {
+    let p = pending.lock().unwrap_or_else(|e| e.into_inner());
+    p.get(id)?.try_clone().ok()
+}
+
+/// Publishes the finding of a held protected open and stores its hold (on the worker).
+fn record(shared: &Arc<Shared>, pid: u32, trace: String, id: String, fd: OwnedFd) {
+    let a = &shared.approvals;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    drop(fd);
+    let trigger = Event {
+        seq: 0,
+        ts: Ts(std::time::SystemTime::now()),
+        pid,
+        tid: pid,
+        ppid: crate::control::server::ppid_of(pid),
+        uid: uid_of(pid),
+        trace_id: trace.clone(),
+        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        cgroup_id: 0,
+        detail: Detail::Open {
+            path: path.clone(),
+            flags: vec!["O_RDONLY".into()],
+            mode: 0,
+            result: 0,
+            error: None,
+            resolved: true,
+            path_truncated: false,
+        },
+    };
+    let version = shared.policy.load().policy.version.clone();
+    let finding = Finding {
+        rule: RULE.into(),
+        description: format!(
+            "a watched process opened the protected file {path}; the open waits for a verdict"
+        ),
+        severity: Severity::High,
+        tags: vec!["T1552.001".into(), "ASI03".into()],
+        action: Action::Hold,
+        mode: Mode::Enforce,
+        outcome: Outcome::Held,
+        policy_version: version.clone(),
+        in_kernel: true,
+        hold: Some(id.clone()),
+        evidence: vec![trigger.clone()],
+    };
+    let mut fev = trigger.clone();
+    fev.detail = Detail::Finding(Box::new(finding));
+    let published = shared.publish(fev);
+    tracing::warn!(hold = %id, trace_id = %trace, pid, path, "protected open held");
+    let tree: Vec<crate::approvals::ProcInfo> = a
+        .cgroups
+        .pids(&trace)
+        .into_iter()
+        .map(|p| {
+            let (exe, argv) = crate::intake::tree::proc_exe_argv(p);
+            crate::approvals::ProcInfo {
+                pid: p,
+                ppid: crate::control::server::ppid_of(p),
+                exe: exe.unwrap_or_default(),
+                argv,
+            }
+        })
+        .collect();
+    crate::fault::point(crate::fault::BEFORE_HOLD_STORE);
+    match a.record(crate::approvals::HoldDraft {
+        id,
+        kind: crate::approvals::HoldKind::ProtectedOpen,
+        finding: published.as_ref().clone(),
+        trigger,
+        tree,
+        recent: Vec::new(),
+        stopped: Vec::new(),
+        rule: RULE.into(),
+        policy_version: version,
+        frozen_us: None,
+    }) {
+        Ok(h) => crate::decide::announce(shared, h),
+        Err(e) => tracing::error!("storing the protected-open hold: {e}"),
+    }
 }

@@ -64,7 +64,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::setup()?;
-            let mut a = vec!["test", "--workspace", "--exclude", "watcher-ebpf"];
+            // The crash tests need the daemon's fault-injection points.
+            let mut a = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "watcher-ebpf",
+                "--features",
+                "watcher/fault-injection",
+            ];
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }
