@@ -392,3 +392,76 @@ fn thousands_of_idle_clients_leave_status_answering() {
         "{v}"
     );
 }
+
+#[test]
+fn the_api_checks_the_caller_first_and_bounds_what_it_reads() {
+    let api_port = free_port();
+    let tmp = TempDir::new("api-limits");
+    let token_file = tmp.0.join("api.token");
+    let d = Daemon::start_with(&format!(
+        "[api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken_file = \"{}\"\n",
+        token_file.display()
+    ));
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let base = format!("http://127.0.0.1:{api_port}");
+    let api_sock = d.dir.0.join("api.sock").display().to_string();
+    let big = tmp.0.join("big.json");
+    std::fs::write(&big, vec![b' '; 10 << 20]).unwrap();
+    let big_arg = format!("@{}", big.display());
+    let engage = format!("{base}/v1/kill-switch/engage");
+
+    // No token: refused before the body is looked at.
+    let (code, v) = curl(&["-X", "POST", "--data-binary", &big_arg, &engage]);
+    assert_eq!(code, 401, "{v}");
+    // With the token, or on the unix socket: the body is over the limit, said so.
+    for args in [
+        vec![
+            "-H",
+            &auth,
+            "-X",
+            "POST",
+            "--data-binary",
+            &big_arg,
+            &engage,
+        ],
+        vec![
+            "--unix-socket",
+            &api_sock,
+            "-X",
+            "POST",
+            "--data-binary",
+            &big_arg,
+            "http://watcher/v1/kill-switch/engage",
+        ],
+    ] {
+        let (code, v) = curl(&args);
+        assert_eq!(code, 413, "{args:?}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("request body over 1048576 bytes"),
+            "{v}"
+        );
+    }
+    // A 64 KiB header.
+    let huge = format!("X-Padding: {}", "a".repeat(64 << 10));
+    let (code, _) = curl(&["-H", &auth, "-H", &huge, &format!("{base}/v1/holds")]);
+    assert_eq!(code, 431, "a 64 KiB header was accepted");
+    // A watched process with the right token is refused all the same.
+    let out = tmp.0.join("code");
+    let (_, rc) = d.launch(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' -H '{auth}' {base}/v1/holds > {}",
+        out.display()
+    ));
+    assert_eq!(rc, 0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "403");
+    // And a caller that is not watched gets its answer.
+    let (code, v) = curl(&["-H", &auth, &format!("{base}/v1/holds")]);
+    assert_eq!(code, 200, "{v}");
+    assert!(v["holds"].is_array(), "{v}");
+}

@@ -1,14 +1,30 @@
-//! The HTTP API: holds, approve/deny, the kill-switch, and an Alertmanager receiver. Served on
-//! a unix socket (callers identified by their kernel credentials, like the control socket) and,
-//! when configured, on a loopback port (a bearer token from a file only root and the approver
-//! group can read). A process of a watched session is refused on both, whatever it presents.
-use std::{path::Path, sync::Arc};
+//! The HTTP API: holds, approve/deny, the kill-switch, and an Alertmanager receiver, on axum
+//! (hyper). Served on a unix socket (callers identified by their kernel credentials, like the
+//! control socket) and, when configured, on a loopback port (a bearer token from a file only
+//! root and the approver group can read). A process of a watched session is refused on both,
+//! whatever it presents.
+//!
+//! The caller is authenticated before anything costly: on the unix socket by its credentials
+//! when the connection is accepted, on TCP by the token before the body is read and before the
+//! one /proc lookup (is the peer a watched process?). Connections are capped, each serves one
+//! request, headers and bodies are bounded and every request has a deadline.
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{anyhow, Context as _};
+use axum::{
+    body::Bytes,
+    extract::{Path as UrlPath, Request, State},
+    http::{header, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
 use serde_json::{json, Value};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, UnixListener},
+    sync::Semaphore,
 };
 
 use crate::{
@@ -18,19 +34,43 @@ use crate::{
     model::ids::{HoldId, TraceId},
 };
 
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_BODY: usize = 1024 * 1024;
+/// Request head (request line and headers), bytes.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Request body, bytes.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Connections served at once per listener; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// From accept to the end of the response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Who is calling.
+/// Who is calling, as established for the connection.
+#[derive(Clone)]
 enum Caller {
     /// A unix-socket peer that passed the credential check: its user name.
     User(String),
-    /// A loopback peer, to be checked against the token.
-    Token,
+    /// A loopback peer: checked against the token on each request, then against the sessions.
+    Tcp { peer: SocketAddr, local: SocketAddr },
+    /// Refused when the connection was accepted (the reason).
+    Refused(&'static str),
 }
 
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    caller: Caller,
+    token: Option<Arc<String>>,
+}
+
+/// The caller's name for the record of who decided, set by `authenticate`.
+#[derive(Clone)]
+struct Who(String);
+
 pub async fn serve_unix(listener: UnixListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -40,28 +80,35 @@ pub async fn serve_unix(listener: UnixListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let cred = match stream.peer_cred() {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-            let refused = if !crate::control::server::authorized(&cred, &shared.config) {
-                Some("permission denied: the API is for root and the approver group")
+            let _slot = slot;
+            let Ok(cred) = stream.peer_cred() else { return };
+            let caller = if !crate::control::server::authorized(&cred, &shared.config) {
+                Caller::Refused("permission denied: the API is for root and the approver group")
             } else if cred
                 .pid()
                 .is_some_and(|p| crate::control::server::in_a_session(&shared, p as u32))
             {
-                Some("permission denied: this process is part of a watched session")
+                Caller::Refused("permission denied: this process is part of a watched session")
             } else {
-                None
+                Caller::User(crate::control::server::user_name(cred.uid()))
             };
-            let who = crate::control::server::user_name(cred.uid());
-            let _ = handle(stream, &shared, refused, Caller::User(who), None).await;
+            let ctx = Ctx {
+                shared,
+                caller,
+                token: None,
+            };
+            serve_connection(stream, router(ctx)).await;
         });
     }
 }
 
 pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, token: String) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let token = Arc::new(token);
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -69,255 +116,307 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, token: String
                 continue;
             }
         };
-        let (shared, token) = (shared.clone(), token.clone());
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let ctx = Ctx {
+            shared: shared.clone(),
+            caller: Caller::Tcp { peer, local },
+            token: Some(token.clone()),
+        };
         tokio::spawn(async move {
-            let local = stream.local_addr().ok();
-            // The peer's pid, from the kernel's socket table: a watched process is refused
-            // even with the token.
-            let watched = tokio::task::spawn_blocking({
-                let shared = shared.clone();
-                move || {
-                    local
-                        .and_then(|l| tcp_peer_pid(peer, l))
-                        .is_some_and(|pid| crate::control::server::in_a_session(&shared, pid))
-                }
-            })
-            .await
-            .unwrap_or(true);
-            let refused =
-                watched.then_some("permission denied: this process is part of a watched session");
-            let _ = handle(stream, &shared, refused, Caller::Token, Some(&token)).await;
+            let _slot = slot;
+            serve_connection(stream, router(ctx)).await;
         });
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+/// One request on the connection, within `REQUEST_TIMEOUT`, head at most `MAX_HEAD` bytes.
+async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    match tokio::time::timeout(REQUEST_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("API connection: {e}"),
+        Err(_) => tracing::debug!("API connection: over {REQUEST_TIMEOUT:?}, closed"),
     }
 }
 
-async fn read_request<S: AsyncReadExt + Unpin>(s: &mut S) -> anyhow::Result<Request> {
-    let mut buf = Vec::with_capacity(4096);
-    let mut tmp = [0u8; 4096];
-    let head_len = loop {
-        let n = s.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(anyhow!("connection closed before the request ended"));
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(anyhow!("request head over {MAX_HEAD} bytes"));
-        }
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(&buf[..head_len])
-        .context("malformed HTTP request")?;
-    let method = req.method.unwrap_or("").to_string();
-    let path = req.path.unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    if len > MAX_BODY {
-        return Err(anyhow!("request body over {MAX_BODY} bytes"));
-    }
-    let mut body = buf[head_len..].to_vec();
-    while body.len() < len {
-        let n = s.read(&mut tmp).await?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&tmp[..n]);
-    }
-    body.truncate(len);
-    Ok(Request {
-        method,
-        path,
-        headers,
-        body,
-    })
+fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/v1/holds", get(list_holds))
+        .route("/v1/holds/{id}", get(show_hold))
+        .route("/v1/holds/{id}/approve", post(approve))
+        .route("/v1/holds/{id}/deny", post(deny))
+        .route("/v1/kill-switch", get(kill_switch_status))
+        .route("/v1/kill-switch/engage", post(engage))
+        .route("/v1/kill-switch/release", post(release))
+        .route("/v1/alertmanager", post(alertmanager_receiver))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(middleware::from_fn_with_state(ctx.clone(), authenticate))
+        .with_state(ctx)
 }
 
-async fn respond<S: AsyncWriteExt + Unpin>(
-    s: &mut S,
-    status: u16,
-    body: &Value,
-) -> anyhow::Result<()> {
-    let text = serde_json::to_vec_pretty(body)?;
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        _ => "Internal Server Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        text.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(&text).await?;
-    s.flush().await?;
-    Ok(())
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({"error": msg.into()}))).into_response()
 }
 
-async fn handle<S: AsyncReadExt + AsyncWriteExt + Unpin>(
-    mut s: S,
-    shared: &Arc<Shared>,
-    refused: Option<&str>,
-    caller: Caller,
-    token: Option<&str>,
-) -> anyhow::Result<()> {
-    let req = match read_request(&mut s).await {
-        Ok(r) => r,
-        Err(e) => return respond(&mut s, 400, &json!({"error": e.to_string()})).await,
-    };
-    if let Some(why) = refused {
-        tracing::warn!(path = %req.path, "API request refused: {why}");
-        return respond(&mut s, 403, &json!({"error": why})).await;
-    }
-    let who = match (&caller, token) {
-        (Caller::User(u), _) => u.clone(),
-        (Caller::Token, Some(t)) => {
+/// Who may call, decided before the body is read or /proc is looked at.
+async fn authenticate(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
+    let who = match &ctx.caller {
+        Caller::Refused(why) => {
+            tracing::warn!(path = %req.uri().path(), "API request refused: {why}");
+            return error(StatusCode::FORBIDDEN, *why);
+        }
+        Caller::User(u) => u.clone(),
+        Caller::Tcp { peer, local } => {
             let given = req
-                .header("authorization")
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), t.as_bytes()) {
-                return respond(
-                    &mut s,
-                    401,
-                    &json!({"error": "missing or wrong bearer token"}),
-                )
-                .await;
+            let expected = ctx.token.as_deref().map(String::as_str).unwrap_or("");
+            if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             }
-            match req.header("x-watcher-approver") {
+            // Only now the peer's pid (a token leaked into a session must not help it).
+            let (shared, peer, local) = (ctx.shared.clone(), *peer, *local);
+            let watched = tokio::task::spawn_blocking(move || {
+                crate::control::server::tcp_peer_in_a_session(&shared, peer, local)
+            })
+            .await
+            .unwrap_or(true);
+            if watched {
+                let why = "permission denied: this process is part of a watched session";
+                tracing::warn!(path = %req.uri().path(), "API request refused: {why}");
+                return error(StatusCode::FORBIDDEN, why);
+            }
+            match req
+                .headers()
+                .get("x-watcher-approver")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(name) => format!("api token ({name})"),
                 None => "api token".into(),
             }
         }
-        (Caller::Token, None) => "api".into(),
     };
-    let (status, body) = route(shared, &req, who).await;
-    respond(&mut s, status, &body).await
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > MAX_BODY as u64 {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {MAX_BODY} bytes"),
+            );
+        }
+    }
+    req.extensions_mut().insert(Who(who));
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request not done within {REQUEST_TIMEOUT:?}"),
+        ),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn route(shared: &Arc<Shared>, req: &Request, who: String) -> (u16, Value) {
-    let body: Value = if req.body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(&req.body) {
-            Ok(v) => v,
-            Err(e) => return (400, json!({"error": format!("body is not JSON: {e}")})),
-        }
-    };
-    let path = req.path.split('?').next().unwrap_or("");
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let s = shared.clone();
-    let r = tokio::task::spawn_blocking({
-        let method = req.method.clone();
-        let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
-        move || -> anyhow::Result<(u16, Value)> {
-            let a = &s.approvals;
-            let p: Vec<&str> = parts.iter().map(String::as_str).collect();
-            // A hold id in the path is checked before anything looks it up.
-            if let ["v1", "holds", id, ..] = p.as_slice() {
-                if let Err(e) = HoldId::parse(id) {
-                    return Ok((400, json!({"error": e.to_string()})));
-                }
-            }
-            Ok(match (method.as_str(), p.as_slice()) {
-                ("GET", ["v1", "holds"]) => {
-                    (200, json!({"holds": a.list(Some(HoldState::Pending))?}))
-                }
-                ("GET", ["v1", "holds", id]) => match a.get(id) {
-                    Ok(h) => (200, serde_json::to_value(h)?),
-                    Err(e) => (404, json!({"error": e.to_string()})),
-                },
-                ("POST", ["v1", "holds", id, "approve"]) => {
-                    let remember = body["remember"].as_bool().unwrap_or(false);
-                    let profile = match body["remember_profile"].as_bool().unwrap_or(false) {
-                        true => Some(crate::control::server::profile_of_hold(&s, id)?),
-                        false => None,
-                    };
-                    match a.approve(id, &who, remember, profile) {
-                        Ok(h) => (200, serde_json::to_value(h)?),
-                        Err(e) => (409, json!({"error": e.to_string()})),
-                    }
-                }
-                ("POST", ["v1", "holds", id, "deny"]) => match a.deny(id, &who) {
-                    Ok(h) => (200, serde_json::to_value(h)?),
-                    Err(e) => (409, json!({"error": e.to_string()})),
-                },
-                ("POST", ["v1", "kill-switch", "engage"]) => {
-                    let traces = match trace_ids(&body["traces"]) {
-                        Ok(t) => t,
-                        Err(e) => return Ok((400, json!({"error": e}))),
-                    };
-                    let all = body["all"].as_bool().unwrap_or(false);
-                    let mode = if body["mode"] == "kill" {
-                        HaltMode::Kill
-                    } else {
-                        HaltMode::Freeze
-                    };
-                    match crate::killswitch::engage(&s, traces, all, mode, &who) {
-                        Ok(e) => (200, serde_json::to_value(e)?),
-                        Err(e) => (400, json!({"error": format!("{e:#}")})),
-                    }
-                }
-                ("POST", ["v1", "kill-switch", "release"]) => (
-                    200,
-                    json!({"released": crate::killswitch::release(&s, &who)?}),
-                ),
-                ("GET", ["v1", "kill-switch"]) => (200, serde_json::to_value(a.kill_switch()?)?),
-                ("POST", ["v1", "alertmanager"]) => alertmanager(&s, &body, &who)?,
-                (_, ["v1", ..]) => (
-                    405,
-                    json!({"error": format!("no {method} {}", parts.join("/"))}),
-                ),
-                _ => (404, json!({"error": "not found; the API lives under /v1"})),
-            })
-        }
-    })
-    .await;
-    match r {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => (500, json!({"error": format!("{e:#}")})),
-        Err(e) => (500, json!({"error": e.to_string()})),
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not found; the API lives under /v1")
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("no {method} {}", uri.path()),
+    )
+}
+
+/// A request refused with 400 and why.
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0)
     }
+}
+
+/// The body as JSON (an empty body is `{}`).
+fn json_body(body: &Bytes) -> Result<Value, BadRequest> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| BadRequest(format!("body is not JSON: {e}")))
+}
+
+fn hold_id(id: &str) -> Result<HoldId, BadRequest> {
+    HoldId::parse(id).map_err(|e| BadRequest(e.to_string()))
+}
+
+/// Runs `f` off the async workers (SQLite, cgroup writes, waits for a freeze).
+async fn blocking(
+    f: impl FnOnce() -> anyhow::Result<(StatusCode, Value)> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok((status, v))) => (status, Json(v)).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn list_holds(State(ctx): State<Ctx>) -> Response {
+    let a = ctx.shared.approvals.clone();
+    blocking(move || {
+        Ok((
+            StatusCode::OK,
+            json!({"holds": a.list(Some(HoldState::Pending))?}),
+        ))
+    })
+    .await
+}
+
+async fn show_hold(State(ctx): State<Ctx>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = match hold_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let a = ctx.shared.approvals.clone();
+    blocking(move || {
+        Ok(match a.get(id.as_str()) {
+            Ok(h) => (StatusCode::OK, serde_json::to_value(h)?),
+            Err(e) => (StatusCode::NOT_FOUND, json!({"error": e.to_string()})),
+        })
+    })
+    .await
+}
+
+async fn approve(
+    State(ctx): State<Ctx>,
+    UrlPath(id): UrlPath<String>,
+    axum::Extension(Who(who)): axum::Extension<Who>,
+    body: Bytes,
+) -> Response {
+    let (id, body) = match (hold_id(&id), json_body(&body)) {
+        (Ok(id), Ok(b)) => (id, b),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    let s = ctx.shared.clone();
+    blocking(move || {
+        let remember = body["remember"].as_bool().unwrap_or(false);
+        let profile = match body["remember_profile"].as_bool().unwrap_or(false) {
+            true => Some(crate::control::server::profile_of_hold(&s, id.as_str())?),
+            false => None,
+        };
+        Ok(
+            match s.approvals.approve(id.as_str(), &who, remember, profile) {
+                Ok(h) => (StatusCode::OK, serde_json::to_value(h)?),
+                Err(e) => (StatusCode::CONFLICT, json!({"error": e.to_string()})),
+            },
+        )
+    })
+    .await
+}
+
+async fn deny(
+    State(ctx): State<Ctx>,
+    UrlPath(id): UrlPath<String>,
+    axum::Extension(Who(who)): axum::Extension<Who>,
+) -> Response {
+    let id = match hold_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let a = ctx.shared.approvals.clone();
+    blocking(move || {
+        Ok(match a.deny(id.as_str(), &who) {
+            Ok(h) => (StatusCode::OK, serde_json::to_value(h)?),
+            Err(e) => (StatusCode::CONFLICT, json!({"error": e.to_string()})),
+        })
+    })
+    .await
+}
+
+async fn kill_switch_status(State(ctx): State<Ctx>) -> Response {
+    let a = ctx.shared.approvals.clone();
+    blocking(move || Ok((StatusCode::OK, serde_json::to_value(a.kill_switch()?)?))).await
+}
+
+async fn engage(
+    State(ctx): State<Ctx>,
+    axum::Extension(Who(who)): axum::Extension<Who>,
+    body: Bytes,
+) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let traces = match trace_ids(&body["traces"]) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let all = body["all"].as_bool().unwrap_or(false);
+    let mode = if body["mode"] == "kill" {
+        HaltMode::Kill
+    } else {
+        HaltMode::Freeze
+    };
+    let s = ctx.shared.clone();
+    blocking(
+        move || match crate::killswitch::engage(&s, traces, all, mode, &who) {
+            Ok(e) => Ok((StatusCode::OK, serde_json::to_value(e)?)),
+            Err(e) => Ok((StatusCode::BAD_REQUEST, json!({"error": format!("{e:#}")}))),
+        },
+    )
+    .await
+}
+
+async fn release(
+    State(ctx): State<Ctx>,
+    axum::Extension(Who(who)): axum::Extension<Who>,
+) -> Response {
+    let s = ctx.shared.clone();
+    blocking(move || {
+        Ok((
+            StatusCode::OK,
+            json!({"released": crate::killswitch::release(&s, &who)?}),
+        ))
+    })
+    .await
+}
+
+async fn alertmanager_receiver(
+    State(ctx): State<Ctx>,
+    axum::Extension(Who(who)): axum::Extension<Who>,
+    body: Bytes,
+) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let s = ctx.shared.clone();
+    blocking(move || {
+        let (status, v) = alertmanager(&s, &body, &who)?;
+        Ok((StatusCode::from_u16(status)?, v))
+    })
+    .await
 }
 
 /// An Alertmanager webhook: a firing alert with a `trace_id` label engages the kill-switch for
@@ -388,46 +487,6 @@ fn trace_ids(v: &Value) -> Result<Vec<TraceId>, String> {
             .collect(),
         other => Err(format!("traces: not a list of trace ids: {other}")),
     }
-}
-
-/// The pid owning the local end of a loopback TCP connection whose other end is `peer`.
-fn tcp_peer_pid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
-    // The peer's socket has local address = `peer` and remote address = `local`.
-    let want_local = format!("{:04X}", peer.port());
-    let want_remote = format!("{:04X}", local.port());
-    let mut inode = None;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                continue;
-            }
-            let lp = f[1].rsplit(':').next().unwrap_or("");
-            let rp = f[2].rsplit(':').next().unwrap_or("");
-            if lp == want_local && rp == want_remote {
-                inode = f[9].parse::<u64>().ok();
-                break;
-            }
-        }
-    }
-    let needle = format!("socket:[{}]", inode?);
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == needle.as_str()) {
-                return Some(pid);
-            }
-        }
-    }
-    None
 }
 
 /// The API token: read from `path`, or made (random, mode 0640, the approver group's) when

@@ -39,6 +39,11 @@ pub fn own_paths(shared: &Shared) -> Vec<PathBuf> {
     if let Some(p) = &c.rules.path {
         v.push(p.clone());
     }
+    // The API's socket and token: a token read inside a session is a credential stolen.
+    v.extend(c.api.socket.iter().cloned());
+    if c.api.listen.is_some() {
+        v.push(c.api.token_file.clone());
+    }
     if let Some(root) = crate::kernel::cgroup2_root() {
         v.push(root.join(&c.holds.cgroup));
     }
@@ -77,6 +82,16 @@ pub fn check(shared: &Shared, own: &[PathBuf], ev: &Event) -> Option<String> {
             if *p == shared.config.daemon.socket.display().to_string() =>
         {
             Some("connected to the watcher's control socket".into())
+        }
+        Detail::Connect { path: Some(p), .. }
+            if shared
+                .config
+                .api
+                .socket
+                .as_ref()
+                .is_some_and(|s| *p == s.display().to_string()) =>
+        {
+            Some("connected to the watcher's API socket".into())
         }
         _ => None,
     }

@@ -52,16 +52,13 @@ pub fn bind_at(path: &std::path::Path, cfg: &Config) -> anyhow::Result<UnixListe
     Ok(listener)
 }
 
+/// The group's id, through NSS (files, LDAP, sssd: whatever the host's nsswitch says).
 pub fn group_id(name: &str) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            Some((f.next()?, f.nth(1)?))
-        })
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, gid)| gid.parse().ok())
-        .ok_or_else(|| anyhow!("approver_group {name:?}: no such group in /etc/group"))
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(anyhow!("approver_group {name:?}: no such group")),
+        Err(e) => Err(anyhow!("approver_group {name:?}: looking it up: {e}")),
+    }
 }
 
 /// Root, or a member of the approver group (checked on the peer's credentials, not on what
@@ -475,18 +472,54 @@ pub fn in_a_session(shared: &Shared, pid: u32) -> bool {
     crate::tamper::session_of(shared, pid).is_some()
 }
 
-/// The peer's user name (for the record of who decided), or `uid N`.
+/// The peer's user name (for the record of who decided), through NSS, or `uid N`.
 pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.get(2).and_then(|u| u.parse::<u32>().ok()) == Some(uid))
-                    .then(|| f[0].to_string())
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// Whether the process at the other end of a loopback TCP connection (`peer` -> `local`) is
+/// part of a watched session. The kernel's socket table gives the peer socket's inode; only the
+/// watched processes' descriptors are then searched for it, not every process on the host.
+pub fn tcp_peer_in_a_session(
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+) -> bool {
+    let tables = [procfs::net::tcp(), procfs::net::tcp6()];
+    let inode = tables
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.local_address == peer && e.remote_address == local)
+        .map(|e| e.inode);
+    let Some(inode) = inode else {
+        // Gone already, or not in the table: nothing to refuse it by, and nothing to answer.
+        return false;
+    };
+    let mut pids = shared
+        .kernel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .watched_pids();
+    let cg = &shared.approvals.cgroups;
+    for t in cg.sessions() {
+        pids.extend(cg.pids(&t));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter().any(|pid| {
+        procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.fd())
+            .map(|fds| {
+                fds.flatten().any(
+                    |fd| matches!(fd.target, procfs::process::FDTarget::Socket(i) if i == inode),
+                )
             })
-        })
-        .unwrap_or_else(|| format!("uid {uid}"))
+            .unwrap_or(false)
+    })
 }
 
 fn policy_status(shared: &Shared) -> PolicyStatus {
