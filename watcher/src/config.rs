@@ -77,6 +77,10 @@ pub struct Holds {
     pub timeout: std::time::Duration,
     /// What deny stops: `session` (every process, `cgroup.kill`) or `process` (the trigger).
     pub deny: crate::approvals::DenyScope,
+    /// Decided holds are deleted from the store this long after their decision (e.g. `30d`);
+    /// pending holds are never deleted.
+    #[serde(deserialize_with = "duration")]
+    pub retention: std::time::Duration,
     /// The directory under the cgroup v2 root that holds one cgroup per session.
     pub cgroup: String,
     /// Files whose open by a watched process waits for a verdict (fanotify). `~/` means every
@@ -106,6 +110,7 @@ impl Default for Holds {
             store: PathBuf::from("/var/lib/watcher/watcher.db"),
             timeout: std::time::Duration::from_secs(600),
             deny: crate::approvals::DenyScope::Session,
+            retention: std::time::Duration::from_secs(30 * 24 * 3600),
             cgroup: "watcher".into(),
             protected: [
                 "~/.ssh/id_*",

@@ -239,6 +239,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::decide::adopt_sessions(&shared);
     crate::decide::restore_kill_switch(&shared);
     tokio::spawn(crate::approvals::deadlines(shared.approvals.clone()));
+    tokio::spawn(crate::approvals::prune(
+        shared.approvals.clone(),
+        shared.config.holds.retention,
+    ));
     let _protect = if shared.config.holds.enabled {
         crate::protect::Protect::start(shared.clone())?
     } else {

@@ -41,7 +41,75 @@ pub struct Cgroups {
     /// so the intake reader can freeze a session from a record's header alone.
     by_id: std::sync::Mutex<std::collections::HashMap<u64, PathBuf>>,
     /// Session directory -> microseconds from the triggering kernel event to `frozen 1`.
-    frozen_us: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>>,
+    frozen_us: FrozenTimes,
+    /// The one thread that times freezes.
+    timer: std::sync::Mutex<Option<std::sync::mpsc::Sender<(PathBuf, u64)>>>,
+}
+
+type FrozenTimes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>>;
+
+/// How long a freeze is timed before it is given up (and logged by whoever waits for it).
+const FREEZE_TIMING_LIMIT: Duration = Duration::from_secs(5);
+
+/// Times every freeze on one long-lived thread: it polls the `cgroup.events` of each session
+/// being frozen (the kernel wakes pollers on every change) and records the time from the
+/// triggering event to `frozen 1`. Several sessions freezing at once are timed together.
+fn freeze_timer(out: FrozenTimes) -> std::io::Result<std::sync::mpsc::Sender<(PathBuf, u64)>> {
+    use std::{
+        io::{Read as _, Seek as _},
+        os::fd::AsRawFd as _,
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, u64)>();
+    std::thread::Builder::new()
+        .name("freeze-timer".into())
+        .spawn(move || {
+            let mut waiting: Vec<(PathBuf, std::fs::File, u64, Instant)> = Vec::new();
+            let mut text = String::new();
+            loop {
+                if waiting.is_empty() {
+                    match rx.recv() {
+                        Ok(j) => add(&mut waiting, j),
+                        Err(_) => return,
+                    }
+                }
+                while let Ok(j) = rx.try_recv() {
+                    add(&mut waiting, j);
+                }
+                waiting.retain_mut(|(dir, f, event_ns, since)| {
+                    text.clear();
+                    let frozen = f.rewind().is_ok()
+                        && f.read_to_string(&mut text).is_ok()
+                        && text.lines().any(|l| l == "frozen 1");
+                    if frozen {
+                        let us = boot_ns().saturating_sub(*event_ns) / 1000;
+                        out.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(dir.clone(), us);
+                    }
+                    !frozen && since.elapsed() < FREEZE_TIMING_LIMIT
+                });
+                let mut fds: Vec<libc::pollfd> = waiting
+                    .iter()
+                    .map(|(_, f, _, _)| libc::pollfd {
+                        fd: f.as_raw_fd(),
+                        events: libc::POLLPRI,
+                        revents: 0,
+                    })
+                    .collect();
+                if !fds.is_empty() {
+                    // The notification comes from a workqueue a busy CPU can delay; a read
+                    // every millisecond bounds that.
+                    // SAFETY: a valid array of pollfds.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1) };
+                }
+            }
+        })?;
+    fn add(waiting: &mut Vec<(PathBuf, std::fs::File, u64, Instant)>, (dir, ns): (PathBuf, u64)) {
+        if let Ok(f) = std::fs::File::open(dir.join("cgroup.events")) {
+            waiting.push((dir, f, ns, Instant::now()));
+        }
+    }
+    Ok(tx)
 }
 
 /// CLOCK_BOOTTIME in nanoseconds: the clock of the kernel's event timestamps.
@@ -68,6 +136,7 @@ impl Cgroups {
             base,
             by_id: Default::default(),
             frozen_us: Default::default(),
+            timer: Default::default(),
         })
     }
 
@@ -140,15 +209,15 @@ impl Cgroups {
         if already {
             return Ok(());
         }
-        let out = self.frozen_us.clone();
-        std::thread::spawn(move || {
-            if wait_events(&dir, true, Duration::from_secs(5)).is_ok() {
-                let us = boot_ns().saturating_sub(event_boot_ns) / 1000;
-                out.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(dir, us);
+        let mut timer = self.timer.lock().unwrap_or_else(|e| e.into_inner());
+        if timer.is_none() {
+            *timer = freeze_timer(self.frozen_us.clone()).ok();
+        }
+        if let Some(t) = timer.as_ref() {
+            if t.send((dir, event_boot_ns)).is_err() {
+                *timer = None;
             }
-        });
+        }
         Ok(())
     }
 
@@ -265,12 +334,29 @@ impl Cgroups {
             .unwrap_or_default()
     }
 
-    /// Removes the cgroup of a session with no process left (the kernel refuses otherwise).
+    /// Removes the cgroup of a session with no process left (the kernel refuses otherwise),
+    /// and forgets it.
     pub fn remove_if_empty(&self, trace: &str) -> bool {
-        self.pids(trace).is_empty()
-            && self
-                .dir(trace)
-                .is_ok_and(|d| std::fs::remove_dir(d).is_ok())
+        let Ok(dir) = self.dir(trace) else {
+            return false;
+        };
+        if !self.pids(trace).is_empty() || std::fs::remove_dir(&dir).is_err() {
+            return false;
+        }
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, d| *d != dir);
+        self.frozen_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&dir);
+        true
+    }
+
+    /// Session cgroups remembered by id (for `status` and the tests of bounded state).
+    pub fn remembered(&self) -> usize {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -317,4 +403,32 @@ fn write(path: &Path, value: &str) -> Result<(), FreezeError> {
         .open(path)
         .map_err(io(path))?;
     f.write_all(value.as_bytes()).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_session_is_forgotten_with_its_directory() {
+        let base = std::env::temp_dir().join(format!("watcher-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        // A plain directory stands in for the cgroup tree: no cgroup.procs means no process.
+        let cg = Cgroups::at(base.clone()).unwrap();
+        let traces: Vec<String> = (0..3)
+            .map(|_| crate::model::ids::TraceId::random().to_string())
+            .collect();
+        for t in &traces {
+            cg.create(t, &[]).unwrap();
+        }
+        assert_eq!(cg.remembered(), 3);
+        assert!(cg.remove_if_empty(&traces[0]));
+        assert_eq!(cg.remembered(), 2);
+        assert!(!cg.exists(&traces[0]));
+        assert!(
+            !cg.remove_if_empty("../etc"),
+            "a path-like id removed something"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

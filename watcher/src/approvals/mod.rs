@@ -182,7 +182,7 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -455,12 +455,33 @@ impl Approvals {
             })
     }
 
+    /// Deletes decided holds older than `retention`; pending holds stay.
+    pub fn prune(&self, retention: Duration) -> Result<usize, HoldError> {
+        let before = now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
+        Ok(self.store().prune(before)?)
+    }
+
     pub fn kill_switch(&self) -> Result<KillSwitchState, HoldError> {
         Ok(self.store().kill_switch()?)
     }
 
     pub fn set_kill_switch(&self, k: &KillSwitchState) -> Result<(), HoldError> {
         Ok(self.store().set_kill_switch(k)?)
+    }
+}
+
+/// Runs until the daemon stops: every hour (and at start), deletes decided holds older than
+/// `retention`.
+pub async fn prune(approvals: std::sync::Arc<Approvals>, retention: Duration) {
+    loop {
+        let a = approvals.clone();
+        match tokio::task::spawn_blocking(move || a.prune(retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(holds = n, ?retention, "decided holds pruned"),
+            Ok(Err(e)) => tracing::error!("pruning decided holds: {e}"),
+            Err(e) => tracing::error!("pruning decided holds: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
 
@@ -633,6 +654,49 @@ mod tests {
             a.get("h-0123456789ab"),
             Err(HoldError::NotFound(_))
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn decided_holds_are_pruned_after_the_retention_and_pending_ones_never() {
+        let dir = std::env::temp_dir().join(format!("watcher-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Approvals::open(
+            &dir.join("db"),
+            Cgroups::at(dir.join("cg")).unwrap(),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let trace = crate::model::ids::TraceId::random().to_string();
+            let id = a.claim(&trace).unwrap();
+            a.record(HoldDraft {
+                id: id.clone(),
+                kind: HoldKind::Session,
+                finding: event(&trace),
+                trigger: event(&trace),
+                tree: vec![],
+                recent: vec![],
+                stopped: vec![],
+                rule: "r".into(),
+                policy_version: "v".into(),
+                frozen_us: None,
+            })
+            .unwrap();
+            ids.push(id);
+        }
+        // One approved (its thaw fails on the plain directory and is logged), two pending.
+        a.approve(&ids[0], "alice", false, None).unwrap();
+        assert_eq!(a.list(Some(HoldState::Pending)).unwrap().len(), 2);
+        assert_eq!(a.list(None).unwrap().len(), 3);
+        // Within the retention nothing goes; past it only the decided hold does.
+        assert_eq!(a.prune(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(a.prune(Duration::ZERO).unwrap(), 1);
+        assert!(matches!(a.get(&ids[0]), Err(HoldError::NotFound(_))));
+        assert_eq!(a.list(None).unwrap().len(), 2);
+        assert_eq!(a.list(Some(HoldState::Pending)).unwrap().len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -73,6 +73,16 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        // Stores made before decisions had a time column get it (NULL for their old rows,
+        // which retention then ages by their deadline).
+        let has_decided: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('holds') WHERE name = 'decided_ms'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(sql)?;
+        if !has_decided {
+            conn.execute_batch("ALTER TABLE holds ADD COLUMN decided_ms INTEGER")
+                .map_err(sql)?;
+        }
         // Only root may read holds (they carry command lines and file paths).
         let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         Ok(Store {
@@ -115,8 +125,9 @@ impl Store {
         let n = self
             .conn
             .execute(
-                "UPDATE holds SET state = ?2, record = ?3 WHERE id = ?1 AND state = 'pending'",
-                params![h.id, h.state.as_str(), record],
+                "UPDATE holds SET state = ?2, record = ?3, decided_ms = ?4
+                 WHERE id = ?1 AND state = 'pending'",
+                params![h.id, h.state.as_str(), record, super::now_ms()],
             )
             .map_err(|e| self.sql(e))?;
         Ok(n == 1)
@@ -132,24 +143,37 @@ impl Store {
             .transpose()
     }
 
-    /// Holds in `state` (all when None), oldest first.
+    /// Holds in `state` (all when None), oldest first. With a state, only those rows are read
+    /// (through the state index), so a store with many decided holds costs nothing here.
     pub fn list(&self, state: Option<HoldState>) -> Result<Vec<Hold>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT record, state FROM holds ORDER BY rowid")
-            .map_err(|e| self.sql(e))?;
+        let (sql, args): (&str, Vec<&str>) = match state {
+            Some(s) => (
+                "SELECT record FROM holds WHERE state = ?1 ORDER BY rowid",
+                vec![s.as_str()],
+            ),
+            None => ("SELECT record FROM holds ORDER BY rowid", vec![]),
+        };
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (rec, st) = row.map_err(|e| self.sql(e))?;
-            if state.is_some_and(|s| s.as_str() != st) {
-                continue;
-            }
+            let rec = row.map_err(|e| self.sql(e))?;
             out.push(serde_json::from_str(&rec).map_err(|e| self.json(e))?);
         }
         Ok(out)
+    }
+
+    /// Deletes decided holds decided before `before_ms` (Unix milliseconds); pending holds
+    /// are never pruned. Returns how many went.
+    pub fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM holds WHERE state != 'pending' AND COALESCE(decided_ms, deadline_ms) <= ?1",
+                [before_ms],
+            )
+            .map_err(|e| self.sql(e))
     }
 
     pub fn add_exception(&self, e: &Exception) -> Result<(), StoreError> {

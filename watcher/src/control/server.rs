@@ -231,7 +231,12 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         }
     };
     match req {
-        Request::Status => write_json(&mut w, &Reply::Status(Box::new(status(&shared)))).await,
+        Request::Status => {
+            // The kernel maps, SQLite and /proc: off the async workers, which run intake.
+            let s = shared.clone();
+            let st = tokio::task::spawn_blocking(move || status(&s)).await?;
+            write_json(&mut w, &Reply::Status(Box::new(st))).await
+        }
         Request::Events { follow, trace } => {
             stream_events(&mut w, &shared, follow, trace, false).await
         }
@@ -240,7 +245,8 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         Request::Holds { all } => {
             let state = (!all).then_some(HoldState::Pending);
-            let reply = match shared.approvals.list(state) {
+            let a = shared.approvals.clone();
+            let reply = match tokio::task::spawn_blocking(move || a.list(state)).await? {
                 Ok(holds) => Reply::Holds { holds },
                 Err(e) => Reply::Error {
                     error: e.to_string(),
@@ -249,7 +255,8 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
             write_json(&mut w, &reply).await
         }
         Request::ShowHold { id } => {
-            let reply = match shared.approvals.get(id.as_str()) {
+            let a = shared.approvals.clone();
+            let reply = match tokio::task::spawn_blocking(move || a.get(id.as_str())).await? {
                 Ok(h) => Reply::Hold { hold: Box::new(h) },
                 Err(e) => Reply::Error {
                     error: e.to_string(),
@@ -355,17 +362,23 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         Request::Launch { profile } => {
             let reply = match cred.pid() {
-                Some(pid) => start_session(&shared, pid as u32, profile, "launch"),
+                Some(pid) => {
+                    let s = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        start_session(&s, pid as u32, profile, "launch")
+                    })
+                    .await?
+                }
                 None => Err(anyhow!("cannot tell the caller's pid")),
             };
             write_json(&mut w, &reply_of(reply)).await
         }
         Request::Attach { pid, profile } => {
-            write_json(
-                &mut w,
-                &reply_of(start_session(&shared, pid, profile, "attach")),
-            )
-            .await
+            let s = shared.clone();
+            let reply =
+                tokio::task::spawn_blocking(move || start_session(&s, pid, profile, "attach"))
+                    .await?;
+            write_json(&mut w, &reply_of(reply)).await
         }
     }
 }
@@ -611,10 +624,7 @@ fn start_session(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let mut kernel = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
-    if kernel.watched.get(&pid, 0).is_ok() {
-        return Err(anyhow!("process {pid} is already watched"));
-    }
+    let kernel = || shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
     // Register with intake before the kernel can emit a record for the process.
     let seed = |p: u32| Seed {
         pid: p,
@@ -622,18 +632,26 @@ fn start_session(
         session_id,
         cwd: std::fs::read_link(format!("/proc/{p}/cwd")).ok(),
     };
-    let _ = seeds.send(seed(pid));
-    kernel.watch(pid, watch)?;
+    {
+        let mut k = kernel();
+        if k.watched.get(&pid, 0).is_ok() {
+            return Err(anyhow!("process {pid} is already watched"));
+        }
+        let _ = seeds.send(seed(pid));
+        k.watch(pid, watch)?;
+    }
     let mut pids = vec![pid];
     // Children forked from now on are added by the kernel; catch the ones that already exist,
-    // repeating until a pass finds nothing new (a child may fork while we walk).
+    // repeating until a pass finds nothing new (a child may fork while we walk). The walk reads
+    // /proc without the kernel lock, which intake and status need too.
     loop {
         let mut new = 0;
         for child in descendants(pid) {
             if !pids.contains(&child) {
                 let _ = seeds.send(seed(child));
-                if kernel.watched.get(&child, 0).is_err() {
-                    kernel.watch(child, watch)?;
+                let mut k = kernel();
+                if k.watched.get(&child, 0).is_err() {
+                    k.watch(child, watch)?;
                 }
                 pids.push(child);
                 new += 1;
@@ -643,7 +661,6 @@ fn start_session(
             break;
         }
     }
-    drop(kernel);
     // The session's own cgroup: a hold freezes it whole, a deny kills it whole.
     if let Err(e) = shared.approvals.cgroups.create(&trace_id, &pids) {
         tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");

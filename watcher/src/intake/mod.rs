@@ -259,6 +259,8 @@ pub struct Intake {
     tree: Tree,
     clock: Clock,
     seq: SeqState,
+    /// Kernel time of the last sweep of expired sequence state.
+    last_sweep_ns: u64,
     policy_version: String,
     matches: Vec<Match>,
     sampled: u32,
@@ -278,6 +280,7 @@ impl Intake {
             tree: Tree::default(),
             clock: Clock::new(),
             seq: SeqState::default(),
+            last_sweep_ns: 0,
             policy_version: String::new(),
             matches: Vec::new(),
             sampled: 0,
@@ -322,6 +325,7 @@ impl Intake {
             return;
         };
         let mut new_matcher_session = false;
+        let mut session_ended = false;
         let (trace_id, profile, stray) = {
             let mut sessions = self
                 .shared
@@ -362,7 +366,12 @@ impl Intake {
                 && !matches!(detail, Detail::Exit { .. });
             match &detail {
                 Detail::Fork { thread: false, .. } => s.processes += 1,
-                Detail::Exit { .. } => sessions.process_exited(hdr.session_id, &ts_text()),
+                Detail::Exit { .. } => {
+                    sessions.process_exited(hdr.session_id, &ts_text());
+                    session_ended = sessions
+                        .get(hdr.session_id)
+                        .is_none_or(|s| s.ended.is_some());
+                }
                 _ => {}
             }
             (trace, profile, stray)
@@ -394,6 +403,18 @@ impl Intake {
             hdr.flags & EVENT_FLAG_FAST_PATH != 0,
             hdr.session_id,
         );
+        // Sequence state that can no longer complete goes: at a process's exit, at a
+        // session's end, and by age once a second.
+        if matches!(ev.detail, Detail::Exit { .. }) {
+            self.seq.process_exited(ev.pid);
+            if session_ended {
+                self.seq.session_ended(&ev.trace_id);
+            }
+        }
+        if hdr.ts_ns.saturating_sub(self.last_sweep_ns) >= 1_000_000_000 {
+            self.seq.sweep(hdr.ts_ns);
+            self.last_sweep_ns = hdr.ts_ns;
+        }
     }
 
     /// Moves every process the kernel counts in a session the kernel started (agent matcher)

@@ -510,7 +510,12 @@ impl Policy {
         if candidates.is_empty() && (!is_open || self.by_path.is_empty()) {
             return;
         }
-        let SeqState { partial, memo } = state;
+        let SeqState {
+            partial,
+            memo,
+            process_rules,
+            session_rules,
+        } = state;
         let mut s = Subject::new(ev, profile, lineage, Some(memo));
         let session_key = fnv(ev.trace_id.as_bytes());
         let mut by_path = Vec::new();
@@ -536,6 +541,7 @@ impl Policy {
                     if let Some(seq) = seq {
                         SeqState::step(
                             partial,
+                            (process_rules, session_rules),
                             (i, reversed),
                             seq,
                             session_key,
@@ -557,6 +563,8 @@ impl Policy {
 struct Partial {
     next: usize,
     start_ns: u64,
+    /// `start_ns` plus the sequence's window: past it the partial can never complete.
+    expires_ns: u64,
     evidence: Vec<Arc<Event>>,
     /// `same:` values of the last matched step, by field.
     last: Vec<(Field, Option<String>)>,
@@ -567,9 +575,24 @@ struct Partial {
 pub struct SeqState {
     partial: PartialMap,
     memo: Memo,
+    /// The (rule, reversed) pairs that have held partials, per scope, so that a process's exit
+    /// or a session's end removes its partials without scanning the whole map.
+    process_rules: RuleList,
+    session_rules: RuleList,
 }
 
-type PartialMap = HashMap<(usize, bool, u64), Vec<Partial>, BuildHasherDefault<FnvHasher>>;
+/// Whose partial match it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ScopeKey {
+    /// A hash of the session's trace id.
+    Session(u64),
+    Process(u32),
+}
+
+/// (rule, reversed) pairs.
+type RuleList = Vec<(usize, bool)>;
+
+type PartialMap = HashMap<(usize, bool, ScopeKey), Vec<Partial>, BuildHasherDefault<FnvHasher>>;
 
 /// Automaton results for values seen before (a build opens the same files over and over).
 #[derive(Debug)]
@@ -609,6 +632,32 @@ impl SeqState {
     pub fn clear(&mut self) {
         self.partial.clear();
         self.memo = Memo::default();
+        self.process_rules.clear();
+        self.session_rules.clear();
+    }
+
+    /// The process exited: its per-process partials can never complete (and a new process
+    /// with its pid must not complete them).
+    pub fn process_exited(&mut self, pid: u32) {
+        for &(r, rev) in &self.process_rules {
+            self.partial.remove(&(r, rev, ScopeKey::Process(pid)));
+        }
+    }
+
+    /// The session ended: its partials go.
+    pub fn session_ended(&mut self, trace_id: &str) {
+        let key = ScopeKey::Session(fnv(trace_id.as_bytes()));
+        for &(r, rev) in &self.session_rules {
+            self.partial.remove(&(r, rev, key));
+        }
+    }
+
+    /// Drops the partials whose window has passed at `now_ns` (kernel time).
+    pub fn sweep(&mut self, now_ns: u64) {
+        self.partial.retain(|_, list| {
+            list.retain(|p| p.expires_ns >= now_ns);
+            !list.is_empty()
+        });
     }
 
     /// Partial matches held.
@@ -623,6 +672,7 @@ impl SeqState {
     #[allow(clippy::too_many_arguments)]
     fn step(
         partial: &mut PartialMap,
+        scoped: (&mut RuleList, &mut RuleList),
         rule: (usize, bool),
         seq: &Sequence,
         session_key: u64,
@@ -633,8 +683,8 @@ impl SeqState {
         out: &mut Vec<Match>,
     ) {
         let key = match seq.by {
-            SequenceScope::Session => session_key,
-            SequenceScope::Process => ev.pid as u64,
+            SequenceScope::Session => ScopeKey::Session(session_key),
+            SequenceScope::Process => ScopeKey::Process(ev.pid),
         };
         // Each step's condition is evaluated at most once per event (0: not yet).
         let mut matched = [0u8; MAX_STEPS];
@@ -691,6 +741,7 @@ impl SeqState {
             // longest window, and a storm of first steps stays one entry.
             if let Some(p) = list.iter_mut().find(|p| p.next == 1 && p.last == last) {
                 p.start_ns = ts_ns;
+                p.expires_ns = ts_ns.saturating_add(seq.within_ns);
                 p.evidence.clear();
                 p.evidence.push(ev.clone());
                 return;
@@ -698,9 +749,17 @@ impl SeqState {
             if list.len() >= MAX_PARTIAL {
                 list.remove(0);
             }
+            let rules = match key {
+                ScopeKey::Session(_) => scoped.1,
+                ScopeKey::Process(_) => scoped.0,
+            };
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
             list.push(Partial {
                 next: 1,
                 start_ns: ts_ns,
+                expires_ns: ts_ns.saturating_add(seq.within_ns),
                 evidence: vec![ev.clone()],
                 last,
             });

@@ -211,6 +211,59 @@ mod tests {
         );
     }
 
+    /// Partial sequences go when they can no longer complete: at their process's exit, at
+    /// their session's end, and once their window has passed.
+    #[test]
+    fn sequence_state_is_swept_at_exit_at_session_end_and_by_age() {
+        let rules = |by: &str| {
+            compile_one(&format!(
+                "{HEAD}    sequence:\n      by: {by}\n      within: 10s\n      steps:\n        - {{type: open, path: /s}}\n        - {{type: connect}}\n"
+            ))
+            .unwrap()
+        };
+        let open = |pid: u32, trace: &str, ts: &str| serde_json::json!({"type": "open", "path": "/s", "pid": pid, "trace_id": trace, "ts": ts});
+        let first_steps = |p: &Policy, events: &[serde_json::Value]| {
+            let mut lineage = examples::ExampleLineage::default();
+            let mut state = SeqState::default();
+            let mut out = Vec::new();
+            for (i, v) in events.iter().enumerate() {
+                let (ev, ts) = examples::example_event(v, i as u64 + 1, &mut lineage).unwrap();
+                p.evaluate(
+                    &std::sync::Arc::new(ev),
+                    ts,
+                    None,
+                    &lineage,
+                    &mut state,
+                    &mut out,
+                );
+            }
+            assert!(out.is_empty());
+            state
+        };
+        let t0 = "2026-01-01T00:00:00Z";
+        let by_process = rules("process");
+        let mut st = first_steps(&by_process, &[open(1, "a", t0), open(2, "a", t0)]);
+        assert_eq!(st.len(), 2);
+        st.process_exited(1);
+        assert_eq!(st.len(), 1, "pid 1's partial stays after its exit");
+        st.process_exited(3);
+        assert_eq!(st.len(), 1, "another pid's exit took pid 2's partial");
+        let by_session = rules("session");
+        let mut st = first_steps(&by_session, &[open(1, "a", t0), open(1, "b", t0)]);
+        assert_eq!(st.len(), 2);
+        st.process_exited(1);
+        assert_eq!(st.len(), 2, "a process exit took session partials");
+        st.session_ended("a");
+        assert_eq!(st.len(), 1);
+        // By age: kept inside the 10 s window, gone after it.
+        let (_, ts0) =
+            examples::example_event(&open(1, "b", t0), 1, &mut Default::default()).unwrap();
+        st.sweep(ts0 + 9_000_000_000);
+        assert_eq!(st.len(), 1);
+        st.sweep(ts0 + 11_000_000_000);
+        assert_eq!(st.len(), 0);
+    }
+
     #[test]
     fn tilde_means_every_home_and_exe_names_match_basenames() {
         let p = compile_one(&format!(
