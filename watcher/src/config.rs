@@ -76,7 +76,7 @@ pub struct Holds {
     #[serde(deserialize_with = "duration")]
     pub timeout: std::time::Duration,
     /// What deny stops: `session` (every process, `cgroup.kill`) or `process` (the trigger).
-    pub deny: crate::approvals::DenyScope,
+    pub deny: crate::model::hold::DenyScope,
     /// Decided holds are deleted from the store this long after their decision (e.g. `30d`);
     /// pending holds are never deleted.
     #[serde(deserialize_with = "duration")]
@@ -88,7 +88,7 @@ pub struct Holds {
     pub protected: Vec<String>,
     /// What tampering with the watcher does to the offending session: `freeze` (kill-switch),
     /// `kill` (kill-switch) or `alert`.
-    pub tamper: crate::tamper::TamperAction,
+    pub tamper: crate::model::hold::TamperAction,
     /// A URL that gets a POST for every new hold.
     pub webhook: Option<String>,
     /// `json` (the hold record, generic) or `slack` (a Slack-compatible `{"text": ...}`).
@@ -109,7 +109,7 @@ impl Default for Holds {
             enabled: true,
             store: PathBuf::from("/var/lib/watcher/watcher.db"),
             timeout: std::time::Duration::from_secs(600),
-            deny: crate::approvals::DenyScope::Session,
+            deny: crate::model::hold::DenyScope::Session,
             retention: std::time::Duration::from_secs(30 * 24 * 3600),
             cgroup: "watcher".into(),
             protected: [
@@ -122,7 +122,7 @@ impl Default for Holds {
             ]
             .map(String::from)
             .to_vec(),
-            tamper: crate::tamper::TamperAction::Freeze,
+            tamper: crate::model::hold::TamperAction::Freeze,
             webhook: None,
             webhook_format: WebhookFormat::Json,
         }

@@ -1,20 +1,27 @@
 //! watcher: watches AI agent process trees from the kernel.
-pub mod api;
-pub mod approvals;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod decide;
-pub mod event;
-pub mod fault;
-pub mod freeze;
-pub mod intake;
-pub mod kernel;
-pub mod killswitch;
+//!
+//! The modules are layers along the path of an event, and every import points down the list:
+//! `model` (shared types), `config`, `sys` (the host: cgroups, /proc, users), `kernel` (the
+//! programs and their maps), `rules` (the rule language), `pipeline` (intake, detectors, the
+//! bus), `enforce` (decisions, holds, the kill-switch, protected files), `state` (the one shared
+//! handle), `frontends` (control socket, HTTP API) and `daemon` (wiring). `tests/layers.rs`
+//! keeps it so.
 pub mod model;
-pub mod protect;
-pub mod reload;
+
+pub mod config;
+
+pub mod sys;
+
+pub mod kernel;
+
 pub mod rules;
-pub mod sessions;
-pub mod tamper;
-pub mod worker;
+
+pub mod pipeline;
+
+pub mod enforce;
+
+pub mod state;
+
+pub mod frontends;
+
+pub mod daemon;

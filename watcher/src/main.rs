@@ -4,9 +4,12 @@ use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use watcher::{
     config::Config,
-    control::{client::Client, Reply, Request, Skipped, Status},
-    event::Event,
-    model::ids::{HoldId, TraceId},
+    frontends::control::client::Client,
+    model::{
+        event::Event,
+        ids::{HoldId, TraceId},
+        protocol::{Reply, Request, Skipped, Status},
+    },
 };
 
 #[derive(Parser)]
@@ -348,7 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::KillSwitch { cmd } => {
-            use watcher::{control::KillSwitchOp, killswitch::HaltMode};
+            use watcher::model::{hold::HaltMode, protocol::KillSwitchOp};
             let req = match cmd {
                 KillSwitchCmd::Engage {
                     traces,
@@ -508,7 +511,7 @@ fn rules_cmd(cmd: RulesCmd, socket: &std::path::Path) -> anyhow::Result<ExitCode
     }
 }
 
-fn print_holds(holds: &[watcher::approvals::Hold]) {
+fn print_holds(holds: &[watcher::model::hold::Hold]) {
     println!(
         "{:<15}  {:<32}  {:<26}  {:<8}  {:<24}  {:<24}  TRIGGER",
         "ID", "TRACE ID", "RULE", "STATE", "STARTED", "DEADLINE"
@@ -535,12 +538,12 @@ fn short(ev: &Event) -> String {
     s.splitn(4, ' ').nth(3).unwrap_or(&s).to_string()
 }
 
-fn print_hold(h: &watcher::approvals::Hold) {
+fn print_hold(h: &watcher::model::hold::Hold) {
     println!("hold      {}", h.id);
     println!("state     {}", h.state.as_str());
     println!("trace id  {}", h.trace_id);
     println!("rule      {} (policy {})", h.rule, h.policy_version);
-    if let watcher::event::Detail::Finding(f) = &h.finding.detail {
+    if let watcher::model::event::Detail::Finding(f) = &h.finding.detail {
         println!("finding   {:?} {}: {}", f.severity, f.rule, f.description);
         println!("tags      {}", f.tags.join(", "));
     }
@@ -554,7 +557,7 @@ fn print_hold(h: &watcher::approvals::Hold) {
         );
     }
     println!("\ntrigger\n    {}", h.trigger);
-    if let watcher::event::Detail::Finding(f) = &h.finding.detail {
+    if let watcher::model::event::Detail::Finding(f) = &h.finding.detail {
         println!("\nevidence");
         for e in &f.evidence {
             println!("    {e}");
@@ -577,7 +580,7 @@ fn print_hold(h: &watcher::approvals::Hold) {
 }
 
 fn write_finding(out: &mut impl std::io::Write, ev: &Event) -> std::io::Result<()> {
-    let watcher::event::Detail::Finding(f) = &ev.detail else {
+    let watcher::model::event::Detail::Finding(f) = &ev.detail else {
         return writeln!(out, "{ev}");
     };
     writeln!(

@@ -1,5 +1,6 @@
-//! Developer and CI tasks: `cargo xtask run | test | bench | setup`.
+//! Developer and CI tasks: `cargo xtask run | test | bench | fuzz | setup`.
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -31,6 +32,8 @@ enum Cmd {
     },
     /// Set up and run the benchmarks (storms and a real build, watched and not).
     Bench(bench::Args),
+    /// Run every fuzz target for a bounded time (not part of `test`).
+    Fuzz(fuzz::Args),
     /// A storm, run by `bench` as the measured workload.
     #[command(hide = true)]
     Storm(bench::StormArgs),
@@ -80,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::setup()?;
             bench::run(args)
         }
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Storm(args) => bench::storm(args),
     }
 }

@@ -1,6 +1,7 @@
 //! Loading the kernel programs: feature checks, layout discovery, attach, and map access.
 pub mod btf;
 mod floor;
+pub mod policy;
 pub mod tracefs;
 mod watch_filter;
 
@@ -23,11 +24,10 @@ use watcher_common::{
 };
 
 pub use self::floor::Floor;
+use self::policy::{KernelAction, KernelPolicy, NetEntry, PathEntry};
 use self::{btf::KernelBtf, tracefs::Format, watch_filter::WatchFilter};
-use crate::{
-    config::Config,
-    rules::kernel::{KernelAction, KernelPolicy, NetEntry, PathEntry},
-};
+use crate::config::Config;
+use crate::sys::cgroup::cgroup2_root;
 
 /// The eBPF object, built by `build.rs` with aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watcher"));
@@ -218,12 +218,12 @@ impl Kernel {
     }
 
     /// Run count and time of every program (see `control::Status::programs`).
-    pub fn program_stats(&self) -> Vec<crate::control::ProgramStat> {
+    pub fn program_stats(&self) -> Vec<crate::model::protocol::ProgramStat> {
         self.ebpf
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
-                Some(crate::control::ProgramStat {
+                Some(crate::model::protocol::ProgramStat {
                     name: name.to_string(),
                     runs: info.run_count(),
                     run_ns: info.run_time().as_nanos() as u64,
@@ -246,7 +246,7 @@ impl Kernel {
     /// Watches `tgid` (its `ppid` is taken from /proc here).
     pub fn watch(&mut self, tgid: u32, w: Watch) -> anyhow::Result<()> {
         let w = Watch {
-            ppid: crate::control::server::ppid_of(tgid),
+            ppid: crate::sys::procfs::ppid_of(tgid),
             ..w
         };
         // Counted before it goes in (see `WatchFilter`); a replaced entry is already counted.
@@ -513,19 +513,6 @@ fn replace_trie<K: aya::Pod, V: aya::Pod>(
         trie.remove(k).with_context(|| format!("updating {name}"))?;
     }
     Ok(())
-}
-
-/// The cgroup v2 hierarchy's mount point (`/sys/fs/cgroup` or, in hybrid layouts,
-/// `/sys/fs/cgroup/unified`), from the mount table.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(PathBuf::from(left.split_whitespace().nth(4)?))
-    })
 }
 
 /// Hook types for the syscall programs, compared by the benchmark's floors.

@@ -6,7 +6,7 @@ use std::{path::Path, sync::Arc, time::Instant};
 use anyhow::Context as _;
 
 use super::{examples::ExampleLineage, Policy, SeqState};
-use crate::event::{Detail, Event};
+use crate::model::event::{Detail, Event};
 
 pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<()> {
     let text =

@@ -11,7 +11,7 @@ use globset::{Candidate, GlobSet};
 use ipnet::IpNet;
 
 use super::syntax::{Action, Family, Field, Intent, Mode, SequenceScope, Severity};
-use crate::event::{Detail, Event};
+use crate::model::event::{Detail, Event};
 
 /// The pattern fields, each with its own automaton.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

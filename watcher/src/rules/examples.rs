@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use serde_json::{json, Map, Value};
 
 use super::{eval::SeqState, Lineage, Policy, ProcView};
-use crate::event::Event;
+use crate::model::event::Event;
 
 #[derive(Debug, Default)]
 struct OwnedProc {
@@ -122,12 +122,12 @@ pub fn example_event(
     let ts_ns = ev.ts.unix_ns();
     // The process itself, then its ancestors with made-up pids above it.
     let own_argv: Vec<String> = match (&ev.detail, argv) {
-        (crate::event::Detail::Exec { argv, .. }, _) => argv.clone(),
+        (crate::model::event::Detail::Exec { argv, .. }, _) => argv.clone(),
         (_, Some(a)) => serde_json::from_value(a).map_err(|e| format!("argv: {e}"))?,
         (_, None) => vec![name.clone()],
     };
     let own_exe = match &ev.detail {
-        crate::event::Detail::Exec { path, .. } => path.clone(),
+        crate::model::event::Detail::Exec { path, .. } => path.clone(),
         _ => exe.unwrap_or_default(),
     };
     lineage.procs.insert(

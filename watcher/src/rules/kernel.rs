@@ -2,47 +2,13 @@
 //! another instruction: enforce-mode `hold`/`kill` rules whose whole condition is an exec of
 //! given paths, an open of given paths or path prefixes, or a connect to given networks and
 //! ports. Everything else is decided in user space.
-use ipnet::IpNet;
+
+pub use crate::kernel::policy::{KernelAction, KernelPolicy, NetEntry, PathEntry};
 
 use super::{
     eval::{Cond, Policy, Slot},
     syntax::{Action, Intent, Mode},
 };
-
-/// What the kernel does when a fast-path entry matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelAction {
-    /// Flag the record only (holds, when the daemon runs with holds disabled).
-    Mark,
-    /// SIGSTOP at the hook; the daemon freezes the session and opens a hold.
-    Stop,
-    Kill,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathEntry {
-    pub path: String,
-    /// A prefix (`/dir/` or `/dir/name_`) rather than one exact path.
-    pub prefix: bool,
-    /// `watcher_common::INTENT_*` bits the open must have one of (0: any open).
-    pub intent: u32,
-    pub action: KernelAction,
-    pub rule: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetEntry {
-    pub net: IpNet,
-    pub ports: (u16, u16),
-    pub rule: String,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct KernelPolicy {
-    pub exec: Vec<PathEntry>,
-    pub open: Vec<PathEntry>,
-    pub deny: Vec<NetEntry>,
-}
 
 /// Directories an executable named without a path is looked for in.
 const BIN_DIRS: &[&str] = &[
@@ -58,11 +24,6 @@ const OPEN: u8 = 1 << 3;
 const CONNECT: u8 = 1 << 4;
 
 impl KernelPolicy {
-    pub fn has_rule(&self, id: &str) -> bool {
-        self.exec.iter().chain(&self.open).any(|e| e.rule == id)
-            || self.deny.iter().any(|e| e.rule == id)
-    }
-
     /// `holds`: whether a hold stops the process (the daemon runs holds) or only marks it.
     pub fn of(policy: &Policy, holds: bool) -> KernelPolicy {
         let mut kp = KernelPolicy::default();

@@ -102,32 +102,7 @@ pub enum Field {
     Comm,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Alert,
-    Hold,
-    Kill,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Record what would have been done.
-    #[default]
-    Monitor,
-    Enforce,
-}
+pub use crate::model::event::{Action, Mode, Severity};
 
 /// A condition: every key present must hold (keys are ANDed).
 #[derive(Debug, Deserialize, Default, Clone)]

@@ -1,0 +1,371 @@
+//! From a finding to what is done about it: allow (monitor), alert, hold (freeze the session and
+//! ask a human) or kill. Decided here, in code, from the rule and the configuration; never by
+//! asking the agent.
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use super::Enforce;
+use crate::{
+    model::{
+        event::{Action, Detail, Event, Mode, Outcome},
+        hold::{Decision, HoldDraft},
+        session::{new_session_id, Session},
+    },
+    pipeline::Seed,
+    rules::eval::Rule,
+};
+
+/// Decides and acts. `kernel_rule`: the kernel's fast path matched this event for this rule
+/// (it has already killed the process, stopped it, or refused the connect).
+pub fn decide(
+    shared: &Enforce,
+    rule: &Rule,
+    ev: &Event,
+    event_boot_ns: u64,
+    kernel_rule: bool,
+    profile: Option<&str>,
+    session_pids: &dyn Fn() -> Vec<u32>,
+) -> Decision {
+    let plain = |outcome| Decision {
+        outcome,
+        hold: None,
+        new_hold: false,
+    };
+    let is_connect = matches!(ev.detail, Detail::Connect { .. });
+    match (rule.mode, rule.action) {
+        (Mode::Monitor, _) => return plain(Outcome::Monitored),
+        (_, Action::Alert) => return plain(Outcome::Alerted),
+        _ => {}
+    }
+    if !shared.config.holds.enabled {
+        return plain(match rule.action {
+            _ if kernel_rule && is_connect => Outcome::RefusedInKernel,
+            Action::Kill if kernel_rule => Outcome::KilledInKernel,
+            _ => Outcome::NotEnforced,
+        });
+    }
+    let a = &shared.approvals;
+    if a.excepted(&rule.id, &ev.trace_id, profile) {
+        return plain(Outcome::Excepted);
+    }
+    match rule.action {
+        Action::Kill if kernel_rule && !is_connect => plain(Outcome::KilledInKernel),
+        Action::Kill => {
+            // SAFETY: plain kill(2) of the process the finding is about.
+            unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
+            plain(Outcome::Killed)
+        }
+        _ => {
+            if let Some(id) = a.pending_for(&ev.trace_id) {
+                return Decision {
+                    outcome: Outcome::Held,
+                    hold: Some(id),
+                    new_hold: false,
+                };
+            }
+            let Some(id) = a.claim(&ev.trace_id) else {
+                return plain(Outcome::Held);
+            };
+            freeze_session(shared, &ev.trace_id, event_boot_ns, session_pids);
+            Decision {
+                outcome: Outcome::Held,
+                hold: Some(id),
+                new_hold: true,
+            }
+        }
+    }
+}
+
+/// Starts freezing the session: its cgroup when it has one, else SIGSTOP to each process
+/// (weaker: another process may send SIGCONT).
+fn freeze_session(
+    shared: &Enforce,
+    trace: &str,
+    event_boot_ns: u64,
+    session_pids: &dyn Fn() -> Vec<u32>,
+) {
+    let cg = &shared.approvals.cgroups;
+    match cg.freeze_timed(trace, event_boot_ns) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(
+                trace,
+                "no session cgroup to freeze ({e}); stopping each process"
+            );
+            for pid in session_pids() {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+            }
+        }
+    }
+}
+
+/// Completes a hold off the pipeline: adds the session's recent events, waits until the
+/// session is frozen (for the latency figure), stores the record, and says so.
+pub fn record_hold(shared: Arc<Enforce>, mut draft: HoldDraft) {
+    let recent: Vec<Event> = {
+        let r = shared.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let trace = &draft.trigger.trace_id;
+        let mut v: Vec<Event> = r
+            .iter()
+            .rev()
+            .filter(|e| &e.trace_id == trace && !matches!(e.detail, Detail::Finding(_)))
+            .take(RECENT_IN_HOLD)
+            .map(|e| e.as_ref().clone())
+            .collect();
+        v.reverse();
+        v
+    };
+    draft.recent = recent;
+    let trace = draft.trigger.trace_id.clone();
+    let a = shared.approvals.clone();
+    tokio::task::spawn_blocking(move || {
+        let id = draft.id.clone();
+        if a.cgroups.exists(&trace) {
+            draft.frozen_us = a.cgroups.take_frozen_us(&trace, Duration::from_secs(5));
+            match draft.frozen_us {
+                Some(us) => {
+                    if let Ok(mut h) = shared.hold_latency.lock() {
+                        let _ = h.record(us);
+                    }
+                }
+                None => tracing::error!(hold = %id, "the session did not report frozen within 5 s"),
+            }
+        }
+        crate::sys::fault::point(crate::sys::fault::BEFORE_HOLD_STORE);
+        match a.record(draft) {
+            Ok(h) => {
+                shared.counters.holds.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(hold = %h.id, trace_id = %h.trace_id, rule = %h.rule, deadline = %h.deadline, "session held: waiting for `watcher approve` or `watcher deny`");
+                announce(&shared, h);
+            }
+            // Fail closed: the session stays frozen; the error says why there is no record.
+            Err(e) => {
+                tracing::error!(hold = %id, "storing the hold failed, the session stays frozen: {e}")
+            }
+        }
+    });
+}
+
+/// Events of the session kept in a hold record.
+const RECENT_IN_HOLD: usize = 200;
+
+/// Watches the sessions whose cgroups an earlier daemon left (same trace ids).
+pub fn adopt_sessions(shared: &Enforce) {
+    let cg = &shared.approvals.cgroups;
+    for trace in cg.sessions() {
+        let pids = cg.pids(&trace);
+        if pids.is_empty() {
+            cg.remove_if_empty(&trace);
+            continue;
+        }
+        let session_id = new_session_id();
+        let watch = watcher_common::Watch {
+            session_id,
+            profile: 0,
+            ppid: 0,
+        };
+        {
+            let seeds = shared.seeds.lock().unwrap_or_else(|e| e.into_inner());
+            let mut k = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            for pid in &pids {
+                let _ = seeds.send(Seed {
+                    pid: *pid,
+                    ppid: crate::sys::procfs::ppid_of(*pid),
+                    session_id,
+                    cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+                });
+                if let Err(e) = k.watch(*pid, watch) {
+                    tracing::error!(pid, "re-watching: {e:#}");
+                }
+            }
+        }
+        let frozen = cg.is_frozen(&trace);
+        if frozen {
+            recover_unrecorded_hold(shared, &trace, &pids);
+        }
+        shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start(Session {
+                trace_id: trace.clone(),
+                session_id,
+                profile: None,
+                started_by: "restart".into(),
+                root_pid: pids[0],
+                started: crate::enforce::holds::now_rfc3339(),
+                processes: pids.len() as u32,
+                events: 0,
+                ended: None,
+                cgroup_id: cg.id(&trace),
+            });
+        tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
+    }
+}
+
+/// The rule of a hold made at start-up for a session an earlier daemon froze without storing
+/// its hold.
+pub const RECOVERED_RULE: &str = "watcher-recovered-hold";
+
+/// A session frozen with no pending hold and no kill-switch on it was frozen by a daemon that
+/// died before it stored the hold (the freeze comes first, so that the session stops at once).
+/// It gets a hold now, so that it is listed and can be decided; left alone it would stay frozen
+/// with nothing to approve. Approve thaws it and continues every process (the kernel may have
+/// stopped any of them); deny kills it; the deadline applies as to any hold.
+fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32]) {
+    let a = &shared.approvals;
+    if a.pending_for(trace).is_some() {
+        return;
+    }
+    let k = a.kill_switch().unwrap_or_default();
+    if k.engaged && (k.all || k.traces.iter().any(|t| t == trace)) {
+        return;
+    }
+    let Some(id) = a.claim(trace) else { return };
+    let tree: Vec<crate::model::hold::ProcInfo> = pids
+        .iter()
+        .map(|&p| {
+            let (exe, argv) = crate::sys::procfs::proc_exe_argv(p);
+            crate::model::hold::ProcInfo {
+                pid: p,
+                ppid: crate::sys::procfs::ppid_of(p),
+                exe: exe.unwrap_or_default(),
+                argv,
+            }
+        })
+        .collect();
+    let root = &tree[0];
+    let trigger = Event {
+        seq: 0,
+        ts: crate::model::event::Ts(std::time::SystemTime::now()),
+        pid: root.pid,
+        tid: root.pid,
+        ppid: root.ppid,
+        uid: 0,
+        trace_id: trace.to_string(),
+        comm: std::fs::read_to_string(format!("/proc/{}/comm", root.pid))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        cgroup_id: a.cgroups.id(trace).unwrap_or(0),
+        detail: Detail::Exec {
+            path: root.exe.clone(),
+            argv: root.argv.clone(),
+            argv_truncated: false,
+            argv_missing: false,
+            profile: None,
+        },
+    };
+    let version = shared.policy.load().policy.version.clone();
+    let finding = crate::model::event::Finding {
+        rule: RECOVERED_RULE.into(),
+        description: "the session was frozen for a hold by a daemon that stopped before it \
+                      stored the hold; what triggered it is not known, decide from the tree"
+            .into(),
+        severity: crate::model::event::Severity::High,
+        tags: Vec::new(),
+        action: Action::Hold,
+        mode: Mode::Enforce,
+        outcome: Outcome::Held,
+        policy_version: version.clone(),
+        in_kernel: false,
+        hold: Some(id.clone()),
+        evidence: vec![trigger.clone()],
+    };
+    let mut fev = trigger.clone();
+    fev.detail = Detail::Finding(Box::new(finding));
+    let published = shared.publish(fev);
+    match a.record(HoldDraft {
+        id: id.clone(),
+        kind: crate::model::hold::HoldKind::Session,
+        finding: published.as_ref().clone(),
+        trigger,
+        tree,
+        recent: Vec::new(),
+        stopped: pids.to_vec(),
+        rule: RECOVERED_RULE.into(),
+        policy_version: version,
+        frozen_us: None,
+    }) {
+        Ok(h) => {
+            tracing::warn!(hold = %h.id, trace_id = trace, "a frozen session had no hold (the daemon stopped first): hold recovered");
+        }
+        Err(e) => tracing::error!(
+            trace_id = trace,
+            "recovering the hold of a frozen session: {e}"
+        ),
+    }
+}
+
+/// Re-applies a kill-switch that was engaged when the daemon stopped.
+pub fn restore_kill_switch(shared: &Enforce) {
+    match shared.approvals.kill_switch() {
+        Ok(k) if k.engaged => {
+            if let Err(e) = crate::enforce::killswitch::apply(shared, &k) {
+                tracing::error!("re-applying the kill-switch: {e:#}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("reading the kill-switch state: {e}"),
+    }
+}
+
+/// Removes the cgroups of sessions that ended (nothing pending on them).
+pub async fn sweep_cgroups(shared: Arc<Enforce>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let a = shared.approvals.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for trace in a.cgroups.sessions() {
+                if a.pending_for(&trace).is_none() {
+                    a.cgroups.remove_if_empty(&trace);
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// POSTs a new hold to the configured webhook, on the announcer thread: a slow or dead
+/// webhook (10 s timeout) delays only later announcements. A failure is logged: the hold
+/// stands either way.
+pub fn announce(shared: &Arc<Enforce>, h: crate::model::hold::Hold) {
+    if shared.config.holds.webhook.is_none() {
+        return;
+    }
+    let s = shared.clone();
+    shared.announcer.submit(move || post_hold(&s, &h));
+}
+
+fn post_hold(shared: &Enforce, h: &crate::model::hold::Hold) {
+    let Some(url) = &shared.config.holds.webhook else {
+        return;
+    };
+    let body = match shared.config.holds.webhook_format {
+        crate::config::WebhookFormat::Json => serde_json::json!({
+            "event": "hold",
+            "hold": h,
+        }),
+        crate::config::WebhookFormat::Slack => serde_json::json!({
+            "text": format!(
+                ":octagonal_sign: watcher held session `{}`: rule *{}* on `{}` (pid {}). Decide before {}: `watcher approve {}` or `watcher deny {}`",
+                h.trace_id,
+                h.rule,
+                h.trigger,
+                h.trigger.pid,
+                h.deadline,
+                h.id,
+                h.id
+            ),
+        }),
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    match agent.post(url).send_json(body) {
+        Ok(_) => tracing::info!(hold = %h.id, "webhook notified"),
+        Err(e) => tracing::error!(hold = %h.id, url, "webhook: {e}"),
+    }
+}

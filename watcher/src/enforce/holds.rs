@@ -1,0 +1,570 @@
+//! Holds: a session frozen by a finding, waiting for a human. The record carries what the
+//! approver needs to decide (the finding, the triggering event, the process tree, the session's
+//! recent events) and is stored before anything else happens to it; no answer by the deadline
+//! means deny.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::store::{Store, StoreError};
+pub use crate::model::hold::{
+    DenyScope, Exception, Hold, HoldDraft, HoldKind, HoldState, KillSwitchState, ProcInfo,
+};
+use crate::sys::cgroup::{Cgroups, FreezeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    #[error("no hold {0}")]
+    NotFound(String),
+    #[error("hold {0} is already {1}")]
+    Decided(String, &'static str),
+    #[error(transparent)]
+    Id(#[from] crate::model::ids::IdError),
+}
+
+pub struct Approvals {
+    store: Mutex<Store>,
+    pub cgroups: std::sync::Arc<Cgroups>,
+    /// Pending hold per session (one at a time: the session is frozen).
+    pending: Mutex<HashMap<String, String>>,
+    exceptions: RwLock<Vec<Exception>>,
+    pub timeout: Duration,
+    pub deny: DenyScope,
+    /// Wakes the deadline task when a hold begins.
+    pub changed: tokio::sync::Notify,
+    /// Answers a waiting protected open (hold id, allow); false when none waits.
+    verdict_hook: Mutex<Option<VerdictHook>>,
+}
+
+type VerdictHook = Box<dyn Fn(&str, bool) -> bool + Send + Sync>;
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_hold_id() -> String {
+    crate::model::ids::HoldId::random().into()
+}
+
+impl Approvals {
+    pub fn open(
+        store: &std::path::Path,
+        cgroups: std::sync::Arc<Cgroups>,
+        timeout: Duration,
+        deny: DenyScope,
+    ) -> Result<Approvals, HoldError> {
+        let store = Store::open(store)?;
+        let pending = store
+            .list(Some(HoldState::Pending))?
+            .into_iter()
+            .map(|h| (h.trace_id, h.id))
+            .collect();
+        let exceptions = store.exceptions()?;
+        Ok(Approvals {
+            store: Mutex::new(store),
+            cgroups,
+            pending: Mutex::new(pending),
+            exceptions: RwLock::new(exceptions),
+            timeout,
+            deny,
+            changed: tokio::sync::Notify::new(),
+            verdict_hook: Mutex::new(None),
+        })
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session's pending hold, if any.
+    pub fn pending_for(&self, trace: &str) -> Option<String> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(trace)
+            .cloned()
+    }
+
+    /// Claims the session for a new hold; None when one is already pending (the session is
+    /// frozen already, later findings join the record as evidence only).
+    pub fn claim(&self, trace: &str) -> Option<String> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.contains_key(trace) {
+            return None;
+        }
+        let id = new_hold_id();
+        p.insert(trace.to_string(), id.clone());
+        Some(id)
+    }
+
+    pub fn set_verdict_hook(&self, hook: VerdictHook) {
+        *self.verdict_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    fn verdict(&self, id: &str, allow: bool) -> bool {
+        self.verdict_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| h(id, allow))
+    }
+
+    /// Stores the hold (the caller has frozen the session, or holds the open) and wakes the
+    /// deadline task.
+    pub fn record(&self, d: HoldDraft) -> Result<Hold, HoldError> {
+        let deadline = SystemTime::now() + self.timeout;
+        let hold = Hold {
+            id: d.id,
+            kind: d.kind,
+            trace_id: d.finding.trace_id.clone(),
+            rule: d.rule,
+            policy_version: d.policy_version,
+            state: HoldState::Pending,
+            finding: d.finding,
+            trigger: d.trigger,
+            tree: d.tree,
+            recent: d.recent,
+            started: now_rfc3339(),
+            deadline: humantime::format_rfc3339_millis(deadline).to_string(),
+            deadline_ms: now_ms() + self.timeout.as_millis() as i64,
+            stopped: d.stopped,
+            frozen_us: d.frozen_us,
+            decided_by: None,
+            decided_at: None,
+            remembered: false,
+            result: None,
+        };
+        self.store().put(&hold)?;
+        self.changed.notify_one();
+        Ok(hold)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Hold, HoldError> {
+        crate::model::ids::HoldId::parse(id)?;
+        self.store()
+            .get(id)?
+            .ok_or_else(|| HoldError::NotFound(id.into()))
+    }
+
+    pub fn list(&self, state: Option<HoldState>) -> Result<Vec<Hold>, HoldError> {
+        Ok(self.store().list(state)?)
+    }
+
+    fn pending_hold(&self, id: &str) -> Result<Hold, HoldError> {
+        let h = self.get(id)?;
+        if h.state != HoldState::Pending {
+            return Err(HoldError::Decided(id.into(), h.state.as_str()));
+        }
+        Ok(h)
+    }
+
+    /// Records the decision, if no other decision came first (the store's compare-and-set),
+    /// before it is acted on: a crash after this resumes or kills nothing unrecorded.
+    fn finish(&self, mut h: Hold, state: HoldState, by: &str) -> Result<Hold, HoldError> {
+        h.state = state;
+        h.decided_by = Some(by.to_string());
+        h.decided_at = Some(now_rfc3339());
+        if !self.store().decide(&h)? {
+            let now = self.get(&h.id)?;
+            return Err(HoldError::Decided(h.id, now.state.as_str()));
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.get(&h.trace_id) == Some(&h.id) {
+            pending.remove(&h.trace_id);
+        }
+        Ok(h)
+    }
+
+    /// Resumes the session. With `remember`, the rule does not hold this session again.
+    /// `remember_profile`: the exception is for the session's profile (every session of it),
+    /// not only this session.
+    pub fn approve(
+        &self,
+        id: &str,
+        by: &str,
+        remember: bool,
+        remember_profile: Option<String>,
+    ) -> Result<Hold, HoldError> {
+        let mut h = self.pending_hold(id)?;
+        let exception = (remember || remember_profile.is_some()).then(|| {
+            let (scope, value) = match remember_profile {
+                Some(p) => ("profile", p),
+                None => ("trace", h.trace_id.clone()),
+            };
+            Exception {
+                rule: h.rule.clone(),
+                scope: scope.into(),
+                value,
+                by: by.into(),
+                at: now_rfc3339(),
+                hold: h.id.clone(),
+            }
+        });
+        h.remembered = exception.is_some();
+        let h = self.finish(h, HoldState::Approved, by)?;
+        if let Some(e) = exception {
+            self.store().add_exception(&e)?;
+            self.exceptions
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(e);
+        }
+        if h.kind == HoldKind::ProtectedOpen {
+            self.verdict(&h.id, true);
+        }
+        self.resume(&h.trace_id, &h.stopped);
+        Ok(h)
+    }
+
+    /// Thaws the session and continues the processes the kernel stopped.
+    pub fn resume(&self, trace: &str, stopped: &[u32]) {
+        if let Err(e) = self.cgroups.thaw(trace) {
+            tracing::warn!(trace, "thawing: {e}");
+        }
+        for pid in stopped {
+            // SAFETY: plain kill(2); a pid that is gone gives ESRCH, which is fine.
+            unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+        }
+    }
+
+    /// Stops the session (or, by configuration, only the triggering process).
+    pub fn deny(&self, id: &str, by: &str) -> Result<Hold, HoldError> {
+        let h = self.pending_hold(id)?;
+        let mut h = self.finish(h, HoldState::Denied, by)?;
+        let stopped = self.stop(&h);
+        h.result = Some(match &stopped {
+            Ok(what) => what.clone(),
+            Err(e) => format!("deny failed: {e}"),
+        });
+        self.store().put(&h)?;
+        stopped.map(|_| h)
+    }
+
+    fn stop(&self, h: &Hold) -> Result<String, HoldError> {
+        if h.kind == HoldKind::ProtectedOpen {
+            if self.verdict(&h.id, false) {
+                // The open failed with EPERM before it happened: nothing to stop.
+                self.resume(&h.trace_id, &[]);
+                return Ok("refused the open (EPERM)".into());
+            }
+            // No open waits any more (the daemon restarted and the kernel let it through):
+            // the frozen session cannot be let go.
+            self.cgroups.kill(&h.trace_id)?;
+            return Ok("killed the session (the open could no longer be refused)".into());
+        }
+        match self.deny {
+            DenyScope::Session => {
+                self.cgroups.kill(&h.trace_id)?;
+                Ok("killed the session".into())
+            }
+            DenyScope::Process => {
+                let pid = h.trigger.pid;
+                // SAFETY: plain kill(2); SIGKILL reaches a frozen task.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                self.resume(&h.trace_id, &[]);
+                Ok(format!("killed process {pid}"))
+            }
+        }
+    }
+
+    /// Denies every pending hold whose deadline passed; returns the time to the next one.
+    pub fn expire_due(&self) -> Option<Duration> {
+        let pending = match self.list(Some(HoldState::Pending)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("reading holds: {e}");
+                return Some(Duration::from_secs(1));
+            }
+        };
+        let now = now_ms();
+        let mut next: Option<i64> = None;
+        for h in pending {
+            if h.deadline_ms <= now {
+                match self.deny(&h.id, "deadline") {
+                    Ok(_) => {
+                        tracing::warn!(hold = %h.id, trace_id = %h.trace_id, "no answer by the deadline: denied")
+                    }
+                    Err(e) => tracing::error!(hold = %h.id, "denying at the deadline: {e}"),
+                }
+            } else {
+                next = Some(next.map_or(h.deadline_ms, |n: i64| n.min(h.deadline_ms)));
+            }
+        }
+        next.map(|n| Duration::from_millis((n - now).max(0) as u64))
+    }
+
+    pub fn excepted(&self, rule: &str, trace: &str, profile: Option<&str>) -> bool {
+        self.exceptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| {
+                e.rule == rule
+                    && match e.scope.as_str() {
+                        "trace" => e.value == trace,
+                        "profile" => profile == Some(e.value.as_str()),
+                        _ => false,
+                    }
+            })
+    }
+
+    /// Deletes decided holds older than `retention`; pending holds stay.
+    pub fn prune(&self, retention: Duration) -> Result<usize, HoldError> {
+        let before = now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
+        Ok(self.store().prune(before)?)
+    }
+
+    pub fn kill_switch(&self) -> Result<KillSwitchState, HoldError> {
+        Ok(self.store().kill_switch()?)
+    }
+
+    pub fn set_kill_switch(&self, k: &KillSwitchState) -> Result<(), HoldError> {
+        Ok(self.store().set_kill_switch(k)?)
+    }
+}
+
+/// Runs until the daemon stops: every hour (and at start), deletes decided holds older than
+/// `retention`.
+pub async fn prune(approvals: std::sync::Arc<Approvals>, retention: Duration) {
+    loop {
+        let a = approvals.clone();
+        match tokio::task::spawn_blocking(move || a.prune(retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(holds = n, ?retention, "decided holds pruned"),
+            Ok(Err(e)) => tracing::error!("pruning decided holds: {e}"),
+            Err(e) => tracing::error!("pruning decided holds: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Runs until the daemon stops: denies holds at their deadline.
+pub async fn deadlines(approvals: std::sync::Arc<Approvals>) {
+    loop {
+        let a = approvals.clone();
+        let next = tokio::task::spawn_blocking(move || a.expire_due())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            _ = approvals.changed.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::event::Event;
+
+    fn event(trace: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "ts": "2026-01-01T00:00:00Z", "pid": 10, "tid": 10, "ppid": 1, "uid": 0,
+            "trace_id": trace, "comm": "x", "cgroup_id": 0, "type": "exec", "path": "/bin/x", "argv": ["x"]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn holds_persist_and_remembered_exceptions_apply_by_scope() {
+        let dir = std::env::temp_dir().join(format!("watcher-approvals-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A plain directory stands in for the cgroup tree: thawing it fails and is logged.
+        let cg = Cgroups::at(dir.join("cg")).unwrap();
+        let a = Approvals::open(
+            &dir.join("db"),
+            std::sync::Arc::new(cg),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        let t1 = crate::model::ids::TraceId::random().to_string();
+        let id = a.claim(&t1).unwrap();
+        assert!(a.claim(&t1).is_none(), "one pending hold per session");
+        a.record(HoldDraft {
+            id: id.clone(),
+            kind: HoldKind::Session,
+            finding: event(&t1),
+            trigger: event(&t1),
+            tree: vec![],
+            recent: vec![],
+            stopped: vec![],
+            rule: "r".into(),
+            policy_version: "v".into(),
+            frozen_us: Some(5),
+        })
+        .unwrap();
+        // A second Approvals on the same file (a restarted daemon) sees it pending.
+        let again = Approvals::open(
+            &dir.join("db"),
+            std::sync::Arc::new(Cgroups::at(dir.join("cg")).unwrap()),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        assert_eq!(again.pending_for(&t1), Some(id.clone()));
+        let h = a
+            .approve(&id, "alice", false, Some("claude".into()))
+            .unwrap();
+        assert_eq!(h.state, HoldState::Approved);
+        assert_eq!(h.decided_by.as_deref(), Some("alice"));
+        assert!(a.excepted("r", "another-trace", Some("claude")));
+        assert!(!a.excepted("r", "another-trace", Some("codex")));
+        assert!(!a.excepted("other-rule", &t1, Some("claude")));
+        assert!(matches!(
+            a.approve(&id, "bob", false, None),
+            Err(HoldError::Decided(..))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A human's approve and the deadline's deny on one hold, started together: exactly one
+    /// decides, the other is told the hold is decided, and the store agrees with the winner.
+    #[test]
+    fn approve_and_deny_racing_give_exactly_one_decision() {
+        let dir = std::env::temp_dir().join(format!("watcher-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let trace = crate::model::ids::TraceId::random().to_string();
+        // Plain files stand in for the cgroup's control files: thaw and kill write to them.
+        let cg = Cgroups::at(dir.join("cg")).unwrap();
+        let session = cg.create(&trace, &[]).unwrap();
+        for f in ["cgroup.freeze", "cgroup.kill"] {
+            std::fs::write(session.join(f), "").unwrap();
+        }
+        let a = std::sync::Arc::new(
+            Approvals::open(
+                &dir.join("db"),
+                std::sync::Arc::new(cg),
+                Duration::from_secs(60),
+                DenyScope::Session,
+            )
+            .unwrap(),
+        );
+        let (mut approved, mut denied) = (0, 0);
+        for _ in 0..100 {
+            let id = a.claim(&trace).unwrap();
+            a.record(HoldDraft {
+                id: id.clone(),
+                kind: HoldKind::Session,
+                finding: event(&trace),
+                trigger: event(&trace),
+                tree: vec![],
+                recent: vec![],
+                stopped: vec![],
+                rule: "r".into(),
+                policy_version: "v".into(),
+                frozen_us: None,
+            })
+            .unwrap();
+            let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let approve = std::thread::spawn({
+                let (a, id, go) = (a.clone(), id.clone(), go.clone());
+                move || {
+                    go.wait();
+                    a.approve(&id, "alice", false, None)
+                }
+            });
+            go.wait();
+            let deny = a.deny(&id, "deadline");
+            let approve = approve.join().unwrap();
+            let stored = a.get(&id).unwrap().state;
+            match (&approve, &deny) {
+                (Ok(h), Err(HoldError::Decided(..))) => {
+                    assert_eq!(h.state, HoldState::Approved);
+                    assert_eq!(stored, HoldState::Approved);
+                    approved += 1;
+                }
+                (Err(HoldError::Decided(..)), Ok(h)) => {
+                    assert_eq!(h.state, HoldState::Denied);
+                    assert_eq!(stored, HoldState::Denied);
+                    denied += 1;
+                }
+                other => panic!("not exactly one decision: {other:?}"),
+            }
+            assert_eq!(a.pending_for(&trace), None);
+        }
+        assert_eq!(approved + denied, 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_malformed_hold_id_is_refused_before_any_lookup() {
+        let dir = std::env::temp_dir().join(format!("watcher-holdid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Approvals::open(
+            &dir.join("db"),
+            std::sync::Arc::new(Cgroups::at(dir.join("cg")).unwrap()),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        for bad in ["../x", "h-", "' OR 1=1 --"] {
+            assert!(matches!(a.get(bad), Err(HoldError::Id(_))), "{bad}");
+            assert!(matches!(a.deny(bad, "x"), Err(HoldError::Id(_))), "{bad}");
+        }
+        assert!(matches!(
+            a.get("h-0123456789ab"),
+            Err(HoldError::NotFound(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn decided_holds_are_pruned_after_the_retention_and_pending_ones_never() {
+        let dir = std::env::temp_dir().join(format!("watcher-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Approvals::open(
+            &dir.join("db"),
+            std::sync::Arc::new(Cgroups::at(dir.join("cg")).unwrap()),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let trace = crate::model::ids::TraceId::random().to_string();
+            let id = a.claim(&trace).unwrap();
+            a.record(HoldDraft {
+                id: id.clone(),
+                kind: HoldKind::Session,
+                finding: event(&trace),
+                trigger: event(&trace),
+                tree: vec![],
+                recent: vec![],
+                stopped: vec![],
+                rule: "r".into(),
+                policy_version: "v".into(),
+                frozen_us: None,
+            })
+            .unwrap();
+            ids.push(id);
+        }
+        // One approved (its thaw fails on the plain directory and is logged), two pending.
+        a.approve(&ids[0], "alice", false, None).unwrap();
+        assert_eq!(a.list(Some(HoldState::Pending)).unwrap().len(), 2);
+        assert_eq!(a.list(None).unwrap().len(), 3);
+        // Within the retention nothing goes; past it only the decided hold does.
+        assert_eq!(a.prune(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(a.prune(Duration::ZERO).unwrap(), 1);
+        assert!(matches!(a.get(&ids[0]), Err(HoldError::NotFound(_))));
+        assert_eq!(a.list(None).unwrap().len(), 2);
+        assert_eq!(a.list(Some(HoldState::Pending)).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,644 @@
+//! Control socket server.
+use std::{
+    os::unix::fs::PermissionsExt,
+    sync::{atomic::Ordering, Arc},
+};
+
+use anyhow::{anyhow, Context as _};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast::error::RecvError,
+};
+use watcher_common::{EventKind, Watch};
+
+use crate::{
+    config::Config,
+    model::{
+        event::{Detail, Event},
+        hold::HoldState,
+        protocol::{
+            HoldsStatus, KillSwitchOp, KindCount, PolicyStatus, Reply, Request, Skipped, Status,
+            MAX_LINE,
+        },
+        session::{new_session_id, new_trace_id, Session},
+    },
+    pipeline::Seed,
+    state::State,
+    sys::{
+        procfs::{descendants, ppid_of},
+        users::{authorized, group_id, user_name},
+    },
+};
+
+/// How long a client has to send its request line once connected.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub fn bind(cfg: &Config) -> anyhow::Result<UnixListener> {
+    bind_at(&cfg.daemon.socket, cfg)
+}
+
+/// A unix socket at `path`, mode 0660, owned by root and the approver group.
+pub fn bind_at(path: &std::path::Path, cfg: &Config) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(anyhow!(
+                "{} is in use: another watcher daemon is running",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let gid = match &cfg.daemon.approver_group {
+        Some(g) => Some(group_id(g)?),
+        None => None,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    }
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<State>) {
+    // One descriptor kept spare: out of descriptors, the server frees it to accept the waiting
+    // client and tell it why, instead of leaving it hanging in the backlog.
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                accept_failed("control socket", &e, &shared).await;
+                if out_of_descriptors(&e) {
+                    if let Some(f) = spare.take() {
+                        drop(f);
+                        refuse_busy(&listener).await;
+                        spare = std::fs::File::open("/dev/null").ok();
+                    }
+                }
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, shared).await {
+                tracing::debug!("control client: {e:#}");
+            }
+        });
+    }
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Accepts the client waiting at the head of the backlog and tells it the daemon is out of
+/// file descriptors.
+async fn refuse_busy(listener: &UnixListener) {
+    let wait = std::time::Duration::from_millis(100);
+    if let Ok(Ok((mut s, _))) = tokio::time::timeout(wait, listener.accept()).await {
+        let reply = Reply::Error {
+            error: "the watcher daemon is out of file descriptors; try again".into(),
+        };
+        let _ = tokio::time::timeout(wait, write_json(&mut s, &reply)).await;
+    }
+}
+
+/// A failed accept is logged and counted, and never ends a listener. Out of descriptors or
+/// memory, the listener pauses briefly: accepting again at once would only spin on the same
+/// error.
+pub async fn accept_failed(what: &str, e: &std::io::Error, shared: &State) {
+    let n = shared
+        .counters
+        .accept_errors
+        .fetch_add(1, Ordering::Relaxed);
+    // The first of a burst at warn, the rest at debug: an EMFILE storm must not flood the log.
+    if n.is_power_of_two() || n == 0 {
+        tracing::warn!(errors = n + 1, "{what}: accept failed: {e}");
+    } else {
+        tracing::debug!(errors = n + 1, "{what}: accept failed: {e}");
+    }
+    if out_of_descriptors(e) || matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM)) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads one request line of at most `MAX_LINE` bytes and parses it.
+async fn read_request(r: impl tokio::io::AsyncRead + Unpin) -> Result<Request, String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut limited = BufReader::new(r).take(MAX_LINE as u64 + 1);
+    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut buf)).await {
+        Err(_) => return Err(format!("no request line within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(format!("reading the request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    crate::model::protocol::parse_request(&buf)
+}
+
+async fn write_json<T: serde::Serialize>(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    v: &T,
+) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(v)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (r, mut w) = stream.into_split();
+    if !authorized(&cred, &shared.config) {
+        write_json(
+            &mut w,
+            &Reply::Error {
+                error: "permission denied: the control socket is for root and the approver group"
+                    .into(),
+            },
+        )
+        .await?;
+        return Ok(());
+    }
+    // A process of a watched session may not use the control socket at all, root or not: it
+    // could approve its own hold, resume itself or start a session outside its own.
+    if let Some(pid) = cred.pid() {
+        if in_a_session(&shared, pid as u32) {
+            tracing::warn!(pid, "control request from a watched process refused");
+            write_json(
+                &mut w,
+                &Reply::Error {
+                    error: "permission denied: this process is part of a watched session".into(),
+                },
+            )
+            .await?;
+            return Ok(());
+        }
+    }
+    let who = user_name(cred.uid());
+    let req = match read_request(r).await {
+        Ok(req) => req,
+        Err(error) => return write_json(&mut w, &Reply::Error { error }).await,
+    };
+    match req {
+        Request::Status => {
+            // The kernel maps, SQLite and /proc: off the async workers, which run intake.
+            let s = shared.clone();
+            let st = tokio::task::spawn_blocking(move || status(&s)).await?;
+            write_json(&mut w, &Reply::Status(Box::new(st))).await
+        }
+        Request::Events { follow, trace } => {
+            stream_events(&mut w, &shared, follow, trace, false).await
+        }
+        Request::Findings { follow, trace } => {
+            stream_events(&mut w, &shared, follow, trace, true).await
+        }
+        Request::Holds { all } => {
+            let state = (!all).then_some(HoldState::Pending);
+            let a = shared.approvals.clone();
+            let reply = match tokio::task::spawn_blocking(move || a.list(state)).await? {
+                Ok(holds) => Reply::Holds { holds },
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::ShowHold { id } => {
+            let a = shared.approvals.clone();
+            let reply = match tokio::task::spawn_blocking(move || a.get(id.as_str())).await? {
+                Ok(h) => Reply::Hold { hold: Box::new(h) },
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::Approve {
+            id,
+            remember,
+            remember_profile,
+        } => {
+            let a = shared.approvals.clone();
+            let profile = match remember_profile {
+                true => match profile_of_hold(&shared, id.as_str()) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        return write_json(
+                            &mut w,
+                            &Reply::Error {
+                                error: e.to_string(),
+                            },
+                        )
+                        .await;
+                    }
+                },
+                false => None,
+            };
+            let r = tokio::task::spawn_blocking(move || {
+                a.approve(id.as_str(), &who, remember, profile)
+            })
+            .await?;
+            let reply = match r {
+                Ok(h) => {
+                    tracing::warn!(hold = %h.id, by = ?h.decided_by, "hold approved: session resumed");
+                    Reply::Hold { hold: Box::new(h) }
+                }
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::Deny { id } => {
+            let a = shared.approvals.clone();
+            let r = tokio::task::spawn_blocking(move || a.deny(id.as_str(), &who)).await?;
+            let reply = match r {
+                Ok(h) => {
+                    tracing::warn!(hold = %h.id, by = ?h.decided_by, result = ?h.result, "hold denied");
+                    Reply::Hold { hold: Box::new(h) }
+                }
+                Err(e) => Reply::Error {
+                    error: e.to_string(),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::KillSwitch {
+            op,
+            traces,
+            all,
+            mode,
+        } => {
+            let s = shared.clone();
+            let r = tokio::task::spawn_blocking(move || -> anyhow::Result<Reply> {
+                let (engaged, released) = match op {
+                    KillSwitchOp::Engage => (
+                        Some(crate::enforce::killswitch::engage(
+                            &s,
+                            traces,
+                            all,
+                            mode.unwrap_or(crate::model::hold::HaltMode::Freeze),
+                            &who,
+                        )?),
+                        Vec::new(),
+                    ),
+                    KillSwitchOp::Release => (None, crate::enforce::killswitch::release(&s, &who)?),
+                    KillSwitchOp::Status => (None, Vec::new()),
+                };
+                Ok(Reply::KillSwitch {
+                    kill_switch: s.approvals.kill_switch()?,
+                    engaged,
+                    released,
+                })
+            })
+            .await?;
+            write_json(&mut w, &reply_of(r)).await
+        }
+        Request::Reload => {
+            let s = shared.clone();
+            let reply = match tokio::task::spawn_blocking(move || s.reload("watcher rules reload"))
+                .await?
+            {
+                Ok((policy_version, rules)) => Reply::Reloaded {
+                    policy_version,
+                    rules,
+                },
+                Err(e) => Reply::Error {
+                    error: format!("rules not reloaded, the running policy stays in force: {e}"),
+                },
+            };
+            write_json(&mut w, &reply).await
+        }
+        Request::Launch { profile } => {
+            let reply = match cred.pid() {
+                Some(pid) => {
+                    let s = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        start_session(&s, pid as u32, profile, "launch")
+                    })
+                    .await?
+                }
+                None => Err(anyhow!("cannot tell the caller's pid")),
+            };
+            write_json(&mut w, &reply_of(reply)).await
+        }
+        Request::Attach { pid, profile } => {
+            let s = shared.clone();
+            let reply =
+                tokio::task::spawn_blocking(move || start_session(&s, pid, profile, "attach"))
+                    .await?;
+            write_json(&mut w, &reply_of(reply)).await
+        }
+    }
+}
+
+fn reply_of(r: anyhow::Result<Reply>) -> Reply {
+    r.unwrap_or_else(|e| Reply::Error {
+        error: format!("{e:#}"),
+    })
+}
+
+fn status(shared: &State) -> Status {
+    let kernel = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+    let drops = kernel.drops();
+    let per_type = EventKind::ALL
+        .iter()
+        .map(|k| {
+            (
+                k.name().to_string(),
+                KindCount {
+                    events: shared.counters.events[*k as usize].load(Ordering::Relaxed),
+                    drops: drops[*k as usize],
+                },
+            )
+        })
+        .collect();
+    let sessions = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .all();
+    let (p50, p99) = shared
+        .latency
+        .lock()
+        .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+        .unwrap_or((0, 0));
+    let kernel_watched = kernel.watched_pids();
+    let programs = kernel.program_stats();
+    Status {
+        programs,
+        processes_watched: kernel_watched.len(),
+        sessions,
+        kernel_watched,
+        per_type,
+        malformed_records: shared.counters.malformed.load(Ordering::Relaxed),
+        client_lag: shared.counters.client_lag.load(Ordering::Relaxed),
+        accept_errors: shared.counters.accept_errors.load(Ordering::Relaxed),
+        latency_us_p50: p50,
+        latency_us_p99: p99,
+        policy: policy_status(shared),
+        holds: holds_status(shared),
+    }
+}
+
+/// The profile of the session a hold is about (for `approve --remember-profile`).
+pub fn profile_of_hold(shared: &State, id: &str) -> anyhow::Result<String> {
+    let h = shared.approvals.get(id)?;
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .all()
+        .into_iter()
+        .find(|s| s.trace_id == h.trace_id)
+        .and_then(|s| s.profile)
+        .ok_or_else(|| {
+            anyhow!(
+                "session {} has no profile to remember the approval for",
+                h.trace_id
+            )
+        })
+}
+
+fn holds_status(shared: &State) -> HoldsStatus {
+    let (p50, p99) = shared
+        .hold_latency
+        .lock()
+        .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+        .unwrap_or((0, 0));
+    HoldsStatus {
+        enabled: shared.config.holds.enabled,
+        pending: shared
+            .approvals
+            .list(Some(HoldState::Pending))
+            .map(|v| v.len())
+            .unwrap_or(0),
+        opened: shared.counters.holds.load(Ordering::Relaxed),
+        kill_switch: shared.approvals.kill_switch().unwrap_or_default(),
+        freeze_us_p50: p50,
+        freeze_us_p99: p99,
+        protected_files: shared.counters.protected_files.load(Ordering::Relaxed),
+    }
+}
+
+/// Whether `pid` belongs to a watched session: in the kernel's map, or in a session cgroup.
+pub fn in_a_session(shared: &State, pid: u32) -> bool {
+    if shared
+        .kernel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_watched(pid)
+    {
+        return true;
+    }
+    crate::pipeline::tamper::session_of(shared, pid).is_some()
+}
+
+/// Whether the process at the other end of a loopback TCP connection (`peer` -> `local`) is
+/// part of a watched session. The kernel's socket table gives the peer socket's inode; only the
+/// watched processes' descriptors are then searched for it, not every process on the host.
+pub fn tcp_peer_in_a_session(
+    shared: &State,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+) -> bool {
+    let tables = [procfs::net::tcp(), procfs::net::tcp6()];
+    let inode = tables
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.local_address == peer && e.remote_address == local)
+        .map(|e| e.inode);
+    let Some(inode) = inode else {
+        // Gone already, or not in the table: nothing to refuse it by, and nothing to answer.
+        return false;
+    };
+    let mut pids = shared
+        .kernel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .watched_pids();
+    let cg = &shared.approvals.cgroups;
+    for t in cg.sessions() {
+        pids.extend(cg.pids(&t));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter().any(|pid| {
+        procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.fd())
+            .map(|fds| {
+                fds.flatten().any(
+                    |fd| matches!(fd.target, procfs::process::FDTarget::Socket(i) if i == inode),
+                )
+            })
+            .unwrap_or(false)
+    })
+}
+
+fn policy_status(shared: &State) -> PolicyStatus {
+    let active = shared.policy.load();
+    let c = &shared.counters;
+    PolicyStatus {
+        version: active.policy.version.clone(),
+        rules: active.policy.rules.len(),
+        source: shared
+            .config
+            .rules
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<shipped pack>".into()),
+        findings: c.findings.load(Ordering::Relaxed),
+        reloads: c.reloads.load(Ordering::Relaxed),
+        reload_errors: c.reload_errors.load(Ordering::Relaxed),
+        last_error: shared
+            .rules_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        kernel_exec: active.kernel.exec.len(),
+        kernel_open: active.kernel.open.len(),
+        kernel_deny: active.kernel.deny.len(),
+    }
+}
+
+fn start_session(
+    shared: &State,
+    pid: u32,
+    profile: Option<String>,
+    how: &str,
+) -> anyhow::Result<Reply> {
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(anyhow!("no process {pid}"));
+    }
+    let session_id = new_session_id();
+    let trace_id = new_trace_id();
+    let watch = Watch {
+        session_id,
+        profile: 0,
+        ppid: 0,
+    };
+    let seeds = shared
+        .seeds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let kernel = || shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+    // Register with intake before the kernel can emit a record for the process.
+    let seed = |p: u32| Seed {
+        pid: p,
+        ppid: ppid_of(p),
+        session_id,
+        cwd: std::fs::read_link(format!("/proc/{p}/cwd")).ok(),
+    };
+    {
+        let mut k = kernel();
+        if k.watched.get(&pid, 0).is_ok() {
+            return Err(anyhow!("process {pid} is already watched"));
+        }
+        let _ = seeds.send(seed(pid));
+        k.watch(pid, watch)?;
+    }
+    let mut pids = vec![pid];
+    // Children forked from now on are added by the kernel; catch the ones that already exist,
+    // repeating until a pass finds nothing new (a child may fork while we walk). The walk reads
+    // /proc without the kernel lock, which intake and status need too.
+    loop {
+        let mut new = 0;
+        for child in descendants(pid) {
+            if !pids.contains(&child) {
+                let _ = seeds.send(seed(child));
+                let mut k = kernel();
+                if k.watched.get(&child, 0).is_err() {
+                    k.watch(child, watch)?;
+                }
+                pids.push(child);
+                new += 1;
+            }
+        }
+        if new == 0 {
+            break;
+        }
+    }
+    // The session's own cgroup: a hold freezes it whole, a deny kills it whole.
+    if let Err(e) = shared.approvals.cgroups.create(&trace_id, &pids) {
+        tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
+    }
+    let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .start(Session {
+            trace_id: trace_id.clone(),
+            session_id,
+            profile,
+            started_by: how.into(),
+            root_pid: pid,
+            started: now,
+            processes: pids.len() as u32,
+            events: 0,
+            ended: None,
+            cgroup_id: shared.approvals.cgroups.id(&trace_id),
+        });
+    tracing::info!(%trace_id, pid, how, "session started");
+    Ok(Reply::Started { trace_id, pids })
+}
+
+async fn stream_events(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    shared: &State,
+    follow: bool,
+    trace: Option<crate::model::ids::TraceId>,
+    findings_only: bool,
+) -> anyhow::Result<()> {
+    let keep = |e: &Event| {
+        trace.as_ref().is_none_or(|t| e.trace_id == t.as_str())
+            && (!findings_only || matches!(e.detail, Detail::Finding(_)))
+    };
+    // Subscribe before copying the backlog so nothing falls between the two.
+    let mut rx = shared.live.subscribe();
+    let source = if findings_only {
+        &shared.findings
+    } else {
+        &shared.recent
+    };
+    let backlog: Vec<_> = source
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let last_seq = backlog.last().map(|e| e.seq);
+    for ev in backlog.iter().filter(|e| keep(e)) {
+        write_json(w, ev.as_ref()).await?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                // Events published between subscribe and the backlog copy are in both.
+                if last_seq.is_some_and(|l| ev.seq <= l) {
+                    continue;
+                }
+                if keep(&ev) {
+                    write_json(w, ev.as_ref()).await?;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                shared.counters.client_lag.fetch_add(n, Ordering::Relaxed);
+                write_json(w, &Skipped { skipped: n }).await?;
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}

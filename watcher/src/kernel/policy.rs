@@ -1,0 +1,45 @@
+//! The part of a policy the kernel decides alone, as the kernel maps take it. The rules layer
+//! compiles it (`rules::kernel`); the loader writes it into the fast-path maps.
+use ipnet::IpNet;
+
+/// What the kernel does when a fast-path entry matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelAction {
+    /// Flag the record only (holds, when the daemon runs with holds disabled).
+    Mark,
+    /// SIGSTOP at the hook; the daemon freezes the session and opens a hold.
+    Stop,
+    Kill,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathEntry {
+    pub path: String,
+    /// A prefix (`/dir/` or `/dir/name_`) rather than one exact path.
+    pub prefix: bool,
+    /// `watcher_common::INTENT_*` bits the open must have one of (0: any open).
+    pub intent: u32,
+    pub action: KernelAction,
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetEntry {
+    pub net: IpNet,
+    pub ports: (u16, u16),
+    pub rule: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelPolicy {
+    pub exec: Vec<PathEntry>,
+    pub open: Vec<PathEntry>,
+    pub deny: Vec<NetEntry>,
+}
+
+impl KernelPolicy {
+    pub fn has_rule(&self, id: &str) -> bool {
+        self.exec.iter().chain(&self.open).any(|e| e.rule == id)
+            || self.deny.iter().any(|e| e.rule == id)
+    }
+}

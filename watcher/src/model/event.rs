@@ -1,0 +1,413 @@
+//! Events as users see them (`watcher events`): one JSON object per line, or one readable line.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Position in the daemon's event stream (gap-free; a client can spot what it missed).
+    #[serde(default)]
+    pub seq: u64,
+    /// Wall-clock time of the kernel event (RFC 3339 with nanoseconds on the wire).
+    pub ts: Ts,
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Thread id that made the call.
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub trace_id: String,
+    pub comm: String,
+    pub cgroup_id: u64,
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Detail {
+    Exec {
+        path: String,
+        argv: Vec<String>,
+        /// argv was longer than the kernel copies (see README: limits).
+        #[serde(default, skip_serializing_if = "is_false")]
+        argv_truncated: bool,
+        /// The kernel could not read argv: `argv` is empty because it is unknown.
+        #[serde(default, skip_serializing_if = "is_false")]
+        argv_missing: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+    },
+    Fork {
+        child_pid: u32,
+        thread: bool,
+    },
+    Exit {
+        /// The exit status when the process exited, or None when a signal ended it.
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    Open {
+        /// Absolute when it could be resolved (see `resolved`).
+        path: String,
+        /// Open flags by name: O_RDONLY, O_WRONLY or O_RDWR first.
+        flags: Vec<Name>,
+        mode: u32,
+        /// A file descriptor, or a negative errno.
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        /// False when a relative path could not be made absolute.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        path_truncated: bool,
+    },
+    Connect {
+        /// inet, inet6, unix or other.
+        family: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+    },
+    /// A signal a watched process sent.
+    Signal {
+        target_pid: u32,
+        signal: i32,
+        /// 0: delivered; otherwise ignored, already pending, ... (the kernel's trace result).
+        result: i32,
+    },
+    /// ptrace attach (request 16) or seize (0x4206) by a watched process.
+    Ptrace {
+        target_pid: u32,
+        request: u32,
+        /// 0, or the negative errno of a refused attach. Absent (0) in events stored before
+        /// the watcher recorded it.
+        #[serde(default)]
+        result: i64,
+    },
+    Finding(Box<Finding>),
+}
+
+/// A rule matched: what it decided and the events that made it match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    pub rule: String,
+    pub description: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What the rule asks for.
+    pub action: Action,
+    pub mode: Mode,
+    /// What was actually done.
+    pub outcome: Outcome,
+    /// The policy's content hash.
+    pub policy_version: String,
+    /// The kernel matched this event on its fast path (and acted, see `outcome`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub in_kernel: bool,
+    /// The hold this finding opened or joined (`watcher show-hold ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
+    /// The events that matched, in order (the last one completed the rule).
+    pub evidence: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Monitor mode: recorded what the action would have been, did nothing.
+    Monitored,
+    /// An alert was raised (this finding).
+    Alerted,
+    /// The kernel sent SIGKILL at the hook, before the process ran another instruction.
+    KilledInKernel,
+    /// The kernel refused the connect.
+    RefusedInKernel,
+    /// Enforce mode with holds disabled (`[holds] enabled = false`): recorded as what would
+    /// have been done.
+    NotEnforced,
+    /// The session is frozen and waits for a human (see `hold`).
+    Held,
+    /// The daemon killed the process (SIGKILL) as soon as the finding was made.
+    Killed,
+    /// An approver said this rule may pass for this session (`approve --remember`).
+    Excepted,
+}
+
+/// A wall-clock time, formatted only when an event is written out (most events never are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ts(pub std::time::SystemTime);
+
+impl std::fmt::Display for Ts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_nanos(self.0))
+    }
+}
+
+impl Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Ts)
+            .map_err(|e| serde::de::Error::custom(format!("ts {text:?}: {e}")))
+    }
+}
+
+impl Ts {
+    /// Nanoseconds since the Unix epoch (0 before it).
+    pub fn unix_ns(&self) -> u64 {
+        self.0
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn yes() -> bool {
+    true
+}
+
+impl Detail {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detail::Exec { .. } => "exec",
+            Detail::Fork { .. } => "fork",
+            Detail::Exit { .. } => "exit",
+            Detail::Open { .. } => "open",
+            Detail::Connect { .. } => "connect",
+            Detail::Signal { .. } => "signal",
+            Detail::Ptrace { .. } => "ptrace",
+            Detail::Finding(_) => "finding",
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let trace = self.trace_id.get(..8).unwrap_or(&self.trace_id);
+        write!(
+            f,
+            "{} {} {:<7} pid={} ppid={} comm={} ",
+            self.ts,
+            trace,
+            self.detail.kind(),
+            self.pid,
+            self.ppid,
+            self.comm
+        )?;
+        match &self.detail {
+            Detail::Exec { path, argv, .. } => write!(f, "{path} {argv:?}"),
+            Detail::Fork { child_pid, thread } => {
+                write!(
+                    f,
+                    "{} {child_pid}",
+                    if *thread { "thread" } else { "child" }
+                )
+            }
+            Detail::Exit { exit_code, signal } => match (exit_code, signal) {
+                (_, Some(sig)) => write!(f, "killed by signal {sig}"),
+                (Some(code), None) => write!(f, "exit code {code}"),
+                (None, None) => write!(f, "exited"),
+            },
+            Detail::Open {
+                path,
+                flags,
+                result,
+                error,
+                ..
+            } => write!(
+                f,
+                "{path} {} -> {}",
+                flags.join("|"),
+                error
+                    .clone()
+                    .unwrap_or_else(|| format!("fd {result}").into())
+            ),
+            Detail::Connect {
+                addr,
+                port,
+                path,
+                result,
+                error,
+                ..
+            } => {
+                match (addr, port, path) {
+                    (Some(a), Some(p), _) => write!(f, "{a}:{p}")?,
+                    (_, _, Some(p)) => write!(f, "{p}")?,
+                    _ => write!(f, "?")?,
+                }
+                write!(
+                    f,
+                    " -> {}",
+                    error.clone().unwrap_or_else(|| result.to_string().into())
+                )
+            }
+            Detail::Signal {
+                target_pid, signal, ..
+            } => write!(f, "signal {signal} to {target_pid}"),
+            Detail::Ptrace {
+                target_pid,
+                request,
+                result,
+            } => write!(f, "ptrace request {request:#x} on {target_pid} -> {result}"),
+            Detail::Finding(x) => write!(
+                f,
+                "{:?} {} action={:?} mode={:?} outcome={:?}: {}",
+                x.severity, x.rule, x.action, x.mode, x.outcome, x.description
+            ),
+        }
+    }
+}
+
+/// A symbolic name (open flag, errno): static for the kernel's own names, so an event costs no
+/// allocation for them; owned when read back from JSON.
+pub type Name = std::borrow::Cow<'static, str>;
+
+/// Open flags by name, access mode first.
+pub fn open_flags(flags: u64) -> Vec<Name> {
+    let flags = flags as i32;
+    let mut out = vec![match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => "O_WRONLY",
+        libc::O_RDWR => "O_RDWR",
+        _ => "O_RDONLY",
+    }
+    .into()];
+    let named = [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_CLOEXEC, "O_CLOEXEC"),
+        (libc::O_TMPFILE & !libc::O_DIRECTORY, "O_TMPFILE"),
+        (libc::O_PATH, "O_PATH"),
+        (libc::O_SYNC, "O_SYNC"),
+    ];
+    for (bit, name) in named {
+        if flags & bit == bit {
+            out.push(name.into());
+        }
+    }
+    out
+}
+
+/// `-errno` as its symbolic name.
+pub fn errno_name(result: i64) -> Option<Name> {
+    if result >= 0 {
+        return None;
+    }
+    let e = (-result) as i32;
+    let name = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::EROFS => "EROFS",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EISCONN => "EISCONN",
+        libc::EAGAIN => "EAGAIN",
+        libc::EINTR => "EINTR",
+        _ => return Some(format!("errno {e}").into()),
+    };
+    Some(name.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let ev = Event {
+            seq: 1,
+            ts: Ts(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_500_000_000_123_456_789)
+            ),
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            uid: 0,
+            trace_id: "ab".into(),
+            comm: "cat".into(),
+            cgroup_id: 3,
+            detail: Detail::Open {
+                path: "/tmp/x".into(),
+                flags: open_flags(libc::O_WRONLY as u64 | libc::O_CREAT as u64),
+                mode: 0o644,
+                result: -2,
+                error: errno_name(-2),
+                resolved: true,
+                path_truncated: false,
+            },
+        };
+        let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["type"], "open");
+        assert_eq!(v["path"], "/tmp/x");
+        assert_eq!(v["flags"], serde_json::json!(["O_WRONLY", "O_CREAT"]));
+        assert_eq!(v["error"], "ENOENT");
+        assert_eq!(v["trace_id"], "ab");
+        assert_eq!(v["ts"], "2017-07-14T02:40:00.123456789Z");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Alert,
+    Hold,
+    Kill,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Record what would have been done.
+    #[default]
+    Monitor,
+    Enforce,
+}

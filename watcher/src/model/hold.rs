@@ -1,0 +1,182 @@
+//! Holds, decisions and the kill-switch as records: what the store keeps, the API returns and
+//! the pipeline hands to enforcement.
+use serde::{Deserialize, Serialize};
+
+use super::event::{Event, Outcome};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldState {
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldState::Pending => "pending",
+            HoldState::Approved => "approved",
+            HoldState::Denied => "denied",
+        }
+    }
+}
+
+/// What is held.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldKind {
+    /// The session is frozen (a rule's hold).
+    #[default]
+    Session,
+    /// An open of a protected path waits in the kernel (fanotify); deny refuses it (EPERM).
+    ProtectedOpen,
+}
+
+/// A process of the held session when the hold began.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub exe: String,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hold {
+    pub id: String,
+    #[serde(default)]
+    pub kind: HoldKind,
+    pub trace_id: String,
+    pub rule: String,
+    pub policy_version: String,
+    pub state: HoldState,
+    /// The finding event (its `evidence` holds the events that matched).
+    pub finding: Event,
+    /// The event that completed the rule.
+    pub trigger: Event,
+    pub tree: Vec<ProcInfo>,
+    /// The session's events before the hold, oldest first.
+    pub recent: Vec<Event>,
+    pub started: String,
+    pub deadline: String,
+    pub deadline_ms: i64,
+    /// Processes the kernel stopped (SIGSTOP) at the hook: they get SIGCONT on approve.
+    #[serde(default)]
+    pub stopped: Vec<u32>,
+    /// From the kernel event to the whole session frozen, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// `approve --remember`: an exception was recorded.
+    #[serde(default)]
+    pub remembered: bool,
+    /// What deny did (`killed session`, `killed process 123`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// What a new hold is made of; `Approvals::record` adds the times and the state.
+pub struct HoldDraft {
+    pub id: String,
+    pub kind: HoldKind,
+    pub finding: Event,
+    pub trigger: Event,
+    pub tree: Vec<ProcInfo>,
+    pub recent: Vec<Event>,
+    pub stopped: Vec<u32>,
+    pub rule: String,
+    pub policy_version: String,
+    pub frozen_us: Option<u64>,
+}
+
+/// `approve --remember`: the same rule does not hold this session (or profile) again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Exception {
+    pub rule: String,
+    /// `trace` or `profile`.
+    pub scope: String,
+    pub value: String,
+    pub by: String,
+    pub at: String,
+    pub hold: String,
+}
+
+/// The kill-switch, as stored (so a restart keeps it engaged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KillSwitchState {
+    pub engaged: bool,
+    /// `freeze` or `kill`.
+    #[serde(default)]
+    pub mode: String,
+    /// Sessions it applies to; empty with `all`.
+    #[serde(default)]
+    pub traces: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub at: String,
+}
+
+/// What deny stops.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyScope {
+    /// Every process of the session (`cgroup.kill`).
+    #[default]
+    Session,
+    /// Only the triggering process; the rest of the session resumes.
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HaltMode {
+    Freeze,
+    Kill,
+}
+
+impl HaltMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaltMode::Freeze => "freeze",
+            HaltMode::Kill => "kill",
+        }
+    }
+}
+
+/// What an engage did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Engaged {
+    pub sessions: Vec<String>,
+    pub processes: usize,
+    /// From the request to every session frozen (or killed).
+    pub micros: u64,
+}
+
+/// What a tamper finding does to the session.
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TamperAction {
+    /// Kill-switch (freeze) for the offending session.
+    #[default]
+    Freeze,
+    /// Kill-switch (kill) for the offending session.
+    Kill,
+    /// Record the finding only.
+    Alert,
+}
+
+/// What happened to a finding, and the hold it opened or joined.
+#[derive(Debug)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub hold: Option<String>,
+    /// A hold this finding opened (the caller records it).
+    pub new_hold: bool,
+}

@@ -1,0 +1,192 @@
+//! The control socket's protocol: one JSON request line, then JSON reply lines.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    hold::{Engaged, HaltMode, Hold, KillSwitchState},
+    ids::{HoldId, TraceId},
+    session::Session,
+};
+
+/// The longest request line a client may send; longer ones are refused with an error.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Recent events, then (with `follow`) live ones.
+    Events {
+        follow: bool,
+        trace: Option<TraceId>,
+    },
+    /// Watch a running process and its descendants as a new session.
+    Attach {
+        pid: u32,
+        profile: Option<String>,
+    },
+    /// Watch the calling process (which then execs the agent) as a new session.
+    Launch {
+        profile: Option<String>,
+    },
+    /// Recent findings, then (with `follow`) live ones.
+    Findings {
+        follow: bool,
+        trace: Option<TraceId>,
+    },
+    /// Load the rule files again.
+    Reload,
+    /// Holds (pending only unless `all`).
+    Holds {
+        all: bool,
+    },
+    ShowHold {
+        id: HoldId,
+    },
+    Approve {
+        id: HoldId,
+        remember: bool,
+        /// Remember for every session of this session's profile.
+        #[serde(default)]
+        remember_profile: bool,
+    },
+    Deny {
+        id: HoldId,
+    },
+    KillSwitch {
+        op: KillSwitchOp,
+        #[serde(default)]
+        traces: Vec<TraceId>,
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        mode: Option<HaltMode>,
+    },
+}
+
+/// A request line as the server reads it (at most `MAX_LINE` bytes): UTF-8 JSON of one
+/// `Request`. The error says what is wrong, for the client.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_LINE {
+        return Err(format!(
+            "bad request: the request line is over {} bytes",
+            MAX_LINE
+        ));
+    }
+    let text =
+        std::str::from_utf8(line).map_err(|_| "bad request: the request line is not UTF-8")?;
+    serde_json::from_str(text).map_err(|e| format!("bad request: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KillSwitchOp {
+    Engage,
+    Release,
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Error {
+        error: String,
+    },
+    Started {
+        trace_id: String,
+        pids: Vec<u32>,
+    },
+    Reloaded {
+        policy_version: String,
+        rules: usize,
+    },
+    Holds {
+        holds: Vec<Hold>,
+    },
+    Hold {
+        hold: Box<Hold>,
+    },
+    KillSwitch {
+        kill_switch: KillSwitchState,
+        #[serde(default)]
+        engaged: Option<Engaged>,
+        #[serde(default)]
+        released: Vec<String>,
+    },
+    Status(Box<Status>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KindCount {
+    pub events: u64,
+    pub drops: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub sessions: Vec<Session>,
+    /// Processes in the user-space tree.
+    pub processes_watched: usize,
+    /// Entries of the kernel's watched-process map.
+    pub kernel_watched: Vec<u32>,
+    /// Per event type: records received and records the kernel could not reserve.
+    pub per_type: std::collections::BTreeMap<String, KindCount>,
+    pub malformed_records: u64,
+    pub client_lag: u64,
+    /// Failed accepts on the control socket and the API since the daemon started.
+    #[serde(default)]
+    pub accept_errors: u64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub policy: PolicyStatus,
+    pub holds: HoldsStatus,
+    /// Each kernel program's run count and time; they count only while BPF run-time
+    /// statistics are on (`sysctl kernel.bpf_stats_enabled=1`), which costs a little per run.
+    #[serde(default)]
+    pub programs: Vec<ProgramStat>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProgramStat {
+    pub name: String,
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HoldsStatus {
+    pub enabled: bool,
+    pub pending: usize,
+    /// Holds opened since the daemon started.
+    pub opened: u64,
+    pub kill_switch: KillSwitchState,
+    /// Kernel event to "whole session frozen".
+    pub freeze_us_p50: u64,
+    pub freeze_us_p99: u64,
+    /// Protected files whose opens wait for a verdict (found at start or created since).
+    #[serde(default)]
+    pub protected_files: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub version: String,
+    pub rules: usize,
+    /// Where the rules come from (`<shipped pack>` or a path).
+    pub source: String,
+    pub findings: u64,
+    pub reloads: u64,
+    pub reload_errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Entries in the kernel's fast-path maps: exec paths, open paths, denied networks.
+    pub kernel_exec: usize,
+    pub kernel_open: usize,
+    pub kernel_deny: usize,
+}
+
+/// A line that says the stream skipped events (slow client), sent in place of them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Skipped {
+    pub skipped: u64,
+}

@@ -1,0 +1,669 @@
+//! Intake: drains the kernel ring buffer, decodes records, keeps the process tree, resolves
+//! paths and attaches the session's trace id, on one thread. When it falls behind, the kernel
+//! ring holds the backlog and counts what it cannot reserve, per event kind (nothing is lost
+//! silently).
+pub mod decode;
+pub mod tree;
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, RingBuf};
+use watcher_common::{
+    EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
+};
+
+use self::{
+    decode::{decode, Record, SockAddr},
+    tree::{Proc, Tree},
+};
+use super::{Core, Seed};
+use crate::{
+    model::{
+        event::{errno_name, open_flags, Detail, Event, Finding, Outcome, Ts},
+        hold::{Decision, HoldDraft, HoldKind},
+        session::{new_trace_id, Session},
+    },
+    rules::{Match, SeqState},
+};
+
+/// Decoded records waiting for the pipeline: a burst waits here, in user memory, rather than
+/// filling the kernel's ring (which would then have to drop).
+const QUEUE: usize = 65536;
+/// Records processed between two looks at the kernel's ring.
+const SLICE: usize = 4096;
+
+/// Starts the reader and the alert thread; they run until the process ends.
+pub fn spawn(
+    (events, alerts): (RingBuf<MapData>, RingBuf<MapData>),
+    shared: Arc<Core>,
+    seeds: std::sync::mpsc::Receiver<Seed>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let reader = Reader {
+        events,
+        queue: std::collections::VecDeque::with_capacity(QUEUE),
+        batch_wait: shared.config.daemon.batch_wait,
+        intake: Intake::new(shared.clone(), seeds),
+        shared: shared.clone(),
+    };
+    std::thread::Builder::new()
+        .name("intake".into())
+        .spawn(move || {
+            // Holds and tamper actions start blocking work on the runtime.
+            let _rt = runtime.enter();
+            reader.run()
+        })
+        .map_err(|e| anyhow::anyhow!("starting the intake thread: {e}"))?;
+    let alerts = Alerts {
+        ring: alerts,
+        shared,
+    };
+    std::thread::Builder::new()
+        .name("intake-alerts".into())
+        .spawn(move || alerts.run())
+        .map_err(|e| anyhow::anyhow!("starting the alert thread: {e}"))?;
+    Ok(())
+}
+
+/// Drains the record ring and runs each record through the pipeline, on a thread of its own.
+/// While records keep coming it sleeps `batch_wait` between drains; when a drain finds nothing
+/// it blocks until the kernel wakes it. One thread for both: handing records to another
+/// thread cost a second wake-up per batch, more than the pipeline's own work at agent rates.
+/// Everything slow (hold records, kill-switch) is started on the runtime, not done here.
+struct Reader {
+    events: RingBuf<MapData>,
+    queue: std::collections::VecDeque<Record>,
+    batch_wait: Duration,
+    intake: Intake,
+    shared: Arc<Core>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        loop {
+            if let Err(e) = wait_readable(&self.events) {
+                tracing::error!("polling the ring buffer failed, intake stopped: {e}");
+                return;
+            }
+            while self.drain() > 0 && !self.batch_wait.is_zero() {
+                std::thread::sleep(self.batch_wait);
+            }
+        }
+    }
+
+    /// Processes every waiting record; returns how many.
+    fn drain(&mut self) -> u32 {
+        let mut n = 0u32;
+        loop {
+            self.fill();
+            if self.queue.is_empty() {
+                return n;
+            }
+            for _ in 0..SLICE {
+                let Some(rec) = self.queue.pop_front() else {
+                    break;
+                };
+                self.intake.process(rec);
+                n += 1;
+            }
+        }
+    }
+
+    /// Moves records from the kernel's ring into the queue until the ring is empty or the
+    /// queue full.
+    fn fill(&mut self) {
+        while self.queue.len() < QUEUE {
+            let Some(item) = self.events.next() else {
+                return;
+            };
+            let rec = match decode(&item) {
+                Ok(r) => r,
+                Err(e) => {
+                    malformed(&self.shared, "record", &e);
+                    continue;
+                }
+            };
+            drop(item);
+            let hdr = rec.header();
+            if hdr.flags & EVENT_FLAG_STOPPED != 0 {
+                // Normally frozen from the alert already (a second write is harmless); this
+                // covers an alert the kernel could not write.
+                self.shared.cgroups.freeze_id(hdr.cgroup_id, hdr.ts_ns);
+            }
+            self.queue.push_back(rec);
+        }
+    }
+}
+
+/// Freezes the session of a hold the kernel decided (the trigger is stopped already) as soon
+/// as the kernel says so, on a thread that does nothing else and runs at real-time priority
+/// when allowed: neither a busy pipeline nor a busy CPU delays it. It wakes only for holds.
+struct Alerts {
+    ring: RingBuf<MapData>,
+    shared: Arc<Core>,
+}
+
+impl Alerts {
+    fn run(mut self) {
+        realtime_priority();
+        loop {
+            if let Err(e) = wait_readable(&self.ring) {
+                tracing::error!("polling the alert ring failed, kernel holds freeze late: {e}");
+                return;
+            }
+            while let Some(item) = self.ring.next() {
+                match decode::alert(&item) {
+                    Ok(a) if a.flags & EVENT_FLAG_STOPPED != 0 => {
+                        self.shared.cgroups.freeze_id(a.cgroup_id, a.ts_ns);
+                    }
+                    Ok(_) => {}
+                    Err(e) => malformed(&self.shared, "alert", &e),
+                }
+            }
+        }
+    }
+}
+
+/// SCHED_FIFO at the lowest real-time priority for the calling thread (and the threads it
+/// starts). Only for threads that sleep until the kernel has something urgent.
+fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: plain syscall on the calling thread (0).
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        tracing::debug!(
+            "no real-time priority for the alert thread: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Counts and logs a ring entry that could not be decoded.
+fn malformed(shared: &Core, what: &str, e: &decode::DecodeError) {
+    shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!("malformed {what}: {e}");
+}
+
+/// Blocks until `ring` has data.
+fn wait_readable(ring: &RingBuf<MapData>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut fd, 1, -1) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Converts kernel CLOCK_BOOTTIME stamps to wall-clock time.
+struct Clock {
+    offset_ns: i128,
+    /// The boot-time stamp of the event at the last measurement.
+    refreshed_boot_ns: u64,
+}
+
+/// How often (in kernel time) the boot-to-wall offset is measured again.
+const CLOCK_REFRESH_NS: u64 = 10_000_000_000;
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            offset_ns: Self::measure(),
+            refreshed_boot_ns: 0,
+        }
+    }
+
+    fn measure() -> i128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let boot = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        wall - boot
+    }
+
+    fn wall(&mut self, boot_ns: u64) -> SystemTime {
+        // Follow clock steps (NTP) without a syscall per event: the events' own kernel time
+        // says when the last measurement is old.
+        if boot_ns.abs_diff(self.refreshed_boot_ns) > CLOCK_REFRESH_NS {
+            self.offset_ns = Self::measure();
+            self.refreshed_boot_ns = boot_ns;
+        }
+        let ns = (boot_ns as i128 + self.offset_ns).max(0) as u128;
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+pub struct Intake {
+    shared: Arc<Core>,
+    seeds: std::sync::mpsc::Receiver<Seed>,
+    tree: Tree,
+    clock: Clock,
+    seq: SeqState,
+    /// Kernel time of the last sweep of expired sequence state.
+    last_sweep_ns: u64,
+    policy_version: String,
+    matches: Vec<Match>,
+    sampled: u32,
+    /// The watcher's own files (tamper checks).
+    own: Vec<std::path::PathBuf>,
+}
+
+/// Kernel-to-intake latency is measured on one event in this many.
+const LATENCY_SAMPLE: u32 = 16;
+
+impl Intake {
+    pub fn new(shared: Arc<Core>, seeds: std::sync::mpsc::Receiver<Seed>) -> Intake {
+        Intake {
+            own: crate::pipeline::tamper::own_paths(&shared),
+            shared,
+            seeds,
+            tree: Tree::default(),
+            clock: Clock::new(),
+            seq: SeqState::default(),
+            last_sweep_ns: 0,
+            policy_version: String::new(),
+            matches: Vec::new(),
+            sampled: 0,
+        }
+    }
+
+    /// Processes the launches and attaches registered since the last call. A process of a new
+    /// session was registered before it could produce a record, so draining here, when a
+    /// record names a process we do not know, never misses one.
+    fn take_seeds(&mut self) {
+        while let Ok(s) = self.seeds.try_recv() {
+            let (exe, argv) = crate::sys::procfs::proc_exe_argv(s.pid);
+            self.tree.insert(
+                s.pid,
+                Proc {
+                    ppid: s.ppid,
+                    session_id: s.session_id,
+                    comm: String::new(),
+                    argv,
+                    exe,
+                    cwd: s.cwd,
+                    fds: Default::default(),
+                },
+            );
+        }
+    }
+
+    pub fn process(&mut self, rec: Record) {
+        let hdr = *rec.header();
+        let kind = hdr.kind as usize;
+        if let Some(c) = self.shared.counters.events.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.tree.get(hdr.tgid).is_none() {
+            self.take_seeds();
+        }
+        let ts = self.clock.wall(hdr.ts_ns);
+        let ts_text = || humantime::format_rfc3339_nanos(ts).to_string();
+        self.record_latency(ts);
+        let comm = decode::cstr(&hdr.comm);
+        let Some(detail) = self.apply(rec, &hdr, &comm) else {
+            return;
+        };
+        let mut new_matcher_session = false;
+        let mut session_ended = false;
+        let (trace_id, profile, stray) = {
+            let mut sessions = self
+                .shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if sessions.get(hdr.session_id).is_none() {
+                // A session the kernel started (agent matcher) and we have not seen yet.
+                let profile = match &detail {
+                    Detail::Exec { profile, .. } => profile.clone(),
+                    _ => None,
+                };
+                let trace_id = new_trace_id();
+                let cgroups = &self.shared.cgroups;
+                if let Err(e) = cgroups.create(&trace_id, &[hdr.tgid]) {
+                    tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
+                }
+                new_matcher_session = true;
+                sessions.start(Session {
+                    cgroup_id: cgroups.id(&trace_id),
+                    trace_id,
+                    session_id: hdr.session_id,
+                    profile,
+                    started_by: "matcher".into(),
+                    root_pid: hdr.tgid,
+                    started: ts_text(),
+                    processes: 1,
+                    events: 0,
+                    ended: None,
+                });
+            }
+            let s = sessions.get_mut(hdr.session_id).expect("inserted above");
+            s.events += 1;
+            let trace = s.trace_id.clone();
+            let profile = s.profile.clone();
+            // A process of the session outside its cgroup would keep running through a hold.
+            let stray = s.cgroup_id.is_some_and(|id| id != hdr.cgroup_id)
+                && !matches!(detail, Detail::Exit { .. });
+            match &detail {
+                Detail::Fork { thread: false, .. } => s.processes += 1,
+                Detail::Exit { .. } => {
+                    sessions.process_exited(hdr.session_id, &ts_text());
+                    session_ended = sessions
+                        .get(hdr.session_id)
+                        .is_none_or(|s| s.ended.is_some());
+                }
+                _ => {}
+            }
+            (trace, profile, stray)
+        };
+        if new_matcher_session {
+            self.gather(&trace_id, hdr.session_id);
+        } else if stray {
+            self.move_into_session(&trace_id, hdr.tgid);
+        }
+        let ev = self.shared.publish(Event {
+            seq: 0,
+            ts: Ts(ts),
+            pid: hdr.tgid,
+            tid: hdr.pid,
+            ppid: hdr.ppid,
+            uid: hdr.uid,
+            trace_id,
+            comm,
+            cgroup_id: hdr.cgroup_id,
+            detail,
+        });
+        if let Some(why) = crate::pipeline::tamper::check(&self.shared, &self.own, &ev) {
+            crate::pipeline::tamper::act(&self.shared, &ev, why);
+        }
+        self.detect(
+            &ev,
+            hdr.ts_ns,
+            profile.as_deref(),
+            hdr.flags & EVENT_FLAG_FAST_PATH != 0,
+            hdr.session_id,
+        );
+        // Sequence state that can no longer complete goes: at a process's exit, at a
+        // session's end, and by age once a second.
+        if matches!(ev.detail, Detail::Exit { .. }) {
+            self.seq.process_exited(ev.pid);
+            if session_ended {
+                self.seq.session_ended(&ev.trace_id);
+            }
+        }
+        if hdr.ts_ns.saturating_sub(self.last_sweep_ns) >= 1_000_000_000 {
+            self.seq.sweep(hdr.ts_ns);
+            self.last_sweep_ns = hdr.ts_ns;
+        }
+    }
+
+    /// Moves every process the kernel counts in a session the kernel started (agent matcher)
+    /// into its new cgroup: children forked before intake saw the session are not in it yet.
+    fn gather(&self, trace: &str, session_id: u64) {
+        let pids = self
+            .shared
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pids_of_session(session_id);
+        for pid in pids {
+            self.move_into_session(trace, pid);
+        }
+    }
+
+    /// Puts `pid` into the session's cgroup; it was outside (its record said so).
+    fn move_into_session(&self, trace: &str, pid: u32) {
+        if let Err(e) = self.shared.cgroups.add(trace, pid) {
+            tracing::warn!(trace_id = %trace, pid, "cannot move into the session cgroup: {e}");
+        }
+    }
+
+    /// Runs the policy on the event and publishes a finding per rule it completes.
+    fn detect(
+        &mut self,
+        ev: &Arc<Event>,
+        ts_ns: u64,
+        profile: Option<&str>,
+        in_kernel: bool,
+        session_id: u64,
+    ) {
+        let active = self.shared.policy.load();
+        let policy = &active.policy;
+        if policy.version != self.policy_version {
+            // Partial sequences belong to the policy that started them.
+            self.seq.clear();
+            self.policy_version.clone_from(&policy.version);
+        }
+        let mut matches = std::mem::take(&mut self.matches);
+        policy.evaluate(ev, ts_ns, profile, &self.tree, &mut self.seq, &mut matches);
+        for m in matches.drain(..) {
+            let rule = &policy.rules[m.rule];
+            // The fast-path flag belongs to this event; only a rule the kernel holds can own it.
+            let kernel_rule = in_kernel && active.kernel.has_rule(&rule.id);
+            let tree = &self.tree;
+            let enforcement = self.shared.enforcement();
+            let d = match enforcement {
+                Some(e) => e.decide(rule, ev, ts_ns, kernel_rule, profile, &|| {
+                    tree.session_pids(session_id)
+                }),
+                // Not wired (a tool that runs the pipeline alone): recorded, not enforced.
+                None => Decision {
+                    outcome: Outcome::NotEnforced,
+                    hold: None,
+                    new_hold: false,
+                },
+            };
+            let outcome = d.outcome;
+            let finding = Finding {
+                rule: rule.id.clone(),
+                description: rule.description.clone(),
+                severity: rule.severity,
+                tags: rule.tags.clone(),
+                action: rule.action,
+                mode: rule.mode,
+                outcome,
+                policy_version: policy.version.clone(),
+                in_kernel: kernel_rule,
+                hold: d.hold.clone(),
+                evidence: m.evidence.iter().map(|e| e.as_ref().clone()).collect(),
+            };
+            tracing::info!(rule = %finding.rule, trace_id = %ev.trace_id, pid = ev.pid, outcome = ?outcome, "finding");
+            let published = self.shared.publish(Event {
+                seq: 0,
+                ts: ev.ts,
+                pid: ev.pid,
+                tid: ev.tid,
+                ppid: ev.ppid,
+                uid: ev.uid,
+                trace_id: ev.trace_id.clone(),
+                comm: ev.comm.clone(),
+                cgroup_id: ev.cgroup_id,
+                detail: Detail::Finding(Box::new(finding)),
+            });
+            if let (true, Some(id), Some(e)) = (d.new_hold, d.hold, enforcement) {
+                // The kernel stopped the trigger at the hook (SIGSTOP): it needs SIGCONT later.
+                let stopped = if kernel_rule && !matches!(ev.detail, Detail::Connect { .. }) {
+                    vec![ev.pid]
+                } else {
+                    Vec::new()
+                };
+                e.record_hold(HoldDraft {
+                    id,
+                    kind: HoldKind::Session,
+                    finding: published.as_ref().clone(),
+                    trigger: ev.as_ref().clone(),
+                    tree: self.tree.session_procs(session_id),
+                    recent: Vec::new(),
+                    stopped,
+                    rule: rule.id.clone(),
+                    policy_version: policy.version.clone(),
+                    frozen_us: None,
+                });
+            }
+        }
+        self.matches = matches;
+    }
+
+    /// Records one event in `LATENCY_SAMPLE`: a clock read and a lock per event would cost
+    /// more than the percentiles are worth.
+    fn record_latency(&mut self, ts: SystemTime) {
+        self.sampled = self.sampled.wrapping_add(1);
+        if !self.sampled.is_multiple_of(LATENCY_SAMPLE) {
+            return;
+        }
+        if let Ok(d) = SystemTime::now().duration_since(ts) {
+            if let Ok(mut h) = self.shared.latency.lock() {
+                let _ = h.record(d.as_micros() as u64);
+            }
+        }
+    }
+
+    /// Updates the tree and builds the user-facing detail (None for internal records).
+    /// Takes the record by value so its strings move into the event instead of being copied.
+    fn apply(&mut self, rec: Record, hdr: &EventHeader, comm: &str) -> Option<Detail> {
+        let pid = hdr.tgid;
+        match rec {
+            Record::Exec {
+                filename,
+                argv,
+                truncated,
+                argv_missing,
+                profile,
+                ..
+            } => {
+                let p = self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                p.exe = Some(filename.clone());
+                p.argv = argv.clone();
+                p.comm = comm.to_string();
+                let profile = (hdr.flags & EVENT_FLAG_SESSION_START != 0 || profile != 0)
+                    .then(|| {
+                        self.shared
+                            .config
+                            .agents
+                            .get((profile as usize).wrapping_sub(1))
+                            .map(|a| a.profile.clone())
+                    })
+                    .flatten();
+                Some(Detail::Exec {
+                    path: filename,
+                    argv,
+                    argv_truncated: truncated,
+                    argv_missing,
+                    profile,
+                })
+            }
+            Record::Fork {
+                child, is_thread, ..
+            } => {
+                if !is_thread {
+                    self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                    self.tree.fork(pid, child);
+                }
+                Some(Detail::Fork {
+                    child_pid: child,
+                    thread: is_thread,
+                })
+            }
+            Record::Exit { exit_code, .. } => {
+                self.tree.exit(pid);
+                let sig = (exit_code & 0x7f) as i32;
+                Some(if sig == 0 {
+                    Detail::Exit {
+                        exit_code: Some(((exit_code >> 8) & 0xff) as i32),
+                        signal: None,
+                    }
+                } else {
+                    Detail::Exit {
+                        exit_code: None,
+                        signal: Some(sig),
+                    }
+                })
+            }
+            Record::Open {
+                dfd,
+                path,
+                flags,
+                mode,
+                result,
+                truncated,
+                ..
+            } => {
+                self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                let (abs, resolved) = self.tree.resolve(pid, dfd, path);
+                if result >= 0 && resolved {
+                    self.tree.opened(pid, result, &abs);
+                }
+                Some(Detail::Open {
+                    path: abs,
+                    flags: open_flags(flags),
+                    mode,
+                    result,
+                    error: errno_name(result),
+                    resolved,
+                    path_truncated: truncated,
+                })
+            }
+            Record::Connect { addr, result, .. } => {
+                let (family, addr, port, path) = match addr {
+                    SockAddr::Inet { addr, port } => (
+                        if addr.is_ipv4() { "inet" } else { "inet6" },
+                        Some(addr.to_string()),
+                        Some(port),
+                        None,
+                    ),
+                    SockAddr::Unix { path } => ("unix", None, None, Some(path)),
+                    SockAddr::Other { .. } => ("other", None, None, None),
+                };
+                Some(Detail::Connect {
+                    family: family.into(),
+                    addr,
+                    port,
+                    path,
+                    result,
+                    error: errno_name(result),
+                })
+            }
+            Record::Signal {
+                target,
+                sig,
+                result,
+                ..
+            } => Some(Detail::Signal {
+                target_pid: target,
+                signal: sig,
+                result,
+            }),
+            Record::Ptrace {
+                target,
+                request,
+                result,
+                ..
+            } => Some(Detail::Ptrace {
+                target_pid: target,
+                request,
+                result,
+            }),
+            Record::Chdir { fd, path, .. } => {
+                self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                self.tree.chdir(pid, fd, &path);
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The pipeline: intake decodes kernel records into events, the detectors (rules, tamper) look
+//! at each, and the bus hands every event to whoever follows it. Enforcement sits above and is
+//! reached only through the `Enforcement` hooks the daemon installs, so nothing here imports
+//! it.
+pub mod intake;
+pub mod reload;
+pub mod tamper;
+
+use std::{
+    collections::VecDeque,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+};
+
+use arc_swap::ArcSwap;
+use hdrhistogram::Histogram;
+use tokio::sync::broadcast;
+use watcher_common::EVENT_KINDS;
+
+use crate::{
+    config::Config,
+    kernel::{policy::KernelPolicy, Kernel},
+    model::{
+        event::{Detail, Event},
+        hold::{Decision, HaltMode, HoldDraft},
+        session::Sessions,
+    },
+    rules::{eval::Rule, Policy},
+    sys::cgroup::Cgroups,
+};
+
+/// A process registered by `launch` or `attach`, handed to intake before it can run.
+#[derive(Debug)]
+pub struct Seed {
+    pub pid: u32,
+    pub ppid: u32,
+    pub session_id: u64,
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    /// Records decoded, per `EventKind`.
+    pub events: [AtomicU64; EVENT_KINDS as usize],
+    /// Records that could not be decoded.
+    pub malformed: AtomicU64,
+    /// Events a slow `watcher events --follow` client missed.
+    pub client_lag: AtomicU64,
+    /// Events published (the last sequence number).
+    pub published: AtomicU64,
+    pub findings: AtomicU64,
+    pub holds: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+    /// Files with a fanotify mark (protected paths).
+    pub protected_files: AtomicU64,
+    /// Failed accepts on the control socket and the API (e.g. EMFILE); each is logged and the
+    /// listener goes on.
+    pub accept_errors: AtomicU64,
+}
+
+/// The policy in force, with the part compiled into the kernel.
+pub struct ActivePolicy {
+    pub policy: Policy,
+    pub kernel: KernelPolicy,
+}
+
+/// What the pipeline asks of enforcement, which the daemon wires in at start-up.
+pub trait Enforcement: Send + Sync {
+    /// Decides and acts on a rule's match. `kernel_rule`: the kernel's fast path matched this
+    /// event for this rule (it has already killed, stopped or refused).
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        rule: &Rule,
+        ev: &Event,
+        event_boot_ns: u64,
+        kernel_rule: bool,
+        profile: Option<&str>,
+        session_pids: &dyn Fn() -> Vec<u32>,
+    ) -> Decision;
+    /// Stores a hold `decide` opened (off the pipeline's thread).
+    fn record_hold(&self, draft: HoldDraft);
+    /// Stops a session at once (the kill-switch for it): tampering.
+    fn halt_session(&self, trace: &str, mode: HaltMode, by: &str);
+    /// The session waits on a hold or is frozen.
+    fn is_held(&self, trace: &str) -> bool;
+}
+
+/// What every pipeline stage shares: the configuration, the sessions, the kernel, the policy
+/// in force and the bus.
+pub struct Core {
+    pub config: Config,
+    pub sessions: Mutex<Sessions>,
+    pub recent: Mutex<VecDeque<Arc<Event>>>,
+    pub live: broadcast::Sender<Arc<Event>>,
+    pub counters: Counters,
+    pub kernel: Mutex<Kernel>,
+    pub seeds: Mutex<std::sync::mpsc::Sender<Seed>>,
+    /// Kernel event to user-space event, microseconds.
+    pub latency: Mutex<Histogram<u64>>,
+    /// Swapped whole on reload: intake sees the old policy or the new one, never a mix.
+    pub policy: ArcSwap<ActivePolicy>,
+    pub findings: Mutex<VecDeque<Arc<Event>>>,
+    /// The last reload error, until a reload succeeds.
+    pub rules_error: Mutex<Option<String>>,
+    /// Serialises reloads (file watcher, SIGHUP, control socket).
+    reload_lock: Mutex<()>,
+    /// One cgroup per session.
+    pub cgroups: Arc<Cgroups>,
+    enforcement: OnceLock<Arc<dyn Enforcement>>,
+}
+
+impl Core {
+    pub fn new(
+        config: Config,
+        kernel: Kernel,
+        active: ActivePolicy,
+        cgroups: Arc<Cgroups>,
+        seeds: std::sync::mpsc::Sender<Seed>,
+    ) -> anyhow::Result<Core> {
+        let (live, _) = broadcast::channel(16384);
+        Ok(Core {
+            config,
+            sessions: Mutex::new(Sessions::default()),
+            recent: Mutex::new(VecDeque::new()),
+            live,
+            counters: Counters::default(),
+            kernel: Mutex::new(kernel),
+            seeds: Mutex::new(seeds),
+            latency: Mutex::new(Histogram::new(3)?),
+            policy: ArcSwap::from_pointee(active),
+            findings: Mutex::new(VecDeque::new()),
+            rules_error: Mutex::new(None),
+            reload_lock: Mutex::new(()),
+            cgroups,
+            enforcement: OnceLock::new(),
+        })
+    }
+
+    /// Installs enforcement (once, at start-up, before intake runs).
+    pub fn set_enforcement(&self, e: Arc<dyn Enforcement>) {
+        if self.enforcement.set(e).is_err() {
+            tracing::error!("enforcement was installed twice; the first stays");
+        }
+    }
+
+    /// Enforcement, once the daemon installed it.
+    pub fn enforcement(&self) -> Option<&Arc<dyn Enforcement>> {
+        self.enforcement.get()
+    }
+
+    /// Numbers the event and hands it to `recent` and to live followers, in one order.
+    pub fn publish(&self, mut ev: Event) -> Arc<Event> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        ev.seq = self.counters.published.fetch_add(1, Ordering::Relaxed) + 1;
+        let ev = Arc::new(ev);
+        if recent.len() >= self.config.daemon.recent_events {
+            recent.pop_front();
+        }
+        recent.push_back(ev.clone());
+        if matches!(ev.detail, Detail::Finding(_)) {
+            self.counters.findings.fetch_add(1, Ordering::Relaxed);
+            let mut f = self.findings.lock().unwrap_or_else(|e| e.into_inner());
+            if f.len() >= self.config.rules.recent_findings {
+                f.pop_front();
+            }
+            f.push_back(ev.clone());
+        }
+        // No subscriber is fine: the event is kept in `recent`.
+        let _ = self.live.send(ev.clone());
+        ev
+    }
+}

@@ -1,0 +1,160 @@
+//! Tamper resistance: a watched process that signals the watcher or a held process, ptraces a
+//! process outside its session, or touches
+//! the watcher's control socket, configuration, rules or store, is caught here (built in, not a
+//! rule a bad policy file could drop) and by default its session is frozen with the kill-switch.
+use std::path::PathBuf;
+
+use super::Core;
+use crate::model::{
+    event::{Action, Detail, Event, Finding, Mode, Outcome, Severity},
+    hold::{HaltMode, TamperAction},
+};
+
+/// The built-in rule id of tamper findings.
+pub const RULE: &str = "watcher-tamper";
+
+/// The trace id of the session `pid` belongs to.
+pub fn session_of(shared: &Core, pid: u32) -> Option<String> {
+    crate::sys::procfs::session_of(&shared.config.holds.cgroup, pid)
+}
+
+/// The watcher's own files and directories.
+pub fn own_paths(shared: &Core) -> Vec<PathBuf> {
+    let c = &shared.config;
+    let mut v = vec![c.daemon.socket.clone(), c.holds.store.clone()];
+    let store = c.holds.store.display().to_string();
+    v.push(PathBuf::from(format!("{store}-wal")));
+    v.push(PathBuf::from(format!("{store}-shm")));
+    if let Some(p) = &c.source {
+        v.push(p.clone());
+    }
+    if let Some(p) = &c.rules.path {
+        v.push(p.clone());
+    }
+    // The API's socket and token: a token read inside a session is a credential stolen.
+    v.extend(c.api.socket.iter().cloned());
+    if c.api.listen.is_some() {
+        v.push(c.api.token_file.clone());
+    }
+    if let Some(root) = crate::sys::cgroup::cgroup2_root() {
+        v.push(root.join(&c.holds.cgroup));
+    }
+    v
+}
+
+/// Why this event is tampering, if it is.
+pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
+    match &ev.detail {
+        Detail::Signal {
+            target_pid, signal, ..
+        } => {
+            if *target_pid == std::process::id() {
+                return Some(format!("signal {signal} to the watcher daemon"));
+            }
+            let trace = session_of(shared, *target_pid)?;
+            let held = shared.enforcement().is_some_and(|e| e.is_held(&trace));
+            held.then(|| format!("signal {signal} to process {target_pid} of a held session"))
+        }
+        Detail::Ptrace { target_pid, .. } => {
+            if *target_pid == std::process::id() {
+                return Some("ptrace of the watcher daemon".into());
+            }
+            // Debugging its own children is normal work; anything outside the session is not.
+            let own_session = session_of(shared, ev.pid);
+            let target = session_of(shared, *target_pid);
+            (target.is_none() || target != own_session)
+                .then(|| format!("ptrace of process {target_pid} outside its session"))
+        }
+        Detail::Open { path, .. } => own
+            .iter()
+            .find(|p| is_under(path, p))
+            .map(|p| format!("opened the watcher's {}", p.display())),
+        Detail::Connect { path: Some(p), .. }
+            if *p == shared.config.daemon.socket.display().to_string() =>
+        {
+            Some("connected to the watcher's control socket".into())
+        }
+        Detail::Connect { path: Some(p), .. }
+            if shared
+                .config
+                .api
+                .socket
+                .as_ref()
+                .is_some_and(|s| *p == s.display().to_string()) =>
+        {
+            Some("connected to the watcher's API socket".into())
+        }
+        _ => None,
+    }
+}
+
+/// `path` is `base` or inside it. A byte comparison: this runs on every open, and the paths are
+/// normalised already (no `.`, `..` or doubled slashes).
+fn is_under(path: &str, base: &std::path::Path) -> bool {
+    let Some(base) = base.to_str() else {
+        return false;
+    };
+    let base = base.trim_end_matches('/');
+    match path.strip_prefix(base) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Publishes the finding and applies the configured action to the offender's session.
+pub fn act(shared: &Core, ev: &Event, why: String) {
+    let action = if shared.config.holds.enabled {
+        shared.config.holds.tamper
+    } else {
+        TamperAction::Alert
+    };
+    let finding = Finding {
+        rule: RULE.into(),
+        description: format!("tampering with the watcher: {why}"),
+        severity: Severity::Critical,
+        tags: vec!["T1562.001".into(), "T1489".into(), "ASI10".into()],
+        action: match action {
+            TamperAction::Alert => Action::Alert,
+            _ => Action::Kill,
+        },
+        mode: Mode::Enforce,
+        outcome: match action {
+            TamperAction::Alert => Outcome::Alerted,
+            _ => Outcome::Held,
+        },
+        policy_version: shared.policy.load().policy.version.clone(),
+        in_kernel: false,
+        hold: None,
+        evidence: vec![ev.clone()],
+    };
+    let mut fev = ev.clone();
+    fev.detail = Detail::Finding(Box::new(finding));
+    shared.publish(fev);
+    tracing::error!(trace_id = %ev.trace_id, pid = ev.pid, "tampering: {why}");
+    let mode = match action {
+        TamperAction::Alert => return,
+        TamperAction::Freeze => HaltMode::Freeze,
+        TamperAction::Kill => HaltMode::Kill,
+    };
+    match shared.enforcement() {
+        Some(e) => e.halt_session(&ev.trace_id, mode, "watcher (tamper)"),
+        None => tracing::error!("tampering: no enforcement to stop the session"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_paths_match_by_whole_components() {
+        let base = std::path::Path::new("/run/watcher/api.sock");
+        assert!(super::is_under("/run/watcher/api.sock", base));
+        assert!(!super::is_under("/run/watcher/api.sock2", base));
+        let dir = std::path::Path::new("/sys/fs/cgroup/watcher/");
+        assert!(super::is_under(
+            "/sys/fs/cgroup/watcher/abc/cgroup.freeze",
+            dir
+        ));
+        assert!(super::is_under("/sys/fs/cgroup/watcher", dir));
+        assert!(!super::is_under("/sys/fs/cgroup/watcher-bench/x", dir));
+    }
+}

@@ -1,0 +1,7 @@
+//! The host below the kernel programs: cgroups, /proc, users and groups, worker threads, and the
+//! crash tests' fault-injection points.
+pub mod cgroup;
+pub mod fault;
+pub mod procfs;
+pub mod users;
+pub mod worker;
