@@ -61,6 +61,12 @@ fn watched_session_produces_exactly_its_events() {
     let port = l.tcp.local_addr().unwrap().port();
     let (trace, code) = d.launch(&workload(&l.dir.0, port, &l.unix_path));
     assert_eq!(code, 7, "launch returns the command's exit code");
+    // The kernel counts its own failures by kind; a session's fork, exec and alerts cause
+    // none.
+    let failures = d.status()["kernel_failures"].clone();
+    for kind in ["fork_watch", "session_watch", "config", "alert"] {
+        assert_eq!(failures[kind], 0, "{kind}: {failures}");
+    }
     let events = d.session_events(&trace, None);
 
     let execs = of_type(&events, "exec");

@@ -33,6 +33,23 @@ pub enum EventKind {
 /// Number of [`EventKind`] values (size of the drop counter array).
 pub const EVENT_KINDS: u32 = 8;
 
+/// Kernel-side failures, counted per CPU in the `FAILURES` map by kind. None should happen;
+/// each one that does is a process or an alert the watcher may have missed, so user space
+/// shows them (`watcher status`) instead of the kernel swallowing them.
+/// A watched process's new child could not be added to `WATCHED` (the map is full): the child
+/// runs unwatched.
+pub const FAIL_FORK_WATCH: u32 = 0;
+/// An agent matcher's new session could not be added to `WATCHED`.
+pub const FAIL_SESSION_WATCH: u32 = 1;
+/// A program found its load-time configuration missing.
+pub const FAIL_CONFIG: u32 = 2;
+/// An urgent alert could not be written to `ALERTS` (the freeze then waits for the record).
+pub const FAIL_ALERT: u32 = 3;
+pub const FAILURE_KINDS: u32 = 4;
+/// The kinds' names, by index, as `watcher status` shows them.
+pub const FAILURE_NAMES: [&str; FAILURE_KINDS as usize] =
+    ["fork_watch", "session_watch", "config", "alert"];
+
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KINDS as usize] = [
         EventKind::Exec,

@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use watcher_common::{
     net_filter_bit, path_filter_bit, watch_slot, AgentName, Alert, EventHeader, EventKind, FastNet,
-    FastRule, ProbeConfig, Watch, EVENT_KINDS, FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_WORDS,
-    PATH_MAX, WATCH_FILTER_SLOTS,
+    FastRule, ProbeConfig, Watch, EVENT_KINDS, FAILURE_KINDS, FAIL_ALERT, FAIL_CONFIG,
+    FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_WORDS, PATH_MAX, WATCH_FILTER_SLOTS,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -43,7 +43,22 @@ pub fn alert(kind: EventKind, flags: u32) {
         tgid: current_tgid(),
         _pad: 0,
     };
-    let _ = ALERTS.output::<Alert>(&a, 0);
+    if ALERTS.output::<Alert>(&a, 0).is_err() {
+        count_failure(FAIL_ALERT);
+    }
+}
+
+/// Kernel-side failures, per CPU and per `watcher_common::FAIL_*` kind.
+#[map]
+pub static FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(FAILURE_KINDS, 0);
+
+/// Counts a failure the program cannot report otherwise.
+#[inline(always)]
+pub fn count_failure(kind: u32) {
+    if let Some(counter) = FAILURES.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
 }
 
 /// Records that could not be reserved, per CPU and per `EventKind`.
@@ -123,6 +138,7 @@ pub fn config() -> Option<ProbeConfig> {
     // SAFETY: a volatile read keeps the compiler from folding the load-time value away.
     let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
     if cfg.ready == 0 {
+        count_failure(FAIL_CONFIG);
         return None;
     }
     Some(cfg)

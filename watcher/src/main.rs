@@ -631,6 +631,21 @@ fn print_status(st: &Status) {
     }
     println!("malformed records: {}", st.malformed_records);
     println!("events skipped by slow clients: {}", st.client_lag);
+    let failures: Vec<String> = st
+        .kernel_failures
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!(
+        "kernel failures: {}",
+        if failures.is_empty() {
+            "none".to_string()
+        } else {
+            failures.join(", ")
+        }
+    );
+    println!("failed accepts: {}", st.accept_errors);
     println!(
         "kernel to user-space latency: p50 {} us, p99 {} us",
         st.latency_us_p50, st.latency_us_p99

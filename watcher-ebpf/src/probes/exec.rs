@@ -12,13 +12,13 @@ use aya_ebpf::{
 use watcher_common::{
     AgentName, EventKind, ExecEvent, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
     EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
-    EVENT_FLAG_TRUNCATED, FAST_STOP, FILTER_EXEC, PATH_MAX,
+    EVENT_FLAG_TRUNCATED, FAIL_SESSION_WATCH, FAST_STOP, FILTER_EXEC, PATH_MAX,
 };
 
 use crate::shared::{
-    alert, config, count_drop, current_task, enforce_halt, fast_act, fast_lookup, fill_header,
-    parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, Task, AGENTS, EVENTS, FAST_EXEC,
-    SCRATCH_PATH,
+    alert, config, count_drop, count_failure, current_task, enforce_halt, fast_act, fast_lookup,
+    fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, Task, AGENTS,
+    EVENTS, FAST_EXEC, SCRATCH_PATH,
 };
 
 #[tracepoint]
@@ -43,7 +43,10 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
                 profile,
                 ppid: parent_tgid(&cfg),
             };
-            watch_insert(tgid, &w)?;
+            if let Err(e) = watch_insert(tgid, &w) {
+                count_failure(FAIL_SESSION_WATCH);
+                return Err(e);
+            }
             flags |= EVENT_FLAG_SESSION_START;
             w
         }

@@ -3,11 +3,11 @@
 //! watched process joins its session here, in the kernel, so it is watched from its first
 //! instruction.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::{EventKind, ForkEvent, Watch};
+use watcher_common::{EventKind, ForkEvent, Watch, FAIL_FORK_WATCH};
 
 use crate::shared::{
-    config, count_drop, enforce_halt, fill_header, parent_tgid, watch_insert, watch_of, Task,
-    EVENTS,
+    config, count_drop, count_failure, enforce_halt, fill_header, parent_tgid, watch_insert,
+    watch_of, Task, EVENTS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -36,7 +36,10 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
             ppid: task.tgid(),
             ..watch
         };
-        watch_insert(child, &child_watch)?;
+        if let Err(e) = watch_insert(child, &child_watch) {
+            count_failure(FAIL_FORK_WATCH);
+            return Err(e);
+        }
     }
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_drop(EventKind::Fork);

@@ -151,6 +151,7 @@ pub struct Kernel {
     pub watched: BpfHashMap<MapData, u32, Watch>,
     watch_filter: WatchFilter,
     drops: PerCpuArray<MapData, u64>,
+    failures: PerCpuArray<MapData, u64>,
 }
 
 impl Kernel {
@@ -197,11 +198,16 @@ impl Kernel {
             ebpf.take_map("DROPS")
                 .ok_or_else(|| anyhow!("no DROPS map"))?,
         )?;
+        let failures = PerCpuArray::try_from(
+            ebpf.take_map("FAILURES")
+                .ok_or_else(|| anyhow!("no FAILURES map"))?,
+        )?;
         Ok(Kernel {
             ebpf,
             watched,
             watch_filter,
             drops,
+            failures,
         })
     }
 
@@ -241,6 +247,22 @@ impl Kernel {
             }
         }
         out
+    }
+
+    /// Kernel-side failures per `watcher_common::FAIL_*` kind, summed over CPUs, by name.
+    pub fn failures(&self) -> std::collections::BTreeMap<String, u64> {
+        watcher_common::FAILURE_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let n = self
+                    .failures
+                    .get(&(i as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (name.to_string(), n)
+            })
+            .collect()
     }
 
     /// Watches `tgid` (its `ppid` is taken from /proc here).

@@ -133,6 +133,11 @@ pub struct Status {
     pub per_type: std::collections::BTreeMap<String, KindCount>,
     pub malformed_records: u64,
     pub client_lag: u64,
+    /// Kernel-side failures by kind (`fork_watch`: a watched process's child could not be
+    /// watched; `session_watch`: a matcher's session could not start; `config`; `alert`: an
+    /// urgent alert was lost). None should ever be counted.
+    #[serde(default)]
+    pub kernel_failures: std::collections::BTreeMap<String, u64>,
     /// Failed accepts on the control socket and the API since the daemon started.
     #[serde(default)]
     pub accept_errors: u64,

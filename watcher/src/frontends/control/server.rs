@@ -380,6 +380,7 @@ fn status(shared: &State) -> Status {
         malformed_records: shared.counters.malformed.load(Ordering::Relaxed),
         client_lag: shared.counters.client_lag.load(Ordering::Relaxed),
         accept_errors: shared.counters.accept_errors.load(Ordering::Relaxed),
+        kernel_failures: kernel.failures(),
         latency_us_p50: p50,
         latency_us_p99: p99,
         policy: policy_status(shared),
