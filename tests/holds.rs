@@ -136,6 +136,20 @@ fn in_freezer_trap(pid: u64) -> bool {
         && wchan(pid).is_some_and(|w| w == "get_signal" || w == "do_freezer_trap")
 }
 
+/// The session's state as `watcher status` shows it.
+fn session_state(d: &Daemon, trace: &str) -> String {
+    let st = d.status();
+    st["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["trace_id"] == trace)
+        .unwrap_or_else(|| panic!("no session {trace} in {st}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn frozen(d: &Daemon, trace: &str) -> bool {
     std::fs::read_to_string(d.cgroup.join(trace).join("cgroup.events"))
         .map(|t| t.lines().any(|l| l == "frozen 1"))
@@ -230,6 +244,7 @@ fn a_held_exec_waits_for_approval() {
         state_of(pid)
     );
     assert!(frozen(&d, &trace), "session cgroup not frozen");
+    assert_eq!(session_state(&d, &trace), "held");
     assert!(!marker(&w, "a"), "the held program ran");
     assert!(
         hold["tree"]
@@ -527,6 +542,9 @@ fn the_kill_switch_stops_every_session_and_nothing_else() {
     );
     let st = d.status();
     assert_eq!(st["holds"]["kill_switch"]["engaged"], true);
+    for (_, trace) in &sessions {
+        assert_eq!(session_state(&d, trace), "frozen");
+    }
 
     let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
     assert!(
@@ -739,6 +757,69 @@ fn a_protected_open_waits_for_the_verdict() {
     assert_eq!(
         std::fs::read_to_string(format!("{w}/out-denied")).unwrap(),
         ""
+    );
+}
+
+/// A protected file that a hold rule also names: reading it is one action, so it is one
+/// question. The open waits for the verdict (fanotify); after approve, the rule's finding on
+/// that same open is covered by the approval (outcome `approved`), not a second hold.
+#[test]
+fn a_protected_read_is_one_question() {
+    let work = TempDir::new("one-question");
+    let keys = work.0.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keys.join("id_test");
+    std::fs::write(&key, "the-key\n").unwrap();
+    let rules = work.0.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("keys.yaml"),
+        format!(
+            "rules:\n  - id: test-key-read\n    description: a key read\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: open, path: \"{k}/id_*\", not: {{exe: ssh}}}}\n    examples: {{match: [{{type: open, path: \"{k}/id_a\", exe: /bin/cat}}]}}\n",
+            k = keys.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\nprotected = [\"{}/id_*\"]\n",
+        rules.display(),
+        keys.display()
+    ));
+    let out = work.0.join("out");
+    let (mut child, trace) = launch_bg(&d, &format!("cat {} > {}", key.display(), out.display()));
+    let hold = await_hold(&d, &trace);
+    assert_eq!(hold["kind"], "protected_open", "{hold}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "",
+        "read before the verdict"
+    );
+    verdict(&d, "approve", &hold);
+    assert_eq!(
+        wait_exit(&mut child).code(),
+        Some(0),
+        "one approve did not let it finish"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "the-key\n");
+    let f =
+        first_finding(&d, &trace, |v| v["rule"] == "test-key-read").expect("the rule saw the open");
+    assert_eq!(f["outcome"], "approved", "{f}");
+    assert_eq!(f["hold"], hold["id"], "{f}");
+    let all = json_lines(
+        &d.cli()
+            .args(["holds", "--all", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let of_session: Vec<&Value> = all
+        .iter()
+        .filter(|h| h["trace_id"] == trace.as_str())
+        .collect();
+    assert_eq!(
+        of_session.len(),
+        1,
+        "more than one question: {of_session:#?}"
     );
 }
 

@@ -616,11 +616,7 @@ fn print_status(st: &Status) {
             s.root_pid,
             s.processes,
             s.events,
-            if s.ended.is_some() {
-                "ended"
-            } else {
-                "running"
-            }
+            s.state.as_str()
         );
     }
     println!();

@@ -50,6 +50,14 @@ pub fn decide(
     if a.excepted(&rule.id, &ev.trace_id, profile) {
         return plain(Outcome::Excepted);
     }
+    // One action, one question: the approver let this very open through already.
+    if let Some(id) = a.approved_action(ev) {
+        return Decision {
+            outcome: Outcome::Approved,
+            hold: Some(id),
+            new_hold: false,
+        };
+    }
     match rule.action {
         Action::Kill if kernel_rule && !is_connect => plain(Outcome::KilledInKernel),
         Action::Kill => {
@@ -201,6 +209,7 @@ pub fn adopt_sessions(shared: &Enforce) {
                 events: 0,
                 ended: None,
                 cgroup_id: cg.id(&trace),
+                state: Default::default(),
             });
         tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
     }

@@ -13,7 +13,10 @@ use super::store::{Store, StoreError};
 pub use crate::model::hold::{
     DenyScope, Exception, Hold, HoldDraft, HoldKind, HoldState, KillSwitchState, ProcInfo,
 };
-use crate::sys::cgroup::{Cgroups, FreezeError};
+use crate::{
+    model::event::{Detail, Event},
+    sys::cgroup::{Cgroups, FreezeError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -41,6 +44,25 @@ pub struct Approvals {
     pub changed: tokio::sync::Notify,
     /// Answers a waiting protected open (hold id, allow); false when none waits.
     verdict_hook: Mutex<Option<VerdictHook>>,
+    /// Protected opens approved lately: the open's own event, when it arrives, is covered by
+    /// that approval instead of asking again.
+    approved_opens: Mutex<Vec<ApprovedOpen>>,
+}
+
+/// How long an approved open waits for its event.
+const APPROVED_OPEN_WINDOW: Duration = Duration::from_secs(60);
+/// Approved opens remembered at most (the oldest go first).
+const APPROVED_OPENS_MAX: usize = 1024;
+
+struct ApprovedOpen {
+    trace: String,
+    pid: u32,
+    path: String,
+    hold: String,
+    at: std::time::Instant,
+    /// The event that was the approved open, once seen: every finding on it is covered, and
+    /// no later event is.
+    event: Option<u64>,
 }
 
 type VerdictHook = Box<dyn Fn(&str, bool) -> bool + Send + Sync>;
@@ -83,6 +105,7 @@ impl Approvals {
             deny,
             changed: tokio::sync::Notify::new(),
             verdict_hook: Mutex::new(None),
+            approved_opens: Mutex::new(Vec::new()),
         })
     }
 
@@ -224,10 +247,48 @@ impl Approvals {
                 .push(e);
         }
         if h.kind == HoldKind::ProtectedOpen {
+            if let Detail::Open { path, .. } = &h.trigger.detail {
+                let mut a = self
+                    .approved_opens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if a.len() >= APPROVED_OPENS_MAX {
+                    a.remove(0);
+                }
+                a.push(ApprovedOpen {
+                    trace: h.trace_id.clone(),
+                    pid: h.trigger.pid,
+                    path: path.clone(),
+                    hold: h.id.clone(),
+                    at: std::time::Instant::now(),
+                    event: None,
+                });
+            }
             self.verdict(&h.id, true);
         }
         self.resume(&h.trace_id, &h.stopped);
         Ok(h)
+    }
+
+    /// The approved hold that already covers this event: the open a protected-open hold let
+    /// through, seen now as the open's own event (its findings are not asked about again).
+    pub fn approved_action(&self, ev: &Event) -> Option<String> {
+        let Detail::Open { path, .. } = &ev.detail else {
+            return None;
+        };
+        let mut a = self
+            .approved_opens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        a.retain(|o| o.at.elapsed() < APPROVED_OPEN_WINDOW);
+        let o = a.iter_mut().find(|o| {
+            o.trace == ev.trace_id
+                && o.pid == ev.pid
+                && o.path == *path
+                && o.event.is_none_or(|seq| seq == ev.seq)
+        })?;
+        o.event = Some(ev.seq);
+        Some(o.hold.clone())
     }
 
     /// Thaws the session and continues the processes the kernel stopped.
@@ -371,7 +432,6 @@ pub async fn deadlines(approvals: std::sync::Arc<Approvals>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::event::Event;
 
     fn event(trace: &str) -> Event {
         serde_json::from_value(serde_json::json!({

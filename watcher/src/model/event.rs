@@ -139,6 +139,9 @@ pub enum Outcome {
     Killed,
     /// An approver said this rule may pass for this session (`approve --remember`).
     Excepted,
+    /// The approver already allowed this very action (a protected open approved while it
+    /// waited): it is not asked about twice (`hold` names the approved hold).
+    Approved,
 }
 
 /// A wall-clock time, formatted only when an event is written out (most events never are).

@@ -19,9 +19,35 @@ pub struct Session {
     pub processes: u32,
     pub events: u64,
     pub ended: Option<String>,
-    /// The session cgroup's id (see `freeze::Cgroups::id`); None without a cgroup.
+    /// The session cgroup's id (see `sys::cgroup::Cgroups::id`); None without a cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// What the session is doing now, as `status` found it.
+    #[serde(default)]
+    pub state: SessionState,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    #[default]
+    Running,
+    /// Frozen, waiting on a hold (approve or deny it).
+    Held,
+    /// Frozen by the kill-switch (or otherwise) with no hold pending.
+    Frozen,
+    Ended,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Running => "running",
+            SessionState::Held => "held",
+            SessionState::Frozen => "frozen",
+            SessionState::Ended => "ended",
+        }
+    }
 }
 
 #[derive(Debug, Default)]

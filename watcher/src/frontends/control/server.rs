@@ -21,7 +21,7 @@ use crate::{
             HoldsStatus, KillSwitchOp, KindCount, PolicyStatus, Reply, Request, Skipped, Status,
             MAX_LINE,
         },
-        session::{new_session_id, new_trace_id, Session},
+        session::{new_session_id, new_trace_id, Session, SessionState},
     },
     pipeline::Seed,
     state::State,
@@ -359,11 +359,22 @@ fn status(shared: &State) -> Status {
             )
         })
         .collect();
-    let sessions = shared
+    let mut sessions = shared
         .sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .all();
+    for s in &mut sessions {
+        s.state = if s.ended.is_some() {
+            SessionState::Ended
+        } else if shared.approvals.pending_for(&s.trace_id).is_some() {
+            SessionState::Held
+        } else if shared.cgroups.is_frozen(&s.trace_id) {
+            SessionState::Frozen
+        } else {
+            SessionState::Running
+        };
+    }
     let (p50, p99) = shared
         .latency
         .lock()
@@ -588,6 +599,7 @@ fn start_session(
             events: 0,
             ended: None,
             cgroup_id: shared.approvals.cgroups.id(&trace_id),
+            state: Default::default(),
         });
     tracing::info!(%trace_id, pid, how, "session started");
     Ok(Reply::Started { trace_id, pids })

@@ -351,6 +351,7 @@ impl Intake {
                     processes: 1,
                     events: 0,
                     ended: None,
+                    state: Default::default(),
                 });
             }
             let s = sessions.get_mut(hdr.session_id).expect("inserted above");
