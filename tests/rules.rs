@@ -320,7 +320,8 @@ rules:
 
 #[test]
 fn normal_agent_work_is_not_held_or_killed() {
-    let daemon = Daemon::start();
+    // A hold here is a failure: a short deadline ends it (deny) instead of a 10-minute wait.
+    let daemon = Daemon::start_with("[holds]\ntimeout = \"20s\"\n");
     let work = TempDir::new("normal");
     let w = work.0.display().to_string();
     // A small crate with real dependencies from the local cargo cache (no network).
@@ -360,6 +361,39 @@ fn normal_agent_work_is_not_held_or_killed() {
     assert!(
         stops.is_empty(),
         "normal work would be held or killed: {stops:#?}"
+    );
+
+    // New projects made with their own tools write .git/config, hook samples, package files
+    // and a virtualenv: none of it is tampering. (Its own session: a venv alone is more
+    // events than the daemon keeps for a late reader, so only the findings are read.)
+    let script = format!(
+        "set -e; cargo new -q --vcs git {w}/newcrate && git init -q {w}/newrepo && \
+         mkdir {w}/newnpm && cd {w}/newnpm && npm init -y > /dev/null && \
+         {py} -m venv {w}/venv && {w}/venv/bin/python -c 'import sys; print(sys.prefix)'",
+        py = common::python()
+    );
+    let (trace, code) = daemon.launch(&script);
+    let findings = daemon.findings(&trace);
+    assert_eq!(
+        code, 0,
+        "creating projects failed (a hold denied at its deadline?): {findings:#?}"
+    );
+    for made in [
+        "newcrate/.git/config",
+        "newcrate/Cargo.toml",
+        "newrepo/.git/config",
+        "newnpm/package.json",
+        "venv/bin/python",
+    ] {
+        assert!(work.0.join(made).exists(), "{made} was not made");
+    }
+    let stops: Vec<&Value> = findings
+        .iter()
+        .filter(|f| f["action"] == "hold" || f["action"] == "kill")
+        .collect();
+    assert!(
+        stops.is_empty(),
+        "creating a project would be held: {stops:#?}"
     );
 }
 
