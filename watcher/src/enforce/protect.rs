@@ -29,6 +29,8 @@ pub struct Protect {
     /// Builds, stores and announces the holds, so that the thread answering the kernel does
     /// nothing slow: every protected open on the host waits behind it.
     recorder: crate::sys::worker::Worker,
+    /// The kernel's watched processes (None: the map could not be opened again; then /proc).
+    watched: Option<crate::kernel::WatchedReader>,
 }
 
 /// The patterns with `~/` made into a path per home (a glob may remain in the last component).
@@ -125,6 +127,18 @@ impl Protect {
             patterns,
             dirs: Mutex::new(None),
             recorder: crate::sys::worker::Worker::start("protect-record")?,
+            watched: match shared
+                .kernel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .watched_reader()
+            {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("protected opens look sessions up in /proc: {e:#}");
+                    None
+                }
+            },
         });
         p.refresh(&shared);
         tracing::info!(
@@ -279,8 +293,26 @@ impl Protect {
         }
     }
 
+    /// The trace id of the session a watched process is in, from the kernel's map and the
+    /// session table (no /proc read, no kernel lock: every protected open on the host waits
+    /// for this thread). A session the pipeline has not seen yet (an agent matcher's, in its
+    /// first microseconds) is found through its cgroup instead.
+    fn session_of(&self, shared: &Enforce, pid: u32) -> Option<String> {
+        let session_id = match &self.watched {
+            Some(w) => w.session_of(pid)?,
+            None => return crate::pipeline::tamper::session_of(shared, pid),
+        };
+        let known = shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session_id)
+            .map(|s| s.trace_id.clone());
+        known.or_else(|| crate::pipeline::tamper::session_of(shared, pid))
+    }
+
     fn on_open(&self, shared: &Arc<Enforce>, pid: u32, efd: OwnedFd) {
-        let Some(trace) = crate::pipeline::tamper::session_of(shared, pid) else {
+        let Some(trace) = self.session_of(shared, pid) else {
             // Not watched: answered at once.
             self.respond(&efd, true);
             return;

@@ -448,6 +448,16 @@ impl Kernel {
     }
 
     /// Whether `tgid` is in a watched session (the control socket refuses those).
+    /// A second handle on the kernel's map of watched processes, for a thread that must not
+    /// wait for the kernel lock or read /proc (the fanotify thread).
+    pub fn watched_reader(&self) -> anyhow::Result<WatchedReader> {
+        let id = aya::maps::IterableMap::map(&self.watched).info()?.id();
+        let data = MapData::from_id(id).context("opening WATCHED again")?;
+        Ok(WatchedReader(BpfHashMap::try_from(
+            aya::maps::Map::HashMap(data),
+        )?))
+    }
+
     pub fn is_watched(&self, tgid: u32) -> bool {
         self.watched.get(&tgid, 0).is_ok()
     }
@@ -535,6 +545,16 @@ fn replace_trie<K: aya::Pod, V: aya::Pod>(
         trie.remove(k).with_context(|| format!("updating {name}"))?;
     }
     Ok(())
+}
+
+/// Reads the kernel's map of watched processes (one bpf syscall per lookup, no lock).
+pub struct WatchedReader(BpfHashMap<MapData, u32, Watch>);
+
+impl WatchedReader {
+    /// The session of a watched process.
+    pub fn session_of(&self, tgid: u32) -> Option<u64> {
+        self.0.get(&tgid, 0).ok().map(|w| w.session_id)
+    }
 }
 
 /// Hook types for the syscall programs, compared by the benchmark's floors.
