@@ -823,6 +823,76 @@ fn a_protected_read_is_one_question() {
     );
 }
 
+/// A held open that created a file (a new systemd unit, say): deny removes it, so the host is
+/// as it was; approve keeps it whole. A file that existed before is never deleted.
+#[test]
+fn deny_removes_what_the_held_open_created() {
+    let work = TempDir::new("created");
+    let units = work.0.join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    // Made before the daemon starts, so well before any session writes it.
+    std::fs::write(
+        units.join("old.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let rules = work.0.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("units.yaml"),
+        format!(
+            "rules:\n  - id: test-unit-write\n    description: a unit written\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: open, intent: [write, create, truncate], path: \"{u}/*.service\", not: {{exe: systemctl}}}}\n    examples: {{match: [{{type: open, path: \"{u}/a.service\", flags: [O_WRONLY, O_CREAT, O_TRUNC], exe: /bin/sh}}]}}\n",
+            u = units.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
+    let unit = "[Service]\\nExecStart=/bin/sh -c evil\\n";
+
+    // Deny: the new unit is gone.
+    let new = units.join("new.service");
+    let (mut child, trace) = launch_bg(&d, &format!("printf '{unit}' > {}", new.display()));
+    let hold = await_hold(&d, &trace);
+    assert_eq!(
+        hold["created"][0]["path"],
+        new.display().to_string(),
+        "{hold}"
+    );
+    verdict(&d, "deny", &hold);
+    // The hold is decided in user space, so the shell may have finished before the freeze
+    // (issue 12); what matters here is the file.
+    wait_exit(&mut child);
+    assert!(
+        !new.exists(),
+        "the unit the denied open created is still there"
+    );
+    let h = show_hold(&d, hold["id"].as_str().unwrap());
+    assert!(h["result"].as_str().unwrap().contains("removed"), "{h}");
+
+    // Approve: it stays, whole.
+    let kept = units.join("kept.service");
+    let (mut child, trace) = launch_bg(&d, &format!("printf '{unit}' > {}", kept.display()));
+    let hold = await_hold(&d, &trace);
+    verdict(&d, "approve", &hold);
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        "[Service]\nExecStart=/bin/sh -c evil\n"
+    );
+
+    // A file that existed is not deleted by a deny (what was written to it stays: see README).
+    let old = units.join("old.service");
+    let (mut child, trace) = launch_bg(&d, &format!("printf '{unit}' > {}", old.display()));
+    let hold = await_hold(&d, &trace);
+    assert!(
+        hold["created"].is_null(),
+        "an existing file counted as created: {hold}"
+    );
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    assert!(old.exists(), "a file that existed before was deleted");
+}
+
 /// A one-request HTTP receiver on loopback: returns its port and the body it will get.
 fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{Read, Write};

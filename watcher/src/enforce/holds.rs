@@ -149,6 +149,23 @@ impl Approvals {
     /// Stores the hold (the caller has frozen the session, or holds the open) and wakes the
     /// deadline task.
     pub fn record(&self, d: HoldDraft) -> Result<Hold, HoldError> {
+        // A held open that created its file: deny removes it again.
+        let created = match (&d.kind, &d.trigger.detail) {
+            (
+                HoldKind::Session,
+                Detail::Open {
+                    path,
+                    flags,
+                    result,
+                    ..
+                },
+            ) if *result >= 0 && flags.iter().any(|f| f == "O_CREAT") => {
+                crate::sys::files::created_by_open(path, d.trigger.ts.0)
+                    .into_iter()
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let deadline = SystemTime::now() + self.timeout;
         let hold = Hold {
             id: d.id,
@@ -170,6 +187,7 @@ impl Approvals {
             decided_at: None,
             remembered: false,
             result: None,
+            created,
         };
         self.store().put(&hold)?;
         self.changed.notify_one();
@@ -327,19 +345,28 @@ impl Approvals {
             self.cgroups.kill(&h.trace_id)?;
             return Ok("killed the session (the open could no longer be refused)".into());
         }
-        match self.deny {
+        let mut what = match self.deny {
             DenyScope::Session => {
                 self.cgroups.kill(&h.trace_id)?;
-                Ok("killed the session".into())
+                "killed the session".to_string()
             }
             DenyScope::Process => {
                 let pid = h.trigger.pid;
                 // SAFETY: plain kill(2); SIGKILL reaches a frozen task.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 self.resume(&h.trace_id, &[]);
-                Ok(format!("killed process {pid}"))
+                format!("killed process {pid}")
+            }
+        };
+        // What the held open created goes too, so the host is as it was.
+        for f in &h.created {
+            if crate::sys::files::remove_created(f) {
+                what.push_str(&format!("; removed {}", f.path));
+            } else {
+                what.push_str(&format!("; {} was already gone or replaced", f.path));
             }
         }
+        Ok(what)
     }
 
     /// Denies every pending hold whose deadline passed; returns the time to the next one.

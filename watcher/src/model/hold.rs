@@ -77,6 +77,18 @@ pub struct Hold {
     /// What deny did (`killed session`, `killed process 123`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// Files the held open itself created: deny removes them (if they are still the same
+    /// files), so the host is as it was; approve keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<CreatedFile>,
+}
+
+/// A file a held open created, by name and identity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CreatedFile {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// What a new hold is made of; `Approvals::record` adds the times and the state.

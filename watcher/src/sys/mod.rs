@@ -2,6 +2,7 @@
 //! crash tests' fault-injection points.
 pub mod cgroup;
 pub mod fault;
+pub mod files;
 pub mod procfs;
 pub mod users;
 pub mod worker;
