@@ -234,18 +234,7 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32]) {
         return;
     }
     let Some(id) = a.claim(trace) else { return };
-    let tree: Vec<crate::model::hold::ProcInfo> = pids
-        .iter()
-        .map(|&p| {
-            let (exe, argv) = crate::sys::procfs::proc_exe_argv(p);
-            crate::model::hold::ProcInfo {
-                pid: p,
-                ppid: crate::sys::procfs::ppid_of(p),
-                exe: exe.unwrap_or_default(),
-                argv,
-            }
-        })
-        .collect();
+    let tree = crate::sys::procfs::proc_infos(pids);
     let root = &tree[0];
     let trigger = Event {
         seq: 0,

@@ -460,6 +460,21 @@ pub async fn deadlines(approvals: std::sync::Arc<Approvals>) {
 mod tests {
     use super::*;
 
+    fn draft(id: &str, trace: &str, frozen_us: Option<u64>) -> HoldDraft {
+        HoldDraft {
+            id: id.into(),
+            kind: HoldKind::Session,
+            finding: event(trace),
+            trigger: event(trace),
+            tree: vec![],
+            recent: vec![],
+            stopped: vec![],
+            rule: "r".into(),
+            policy_version: "v".into(),
+            frozen_us,
+        }
+    }
+
     fn event(trace: &str) -> Event {
         serde_json::from_value(serde_json::json!({
             "ts": "2026-01-01T00:00:00Z", "pid": 10, "tid": 10, "ppid": 1, "uid": 0,
@@ -484,19 +499,7 @@ mod tests {
         let t1 = crate::model::ids::TraceId::random().to_string();
         let id = a.claim(&t1).unwrap();
         assert!(a.claim(&t1).is_none(), "one pending hold per session");
-        a.record(HoldDraft {
-            id: id.clone(),
-            kind: HoldKind::Session,
-            finding: event(&t1),
-            trigger: event(&t1),
-            tree: vec![],
-            recent: vec![],
-            stopped: vec![],
-            rule: "r".into(),
-            policy_version: "v".into(),
-            frozen_us: Some(5),
-        })
-        .unwrap();
+        a.record(draft(&id, &t1, Some(5))).unwrap();
         // A second Approvals on the same file (a restarted daemon) sees it pending.
         let again = Approvals::open(
             &dir.join("db"),
@@ -546,19 +549,7 @@ mod tests {
         let (mut approved, mut denied) = (0, 0);
         for _ in 0..100 {
             let id = a.claim(&trace).unwrap();
-            a.record(HoldDraft {
-                id: id.clone(),
-                kind: HoldKind::Session,
-                finding: event(&trace),
-                trigger: event(&trace),
-                tree: vec![],
-                recent: vec![],
-                stopped: vec![],
-                rule: "r".into(),
-                policy_version: "v".into(),
-                frozen_us: None,
-            })
-            .unwrap();
+            a.record(draft(&id, &trace, None)).unwrap();
             let go = std::sync::Arc::new(std::sync::Barrier::new(2));
             let approve = std::thread::spawn({
                 let (a, id, go) = (a.clone(), id.clone(), go.clone());
@@ -627,19 +618,7 @@ mod tests {
         for _ in 0..3 {
             let trace = crate::model::ids::TraceId::random().to_string();
             let id = a.claim(&trace).unwrap();
-            a.record(HoldDraft {
-                id: id.clone(),
-                kind: HoldKind::Session,
-                finding: event(&trace),
-                trigger: event(&trace),
-                tree: vec![],
-                recent: vec![],
-                stopped: vec![],
-                rule: "r".into(),
-                policy_version: "v".into(),
-                frozen_us: None,
-            })
-            .unwrap();
+            a.record(draft(&id, &trace, None)).unwrap();
             ids.push(id);
         }
         // One approved (its thaw fails on the plain directory and is logged), two pending.

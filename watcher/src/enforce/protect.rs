@@ -428,20 +428,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
     fev.detail = Detail::Finding(Box::new(finding));
     let published = shared.publish(fev);
     tracing::warn!(hold = %id, trace_id = %trace, pid, path, "protected open held");
-    let tree: Vec<crate::model::hold::ProcInfo> = a
-        .cgroups
-        .pids(&trace)
-        .into_iter()
-        .map(|p| {
-            let (exe, argv) = crate::sys::procfs::proc_exe_argv(p);
-            crate::model::hold::ProcInfo {
-                pid: p,
-                ppid: crate::sys::procfs::ppid_of(p),
-                exe: exe.unwrap_or_default(),
-                argv,
-            }
-        })
-        .collect();
+    let tree = crate::sys::procfs::proc_infos(&a.cgroups.pids(&trace));
     crate::sys::fault::point(crate::sys::fault::BEFORE_HOLD_STORE);
     match a.record(crate::model::hold::HoldDraft {
         id,

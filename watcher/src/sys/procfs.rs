@@ -1,4 +1,20 @@
 //! What /proc says about processes.
+use crate::model::hold::ProcInfo;
+
+/// The processes as a hold shows them: pid, parent, executable and command line.
+pub fn proc_infos(pids: &[u32]) -> Vec<ProcInfo> {
+    pids.iter()
+        .map(|&p| {
+            let (exe, argv) = proc_exe_argv(p);
+            ProcInfo {
+                pid: p,
+                ppid: ppid_of(p),
+                exe: exe.unwrap_or_default(),
+                argv,
+            }
+        })
+        .collect()
+}
 
 /// The pid's descendants from /proc (children of children...).
 pub fn descendants(root: u32) -> Vec<u32> {
