@@ -460,6 +460,21 @@ pub async fn deadlines(approvals: std::sync::Arc<Approvals>) {
 mod tests {
     use super::*;
 
+    /// An `Approvals` on a fresh store in its own directory; a plain directory stands in for
+    /// the cgroup tree.
+    fn approvals(tag: &str) -> (std::path::PathBuf, Approvals) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Approvals::open(
+            &dir.join("db"),
+            std::sync::Arc::new(Cgroups::at(dir.join("cg")).unwrap()),
+            Duration::from_secs(60),
+            DenyScope::Session,
+        )
+        .unwrap();
+        (dir, a)
+    }
+
     fn draft(id: &str, trace: &str, frozen_us: Option<u64>) -> HoldDraft {
         HoldDraft {
             id: id.into(),
@@ -583,15 +598,7 @@ mod tests {
 
     #[test]
     fn a_malformed_hold_id_is_refused_before_any_lookup() {
-        let dir = std::env::temp_dir().join(format!("watcher-holdid-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let a = Approvals::open(
-            &dir.join("db"),
-            std::sync::Arc::new(Cgroups::at(dir.join("cg")).unwrap()),
-            Duration::from_secs(60),
-            DenyScope::Session,
-        )
-        .unwrap();
+        let (dir, a) = approvals("watcher-holdid");
         for bad in ["../x", "h-", "' OR 1=1 --"] {
             assert!(matches!(a.get(bad), Err(HoldError::Id(_))), "{bad}");
             assert!(matches!(a.deny(bad, "x"), Err(HoldError::Id(_))), "{bad}");
@@ -605,15 +612,7 @@ mod tests {
 
     #[test]
     fn decided_holds_are_pruned_after_the_retention_and_pending_ones_never() {
-        let dir = std::env::temp_dir().join(format!("watcher-prune-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let a = Approvals::open(
-            &dir.join("db"),
-            std::sync::Arc::new(Cgroups::at(dir.join("cg")).unwrap()),
-            Duration::from_secs(60),
-            DenyScope::Session,
-        )
-        .unwrap();
+        let (dir, a) = approvals("watcher-prune");
         let mut ids = Vec::new();
         for _ in 0..3 {
             let trace = crate::model::ids::TraceId::random().to_string();
