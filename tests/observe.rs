@@ -394,3 +394,32 @@ fn open_paths_of_every_length_arrive_whole_or_flagged() {
         }
     }
 }
+
+/// `watcher launch` hands the agent its session's trace id, plainly and as a W3C trace
+/// context, so the agent's own logs and spans join the watcher's records.
+#[test]
+fn launch_gives_the_agent_its_trace_id() {
+    let d = Daemon::start();
+    let dir = common::TempDir::new("traceparent");
+    let out = dir.0.join("env");
+    let (trace, code) = d.launch(&format!(
+        "printf '%s\\n%s\\n' \"$WATCHER_TRACE_ID\" \"$TRACEPARENT\" > {}",
+        out.display()
+    ));
+    assert_eq!(code, 0);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(trace.as_str()), "{text}");
+    let tp = lines.next().unwrap_or_default();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00", "{tp}");
+    assert_eq!(parts[1], trace, "{tp}");
+    assert!(
+        parts[2].len() == 16
+            && parts[2].bytes().all(|b| b.is_ascii_hexdigit())
+            && parts[2] != "0000000000000000",
+        "{tp}"
+    );
+    assert_eq!(parts[3], "01", "{tp}");
+}

@@ -203,8 +203,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Err(anyhow!("unexpected reply from the daemon"));
             };
             eprintln!("watcher: trace id {trace_id}");
+            // The agent's own logs and spans join ours: the trace id, and a W3C trace context
+            // whose parent span is new (sampled).
+            let mut span = [0u8; 8];
+            watcher::model::ids::fill_random(&mut span);
+            let span: String = span.iter().map(|b| format!("{b:02x}")).collect();
             // This process is watched now; exec keeps it (and its pid) as the session root.
-            let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+            let err = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .env("WATCHER_TRACE_ID", &trace_id)
+                .env("TRACEPARENT", format!("00-{trace_id}-{span}-01"))
+                .exec();
             Err(anyhow!("cannot run {:?}: {err}", cmd[0]))
         }
         Cmd::Attach { pid, profile } => {
