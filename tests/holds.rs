@@ -893,6 +893,53 @@ fn deny_removes_what_the_held_open_created() {
     assert!(old.exists(), "a file that existed before was deleted");
 }
 
+/// A protected file is held under every other name it has: a symlink, a hard link,
+/// `/proc/self/root/…`, `..` and `//` in the path, and a bind mount (fanotify marks the inode,
+/// not the name). Each read is denied and gets nothing.
+#[test]
+fn a_protected_file_is_held_under_any_name() {
+    let work = TempDir::new("names");
+    let w = work.0.display().to_string();
+    let dir = work.0.join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("id_key");
+    std::fs::write(&secret, "the-key\n").unwrap();
+    std::os::unix::fs::symlink(&secret, work.0.join("symlink")).unwrap();
+    std::fs::hard_link(&secret, work.0.join("hardlink")).unwrap();
+    std::fs::create_dir_all(work.0.join("bound")).unwrap();
+    let d = Daemon::start_with(&format!(
+        "[holds]\nprotected = [\"{}\"]\n",
+        secret.display()
+    ));
+    let names = [
+        ("symlink", format!("{w}/symlink")),
+        ("hardlink", format!("{w}/hardlink")),
+        ("proc-root", format!("/proc/self/root{}", secret.display())),
+        ("dotdot", format!("{w}/keys/../keys//id_key")),
+        // A private mount namespace: the bind mount goes with the session.
+        ("bind", format!("{w}/bound/id_key")),
+    ];
+    for (name, path) in names {
+        let read = if name == "bind" {
+            format!(
+                "unshare -m sh -c 'mount --bind {w}/keys {w}/bound && cat {path}' > {w}/out-{name} 2>/dev/null; true"
+            )
+        } else {
+            format!("cat {path} > {w}/out-{name} 2>/dev/null; true")
+        };
+        let (mut child, trace) = launch_bg(&d, &read);
+        let hold = await_hold(&d, &trace);
+        assert_eq!(hold["kind"], "protected_open", "{name}: {hold}");
+        verdict(&d, "deny", &hold);
+        assert_eq!(wait_exit(&mut child).code(), Some(0), "{name}");
+        assert_eq!(
+            std::fs::read_to_string(format!("{w}/out-{name}")).unwrap(),
+            "",
+            "{name}: the key was read through {path}"
+        );
+    }
+}
+
 /// A one-request HTTP receiver on loopback: returns its port and the body it will get.
 fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{Read, Write};
