@@ -447,7 +447,14 @@ impl Kernel {
         self.set_halt_slot(1, 0)
     }
 
-    /// Whether `tgid` is in a watched session (the control socket refuses those).
+    /// A session ended: its kill-switch entry, if it had one, goes (it would only fill the map).
+    pub fn session_ended(&mut self, session_id: u64) -> anyhow::Result<()> {
+        if self.halted_map()?.get(&session_id, 0).is_ok() {
+            self.set_halt_session(session_id, 0)?;
+        }
+        Ok(())
+    }
+
     /// A second handle on the kernel's map of watched processes, for a thread that must not
     /// wait for the kernel lock or read /proc (the fanotify thread).
     pub fn watched_reader(&self) -> anyhow::Result<WatchedReader> {
@@ -458,6 +465,7 @@ impl Kernel {
         )?))
     }
 
+    /// Whether `tgid` is in a watched session (the control socket refuses those).
     pub fn is_watched(&self, tgid: u32) -> bool {
         self.watched.get(&tgid, 0).is_ok()
     }

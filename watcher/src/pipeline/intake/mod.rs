@@ -406,6 +406,10 @@ impl Intake {
             self.seq.process_exited(ev.pid);
             if session_ended {
                 self.seq.session_ended(&ev.trace_id);
+                let mut kernel = self.shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = kernel.session_ended(hdr.session_id) {
+                    tracing::warn!("forgetting an ended session's kill-switch entry: {e:#}");
+                }
             }
         }
         if hdr.ts_ns.saturating_sub(self.last_sweep_ns) >= 1_000_000_000 {
