@@ -380,11 +380,12 @@ fn a_hold_survives_a_daemon_crash() {
 /// lists a hold for it, and approving it lets the session finish.
 #[test]
 fn a_crash_between_freeze_and_store_leaves_a_decidable_hold() {
-    assert!(
-        cfg!(feature = "fault-injection"),
-        "this test needs the daemon's fault-injection points: build with --features \
-         watcher/fault-injection (cargo xtask test does)"
-    );
+    if !cfg!(feature = "fault-injection") {
+        panic!(
+            "this test needs the daemon's fault-injection points: build with --features \
+             watcher/fault-injection (cargo xtask test does)"
+        );
+    }
     let (_work, mut d, w) = hold_setup_env("", &[("WATCHER_FAULT", "before-hold-store")]);
     let (mut child, trace) = launch_bg(&d, &format!("{w}/held-tool unrecorded"));
     let st = d.await_death();
