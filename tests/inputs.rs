@@ -282,6 +282,25 @@ fn oversize_requests_are_refused_with_a_clear_error() {
     assert!(d.status()["sessions"].is_array());
 }
 
+/// The command's output; not done by the deadline fails the test (the CLI itself waits as long
+/// as the daemon takes).
+fn output_within(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// The daemon's open descriptors.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -333,20 +352,14 @@ fn the_daemon_survives_running_out_of_descriptors() {
     let idle: Vec<UnixStream> = (0..64)
         .map(|_| UnixStream::connect(&d.socket).unwrap())
         .collect();
-    // A client that arrives now is told why it cannot be served (the spare descriptor),
-    // instead of hanging.
-    let start = Instant::now();
-    loop {
-        let out = d.cli().args(["status", "--json"]).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() && err.contains("out of file descriptors") {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "never out of descriptors: {err}"
-        );
-    }
+    // A client that arrives now waits its turn in the backlog and is then told why it cannot
+    // be served (the spare descriptor), instead of hanging.
+    let out = output_within(d.cli().args(["status", "--json"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("out of file descriptors"),
+        "not told it is out of descriptors: {err}"
+    );
     drop(idle);
     set_nofile(pid, 20_000);
     // The idle clients are gone: the daemon answers again and counted what failed.

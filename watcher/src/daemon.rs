@@ -109,10 +109,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         socket = %shared.config.daemon.socket.display(),
         "watcher ready"
     );
-    // Tests and supervisors wait for this line instead of polling.
-    println!("ready {}", shared.config.daemon.socket.display());
-    let server = tokio::spawn(control::server::serve(listener, shared.clone()));
     start_api(&shared).await?;
+    let server = tokio::spawn(control::server::serve(listener, shared.clone()));
+    // Tests and supervisors wait for this line instead of polling: every socket listens.
+    println!("ready {}", shared.config.daemon.socket.display());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

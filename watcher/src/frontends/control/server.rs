@@ -70,16 +70,23 @@ pub async fn serve(listener: UnixListener, shared: Arc<State>) {
     // client and tell it why, instead of leaving it hanging in the backlog.
     let mut spare = std::fs::File::open("/dev/null").ok();
     loop {
+        // Another thread may have taken the descriptor the spare gave back: take one again as
+        // soon as any is free.
+        if spare.is_none() {
+            spare = std::fs::File::open("/dev/null").ok();
+        }
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                accept_failed("control socket", &e, &shared).await;
-                if out_of_descriptors(&e) {
-                    if let Some(f) = spare.take() {
-                        drop(f);
-                        refuse_busy(&listener).await;
-                        spare = std::fs::File::open("/dev/null").ok();
-                    }
+                // With the spare descriptor, each failed accept still serves the waiting
+                // client (it is told why), so there is no spin to pause for.
+                if out_of_descriptors(&e) && spare.is_some() {
+                    count_accept_error("control socket", &e, &shared);
+                    drop(spare.take());
+                    refuse_busy(&listener).await;
+                    spare = std::fs::File::open("/dev/null").ok();
+                } else {
+                    accept_failed("control socket", &e, &shared).await;
                 }
                 continue;
             }
@@ -113,6 +120,14 @@ async fn refuse_busy(listener: &UnixListener) {
 /// memory, the listener pauses briefly: accepting again at once would only spin on the same
 /// error.
 pub async fn accept_failed(what: &str, e: &std::io::Error, shared: &State) {
+    count_accept_error(what, e, shared);
+    if out_of_descriptors(e) || matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM)) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs and counts a failed accept.
+fn count_accept_error(what: &str, e: &std::io::Error, shared: &State) {
     let n = shared
         .counters
         .accept_errors
@@ -122,9 +137,6 @@ pub async fn accept_failed(what: &str, e: &std::io::Error, shared: &State) {
         tracing::warn!(errors = n + 1, "{what}: accept failed: {e}");
     } else {
         tracing::debug!(errors = n + 1, "{what}: accept failed: {e}");
-    }
-    if out_of_descriptors(e) || matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM)) {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
