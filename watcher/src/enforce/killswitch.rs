@@ -163,8 +163,8 @@ pub fn release(shared: &Enforce, by: &str) -> anyhow::Result<Vec<String>> {
 fn valid(traces: &[String]) -> Vec<String> {
     traces
         .iter()
-        .filter(|t| match TraceId::parse(t) {
-            Ok(_) => true,
+        .filter(|t| match TraceId::check(t) {
+            Ok(()) => true,
             Err(e) => {
                 tracing::error!("kill-switch state: {e}; ignored");
                 false

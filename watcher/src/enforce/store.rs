@@ -153,6 +153,15 @@ impl Store {
             ),
             None => ("SELECT record FROM holds ORDER BY rowid", vec![]),
         };
+        self.records(sql, &args)
+    }
+
+    /// The `record` column of every row `sql` selects, decoded.
+    fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        args: &[&str],
+    ) -> Result<Vec<T>, StoreError> {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))
@@ -188,19 +197,7 @@ impl Store {
     }
 
     pub fn exceptions(&self) -> Result<Vec<Exception>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT record FROM exceptions")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let rec = row.map_err(|e| self.sql(e))?;
-            out.push(serde_json::from_str(&rec).map_err(|e| self.json(e))?);
-        }
-        Ok(out)
+        self.records("SELECT record FROM exceptions", &[])
     }
 
     pub fn set_kill_switch(&self, k: &KillSwitchState) -> Result<(), StoreError> {

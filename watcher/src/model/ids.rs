@@ -37,8 +37,13 @@ impl TraceId {
     pub const LEN: usize = 32;
 
     pub fn parse(s: &str) -> Result<TraceId, IdError> {
+        Self::check(s).map(|()| TraceId(s.to_string()))
+    }
+
+    /// Whether `s` is a trace id, without making one (for paths checked on every use).
+    pub fn check(s: &str) -> Result<(), IdError> {
         if is_lower_hex(s, Self::LEN) {
-            Ok(TraceId(s.to_string()))
+            Ok(())
         } else {
             Err(IdError::Trace(shown(s)))
         }

@@ -156,8 +156,8 @@ impl Cgroups {
     /// The session's directory. The trace id is checked here too, where it becomes a path,
     /// whatever the caller checked: only a plain 32-hex-digit name is ever joined to the base.
     pub fn dir(&self, trace: &str) -> Result<PathBuf, FreezeError> {
-        let trace = crate::model::ids::TraceId::parse(trace)?;
-        Ok(self.base.join(trace.as_str()))
+        crate::model::ids::TraceId::check(trace)?;
+        Ok(self.base.join(trace))
     }
 
     /// Creates the session's cgroup and moves `pids` into it. Children forked afterwards are
@@ -339,7 +339,7 @@ impl Cgroups {
                     e.file_type().ok()?.is_dir().then_some(())?;
                     // Only session directories: whatever else someone made here is not ours.
                     let name = e.file_name().into_string().ok()?;
-                    crate::model::ids::TraceId::parse(&name).ok()?;
+                    crate::model::ids::TraceId::check(&name).ok()?;
                     Some(name)
                 })
                 .collect()

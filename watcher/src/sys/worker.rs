@@ -2,25 +2,18 @@
 //! webhook calls) in order, so that the threads which hold a process or answer the kernel
 //! never wait for them. Nothing is dropped: the queue is unbounded, and what it holds is
 //! bounded by what feeds it (one hold per session at a time).
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    mpsc, Arc,
-};
+use std::sync::mpsc;
 
 type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Worker {
     name: &'static str,
     tx: mpsc::Sender<Job>,
-    /// Jobs submitted and not yet finished.
-    queued: Arc<AtomicU64>,
 }
 
 impl Worker {
     pub fn start(name: &'static str) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let queued = Arc::new(AtomicU64::new(0));
-        let q = queued.clone();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
@@ -29,23 +22,16 @@ impl Worker {
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                         tracing::error!(worker = name, "a job panicked");
                     }
-                    q.fetch_sub(1, Ordering::Relaxed);
                 }
             })?;
-        Ok(Worker { name, tx, queued })
+        Ok(Worker { name, tx })
     }
 
     /// Queues `job`; never blocks.
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Box::new(job)).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(worker = self.name, "the worker thread is gone; job not run");
         }
-    }
-
-    pub fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
     }
 }
 

@@ -280,15 +280,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn exec_argv_is_split_on_nul() {
-        let mut ev = ExecEvent {
+    fn empty_exec() -> ExecEvent {
+        ExecEvent {
             hdr: header(EventKind::Exec),
             argv_len: 0,
             profile: 0,
             filename: [0; watcher_common::PATH_MAX],
             argv: [0; watcher_common::ARGV_MAX],
-        };
+        }
+    }
+
+    #[test]
+    fn exec_argv_is_split_on_nul() {
+        let mut ev = empty_exec();
         let args = b"sh\0-c\0echo hi\0";
         ev.argv[..args.len()].copy_from_slice(args);
         ev.argv_len = args.len() as u32;
@@ -304,13 +308,7 @@ mod tests {
 
     #[test]
     fn a_missing_argv_is_said_so() {
-        let mut ev = ExecEvent {
-            hdr: header(EventKind::Exec),
-            argv_len: 0,
-            profile: 0,
-            filename: [0; watcher_common::PATH_MAX],
-            argv: [0; watcher_common::ARGV_MAX],
-        };
+        let mut ev = empty_exec();
         for (flags, missing) in [(EVENT_FLAG_ARGV_MISSING, true), (0, false)] {
             ev.hdr.flags = flags;
             match decode(&bytes_of(&ev)).unwrap() {
