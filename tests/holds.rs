@@ -2,7 +2,6 @@
 //! it (or the deadline denies it), the freeze survives SIGCONT and a daemon crash, and the
 //! kill-switch stops every session at once. Root, the real kernel, real processes.
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -11,97 +10,11 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{curl, Daemon, TempDir, DEADLINE};
-
-/// A session started in the background: (launch process, trace id).
-fn launch_bg(d: &Daemon, script: &str) -> (Child, String) {
-    let mut child = d
-        .cli()
-        .args(["launch", "--", "sh", "-c", script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let trace = line
-        .strip_prefix("watcher: trace id ")
-        .unwrap_or_else(|| panic!("no trace id: {line:?}"))
-        .trim()
-        .to_string();
-    (child, trace)
-}
-
-fn json_lines(out: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// The first finding in the session's stream that `wanted` accepts (read as it arrives);
-/// None when the stream ends first. Reaching the deadline fails the test.
-fn first_finding(d: &Daemon, trace: &str, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
-    let mut f = d
-        .cli()
-        .args(["findings", "--json", "--follow", "--trace", trace])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = common::lines_of(f.stdout.take().unwrap());
-    let start = Instant::now();
-    let mut seen = Vec::new();
-    let found = loop {
-        let left = DEADLINE.saturating_sub(start.elapsed());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                let v: Value = serde_json::from_str(&line).unwrap();
-                if wanted(&v) {
-                    break Some(v);
-                }
-                seen.push(v);
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = f.kill();
-                panic!("no such finding of session {trace} within {DEADLINE:?}; saw {seen:#?}")
-            }
-        }
-    };
-    let _ = f.kill();
-    let _ = f.wait();
-    found
-}
-
-/// Waits (on the finding stream) for the session's hold and returns it once it is stored.
-fn await_hold(d: &Daemon, trace: &str) -> Value {
-    let id = first_finding(d, trace, |v| v["hold"].is_string())
-        .and_then(|v| v["hold"].as_str().map(str::to_string));
-    let id = id.expect("the finding stream ended without a hold");
-    // The record is written right after the finding; wait for it.
-    let start = Instant::now();
-    loop {
-        let out = d.cli().args(["show-hold", &id, "--json"]).output().unwrap();
-        if out.status.success() {
-            return serde_json::from_slice(&out.stdout).unwrap();
-        }
-        assert!(start.elapsed() < DEADLINE, "hold {id} was never stored");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A stored hold, as `watcher show-hold --json` prints it.
-fn show_hold(d: &Daemon, id: &str) -> Value {
-    let out = d.cli().args(["show-hold", id, "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::{
+    curl,
+    holds::{await_hold, first_finding, json_lines, launch_bg, show_hold, verdict, wait_exit},
+    Daemon, TempDir, DEADLINE,
+};
 
 fn state_of(pid: u64) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -156,17 +69,6 @@ fn frozen(d: &Daemon, trace: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(start.elapsed() < DEADLINE, "the session did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A rules directory with one rule: holding an exec of `tool` (a kernel fast path: SIGSTOP
 /// before the program's first instruction).
 fn hold_setup(extra_config: &str) -> (TempDir, Daemon, String) {
@@ -204,20 +106,6 @@ fn hold_setup_env(extra_config: &str, env: &[(&str, &str)]) -> (TempDir, Daemon,
     );
     let w = work.0.display().to_string();
     (work, d, w)
-}
-
-/// `watcher approve|deny ID`, which must succeed.
-fn verdict(d: &Daemon, verb: &str, hold: &Value) {
-    let out = d
-        .cli()
-        .args([verb, hold["id"].as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{verb}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn marker(dir: &str, name: &str) -> bool {

@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -13,36 +13,7 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{python, Daemon, TempDir, DEADLINE};
-
-/// A fake user's home under /home (so `~/` rules apply), removed afterwards.
-struct FakeHome(PathBuf);
-
-impl FakeHome {
-    fn new() -> FakeHome {
-        let p = PathBuf::from(format!("/home/watcher-e2e-{}", std::process::id()));
-        for d in [".ssh", ".aws", ".kube", ".claude"] {
-            std::fs::create_dir_all(p.join(d)).unwrap();
-        }
-        for (f, body) in [
-            (".ssh/id_rsa", "-----BEGIN FAKE KEY-----\n"),
-            (".aws/credentials", "[default]\naws_access_key_id=FAKE\n"),
-            (".kube/config", "apiVersion: v1\n"),
-            (".netrc", "machine example.com login x password fake\n"),
-            (".npmrc", "//registry.example.com/:_authToken=fake\n"),
-            (".bashrc", "# fake\n"),
-        ] {
-            std::fs::write(p.join(f), body).unwrap();
-        }
-        FakeHome(p)
-    }
-}
-
-impl Drop for FakeHome {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{pack_dir, python, Daemon, FakeHome, TempDir, DEADLINE};
 
 /// A loopback HTTP server that answers every request with a small shell script.
 fn http_server() -> u16 {
@@ -97,18 +68,6 @@ fn finding<'a>(findings: &'a [Value], rule: &str) -> Option<&'a Value> {
 }
 
 /// Copies the shipped pack into a directory the daemon loads (and the test may edit).
-fn pack_dir(into: &Path) -> PathBuf {
-    let dir = into.join("rules");
-    std::fs::create_dir_all(&dir).unwrap();
-    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
-    for e in std::fs::read_dir(pack).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "yaml") {
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
-}
 
 #[test]
 fn threat_cases_fire_the_expected_rules() {

@@ -1,6 +1,7 @@
 //! The test harness shared by the end-to-end tests: the real daemon binary, started as root
 //! with its own socket (and optionally its own config), driven through its CLI.
 #![allow(dead_code)]
+pub mod holds;
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -331,4 +332,47 @@ pub fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String
         }
     });
     rx
+}
+
+/// A fake user's home under /home (so `~/` rules apply), removed afterwards.
+pub struct FakeHome(pub PathBuf);
+
+impl FakeHome {
+    pub fn new() -> FakeHome {
+        let p = PathBuf::from(format!("/home/watcher-e2e-{}", std::process::id()));
+        for d in [".ssh", ".aws", ".kube", ".claude"] {
+            std::fs::create_dir_all(p.join(d)).unwrap();
+        }
+        for (f, body) in [
+            (".ssh/id_rsa", "-----BEGIN FAKE KEY-----\n"),
+            (".aws/credentials", "[default]\naws_access_key_id=FAKE\n"),
+            (".kube/config", "apiVersion: v1\n"),
+            (".netrc", "machine example.com login x password fake\n"),
+            (".npmrc", "//registry.example.com/:_authToken=fake\n"),
+            (".bashrc", "# fake\n"),
+        ] {
+            std::fs::write(p.join(f), body).unwrap();
+        }
+        FakeHome(p)
+    }
+}
+
+impl Drop for FakeHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The shipped rule pack, copied into `into/rules`.
+pub fn pack_dir(into: &std::path::Path) -> PathBuf {
+    let dir = into.join("rules");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    for e in std::fs::read_dir(pack).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
 }

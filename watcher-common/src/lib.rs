@@ -114,6 +114,10 @@ pub const EVENT_FLAG_SESSION_START: u32 = 1 << 2;
 pub const EVENT_FLAG_FAST_PATH: u32 = 1 << 3;
 /// The kernel stopped the process (SIGSTOP) for a hold: user space freezes its session now.
 pub const EVENT_FLAG_STOPPED: u32 = 1 << 4;
+/// The event is in the gate (`GATE_*` maps): the kernel stopped the process (SIGSTOP) at the
+/// hook, before it could use the result, and it stays stopped until user space has run the
+/// whole policy on this record and answers (resume, hold or kill).
+pub const EVENT_FLAG_GATED: u32 = 1 << 5;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -318,6 +322,45 @@ pub struct FastRule {
     pub _pad: u32,
 }
 
+/// Event kinds of a gate entry (`Gate::kinds`, `GATE_ALL[0]`, `SESSION_GATE` values).
+pub const GATE_EXEC: u32 = 1 << 0;
+pub const GATE_OPEN: u32 = 1 << 1;
+pub const GATE_CONNECT: u32 = 1 << 2;
+/// Bytes of a `GATE_COMM` key: the task's `comm` (the new program's basename, cut at 15).
+pub const GATE_COMM_LEN: usize = 16;
+/// Bytes of a `GATE_SUFFIX` key: the path's last bytes, last byte first.
+pub const GATE_SUFFIX_MAX: usize = 64;
+/// `PATH_FILTER` tables of the gate's path tries: the first two bytes after the `/` of a
+/// `GATE_PREFIX` entry, and the first two bytes of a (reversed) `GATE_SUFFIX` key.
+pub const FILTER_GATE_PREFIX: u32 = 2;
+pub const FILTER_GATE_SUFFIX: u32 = 3;
+pub const PATH_FILTER_TABLES: u32 = 4;
+
+/// The value of a gate entry: which events it gates. `GATE_COMM` entries gate the kinds in
+/// `kinds` of a process with that name (opens only with one of the `intent` bits, 0: any);
+/// `GATE_PREFIX` and `GATE_SUFFIX` entries gate opens with one of the `intent` bits (0: any),
+/// a `GATE_PREFIX` entry only the exact path when `exact_len` is not 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gate {
+    pub kinds: u32,
+    pub intent: u32,
+    pub exact_len: u32,
+    pub _pad: u32,
+}
+
+/// The value of a `GATED` entry (key: tgid): a process the gate stopped and user space has not
+/// answered yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gated {
+    pub session_id: u64,
+    pub ts_ns: u64,
+    /// `EventKind` of the gated event.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
 /// The value of a `DENY_V4`/`DENY_V6` entry: the ports refused (host order, inclusive).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -415,4 +458,6 @@ mod pod {
     unsafe impl aya::Pod for AgentName {}
     unsafe impl aya::Pod for FastRule {}
     unsafe impl aya::Pod for FastNet {}
+    unsafe impl aya::Pod for Gate {}
+    unsafe impl aya::Pod for Gated {}
 }

@@ -13,7 +13,8 @@ use aya_ebpf::{
 use watcher_common::{
     net_filter_bit, path_filter_bit, watch_slot, AgentName, Alert, EventHeader, EventKind, FastNet,
     FastRule, ProbeConfig, Watch, EVENT_KINDS, FAILURE_KINDS, FAIL_ALERT, FAIL_CONFIG,
-    FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_WORDS, PATH_MAX, WATCH_FILTER_SLOTS,
+    FAST_PATH_MAX, NET_FILTER_WORDS, PATH_FILTER_TABLES, PATH_FILTER_WORDS, PATH_MAX,
+    WATCH_FILTER_SLOTS,
 };
 
 /// Field offsets, filled by user space at load time (see `ProbeConfig`). A plain static rather
@@ -197,6 +198,23 @@ impl Task {
         }
     }
 
+    /// The task's name (the program's basename since its exec), NUL-padded.
+    #[inline(always)]
+    pub fn comm(self) -> [u8; 16] {
+        // SAFETY: see `load`; `comm` is 16 bytes at an 8-byte boundary of the task.
+        unsafe {
+            let a: u64 = load(self.0, &CONFIG.task_comm);
+            let p = self
+                .0
+                .add(core::ptr::read_volatile(&CONFIG.task_comm) as usize + 8);
+            let b = *(p as *const u64);
+            let mut out = [0u8; 16];
+            out[..8].copy_from_slice(&a.to_ne_bytes());
+            out[8..].copy_from_slice(&b.to_ne_bytes());
+            out
+        }
+    }
+
     /// The id of the task's cgroup v2, as `bpf_get_current_cgroup_id` gives it.
     #[inline(always)]
     pub fn cgroup_id(self) -> u64 {
@@ -342,12 +360,14 @@ pub static DENY_V4: LpmTrie<[u8; 4], FastNet> = LpmTrie::with_max_entries(1024, 
 #[map]
 pub static DENY_V6: LpmTrie<[u8; 16], FastNet> = LpmTrie::with_max_entries(1024, 0);
 
-/// Which pairs of bytes after the leading `/` begin some `FAST_EXEC` (words 0..1024) or
-/// `FAST_OPEN` (1024..2048) entry (`watcher_common::path_filter_bit`). Most paths a process
+/// Which pairs of bytes after the leading `/` begin some `FAST_EXEC` (words 0..1024),
+/// `FAST_OPEN` (1024..2048) or `GATE_PREFIX` entry, and which first two bytes a `GATE_SUFFIX`
+/// key has (`watcher_common::path_filter_bit`, one table of words each). Most paths a process
 /// opens share no first two bytes with any policy path; for them one array load replaces the
 /// key copy and the trie walk.
 #[map]
-pub static PATH_FILTER: Array<u64> = Array::with_max_entries(2 * PATH_FILTER_WORDS, 0);
+pub static PATH_FILTER: Array<u64> =
+    Array::with_max_entries(PATH_FILTER_TABLES * PATH_FILTER_WORDS, 0);
 
 /// Whether some entry of fast-path `table` (`FILTER_EXEC`, `FILTER_OPEN`) may match the absolute
 /// path that begins with `/`, `b1`, `b2`.
@@ -416,6 +436,12 @@ pub fn fast_act(r: &FastRule) {
         watcher_common::FAST_STOP => signal(SIGSTOP),
         _ => {}
     }
+}
+
+/// SIGSTOP to the current process: it stops before it is back in user space.
+#[inline(always)]
+pub fn signal_stop() {
+    signal(SIGSTOP);
 }
 
 const SIGKILL: u32 = 9;

@@ -8,7 +8,7 @@ use crate::{
     config::Config,
     enforce::{holds::Approvals, Enforce},
     frontends::{api, control},
-    kernel::{policy::KernelPolicy, Kernel},
+    kernel::Kernel,
     pipeline::{intake, reload, ActivePolicy, Core},
     rules,
     state::State,
@@ -63,9 +63,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_nofile_limit();
     // A broken rule file at start-up is an error, not a daemon without rules.
     let (policy, _) = rules::load(config.rules.path.as_deref())?;
-    let kernel_policy = KernelPolicy::of(&policy, config.holds.enabled);
+    let active = ActivePolicy::new(policy, config.holds.enabled);
     let mut kernel = Kernel::load(&config)?;
-    kernel.set_fast_paths(&kernel_policy)?;
+    active.apply(&mut kernel)?;
     let rings = kernel.take_rings()?;
     let cgroups = Arc::new(Cgroups::open_named(&config.holds.cgroup)?);
     let approvals = Arc::new(Approvals::open(
@@ -75,10 +75,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.holds.deny,
     )?);
     let (seed_tx, seed_rx) = std::sync::mpsc::channel();
-    let active = ActivePolicy {
-        policy,
-        kernel: kernel_policy,
-    };
     let core =
         Arc::new(Core::new(config, kernel, active, cgroups, seed_tx).context("the pipeline")?);
     let enforce = Enforce::new(core.clone(), approvals)?;
@@ -90,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::enforce::decide::adopt_sessions(&enforce);
     crate::enforce::decide::restore_kill_switch(&enforce);
     tokio::spawn(crate::enforce::holds::deadlines(shared.approvals.clone()));
+    tokio::spawn(crate::enforce::decide::unanswered_gates(enforce.clone()));
     tokio::spawn(crate::enforce::holds::prune(
         shared.approvals.clone(),
         shared.config.holds.retention,

@@ -1,14 +1,25 @@
 //! `syscalls:sys_exit_connect`: the raw sockaddr (user space decodes IPv4, IPv6 and unix
 //! paths) with the result, at exit; the arguments and result come from the task's saved
 //! registers.
-use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::tracepoint, programs::TracePointContext};
-use watcher_common::{ConnectEvent, EventKind, EVENT_FLAG_FAST_PATH, SOCKADDR_MAX};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use watcher_common::{ConnectEvent, EventKind, EVENT_FLAG_FAST_PATH, GATE_CONNECT, SOCKADDR_MAX};
 
-use crate::shared::{
-    count_drop, enforce_halt, fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS, REFUSED,
+use crate::{
+    gate,
+    shared::{
+        count_drop, enforce_halt, fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS,
+        REFUSED,
+    },
 };
 
 const EPERM: i64 = 1;
+const EINPROGRESS: i64 = 115;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 
 #[tracepoint]
 pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
@@ -36,6 +47,19 @@ fn try_exit() {
         }
         marked
     };
+    // A connect out that went through (or is under way) is gated before the process can send
+    // on it; a refused or failed one has no effect to stop.
+    let mut gated = 0;
+    if ret == 0 || ret == -EINPROGRESS {
+        // SAFETY: probe read of user memory, faults safely.
+        let family = unsafe { bpf_probe_read_user(args[1] as *const u16) }.unwrap_or(0);
+        if (family == AF_INET || family == AF_INET6)
+            && (gate::gated_kind(watch.session_id, GATE_CONNECT, 0)
+                || gate::gated_comm(&task.comm(), GATE_CONNECT, 0))
+        {
+            gated = gate::stop(task, watch.session_id, EventKind::Connect);
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_drop(EventKind::Connect);
         return;
@@ -55,6 +79,7 @@ fn try_exit() {
         if refused {
             (*ev).hdr.flags |= EVENT_FLAG_FAST_PATH;
         }
+        (*ev).hdr.flags |= gated;
         (*ev).fd = args[0] as i32;
         (*ev).addrlen = addrlen;
         (*ev).addr[0] = 0;

@@ -12,13 +12,16 @@ use aya_ebpf::{
 use watcher_common::{
     AgentName, EventKind, ExecEvent, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX, ARGV_MAX,
     EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
-    EVENT_FLAG_TRUNCATED, FAIL_SESSION_WATCH, FAST_STOP, FILTER_EXEC, PATH_MAX,
+    EVENT_FLAG_TRUNCATED, FAIL_SESSION_WATCH, FAST_STOP, FILTER_EXEC, GATE_EXEC, PATH_MAX,
 };
 
-use crate::shared::{
-    alert, config, count_drop, count_failure, current_task, enforce_halt, fast_act, fast_lookup,
-    fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, Task, AGENTS,
-    EVENTS, FAST_EXEC, SCRATCH_PATH,
+use crate::{
+    gate,
+    shared::{
+        alert, config, count_drop, count_failure, current_task, enforce_halt, fast_act,
+        fast_lookup, fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of,
+        Task, AGENTS, EVENTS, FAST_EXEC, SCRATCH_PATH,
+    },
 };
 
 #[tracepoint]
@@ -61,6 +64,10 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
             flags |= EVENT_FLAG_STOPPED;
             alert(EventKind::Exec, flags);
         }
+    } else if gate::gated_kind(watch.session_id, GATE_EXEC, 0)
+        || gate::gated_comm(&task.comm(), GATE_EXEC, 0)
+    {
+        flags |= gate::stop(task, watch.session_id, EventKind::Exec);
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_drop(EventKind::Exec);

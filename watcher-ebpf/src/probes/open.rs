@@ -9,13 +9,16 @@ use aya_ebpf::{
 };
 use watcher_common::{
     EventKind, FastRule, OpenEvent, Watch, EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED,
-    EVENT_FLAG_TRUNCATED, FAST_PATH_MAX, FAST_STOP, FILTER_OPEN, INTENT_CREATE, INTENT_READ,
-    INTENT_TRUNCATE, INTENT_WRITE, OPEN_PATH_SHORT, PATH_MAX,
+    EVENT_FLAG_TRUNCATED, FAST_PATH_MAX, FAST_STOP, FILTER_GATE_PREFIX, FILTER_OPEN, GATE_OPEN,
+    INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, OPEN_PATH_SHORT, PATH_MAX,
 };
 
-use crate::shared::{
-    alert, count_drop, enforce_halt, fast_act, fast_lookup, fill_header, may_match, ready,
-    scratch_key, syscall, watch_of, Syscall, Task, EVENTS, FAST_OPEN,
+use crate::{
+    gate,
+    shared::{
+        alert, count_drop, enforce_halt, fast_act, fast_lookup, fill_header, may_match, ready,
+        scratch_key, syscall, watch_of, Syscall, Task, EVENTS, FAST_OPEN,
+    },
 };
 
 #[repr(C)]
@@ -80,7 +83,14 @@ fn try_exit(openat2: bool) {
             // SAFETY: probe read of user memory, faults safely.
             if let Ok(p) = unsafe { bpf_probe_read_user_str_bytes(call.path, &mut key.data) } {
                 let len = p.len();
-                fast_open(key, len, flags);
+                // Fail closed: a gated open with no record stays stopped, and user space finds
+                // it in `GATED` unanswered.
+                if fast_open(key, len, flags) == 0
+                    && ret >= 0
+                    && gated(key, len, flags, &task.comm(), watch.session_id)
+                {
+                    gate::stop(task, watch.session_id, EventKind::Open);
+                }
             }
         }
     }
@@ -162,9 +172,65 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
                 }
             }
         }
+        if (*ev).hdr.flags & EVENT_FLAG_FAST_PATH == 0 && c.ret >= 0 {
+            let intent = intent_of(c.flags);
+            let comm = &(*ev).hdr.comm;
+            let mut stop = gate::gated_kind(watch.session_id, GATE_OPEN, intent)
+                || gate::gated_comm(comm, GATE_OPEN, intent)
+                || gate::gated_suffix(&(*ev).path, len, intent);
+            if !stop
+                && len > 0
+                && len <= FAST_PATH_MAX
+                && (*ev).path[0] == b'/'
+                && may_match(FILTER_GATE_PREFIX, (*ev).path[1], (*ev).path[2])
+            {
+                if let Some(key) = scratch_key() {
+                    let n = if N < FAST_PATH_MAX { N } else { FAST_PATH_MAX };
+                    if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut key.data[..n]).is_ok() {
+                        stop = gate::gated_prefix(key, len, intent);
+                    }
+                }
+            }
+            if stop {
+                (*ev).hdr.flags |= gate::stop(task, watch.session_id, EventKind::Open);
+            }
+        }
     }
     entry.submit(0);
     Written::Done
+}
+
+/// Whether the open of `key` (`len` bytes) is in the gate, by any of its entries.
+#[inline(always)]
+fn gated(
+    key: &mut Key<[u8; FAST_PATH_MAX]>,
+    len: usize,
+    flags: u64,
+    comm: &[u8; 16],
+    session_id: u64,
+) -> bool {
+    let intent = intent_of(flags);
+    gate::gated_kind(session_id, GATE_OPEN, intent)
+        || gate::gated_comm(comm, GATE_OPEN, intent)
+        || gate::gated_tail(&key.data, len, intent)
+        || gate::gated_prefix(key, len, intent)
+}
+
+/// The `INTENT_*` bits of an open's flags.
+#[inline(always)]
+fn intent_of(flags: u64) -> u32 {
+    let mut intent = match flags & 3 {
+        0 => INTENT_READ,
+        1 => INTENT_WRITE,
+        _ => INTENT_READ | INTENT_WRITE,
+    };
+    if flags & 0o100 != 0 {
+        intent |= INTENT_CREATE;
+    }
+    if flags & 0o1000 != 0 {
+        intent |= INTENT_TRUNCATE;
+    }
+    intent
 }
 
 /// Acts on the `FAST_OPEN` entry for the absolute path in `key` (`len` bytes) opened with
@@ -191,17 +257,7 @@ fn fast_rule(key: &mut Key<[u8; FAST_PATH_MAX]>, len: usize, flags: u64) -> Opti
         return None;
     }
     let rule = fast_lookup(&FAST_OPEN, FILTER_OPEN, key, len)?;
-    let mut intent = match flags & 3 {
-        0 => INTENT_READ,
-        1 => INTENT_WRITE,
-        _ => INTENT_READ | INTENT_WRITE,
-    };
-    if flags & 0o100 != 0 {
-        intent |= INTENT_CREATE;
-    }
-    if flags & 0o1000 != 0 {
-        intent |= INTENT_TRUNCATE;
-    }
+    let intent = intent_of(flags);
     if rule.intent != 0 && rule.intent & intent == 0 {
         return None;
     }

@@ -50,10 +50,15 @@ pub fn decide(
     if a.excepted(&rule.id, &ev.trace_id, profile) {
         return plain(Outcome::Excepted);
     }
-    // One action, one question: the approver let this very open through already.
-    if let Some(id) = a.approved_action(ev) {
+    // One action, one question: the approver let this very open through, or refused it,
+    // already.
+    if let Some((id, allowed)) = a.decided_action(ev) {
         return Decision {
-            outcome: Outcome::Approved,
+            outcome: if allowed {
+                Outcome::Approved
+            } else {
+                Outcome::Refused
+            },
             hold: Some(id),
             new_hold: false,
         };
@@ -192,7 +197,12 @@ pub fn adopt_sessions(shared: &Enforce) {
         }
         let frozen = cg.is_frozen(&trace);
         if frozen {
-            recover_unrecorded_hold(shared, &trace, &pids);
+            recover_unrecorded_hold(shared, &trace, &pids, RECOVERED_RULE, RECOVERED_WHY);
+        } else if pids.iter().any(|p| crate::sys::procfs::is_stopped(*p)) {
+            // Stopped at a hook (the gate, a kernel hold) by a daemon that died before it
+            // answered: the session waits for a human, as a hold.
+            freeze_session(shared, &trace, 0, &|| pids.clone());
+            recover_unrecorded_hold(shared, &trace, &pids, UNANSWERED_RULE, UNANSWERED_WHY);
         }
         shared
             .sessions
@@ -218,13 +228,97 @@ pub fn adopt_sessions(shared: &Enforce) {
 /// The rule of a hold made at start-up for a session an earlier daemon froze without storing
 /// its hold.
 pub const RECOVERED_RULE: &str = "watcher-recovered-hold";
+const RECOVERED_WHY: &str = "the session was frozen for a hold by a daemon that stopped before it \
+                             stored the hold; what triggered it is not known, decide from the tree";
+/// The rule of a hold made for a process the gate stopped that got no answer: the daemon died
+/// first, or the event's record was lost.
+pub const UNANSWERED_RULE: &str = "watcher-unanswered-gate";
+const UNANSWERED_WHY: &str = "a process was stopped at a hook for the policy to decide an \
+                              action, and no decision came (the daemon restarted or the record \
+                              was lost); what it was about to do is not known, decide from the tree";
+
+/// How long a gated process may wait for the intake before a human is asked instead.
+const GATE_ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Fail closed: a process the gate stopped stays stopped until it is answered. One that the
+/// intake has not answered in `GATE_ANSWER_WITHIN` (its record was lost, or the intake is
+/// stuck) becomes a hold for its session.
+pub async fn unanswered_gates(shared: Arc<Enforce>) {
+    let handle = shared
+        .kernel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .gate_handle();
+    let mut gate = match handle {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("no handle on the gate's maps, unanswered gates are not swept: {e:#}");
+            return;
+        }
+    };
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = shared.clone();
+        gate = match tokio::task::spawn_blocking(move || {
+            sweep_gates(&s, &mut gate);
+            gate
+        })
+        .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("the gate sweeper failed: {e}");
+                return;
+            }
+        };
+    }
+}
+
+fn sweep_gates(shared: &Enforce, gate: &mut crate::kernel::gate::GateHandle) {
+    let now = crate::sys::cgroup::boot_ns();
+    for (tgid, g) in gate.waiting() {
+        if now.saturating_sub(g.ts_ns) < GATE_ANSWER_WITHIN.as_nanos() as u64 {
+            continue;
+        }
+        if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
+            gate.answered(tgid);
+            continue;
+        }
+        let trace = shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(g.session_id)
+            .map(|s| s.trace_id.clone());
+        let Some(trace) = trace else {
+            tracing::error!(
+                pid = tgid,
+                "a gated process of an unknown session stays stopped"
+            );
+            continue;
+        };
+        if shared.approvals.pending_for(&trace).is_some() {
+            // Its session waits for a decision already; this one is asked after it.
+            continue;
+        }
+        let pids = shared.approvals.cgroups.pids(&trace);
+        let pids = if pids.is_empty() { vec![tgid] } else { pids };
+        freeze_session(shared, &trace, g.ts_ns, &|| pids.clone());
+        recover_unrecorded_hold(shared, &trace, &pids, UNANSWERED_RULE, UNANSWERED_WHY);
+        shared
+            .counters
+            .gate_unanswered
+            .fetch_add(1, Ordering::Relaxed);
+        gate.answered(tgid);
+    }
+}
 
 /// A session frozen with no pending hold and no kill-switch on it was frozen by a daemon that
 /// died before it stored the hold (the freeze comes first, so that the session stops at once).
 /// It gets a hold now, so that it is listed and can be decided; left alone it would stay frozen
 /// with nothing to approve. Approve thaws it and continues every process (the kernel may have
 /// stopped any of them); deny kills it; the deadline applies as to any hold.
-fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32]) {
+fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &str, why: &str) {
     let a = &shared.approvals;
     if a.pending_for(trace).is_some() {
         return;
@@ -258,10 +352,8 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32]) {
     };
     let version = shared.policy.load().policy.version.clone();
     let finding = crate::model::event::Finding {
-        rule: RECOVERED_RULE.into(),
-        description: "the session was frozen for a hold by a daemon that stopped before it \
-                      stored the hold; what triggered it is not known, decide from the tree"
-            .into(),
+        rule: rule.into(),
+        description: why.into(),
         severity: crate::model::event::Severity::High,
         tags: Vec::new(),
         action: Action::Hold,
@@ -283,7 +375,7 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32]) {
         tree,
         recent: Vec::new(),
         stopped: pids.to_vec(),
-        rule: RECOVERED_RULE.into(),
+        rule: rule.into(),
         policy_version: version,
         frozen_us: None,
     }) {

@@ -44,23 +44,25 @@ pub struct Approvals {
     pub changed: tokio::sync::Notify,
     /// Answers a waiting protected open (hold id, allow); false when none waits.
     verdict_hook: Mutex<Option<VerdictHook>>,
-    /// Protected opens approved lately: the open's own event, when it arrives, is covered by
-    /// that approval instead of asking again.
-    approved_opens: Mutex<Vec<ApprovedOpen>>,
+    /// Protected opens decided lately: the open's own event, when it arrives, is covered by
+    /// that decision instead of asking again.
+    decided_opens: Mutex<Vec<DecidedOpen>>,
 }
 
-/// How long an approved open waits for its event.
-const APPROVED_OPEN_WINDOW: Duration = Duration::from_secs(60);
-/// Approved opens remembered at most (the oldest go first).
-const APPROVED_OPENS_MAX: usize = 1024;
+/// How long a decided open waits for its event.
+const DECIDED_OPEN_WINDOW: Duration = Duration::from_secs(60);
+/// Decided opens remembered at most (the oldest go first).
+const DECIDED_OPENS_MAX: usize = 1024;
 
-struct ApprovedOpen {
+struct DecidedOpen {
     trace: String,
     pid: u32,
     path: String,
     hold: String,
+    /// Approved (the open went through) or denied (it failed with EPERM).
+    allowed: bool,
     at: std::time::Instant,
-    /// The event that was the approved open, once seen: every finding on it is covered, and
+    /// The event that was the decided open, once seen: every finding on it is covered, and
     /// no later event is.
     event: Option<u64>,
 }
@@ -105,7 +107,7 @@ impl Approvals {
             deny,
             changed: tokio::sync::Notify::new(),
             verdict_hook: Mutex::new(None),
-            approved_opens: Mutex::new(Vec::new()),
+            decided_opens: Mutex::new(Vec::new()),
         })
     }
 
@@ -265,40 +267,41 @@ impl Approvals {
                 .push(e);
         }
         if h.kind == HoldKind::ProtectedOpen {
-            if let Detail::Open { path, .. } = &h.trigger.detail {
-                let mut a = self
-                    .approved_opens
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if a.len() >= APPROVED_OPENS_MAX {
-                    a.remove(0);
-                }
-                a.push(ApprovedOpen {
-                    trace: h.trace_id.clone(),
-                    pid: h.trigger.pid,
-                    path: path.clone(),
-                    hold: h.id.clone(),
-                    at: std::time::Instant::now(),
-                    event: None,
-                });
-            }
+            self.remember_decided_open(&h, true);
             self.verdict(&h.id, true);
         }
         self.resume(&h.trace_id, &h.stopped);
         Ok(h)
     }
 
-    /// The approved hold that already covers this event: the open a protected-open hold let
-    /// through, seen now as the open's own event (its findings are not asked about again).
-    pub fn approved_action(&self, ev: &Event) -> Option<String> {
+    fn remember_decided_open(&self, h: &Hold, allowed: bool) {
+        let Detail::Open { path, .. } = &h.trigger.detail else {
+            return;
+        };
+        let mut a = self.decided_opens.lock().unwrap_or_else(|e| e.into_inner());
+        if a.len() >= DECIDED_OPENS_MAX {
+            a.remove(0);
+        }
+        a.push(DecidedOpen {
+            trace: h.trace_id.clone(),
+            pid: h.trigger.pid,
+            path: path.clone(),
+            hold: h.id.clone(),
+            allowed,
+            at: std::time::Instant::now(),
+            event: None,
+        });
+    }
+
+    /// The decided hold that already covers this event, and whether it was approved: the open
+    /// a protected-open hold let through or refused, seen now as the open's own event (its
+    /// findings are not asked about again).
+    pub fn decided_action(&self, ev: &Event) -> Option<(String, bool)> {
         let Detail::Open { path, .. } = &ev.detail else {
             return None;
         };
-        let mut a = self
-            .approved_opens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        a.retain(|o| o.at.elapsed() < APPROVED_OPEN_WINDOW);
+        let mut a = self.decided_opens.lock().unwrap_or_else(|e| e.into_inner());
+        a.retain(|o| o.at.elapsed() < DECIDED_OPEN_WINDOW);
         let o = a.iter_mut().find(|o| {
             o.trace == ev.trace_id
                 && o.pid == ev.pid
@@ -306,7 +309,7 @@ impl Approvals {
                 && o.event.is_none_or(|seq| seq == ev.seq)
         })?;
         o.event = Some(ev.seq);
-        Some(o.hold.clone())
+        Some((o.hold.clone(), o.allowed))
     }
 
     /// Thaws the session and continues the processes the kernel stopped.
@@ -335,6 +338,7 @@ impl Approvals {
 
     fn stop(&self, h: &Hold) -> Result<String, HoldError> {
         if h.kind == HoldKind::ProtectedOpen {
+            self.remember_decided_open(h, false);
             if self.verdict(&h.id, false) {
                 // The open failed with EPERM before it happened: nothing to stop.
                 self.resume(&h.trace_id, &[]);

@@ -1,6 +1,7 @@
 //! Loading the kernel programs: feature checks, layout discovery, attach, and map access.
 pub mod btf;
 mod floor;
+pub mod gate;
 pub mod policy;
 pub mod tracefs;
 mod watch_filter;
@@ -221,6 +222,95 @@ impl Kernel {
             Ok(RingBuf::try_from(map)?)
         };
         Ok((take("EVENTS")?, take("ALERTS")?))
+    }
+
+    /// Makes the gate's maps hold exactly `g` (see `rules::gate`). As for the fast paths, new
+    /// entries go in before stale ones go out.
+    pub fn set_gate(&mut self, g: &self::policy::GateSet) -> anyhow::Result<()> {
+        use watcher_common::{
+            Gate, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX, GATE_COMM_LEN, GATE_SUFFIX_MAX,
+        };
+        fn entries<const N: usize>(
+            list: &[self::policy::GateEntry],
+            reverse: bool,
+        ) -> Vec<(Key<[u8; N]>, Gate)> {
+            list.iter()
+                .filter(|e| !e.key.is_empty() && e.key.len() <= N)
+                .map(|e| {
+                    let mut data = [0u8; N];
+                    let bytes = e.key.as_bytes();
+                    for (i, b) in bytes.iter().enumerate() {
+                        data[i] = if reverse {
+                            bytes[bytes.len() - 1 - i]
+                        } else {
+                            *b
+                        };
+                    }
+                    let gate = Gate {
+                        kinds: e.kinds,
+                        intent: e.intent,
+                        exact_len: if e.prefix { 0 } else { bytes.len() as u32 },
+                        _pad: 0,
+                    };
+                    (Key::new(bytes.len() as u32 * 8, data), gate)
+                })
+                .collect()
+        }
+        // The filter of a table: the first two bytes of each key (reversed for tails).
+        let filter = |list: &[self::policy::GateEntry], reverse: bool| -> Vec<u64> {
+            let as_paths: Vec<PathEntry> = list
+                .iter()
+                .map(|e| {
+                    let key: String = if reverse {
+                        e.key.chars().rev().collect()
+                    } else {
+                        e.key.clone()
+                    };
+                    PathEntry {
+                        // `path_filter` reads the two bytes after a leading `/`.
+                        path: if reverse { format!("/{key}") } else { key },
+                        prefix: e.prefix || reverse,
+                        intent: 0,
+                        action: KernelAction::Mark,
+                        rule: String::new(),
+                    }
+                })
+                .collect();
+            path_filter(&as_paths)
+        };
+        let tables = [
+            (FILTER_GATE_PREFIX, filter(&g.prefix, false)),
+            (FILTER_GATE_SUFFIX, filter(&g.suffix, true)),
+        ];
+        for (table, words) in &tables {
+            self.widen_filter("PATH_FILTER", table * PATH_FILTER_WORDS, words)?;
+        }
+        replace_trie(
+            &mut self.ebpf,
+            "GATE_COMM",
+            entries::<GATE_COMM_LEN>(&g.comm, false),
+        )?;
+        replace_trie(
+            &mut self.ebpf,
+            "GATE_PREFIX",
+            entries::<FAST_PATH_MAX>(&g.prefix, false),
+        )?;
+        replace_trie(
+            &mut self.ebpf,
+            "GATE_SUFFIX",
+            entries::<GATE_SUFFIX_MAX>(&g.suffix, true),
+        )?;
+        for (table, words) in &tables {
+            self.set_filter_words("PATH_FILTER", table * PATH_FILTER_WORDS, words)?;
+        }
+        let mut all: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut("GATE_ALL")
+                .ok_or_else(|| anyhow!("no GATE_ALL map"))?,
+        )?;
+        all.set(1, g.all_intent, 0).context("setting GATE_ALL")?;
+        all.set(0, g.all, 0).context("setting GATE_ALL")?;
+        Ok(())
     }
 
     /// Run count and time of every program (see `control::Status::programs`).

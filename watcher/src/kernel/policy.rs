@@ -43,3 +43,31 @@ impl KernelPolicy {
             || self.deny.iter().any(|e| e.rule == id)
     }
 }
+
+/// One entry of a gate trie: a key (a process name, a path prefix, or a path tail written
+/// forwards; the loader reverses tails), the kinds it gates and, for opens, the intents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateEntry {
+    pub key: String,
+    /// A prefix of the looked-up key rather than all of it.
+    pub prefix: bool,
+    /// `watcher_common::GATE_*` bits.
+    pub kinds: u32,
+    /// `watcher_common::INTENT_*` bits an open must have one of (0: any open).
+    pub intent: u32,
+}
+
+/// The events user space must decide before they take effect, as the kernel's gate maps take
+/// them (see `rules::gate`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GateSet {
+    /// By process name (`comm`).
+    pub comm: Vec<GateEntry>,
+    /// By absolute path prefix (opens).
+    pub prefix: Vec<GateEntry>,
+    /// By the tail of the path or of its directory (opens).
+    pub suffix: Vec<GateEntry>,
+    /// Kinds gated whatever they name, and the open intents of that (0: any).
+    pub all: u32,
+    pub all_intent: u32,
+}

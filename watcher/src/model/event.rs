@@ -142,6 +142,9 @@ pub enum Outcome {
     /// The approver already allowed this very action (a protected open approved while it
     /// waited): it is not asked about twice (`hold` names the approved hold).
     Approved,
+    /// The approver already refused this very action (a protected open denied while it
+    /// waited, which failed with EPERM): nothing happened, nothing is asked again.
+    Refused,
 }
 
 /// A wall-clock time, formatted only when an event is written out (most events never are).

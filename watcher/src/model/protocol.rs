@@ -143,12 +143,30 @@ pub struct Status {
     pub accept_errors: u64,
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
+    #[serde(default)]
+    pub gate: GateStatus,
     pub policy: PolicyStatus,
     pub holds: HoldsStatus,
     /// Each kernel program's run count and time; they count only while BPF run-time
     /// statistics are on (`sysctl kernel.bpf_stats_enabled=1`), which costs a little per run.
     #[serde(default)]
     pub programs: Vec<ProgramStat>,
+}
+
+/// The gate: events stopped at their hook until the policy decided them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct GateStatus {
+    /// Gated events answered since the daemon started.
+    pub gated: u64,
+    /// Gated processes that got no answer in time and became holds.
+    pub unanswered: u64,
+    /// Kernel stop to answer.
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    /// Entries in the kernel's gate maps (names, path prefixes, path tails) and the kinds
+    /// gated whatever they name.
+    pub entries: usize,
+    pub every: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use crate::{
         hold::{Decision, HaltMode, HoldDraft},
         session::Sessions,
     },
-    rules::{eval::Rule, Policy},
+    rules::{eval::Rule, gate::GatePlan, Policy},
     sys::cgroup::Cgroups,
 };
 
@@ -60,12 +60,44 @@ pub struct Counters {
     /// Failed accepts on the control socket and the API (e.g. EMFILE); each is logged and the
     /// listener goes on.
     pub accept_errors: AtomicU64,
+    /// Events the gate stopped and the intake answered.
+    pub gated: AtomicU64,
+    /// Gated processes no answer came for in time, handed to a human as a hold.
+    pub gate_unanswered: AtomicU64,
 }
 
-/// The policy in force, with the part compiled into the kernel.
+/// The policy in force, with the parts compiled into the kernel: what it decides alone (the
+/// fast paths) and what it stops for user space to decide (the gate).
 pub struct ActivePolicy {
     pub policy: Policy,
     pub kernel: KernelPolicy,
+    pub gate: GatePlan,
+}
+
+impl ActivePolicy {
+    /// `holds`: whether the daemon runs holds.
+    pub fn new(policy: Policy, holds: bool) -> ActivePolicy {
+        let kernel = KernelPolicy::of(&policy, holds);
+        let gate = GatePlan::of(&policy, &kernel, holds);
+        for (rule, kind) in &gate.unanchored {
+            tracing::warn!(
+                rule,
+                kind,
+                "the rule names nothing the kernel can test: every watched {kind} is gated"
+            );
+        }
+        ActivePolicy {
+            policy,
+            kernel,
+            gate,
+        }
+    }
+
+    /// Writes the kernel's parts into its maps.
+    pub fn apply(&self, kernel: &mut Kernel) -> anyhow::Result<()> {
+        kernel.set_fast_paths(&self.kernel)?;
+        kernel.set_gate(&self.gate.set)
+    }
 }
 
 /// What the pipeline asks of enforcement, which the daemon wires in at start-up.
@@ -102,6 +134,8 @@ pub struct Core {
     pub seeds: Mutex<std::sync::mpsc::Sender<Seed>>,
     /// Kernel event to user-space event, microseconds.
     pub latency: Mutex<Histogram<u64>>,
+    /// Gate stop (kernel time) to the answer, in µs.
+    pub gate_latency: Mutex<Histogram<u64>>,
     /// Swapped whole on reload: intake sees the old policy or the new one, never a mix.
     pub policy: ArcSwap<ActivePolicy>,
     pub findings: Mutex<VecDeque<Arc<Event>>>,
@@ -132,6 +166,7 @@ impl Core {
             kernel: Mutex::new(kernel),
             seeds: Mutex::new(seeds),
             latency: Mutex::new(Histogram::new(3)?),
+            gate_latency: Mutex::new(Histogram::new(3)?),
             policy: ArcSwap::from_pointee(active),
             findings: Mutex::new(VecDeque::new()),
             rules_error: Mutex::new(None),

@@ -8,10 +8,7 @@ use std::{
 use notify::{RecursiveMode, Watcher as _};
 
 use super::{ActivePolicy, Core};
-use crate::{
-    kernel::policy::KernelPolicy,
-    rules::{self, RuleError},
-};
+use crate::rules::{self, RuleError};
 
 impl Core {
     /// Loads the rule files again and swaps the policy (and the kernel's fast paths) in whole.
@@ -20,18 +17,16 @@ impl Core {
     pub fn reload(&self, why: &str) -> Result<(String, usize), RuleError> {
         let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = rules::load(self.config.rules.path.as_deref()).and_then(|(policy, _)| {
-            let kernel = KernelPolicy::of(&policy, self.config.holds.enabled);
-            self.kernel
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_fast_paths(&kernel)
+            let active = ActivePolicy::new(policy, self.config.holds.enabled);
+            active
+                .apply(&mut self.kernel.lock().unwrap_or_else(|e| e.into_inner()))
                 .map_err(|e| RuleError {
                     file: "<kernel>".into(),
                     line: 0,
                     column: 0,
-                    message: format!("updating the kernel fast paths: {e:#}"),
+                    message: format!("updating the kernel fast paths and gate: {e:#}"),
                 })?;
-            Ok(ActivePolicy { policy, kernel })
+            Ok(active)
         });
         match result {
             Ok(active) => {

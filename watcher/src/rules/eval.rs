@@ -86,7 +86,7 @@ impl Cond {
     }
 
     /// The event kinds this condition can match (a bit per kind).
-    fn kinds(&self) -> u8 {
+    pub(crate) fn kinds(&self) -> u8 {
         match self {
             Cond::Kind(m) => *m,
             Cond::All(v) => v.iter().fold(ALL_KINDS, |m, c| m & c.kinds()),
@@ -515,6 +515,7 @@ impl Policy {
             memo,
             process_rules,
             session_rules,
+            advanced,
         } = state;
         let mut s = Subject::new(ev, profile, lineage, Some(memo));
         let session_key = fnv(ev.trace_id.as_bytes());
@@ -541,7 +542,7 @@ impl Policy {
                     if let Some(seq) = seq {
                         SeqState::step(
                             partial,
-                            (process_rules, session_rules),
+                            (process_rules, session_rules, advanced),
                             (i, reversed),
                             seq,
                             session_key,
@@ -579,6 +580,9 @@ pub struct SeqState {
     /// or a session's end removes its partials without scanning the whole map.
     process_rules: RuleList,
     session_rules: RuleList,
+    /// (rule, reversed, next step) for each partial the last events started or moved on; the
+    /// caller drains it (the gate of sequences' next steps).
+    pub advanced: Vec<(usize, bool, usize)>,
 }
 
 /// Whose partial match it is.
@@ -634,6 +638,7 @@ impl SeqState {
         self.memo = Memo::default();
         self.process_rules.clear();
         self.session_rules.clear();
+        self.advanced.clear();
     }
 
     /// The process exited: its per-process partials can never complete (and a new process
@@ -672,7 +677,7 @@ impl SeqState {
     #[allow(clippy::too_many_arguments)]
     fn step(
         partial: &mut PartialMap,
-        scoped: (&mut RuleList, &mut RuleList),
+        scoped: (&mut RuleList, &mut RuleList, &mut Vec<(usize, bool, usize)>),
         rule: (usize, bool),
         seq: &Sequence,
         session_key: u64,
@@ -719,6 +724,7 @@ impl SeqState {
                         .iter()
                         .map(|f| (*f, s.field(*f)))
                         .collect();
+                    scoped.2.push((rule.0, rule.1, p.next));
                 }
             }
             if let Some(idx) = completed {
@@ -744,6 +750,7 @@ impl SeqState {
                 p.expires_ns = ts_ns.saturating_add(seq.within_ns);
                 p.evidence.clear();
                 p.evidence.push(ev.clone());
+                scoped.2.push((rule.0, rule.1, 1));
                 return;
             }
             if list.len() >= MAX_PARTIAL {
@@ -756,6 +763,7 @@ impl SeqState {
             if !rules.contains(&rule) {
                 rules.push(rule);
             }
+            scoped.2.push((rule.0, rule.1, 1));
             list.push(Partial {
                 next: 1,
                 start_ns: ts_ns,

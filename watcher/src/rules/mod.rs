@@ -5,6 +5,7 @@ pub mod bench;
 pub mod compile;
 pub mod eval;
 pub mod examples;
+pub mod gate;
 pub mod kernel;
 pub mod pack;
 pub mod syntax;
@@ -321,5 +322,89 @@ mod tests {
         assert_eq!(k.open[0].intent, watcher_common::INTENT_WRITE);
         assert_eq!(k.deny.len(), 1);
         assert_eq!(k.deny[0].ports, (80, 80));
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::gate::GatePlan;
+    use watcher_common::{GATE_CONNECT, GATE_EXEC, GATE_OPEN, INTENT_READ};
+
+    fn plan(text: &str) -> GatePlan {
+        let src = super::Source {
+            name: "t.yaml".into(),
+            text: text.into(),
+        };
+        let p =
+            super::compile::compile(&[src], &["/root".to_string(), "/home/*".to_string()]).unwrap();
+        let k = super::kernel::KernelPolicy::of(&p, true);
+        GatePlan::of(&p, &k, true)
+    }
+
+    #[test]
+    fn the_gate_anchors_each_rule_on_what_the_kernel_can_test() {
+        let g = plan(
+            "rules:\n\
+             - {id: a, description: d, severity: high, action: hold, mode: enforce, condition: {type: open, path: [\"~/.aws/credentials\", \"**/.git/hooks/*\", \"~/.ssh/*_key\"], not: {exe: aws}}}\n\
+             - {id: b, description: d, severity: high, action: hold, mode: enforce, condition: {type: exec, exe: [crontab, \"python3.*\"], not: {arg: -l}}}\n\
+             - {id: c, description: d, severity: high, action: kill, mode: enforce, condition: {type: exec, exe: nmap}}\n\
+             - {id: d, description: d, severity: high, action: hold, mode: monitor, condition: {type: exec, exe: ls}}\n\
+             - {id: e, description: d, severity: high, action: alert, mode: enforce, condition: {type: exec, exe: cat}}\n\
+             - {id: f, description: d, severity: high, action: hold, mode: enforce, sequence: {within: 60s, steps: [{type: open, intent: read, path: /etc/shadow}, {type: connect}]}}\n",
+        );
+        let s = &g.set;
+        let tails: Vec<&str> = s.suffix.iter().map(|e| e.key.as_str()).collect();
+        assert!(tails.contains(&"/.aws/credentials"), "{tails:?}");
+        assert!(tails.contains(&"/.git/hooks/"), "{tails:?}");
+        assert!(tails.contains(&"/.ssh/"), "{tails:?}");
+        // The sequence's open-ended connect gates its start instead, per session after it.
+        let shadow = s.suffix.iter().find(|e| e.key == "/etc/shadow").unwrap();
+        assert_eq!(shadow.intent, INTENT_READ);
+        assert!(g.dynamic[5] && !g.dynamic[0]);
+        let names: Vec<(&str, bool, u32)> = s
+            .comm
+            .iter()
+            .map(|e| (e.key.as_str(), e.prefix, e.kinds))
+            .collect();
+        assert!(names.contains(&("crontab", false, GATE_EXEC)), "{names:?}");
+        assert!(names.contains(&("python3.", true, GATE_EXEC)), "{names:?}");
+        // Fast-path (c), monitor (d) and alert (e) rules gate nothing.
+        for n in ["nmap", "ls", "cat"] {
+            assert!(
+                !names.iter().any(|(k, _, _)| *k == n),
+                "{n} gated: {names:?}"
+            );
+        }
+        assert_eq!(s.all & (GATE_EXEC | GATE_OPEN | GATE_CONNECT), 0, "{s:?}");
+        assert!(g.unanchored.is_empty(), "{:?}", g.unanchored);
+    }
+
+    #[test]
+    fn a_longer_entry_answers_for_the_prefixes_it_hides() {
+        let g = plan(
+            "rules:\n\
+             - {id: a, description: d, severity: high, action: hold, mode: enforce, condition: {type: exec, exe: [\"git*\", git-lfs]}}\n\
+             - {id: b, description: d, severity: high, action: hold, mode: enforce, condition: {type: connect, exe: git-lfs}}\n",
+        );
+        let lfs = g.set.comm.iter().find(|e| e.key == "git-lfs").unwrap();
+        assert!(lfs.prefix, "{lfs:?}");
+        assert_eq!(lfs.kinds, GATE_EXEC | GATE_CONNECT);
+        assert_eq!(g.set.all, 0);
+        // A rule that names no program gates every exec.
+        let g = plan(
+            "rules:\n\
+             - {id: c, description: d, severity: high, action: hold, mode: enforce, condition: {type: exec, cmdline: \"*x*\"}}\n",
+        );
+        assert_eq!(g.set.all, GATE_EXEC);
+        assert_eq!(g.unanchored, [("c".to_string(), "exec")]);
+    }
+
+    #[test]
+    fn the_shipped_pack_gates_no_kind_whole() {
+        let (p, _) = super::load(None).unwrap();
+        let k = super::kernel::KernelPolicy::of(&p, true);
+        let g = GatePlan::of(&p, &k, true);
+        assert!(g.unanchored.is_empty(), "{:?}", g.unanchored);
+        assert!(!g.set.suffix.is_empty() && !g.set.comm.is_empty());
     }
 }

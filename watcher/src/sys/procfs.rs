@@ -57,6 +57,17 @@ pub fn ppid_of(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// Whether a live process is stopped by a signal (state `T`; not `t`, stopped by a tracer).
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|st| st == "T")
+        })
+        .unwrap_or(false)
+}
+
 /// A live process's executable and command line, from /proc (empty when it is gone).
 pub fn proc_exe_argv(pid: u32) -> (Option<String>, Vec<String>) {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))

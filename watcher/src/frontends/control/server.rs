@@ -406,6 +406,7 @@ fn status(shared: &State) -> Status {
         kernel_failures: kernel.failures(),
         latency_us_p50: p50,
         latency_us_p99: p99,
+        gate: gate_status(shared),
         policy: policy_status(shared),
         holds: holds_status(shared),
     }
@@ -428,6 +429,33 @@ pub fn profile_of_hold(shared: &State, id: &str) -> anyhow::Result<String> {
                 h.trace_id
             )
         })
+}
+
+fn gate_status(shared: &State) -> crate::model::protocol::GateStatus {
+    let (p50, p99) = shared
+        .gate_latency
+        .lock()
+        .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+        .unwrap_or((0, 0));
+    let active = shared.policy.load();
+    let g = &active.gate.set;
+    let every = [
+        (watcher_common::GATE_EXEC, "exec"),
+        (watcher_common::GATE_OPEN, "open"),
+        (watcher_common::GATE_CONNECT, "connect"),
+    ]
+    .iter()
+    .filter(|(k, _)| g.all & k != 0)
+    .map(|(_, n)| n.to_string())
+    .collect();
+    crate::model::protocol::GateStatus {
+        gated: shared.counters.gated.load(Ordering::Relaxed),
+        unanswered: shared.counters.gate_unanswered.load(Ordering::Relaxed),
+        latency_us_p50: p50,
+        latency_us_p99: p99,
+        entries: g.comm.len() + g.prefix.len() + g.suffix.len(),
+        every,
+    }
 }
 
 fn holds_status(shared: &State) -> HoldsStatus {

@@ -12,21 +12,23 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use watcher_common::{
-    EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED,
+    EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_GATED, EVENT_FLAG_SESSION_START,
+    EVENT_FLAG_STOPPED,
 };
 
 use self::{
     decode::{decode, Record, SockAddr},
     tree::{Proc, Tree},
 };
-use super::{Core, Seed};
+use super::{ActivePolicy, Core, Seed};
 use crate::{
+    kernel::gate::GateHandle,
     model::{
         event::{errno_name, open_flags, Detail, Event, Finding, Outcome, Ts},
         hold::{Decision, HoldDraft, HoldKind},
         session::{new_trace_id, Session},
     },
-    rules::{Match, SeqState},
+    rules::{gate, Match, SeqState},
 };
 
 /// Decoded records waiting for the pipeline: a burst waits here, in user memory, rather than
@@ -49,7 +51,7 @@ pub fn spawn(
         intake: Intake::new(shared.clone(), seeds),
         shared: shared.clone(),
     };
-    std::thread::Builder::new()
+    let intake = std::thread::Builder::new()
         .name("intake".into())
         .spawn(move || {
             // Holds and tamper actions start blocking work on the runtime.
@@ -60,6 +62,7 @@ pub fn spawn(
     let alerts = Alerts {
         ring: alerts,
         shared,
+        intake: intake.thread().clone(),
     };
     std::thread::Builder::new()
         .name("intake-alerts".into())
@@ -88,8 +91,9 @@ impl Reader {
                 tracing::error!("polling the ring buffer failed, intake stopped: {e}");
                 return;
             }
+            // A gated event wakes the thread early (the alert thread unparks it).
             while self.drain() > 0 && !self.batch_wait.is_zero() {
-                std::thread::sleep(self.batch_wait);
+                std::thread::park_timeout(self.batch_wait);
             }
         }
     }
@@ -144,6 +148,8 @@ impl Reader {
 struct Alerts {
     ring: RingBuf<MapData>,
     shared: Arc<Core>,
+    /// Woken for a gated event, which waits stopped until the intake has decided it.
+    intake: std::thread::Thread,
 }
 
 impl Alerts {
@@ -159,6 +165,7 @@ impl Alerts {
                     Ok(a) if a.flags & EVENT_FLAG_STOPPED != 0 => {
                         self.shared.cgroups.freeze_id(a.cgroup_id, a.ts_ns);
                     }
+                    Ok(a) if a.flags & EVENT_FLAG_GATED != 0 => self.intake.unpark(),
                     Ok(_) => {}
                     Err(e) => malformed(&self.shared, "alert", &e),
                 }
@@ -262,6 +269,10 @@ pub struct Intake {
     sampled: u32,
     /// The watcher's own files (tamper checks).
     own: Vec<std::path::PathBuf>,
+    /// The gate's maps (None: not loaded, e.g. a tool that runs the pipeline alone).
+    gate: Option<GateHandle>,
+    /// Per session: the kinds gated for its sequences' next steps, and until when.
+    session_gates: std::collections::HashMap<u64, (u32, u64)>,
 }
 
 /// Kernel-to-intake latency is measured on one event in this many.
@@ -269,6 +280,20 @@ const LATENCY_SAMPLE: u32 = 16;
 
 impl Intake {
     pub fn new(shared: Arc<Core>, seeds: std::sync::mpsc::Receiver<Seed>) -> Intake {
+        let gate = match shared
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gate_handle()
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::error!(
+                    "no handle on the gate's maps, gated processes wait for the sweeper: {e:#}"
+                );
+                None
+            }
+        };
         Intake {
             own: crate::pipeline::tamper::own_paths(&shared),
             shared,
@@ -280,6 +305,8 @@ impl Intake {
             policy_version: String::new(),
             matches: Vec::new(),
             sampled: 0,
+            gate,
+            session_gates: Default::default(),
         }
     }
 
@@ -393,13 +420,17 @@ impl Intake {
         if let Some(why) = crate::pipeline::tamper::check(&self.shared, &self.own, &ev) {
             crate::pipeline::tamper::act(&self.shared, &ev, why);
         }
-        self.detect(
+        let gated = hdr.flags & EVENT_FLAG_GATED != 0;
+        let kept = self.detect(
             &ev,
             hdr.ts_ns,
             profile.as_deref(),
-            hdr.flags & EVENT_FLAG_FAST_PATH != 0,
+            (hdr.flags & EVENT_FLAG_FAST_PATH != 0, gated),
             hdr.session_id,
         );
+        if gated {
+            self.answer_gate(&hdr, kept);
+        }
         // Sequence state that can no longer complete goes: at a process's exit, at a
         // session's end, and by age once a second.
         if matches!(ev.detail, Detail::Exit { .. }) {
@@ -412,8 +443,12 @@ impl Intake {
                 }
             }
         }
+        if session_ended {
+            self.sweep_session_gates(hdr.ts_ns, Some(hdr.session_id));
+        }
         if hdr.ts_ns.saturating_sub(self.last_sweep_ns) >= 1_000_000_000 {
             self.seq.sweep(hdr.ts_ns);
+            self.sweep_session_gates(hdr.ts_ns, None);
             self.last_sweep_ns = hdr.ts_ns;
         }
     }
@@ -439,15 +474,18 @@ impl Intake {
         }
     }
 
-    /// Runs the policy on the event and publishes a finding per rule it completes.
+    /// Runs the policy on the event and publishes a finding per rule it completes. `stops`:
+    /// (a fast path acted on the event, the gate stopped it). Returns whether a new hold keeps
+    /// the stopped process (it continues when the hold is approved).
     fn detect(
         &mut self,
         ev: &Arc<Event>,
         ts_ns: u64,
         profile: Option<&str>,
-        in_kernel: bool,
+        (in_kernel, gated): (bool, bool),
         session_id: u64,
-    ) {
+    ) -> bool {
+        let mut kept = false;
         let active = self.shared.policy.load();
         let policy = &active.policy;
         if policy.version != self.policy_version {
@@ -457,6 +495,9 @@ impl Intake {
         }
         let mut matches = std::mem::take(&mut self.matches);
         policy.evaluate(ev, ts_ns, profile, &self.tree, &mut self.seq, &mut matches);
+        if !self.seq.advanced.is_empty() {
+            self.gate_next_steps(&active, session_id, ts_ns);
+        }
         for m in matches.drain(..) {
             let rule = &policy.rules[m.rule];
             // The fast-path flag belongs to this event; only a rule the kernel holds can own it.
@@ -503,11 +544,13 @@ impl Intake {
             });
             if let (true, Some(id), Some(e)) = (d.new_hold, d.hold, enforcement) {
                 // The kernel stopped the trigger at the hook (SIGSTOP): it needs SIGCONT later.
-                let stopped = if kernel_rule && !matches!(ev.detail, Detail::Connect { .. }) {
-                    vec![ev.pid]
-                } else {
-                    Vec::new()
-                };
+                let stopped =
+                    if gated || (kernel_rule && !matches!(ev.detail, Detail::Connect { .. })) {
+                        kept = true;
+                        vec![ev.pid]
+                    } else {
+                        Vec::new()
+                    };
                 e.record_hold(HoldDraft {
                     id,
                     kind: HoldKind::Session,
@@ -523,6 +566,75 @@ impl Intake {
             }
         }
         self.matches = matches;
+        kept
+    }
+
+    /// The sequences this event started or moved on whose next step the gate cannot name:
+    /// the session's events of that step's kind are gated until the sequence's window ends.
+    /// Written before the event's own gate is answered, so the next step cannot slip past.
+    fn gate_next_steps(&mut self, active: &ActivePolicy, session_id: u64, ts_ns: u64) {
+        let mut kinds = 0;
+        let mut until = 0;
+        for (rule, reversed, next) in self.seq.advanced.drain(..) {
+            if !active.gate.dynamic.get(rule).copied().unwrap_or(false) {
+                continue;
+            }
+            let r = &active.policy.rules[rule];
+            kinds |= gate::step_kinds(r, reversed, next);
+            let within = r.sequence.as_ref().map_or(0, |s| s.within_ns);
+            until = until.max(ts_ns.saturating_add(within));
+        }
+        if kinds == 0 {
+            return;
+        }
+        let e = self.session_gates.entry(session_id).or_insert((0, 0));
+        let changed = e.0 | kinds != e.0;
+        e.0 |= kinds;
+        e.1 = e.1.max(until);
+        if changed {
+            let k = e.0;
+            self.gate_write(session_id, k);
+        }
+    }
+
+    fn gate_write(&mut self, session_id: u64, kinds: u32) {
+        if let Some(g) = self.gate.as_mut() {
+            if let Err(e) = g.set_session(session_id, kinds) {
+                tracing::error!("gating a session's next steps: {e:#}");
+            }
+        }
+    }
+
+    /// Drops the per-session gates whose sequences can no longer complete.
+    fn sweep_session_gates(&mut self, now_ns: u64, ended: Option<u64>) {
+        let done: Vec<u64> = self
+            .session_gates
+            .iter()
+            .filter(|(id, (_, until))| *until < now_ns || Some(**id) == ended)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.session_gates.remove(&id);
+            self.gate_write(id, 0);
+        }
+    }
+
+    /// The whole policy has run on a gated event: the process continues unless a new hold
+    /// keeps it (approve continues it, deny kills it). A kill or a freeze has already been
+    /// started; SIGCONT does not release a frozen cgroup.
+    fn answer_gate(&mut self, hdr: &EventHeader, kept: bool) {
+        if !kept {
+            // SAFETY: plain kill(2) of the process the gate stopped.
+            unsafe { libc::kill(hdr.tgid as i32, libc::SIGCONT) };
+        }
+        if let Some(g) = self.gate.as_mut() {
+            g.answered(hdr.tgid);
+        }
+        self.shared.counters.gated.fetch_add(1, Ordering::Relaxed);
+        let now = crate::sys::cgroup::boot_ns();
+        if let Ok(mut h) = self.shared.gate_latency.lock() {
+            let _ = h.record(now.saturating_sub(hdr.ts_ns) / 1000);
+        }
     }
 
     /// Records one event in `LATENCY_SAMPLE`: a clock read and a lock per event would cost

