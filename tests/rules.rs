@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -304,6 +304,8 @@ fn normal_agent_work_is_not_held_or_killed() {
          git clone -q {w}/app {w}/clone && cd {w}/clone && git log --oneline | wc -l && \
          cd {w}/app && rm -rf target && echo done"
     );
+    let gated = |d: &Daemon| d.status()["gate"]["gated"].as_u64().unwrap();
+    let before = gated(&daemon);
     let (trace, code) = daemon.launch(&script);
     let events = daemon.session_events(&trace, None);
     let findings = daemon.findings(&trace);
@@ -312,6 +314,17 @@ fn normal_agent_work_is_not_held_or_killed() {
     assert!(
         execs > 20,
         "expected a real build (compiler tree); saw {execs} execs"
+    );
+    // The gate stops only what an enforce rule could match: here the shells and git runs.
+    let stopped = gated(&daemon) - before;
+    let gateable = events
+        .iter()
+        .filter(|e| ["exec", "open", "connect"].contains(&e["type"].as_str().unwrap_or("")))
+        .count() as u64;
+    eprintln!("build, test, commit, clone: {stopped} of {gateable} exec/open/connect events gated ({execs} execs)");
+    assert!(
+        stopped * 10 < gateable,
+        "the gate stopped {stopped} of {gateable} events of normal work"
     );
     let stops: Vec<&Value> = findings
         .iter()
@@ -325,12 +338,16 @@ fn normal_agent_work_is_not_held_or_killed() {
     // New projects made with their own tools write .git/config, hook samples, package files
     // and a virtualenv: none of it is tampering. (Its own session: a venv alone is more
     // events than the daemon keeps for a late reader, so only the findings are read.)
+    let wheel = tiny_wheel(&work.0);
     let script = format!(
         "set -e; cargo new -q --vcs git {w}/newcrate && git init -q {w}/newrepo && \
          mkdir {w}/newnpm && cd {w}/newnpm && npm init -y > /dev/null && \
-         {py} -m venv {w}/venv && {w}/venv/bin/python -c 'import sys; print(sys.prefix)'",
-        py = common::python()
+         {py} -m venv {w}/venv && {w}/venv/bin/python -c 'import sys; print(sys.prefix)' && \
+         {w}/venv/bin/pip install -q --no-index --no-deps --disable-pip-version-check {wheel}",
+        py = common::python(),
+        wheel = wheel.display()
     );
+    let before = gated(&daemon);
     let (trace, code) = daemon.launch(&script);
     let findings = daemon.findings(&trace);
     assert_eq!(
@@ -346,6 +363,19 @@ fn normal_agent_work_is_not_held_or_killed() {
     ] {
         assert!(work.0.join(made).exists(), "{made} was not made");
     }
+    let installed = std::fs::read_dir(work.0.join("venv/lib"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|d| {
+            d.path()
+                .join("site-packages/watcher_demo/__init__.py")
+                .exists()
+        });
+    assert!(installed, "pip did not install the wheel into the venv");
+    eprintln!(
+        "new projects and a pip install: {} events gated",
+        gated(&daemon) - before
+    );
     let stops: Vec<&Value> = findings
         .iter()
         .filter(|f| f["action"] == "hold" || f["action"] == "kill")
@@ -354,6 +384,29 @@ fn normal_agent_work_is_not_held_or_killed() {
         stops.is_empty(),
         "creating a project would be held: {stops:#?}"
     );
+}
+
+/// A wheel with one empty package, made by hand (a zip with the dist-info pip reads), so that
+/// `pip install` runs for real with no index.
+fn tiny_wheel(dir: &Path) -> PathBuf {
+    let path = dir.join("watcher_demo-0.1-py3-none-any.whl");
+    let script = format!(
+        "import zipfile\n\
+         files = {{'watcher_demo/__init__.py': '', \
+         'watcher_demo-0.1.dist-info/METADATA': 'Metadata-Version: 2.1\\nName: watcher-demo\\nVersion: 0.1\\n', \
+         'watcher_demo-0.1.dist-info/WHEEL': 'Wheel-Version: 1.0\\nGenerator: hand\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n'}}\n\
+         rec = ''.join(f'{{n}},,\\n' for n in files) + 'watcher_demo-0.1.dist-info/RECORD,,\\n'\n\
+         with zipfile.ZipFile({path:?}, 'w') as z:\n\
+         \x20   [z.writestr(n, b) for n, b in files.items()]\n\
+         \x20   z.writestr('watcher_demo-0.1.dist-info/RECORD', rec)\n",
+        path = path.display().to_string()
+    );
+    let st = Command::new(common::python())
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(st.success(), "making the test wheel failed");
+    path
 }
 
 /// Waits until `cond` holds on the daemon's status (a reload is asynchronous).

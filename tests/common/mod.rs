@@ -339,7 +339,11 @@ pub struct FakeHome(pub PathBuf);
 
 impl FakeHome {
     pub fn new() -> FakeHome {
-        let p = PathBuf::from(format!("/home/watcher-e2e-{}", std::process::id()));
+        let p = PathBuf::from(format!(
+            "/home/watcher-e2e-{}-{}",
+            std::process::id(),
+            rand_suffix() % 100_000
+        ));
         for d in [".ssh", ".aws", ".kube", ".claude"] {
             std::fs::create_dir_all(p.join(d)).unwrap();
         }
