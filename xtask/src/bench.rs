@@ -32,8 +32,8 @@ pub struct Args {
     /// Session sizes (processes) of the hold-latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
-    /// Run only these parts (storms, pairs, build, rules, holds, profile); all but profile when
-    /// omitted.
+    /// Run only these parts (storms, pairs, build, rules, holds, gate, profile); all but
+    /// profile when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -70,6 +70,8 @@ const FLOORS: [(usize, &str); 3] = [(1, "classic"), (5, "tp-btf"), (6, "raw-tp")
 fn storm_op(kind: &str) -> anyhow::Result<Box<dyn FnMut() -> std::io::Result<()>>> {
     Ok(match kind {
         "exec" => Box::new(|| Command::new("/bin/true").status().map(drop)),
+        // A shell, which the shipped pack's gate stops at every exec in a watched session.
+        "sh" => Box::new(|| Command::new("/bin/sh").args(["-c", "true"]).status().map(drop)),
         // A syscall no program hooks: what the hooks cost every other syscall on the host.
         "getppid" => Box::new(|| {
             // SAFETY: no preconditions.
@@ -456,7 +458,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         rules_throughput(&bin)?;
     }
     if wanted(&a, "holds") {
-        holds(&bin, &dir, a.hold_rounds, &a.hold_sizes)?;
+        holds(&bin, &dir, a.hold_rounds, &a.hold_sizes, false)?;
+    }
+    if wanted(&a, "gate") {
+        gate(&bin, &dir, a.rounds)?;
+        holds(&bin, &dir, a.hold_rounds, &[1, 10], true)?;
     }
     if wanted(&a, "profile") {
         let direct = profile(&bin, &dir, a.profile_rounds)?;
@@ -962,14 +968,15 @@ fn real_workload(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     }
     let st = d.status(bin)?;
     let (ev, drops) = totals(&st);
+    let gated = st["gate"]["gated"].as_u64().unwrap_or(0);
     let (med, min, max) = stats(ratios);
-    println!("\n## Real workload: cargo build (3 deps, offline), daemon on\n");
+    println!("\n## Real workload: cargo build (3 deps, offline), daemon on, gate on\n");
     println!(
-        "| rounds | unwatched s (median) | watched/unwatched median | min | max | events | drops |"
+        "| rounds | unwatched s (median) | watched/unwatched median | min | max | events | drops | gated |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {rounds} | {:.2} | {med:.3} | {min:.3} | {max:.3} | {ev} | {drops} |",
+        "| {rounds} | {:.2} | {med:.3} | {min:.3} | {max:.3} | {ev} | {drops} | {gated} |",
         stats(plain).0
     );
     Ok(())
@@ -978,16 +985,64 @@ fn real_workload(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
 /// Event-to-frozen latency of holds, and kill-switch engage-to-frozen, for sessions of 1, 10
 /// and 100 processes. Baseline in the same run: freezing an equal cgroup by hand (write
 /// `cgroup.freeze`, wait for `frozen 1`), i.e. the kernel's own cost.
-fn holds(bin: &Path, dir: &Path, rounds: usize, sizes: &[usize]) -> anyhow::Result<()> {
+/// The gate, with the shipped pack: `sh -c true` in a loop (every exec of a shell is gated),
+/// watched against unwatched, round by round; then the daemon's stop-to-answer latency.
+fn gate(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+    const OPS: u64 = 2000;
+    let d = Daemon::start(bin, dir, None)?;
+    let launch = d.launch_prefix(bin.as_os_str());
+    let before = d.status(bin)?["gate"]["gated"].as_u64().unwrap_or(0);
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        eprintln!("bench: gate round {}/{rounds}", r + 1);
+        let (u, w) = if r % 2 == 0 {
+            let u = run_storm(&[], "sh", OPS)?;
+            (u, run_storm(&launch, "sh", OPS)?)
+        } else {
+            let w = run_storm(&launch, "sh", OPS)?;
+            (run_storm(&[], "sh", OPS)?, w)
+        };
+        off.push(u);
+        on.push(w);
+        ratios.push(w / u);
+    }
+    let st = d.status(bin)?;
+    let g = &st["gate"];
+    let gated = g["gated"].as_u64().unwrap_or(0) - before;
+    let (med, min, max) = stats(ratios);
+    println!("\n## Gate: `sh -c true` x {OPS}, shipped pack (a shell exec is gated)\n");
+    println!("| rounds | unwatched us/op | watched us/op | watched/unwatched median | min | max | gated | stop to answer p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {rounds} | {:.0} | {:.0} | {med:.3} | {min:.3} | {max:.3} | {gated} | {} us | {} us |",
+        stats(off).0 / 1e3,
+        stats(on).0 / 1e3,
+        g["latency_us_p50"],
+        g["latency_us_p99"]
+    );
+    Ok(())
+}
+
+/// Kernel event to whole session frozen. `gated`: the rule is one the kernel cannot decide
+/// alone (the gate stops the exec, user space decides and freezes), else a fast-path hold.
+fn holds(
+    bin: &Path,
+    dir: &Path,
+    rounds: usize,
+    sizes: &[usize],
+    gated: bool,
+) -> anyhow::Result<()> {
     let tool = dir.join("held-tool");
     std::fs::write(&tool, "#!/bin/sh\ntrue\n")?;
     std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let rules = dir.join("hold-rules");
     std::fs::create_dir_all(&rules)?;
+    // A `not:` the kernel cannot test takes the rule off the fast path and into the gate.
+    let unless = if gated { ", not: {arg: --never}" } else { "" };
     std::fs::write(
         rules.join("hold.yaml"),
         format!(
-            "rules:\n  - id: bench-hold\n    description: bench\n    severity: low\n    action: hold\n    mode: enforce\n    condition: {{type: exec, exe: \"{}\"}}\n    examples: {{match: [{{type: exec, path: \"{}\"}}]}}\n",
+            "rules:\n  - id: bench-hold\n    description: bench\n    severity: low\n    action: hold\n    mode: enforce\n    condition: {{type: exec, exe: \"{}\"{unless}}}\n    examples: {{match: [{{type: exec, path: \"{}\"}}]}}\n",
             tool.display(),
             tool.display()
         ),
@@ -1001,7 +1056,11 @@ fn holds(bin: &Path, dir: &Path, rounds: usize, sizes: &[usize]) -> anyhow::Resu
             .args(args)
             .output()?)
     };
-    println!("\n## Holds: kernel event to whole session frozen, and the kill-switch\n");
+    if gated {
+        println!("\n## Holds through the gate: kernel stop to whole session frozen, and the kill-switch\n");
+    } else {
+        println!("\n## Holds: kernel event to whole session frozen, and the kill-switch\n");
+    }
     println!("| processes | holds | event to frozen p50 | p99 | max | hand-made freeze p50 (baseline) | p50 ratio |");
     println!("|---|---|---|---|---|---|---|");
     let mut ks_rows = Vec::new();
