@@ -593,3 +593,140 @@ fn await_hold_id(d: &Daemon, id: &str) -> serde_json::Value {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+fn require_faults() {
+    assert!(
+        cfg!(feature = "fault-injection"),
+        "this test needs the daemon's fault-injection points: build with --features \
+         watcher/fault-injection (cargo xtask test does)"
+    );
+}
+
+/// The state letter of a process (`T`: stopped), None once it is gone.
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// The session's processes, once it has `n`.
+fn await_procs(d: &Daemon, trace: &str, n: usize) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let procs: Vec<u32> = std::fs::read_to_string(d.cgroup.join(trace).join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        if procs.len() >= n {
+            return procs;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "session {trace} never had {n} processes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_gated_process_the_daemon_never_answered_stays_stopped_and_is_decided_after_restart() {
+    common::require_root();
+    require_faults();
+    let home = FakeHome::new();
+    let work = TempDir::new("gate-crash");
+    let rules = pack_dir(&work.0);
+    let mut d = Daemon::start_with_env(
+        &format!("[rules]\npath = \"{}\"\n", rules.display()),
+        &[("WATCHER_FAULT", "before-gate-answer")],
+    );
+    let copy = work.0.join("copy");
+    let (mut child, trace) = launch_bg(
+        &d,
+        &format!("cp {}/.npmrc {}", home.0.display(), copy.display()),
+    );
+    let st = d.await_death();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "the daemon did not stop at its fault-injection point ({st:?})"
+    );
+    // Fail closed: with no daemon the gated process (the session's shell: every shell is
+    // gated) stays stopped, with nothing copied.
+    let procs = await_procs(&d, &trace, 1);
+    assert!(
+        procs.iter().any(|p| state_of(*p) == Some('T')),
+        "no process of the session is stopped: {procs:?}"
+    );
+    assert!(!copy.exists(), "the copy was made with no answer");
+    d.restart();
+    let start = Instant::now();
+    let hold = loop {
+        let out = d.cli().args(["holds", "--json"]).output().unwrap();
+        if let Some(h) = common::holds::json_lines(&out.stdout)
+            .into_iter()
+            .find(|h| h["trace_id"] == trace.as_str())
+        {
+            break h;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no hold for the gated session after restart"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(hold["rule"], "watcher-unanswered-gate", "{hold}");
+    assert!(!copy.exists());
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    assert!(!copy.exists(), "the copy exists after deny");
+}
+
+#[test]
+fn a_sigcont_to_a_gated_process_is_tampering() {
+    common::require_root();
+    require_faults();
+    let home = FakeHome::new();
+    let work = TempDir::new("gate-sigcont");
+    let rules = pack_dir(&work.0);
+    // The answer comes two seconds late, so that a sibling can release the process first.
+    let d = Daemon::start_with_env(
+        &format!("[rules]\npath = \"{}\"\n", rules.display()),
+        &[("WATCHER_FAULT", "slow-gate-answer")],
+    );
+    let script = format!(
+        "cp {h}/.npmrc {w}/copy & p=$!; \
+         while ! grep -q '^State:.*T' /proc/$p/status; do :; done; kill -CONT $p; wait",
+        h = home.0.display(),
+        w = work.0.display()
+    );
+    let (mut child, trace) = launch_bg(&d, &script);
+    let f = common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
+        .expect("no tamper finding");
+    assert!(
+        f["description"]
+            .as_str()
+            .unwrap()
+            .contains("while the gate held it"),
+        "{f}"
+    );
+    // The session is stopped for the incident responder (kill-switch, freeze by default).
+    let st = d.status();
+    let ks = &st["holds"]["kill_switch"];
+    assert!(
+        ks["engaged"] == true
+            && ks["traces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == trace.as_str()),
+        "the tampering session was not halted: {ks}"
+    );
+    let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
+    assert!(out.status.success());
+    let _ = d
+        .cli()
+        .args(["kill-switch", "engage", "--trace", &trace, "--kill"])
+        .output();
+    wait_exit(&mut child);
+    let _ = d.cli().args(["kill-switch", "release"]).output();
+}

@@ -71,7 +71,12 @@ fn storm_op(kind: &str) -> anyhow::Result<Box<dyn FnMut() -> std::io::Result<()>
     Ok(match kind {
         "exec" => Box::new(|| Command::new("/bin/true").status().map(drop)),
         // A shell, which the shipped pack's gate stops at every exec in a watched session.
-        "sh" => Box::new(|| Command::new("/bin/sh").args(["-c", "true"]).status().map(drop)),
+        "sh" => Box::new(|| {
+            Command::new("/bin/sh")
+                .args(["-c", "true"])
+                .status()
+                .map(drop)
+        }),
         // A syscall no program hooks: what the hooks cost every other syscall on the host.
         "getppid" => Box::new(|| {
             // SAFETY: no preconditions.

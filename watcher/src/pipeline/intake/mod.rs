@@ -273,7 +273,13 @@ pub struct Intake {
     gate: Option<GateHandle>,
     /// Per session: the kinds gated for its sequences' next steps, and until when.
     session_gates: std::collections::HashMap<u64, (u32, u64)>,
+    /// Per process: its last gate's stop and answer (kernel time), to tell a SIGCONT that
+    /// released it before the answer.
+    gate_stops: std::collections::HashMap<u32, (u64, u64)>,
 }
+
+/// Processes whose last gate is remembered at most (a tamper check needs only recent ones).
+const GATE_STOPS_MAX: usize = 4096;
 
 /// Kernel-to-intake latency is measured on one event in this many.
 const LATENCY_SAMPLE: u32 = 16;
@@ -307,6 +313,7 @@ impl Intake {
             sampled: 0,
             gate,
             session_gates: Default::default(),
+            gate_stops: Default::default(),
         }
     }
 
@@ -417,10 +424,15 @@ impl Intake {
             cgroup_id: hdr.cgroup_id,
             detail,
         });
-        if let Some(why) = crate::pipeline::tamper::check(&self.shared, &self.own, &ev) {
+        if let Some(why) = crate::pipeline::tamper::check(&self.shared, &self.own, &ev)
+            .or_else(|| self.gate_tamper(&ev, hdr.ts_ns))
+        {
             crate::pipeline::tamper::act(&self.shared, &ev, why);
         }
         let gated = hdr.flags & EVENT_FLAG_GATED != 0;
+        if gated {
+            crate::sys::fault::delay(crate::sys::fault::SLOW_GATE_ANSWER);
+        }
         let kept = self.detect(
             &ev,
             hdr.ts_ns,
@@ -435,6 +447,7 @@ impl Intake {
         // session's end, and by age once a second.
         if matches!(ev.detail, Detail::Exit { .. }) {
             self.seq.process_exited(ev.pid);
+            self.gate_stops.remove(&ev.pid);
             if session_ended {
                 self.seq.session_ended(&ev.trace_id);
                 let mut kernel = self.shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
@@ -619,10 +632,30 @@ impl Intake {
         }
     }
 
+    /// A watched process that sends SIGCONT to a process while the gate holds it lets it use
+    /// what it did before the policy decided: tampering, as SIGCONT to a held session is. The
+    /// gated record comes first in the ring, so its stop and answer are known here.
+    fn gate_tamper(&self, ev: &Event, ts_ns: u64) -> Option<String> {
+        let Detail::Signal {
+            target_pid, signal, ..
+        } = &ev.detail
+        else {
+            return None;
+        };
+        if *signal != libc::SIGCONT || *target_pid == ev.pid {
+            return None;
+        }
+        let (stop, answer) = *self.gate_stops.get(target_pid)?;
+        (stop <= ts_ns && ts_ns < answer).then(|| {
+            format!("SIGCONT to process {target_pid} while the gate held it for a decision")
+        })
+    }
+
     /// The whole policy has run on a gated event: the process continues unless a new hold
     /// keeps it (approve continues it, deny kills it). A kill or a freeze has already been
     /// started; SIGCONT does not release a frozen cgroup.
     fn answer_gate(&mut self, hdr: &EventHeader, kept: bool) {
+        crate::sys::fault::point(crate::sys::fault::BEFORE_GATE_ANSWER);
         if !kept {
             // SAFETY: plain kill(2) of the process the gate stopped.
             unsafe { libc::kill(hdr.tgid as i32, libc::SIGCONT) };
@@ -632,6 +665,10 @@ impl Intake {
         }
         self.shared.counters.gated.fetch_add(1, Ordering::Relaxed);
         let now = crate::sys::cgroup::boot_ns();
+        if self.gate_stops.len() >= GATE_STOPS_MAX {
+            self.gate_stops.clear();
+        }
+        self.gate_stops.insert(hdr.tgid, (hdr.ts_ns, now));
         if let Ok(mut h) = self.shared.gate_latency.lock() {
             let _ = h.record(now.saturating_sub(hdr.ts_ns) / 1000);
         }
