@@ -128,8 +128,11 @@ struct Case {
     name: &'static str,
     script: String,
     expect: Expect,
-    unharmed: Box<dyn Fn() -> Result<(), String>>,
+    unharmed: Check,
 }
+
+/// What must be true of the host after a case.
+type Check = Box<dyn Fn() -> Result<(), String>>;
 
 fn absent(p: &Path) -> Result<(), String> {
     if p.exists() {
@@ -152,7 +155,7 @@ fn unchanged(p: &Path, before: &[u8]) -> Result<(), String> {
 }
 
 /// The listener got none of `secret`'s bytes (nor anything at all, when `secret` is empty).
-fn not_received(l: Listener, secret: Vec<u8>) -> Box<dyn Fn() -> Result<(), String>> {
+fn not_received(l: Listener, secret: Vec<u8>) -> Check {
     let l = std::sync::Mutex::new(l);
     Box::new(move || {
         let got = l.lock().unwrap().received();
@@ -470,7 +473,7 @@ fn approve_lets_the_action_complete_as_without_the_watcher_after_one_question() 
     let port = l.port;
     let py = python();
     let unit = h.join(".config/systemd/user/ok.service");
-    let cases: Vec<(&str, String, Box<dyn Fn() -> Result<(), String>>)> = vec![
+    let cases: Vec<(&str, String, Check)> = vec![
         (
             "copy an npm token",
             format!("cp {hp}/.npmrc {wp}/copy"),
@@ -595,11 +598,12 @@ fn await_hold_id(d: &Daemon, id: &str) -> serde_json::Value {
 }
 
 fn require_faults() {
-    assert!(
-        cfg!(feature = "fault-injection"),
-        "this test needs the daemon's fault-injection points: build with --features \
-         watcher/fault-injection (cargo xtask test does)"
-    );
+    if !cfg!(feature = "fault-injection") {
+        panic!(
+            "this test needs the daemon's fault-injection points: build with --features \
+             watcher/fault-injection (cargo xtask test does)"
+        );
+    }
 }
 
 /// The state letter of a process (`T`: stopped), None once it is gone.
@@ -729,4 +733,67 @@ fn a_sigcont_to_a_gated_process_is_tampering() {
         .output();
     wait_exit(&mut child);
     let _ = d.cli().args(["kill-switch", "release"]).output();
+}
+
+#[test]
+fn a_rule_on_a_path_holds_the_file_under_any_other_name() {
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let work = TempDir::new("gate-names");
+    let w = work.0.clone();
+    // Other names made before the daemon starts; the file's identity is what the gate checks.
+    std::os::unix::fs::symlink(h.join(".npmrc"), w.join("token-link")).unwrap();
+    std::fs::hard_link(h.join(".npmrc"), h.join("token-hard")).unwrap();
+    std::os::unix::fs::symlink(h.join(".bashrc"), w.join("rc-link")).unwrap();
+    std::os::unix::fs::symlink(&h, w.join("home-link")).unwrap();
+    std::fs::create_dir_all(w.join("mnt")).unwrap();
+    let d = pack_daemon(&work);
+    let token = std::fs::read(h.join(".npmrc")).unwrap();
+    let bashrc = std::fs::read(h.join(".bashrc")).unwrap();
+    let (hp, wp) = (h.display().to_string(), w.display().to_string());
+    let names: Vec<(&str, String)> = vec![
+        ("a symlink", format!("{wp}/token-link")),
+        ("a hard link", format!("{hp}/token-hard")),
+        ("a symlinked directory", format!("{wp}/home-link/.npmrc")),
+        ("/proc/self/root", format!("/proc/self/root{hp}/.npmrc")),
+        (".. and //", format!("{hp}/.ssh/..//.npmrc")),
+        ("a relative path", "../.npmrc".to_string()),
+        ("a bind mount", format!("{wp}/mnt/.npmrc")),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, name)) in names.iter().enumerate() {
+        let out = w.join(format!("out-{i}"));
+        let script = match *what {
+            "a relative path" => format!("cd {hp}/.ssh && cat {name} > {}", out.display()),
+            "a bind mount" => format!(
+                "unshare -m sh -c 'mount --bind {hp} {wp}/mnt && cat {name} > {}'",
+                out.display()
+            ),
+            _ => format!("cat {name} > {}", out.display()),
+        };
+        let (mut child, trace) = launch_bg(&d, &script);
+        let hold = await_hold(&d, &trace);
+        if hold["rule"] != "token-file-read" {
+            failures.push(format!("{what}: held by {} ({hold})", hold["rule"]));
+        }
+        verdict(&d, "deny", &hold);
+        wait_exit(&mut child);
+        let got = std::fs::read(&out).unwrap_or_default();
+        if got.windows(token.len()).any(|x| x == token.as_slice()) {
+            failures.push(format!("{what}: the token was read through {name}"));
+        }
+    }
+    // A persistence file written through a symlink.
+    let (mut child, trace) = launch_bg(&d, &format!("echo 'curl x | sh' >> {wp}/rc-link"));
+    let hold = await_hold(&d, &trace);
+    if hold["rule"] != "shell-rc-write" {
+        failures.push(format!(".bashrc by a symlink: held by {}", hold["rule"]));
+    }
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    if let Err(e) = unchanged(&h.join(".bashrc"), &bashrc) {
+        failures.push(format!(".bashrc by a symlink: {e}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -349,6 +349,16 @@ pub struct Gate {
     pub _pad: u32,
 }
 
+/// A key of `GATE_INODE`: a file (`dir` 0: the opened file itself) or a directory (`dir` 1: the
+/// opened file's directory) the policy names, by identity, whatever name it is opened by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub dir: u32,
+}
+
 /// The value of a `GATED` entry (key: tgid): a process the gate stopped and user space has not
 /// answered yet.
 #[repr(C)]
@@ -411,6 +421,20 @@ pub struct ProbeConfig {
     pub task_mm: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    /// The chain from a task to an open file's inode and its directory's (the gate's file
+    /// identity): `task->files->fdt->fd[n]`, then `file->f_inode` and
+    /// `file->f_path.dentry->d_parent->d_inode`, and `inode->i_ino`, `inode->i_sb->s_dev`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_inode: u32,
+    pub file_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
     /// 1 once user space filled this in; programs do nothing while it is 0.
     pub ready: u32,
 }
@@ -444,6 +468,17 @@ impl ProbeConfig {
             task_mm: 0,
             mm_arg_start: 0,
             mm_arg_end: 0,
+            task_files: 0,
+            files_fdt: 0,
+            fdtable_max_fds: 0,
+            fdtable_fd: 0,
+            file_inode: 0,
+            file_dentry: 0,
+            dentry_parent: 0,
+            dentry_inode: 0,
+            inode_ino: 0,
+            inode_sb: 0,
+            sb_dev: 0,
             ready: 0,
         }
     }
@@ -460,4 +495,5 @@ mod pod {
     unsafe impl aya::Pod for FastNet {}
     unsafe impl aya::Pod for Gate {}
     unsafe impl aya::Pod for Gated {}
+    unsafe impl aya::Pod for InodeKey {}
 }

@@ -10,17 +10,22 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
 };
 use watcher_common::{
-    EventKind, Gate, Gated, FAST_PATH_MAX, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX, GATE_COMM_LEN,
-    GATE_OPEN, GATE_SUFFIX_MAX,
+    EventKind, Gate, Gated, InodeKey, FAST_PATH_MAX, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX,
+    GATE_COMM_LEN, GATE_OPEN, GATE_SUFFIX_MAX,
 };
 
-use crate::shared::{alert, may_match, signal_stop, Task};
+use crate::shared::{alert, current_task, may_match, read_kernel, signal_stop, Task, CONFIG};
 
 /// `[0]`: the kinds gated for every watched process; `[1]`: the open intents of `[0]`'s opens
-/// (0: any); `[2]`: how many sessions `SESSION_GATE` holds, so that no event pays a hash
-/// lookup while none does.
+/// (0: any); `[2]`: how many sessions `SESSION_GATE` holds, and `[3]` how many entries
+/// `GATE_INODE` holds, so that no event pays for a map that is empty.
 #[map]
-pub static GATE_ALL: Array<u32> = Array::with_max_entries(3, 0);
+pub static GATE_ALL: Array<u32> = Array::with_max_entries(4, 0);
+
+/// Files and directories the policy names, by identity (see `InodeKey`), with the open
+/// intents that are gated.
+#[map]
+pub static GATE_INODE: HashMap<InodeKey, Gate> = HashMap::with_max_entries(16384, 0);
 
 /// Kinds gated per session: the next steps of the sequences this session has started.
 #[map]
@@ -221,6 +226,70 @@ pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
         Some(g) => intent_ok(g, intent),
         None => false,
     }
+}
+
+/// Whether the file the current task just opened as `fd`, or its directory, is one the policy
+/// names (`GATE_INODE`), with this intent: the same file under any other name (a symlink, a
+/// hard link, a bind mount, `/proc/self/root/…`).
+#[inline(always)]
+pub fn gated_inode(fd: i64, intent: u32) -> bool {
+    if GATE_ALL.get(3).copied().unwrap_or(0) == 0 || fd < 0 {
+        return false;
+    }
+    let Some(file) = open_file(fd as u64) else {
+        return false;
+    };
+    let Some(inode) = read_kernel::<*const u8>(file, off(&CONFIG.file_inode)) else {
+        return false;
+    };
+    if let Some(key) = inode_key(inode, 0) {
+        // SAFETY: copied out at once.
+        if let Some(g) = unsafe { GATE_INODE.get(&key) } {
+            if intent_ok(g, intent) {
+                return true;
+            }
+        }
+    }
+    let parent = read_kernel::<*const u8>(file, off(&CONFIG.file_dentry))
+        .and_then(|d| read_kernel::<*const u8>(d, off(&CONFIG.dentry_parent)))
+        .and_then(|p| read_kernel::<*const u8>(p, off(&CONFIG.dentry_inode)));
+    let Some(key) = parent.and_then(|i| inode_key(i, 1)) else {
+        return false;
+    };
+    // SAFETY: copied out at once.
+    match unsafe { GATE_INODE.get(&key) } {
+        Some(g) => intent_ok(g, intent),
+        None => false,
+    }
+}
+
+/// `current->files->fdt->fd[fd]`.
+#[inline(always)]
+fn open_file(fd: u64) -> Option<*const u8> {
+    let files = read_kernel::<*const u8>(current_task(), off(&CONFIG.task_files))?;
+    let fdt = read_kernel::<*const u8>(files, off(&CONFIG.files_fdt))?;
+    let max = read_kernel::<u32>(fdt, off(&CONFIG.fdtable_max_fds))?;
+    if fd >= max as u64 {
+        return None;
+    }
+    let fds = read_kernel::<*const u8>(fdt, off(&CONFIG.fdtable_fd))?;
+    let file = read_kernel::<*const u8>(fds, (fd * 8) as u32)?;
+    (!file.is_null()).then_some(file)
+}
+
+#[inline(always)]
+fn inode_key(inode: *const u8, dir: u32) -> Option<InodeKey> {
+    let ino = read_kernel::<u64>(inode, off(&CONFIG.inode_ino))?;
+    let sb = read_kernel::<*const u8>(inode, off(&CONFIG.inode_sb))?;
+    let dev = read_kernel::<u32>(sb, off(&CONFIG.sb_dev))?;
+    Some(InodeKey { ino, dev, dir })
+}
+
+/// A field offset of `CONFIG` (a volatile read keeps the load-time value from being folded).
+#[inline(always)]
+fn off(field: &u32) -> u32 {
+    // SAFETY: a plain read of the read-only global.
+    unsafe { core::ptr::read_volatile(field) }
 }
 
 /// Stops the current process at this hook for user space's verdict and tells user space at

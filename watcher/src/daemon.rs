@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(version = %shared.policy.load().policy.version, rules = shared.policy.load().policy.rules.len(), "policy loaded");
     let _watcher = reload::watch_files(core.clone())?;
     tokio::spawn(reload::on_sighup(core.clone()));
+    crate::pipeline::identity::spawn_refresh(core.clone())?;
     intake::spawn(rings, core.clone(), seed_rx)?;
     let listener = control::server::bind(&shared.config)?;
     tracing::info!(

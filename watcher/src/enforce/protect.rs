@@ -406,6 +406,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
             error: None,
             resolved: true,
             path_truncated: false,
+            opened_as: None,
         },
     };
     let version = shared.policy.load().policy.version.clone();

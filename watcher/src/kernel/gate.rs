@@ -2,7 +2,7 @@
 //! gated per session, and the processes the gate stopped that wait for an answer.
 use anyhow::{anyhow, Context as _};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
-use watcher_common::Gated;
+use watcher_common::{Gate, Gated, InodeKey};
 
 use super::Kernel;
 
@@ -15,6 +15,43 @@ pub struct GateHandle {
 }
 
 impl Kernel {
+    /// Makes `GATE_INODE` hold exactly `entries`. The count the programs test goes up before
+    /// entries are added and down after stale ones are removed.
+    pub fn set_inodes(&mut self, entries: &[(InodeKey, Gate)]) -> anyhow::Result<()> {
+        let map: BpfHashMap<_, InodeKey, Gate> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("GATE_INODE")
+                .ok_or_else(|| anyhow!("no GATE_INODE map"))?,
+        )?;
+        let old: Vec<InodeKey> = map.keys().filter_map(Result::ok).collect();
+        let new: std::collections::HashSet<InodeKey> = entries.iter().map(|(k, _)| *k).collect();
+        let count = |n: usize| n.min(u32::MAX as usize) as u32;
+        let both = old.iter().filter(|k| !new.contains(k)).count() + new.len();
+        let mut all: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("GATE_ALL")
+                .ok_or_else(|| anyhow!("no GATE_ALL map"))?,
+        )?;
+        all.set(3, count(both), 0).context("setting GATE_ALL")?;
+        let mut map: BpfHashMap<_, InodeKey, Gate> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("GATE_INODE")
+                .ok_or_else(|| anyhow!("no GATE_INODE map"))?,
+        )?;
+        for (k, v) in entries {
+            map.insert(k, v, 0).context("updating GATE_INODE")?;
+        }
+        for k in old.iter().filter(|k| !new.contains(k)) {
+            let _ = map.remove(k);
+        }
+        let mut all: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("GATE_ALL")
+                .ok_or_else(|| anyhow!("no GATE_ALL map"))?,
+        )?;
+        all.set(3, count(new.len()), 0).context("setting GATE_ALL")
+    }
+
     pub fn gate_handle(&self) -> anyhow::Result<GateHandle> {
         Ok(GateHandle {
             gated: BpfHashMap::try_from(Map::HashMap(self.reopen("GATED")?))?,

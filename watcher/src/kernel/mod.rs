@@ -141,6 +141,17 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         task_mm: btf.member_offset("task_struct", "mm")?,
         mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
         mm_arg_end: btf.member_offset("mm_struct", "arg_end")?,
+        task_files: btf.member_offset("task_struct", "files")?,
+        files_fdt: btf.member_offset("files_struct", "fdt")?,
+        fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
+        fdtable_fd: btf.member_offset("fdtable", "fd")?,
+        file_inode: btf.member_offset("file", "f_inode")?,
+        file_dentry: btf.member_offset("file", "f_path")? + btf.member_offset("path", "dentry")?,
+        dentry_parent: btf.member_offset("dentry", "d_parent")?,
+        dentry_inode: btf.member_offset("dentry", "d_inode")?,
+        inode_ino: btf.member_offset("inode", "i_ino")?,
+        inode_sb: btf.member_offset("inode", "i_sb")?,
+        sb_dev: btf.member_offset("super_block", "s_dev")?,
         ready: 1,
     })
 }

@@ -61,6 +61,11 @@ pub enum Detail {
         resolved: bool,
         #[serde(default, skip_serializing_if = "is_false")]
         path_truncated: bool,
+        /// The name the process opened the file by, when `path` is the file's name in the
+        /// policy instead (the gate found the same file behind a symlink, a hard link, a bind
+        /// mount or `/proc/…/root`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opened_as: Option<String>,
     },
     Connect {
         /// inet, inet6, unix or other.
@@ -377,6 +382,7 @@ mod tests {
                 error: errno_name(-2),
                 resolved: true,
                 path_truncated: false,
+                opened_as: None,
             },
         };
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();

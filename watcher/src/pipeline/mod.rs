@@ -2,6 +2,7 @@
 //! at each, and the bus hands every event to whoever follows it. Enforcement sits above and is
 //! reached only through the `Enforcement` hooks the daemon installs, so nothing here imports
 //! it.
+pub mod identity;
 pub mod intake;
 pub mod reload;
 pub mod tamper;
@@ -138,6 +139,8 @@ pub struct Core {
     pub gate_latency: Mutex<Histogram<u64>>,
     /// Swapped whole on reload: intake sees the old policy or the new one, never a mix.
     pub policy: ArcSwap<ActivePolicy>,
+    /// The files and directories the gated rules name, by identity (see `identity`).
+    pub inodes: ArcSwap<identity::InodeIndex>,
     pub findings: Mutex<VecDeque<Arc<Event>>>,
     /// The last reload error, until a reload succeeds.
     pub rules_error: Mutex<Option<String>>,
@@ -168,6 +171,7 @@ impl Core {
             latency: Mutex::new(Histogram::new(3)?),
             gate_latency: Mutex::new(Histogram::new(3)?),
             policy: ArcSwap::from_pointee(active),
+            inodes: ArcSwap::from_pointee(Default::default()),
             findings: Mutex::new(VecDeque::new()),
             rules_error: Mutex::new(None),
             reload_lock: Mutex::new(()),

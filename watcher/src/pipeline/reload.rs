@@ -32,6 +32,7 @@ impl Core {
             Ok(active) => {
                 let out = (active.policy.version.clone(), active.policy.rules.len());
                 let old = self.policy.swap(Arc::new(active));
+                self.refresh_inodes();
                 self.counters.reloads.fetch_add(1, Ordering::Relaxed);
                 *self.rules_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tracing::info!(why, version = %out.0, previous = %old.policy.version, rules = out.1, "policy loaded");

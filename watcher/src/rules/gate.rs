@@ -40,6 +40,9 @@ pub struct GatePlan {
     pub dynamic: Vec<bool>,
     /// (rule, kind) pairs that gate every event of the kind.
     pub unanchored: Vec<(String, &'static str)>,
+    /// The open-path patterns of the gated rules, with their intents: the files and
+    /// directories they name are gated by identity too (`sys::files::named`).
+    pub named: Vec<(String, u32)>,
 }
 
 /// What a condition can match, per kind.
@@ -134,11 +137,19 @@ impl GatePlan {
         };
         let mut cover = Cover::default();
         for (i, r) in policy.rules.iter().enumerate() {
-            if !gates(r, holds) || kernel.has_rule(&r.id) {
+            if !gates(r, holds) {
+                continue;
+            }
+            if kernel.has_rule(&r.id) {
+                // The fast path matches the name; its files are gated by identity too, so that
+                // another name for them is decided in user space.
+                if let Some(cond) = &r.cond {
+                    superset(cond, policy, &mut plan.named);
+                }
                 continue;
             }
             let c = if let Some(cond) = &r.cond {
-                superset(cond, policy)
+                superset(cond, policy, &mut plan.named)
             } else if let Some(seq) = &r.sequence {
                 // Each direction's last step (for `order: any`, the first is the other's last).
                 let mut c = Cover::default();
@@ -147,7 +158,7 @@ impl GatePlan {
                     lasts.push(0);
                 }
                 for last in lasts {
-                    let mut step = superset(&seq.steps[last].cond, policy);
+                    let mut step = superset(&seq.steps[last].cond, policy, &mut plan.named);
                     let first = if last == 0 { seq.steps.len() - 1 } else { 0 };
                     let open_ended = |a: &Anchor| matches!(a, Anchor::Every(_));
                     if open_ended(&step.exec) || open_ended(&step.open) || open_ended(&step.connect)
@@ -155,7 +166,7 @@ impl GatePlan {
                         // Gate the start instead: once it is decided, the session's next
                         // steps are gated until the sequence completes or expires.
                         plan.dynamic[i] = true;
-                        let start = superset(&seq.steps[first].cond, policy);
+                        let start = superset(&seq.steps[first].cond, policy, &mut plan.named);
                         step = Cover {
                             exec: if open_ended(&step.exec) {
                                 Anchor::Nothing
@@ -220,12 +231,12 @@ pub fn step_kinds(r: &Rule, reversed: bool, next: usize) -> u32 {
 }
 
 /// What `cond` can match, per kind: a superset.
-fn superset(cond: &Cond, policy: &Policy) -> Cover {
+fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<(String, u32)>) -> Cover {
     match cond {
         Cond::Kind(m) => Cover::every(*m, 0),
         Cond::Any(v) => v
             .iter()
-            .map(|c| superset(c, policy))
+            .map(|c| superset(c, policy, named))
             .fold(Cover::default(), Cover::union),
         Cond::All(parts) => {
             let kinds = cond.kinds();
@@ -247,7 +258,11 @@ fn superset(cond: &Cond, policy: &Policy) -> Cover {
                 Cond::Glob {
                     slot: Slot::Path,
                     ids,
-                } => path_items(policy, ids, intent),
+                } => {
+                    let pats = &policy.sets.patterns[Slot::Path as usize];
+                    named.extend(ids.iter().map(|i| (pats[*i].clone(), intent)));
+                    path_items(policy, ids, intent)
+                }
                 _ => None,
             });
             let pick = |k: u8, a: Option<&Vec<Item>>| {

@@ -1,5 +1,10 @@
 //! What the file system says about files a held process touched.
-use std::{os::unix::fs::MetadataExt as _, time::Duration, time::SystemTime};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+    time::SystemTime,
+};
 
 use crate::model::hold::CreatedFile;
 
@@ -31,4 +36,92 @@ pub fn remove_created(f: &CreatedFile) -> bool {
     let same =
         std::fs::symlink_metadata(&f.path).is_ok_and(|md| md.dev() == f.dev && md.ino() == f.ino);
     same && std::fs::remove_file(&f.path).is_ok()
+}
+
+/// The kernel's `dev_t` of a device number as `stat` gives it: `super_block.s_dev` is
+/// `MKDEV(major, minor)`, `major << 20 | minor`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    (libc::major(st_dev) << 20) | libc::minor(st_dev)
+}
+
+/// (inode, kernel device) of what `path` names, following symlinks (and `/proc/PID/fd/N`).
+pub fn identity(path: &Path) -> Option<(u64, u32)> {
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.ino(), kernel_dev(md.dev())))
+}
+
+/// Entries `named` returns at most for one pattern.
+const NAMED_MAX: usize = 4096;
+
+/// The files and directories that exist now and that a path pattern (`*`, `?`, `[..]` within a
+/// component) names: each file it matches, and, when its last component is a wildcard, each
+/// directory that component is matched in (`true`): a file created there later is named too.
+/// A `**` before the last component names nothing (not enumerable); a last `**` names its
+/// directory.
+pub fn named(pattern: &str) -> Vec<(PathBuf, bool)> {
+    let Some(rest) = pattern.strip_prefix('/') else {
+        return Vec::new();
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        return Vec::new();
+    };
+    let wild = |c: &str| c.contains(['*', '?', '[']);
+    let mut cur = vec![PathBuf::from("/")];
+    for c in dirs {
+        if c.contains("**") {
+            return Vec::new();
+        }
+        cur = if wild(c) {
+            let Some(m) = component_matcher(c) else {
+                return Vec::new();
+            };
+            cur.iter()
+                .flat_map(|d| children(d).into_iter().filter(|p| p.is_dir()))
+                .filter(|p| p.file_name().is_some_and(|n| m.is_match(n)))
+                .take(NAMED_MAX)
+                .collect()
+        } else {
+            cur.into_iter()
+                .map(|d| d.join(c))
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+    }
+    let mut out = Vec::new();
+    if *last == "**" {
+        out.extend(cur.into_iter().map(|d| (d, true)));
+    } else if wild(last) {
+        let Some(m) = component_matcher(last) else {
+            return Vec::new();
+        };
+        for d in cur {
+            out.extend(
+                children(&d)
+                    .into_iter()
+                    .filter(|p| p.is_file() && p.file_name().is_some_and(|n| m.is_match(n)))
+                    .map(|p| (p, false)),
+            );
+            out.push((d, true));
+        }
+    } else {
+        out.extend(
+            cur.into_iter()
+                .map(|d| d.join(last))
+                .filter(|p| p.exists())
+                .map(|p| (p, false)),
+        );
+    }
+    out.truncate(NAMED_MAX);
+    out
+}
+
+fn component_matcher(c: &str) -> Option<globset::GlobMatcher> {
+    Some(globset::Glob::new(c).ok()?.compile_matcher())
+}
+
+fn children(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default()
 }

@@ -763,14 +763,23 @@ impl Intake {
                 if result >= 0 && resolved {
                     self.tree.opened(pid, result, &abs);
                 }
+                // A gated open is matched as the file it opened, by the policy's name for it.
+                let renamed = (hdr.flags & EVENT_FLAG_GATED != 0 && result >= 0)
+                    .then(|| self.shared.policy_name(pid, result, &abs))
+                    .flatten();
+                let (path, opened_as) = match renamed {
+                    Some(name) => (name, Some(abs)),
+                    None => (abs, None),
+                };
                 Some(Detail::Open {
-                    path: abs,
+                    path,
                     flags: open_flags(flags),
                     mode,
                     result,
                     error: errno_name(result),
                     resolved,
                     path_truncated: truncated,
+                    opened_as,
                 })
             }
             Record::Connect { addr, result, .. } => {

@@ -1,0 +1,107 @@
+//! A rule on a path matches the file, however it is named: the files and directories the
+//! gated rules name are looked up when the policy loads (and again every few seconds, so files
+//! that appear are covered), written to the kernel's `GATE_INODE` map by identity (inode and
+//! device), and kept here by name. A gated open of one of them under another name (a symlink,
+//! a hard link, a bind mount, `/proc/self/root/…`) is then evaluated under the policy's name.
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use watcher_common::{Gate, InodeKey, GATE_OPEN};
+
+use super::Core;
+
+/// The named files (`dir` 0) and directories (`dir` 1) by identity, with the policy's name.
+pub type InodeIndex = HashMap<InodeKey, String>;
+
+/// How often the named files are looked up again.
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+impl Core {
+    /// Looks the gated rules' files up again and makes the kernel's map and the index match.
+    pub fn refresh_inodes(&self) {
+        let active = self.policy.load();
+        let mut entries: HashMap<InodeKey, (Gate, String)> = HashMap::new();
+        for (pattern, intent) in &active.gate.named {
+            for (path, dir) in crate::sys::files::named(pattern) {
+                let Some((ino, dev)) = crate::sys::files::identity(&path) else {
+                    continue;
+                };
+                let key = InodeKey {
+                    ino,
+                    dev,
+                    dir: dir as u32,
+                };
+                let e = entries.entry(key).or_insert_with(|| {
+                    (
+                        Gate {
+                            kinds: GATE_OPEN,
+                            intent: *intent,
+                            exact_len: 0,
+                            _pad: 0,
+                        },
+                        path.display().to_string(),
+                    )
+                });
+                // Two rules on one file: either's intents are gated (0: any open).
+                e.0.intent = if e.0.intent == 0 || *intent == 0 {
+                    0
+                } else {
+                    e.0.intent | intent
+                };
+            }
+        }
+        let list: Vec<(InodeKey, Gate)> = entries.iter().map(|(k, (g, _))| (*k, *g)).collect();
+        let index: InodeIndex = entries.into_iter().map(|(k, (_, p))| (k, p)).collect();
+        // The index first: a gated open the kernel finds by identity must find its name here.
+        self.inodes.store(Arc::new(index));
+        let r = self
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_inodes(&list);
+        if let Err(e) = r {
+            tracing::error!("updating the gate's file identities: {e:#}");
+        }
+    }
+
+    /// The policy's name for the file `tgid` opened as `fd` (it is stopped at the gate, so the
+    /// descriptor is still there), when that is not `opened`: the file itself by identity, its
+    /// directory by identity, or its real path.
+    pub fn policy_name(&self, tgid: u32, fd: i64, opened: &str) -> Option<String> {
+        let link = format!("/proc/{tgid}/fd/{fd}");
+        let index = self.inodes.load();
+        let key = |(ino, dev): (u64, u32), dir: u32| InodeKey { ino, dev, dir };
+        let differs = |name: String| (name != opened).then_some(name);
+        if let Some(id) = crate::sys::files::identity(Path::new(&link)) {
+            if let Some(name) = index.get(&key(id, 0)) {
+                return differs(name.clone());
+            }
+        }
+        let real = std::fs::read_link(&link).ok()?;
+        let real = real.to_str()?;
+        if !real.starts_with('/') || real.ends_with(" (deleted)") {
+            return None;
+        }
+        let p = Path::new(real);
+        if let (Some(parent), Some(base)) = (p.parent(), p.file_name()) {
+            if let Some(dir) =
+                crate::sys::files::identity(parent).and_then(|id| index.get(&key(id, 1)))
+            {
+                return differs(format!("{}/{}", dir.trim_end_matches('/'), base.to_str()?));
+            }
+        }
+        differs(real.to_string())
+    }
+}
+
+/// Refreshes the index every `REFRESH`, on a thread of its own (it reads directories).
+pub fn spawn_refresh(core: Arc<Core>) -> anyhow::Result<()> {
+    core.refresh_inodes();
+    std::thread::Builder::new()
+        .name("identities".into())
+        .spawn(move || loop {
+            std::thread::sleep(REFRESH);
+            core.refresh_inodes();
+        })
+        .map_err(|e| anyhow::anyhow!("starting the identity thread: {e}"))?;
+    Ok(())
+}
