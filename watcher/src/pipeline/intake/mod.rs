@@ -44,18 +44,25 @@ pub fn spawn(
     seeds: std::sync::mpsc::Receiver<Seed>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Handle::current();
+    let boost = Arc::new(Boost::default());
     let reader = Reader {
         events,
         queue: std::collections::VecDeque::with_capacity(QUEUE),
         batch_wait: shared.config.daemon.batch_wait,
         intake: Intake::new(shared.clone(), seeds),
         shared: shared.clone(),
+        boost: boost.clone(),
     };
     let intake = std::thread::Builder::new()
         .name("intake".into())
         .spawn(move || {
             // Holds and tamper actions start blocking work on the runtime.
             let _rt = runtime.enter();
+            // SAFETY: gettid has no preconditions.
+            reader
+                .boost
+                .tid
+                .store(unsafe { libc::gettid() }, Ordering::Release);
             reader.run()
         })
         .map_err(|e| anyhow::anyhow!("starting the intake thread: {e}"))?;
@@ -63,6 +70,7 @@ pub fn spawn(
         ring: alerts,
         shared,
         intake: intake.thread().clone(),
+        boost,
     };
     std::thread::Builder::new()
         .name("intake-alerts".into())
@@ -82,6 +90,7 @@ struct Reader {
     batch_wait: Duration,
     intake: Intake,
     shared: Arc<Core>,
+    boost: Arc<Boost>,
 }
 
 impl Reader {
@@ -93,8 +102,10 @@ impl Reader {
             }
             // A gated event wakes the thread early (the alert thread unparks it).
             while self.drain() > 0 && !self.batch_wait.is_zero() {
+                self.boost.lower();
                 std::thread::park_timeout(self.batch_wait);
             }
+            self.boost.lower();
         }
     }
 
@@ -150,6 +161,7 @@ struct Alerts {
     shared: Arc<Core>,
     /// Woken for a gated event, which waits stopped until the intake has decided it.
     intake: std::thread::Thread,
+    boost: Arc<Boost>,
 }
 
 impl Alerts {
@@ -165,7 +177,10 @@ impl Alerts {
                     Ok(a) if a.flags & EVENT_FLAG_STOPPED != 0 => {
                         self.shared.cgroups.freeze_id(a.cgroup_id, a.ts_ns);
                     }
-                    Ok(a) if a.flags & EVENT_FLAG_GATED != 0 => self.intake.unpark(),
+                    Ok(a) if a.flags & EVENT_FLAG_GATED != 0 => {
+                        self.boost.raise();
+                        self.intake.unpark();
+                    }
                     Ok(_) => {}
                     Err(e) => malformed(&self.shared, "alert", &e),
                 }
@@ -177,13 +192,52 @@ impl Alerts {
 /// SCHED_FIFO at the lowest real-time priority for the calling thread (and the threads it
 /// starts). Only for threads that sleep until the kernel has something urgent.
 fn realtime_priority() {
-    let param = libc::sched_param { sched_priority: 1 };
-    // SAFETY: plain syscall on the calling thread (0).
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-        tracing::debug!(
-            "no real-time priority for the alert thread: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = set_realtime(0, true) {
+        tracing::debug!("no real-time priority for the alert thread: {e}");
+    }
+}
+
+/// Moves thread `tid` (0: the calling thread) to SCHED_FIFO at the lowest real-time priority,
+/// or back to the normal scheduler.
+fn set_realtime(tid: i32, on: bool) -> std::io::Result<()> {
+    let (policy, prio) = if on {
+        (libc::SCHED_FIFO, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: plain syscall on one of this process's threads.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The intake thread's id and whether a gated event has it at real-time priority: while a
+/// process waits stopped at the gate, the intake runs ahead of the busy CPU's other work,
+/// and goes back to the normal scheduler once the ring is drained.
+#[derive(Default)]
+struct Boost {
+    tid: std::sync::atomic::AtomicI32,
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl Boost {
+    /// From the alert thread.
+    fn raise(&self) {
+        let tid = self.tid.load(Ordering::Acquire);
+        if tid != 0 && !self.on.swap(true, Ordering::AcqRel) && set_realtime(tid, true).is_err() {
+            self.on.store(false, Ordering::Release);
+        }
+    }
+
+    /// From the intake thread, when it has nothing left to do.
+    fn lower(&self) {
+        if self.on.swap(false, Ordering::AcqRel) {
+            let _ = set_realtime(0, false);
+        }
     }
 }
 
