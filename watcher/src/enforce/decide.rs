@@ -53,6 +53,14 @@ pub fn decide(
     // One action, one question: the approver let this very open through, or refused it,
     // already.
     if let Some((id, allowed)) = a.decided_action(ev) {
+        if kernel_rule && !is_connect {
+            // The fast path stopped it (and froze the session) for a question already answered.
+            // SAFETY: plain kill(2) of the process the kernel stopped.
+            unsafe { libc::kill(ev.pid as i32, libc::SIGCONT) };
+            if a.pending_for(&ev.trace_id).is_none() {
+                a.resume(&ev.trace_id, &[]);
+            }
+        }
         return Decision {
             outcome: if allowed {
                 Outcome::Approved

@@ -31,6 +31,14 @@ pub struct Protect {
     recorder: crate::sys::worker::Worker,
     /// The kernel's watched processes (None: the map could not be opened again; then /proc).
     watched: Option<crate::kernel::WatchedReader>,
+    /// Existing files whose change is the harm (the persistence files the gated rules name for
+    /// writing, e.g. shell start-up files, `authorized_keys`, crontabs): marked too, but only
+    /// an open for writing waits, so every shell that reads its `.bashrc` goes on at once.
+    /// With whether a `kill` rule names them (a write is refused at once, no question).
+    write_patterns: Vec<(String, bool)>,
+    /// (device, inode) of the marked files only writes wait for, and whether a write is
+    /// refused at once.
+    write_only: Mutex<HashMap<(u64, u64), bool>>,
 }
 
 /// The patterns with `~/` made into a path per home (a glob may remain in the last component).
@@ -102,7 +110,11 @@ impl Protect {
     /// their opens. None when there is nothing to mark and no directory to watch.
     pub fn start(shared: Arc<Enforce>) -> anyhow::Result<Option<Arc<Protect>>> {
         let patterns = shared.config.holds.protected.clone();
-        let dirs = directories(&patterns);
+        let write_patterns = write_patterns(&shared);
+        let mut dirs = directories(&patterns);
+        dirs.extend(write_directories(&write_patterns));
+        dirs.sort();
+        dirs.dedup();
         if dirs.is_empty() && expand(&patterns).is_empty() {
             return Ok(None);
         }
@@ -139,6 +151,8 @@ impl Protect {
                     None
                 }
             },
+            write_patterns,
+            write_only: Mutex::new(Default::default()),
         });
         p.refresh(&shared);
         tracing::info!(
@@ -161,7 +175,22 @@ impl Protect {
     /// Marks every file the patterns match now that is not marked yet.
     fn refresh(&self, shared: &Enforce) {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        for f in expand(&self.patterns) {
+        let read = expand(&self.patterns);
+        let mut written: Vec<PathBuf> = Vec::new();
+        for (p, kill) in &self.write_patterns {
+            for (f, dir) in crate::sys::files::named(p) {
+                if dir || !f.is_file() || read.contains(&f) {
+                    continue;
+                }
+                if let Ok(md) = std::fs::metadata(&f) {
+                    use std::os::unix::fs::MetadataExt as _;
+                    let mut w = self.write_only.lock().unwrap_or_else(|e| e.into_inner());
+                    *w.entry((md.dev(), md.ino())).or_insert(false) |= kill;
+                }
+                written.push(f);
+            }
+        }
+        for f in read.into_iter().chain(written) {
             if files.contains(&f) {
                 continue;
             }
@@ -173,10 +202,19 @@ impl Protect {
                 Err(e) => tracing::warn!(path = %f.display(), "cannot protect: {e}"),
             }
         }
+        let guarded = self
+            .write_only
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        shared.counters.protected_files.store(
+            files.len().saturating_sub(guarded) as u64,
+            Ordering::Relaxed,
+        );
         shared
             .counters
-            .protected_files
-            .store(files.len() as u64, Ordering::Relaxed);
+            .guarded_files
+            .store(guarded as u64, Ordering::Relaxed);
     }
 
     fn mark(&self, path: &Path) -> std::io::Result<()> {
@@ -317,6 +355,23 @@ impl Protect {
             self.respond(&efd, true);
             return;
         };
+        let flags = match self.only_writes_wait(&efd) {
+            Some(kill) => match crate::sys::procfs::pending_open_flags(pid) {
+                Some(f) if !writes(f) => {
+                    self.respond(&efd, true);
+                    return;
+                }
+                // A kill rule's file: refused now, with no question; the rule then acts on
+                // the refused open as on any other.
+                _ if kill => {
+                    self.respond(&efd, false);
+                    return;
+                }
+                // Not known (the thread could not be read): the open waits, as a write.
+                f => f.unwrap_or(libc::O_WRONLY as u64),
+            },
+            None => libc::O_RDONLY as u64,
+        };
         let a = &shared.approvals;
         let id = match a.pending_for(&trace) {
             // One verdict at a time per session: a second protected open while a hold is
@@ -352,7 +407,19 @@ impl Protect {
         };
         let shared = shared.clone();
         self.recorder
-            .submit(move || record(&shared, pid, trace, id, fd));
+            .submit(move || record(&shared, pid, trace, id, fd, flags));
+    }
+
+    /// Whether the event's file is one where only an open for writing waits, and if so
+    /// whether such an open is refused at once (a `kill` rule's file).
+    fn only_writes_wait(&self, efd: &OwnedFd) -> Option<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let md = std::fs::metadata(format!("/proc/self/fd/{}", efd.as_raw_fd())).ok()?;
+        self.write_only
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(md.dev(), md.ino()))
+            .copied()
     }
 
     /// Writes the verdict of a protected-open hold. False when no open is waiting on it (the
@@ -373,6 +440,49 @@ impl Protect {
     }
 }
 
+/// Whether open flags write to the file (or truncate or create it).
+fn writes(flags: u64) -> bool {
+    flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_CREAT) as u64 != 0
+}
+
+/// The open-path patterns the gated rules name only for writing (their files' change is the
+/// harm).
+fn write_patterns(shared: &Enforce) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = shared
+        .policy
+        .load()
+        .gate
+        .named
+        .iter()
+        .filter(|n| n.intent != 0 && n.intent & watcher_common::INTENT_READ == 0)
+        .map(|n| (n.pattern.clone(), n.kill))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The existing directories the write patterns' files are (or may appear) in.
+fn write_directories(patterns: &[(String, bool)]) -> Vec<PathBuf> {
+    patterns
+        .iter()
+        .filter_map(|(p, _)| p.rsplit_once('/').map(|(dir, _)| dir.to_string()))
+        .flat_map(|dir| {
+            if dir.contains(['*', '?', '[']) {
+                crate::sys::files::named(&dir)
+                    .into_iter()
+                    .filter(|(d, _)| d.is_dir())
+                    .map(|(d, _)| d)
+                    .collect()
+            } else if Path::new(&dir).is_dir() {
+                vec![PathBuf::from(dir)]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
+}
+
 /// A second descriptor of the waiting open's file (the verdict consumes the first one).
 fn efd_dup(pending: &Mutex<HashMap<String, OwnedFd>>, id: &str) -> Option<OwnedFd> {
     let p = pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -380,7 +490,7 @@ fn efd_dup(pending: &Mutex<HashMap<String, OwnedFd>>, id: &str) -> Option<OwnedF
 }
 
 /// Publishes the finding of a held protected open and stores its hold (on the worker).
-fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedFd) {
+fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedFd, flags: u64) {
     let a = &shared.approvals;
     let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map(|p| p.to_string_lossy().into_owned())
@@ -400,7 +510,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
         cgroup_id: 0,
         detail: Detail::Open {
             path: path.clone(),
-            flags: vec!["O_RDONLY".into()],
+            flags: crate::model::event::open_flags(flags),
             mode: 0,
             result: 0,
             error: None,
@@ -412,9 +522,13 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
     let version = shared.policy.load().policy.version.clone();
     let finding = Finding {
         rule: RULE.into(),
-        description: format!(
-            "a watched process opened the protected file {path}; the open waits for a verdict"
-        ),
+        description: if writes(flags) {
+            format!("a watched process opened {path} for writing; the open waits for a verdict, before the file changes")
+        } else {
+            format!(
+                "a watched process opened the protected file {path}; the open waits for a verdict"
+            )
+        },
         severity: Severity::High,
         tags: vec!["T1552.001".into(), "ASI03".into()],
         action: Action::Hold,

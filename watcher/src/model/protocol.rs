@@ -189,6 +189,10 @@ pub struct HoldsStatus {
     /// Protected files whose opens wait for a verdict (found at start or created since).
     #[serde(default)]
     pub protected_files: u64,
+    /// Existing files whose change is the harm (persistence files the gated rules name for
+    /// writing): an open of one for writing waits for a verdict, before the file changes.
+    #[serde(default)]
+    pub guarded_files: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -20,8 +20,9 @@ impl Core {
     pub fn refresh_inodes(&self) {
         let active = self.policy.load();
         let mut entries: HashMap<InodeKey, (Gate, String)> = HashMap::new();
-        for (pattern, intent) in &active.gate.named {
-            for (path, dir) in crate::sys::files::named(pattern) {
+        for n in &active.gate.named {
+            let intent = &n.intent;
+            for (path, dir) in crate::sys::files::named(&n.pattern) {
                 let Some((ino, dev)) = crate::sys::files::identity(&path) else {
                     continue;
                 };

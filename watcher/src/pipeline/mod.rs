@@ -58,6 +58,8 @@ pub struct Counters {
     pub reload_errors: AtomicU64,
     /// Files with a fanotify mark (protected paths).
     pub protected_files: AtomicU64,
+    /// Existing persistence files with a fanotify mark, whose opens for writing wait.
+    pub guarded_files: AtomicU64,
     /// Failed accepts on the control socket and the API (e.g. EMFILE); each is logged and the
     /// listener goes on.
     pub accept_errors: AtomicU64,

@@ -40,9 +40,19 @@ pub struct GatePlan {
     pub dynamic: Vec<bool>,
     /// (rule, kind) pairs that gate every event of the kind.
     pub unanchored: Vec<(String, &'static str)>,
-    /// The open-path patterns of the gated rules, with their intents: the files and
-    /// directories they name are gated by identity too (`sys::files::named`).
-    pub named: Vec<(String, u32)>,
+    /// The open-path patterns of the gated rules: the files and directories they name are
+    /// gated by identity too (`sys::files::named`).
+    pub named: Vec<Named>,
+}
+
+/// An open-path pattern of a gated rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub pattern: String,
+    /// `watcher_common::INTENT_*` bits (0: any open).
+    pub intent: u32,
+    /// The rule kills (no question is asked).
+    pub kill: bool,
 }
 
 /// What a condition can match, per kind.
@@ -140,11 +150,15 @@ impl GatePlan {
             if !gates(r, holds) {
                 continue;
             }
+            let first_named = plan.named.len();
             if kernel.has_rule(&r.id) {
                 // The fast path matches the name; its files are gated by identity too, so that
                 // another name for them is decided in user space.
                 if let Some(cond) = &r.cond {
                     superset(cond, policy, &mut plan.named);
+                }
+                for n in &mut plan.named[first_named..] {
+                    n.kill = r.action == Action::Kill;
                 }
                 continue;
             }
@@ -231,7 +245,7 @@ pub fn step_kinds(r: &Rule, reversed: bool, next: usize) -> u32 {
 }
 
 /// What `cond` can match, per kind: a superset.
-fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<(String, u32)>) -> Cover {
+fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
     match cond {
         Cond::Kind(m) => Cover::every(*m, 0),
         Cond::Any(v) => v
@@ -260,7 +274,11 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<(String, u32)>) -> Cov
                     ids,
                 } => {
                     let pats = &policy.sets.patterns[Slot::Path as usize];
-                    named.extend(ids.iter().map(|i| (pats[*i].clone(), intent)));
+                    named.extend(ids.iter().map(|i| Named {
+                        pattern: pats[*i].clone(),
+                        intent,
+                        kill: false,
+                    }));
                     path_items(policy, ids, intent)
                 }
                 _ => None,

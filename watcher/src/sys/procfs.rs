@@ -106,3 +106,39 @@ pub fn uid_of(pid: u32) -> u32 {
         })
         .unwrap_or(0)
 }
+
+/// The flags of the open a thread of `tgid` is blocked in (a fanotify permission event waits
+/// inside the syscall, so `/proc/PID/task/TID/syscall` shows its arguments): the writing one
+/// when several threads open, None when no thread of it is in an open. x86_64 numbers; an
+/// `openat2` (flags behind a pointer) counts as a write.
+pub fn pending_open_flags(tgid: u32) -> Option<u64> {
+    let rd = std::fs::read_dir(format!("/proc/{tgid}/task")).ok()?;
+    let mut found = None;
+    for t in rd.flatten() {
+        let Ok(text) = std::fs::read_to_string(t.path().join("syscall")) else {
+            continue;
+        };
+        let mut f = text.split_whitespace();
+        let nr: i64 = match f.next().and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => continue,
+        };
+        let args: Vec<u64> = f
+            .take(6)
+            .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+            .collect();
+        let flags = match (nr, args.as_slice()) {
+            (2, [_, flags, ..]) => *flags,
+            (257, [_, _, flags, ..]) => *flags,
+            (85, _) => (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64,
+            (437, _) => libc::O_RDWR as u64,
+            _ => continue,
+        };
+        let w = (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_CREAT) as u64;
+        if flags & w != 0 {
+            return Some(flags);
+        }
+        found = Some(flags);
+    }
+    found
+}

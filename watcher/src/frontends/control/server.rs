@@ -476,6 +476,7 @@ fn holds_status(shared: &State) -> HoldsStatus {
         freeze_us_p50: p50,
         freeze_us_p99: p99,
         protected_files: shared.counters.protected_files.load(Ordering::Relaxed),
+        guarded_files: shared.counters.guarded_files.load(Ordering::Relaxed),
     }
 }
 
