@@ -168,28 +168,40 @@ pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
     let keys = unsafe { &mut *keys };
     let m = TAIL - 1;
     let file_filter = may_match(FILTER_GATE_SUFFIX, buf[(len - 1) & m], buf[(len - 2) & m]);
-    // Three plain loops, each with one exit, so that the verifier walks each once: the path
-    // from its end, then where its last `/` is, then the directory's part from there.
     let n = if len < GATE_SUFFIX_MAX {
         len
     } else {
         GATE_SUFFIX_MAX
     };
-    let mut i = 0usize;
-    while i < GATE_SUFFIX_MAX {
-        if i >= n {
-            break;
+    // Plain loops, each with one exit, so that the verifier walks each once; the keys are
+    // built only when the filter lets their first bytes through, so an ordinary open pays
+    // for one short scan back to its last `/`.
+    if file_filter {
+        let mut i = 0usize;
+        while i < GATE_SUFFIX_MAX {
+            if i >= n {
+                break;
+            }
+            keys.file.data[i] = buf[(len - 1 - i) & m];
+            i += 1;
         }
-        keys.file.data[i] = buf[(len - 1 - i) & m];
-        i += 1;
+        keys.file.prefix_len = (n * 8) as u32;
+        if let Some(g) = GATE_SUFFIX.get(&keys.file) {
+            if intent_ok(g, intent) {
+                return true;
+            }
+        }
     }
     // `found` is 64 when the path's last 64 bytes have no `/`: no directory key then.
     let mut found = 0usize;
     while found < GATE_SUFFIX_MAX {
-        if found >= n || keys.file.data[found] == b'/' {
+        if found >= n || buf[(len - 1 - found) & m] == b'/' {
             break;
         }
         found += 1;
+    }
+    if found >= n || n - found < 2 {
+        return false;
     }
     // Through memory, the position is one unknown value to the verifier rather than each of
     // its 64 values, so the loop below is walked once, not once per position.
@@ -198,30 +210,19 @@ pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
         core::ptr::write_volatile(&raw mut keys.slash, found as u64);
         core::ptr::read_volatile(&raw const keys.slash) as usize & (GATE_SUFFIX_MAX - 1)
     };
+    let before = buf[(len - 2 - slash) & m];
+    if !may_match(FILTER_GATE_SUFFIX, b'/', before) {
+        return false;
+    }
     let mut j = 0usize;
     while j < GATE_SUFFIX_MAX {
         if slash + j >= n {
             break;
         }
-        keys.dir.data[j] = keys.file.data[(slash + j) & (GATE_SUFFIX_MAX - 1)];
+        keys.dir.data[j] = buf[(len - 1 - slash - j) & m];
         j += 1;
     }
-    if file_filter {
-        keys.file.prefix_len = (n * 8) as u32;
-        if let Some(g) = GATE_SUFFIX.get(&keys.file) {
-            if intent_ok(g, intent) {
-                return true;
-            }
-        }
-    }
-    if found >= n || n - slash < 2 {
-        return false;
-    }
-    let dn = n - slash;
-    if !may_match(FILTER_GATE_SUFFIX, keys.dir.data[0], keys.dir.data[1]) {
-        return false;
-    }
-    keys.dir.prefix_len = (dn * 8) as u32;
+    keys.dir.prefix_len = ((n - slash) * 8) as u32;
     match GATE_SUFFIX.get(&keys.dir) {
         Some(g) => intent_ok(g, intent),
         None => false,
