@@ -334,7 +334,9 @@ pub const GATE_SUFFIX_MAX: usize = 64;
 /// `GATE_PREFIX` entry, and the first two bytes of a (reversed) `GATE_SUFFIX` key.
 pub const FILTER_GATE_PREFIX: u32 = 2;
 pub const FILTER_GATE_SUFFIX: u32 = 3;
-pub const PATH_FILTER_TABLES: u32 = 4;
+/// The table of the first two bytes of a `GATE_COMM` name.
+pub const FILTER_GATE_COMM: u32 = 4;
+pub const PATH_FILTER_TABLES: u32 = 5;
 
 /// The value of a gate entry: which events it gates. `GATE_COMM` entries gate the kinds in
 /// `kinds` of a process with that name (opens only with one of the `intent` bits, 0: any);
@@ -350,7 +352,9 @@ pub struct Gate {
 }
 
 /// A key of `GATE_INODE`: a file (`dir` 0: the opened file itself) or a directory (`dir` 1: the
-/// opened file's directory) the policy names, by identity, whatever name it is opened by.
+/// opened file's directory) the policy names, by identity, whatever name it is opened by. The
+/// kernel's keys leave `dev` 0 (reading it costs two more reads per open); user space keeps
+/// the device and tells a file from another with the same number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InodeKey {
@@ -421,20 +425,17 @@ pub struct ProbeConfig {
     pub task_mm: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
-    /// The chain from a task to an open file's inode and its directory's (the gate's file
-    /// identity): `task->files->fdt->fd[n]`, then `file->f_inode` and
-    /// `file->f_path.dentry->d_parent->d_inode`, and `inode->i_ino`, `inode->i_sb->s_dev`.
+    /// The chain from a task to an open file's inode number and its directory's (the gate's
+    /// file identity): `task->files->fdt->fd[n]`, then `file->f_inode->i_ino` and
+    /// `file->f_path.dentry->d_parent->d_inode->i_ino`.
     pub task_files: u32,
     pub files_fdt: u32,
-    pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
     pub file_inode: u32,
     pub file_dentry: u32,
     pub dentry_parent: u32,
     pub dentry_inode: u32,
     pub inode_ino: u32,
-    pub inode_sb: u32,
-    pub sb_dev: u32,
     /// 1 once user space filled this in; programs do nothing while it is 0.
     pub ready: u32,
 }
@@ -470,15 +471,12 @@ impl ProbeConfig {
             mm_arg_end: 0,
             task_files: 0,
             files_fdt: 0,
-            fdtable_max_fds: 0,
             fdtable_fd: 0,
             file_inode: 0,
             file_dentry: 0,
             dentry_parent: 0,
             dentry_inode: 0,
             inode_ino: 0,
-            inode_sb: 0,
-            sb_dev: 0,
             ready: 0,
         }
     }

@@ -10,11 +10,11 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
 };
 use watcher_common::{
-    EventKind, Gate, Gated, InodeKey, FAST_PATH_MAX, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX,
-    GATE_COMM_LEN, GATE_OPEN, GATE_SUFFIX_MAX,
+    EventKind, Gate, Gated, InodeKey, FAST_PATH_MAX, FILTER_GATE_COMM, FILTER_GATE_PREFIX,
+    FILTER_GATE_SUFFIX, GATE_COMM_LEN, GATE_OPEN, GATE_SUFFIX_MAX,
 };
 
-use crate::shared::{alert, current_task, may_match, read_kernel, signal_stop, Task, CONFIG};
+use crate::shared::{alert, may_match, read_kernel, signal_stop, Task, CONFIG};
 
 /// `[0]`: the kinds gated for every watched process; `[1]`: the open intents of `[0]`'s opens
 /// (0: any); `[2]`: how many sessions `SESSION_GATE` holds, and `[3]` how many entries
@@ -82,6 +82,9 @@ pub fn gated_kind(session_id: u64, kind: u32, intent: u32) -> bool {
 /// Whether a process called `comm` has its `kind` events gated (opens: with this intent).
 #[inline(always)]
 pub fn gated_comm(comm: &[u8; GATE_COMM_LEN], kind: u32, intent: u32) -> bool {
+    if !may_match(FILTER_GATE_COMM, comm[0], comm[1]) {
+        return false;
+    }
     let mut len = 0usize;
     while len < GATE_COMM_LEN && comm[len] != 0 {
         len += 1;
@@ -231,59 +234,36 @@ pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
 
 /// Whether the file the current task just opened as `fd`, or its directory, is one the policy
 /// names (`GATE_INODE`), with this intent: the same file under any other name (a symlink, a
-/// hard link, a bind mount, `/proc/self/root/…`).
+/// hard link, a bind mount, `/proc/self/root/…`). Keys are inode numbers alone (user space
+/// tells devices apart): a number shared across file systems costs a gated round trip, never
+/// a miss.
 #[inline(always)]
-pub fn gated_inode(fd: i64, intent: u32) -> bool {
+pub fn gated_inode(task: Task, fd: i64, intent: u32) -> bool {
     if GATE_ALL.get(3).copied().unwrap_or(0) == 0 || fd < 0 {
         return false;
     }
-    let Some(file) = open_file(fd as u64) else {
+    // The descriptor was just returned by this open, so it is within the table.
+    let Some(file) = read_kernel::<*const u8>(task.fd_array(), (fd as u32).wrapping_mul(8))
+        .filter(|f| !f.is_null())
+    else {
         return false;
     };
-    let Some(inode) = read_kernel::<*const u8>(file, off(&CONFIG.file_inode)) else {
-        return false;
-    };
-    if let Some(key) = inode_key(inode, 0) {
+    let ino_of = |inode: *const u8| read_kernel::<u64>(inode, off(&CONFIG.inode_ino));
+    let hit = |ino: u64, dir: u32| {
+        let key = InodeKey { ino, dev: 0, dir };
         // SAFETY: copied out at once.
-        if let Some(g) = unsafe { GATE_INODE.get(&key) } {
-            if intent_ok(g, intent) {
-                return true;
-            }
+        unsafe { GATE_INODE.get(&key) }.is_some_and(|g| intent_ok(g, intent))
+    };
+    if let Some(ino) = read_kernel::<*const u8>(file, off(&CONFIG.file_inode)).and_then(ino_of) {
+        if hit(ino, 0) {
+            return true;
         }
     }
     let parent = read_kernel::<*const u8>(file, off(&CONFIG.file_dentry))
         .and_then(|d| read_kernel::<*const u8>(d, off(&CONFIG.dentry_parent)))
-        .and_then(|p| read_kernel::<*const u8>(p, off(&CONFIG.dentry_inode)));
-    let Some(key) = parent.and_then(|i| inode_key(i, 1)) else {
-        return false;
-    };
-    // SAFETY: copied out at once.
-    match unsafe { GATE_INODE.get(&key) } {
-        Some(g) => intent_ok(g, intent),
-        None => false,
-    }
-}
-
-/// `current->files->fdt->fd[fd]`.
-#[inline(always)]
-fn open_file(fd: u64) -> Option<*const u8> {
-    let files = read_kernel::<*const u8>(current_task(), off(&CONFIG.task_files))?;
-    let fdt = read_kernel::<*const u8>(files, off(&CONFIG.files_fdt))?;
-    let max = read_kernel::<u32>(fdt, off(&CONFIG.fdtable_max_fds))?;
-    if fd >= max as u64 {
-        return None;
-    }
-    let fds = read_kernel::<*const u8>(fdt, off(&CONFIG.fdtable_fd))?;
-    let file = read_kernel::<*const u8>(fds, (fd * 8) as u32)?;
-    (!file.is_null()).then_some(file)
-}
-
-#[inline(always)]
-fn inode_key(inode: *const u8, dir: u32) -> Option<InodeKey> {
-    let ino = read_kernel::<u64>(inode, off(&CONFIG.inode_ino))?;
-    let sb = read_kernel::<*const u8>(inode, off(&CONFIG.inode_sb))?;
-    let dev = read_kernel::<u32>(sb, off(&CONFIG.sb_dev))?;
-    Some(InodeKey { ino, dev, dir })
+        .and_then(|p| read_kernel::<*const u8>(p, off(&CONFIG.dentry_inode)))
+        .and_then(ino_of);
+    parent.is_some_and(|ino| hit(ino, 1))
 }
 
 /// A field offset of `CONFIG` (a volatile read keeps the load-time value from being folded).

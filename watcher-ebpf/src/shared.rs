@@ -215,6 +215,18 @@ impl Task {
         }
     }
 
+    /// The address of the task's open-file array (`files->fdt->fd`), read by plain loads
+    /// through the BTF-typed task; indexing it needs a probe read (a variable offset).
+    #[inline(always)]
+    pub fn fd_array(self) -> *const u8 {
+        // SAFETY: see `load`.
+        unsafe {
+            let files: *const u8 = load(self.0, &CONFIG.task_files);
+            let fdt: *const u8 = load(files, &CONFIG.files_fdt);
+            load(fdt, &CONFIG.fdtable_fd)
+        }
+    }
+
     /// The id of the task's cgroup v2, as `bpf_get_current_cgroup_id` gives it.
     #[inline(always)]
     pub fn cgroup_id(self) -> u64 {

@@ -50,13 +50,13 @@ fn try_exit() {
     // A connect out that went through (or is under way) is gated before the process can send
     // on it; a refused or failed one has no effect to stop.
     let mut gated = 0;
-    if ret == 0 || ret == -EINPROGRESS {
+    if (ret == 0 || ret == -EINPROGRESS)
+        && (gate::gated_kind(watch.session_id, GATE_CONNECT, 0)
+            || gate::gated_comm(&task.comm(), GATE_CONNECT, 0))
+    {
         // SAFETY: probe read of user memory, faults safely.
         let family = unsafe { bpf_probe_read_user(args[1] as *const u16) }.unwrap_or(0);
-        if (family == AF_INET || family == AF_INET6)
-            && (gate::gated_kind(watch.session_id, GATE_CONNECT, 0)
-                || gate::gated_comm(&task.comm(), GATE_CONNECT, 0))
-        {
+        if family == AF_INET || family == AF_INET6 {
             gated = gate::stop(task, watch.session_id, EventKind::Connect);
         }
     }

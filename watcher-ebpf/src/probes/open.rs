@@ -87,7 +87,7 @@ fn try_exit(openat2: bool) {
                 // it in `GATED` unanswered.
                 if fast_open(key, len, flags) == 0
                     && ret >= 0
-                    && gated(key, len, flags, &task.comm(), watch.session_id, ret)
+                    && gated(key, len, flags, &task.comm(), watch.session_id, (task, ret))
                 {
                     gate::stop(task, watch.session_id, EventKind::Open);
                 }
@@ -191,7 +191,7 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
                     }
                 }
             }
-            if stop || gate::gated_inode(c.ret, intent) {
+            if stop || gate::gated_inode(task, c.ret, intent) {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, EventKind::Open);
             }
         }
@@ -208,14 +208,14 @@ fn gated(
     flags: u64,
     comm: &[u8; 16],
     session_id: u64,
-    ret: i64,
+    (task, ret): (Task, i64),
 ) -> bool {
     let intent = intent_of(flags);
     gate::gated_kind(session_id, GATE_OPEN, intent)
         || gate::gated_comm(comm, GATE_OPEN, intent)
         || gate::gated_tail(&key.data, len, intent)
         || gate::gated_prefix(key, len, intent)
-        || gate::gated_inode(ret, intent)
+        || gate::gated_inode(task, ret, intent)
 }
 
 /// The `INTENT_*` bits of an open's flags.

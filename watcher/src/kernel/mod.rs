@@ -143,15 +143,12 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         mm_arg_end: btf.member_offset("mm_struct", "arg_end")?,
         task_files: btf.member_offset("task_struct", "files")?,
         files_fdt: btf.member_offset("files_struct", "fdt")?,
-        fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
         fdtable_fd: btf.member_offset("fdtable", "fd")?,
         file_inode: btf.member_offset("file", "f_inode")?,
         file_dentry: btf.member_offset("file", "f_path")? + btf.member_offset("path", "dentry")?,
         dentry_parent: btf.member_offset("dentry", "d_parent")?,
         dentry_inode: btf.member_offset("dentry", "d_inode")?,
         inode_ino: btf.member_offset("inode", "i_ino")?,
-        inode_sb: btf.member_offset("inode", "i_sb")?,
-        sb_dev: btf.member_offset("super_block", "s_dev")?,
         ready: 1,
     })
 }
@@ -239,7 +236,8 @@ impl Kernel {
     /// entries go in before stale ones go out.
     pub fn set_gate(&mut self, g: &self::policy::GateSet) -> anyhow::Result<()> {
         use watcher_common::{
-            Gate, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX, GATE_COMM_LEN, GATE_SUFFIX_MAX,
+            Gate, FILTER_GATE_COMM, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX, GATE_COMM_LEN,
+            GATE_SUFFIX_MAX,
         };
         fn entries<const N: usize>(
             list: &[self::policy::GateEntry],
@@ -289,9 +287,19 @@ impl Kernel {
                 .collect();
             path_filter(&as_paths)
         };
+        // Names are filtered like paths: `/` and the name's first two bytes.
+        let names: Vec<self::policy::GateEntry> = g
+            .comm
+            .iter()
+            .map(|e| self::policy::GateEntry {
+                key: format!("/{}", e.key),
+                ..e.clone()
+            })
+            .collect();
         let tables = [
             (FILTER_GATE_PREFIX, filter(&g.prefix, false)),
             (FILTER_GATE_SUFFIX, filter(&g.suffix, true)),
+            (FILTER_GATE_COMM, filter(&names, false)),
         ];
         for (table, words) in &tables {
             self.widen_filter("PATH_FILTER", table * PATH_FILTER_WORDS, words)?;

@@ -38,8 +38,8 @@ pub fn remove_created(f: &CreatedFile) -> bool {
     same && std::fs::remove_file(&f.path).is_ok()
 }
 
-/// The kernel's `dev_t` of a device number as `stat` gives it: `super_block.s_dev` is
-/// `MKDEV(major, minor)`, `major << 20 | minor`.
+/// A device number as the kernel keeps it (`super_block.s_dev`, `MKDEV(major, minor)`,
+/// `major << 20 | minor`): 32 bits, where `stat` gives 64.
 pub fn kernel_dev(st_dev: u64) -> u32 {
     (libc::major(st_dev) << 20) | libc::minor(st_dev)
 }
