@@ -122,9 +122,9 @@ pub fn gated_prefix(key: &mut Key<[u8; FAST_PATH_MAX]>, len: usize, intent: u32)
     (g.exact_len == 0 || g.exact_len as usize == len) && intent_ok(g, intent)
 }
 
-/// Bytes of the tail copy a suffix lookup works on (a power of two, so that every index can be
-/// masked into it: the verifier then needs no other bound).
-const TAIL: usize = 256;
+/// Bytes of the tail copy a suffix lookup works on: the keys are at most this long (a power
+/// of two, so that every index can be masked into it: the verifier then needs no other bound).
+const TAIL: usize = GATE_SUFFIX_MAX;
 
 #[map]
 static SCRATCH_TAIL: PerCpuArray<[u8; TAIL]> = PerCpuArray::with_max_entries(1, 0);
@@ -142,12 +142,13 @@ pub fn gated_suffix<const N: usize>(path: &[u8; N], len: usize, intent: u32) -> 
     // SAFETY: per-CPU slot, no concurrent user on this CPU.
     let buf = unsafe { &mut *buf };
     let n = if N < TAIL { N } else { TAIL };
+    // The last `TAIL` bytes: the keys need no more.
     let (from, tail) = if len <= TAIL {
         (0, len)
     } else {
-        ((len - TAIL) & (TAIL - 1), TAIL)
+        (len - TAIL, TAIL)
     };
-    if from + n > N {
+    if from > N - n {
         return false;
     }
     // SAFETY: `from + n <= N`: within the record buffer; the helper faults safely.
@@ -232,9 +233,11 @@ pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
     }
 }
 
-/// Whether the file the current task just opened as `fd`, or its directory, is one the policy
-/// names (`GATE_INODE`), with this intent: the same file under any other name (a symlink, a
-/// hard link, a bind mount, `/proc/self/root/…`). Keys are inode numbers alone (user space
+/// Whether the file the current task just opened as `fd` is one the policy names
+/// (`GATE_INODE`), with this intent: the same file under any other name (a symlink, a hard
+/// link, a bind mount, `/proc/self/root/…`). (Its directory is not looked up: four more reads
+/// on every open, for a file made since the last refresh and opened through a symlinked
+/// directory; user space still names it by its directory.) Keys are inode numbers alone (user space
 /// tells devices apart): a number shared across file systems costs a gated round trip, never
 /// a miss.
 #[inline(always)]
@@ -254,16 +257,9 @@ pub fn gated_inode(task: Task, fd: i64, intent: u32) -> bool {
         // SAFETY: copied out at once.
         unsafe { GATE_INODE.get(&key) }.is_some_and(|g| intent_ok(g, intent))
     };
-    if let Some(ino) = read_kernel::<*const u8>(file, off(&CONFIG.file_inode)).and_then(ino_of) {
-        if hit(ino, 0) {
-            return true;
-        }
-    }
-    let parent = read_kernel::<*const u8>(file, off(&CONFIG.file_dentry))
-        .and_then(|d| read_kernel::<*const u8>(d, off(&CONFIG.dentry_parent)))
-        .and_then(|p| read_kernel::<*const u8>(p, off(&CONFIG.dentry_inode)))
-        .and_then(ino_of);
-    parent.is_some_and(|ino| hit(ino, 1))
+    read_kernel::<*const u8>(file, off(&CONFIG.file_inode))
+        .and_then(ino_of)
+        .is_some_and(|ino| hit(ino, 0))
 }
 
 /// A field offset of `CONFIG` (a volatile read keeps the load-time value from being folded).

@@ -213,7 +213,7 @@ fn gated(
     let intent = intent_of(flags);
     gate::gated_kind(session_id, GATE_OPEN, intent)
         || gate::gated_comm(comm, GATE_OPEN, intent)
-        || gate::gated_tail(&key.data, len, intent)
+        || gate::gated_suffix(&key.data, len, intent)
         || gate::gated_prefix(key, len, intent)
         || gate::gated_inode(task, ret, intent)
 }
