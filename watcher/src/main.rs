@@ -556,6 +556,11 @@ fn print_hold(h: &watcher::model::hold::Hold) {
         println!("finding   {:?} {}: {}", f.severity, f.rule, f.description);
         println!("tags      {}", f.tags.join(", "));
     }
+    for e in &h.also {
+        if let watcher::model::event::Detail::Finding(f) = &e.detail {
+            println!("and       {:?} {}: {}", f.severity, f.rule, f.description);
+        }
+    }
     println!("started   {}", h.started);
     println!("deadline  {} (no answer means deny)", h.deadline);
     if let Some(by) = &h.decided_by {

@@ -379,6 +379,7 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
         id: id.clone(),
         kind: crate::model::hold::HoldKind::Session,
         finding: published.as_ref().clone(),
+        also: Vec::new(),
         trigger,
         tree,
         recent: Vec::new(),

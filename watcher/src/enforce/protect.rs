@@ -549,6 +549,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
         id,
         kind: crate::model::hold::HoldKind::ProtectedOpen,
         finding: published.as_ref().clone(),
+        also: Vec::new(),
         trigger,
         tree,
         recent: Vec::new(),

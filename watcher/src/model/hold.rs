@@ -53,6 +53,9 @@ pub struct Hold {
     pub state: HoldState,
     /// The finding event (its `evidence` holds the events that matched).
     pub finding: Event,
+    /// The other findings of the same action (one action is one question).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Event>,
     /// The event that completed the rule.
     pub trigger: Event,
     pub tree: Vec<ProcInfo>,
@@ -96,6 +99,7 @@ pub struct HoldDraft {
     pub id: String,
     pub kind: HoldKind,
     pub finding: Event,
+    pub also: Vec<Event>,
     pub trigger: Event,
     pub tree: Vec<ProcInfo>,
     pub recent: Vec<Event>,

@@ -565,6 +565,8 @@ impl Intake {
         if !self.seq.advanced.is_empty() {
             self.gate_next_steps(&active, session_id, ts_ns);
         }
+        // Holds are recorded once every finding of the event is known.
+        let mut drafts: Vec<HoldDraft> = Vec::new();
         for m in matches.drain(..) {
             let rule = &policy.rules[m.rule];
             // The fast-path flag belongs to this event; only a rule the kernel holds can own it.
@@ -609,27 +611,43 @@ impl Intake {
                 cgroup_id: ev.cgroup_id,
                 detail: Detail::Finding(Box::new(finding)),
             });
-            if let (true, Some(id), Some(e)) = (d.new_hold, d.hold, enforcement) {
-                // The kernel stopped the trigger at the hook (SIGSTOP): it needs SIGCONT later.
-                let stopped =
-                    if gated || (kernel_rule && !matches!(ev.detail, Detail::Connect { .. })) {
-                        kept = true;
-                        vec![ev.pid]
-                    } else {
-                        Vec::new()
-                    };
-                e.record_hold(HoldDraft {
-                    id,
-                    kind: HoldKind::Session,
-                    finding: published.as_ref().clone(),
-                    trigger: ev.as_ref().clone(),
-                    tree: self.tree.session_procs(session_id),
-                    recent: Vec::new(),
-                    stopped,
-                    rule: rule.id.clone(),
-                    policy_version: policy.version.clone(),
-                    frozen_us: None,
-                });
+            match (d.new_hold, d.hold) {
+                (true, Some(id)) => {
+                    // The kernel stopped the trigger at the hook (SIGSTOP): it needs SIGCONT
+                    // later.
+                    let stopped =
+                        if gated || (kernel_rule && !matches!(ev.detail, Detail::Connect { .. })) {
+                            kept = true;
+                            vec![ev.pid]
+                        } else {
+                            Vec::new()
+                        };
+                    drafts.push(HoldDraft {
+                        id,
+                        kind: HoldKind::Session,
+                        finding: published.as_ref().clone(),
+                        also: Vec::new(),
+                        trigger: ev.as_ref().clone(),
+                        tree: self.tree.session_procs(session_id),
+                        recent: Vec::new(),
+                        stopped,
+                        rule: rule.id.clone(),
+                        policy_version: policy.version.clone(),
+                        frozen_us: None,
+                    });
+                }
+                // Another finding of the same action: the same question, with its evidence.
+                (false, Some(id)) => {
+                    if let Some(draft) = drafts.iter_mut().find(|h| h.id == id) {
+                        draft.also.push(published.as_ref().clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = self.shared.enforcement() {
+            for draft in drafts {
+                e.record_hold(draft);
             }
         }
         self.matches = matches;
