@@ -14,16 +14,14 @@
 //! its last step; when that step has no anchor, it gates its first step instead, and the
 //! session's events of the next step's kind are gated while the sequence is under way
 //! (`GatePlan::dynamic`, `step_kinds`).
-use watcher_common::{
-    GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_OPEN, GATE_SUFFIX_MAX, INTENT_CREATE, INTENT_READ,
-    INTENT_TRUNCATE, INTENT_WRITE,
-};
+use watcher_common::{GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_OPEN, GATE_SUFFIX_MAX};
 
 pub use crate::kernel::policy::{GateEntry, GateSet};
 
 use super::{
     eval::{Cond, Policy, Rule, Slot},
-    syntax::{Action, Intent, Mode},
+    kernel::{intent_bits, through_homes},
+    syntax::{Action, Mode},
 };
 use crate::kernel::policy::KernelPolicy;
 
@@ -385,15 +383,8 @@ fn path_item(p: &str, intent: u32) -> Option<Vec<Item>> {
         }
     }
     // Spans directories: a literal prefix, through each home for `/home/*/`.
-    let expanded: Vec<String> = match p.strip_prefix("/home/*/") {
-        Some(rest) => home_dirs()
-            .iter()
-            .map(|h| format!("{}/{rest}", h.trim_end_matches('/')))
-            .collect(),
-        None => vec![p.to_string()],
-    };
     let mut out = Vec::new();
-    for e in expanded {
+    for e in through_homes(p) {
         let first = e.find(is_wild).unwrap_or(e.len());
         let lit = &e[..first];
         // The prefix must name the directory the pattern spans, not a parent of it.
@@ -415,28 +406,6 @@ fn last_bytes(s: &str, n: usize) -> String {
         start += 1;
     }
     s[start..].to_string()
-}
-
-fn home_dirs() -> Vec<String> {
-    std::fs::read_dir("/home")
-        .map(|rd| {
-            rd.filter_map(|e| Some(e.ok()?.path().to_str()?.to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The rule language's intent mask (bit = `Intent as u8`) as the kernel's `INTENT_*` bits.
-pub(crate) fn intent_bits(m: u8) -> u32 {
-    [
-        (Intent::Read, INTENT_READ),
-        (Intent::Write, INTENT_WRITE),
-        (Intent::Create, INTENT_CREATE),
-        (Intent::Truncate, INTENT_TRUNCATE),
-    ]
-    .iter()
-    .filter(|(i, _)| m & (1 << *i as u8) != 0)
-    .fold(0, |acc, (_, b)| acc | b)
 }
 
 /// The maps' entries for a cover: equal keys merged, and every entry widened by the prefix

@@ -120,7 +120,7 @@ impl KernelPolicy {
 }
 
 /// The rule language's intent mask (bit = `Intent as u8`) as the kernel's `INTENT_*` bits.
-fn intent_bits(m: u8) -> u32 {
+pub(crate) fn intent_bits(m: u8) -> u32 {
     use watcher_common::{INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE};
     [
         (Intent::Read, INTENT_READ),
@@ -160,14 +160,7 @@ fn exec_paths(pats: &[&str]) -> Option<Vec<String>> {
 fn open_prefixes(pats: &[&str]) -> Option<Vec<(String, bool)>> {
     let mut out = Vec::new();
     for p in pats {
-        let expanded: Vec<String> = match p.strip_prefix("/home/*/") {
-            Some(rest) => home_dirs()
-                .iter()
-                .map(|h| format!("{}/{rest}", h.trim_end_matches('/')))
-                .collect(),
-            None => vec![p.to_string()],
-        };
-        for e in expanded {
+        for e in through_homes(p) {
             if is_literal(&e) {
                 out.push((e, false));
             } else if let Some(pre) = e.strip_suffix("**").or_else(|| e.strip_suffix('*')) {
@@ -185,7 +178,19 @@ fn open_prefixes(pats: &[&str]) -> Option<Vec<(String, bool)>> {
     Some(out)
 }
 
-fn home_dirs() -> Vec<String> {
+/// A pattern with `/home/*/` (a `~/` pattern) made into one per existing home directory.
+pub(crate) fn through_homes(p: &str) -> Vec<String> {
+    match p.strip_prefix("/home/*/") {
+        Some(rest) => home_dirs()
+            .iter()
+            .map(|h| format!("{}/{rest}", h.trim_end_matches('/')))
+            .collect(),
+        None => vec![p.to_string()],
+    }
+}
+
+/// The directories under /home now (what `/home/*/` stands for in a kernel map).
+pub(crate) fn home_dirs() -> Vec<String> {
     std::fs::read_dir("/home")
         .map(|rd| {
             rd.filter_map(|e| Some(e.ok()?.path().to_str()?.to_string()))
