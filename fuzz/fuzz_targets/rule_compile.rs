@@ -1,5 +1,5 @@
 //! Rule files from an operator: any text compiles, or fails with an error, and a policy that
-//! compiles also yields its kernel part and runs its examples.
+//! compiles also yields its kernel part and its gate, and runs its examples.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use watcher::rules::{self, Source};
@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
     }];
     let homes = ["/root".to_string(), "/home/*".to_string()];
     if let Ok(policy) = rules::compile::compile(&sources, &homes) {
-        let _ = rules::kernel::KernelPolicy::of(&policy, true);
+        let kernel = rules::kernel::KernelPolicy::of(&policy, true);
+        let _ = rules::gate::GatePlan::of(&policy, &kernel, true);
         let _ = rules::examples::run(&policy, &sources);
     }
 });

@@ -669,6 +669,20 @@ fn print_status(st: &Status) {
         "kernel fast paths: {} exec paths, {} open paths, {} denied networks",
         p.kernel_exec, p.kernel_open, p.kernel_deny
     );
+    let g = &st.gate;
+    println!(
+        "gate: {} entries{}; {} events stopped for a decision, {} unanswered; stop to answer p50 {} us, p99 {} us",
+        g.entries,
+        if g.every.is_empty() {
+            String::new()
+        } else {
+            format!(", every {} gated", g.every.join(", "))
+        },
+        g.gated,
+        g.unanswered,
+        g.latency_us_p50,
+        g.latency_us_p99
+    );
     if let Some(e) = &p.last_error {
         println!("last reload error (the policy above stays in force): {e}");
     }
@@ -680,6 +694,10 @@ fn print_status(st: &Status) {
         if h.enabled { "" } else { " (holds disabled)" },
         h.freeze_us_p50,
         h.freeze_us_p99
+    );
+    println!(
+        "files: {} protected (every open waits), {} guarded (an open for writing waits)",
+        h.protected_files, h.guarded_files
     );
     if h.kill_switch.engaged {
         println!(

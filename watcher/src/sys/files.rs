@@ -125,3 +125,47 @@ fn children(dir: &Path) -> Vec<PathBuf> {
         .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::named;
+
+    #[test]
+    fn a_pattern_names_the_files_that_exist_and_the_directories_of_its_wildcard() {
+        let dir = std::env::temp_dir().join(format!("watcher-named-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["u1/.ssh", "u2/.ssh", "u3"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        for f in [
+            "u1/.ssh/id_rsa",
+            "u1/.ssh/known_hosts",
+            "u2/.ssh/id_ed25519",
+            "u3/.netrc",
+        ] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let d = dir.display();
+        let mut keys = named(&format!("{d}/*/.ssh/id_*"));
+        keys.sort();
+        let want = |p: &str, is_dir: bool| (dir.join(p), is_dir);
+        assert_eq!(
+            keys,
+            [
+                want("u1/.ssh", true),
+                want("u1/.ssh/id_rsa", false),
+                want("u2/.ssh", true),
+                want("u2/.ssh/id_ed25519", false)
+            ]
+        );
+        assert_eq!(named(&format!("{d}/*/.netrc")), [want("u3/.netrc", false)]);
+        assert_eq!(named(&format!("{d}/u3/**")), [want("u3", true)]);
+        assert!(
+            named(&format!("{d}/**/.netrc")).is_empty(),
+            "** is not enumerable"
+        );
+        assert!(named(&format!("{d}/u9/.netrc")).is_empty());
+        assert!(named("relative/path").is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
