@@ -866,3 +866,40 @@ fn an_action_two_rules_hold_is_one_question_with_both_findings() {
     assert_eq!(holds_of(&d, &trace).len(), 1, "more than one question");
     assert!(l.received().is_empty(), "the upload went out");
 }
+
+#[test]
+fn a_home_made_after_start_is_gated_too() {
+    common::require_root();
+    let work = TempDir::new("gate-newhome");
+    let d = pack_daemon(&work);
+    let reloads = |d: &Daemon| d.status()["policy"]["reloads"].as_u64().unwrap();
+    let before = reloads(&d);
+    let home = FakeHome::new();
+    let start = Instant::now();
+    while reloads(&d) == before {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "a new home did not reload the policy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // `~/.config/systemd/user/**` is a prefix per home: the new home's unit waits at its open.
+    let unit = home.0.join(".config/systemd/user/late.service");
+    let (mut child, trace) = launch_bg(
+        &d,
+        &format!(
+            "mkdir -p {} && printf '[Service]\\nExecStart=/bin/sh -c evil\\n' > {}",
+            unit.parent().unwrap().display(),
+            unit.display()
+        ),
+    );
+    let hold = await_hold(&d, &trace);
+    assert_eq!(hold["rule"], "systemd-unit-write", "{hold}");
+    assert!(
+        std::fs::read(&unit).unwrap_or_default().is_empty(),
+        "the unit was written before the verdict"
+    );
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    assert!(!unit.exists(), "the unit is still there after deny");
+}

@@ -1,6 +1,6 @@
 //! A rule on a path matches the file, however it is named: the files and directories the
 //! gated rules name are looked up when the policy loads (and again every few seconds, so files
-//! that appear are covered), written to the kernel's `GATE_INODE` map by identity (inode and
+//! that appear are covered; a new home reloads the policy), written to the kernel's `GATE_INODE` map by identity (inode and
 //! device), and kept here by name. A gated open of one of them under another name (a symlink,
 //! a hard link, a bind mount, `/proc/self/root/…`) is then evaluated under the policy's name.
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
@@ -105,12 +105,28 @@ impl Core {
 }
 
 /// Refreshes the index every `REFRESH`, on a thread of its own (it reads directories).
+/// A new home under /home also reloads the policy: the kernel's `~/` prefixes are compiled
+/// per existing home.
 pub fn spawn_refresh(core: Arc<Core>) -> anyhow::Result<()> {
     core.refresh_inodes();
+    let homes = || {
+        let mut h = crate::rules::kernel::home_dirs();
+        h.sort();
+        h
+    };
+    let mut known = homes();
     std::thread::Builder::new()
         .name("identities".into())
         .spawn(move || loop {
             std::thread::sleep(REFRESH);
+            let now = homes();
+            if now != known {
+                known = now;
+                // A failed reload is logged, counted and keeps the policy in force.
+                if core.reload("the homes under /home changed").is_ok() {
+                    continue;
+                }
+            }
             core.refresh_inodes();
         })
         .map_err(|e| anyhow::anyhow!("starting the identity thread: {e}"))?;
