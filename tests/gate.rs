@@ -431,6 +431,17 @@ fn deny_leaves_the_host_as_if_the_attack_had_not_happened() {
             }),
         },
         Case {
+            name: "a program run from a memfd",
+            script: format!(
+                "{py} -c \"import os; fd = os.memfd_create('x', 0); os.write(fd, open('/bin/sh', 'rb').read()); os.execv('/proc/self/fd/%d' % fd, ['sh', '-c', 'touch {wp}/marker-memfd'])\""
+            ),
+            expect: Expect::Hold(&["fileless-exec"]),
+            unharmed: Box::new({
+                let p = path("marker-memfd");
+                move || absent(&p)
+            }),
+        },
+        Case {
             name: "nc -e",
             script: format!("{nc} -e /bin/sh 127.0.0.1 {p5}"),
             expect: Expect::Kill("reverse-shell-netcat"),

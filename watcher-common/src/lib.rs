@@ -326,6 +326,8 @@ pub struct FastRule {
 pub const GATE_EXEC: u32 = 1 << 0;
 pub const GATE_OPEN: u32 = 1 << 1;
 pub const GATE_CONNECT: u32 = 1 << 2;
+/// In `GATE_ALL[0]` only: execs through a descriptor (`/dev/fd/N`, `/proc/…/fd/N`).
+pub const GATE_FILELESS: u32 = 1 << 3;
 /// Bytes of a `GATE_COMM` key: the task's `comm` (the new program's basename, cut at 15).
 pub const GATE_COMM_LEN: usize = 16;
 /// Bytes of a `GATE_SUFFIX` key: the path's last bytes, last byte first.

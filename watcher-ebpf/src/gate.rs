@@ -79,6 +79,14 @@ pub fn gated_kind(session_id: u64, kind: u32, intent: u32) -> bool {
     unsafe { SESSION_GATE.get(&session_id).copied().unwrap_or(0) & kind != 0 }
 }
 
+/// Whether execs through a descriptor are gated and `head` (the filename's first bytes) is
+/// one: `/dev/fd/N` or `/proc/…` (`/proc/self/fd/N`, `/proc/PID/fd/N`).
+#[inline(always)]
+pub fn gated_fileless(head: &[u8; 8]) -> bool {
+    let all = GATE_ALL.get(0).copied().unwrap_or(0);
+    all & watcher_common::GATE_FILELESS != 0 && (head == b"/dev/fd/" || (head[..6] == *b"/proc/"))
+}
+
 /// Whether a process called `comm` has its `kind` events gated (opens: with this intent).
 #[inline(always)]
 pub fn gated_comm(comm: &[u8; GATE_COMM_LEN], kind: u32, intent: u32) -> bool {

@@ -3,7 +3,8 @@
 //! (`mm->arg_start..arg_end`, already NUL-separated), so no `sys_enter_execve` hook is needed.
 use aya_ebpf::{
     helpers::{
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, generated::bpf_get_prandom_u32,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+        generated::bpf_get_prandom_u32,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -66,6 +67,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
     } else if gate::gated_kind(watch.session_id, GATE_EXEC, 0)
         || gate::gated_comm(&task.comm(), GATE_EXEC, 0)
+        || filename_head(ctx, &cfg).is_some_and(|h| gate::gated_fileless(&h))
     {
         flags |= gate::stop(task, watch.session_id, EventKind::Exec);
     }
@@ -105,6 +107,16 @@ fn fast_exec(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<FastRule> {
     // SAFETY: probe read of the tracepoint record.
     let len = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut key.data).ok()? }.len();
     fast_lookup(&FAST_EXEC, FILTER_EXEC, key, len)
+}
+
+/// The first 8 bytes of the new program's filename.
+#[inline(always)]
+fn filename_head(ctx: &TracePointContext, cfg: &ProbeConfig) -> Option<[u8; 8]> {
+    // SAFETY: the offset came from this tracepoint's format file.
+    let loc: u32 = unsafe { ctx.read_at(cfg.exec_filename as usize).ok()? };
+    let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: probe read of the tracepoint record.
+    unsafe { bpf_probe_read_kernel::<[u8; 8]>(src as *const [u8; 8]).ok() }
 }
 
 /// Kernel-side session ids have the top bit clear; user space sets it on its own.

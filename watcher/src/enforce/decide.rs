@@ -356,6 +356,7 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
             argv_truncated: false,
             argv_missing: false,
             profile: None,
+            fileless: false,
         },
     };
     let version = shared.policy.load().policy.version.clone();

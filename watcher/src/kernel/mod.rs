@@ -328,7 +328,13 @@ impl Kernel {
                 .ok_or_else(|| anyhow!("no GATE_ALL map"))?,
         )?;
         all.set(1, g.all_intent, 0).context("setting GATE_ALL")?;
-        all.set(0, g.all, 0).context("setting GATE_ALL")?;
+        let fileless = if g.fileless {
+            watcher_common::GATE_FILELESS
+        } else {
+            0
+        };
+        all.set(0, g.all | fileless, 0)
+            .context("setting GATE_ALL")?;
         Ok(())
     }
 

@@ -70,4 +70,6 @@ pub struct GateSet {
     /// Kinds gated whatever they name, and the open intents of that (0: any).
     pub all: u32,
     pub all_intent: u32,
+    /// Execs through a descriptor (`/dev/fd/N`, `/proc/…/fd/N`), which may run a memfd.
+    pub fileless: bool,
 }

@@ -35,6 +35,10 @@ pub enum Detail {
         argv_missing: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         profile: Option<String>,
+        /// The program is no file on disk: a memfd, or a file deleted before it was run (an
+        /// exec through a descriptor, `fexecve` or `execveat`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        fileless: bool,
     },
     Fork {
         child_pid: u32,

@@ -374,6 +374,9 @@ impl Compiler<'_> {
         if let Some(ok) = d.ok {
             all.push(Cond::Ok(ok));
         }
+        if let Some(f) = d.fileless {
+            all.push(Cond::Fileless(f));
+        }
         if let Some(items) = &d.addr {
             let mut nets = Vec::new();
             for v in self.expand(src, items.as_slice(), &format!("{ctx}.addr"), 0)? {

@@ -49,6 +49,7 @@ pub enum Cond {
     CmdlineRegex(regex::RegexSet),
     Intent(u8),
     Ok(bool),
+    Fileless(bool),
     Addr(Vec<IpNet>),
     Port(Vec<(u16, u16)>),
     Family(Vec<Family>),
@@ -59,7 +60,9 @@ pub enum Cond {
 impl Cond {
     pub fn cost(&self) -> u8 {
         match self {
-            Cond::Kind(_) | Cond::Intent(_) | Cond::Ok(_) | Cond::Family(_) => 0,
+            Cond::Kind(_) | Cond::Intent(_) | Cond::Ok(_) | Cond::Fileless(_) | Cond::Family(_) => {
+                0
+            }
             Cond::Port(_) | Cond::Addr(_) => 1,
             Cond::Glob { .. } => 2,
             Cond::Not(_) | Cond::All(_) | Cond::Any(_) => 3,
@@ -108,6 +111,9 @@ impl Cond {
             Cond::CmdlineRegex(set) => s.proc_.as_ref().is_some_and(|p| set.is_match(&p.cmdline())),
             Cond::Intent(m) => s.intent() & m != 0,
             Cond::Ok(ok) => s.result().is_some_and(|r| (r >= 0) == *ok),
+            Cond::Fileless(f) => s.ev.is_some_and(
+                |e| matches!(e.detail, Detail::Exec { fileless, .. } if fileless == *f),
+            ),
             Cond::Addr(nets) => s
                 .addr()
                 .is_some_and(|a| nets.iter().any(|n| n.contains(&a))),

@@ -86,6 +86,8 @@ enum Item {
     },
     /// The tail of the path, or (ending in `/`) of the path's directory.
     Tail { text: String, intent: u32 },
+    /// An exec through a descriptor (`fileless: true`).
+    Fileless,
 }
 
 impl Anchor {
@@ -281,6 +283,10 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
                 }
                 _ => None,
             });
+            let fileless = parts
+                .iter()
+                .any(|c| matches!(c, Cond::Fileless(true)))
+                .then(|| vec![Item::Fileless]);
             let pick = |k: u8, a: Option<&Vec<Item>>| {
                 if kinds & k == 0 {
                     Anchor::Nothing
@@ -291,7 +297,7 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
                 }
             };
             Cover {
-                exec: pick(EXEC, names.as_ref()),
+                exec: pick(EXEC, fileless.as_ref().or(names.as_ref())),
                 open: pick(OPEN, paths.as_ref().or(names.as_ref())),
                 connect: pick(CONNECT, names.as_ref()),
             }
@@ -449,6 +455,7 @@ fn build(c: Cover) -> GateSet {
                     exact,
                     intent,
                 } => prefix.push((path, !exact, GATE_OPEN, Some(intent))),
+                Item::Fileless => set.fileless = true,
                 Item::Tail { text, intent } => {
                     // Tails are prefixes of the reversed path.
                     suffix.push((

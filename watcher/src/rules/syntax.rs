@@ -133,6 +133,9 @@ pub struct CondDef {
     /// Whether the call succeeded.
     #[serde(default)]
     pub ok: Option<bool>,
+    /// Exec: whether the program is no file on disk (a memfd, or deleted).
+    #[serde(default)]
+    pub fileless: Option<bool>,
     /// Connect destination address (CIDR or address).
     #[serde(default)]
     pub addr: Option<OneOrMany<Item>>,

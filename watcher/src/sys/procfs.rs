@@ -142,3 +142,49 @@ pub fn pending_open_flags(tgid: u32) -> Option<u64> {
     }
     found
 }
+
+/// Whether `pid`'s program, just exec'd as `filename`, is no file on disk: it was run through a
+/// descriptor (`/dev/fd/N`, `/proc/…/fd/N`: `fexecve`, `execveat`), and its executable is a
+/// memfd or deleted. Only an exec through a descriptor is looked at in /proc (it can run what
+/// has no name); a process that is gone by then reads as not fileless, which the gate prevents
+/// for rules that ask (it stops such an exec until the policy has run).
+pub fn runs_fileless(pid: u32, filename: &str) -> bool {
+    if !is_fd_path(filename) {
+        return false;
+    }
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_string))
+        .is_some_and(|exe| exe.starts_with("/memfd:") || exe.ends_with(" (deleted)"))
+}
+
+/// `/dev/fd/N`, `/proc/self/fd/N`, `/proc/PID/fd/N`.
+pub fn is_fd_path(p: &str) -> bool {
+    if p.strip_prefix("/dev/fd/").is_some() {
+        return true;
+    }
+    p.strip_prefix("/proc/")
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(who, rest)| {
+            (who == "self" || who.bytes().all(|b| b.is_ascii_digit())) && rest.starts_with("fd/")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_exec_through_a_descriptor_is_told_by_its_name() {
+        for p in ["/dev/fd/3", "/proc/self/fd/10", "/proc/4242/fd/3"] {
+            assert!(super::is_fd_path(p), "{p}");
+        }
+        for p in [
+            "/usr/bin/sh",
+            "/proc/self/exe",
+            "/proc/x1/fd/3",
+            "/dev/fdx/3",
+            "fd/3",
+        ] {
+            assert!(!super::is_fd_path(p), "{p}");
+        }
+    }
+}

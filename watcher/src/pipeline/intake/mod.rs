@@ -786,12 +786,14 @@ impl Intake {
                             .map(|a| a.profile.clone())
                     })
                     .flatten();
+                let fileless = crate::sys::procfs::runs_fileless(pid, &filename);
                 Some(Detail::Exec {
                     path: filename,
                     argv,
                     argv_truncated: truncated,
                     argv_missing,
                     profile,
+                    fileless,
                 })
             }
             Record::Fork {
