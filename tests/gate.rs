@@ -619,7 +619,7 @@ fn after_a_secret_is_read_the_next_connect_waits_before_a_byte_leaves() {
         f["rule"] == "secret-then-connect" && f["hold"].is_string()
     })
     .expect("no hold for the connect after the secret");
-    let hold = await_hold_id(&d, connect["hold"].as_str().unwrap());
+    let hold = common::holds::await_stored(&d, connect["hold"].as_str().unwrap());
     assert_eq!(hold["trigger"]["type"], "connect", "{hold}");
     verdict(&d, "deny", &hold);
     wait_exit(&mut child);
@@ -631,22 +631,6 @@ fn after_a_secret_is_read_the_next_connect_waits_before_a_byte_leaves() {
     );
 }
 
-/// A hold by id, once stored.
-fn await_hold_id(d: &Daemon, id: &str) -> serde_json::Value {
-    let start = std::time::Instant::now();
-    loop {
-        let out = d.cli().args(["show-hold", id, "--json"]).output().unwrap();
-        if out.status.success() {
-            return serde_json::from_slice(&out.stdout).unwrap();
-        }
-        assert!(
-            start.elapsed() < common::DEADLINE,
-            "hold {id} was never stored"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 fn require_faults() {
     if !cfg!(feature = "fault-injection") {
         panic!(
@@ -654,12 +638,6 @@ fn require_faults() {
              watcher/fault-injection (cargo xtask test does)"
         );
     }
-}
-
-/// The state letter of a process (`T`: stopped), None once it is gone.
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// The session's processes, once it has `n`.
@@ -708,7 +686,9 @@ fn a_gated_process_the_daemon_never_answered_stays_stopped_and_is_decided_after_
     // gated) stays stopped, with nothing copied.
     let procs = await_procs(&d, &trace, 1);
     assert!(
-        procs.iter().any(|p| state_of(*p) == Some('T')),
+        procs
+            .iter()
+            .any(|p| common::holds::state_of(*p) == Some('T')),
         "no process of the session is stopped: {procs:?}"
     );
     assert!(!copy.exists(), "the copy was made with no answer");

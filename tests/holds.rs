@@ -12,14 +12,11 @@ use serde_json::Value;
 mod common;
 use common::{
     curl,
-    holds::{await_hold, first_finding, json_lines, launch_bg, show_hold, verdict, wait_exit},
+    holds::{
+        await_hold, first_finding, json_lines, launch_bg, show_hold, state_of, verdict, wait_exit,
+    },
     Daemon, TempDir, DEADLINE,
 };
-
-fn state_of(pid: u64) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
 
 /// Stopped by the kernel at the hook: in state T, or, when the session's freeze won the race
 /// with the stop, frozen (state S in the freezer) with the SIGSTOP still pending.

@@ -326,14 +326,7 @@ fn normal_agent_work_is_not_held_or_killed() {
         stopped * 10 < gateable,
         "the gate stopped {stopped} of {gateable} events of normal work"
     );
-    let stops: Vec<&Value> = findings
-        .iter()
-        .filter(|f| f["action"] == "hold" || f["action"] == "kill")
-        .collect();
-    assert!(
-        stops.is_empty(),
-        "normal work would be held or killed: {stops:#?}"
-    );
+    assert_nothing_stopped(&findings, "normal work");
 
     // New projects made with their own tools write .git/config, hook samples, package files
     // and a virtualenv: none of it is tampering. (Its own session: a venv alone is more
@@ -376,13 +369,18 @@ fn normal_agent_work_is_not_held_or_killed() {
         "new projects and a pip install: {} events gated",
         gated(&daemon) - before
     );
+    assert_nothing_stopped(&findings, "creating a project");
+}
+
+/// No finding of `what` holds or kills.
+fn assert_nothing_stopped(findings: &[Value], what: &str) {
     let stops: Vec<&Value> = findings
         .iter()
         .filter(|f| f["action"] == "hold" || f["action"] == "kill")
         .collect();
     assert!(
         stops.is_empty(),
-        "creating a project would be held: {stops:#?}"
+        "{what} would be held or killed: {stops:#?}"
     );
 }
 

@@ -75,17 +75,26 @@ pub fn first_finding(d: &Daemon, trace: &str, wanted: impl Fn(&Value) -> bool) -
 pub fn await_hold(d: &Daemon, trace: &str) -> Value {
     let id = first_finding(d, trace, |v| v["hold"].is_string())
         .and_then(|v| v["hold"].as_str().map(str::to_string));
-    let id = id.expect("the finding stream ended without a hold");
-    // The record is written right after the finding; wait for it.
+    await_stored(d, &id.expect("the finding stream ended without a hold"))
+}
+
+/// The hold `id` once it is stored (the record is written right after its finding).
+pub fn await_stored(d: &Daemon, id: &str) -> Value {
     let start = Instant::now();
     loop {
-        let out = d.cli().args(["show-hold", &id, "--json"]).output().unwrap();
+        let out = d.cli().args(["show-hold", id, "--json"]).output().unwrap();
         if out.status.success() {
             return serde_json::from_slice(&out.stdout).unwrap();
         }
         assert!(start.elapsed() < DEADLINE, "hold {id} was never stored");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A process's state letter (`T`: stopped, `S`: asleep), None once it is gone.
+pub fn state_of(pid: impl std::fmt::Display) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// A stored hold, as `watcher show-hold --json` prints it.

@@ -158,40 +158,33 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
         (*ev).openat2 = c.openat2 as u32;
         (*ev)._pad = 0;
         // The path is read from user memory once; the lookup key is a copy of the record's,
-        // made only for a path the filter does not rule out.
-        if len > 0
-            && len <= FAST_PATH_MAX
-            && (*ev).path[0] == b'/'
-            && may_match(FILTER_OPEN, (*ev).path[1], (*ev).path[2])
-        {
-            if let Some(key) = scratch_key() {
+        // made only for a path one of the prefix tries' filters does not rule out.
+        let absolute = len > 0 && len <= FAST_PATH_MAX && (*ev).path[0] == b'/';
+        let (b1, b2) = ((*ev).path[1], (*ev).path[2]);
+        let fast = absolute && may_match(FILTER_OPEN, b1, b2);
+        let gate_prefix = absolute && c.ret >= 0 && may_match(FILTER_GATE_PREFIX, b1, b2);
+        let mut key = None;
+        if fast || gate_prefix {
+            if let Some(k) = scratch_key() {
                 // Only the record's own bytes: a short record's path ends before the key's.
                 let n = if N < FAST_PATH_MAX { N } else { FAST_PATH_MAX };
-                if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut key.data[..n]).is_ok() {
-                    (*ev).hdr.flags |= fast_open(key, len, c.flags);
+                if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut k.data[..n]).is_ok() {
+                    key = Some(k);
                 }
             }
+        }
+        if let (true, Some(k)) = (fast, key.as_deref_mut()) {
+            (*ev).hdr.flags |= fast_open(k, len, c.flags);
         }
         if (*ev).hdr.flags & EVENT_FLAG_FAST_PATH == 0 && c.ret >= 0 {
             let intent = intent_of(c.flags);
             let comm = &(*ev).hdr.comm;
-            let mut stop = gate::gated_kind(watch.session_id, GATE_OPEN, intent)
+            let stop = gate::gated_kind(watch.session_id, GATE_OPEN, intent)
                 || gate::gated_comm(comm, GATE_OPEN, intent)
-                || gate::gated_suffix(&(*ev).path, len, intent);
-            if !stop
-                && len > 0
-                && len <= FAST_PATH_MAX
-                && (*ev).path[0] == b'/'
-                && may_match(FILTER_GATE_PREFIX, (*ev).path[1], (*ev).path[2])
-            {
-                if let Some(key) = scratch_key() {
-                    let n = if N < FAST_PATH_MAX { N } else { FAST_PATH_MAX };
-                    if bpf_probe_read_kernel_buf((*ev).path.as_ptr(), &mut key.data[..n]).is_ok() {
-                        stop = gate::gated_prefix(key, len, intent);
-                    }
-                }
-            }
-            if stop || gate::gated_inode(task, c.ret, intent) {
+                || gate::gated_suffix(&(*ev).path, len, intent)
+                || key.is_some_and(|k| gate::gated_prefix(k, len, intent))
+                || gate::gated_inode(task, c.ret, intent);
+            if stop {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, EventKind::Open);
             }
         }

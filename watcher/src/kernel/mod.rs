@@ -239,85 +239,70 @@ impl Kernel {
             Gate, FILTER_GATE_COMM, FILTER_GATE_PREFIX, FILTER_GATE_SUFFIX, GATE_COMM_LEN,
             GATE_SUFFIX_MAX,
         };
-        fn entries<const N: usize>(
-            list: &[self::policy::GateEntry],
-            reverse: bool,
-        ) -> Vec<(Key<[u8; N]>, Gate)> {
+        // Each entry's key bytes as its trie holds them (tails last byte first).
+        let keys = |list: &[self::policy::GateEntry], reverse: bool| -> Vec<(Vec<u8>, Gate)> {
             list.iter()
-                .filter(|e| !e.key.is_empty() && e.key.len() <= N)
                 .map(|e| {
-                    let mut data = [0u8; N];
-                    let bytes = e.key.as_bytes();
-                    for (i, b) in bytes.iter().enumerate() {
-                        data[i] = if reverse {
-                            bytes[bytes.len() - 1 - i]
-                        } else {
-                            *b
-                        };
+                    let mut key = e.key.as_bytes().to_vec();
+                    if reverse {
+                        key.reverse();
                     }
                     let gate = Gate {
                         kinds: e.kinds,
                         intent: e.intent,
-                        exact_len: if e.prefix { 0 } else { bytes.len() as u32 },
+                        exact_len: if e.prefix { 0 } else { key.len() as u32 },
                         _pad: 0,
                     };
-                    (Key::new(bytes.len() as u32 * 8, data), gate)
+                    (key, gate)
+                })
+                .collect()
+        };
+        fn entries<const N: usize>(keys: &[(Vec<u8>, Gate)]) -> Vec<(Key<[u8; N]>, Gate)> {
+            keys.iter()
+                .filter(|(k, _)| !k.is_empty() && k.len() <= N)
+                .map(|(k, gate)| {
+                    let mut data = [0u8; N];
+                    data[..k.len()].copy_from_slice(k);
+                    (Key::new(k.len() as u32 * 8, data), *gate)
                 })
                 .collect()
         }
-        // The filter of a table: the first two bytes of each key (reversed for tails).
-        let filter = |list: &[self::policy::GateEntry], reverse: bool| -> Vec<u64> {
-            let as_paths: Vec<PathEntry> = list
-                .iter()
-                .map(|e| {
-                    let key: String = if reverse {
-                        e.key.chars().rev().collect()
-                    } else {
-                        e.key.clone()
-                    };
-                    PathEntry {
-                        // `path_filter` reads the two bytes after a leading `/`.
-                        path: if reverse { format!("/{key}") } else { key },
-                        prefix: e.prefix || reverse,
-                        intent: 0,
-                        action: KernelAction::Mark,
-                        rule: String::new(),
-                    }
-                })
-                .collect();
-            path_filter(&as_paths)
+        // The filter of a table: each key's first two bytes (a tail is always a prefix of the
+        // reversed path).
+        let filter = |keys: &[(Vec<u8>, Gate)], all_prefix: bool| {
+            key_filter(
+                keys.iter()
+                    .map(|(k, g)| (k.as_slice(), all_prefix || g.exact_len == 0)),
+            )
         };
-        // Names are filtered like paths: `/` and the name's first two bytes.
-        let names: Vec<self::policy::GateEntry> = g
-            .comm
+        let (comm, prefix, suffix) = (
+            keys(&g.comm, false),
+            // Path prefixes are filtered on the two bytes after their `/`.
+            keys(&g.prefix, false),
+            keys(&g.suffix, true),
+        );
+        let prefix_rest: Vec<(Vec<u8>, Gate)> = prefix
             .iter()
-            .map(|e| self::policy::GateEntry {
-                key: format!("/{}", e.key),
-                ..e.clone()
-            })
+            .map(|(k, gate)| (k.strip_prefix(b"/").unwrap_or(&[]).to_vec(), *gate))
             .collect();
         let tables = [
-            (FILTER_GATE_PREFIX, filter(&g.prefix, false)),
-            (FILTER_GATE_SUFFIX, filter(&g.suffix, true)),
-            (FILTER_GATE_COMM, filter(&names, false)),
+            (FILTER_GATE_PREFIX, filter(&prefix_rest, false)),
+            (FILTER_GATE_SUFFIX, filter(&suffix, true)),
+            (FILTER_GATE_COMM, filter(&comm, false)),
         ];
         for (table, words) in &tables {
             self.widen_filter("PATH_FILTER", table * PATH_FILTER_WORDS, words)?;
         }
-        replace_trie(
-            &mut self.ebpf,
-            "GATE_COMM",
-            entries::<GATE_COMM_LEN>(&g.comm, false),
-        )?;
+        replace_trie(&mut self.ebpf, "GATE_COMM", entries::<GATE_COMM_LEN>(&comm))?;
         replace_trie(
             &mut self.ebpf,
             "GATE_PREFIX",
-            entries::<FAST_PATH_MAX>(&g.prefix, false),
+            entries::<FAST_PATH_MAX>(&prefix),
         )?;
         replace_trie(
             &mut self.ebpf,
             "GATE_SUFFIX",
-            entries::<GATE_SUFFIX_MAX>(&g.suffix, true),
+            entries::<GATE_SUFFIX_MAX>(&suffix),
         )?;
         for (table, words) in &tables {
             self.set_filter_words("PATH_FILTER", table * PATH_FILTER_WORDS, words)?;
@@ -604,18 +589,31 @@ impl Kernel {
 /// that an entry's path can begin with (all of them for an entry as short as `/` or a prefix
 /// `/x`, which match any such pair).
 fn path_filter(list: &[PathEntry]) -> Vec<u64> {
+    key_filter(list.iter().filter(|e| e.path.len() <= FAST_PATH_MAX).map(
+        |e| match e.path.as_bytes() {
+            [b'/', rest @ ..] => (rest, e.prefix),
+            // Not absolute: it may share its first bytes with any path.
+            _ => (&[][..], true),
+        },
+    ))
+}
+
+/// The filter words of a trie whose keys start with these bytes (a path's after its `/`): the
+/// bit of their first two bytes, of every second byte for a one-byte prefix, of every pair
+/// for an empty prefix; a key of one byte, or none, exactly has 0 for the bytes it lacks.
+fn key_filter<'a>(keys: impl IntoIterator<Item = (&'a [u8], bool)>) -> Vec<u64> {
     let mut words = vec![0u64; PATH_FILTER_WORDS as usize];
     let mut set = |b1: u8, b2: u8| {
         let (w, bit) = path_filter_bit(b1, b2);
         words[w as usize] |= bit;
     };
-    for e in list.iter().filter(|e| e.path.len() <= FAST_PATH_MAX) {
-        match e.path.as_bytes() {
-            [b'/', b1, b2, ..] => set(*b1, *b2),
-            [b'/', b1] if !e.prefix => set(*b1, 0),
-            [b'/', b1] => (0..=255).for_each(|b2| set(*b1, b2)),
-            [b'/'] if !e.prefix => set(0, 0),
-            _ => (0..=255).for_each(|b1| (0..=255).for_each(|b2| set(b1, b2))),
+    for (key, prefix) in keys {
+        match key {
+            [b1, b2, ..] => set(*b1, *b2),
+            [b1] if !prefix => set(*b1, 0),
+            [b1] => (0..=255).for_each(|b2| set(*b1, b2)),
+            [] if !prefix => set(0, 0),
+            [] => (0..=255).for_each(|b1| (0..=255).for_each(|b2| set(b1, b2))),
         }
     }
     words

@@ -44,6 +44,15 @@ impl KernelPolicy {
     }
 }
 
+/// Two open-intent masks of one entry together (0 stands for any open, so it absorbs).
+pub fn merge_intent(a: u32, b: u32) -> u32 {
+    if a == 0 || b == 0 {
+        0
+    } else {
+        a | b
+    }
+}
+
 /// One entry of a gate trie: a key (a process name, a path prefix, or a path tail written
 /// forwards; the loader reverses tails), the kinds it gates and, for opens, the intents.
 #[derive(Debug, Clone, PartialEq, Eq)]

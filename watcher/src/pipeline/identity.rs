@@ -8,6 +8,7 @@ use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 use watcher_common::{Gate, InodeKey, GATE_OPEN};
 
 use super::Core;
+use crate::kernel::policy::merge_intent;
 
 /// The named files (`dir` 0) and directories (`dir` 1) by identity, with the policy's name.
 pub type InodeIndex = HashMap<InodeKey, String>;
@@ -42,23 +43,15 @@ impl Core {
                         path.display().to_string(),
                     )
                 });
-                // Two rules on one file: either's intents are gated (0: any open).
-                e.0.intent = if e.0.intent == 0 || *intent == 0 {
-                    0
-                } else {
-                    e.0.intent | intent
-                };
+                // Two rules on one file: either's intents are gated.
+                e.0.intent = merge_intent(e.0.intent, *intent);
             }
         }
         // The kernel's keys are inode numbers alone (see `InodeKey`): equal numbers merge.
         let mut kernel: HashMap<InodeKey, Gate> = HashMap::new();
         for (k, (g, _)) in &entries {
             let e = kernel.entry(InodeKey { dev: 0, ..*k }).or_insert(*g);
-            e.intent = if e.intent == 0 || g.intent == 0 {
-                0
-            } else {
-                e.intent | g.intent
-            };
+            e.intent = merge_intent(e.intent, g.intent);
         }
         let list: Vec<(InodeKey, Gate)> = kernel.into_iter().collect();
         let index: InodeIndex = entries.into_iter().map(|(k, (_, p))| (k, p)).collect();

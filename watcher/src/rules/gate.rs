@@ -19,15 +19,11 @@ use watcher_common::{GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_OPEN, GATE_SUF
 pub use crate::kernel::policy::{GateEntry, GateSet};
 
 use super::{
-    eval::{Cond, Policy, Rule, Slot},
-    kernel::{intent_bits, through_homes},
+    eval::{Cond, Policy, Rule, Sequence, Slot},
+    kernel::{intent_bits, is_wild, through_homes, CONNECT, EXEC, OPEN},
     syntax::{Action, Mode},
 };
-use crate::kernel::policy::KernelPolicy;
-
-const EXEC: u8 = 1 << 0;
-const OPEN: u8 = 1 << 3;
-const CONNECT: u8 = 1 << 4;
+use crate::kernel::policy::{merge_intent, KernelPolicy};
 
 /// The gate of a policy: the kernel's part, and which sequence rules gate their next steps
 /// per session.
@@ -91,6 +87,19 @@ enum Item {
 }
 
 impl Anchor {
+    fn is_every(&self) -> bool {
+        matches!(self, Anchor::Every(_))
+    }
+
+    /// Without "any event of the kind".
+    fn bounded(self) -> Anchor {
+        if self.is_every() {
+            Anchor::Nothing
+        } else {
+            self
+        }
+    }
+
     fn union(self, other: Anchor) -> Anchor {
         match (self, other) {
             (Anchor::Nothing, a) | (a, Anchor::Nothing) => a,
@@ -101,15 +110,6 @@ impl Anchor {
                 Anchor::Items(a)
             }
         }
-    }
-}
-
-/// Two intent masks of one entry (0: any open).
-fn merge_intent(a: u32, b: u32) -> u32 {
-    if a == 0 || b == 0 {
-        0
-    } else {
-        a | b
     }
 }
 
@@ -126,6 +126,19 @@ impl Cover {
             exec: a(EXEC),
             open: a(OPEN),
             connect: a(CONNECT),
+        }
+    }
+
+    /// Whether every kind is named by something the kernel can test (or not matched at all).
+    fn is_bounded(&self) -> bool {
+        !(self.exec.is_every() || self.open.is_every() || self.connect.is_every())
+    }
+
+    fn bounded(self) -> Cover {
+        Cover {
+            exec: self.exec.bounded(),
+            open: self.open.bounded(),
+            connect: self.connect.bounded(),
         }
     }
 
@@ -151,67 +164,32 @@ impl GatePlan {
                 continue;
             }
             let first_named = plan.named.len();
-            if kernel.has_rule(&r.id) {
+            let c = match (&r.cond, &r.sequence) {
                 // The fast path matches the name; its files are gated by identity too, so that
                 // another name for them is decided in user space.
-                if let Some(cond) = &r.cond {
+                (Some(cond), _) if kernel.has_rule(&r.id) => {
                     superset(cond, policy, &mut plan.named);
+                    None
                 }
-                for n in &mut plan.named[first_named..] {
-                    n.kill = r.action == Action::Kill;
+                (Some(cond), _) => Some(superset(cond, policy, &mut plan.named)),
+                (None, Some(seq)) => {
+                    let (c, dynamic) =
+                        sequence_cover(seq, r.reverse.is_some(), policy, &mut plan.named);
+                    plan.dynamic[i] = dynamic;
+                    Some(c)
                 }
-                continue;
-            }
-            let c = if let Some(cond) = &r.cond {
-                superset(cond, policy, &mut plan.named)
-            } else if let Some(seq) = &r.sequence {
-                // Each direction's last step (for `order: any`, the first is the other's last).
-                let mut c = Cover::default();
-                let mut lasts = vec![seq.steps.len() - 1];
-                if r.reverse.is_some() {
-                    lasts.push(0);
-                }
-                for last in lasts {
-                    let mut step = superset(&seq.steps[last].cond, policy, &mut plan.named);
-                    let first = if last == 0 { seq.steps.len() - 1 } else { 0 };
-                    let open_ended = |a: &Anchor| matches!(a, Anchor::Every(_));
-                    if open_ended(&step.exec) || open_ended(&step.open) || open_ended(&step.connect)
-                    {
-                        // Gate the start instead: once it is decided, the session's next
-                        // steps are gated until the sequence completes or expires.
-                        plan.dynamic[i] = true;
-                        let start = superset(&seq.steps[first].cond, policy, &mut plan.named);
-                        step = Cover {
-                            exec: if open_ended(&step.exec) {
-                                Anchor::Nothing
-                            } else {
-                                step.exec
-                            },
-                            open: if open_ended(&step.open) {
-                                Anchor::Nothing
-                            } else {
-                                step.open
-                            },
-                            connect: if open_ended(&step.connect) {
-                                Anchor::Nothing
-                            } else {
-                                step.connect
-                            },
-                        }
-                        .union(start);
-                    }
-                    c = c.union(step);
-                }
-                c
-            } else {
-                continue;
+                (None, None) => None,
             };
+            for n in &mut plan.named[first_named..] {
+                n.kill = r.action == Action::Kill;
+            }
+            let Some(c) = c else { continue };
             for (name, a) in [
                 ("exec", &c.exec),
                 ("open", &c.open),
                 ("connect", &c.connect),
             ] {
-                if matches!(a, Anchor::Every(_)) {
+                if a.is_every() {
                     plan.unanchored.push((r.id.clone(), name));
                 }
             }
@@ -220,6 +198,35 @@ impl GatePlan {
         plan.set = build(cover);
         plan
     }
+}
+
+/// What a sequence can match at the steps that decide it: each direction's last step (for
+/// `order: any`, the first is the other's last). A last step that names nothing gates the
+/// start instead (true: the session's next steps are then gated while it is under way).
+fn sequence_cover(
+    seq: &Sequence,
+    any_order: bool,
+    policy: &Policy,
+    named: &mut Vec<Named>,
+) -> (Cover, bool) {
+    let mut lasts = vec![seq.steps.len() - 1];
+    if any_order {
+        lasts.push(0);
+    }
+    let mut cover = Cover::default();
+    let mut dynamic = false;
+    for last in lasts {
+        let mut step = superset(&seq.steps[last].cond, policy, named);
+        if !step.is_bounded() {
+            dynamic = true;
+            let first = if last == 0 { seq.steps.len() - 1 } else { 0 };
+            step = step
+                .bounded()
+                .union(superset(&seq.steps[first].cond, policy, named));
+        }
+        cover = cover.union(step);
+    }
+    (cover, dynamic)
 }
 
 /// Whether a rule's matches must be decided before they take effect.
@@ -305,10 +312,6 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
         // A negation, a parent or an ancestor says nothing about the event's own fields.
         _ => Cover::every(EXEC | OPEN | CONNECT, 0),
     }
-}
-
-fn is_wild(c: char) -> bool {
-    matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\')
 }
 
 /// Process-name items for executable patterns, or None when one has no literal name start.

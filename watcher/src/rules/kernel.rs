@@ -19,9 +19,10 @@ const BIN_DIRS: &[&str] = &[
     "/sbin",
     "/bin",
 ];
-const EXEC: u8 = 1 << 0;
-const OPEN: u8 = 1 << 3;
-const CONNECT: u8 = 1 << 4;
+/// Event-kind bits of the rule language (`Cond::Kind`) that the kernel parts act on.
+pub(crate) const EXEC: u8 = 1 << 0;
+pub(crate) const OPEN: u8 = 1 << 3;
+pub(crate) const CONNECT: u8 = 1 << 4;
 
 impl KernelPolicy {
     /// `holds`: whether a hold stops the process (the daemon runs holds) or only marks it.
@@ -133,8 +134,13 @@ pub(crate) fn intent_bits(m: u8) -> u32 {
     .fold(0, |acc, (_, b)| acc | b)
 }
 
+/// A glob's special characters.
+pub(crate) fn is_wild(c: char) -> bool {
+    matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\')
+}
+
 fn is_literal(s: &str) -> bool {
-    !s.contains(['*', '?', '[', ']', '{', '}', '\\'])
+    !s.contains(is_wild)
 }
 
 /// Exact executable paths, or None when a pattern is not a plain path or name.
