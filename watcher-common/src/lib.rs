@@ -28,10 +28,32 @@ pub enum EventKind {
     Signal = 6,
     /// ptrace(2) attach or seize by a watched process.
     Ptrace = 7,
+    /// unlink, unlinkat, rmdir ([`PathEvent`]).
+    Unlink = 8,
+    /// rename, renameat, renameat2 ([`PairEvent`]).
+    Rename = 9,
+    /// chmod, fchmod, fchmodat, fchmodat2 ([`PathEvent`]).
+    Chmod = 10,
+    /// chown, lchown, fchown, fchownat ([`PathEvent`]).
+    Chown = 11,
+    /// link, linkat, symlink, symlinkat ([`PairEvent`]).
+    Link = 12,
+    /// truncate, ftruncate ([`PathEvent`]).
+    Truncate = 13,
+    /// setuid, setgid, setre*id, setres*id, setfs*id, capset ([`SetidEvent`]).
+    Setid = 14,
+    /// mount, umount2, move_mount, fsmount ([`PairEvent`]).
+    Mount = 15,
+    /// init_module, finit_module ([`PathEvent`]).
+    Module = 16,
+    /// bpf(BPF_PROG_LOAD) ([`PathEvent`]).
+    Bpf = 17,
+    /// memfd_create ([`PathEvent`]).
+    Memfd = 18,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 8;
+pub const EVENT_KINDS: u32 = 19;
 
 /// Kernel-side failures, counted per CPU in the `FAILURES` map by kind. None should happen;
 /// each one that does is a process or an alert the watcher may have missed, so user space
@@ -60,6 +82,17 @@ impl EventKind {
         EventKind::Chdir,
         EventKind::Signal,
         EventKind::Ptrace,
+        EventKind::Unlink,
+        EventKind::Rename,
+        EventKind::Chmod,
+        EventKind::Chown,
+        EventKind::Link,
+        EventKind::Truncate,
+        EventKind::Setid,
+        EventKind::Mount,
+        EventKind::Module,
+        EventKind::Bpf,
+        EventKind::Memfd,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -76,9 +109,51 @@ impl EventKind {
             EventKind::Chdir => "chdir",
             EventKind::Signal => "signal",
             EventKind::Ptrace => "ptrace",
+            EventKind::Unlink => "unlink",
+            EventKind::Rename => "rename",
+            EventKind::Chmod => "chmod",
+            EventKind::Chown => "chown",
+            EventKind::Link => "link",
+            EventKind::Truncate => "truncate",
+            EventKind::Setid => "setid",
+            EventKind::Mount => "mount",
+            EventKind::Module => "module",
+            EventKind::Bpf => "bpf",
+            EventKind::Memfd => "memfd",
+        }
+    }
+
+    /// The syscalls of this kind, by the `call` number their records carry.
+    pub fn calls(self) -> &'static [&'static str] {
+        match self {
+            EventKind::Unlink => &["unlink", "unlinkat", "rmdir"],
+            EventKind::Rename => &["rename", "renameat", "renameat2"],
+            EventKind::Chmod => &["chmod", "fchmod", "fchmodat", "fchmodat2"],
+            EventKind::Chown => &["chown", "lchown", "fchown", "fchownat"],
+            EventKind::Link => &["link", "linkat", "symlink", "symlinkat"],
+            EventKind::Truncate => &["truncate", "ftruncate"],
+            EventKind::Setid => &SETID_CALLS,
+            EventKind::Mount => &["mount", "umount2", "move_mount", "fsmount"],
+            EventKind::Module => &["init_module", "finit_module"],
+            EventKind::Bpf => &["bpf"],
+            EventKind::Memfd => &["memfd_create"],
+            _ => &[],
         }
     }
 }
+
+/// The `call` numbers of [`SetidEvent`]s.
+pub const SETID_CALLS: [&str; 9] = [
+    "setuid",
+    "setgid",
+    "setreuid",
+    "setregid",
+    "setresuid",
+    "setresgid",
+    "setfsuid",
+    "setfsgid",
+    "capset",
+];
 
 /// First bytes of every record.
 #[repr(C)]
@@ -169,12 +244,93 @@ pub struct OpenEvent<const N: usize> {
     pub path: [u8; N],
 }
 
-/// Path bytes of the short open record, which is then 256 bytes long instead of 616: the ring
-/// holds 2.4 times as many opens before a reader that stalls makes it drop. A longer path
-/// (151 bytes or more) goes into a record of `PATH_MAX` instead.
-pub const OPEN_PATH_SHORT: usize = 152;
+/// Path bytes of the short open (and path, pair) record, which is then 256 bytes long instead
+/// of 616: the ring holds 2.4 times as many opens before a reader that stalls makes it drop. A
+/// longer path (151 bytes or more) goes into a record of `PATH_MAX` instead.
+pub const PATH_SHORT: usize = 152;
+pub const OPEN_PATH_SHORT: usize = PATH_SHORT;
 
 const _: () = assert!(size_of::<OpenEvent<OPEN_PATH_SHORT>>() == 256);
+
+/// One path (or descriptor) and up to three numbers: unlink, chmod, chown, truncate, memfd,
+/// module and bpf records, in the two sizes of [`OpenEvent`] (`PathEvent<0>` is the fixed
+/// part; the path runs to the record's end).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathEvent<const N: usize> {
+    pub hdr: EventHeader,
+    /// The syscall's return value.
+    pub result: i64,
+    /// By kind: unlink `[flags]`; chmod `[mode, flags]`; chown `[uid, gid, flags]` (u32::MAX:
+    /// unchanged); truncate `[length]`; memfd `[flags]`; module `[length of the image or
+    /// flags]`; bpf `[command, program type, instruction count]`.
+    pub args: [u64; 3],
+    /// The directory descriptor a relative `path` starts from (`AT_FDCWD`: the working
+    /// directory), or the file's own descriptor for a call by descriptor (`fchmod`,
+    /// `ftruncate`, `finit_module`, or an `AT_EMPTY_PATH` call), -1 when there is none.
+    pub dfd: i32,
+    /// Which syscall of the kind ([`EventKind::calls`]).
+    pub call: u32,
+    /// The path; memfd: the name; module: the parameters; bpf: the program's name.
+    pub path: [u8; N],
+}
+
+const _: () = assert!(size_of::<PathEvent<PATH_SHORT>>() == 256);
+
+/// Two paths: rename (old, new), link (the new name, the target), mount (the source, the
+/// mount point; `fstype` the file system type), in two sizes like [`OpenEvent`]. `PairEvent<N>`
+/// holds `N` bytes of each path.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PairEvent<const N: usize> {
+    pub hdr: EventHeader,
+    pub result: i64,
+    /// renameat2 and linkat `flags`, mount `mountflags`, umount2, move_mount and fsmount
+    /// `flags`.
+    pub flags: u64,
+    /// The directory descriptors `path` and `new_path` start from (-1: none).
+    pub dfd: i32,
+    pub new_dfd: i32,
+    pub call: u32,
+    pub _pad: u32,
+    pub fstype: [u8; 16],
+    /// rename: the old name; link: the new name; mount: the source (umount: the mount point).
+    pub path: [u8; N],
+    /// rename: the new name; link: the target (a symlink's text); mount: the mount point.
+    pub new_path: [u8; N],
+}
+
+/// A process's ids and effective capabilities, before or after a `setid` call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+    pub cap_effective: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SetidEvent {
+    pub hdr: EventHeader,
+    pub result: i64,
+    /// [`SETID_CALLS`] index.
+    pub call: u32,
+    pub _pad: u32,
+    /// The ids asked for, as passed (u32::MAX: unchanged); capset: 0.
+    pub args: [u32; 3],
+    pub _pad2: u32,
+    /// At entry (`ok` 0 when the entry was not seen: the daemon started meanwhile).
+    pub old: Creds,
+    pub new: Creds,
+    /// 1 when `old` was read at entry.
+    pub ok: u32,
+    pub _pad3: u32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -402,6 +558,8 @@ pub struct ProbeConfig {
     /// them (x86_64: di, si, dx, r10), from BTF: a `sys_exit_*` program reads its call's
     /// arguments there, so no `sys_enter_*` program and no map has to carry them.
     pub syscall_arg: [u32; 4],
+    /// The fifth argument (x86_64: r8): renameat2, linkat, fchownat and move_mount flags.
+    pub syscall_arg4: u32,
     /// Offset in `struct pt_regs` of a syscall's return value (x86_64: ax), set before the
     /// `sys_exit` tracepoints run: a plain load instead of a probe read of the tracepoint's
     /// record.
@@ -438,6 +596,13 @@ pub struct ProbeConfig {
     pub dentry_parent: u32,
     pub dentry_inode: u32,
     pub inode_ino: u32,
+    /// `struct cred` ids and capabilities (`cred_uid` above), for setid records.
+    pub cred_euid: u32,
+    pub cred_suid: u32,
+    pub cred_gid: u32,
+    pub cred_egid: u32,
+    pub cred_sgid: u32,
+    pub cred_cap_effective: u32,
     /// 1 once user space filled this in; programs do nothing while it is 0.
     pub ready: u32,
 }
@@ -452,6 +617,7 @@ impl ProbeConfig {
             newtask_clone_flags: 0,
             exit_group_dead: 0,
             syscall_arg: [0; 4],
+            syscall_arg4: 0,
             syscall_ret: 0,
             signal_sig: 0,
             signal_code: 0,
@@ -479,6 +645,12 @@ impl ProbeConfig {
             dentry_parent: 0,
             dentry_inode: 0,
             inode_ino: 0,
+            cred_euid: 0,
+            cred_suid: 0,
+            cred_gid: 0,
+            cred_egid: 0,
+            cred_sgid: 0,
+            cred_cap_effective: 0,
             ready: 0,
         }
     }
@@ -496,4 +668,5 @@ mod pod {
     unsafe impl aya::Pod for Gate {}
     unsafe impl aya::Pod for Gated {}
     unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for Creds {}
 }

@@ -12,6 +12,8 @@ mod gate;
 #[cfg(target_arch = "bpf")]
 mod probes;
 #[cfg(target_arch = "bpf")]
+mod record;
+#[cfg(target_arch = "bpf")]
 mod shared;
 
 #[cfg(not(target_arch = "bpf"))]

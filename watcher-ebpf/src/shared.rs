@@ -503,3 +503,63 @@ pub fn enforce_halt(session_id: u64) {
         _ => {}
     }
 }
+
+/// The start of every syscall hook on a watched process: the task, its watch entry and the
+/// call; None for an unwatched process (the common case, one array load) or before user space
+/// filled `CONFIG` in. A kill-switch on the session acts here.
+#[inline(always)]
+pub fn watched_call() -> Option<(Task, Watch, Syscall)> {
+    let task = Task::current();
+    let watch = watch_of(task.tgid())?;
+    enforce_halt(watch.session_id);
+    if !ready() {
+        return None;
+    }
+    Some((task, watch, syscall(task)))
+}
+
+/// The fifth syscall argument (see `syscall`).
+#[inline(always)]
+pub fn syscall_arg4(task: Task) -> u64 {
+    // SAFETY: helper on a BTF-typed task.
+    let regs = unsafe { bpf_task_pt_regs(task.0 as *mut _) } as *const u8;
+    // SAFETY: an offset of a `struct pt_regs` member (see `load`).
+    unsafe { load::<u64>(regs, &CONFIG.syscall_arg4) }
+}
+
+impl Task {
+    /// The ids and effective capabilities of the task's (subjective) credentials.
+    #[inline(always)]
+    pub fn creds(self) -> watcher_common::Creds {
+        // SAFETY: see `load`.
+        unsafe {
+            let cred: *const u8 = load(self.0, &CONFIG.task_cred);
+            watcher_common::Creds {
+                uid: load(cred, &CONFIG.cred_uid),
+                euid: load(cred, &CONFIG.cred_euid),
+                suid: load(cred, &CONFIG.cred_suid),
+                gid: load(cred, &CONFIG.cred_gid),
+                egid: load(cred, &CONFIG.cred_egid),
+                sgid: load(cred, &CONFIG.cred_sgid),
+                cap_effective: load(cred, &CONFIG.cred_cap_effective),
+            }
+        }
+    }
+}
+
+/// Kernel policy by event kind (`FAST_KILL` or 0), for the kinds the kernel decides alone: a
+/// watched process that loads a BPF program or a kernel module.
+#[map]
+pub static FAST_KIND: Array<u32> = Array::with_max_entries(EVENT_KINDS, 0);
+
+/// Acts on `FAST_KIND` for this kind; the record flags that say so.
+#[inline(always)]
+pub fn fast_kind(kind: EventKind) -> u32 {
+    match FAST_KIND.get(kind as u32) {
+        Some(&watcher_common::FAST_KILL) => {
+            signal(SIGKILL);
+            watcher_common::EVENT_FLAG_FAST_PATH
+        }
+        _ => 0,
+    }
+}

@@ -15,6 +15,7 @@ use watcher_common::{
 
 use crate::{
     gate,
+    record::Written,
     shared::{
         alert, count_drop, enforce_halt, fast_act, fast_lookup, fill_header, may_match, ready,
         scratch_key, syscall, watch_of, Syscall, Task, EVENTS, FAST_OPEN,
@@ -105,14 +106,6 @@ struct Call {
     mode: u64,
     resolve: u64,
     openat2: bool,
-}
-
-enum Written {
-    Done,
-    /// The path needs a bigger record; nothing was written.
-    TooLong,
-    /// The ring is full; nothing was written.
-    NoRoom,
 }
 
 /// Writes the open's record with room for `N` path bytes, acting on the kernel policy on the

@@ -228,6 +228,7 @@ pub fn adopt_sessions(shared: &Enforce) {
                 ended: None,
                 cgroup_id: cg.id(&trace),
                 state: Default::default(),
+                workdir: crate::sys::procfs::cwd(pids[0]),
             });
         tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
     }

@@ -72,6 +72,18 @@ impl KernelBtf {
         }
     }
 
+    /// Offset in `struct pt_regs` of syscall argument 4.
+    pub fn syscall_arg4_offset(&self) -> Result<u32, BtfError> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.member_offset("pt_regs", "r8")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            Ok(self.member_offset("pt_regs", "regs")? + 32)
+        }
+    }
+
     /// Offset in `struct pt_regs` of the syscall's return value, as the `sys_exit`
     /// tracepoints see it.
     pub fn syscall_ret_offset(&self) -> Result<u32, BtfError> {

@@ -45,6 +45,57 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_fchdir", "syscalls", "sys_exit_fchdir"),
     ("signal_generate", "signal", "signal_generate"),
     ("sys_exit_ptrace", "syscalls", "sys_exit_ptrace"),
+    ("sys_exit_unlink", "syscalls", "sys_exit_unlink"),
+    ("sys_exit_unlinkat", "syscalls", "sys_exit_unlinkat"),
+    ("sys_exit_rmdir", "syscalls", "sys_exit_rmdir"),
+    ("sys_exit_rename", "syscalls", "sys_exit_rename"),
+    ("sys_exit_renameat", "syscalls", "sys_exit_renameat"),
+    ("sys_exit_renameat2", "syscalls", "sys_exit_renameat2"),
+    ("sys_exit_chmod", "syscalls", "sys_exit_chmod"),
+    ("sys_exit_fchmod", "syscalls", "sys_exit_fchmod"),
+    ("sys_exit_fchmodat", "syscalls", "sys_exit_fchmodat"),
+    ("sys_exit_fchmodat2", "syscalls", "sys_exit_fchmodat2"),
+    ("sys_exit_chown", "syscalls", "sys_exit_chown"),
+    ("sys_exit_lchown", "syscalls", "sys_exit_lchown"),
+    ("sys_exit_fchown", "syscalls", "sys_exit_fchown"),
+    ("sys_exit_fchownat", "syscalls", "sys_exit_fchownat"),
+    ("sys_exit_link", "syscalls", "sys_exit_link"),
+    ("sys_exit_linkat", "syscalls", "sys_exit_linkat"),
+    ("sys_exit_symlink", "syscalls", "sys_exit_symlink"),
+    ("sys_exit_symlinkat", "syscalls", "sys_exit_symlinkat"),
+    ("sys_exit_truncate", "syscalls", "sys_exit_truncate"),
+    ("sys_exit_ftruncate", "syscalls", "sys_exit_ftruncate"),
+    ("sys_enter_setuid", "syscalls", "sys_enter_setuid"),
+    ("sys_exit_setuid", "syscalls", "sys_exit_setuid"),
+    ("sys_enter_setgid", "syscalls", "sys_enter_setgid"),
+    ("sys_exit_setgid", "syscalls", "sys_exit_setgid"),
+    ("sys_enter_setreuid", "syscalls", "sys_enter_setreuid"),
+    ("sys_exit_setreuid", "syscalls", "sys_exit_setreuid"),
+    ("sys_enter_setregid", "syscalls", "sys_enter_setregid"),
+    ("sys_exit_setregid", "syscalls", "sys_exit_setregid"),
+    ("sys_enter_setresuid", "syscalls", "sys_enter_setresuid"),
+    ("sys_exit_setresuid", "syscalls", "sys_exit_setresuid"),
+    ("sys_enter_setresgid", "syscalls", "sys_enter_setresgid"),
+    ("sys_exit_setresgid", "syscalls", "sys_exit_setresgid"),
+    ("sys_enter_setfsuid", "syscalls", "sys_enter_setfsuid"),
+    ("sys_exit_setfsuid", "syscalls", "sys_exit_setfsuid"),
+    ("sys_enter_setfsgid", "syscalls", "sys_enter_setfsgid"),
+    ("sys_exit_setfsgid", "syscalls", "sys_exit_setfsgid"),
+    ("sys_enter_capset", "syscalls", "sys_enter_capset"),
+    ("sys_exit_capset", "syscalls", "sys_exit_capset"),
+    ("sys_exit_mount", "syscalls", "sys_exit_mount"),
+    ("sys_exit_umount", "syscalls", "sys_exit_umount"),
+    ("sys_exit_move_mount", "syscalls", "sys_exit_move_mount"),
+    ("sys_exit_fsmount", "syscalls", "sys_exit_fsmount"),
+    ("sys_exit_bpf", "syscalls", "sys_exit_bpf"),
+    ("sys_exit_memfd_create", "syscalls", "sys_exit_memfd_create"),
+];
+
+/// Hooks attached only where the kernel has the tracepoint: module loads need CONFIG_MODULES
+/// (`status` lists what is missing as `hooks_missing`).
+pub const OPTIONAL_HOOKS: &[(&str, &str, &str)] = &[
+    ("sys_exit_init_module", "syscalls", "sys_exit_init_module"),
+    ("sys_exit_finit_module", "syscalls", "sys_exit_finit_module"),
 ];
 
 /// Checks everything the programs need and reports every missing piece at once.
@@ -120,6 +171,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         newtask_clone_flags: newtask.offset("clone_flags", 8)?,
         exit_group_dead: exit.offset("group_dead", 1)?,
         syscall_arg: btf.syscall_arg_offsets()?,
+        syscall_arg4: btf.syscall_arg4_offset()?,
         syscall_ret: btf.syscall_ret_offset()?,
         signal_sig: signal.offset("sig", 4)?,
         signal_code: signal.offset("code", 4)?,
@@ -149,6 +201,12 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         dentry_parent: btf.member_offset("dentry", "d_parent")?,
         dentry_inode: btf.member_offset("dentry", "d_inode")?,
         inode_ino: btf.member_offset("inode", "i_ino")?,
+        cred_euid: btf.member_offset("cred", "euid")?,
+        cred_suid: btf.member_offset("cred", "suid")?,
+        cred_gid: btf.member_offset("cred", "gid")?,
+        cred_egid: btf.member_offset("cred", "egid")?,
+        cred_sgid: btf.member_offset("cred", "sgid")?,
+        cred_cap_effective: btf.member_offset("cred", "cap_effective")?,
         ready: 1,
     })
 }
@@ -161,6 +219,8 @@ pub struct Kernel {
     watch_filter: WatchFilter,
     drops: PerCpuArray<MapData, u64>,
     failures: PerCpuArray<MapData, u64>,
+    /// Optional hooks this kernel has no tracepoint for.
+    pub hooks_missing: Vec<String>,
 }
 
 impl Kernel {
@@ -173,7 +233,15 @@ impl Kernel {
             .map_max_entries("WATCHED", cfg.daemon.max_watched_processes)
             .load(OBJECT)
             .context("loading the eBPF object")?;
-        for (prog, cat, name) in HOOKS {
+        let mut hooks_missing = Vec::new();
+        for (prog, cat, name) in HOOKS.iter().chain(OPTIONAL_HOOKS) {
+            if OPTIONAL_HOOKS.iter().any(|h| h.0 == *prog)
+                && !tracefs.join("events").join(cat).join(name).exists()
+            {
+                tracing::info!("{cat}:{name} is not in this kernel; not attached");
+                hooks_missing.push(format!("{cat}:{name}"));
+                continue;
+            }
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
@@ -217,6 +285,7 @@ impl Kernel {
             watch_filter,
             drops,
             failures,
+            hooks_missing,
         })
     }
 
@@ -451,6 +520,17 @@ impl Kernel {
         replace_trie(&mut self.ebpf, "DENY_V4", v4)?;
         replace_trie(&mut self.ebpf, "DENY_V6", v6)?;
         self.set_filter_words("NET_FILTER", 0, &nets)?;
+        let mut fast_kind: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut("FAST_KIND")
+                .ok_or_else(|| anyhow!("no FAST_KIND map"))?,
+        )?;
+        for kind in [policy::KindEntry::Module, policy::KindEntry::Bpf] {
+            let on = kp.kinds.iter().any(|(k, _)| *k == kind);
+            fast_kind
+                .set(kind.event_kind() as u32, if on { FAST_KILL } else { 0 }, 0)
+                .context("setting FAST_KIND")?;
+        }
         Ok(())
     }
 

@@ -30,17 +30,36 @@ pub struct NetEntry {
     pub rule: String,
 }
 
+/// An event kind the kernel kills on whatever it names (`FAST_KIND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindEntry {
+    Module,
+    Bpf,
+}
+
+impl KindEntry {
+    pub fn event_kind(self) -> watcher_common::EventKind {
+        match self {
+            KindEntry::Module => watcher_common::EventKind::Module,
+            KindEntry::Bpf => watcher_common::EventKind::Bpf,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KernelPolicy {
     pub exec: Vec<PathEntry>,
     pub open: Vec<PathEntry>,
     pub deny: Vec<NetEntry>,
+    /// Kill on every event of the kind, with the rule that asks it.
+    pub kinds: Vec<(KindEntry, String)>,
 }
 
 impl KernelPolicy {
     pub fn has_rule(&self, id: &str) -> bool {
         self.exec.iter().chain(&self.open).any(|e| e.rule == id)
             || self.deny.iter().any(|e| e.rule == id)
+            || self.kinds.iter().any(|(_, r)| r == id)
     }
 }
 

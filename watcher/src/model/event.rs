@@ -100,7 +100,155 @@ pub enum Detail {
         #[serde(default)]
         result: i64,
     },
+    /// unlink, unlinkat or rmdir (`dir`).
+    Unlink {
+        syscall: Name,
+        /// Absolute when it could be resolved (see `resolved`).
+        path: String,
+        /// A directory was removed (rmdir, `AT_REMOVEDIR`).
+        dir: bool,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+    },
+    Rename {
+        syscall: Name,
+        path: String,
+        new_path: String,
+        /// renameat2 flags by name (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        flags: Vec<Name>,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+    },
+    Chmod {
+        syscall: Name,
+        /// The file; for fchmod the path of its descriptor.
+        path: String,
+        /// The new mode's permission bits (07777), as a number; `watcher events` shows it in
+        /// octal.
+        mode: u32,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+    },
+    Chown {
+        syscall: Name,
+        path: String,
+        /// The new owner; absent when the call left it unchanged (-1). (`uid` is the
+        /// process's own, as on every event.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_gid: Option<u32>,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+    },
+    /// link, linkat (`symbolic` false), symlink, symlinkat (true).
+    Link {
+        syscall: Name,
+        /// The new name.
+        path: String,
+        /// What it names: the linked file, or a symlink's text as written.
+        target: String,
+        symbolic: bool,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+    },
+    Truncate {
+        syscall: Name,
+        path: String,
+        length: u64,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+    },
+    /// A change of ids or capabilities (setuid, ..., capset).
+    Setid {
+        syscall: Name,
+        /// The ids asked for, in the call's order (absent: -1, unchanged).
+        asked: Vec<Option<u32>>,
+        /// Before the call; absent when the daemon did not see its entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old: Option<Ids>,
+        new: Ids,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+    },
+    /// mount, umount2, move_mount, fsmount: what (`source`, `fstype`) went where (`path`).
+    Mount {
+        syscall: Name,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        /// The mount point (absent for fsmount, which only makes a mount to be moved).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fstype: Option<String>,
+        flags: u64,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+    },
+    /// init_module or finit_module (`path`: the module file of finit_module).
+    Module {
+        syscall: Name,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        params: String,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+    },
+    /// bpf(BPF_PROG_LOAD).
+    Bpf {
+        /// The program type (`enum bpf_prog_type`).
+        prog_type: u32,
+        instructions: u32,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// The program's descriptor, or a negative errno.
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+    },
+    /// memfd_create: an anonymous file (`result`: its descriptor).
+    Memfd {
+        name: String,
+        flags: Vec<Name>,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+    },
     Finding(Box<Finding>),
+}
+
+/// A process's ids and effective capabilities (a bit mask, `capabilities(7)` numbers).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Ids {
+    pub uid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+    pub caps: u64,
 }
 
 /// A rule matched: what it decided and the events that made it match.
@@ -202,6 +350,43 @@ fn yes() -> bool {
 }
 
 impl Detail {
+    /// The path the event is about: opened, removed, renamed from, changed, the new name of a
+    /// link, a mount point, a module file (not an exec's program: that is the `exe`).
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Detail::Open { path, .. }
+            | Detail::Unlink { path, .. }
+            | Detail::Rename { path, .. }
+            | Detail::Chmod { path, .. }
+            | Detail::Chown { path, .. }
+            | Detail::Link { path, .. }
+            | Detail::Truncate { path, .. } => Some(path),
+            Detail::Mount { path, .. } | Detail::Module { path, .. } => path.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The call's return value, for the events that have one.
+    pub fn result(&self) -> Option<i64> {
+        match self {
+            Detail::Open { result, .. }
+            | Detail::Connect { result, .. }
+            | Detail::Unlink { result, .. }
+            | Detail::Rename { result, .. }
+            | Detail::Chmod { result, .. }
+            | Detail::Chown { result, .. }
+            | Detail::Link { result, .. }
+            | Detail::Truncate { result, .. }
+            | Detail::Setid { result, .. }
+            | Detail::Mount { result, .. }
+            | Detail::Module { result, .. }
+            | Detail::Bpf { result, .. }
+            | Detail::Memfd { result, .. } => Some(*result),
+            Detail::Ptrace { result, .. } => Some(*result),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Detail::Exec { .. } => "exec",
@@ -211,6 +396,17 @@ impl Detail {
             Detail::Connect { .. } => "connect",
             Detail::Signal { .. } => "signal",
             Detail::Ptrace { .. } => "ptrace",
+            Detail::Unlink { .. } => "unlink",
+            Detail::Rename { .. } => "rename",
+            Detail::Chmod { .. } => "chmod",
+            Detail::Chown { .. } => "chown",
+            Detail::Link { .. } => "link",
+            Detail::Truncate { .. } => "truncate",
+            Detail::Setid { .. } => "setid",
+            Detail::Mount { .. } => "mount",
+            Detail::Module { .. } => "module",
+            Detail::Bpf { .. } => "bpf",
+            Detail::Memfd { .. } => "memfd",
             Detail::Finding(_) => "finding",
         }
     }
@@ -284,6 +480,99 @@ impl std::fmt::Display for Event {
                 request,
                 result,
             } => write!(f, "ptrace request {request:#x} on {target_pid} -> {result}"),
+            Detail::Unlink {
+                syscall,
+                path,
+                result,
+                ..
+            } => write!(f, "{syscall} {path} -> {result}"),
+            Detail::Rename {
+                path,
+                new_path,
+                result,
+                ..
+            } => write!(f, "{path} -> {new_path} -> {result}"),
+            Detail::Chmod {
+                path, mode, result, ..
+            } => write!(f, "{path} mode {mode:o} -> {result}"),
+            Detail::Chown {
+                path,
+                to_uid,
+                to_gid,
+                result,
+                ..
+            } => write!(
+                f,
+                "{path} owner {}:{} -> {result}",
+                to_uid.map_or("-".into(), |u| u.to_string()),
+                to_gid.map_or("-".into(), |g| g.to_string())
+            ),
+            Detail::Link {
+                path,
+                target,
+                symbolic,
+                result,
+                ..
+            } => write!(
+                f,
+                "{path} {} {target} -> {result}",
+                if *symbolic { "~>" } else { "=>" }
+            ),
+            Detail::Truncate {
+                path,
+                length,
+                result,
+                ..
+            } => write!(f, "{path} to {length} bytes -> {result}"),
+            Detail::Setid {
+                syscall,
+                old,
+                new,
+                result,
+                ..
+            } => match old {
+                Some(o) => write!(
+                    f,
+                    "{syscall} uid {}/{} -> {}/{}, gid {}/{} -> {}/{} -> {result}",
+                    o.uid, o.euid, new.uid, new.euid, o.gid, o.egid, new.gid, new.egid
+                ),
+                None => write!(
+                    f,
+                    "{syscall} -> uid {}/{}, gid {}/{} -> {result}",
+                    new.uid, new.euid, new.gid, new.egid
+                ),
+            },
+            Detail::Mount {
+                syscall,
+                source,
+                path,
+                fstype,
+                result,
+                ..
+            } => write!(
+                f,
+                "{syscall} {} ({}) on {} -> {result}",
+                source.as_deref().unwrap_or("-"),
+                fstype.as_deref().unwrap_or("-"),
+                path.as_deref().unwrap_or("-")
+            ),
+            Detail::Module {
+                syscall,
+                path,
+                result,
+                ..
+            } => write!(
+                f,
+                "{syscall} {} -> {result}",
+                path.as_deref().unwrap_or("(image)")
+            ),
+            Detail::Bpf {
+                prog_type,
+                name,
+                result,
+                ..
+            } => write!(f, "load program {name:?} of type {prog_type} -> {result}"),
+            Detail::Memfd { name, result, .. } => write!(f, "memfd {name:?} -> {result}"),
             Detail::Finding(x) => write!(
                 f,
                 "{:?} {} action={:?} mode={:?} outcome={:?}: {}",
@@ -327,6 +616,34 @@ pub fn open_flags(flags: u64) -> Vec<Name> {
     out
 }
 
+/// renameat2 flags by name.
+pub fn rename_flags(flags: u64) -> Vec<Name> {
+    [
+        (libc::RENAME_NOREPLACE, "RENAME_NOREPLACE"),
+        (libc::RENAME_EXCHANGE, "RENAME_EXCHANGE"),
+        (libc::RENAME_WHITEOUT, "RENAME_WHITEOUT"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & *bit as u64 != 0)
+    .map(|(_, n)| n.into())
+    .collect()
+}
+
+/// memfd_create flags by name.
+pub fn memfd_flags(flags: u64) -> Vec<Name> {
+    [
+        (libc::MFD_CLOEXEC, "MFD_CLOEXEC"),
+        (libc::MFD_ALLOW_SEALING, "MFD_ALLOW_SEALING"),
+        (libc::MFD_HUGETLB, "MFD_HUGETLB"),
+        (0x8, "MFD_NOEXEC_SEAL"),
+        (0x10, "MFD_EXEC"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & *bit as u64 != 0)
+    .map(|(_, n)| n.into())
+    .collect()
+}
+
 /// `-errno` as its symbolic name.
 pub fn errno_name(result: i64) -> Option<Name> {
     if result >= 0 {
@@ -355,6 +672,12 @@ pub fn errno_name(result: i64) -> Option<Name> {
         libc::EISCONN => "EISCONN",
         libc::EAGAIN => "EAGAIN",
         libc::EINTR => "EINTR",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::EXDEV => "EXDEV",
+        libc::EBUSY => "EBUSY",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::EBADF => "EBADF",
         _ => return Some(format!("errno {e}").into()),
     };
     Some(name.into())

@@ -151,6 +151,9 @@ pub struct Status {
     /// statistics are on (`sysctl kernel.bpf_stats_enabled=1`), which costs a little per run.
     #[serde(default)]
     pub programs: Vec<ProgramStat>,
+    /// Optional hooks this kernel has no tracepoint for (module loads without CONFIG_MODULES).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks_missing: Vec<String>,
 }
 
 /// The gate: events stopped at their hook until the policy decided them.

@@ -25,6 +25,10 @@ pub struct Session {
     /// What the session is doing now, as `status` found it.
     #[serde(default)]
     pub state: SessionState,
+    /// The work directory: its root process's working directory when it started (rules:
+    /// `in_workdir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

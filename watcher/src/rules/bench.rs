@@ -5,7 +5,7 @@ use std::{path::Path, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 
-use super::{examples::ExampleLineage, Policy, SeqState};
+use super::{examples::ExampleLineage, Policy, SeqState, SessionView};
 use crate::model::event::{Detail, Event};
 
 pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<()> {
@@ -42,7 +42,10 @@ pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<(
             p.evaluate(
                 ev,
                 i as u64 * 1000,
-                Some("claude"),
+                SessionView {
+                    profile: Some("claude"),
+                    workdir: Some("/work/repo"),
+                },
                 &lineage,
                 &mut state,
                 &mut out,
@@ -58,7 +61,10 @@ pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<(
             policy.evaluate(
                 ev,
                 i as u64 * 1000,
-                Some("claude"),
+                SessionView {
+                    profile: Some("claude"),
+                    workdir: Some("/work/repo"),
+                },
                 &lineage,
                 &mut state,
                 &mut findings,

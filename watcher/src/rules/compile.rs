@@ -7,7 +7,7 @@ use globset::{GlobBuilder, GlobSetBuilder};
 use ipnet::IpNet;
 
 use super::{
-    eval::{Cond, FieldSets, Policy, Rule, SeqStep, Sequence, Slot},
+    eval::{Cond, Count, FieldSets, Policy, Rule, SeqStep, Sequence, Slot, MAX_COUNT},
     syntax::{CondDef, Item, Kind, OneOrMany, Order, RuleFile},
     RuleError, Source,
 };
@@ -154,7 +154,33 @@ pub fn compile(sources: &[Source], homes: &[String]) -> Result<Policy, RuleError
                     ));
                 }
             };
+            let count = match &def.count {
+                None => None,
+                Some(_) if sequence.is_some() => {
+                    return Err(c.error_at(
+                        src,
+                        "count:",
+                        ctx("count: applies to a `condition`, not to a `sequence`"),
+                    ));
+                }
+                Some(cd) if !(2..=MAX_COUNT).contains(&cd.at_least) => {
+                    return Err(c.error_at(
+                        src,
+                        "at_least:",
+                        ctx(&format!(
+                            "count.at_least: {} is outside 2..={MAX_COUNT}",
+                            cd.at_least
+                        )),
+                    ));
+                }
+                Some(cd) => Some(Count {
+                    at_least: cd.at_least,
+                    within_ns: cd.within.as_nanos() as u64,
+                    by: cd.by,
+                }),
+            };
             rules.push(Rule {
+                count,
                 id: def.id.clone(),
                 description: def.description.clone(),
                 severity: def.severity,
@@ -335,19 +361,21 @@ impl Compiler<'_> {
         }
         let mut all = Vec::new();
         if let Some(k) = &d.kind {
-            let mut mask = 0u8;
+            let mut mask = 0u32;
             for k in k.as_slice() {
                 mask |= kind_bit(*k);
             }
             all.push(Cond::Kind(mask));
         }
-        let globs: [(&Option<OneOrMany<Item>>, Slot, &str); 6] = [
+        let globs: [(&Option<OneOrMany<Item>>, Slot, &str); 8] = [
             (&d.exe, Slot::Exe, "exe"),
             (&d.comm, Slot::Comm, "comm"),
             (&d.cmdline, Slot::Cmdline, "cmdline"),
             (&d.arg, Slot::Arg, "arg"),
             (&d.path, Slot::Path, "path"),
             (&d.unix, Slot::Unix, "unix"),
+            (&d.new_path, Slot::NewPath, "new_path"),
+            (&d.target, Slot::Target, "target"),
         ];
         for (items, slot, name) in globs {
             if let Some(items) = items {
@@ -376,6 +404,18 @@ impl Compiler<'_> {
         }
         if let Some(f) = d.fileless {
             all.push(Cond::Fileless(f));
+        }
+        if let Some(w) = d.in_workdir {
+            all.push(Cond::InWorkdir(w));
+        }
+        if let Some(m) = &d.mode {
+            all.push(Cond::Mode(m.as_slice().iter().map(|b| b.0).collect()));
+        }
+        if let Some(u) = &d.to_uid {
+            all.push(Cond::ToUid(u.as_slice().to_vec()));
+        }
+        if let Some(g) = &d.to_gid {
+            all.push(Cond::ToGid(g.as_slice().to_vec()));
         }
         if let Some(items) = &d.addr {
             let mut nets = Vec::new();
@@ -473,8 +513,8 @@ impl Compiler<'_> {
     }
 }
 
-pub fn kind_bit(k: Kind) -> u8 {
-    1 << (k as u8)
+pub fn kind_bit(k: Kind) -> u32 {
+    1 << (k as u32)
 }
 
 fn parse_net(v: &str) -> Result<IpNet, String> {

@@ -10,7 +10,7 @@ use std::{
 use globset::{Candidate, GlobSet};
 use ipnet::IpNet;
 
-use super::syntax::{Action, Family, Field, Intent, Mode, SequenceScope, Severity};
+use super::syntax::{Action, Family, Field, Intent, Kind, Mode, SequenceScope, Severity, KINDS};
 use crate::model::event::{Detail, Event};
 
 /// The pattern fields, each with its own automaton.
@@ -23,13 +23,18 @@ pub enum Slot {
     Path,
     Unix,
     Profile,
+    NewPath,
+    Target,
 }
 
 impl Slot {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 9;
     /// In path fields `*` stops at `/` and `**` crosses it; elsewhere `*` matches anything.
     pub fn is_path(self) -> bool {
-        matches!(self, Slot::Exe | Slot::Path | Slot::Unix)
+        matches!(
+            self,
+            Slot::Exe | Slot::Path | Slot::Unix | Slot::NewPath | Slot::Target
+        )
     }
 }
 
@@ -44,12 +49,17 @@ pub enum Cond {
     All(Vec<Cond>),
     Any(Vec<Cond>),
     Not(Box<Cond>),
-    Kind(u8),
+    Kind(u32),
     Glob { slot: Slot, ids: Vec<usize> },
     CmdlineRegex(regex::RegexSet),
     Intent(u8),
     Ok(bool),
     Fileless(bool),
+    InWorkdir(bool),
+    /// Any of these masks is wholly set in a chmod's new mode.
+    Mode(Vec<u32>),
+    ToUid(Vec<u32>),
+    ToGid(Vec<u32>),
     Addr(Vec<IpNet>),
     Port(Vec<(u16, u16)>),
     Family(Vec<Family>),
@@ -60,10 +70,15 @@ pub enum Cond {
 impl Cond {
     pub fn cost(&self) -> u8 {
         match self {
-            Cond::Kind(_) | Cond::Intent(_) | Cond::Ok(_) | Cond::Fileless(_) | Cond::Family(_) => {
-                0
-            }
-            Cond::Port(_) | Cond::Addr(_) => 1,
+            Cond::Kind(_)
+            | Cond::Intent(_)
+            | Cond::Ok(_)
+            | Cond::Fileless(_)
+            | Cond::Family(_)
+            | Cond::Mode(_)
+            | Cond::ToUid(_)
+            | Cond::ToGid(_) => 0,
+            Cond::Port(_) | Cond::Addr(_) | Cond::InWorkdir(_) => 1,
             Cond::Glob { .. } => 2,
             Cond::Not(_) | Cond::All(_) | Cond::Any(_) => 3,
             Cond::CmdlineRegex(_) => 4,
@@ -89,7 +104,7 @@ impl Cond {
     }
 
     /// The event kinds this condition can match (a bit per kind).
-    pub(crate) fn kinds(&self) -> u8 {
+    pub(crate) fn kinds(&self) -> u32 {
         match self {
             Cond::Kind(m) => *m,
             Cond::All(v) => v.iter().fold(ALL_KINDS, |m, c| m & c.kinds()),
@@ -114,6 +129,13 @@ impl Cond {
             Cond::Fileless(f) => s.ev.is_some_and(
                 |e| matches!(e.detail, Detail::Exec { fileless, .. } if fileless == *f),
             ),
+            Cond::InWorkdir(want) => s.in_workdir() == Some(*want),
+            Cond::Mode(masks) => s.ev.is_some_and(|e| match e.detail {
+                Detail::Chmod { mode, .. } => masks.iter().any(|m| mode & m == *m),
+                _ => false,
+            }),
+            Cond::ToUid(ids) => s.to_ids().0.is_some_and(|u| ids.contains(&u)),
+            Cond::ToGid(ids) => s.to_ids().1.is_some_and(|g| ids.contains(&g)),
             Cond::Addr(nets) => s
                 .addr()
                 .is_some_and(|a| nets.iter().any(|n| n.contains(&a))),
@@ -147,19 +169,40 @@ impl Cond {
     }
 }
 
-const ALL_KINDS: u8 = 0x7f;
+const ALL_KINDS: u32 = (1 << KINDS) - 1;
 
-fn kind_bit(d: &Detail) -> u8 {
-    match d {
-        Detail::Exec { .. } => 1 << 0,
-        Detail::Fork { .. } => 1 << 1,
-        Detail::Exit { .. } => 1 << 2,
-        Detail::Open { .. } => 1 << 3,
-        Detail::Connect { .. } => 1 << 4,
-        Detail::Signal { .. } => 1 << 5,
-        Detail::Ptrace { .. } => 1 << 6,
-        Detail::Finding(_) => 0,
-    }
+/// The event's bit in a kind mask: `1 << Kind as u32`, the rule language's order.
+fn kind_bit(d: &Detail) -> u32 {
+    let k = match d {
+        Detail::Exec { .. } => Kind::Exec,
+        Detail::Fork { .. } => Kind::Fork,
+        Detail::Exit { .. } => Kind::Exit,
+        Detail::Open { .. } => Kind::Open,
+        Detail::Connect { .. } => Kind::Connect,
+        Detail::Signal { .. } => Kind::Signal,
+        Detail::Ptrace { .. } => Kind::Ptrace,
+        Detail::Unlink { .. } => Kind::Unlink,
+        Detail::Rename { .. } => Kind::Rename,
+        Detail::Chmod { .. } => Kind::Chmod,
+        Detail::Chown { .. } => Kind::Chown,
+        Detail::Link { .. } => Kind::Link,
+        Detail::Truncate { .. } => Kind::Truncate,
+        Detail::Setid { .. } => Kind::Setid,
+        Detail::Mount { .. } => Kind::Mount,
+        Detail::Module { .. } => Kind::Module,
+        Detail::Bpf { .. } => Kind::Bpf,
+        Detail::Memfd { .. } => Kind::Memfd,
+        Detail::Finding(_) => return 0,
+    };
+    1 << k as u32
+}
+
+/// What the rules know of the event's session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionView<'a> {
+    pub profile: Option<&'a str>,
+    /// Where the session started (its root process's working directory).
+    pub workdir: Option<&'a str>,
 }
 
 /// What the rules know of a process.
@@ -188,8 +231,9 @@ pub struct Subject<'a> {
     ev: Option<&'a Event>,
     proc_: Option<ProcView<'a>>,
     profile: Option<&'a str>,
+    workdir: Option<&'a str>,
     lineage: &'a dyn Lineage,
-    kind_bit: u8,
+    kind_bit: u32,
     /// Open intent bits, parsed once.
     intent: u8,
     addr: Option<std::net::IpAddr>,
@@ -200,7 +244,7 @@ pub struct Subject<'a> {
 impl<'a> Subject<'a> {
     pub fn new(
         ev: &'a Event,
-        profile: Option<&'a str>,
+        session: SessionView<'a>,
         lineage: &'a dyn Lineage,
         memo: Option<&'a mut Memo>,
     ) -> Subject<'a> {
@@ -216,7 +260,8 @@ impl<'a> Subject<'a> {
         Subject {
             ev: Some(ev),
             proc_,
-            profile,
+            profile: session.profile,
+            workdir: session.workdir,
             lineage,
             kind_bit: kind_bit(&ev.detail),
             intent: Self::intent_of(ev),
@@ -234,6 +279,7 @@ impl<'a> Subject<'a> {
             ev: None,
             proc_: Some(p),
             profile: outer.profile,
+            workdir: outer.workdir,
             lineage: outer.lineage,
             kind_bit: 0,
             intent: 0,
@@ -311,12 +357,17 @@ impl<'a> Subject<'a> {
             Slot::Exe => self.proc_.map(|p| p.exe),
             Slot::Comm => self.proc_.map(|p| p.comm),
             Slot::Profile => self.profile,
-            Slot::Path => match &self.ev?.detail {
-                Detail::Open { path, .. } => Some(path),
-                _ => None,
-            },
+            Slot::Path => self.ev?.detail.path(),
             Slot::Unix => match &self.ev?.detail {
                 Detail::Connect { path, .. } => path.as_deref(),
+                _ => None,
+            },
+            Slot::NewPath => match &self.ev?.detail {
+                Detail::Rename { new_path, .. } => Some(new_path),
+                _ => None,
+            },
+            Slot::Target => match &self.ev?.detail {
+                Detail::Link { target, .. } => Some(target),
                 _ => None,
             },
             Slot::Cmdline | Slot::Arg => None,
@@ -347,9 +398,33 @@ impl<'a> Subject<'a> {
 
     fn result(&self) -> Option<i64> {
         match &self.ev?.detail {
-            Detail::Open { result, .. } | Detail::Connect { result, .. } => Some(*result),
             Detail::Exit { exit_code, .. } => Some(if *exit_code == Some(0) { 0 } else { -1 }),
-            _ => None,
+            Detail::Setid {
+                result, syscall, ..
+            } if syscall.starts_with("setfs") => Some(result.min(&0).to_owned()),
+            d => d.result(),
+        }
+    }
+
+    /// Whether the event's path is inside the session's work directory (None: no path or
+    /// no work directory known).
+    fn in_workdir(&self) -> Option<bool> {
+        let path = self.ev?.detail.path()?;
+        let wd = self.workdir?.trim_end_matches('/');
+        Some(
+            wd.is_empty()
+                || path
+                    .strip_prefix(wd)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+        )
+    }
+
+    /// The owner and group an event gives: chown's, or setid's new effective ids.
+    fn to_ids(&self) -> (Option<u32>, Option<u32>) {
+        match self.ev.map(|e| &e.detail) {
+            Some(Detail::Chown { to_uid, to_gid, .. }) => (*to_uid, *to_gid),
+            Some(Detail::Setid { new, .. }) => (Some(new.euid), Some(new.egid)),
+            _ => (None, None),
         }
     }
 
@@ -387,9 +462,9 @@ impl<'a> Subject<'a> {
             Field::Addr => self.addr()?.to_string(),
             Field::Port => self.port()?.to_string(),
             Field::Path => match &ev.detail {
-                Detail::Open { path, .. } | Detail::Exec { path, .. } => path.clone(),
+                Detail::Exec { path, .. } => path.clone(),
                 Detail::Connect { path: Some(p), .. } => p.clone(),
-                _ => return None,
+                d => d.path()?.to_string(),
             },
         })
     }
@@ -407,8 +482,23 @@ pub struct Rule {
     pub sequence: Option<Sequence>,
     /// For `order: any`: the steps the other way round.
     pub reverse: Option<Sequence>,
+    /// The condition must hold this often within a window.
+    pub count: Option<Count>,
     pub file: String,
 }
+
+#[derive(Debug, Clone, Copy)]
+pub struct Count {
+    pub at_least: u32,
+    pub within_ns: u64,
+    pub by: SequenceScope,
+}
+
+/// The largest `count.at_least` (each counted event is kept until the window passes it).
+pub const MAX_COUNT: u32 = 10_000;
+
+/// Events a counted finding carries: the first and the last of the window.
+const COUNT_EVIDENCE: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct Sequence {
@@ -428,7 +518,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub sets: FieldSets,
     /// Per event kind: the rules (and sequences) that can match it, except those in `by_path`.
-    by_kind: [Vec<usize>; 7],
+    by_kind: [Vec<usize>; KINDS],
     /// Per path pattern: the rules that need it to match.
     by_path: Vec<Vec<usize>>,
 }
@@ -453,7 +543,7 @@ pub struct Match {
 
 impl Policy {
     pub fn new(rules: Vec<Rule>, sets: FieldSets, version: String) -> Policy {
-        let mut by_kind: [Vec<usize>; 7] = Default::default();
+        let mut by_kind: [Vec<usize>; KINDS] = Default::default();
         let mut by_path = vec![Vec::new(); sets.patterns[Slot::Path as usize].len()];
         for (i, r) in rules.iter().enumerate() {
             // A plain rule that needs an open path is reached through the patterns it needs,
@@ -502,7 +592,7 @@ impl Policy {
         &self,
         ev: &Arc<Event>,
         ts_ns: u64,
-        profile: Option<&str>,
+        session: SessionView<'_>,
         lineage: &dyn Lineage,
         state: &mut SeqState,
         out: &mut Vec<Match>,
@@ -522,8 +612,9 @@ impl Policy {
             process_rules,
             session_rules,
             advanced,
+            counts,
         } = state;
-        let mut s = Subject::new(ev, profile, lineage, Some(memo));
+        let mut s = Subject::new(ev, session, lineage, Some(memo));
         let session_key = fnv(ev.trace_id.as_bytes());
         let mut by_path = Vec::new();
         if is_open && !self.by_path.is_empty() {
@@ -537,10 +628,19 @@ impl Policy {
             let r = &self.rules[i];
             if let Some(c) = &r.cond {
                 if c.eval(&mut s, &self.sets) {
-                    out.push(Match {
-                        rule: i,
-                        evidence: vec![ev.clone()],
-                    });
+                    let evidence = match &r.count {
+                        None => Some(vec![ev.clone()]),
+                        Some(n) => {
+                            let key = match n.by {
+                                SequenceScope::Session => ScopeKey::Session(session_key),
+                                SequenceScope::Process => ScopeKey::Process(ev.pid),
+                            };
+                            counted(counts, (i, key), n, ev, ts_ns)
+                        }
+                    };
+                    if let Some(evidence) = evidence {
+                        out.push(Match { rule: i, evidence });
+                    }
                 }
             } else {
                 // `order: any` runs the steps the other way round as a second sequence.
@@ -589,6 +689,50 @@ pub struct SeqState {
     /// (rule, reversed, next step) for each partial the last events started or moved on; the
     /// caller drains it (the gate of sequences' next steps).
     pub advanced: Vec<(usize, bool, usize)>,
+    /// The events of `count:` rules inside their window, per rule and scope, oldest first.
+    counts: CountMap,
+}
+
+type CountMap = HashMap<(usize, ScopeKey), Window, BuildHasherDefault<FnvHasher>>;
+
+#[derive(Debug, Default)]
+struct Window {
+    within_ns: u64,
+    events: std::collections::VecDeque<(u64, Arc<Event>)>,
+}
+
+/// Counts one match of a `count:` rule; the evidence when it makes the count.
+fn counted(
+    counts: &mut CountMap,
+    key: (usize, ScopeKey),
+    n: &Count,
+    ev: &Arc<Event>,
+    ts_ns: u64,
+) -> Option<Vec<Arc<Event>>> {
+    let w = counts.entry(key).or_default();
+    w.within_ns = n.within_ns;
+    while w
+        .events
+        .front()
+        .is_some_and(|(t, _)| ts_ns.saturating_sub(*t) > n.within_ns)
+    {
+        w.events.pop_front();
+    }
+    w.events.push_back((ts_ns, ev.clone()));
+    if w.events.len() < n.at_least as usize {
+        return None;
+    }
+    // The count is made: the window starts over, so a long burst is one finding per
+    // `at_least` events, not one per event.
+    let all = std::mem::take(&mut w.events);
+    let len = all.len();
+    Some(
+        all.into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i < COUNT_EVIDENCE || *i >= len.saturating_sub(COUNT_EVIDENCE))
+            .map(|(_, (_, e))| e)
+            .collect(),
+    )
 }
 
 /// Whose partial match it is.
@@ -640,6 +784,7 @@ const MAX_PARTIAL: usize = 32;
 
 impl SeqState {
     pub fn clear(&mut self) {
+        self.counts.clear();
         self.partial.clear();
         self.memo = Memo::default();
         self.process_rules.clear();
@@ -653,6 +798,9 @@ impl SeqState {
         for &(r, rev) in &self.process_rules {
             self.partial.remove(&(r, rev, ScopeKey::Process(pid)));
         }
+        if !self.counts.is_empty() {
+            self.counts.retain(|(_, k), _| *k != ScopeKey::Process(pid));
+        }
     }
 
     /// The session ended: its partials go.
@@ -660,6 +808,9 @@ impl SeqState {
         let key = ScopeKey::Session(fnv(trace_id.as_bytes()));
         for &(r, rev) in &self.session_rules {
             self.partial.remove(&(r, rev, key));
+        }
+        if !self.counts.is_empty() {
+            self.counts.retain(|(_, k), _| *k != key);
         }
     }
 
@@ -669,11 +820,22 @@ impl SeqState {
             list.retain(|p| p.expires_ns >= now_ns);
             !list.is_empty()
         });
+        self.counts.retain(|_, w| {
+            while w
+                .events
+                .front()
+                .is_some_and(|(t, _)| now_ns.saturating_sub(*t) > w.within_ns)
+            {
+                w.events.pop_front();
+            }
+            !w.events.is_empty()
+        });
     }
 
-    /// Partial matches held.
+    /// Partial matches and counted events held.
     pub fn len(&self) -> usize {
-        self.partial.values().map(Vec::len).sum()
+        self.partial.values().map(Vec::len).sum::<usize>()
+            + self.counts.values().map(|w| w.events.len()).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {

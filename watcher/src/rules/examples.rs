@@ -2,11 +2,21 @@
 //! is one event as `watcher events --json` prints it (most fields may be left out), or a list
 //! of events for sequences. Two extra keys describe the process: `exe`/`argv` (the process's
 //! executable and command line, on events other than exec) and `ancestors` (parent first).
+//! Two more describe the stream: `workdir` (the session's work directory) and `repeat` (the
+//! event happens that many times, for `count:` rules).
 use std::{collections::HashMap, sync::Arc};
 
 use serde_json::{json, Map, Value};
 
-use super::{eval::SeqState, Lineage, Policy, ProcView};
+use super::{
+    eval::{SeqState, SessionView},
+    Lineage, Policy, ProcView,
+};
+
+/// The ids a `setid` example's process has after the call unless it says otherwise.
+fn ids() -> Value {
+    json!({"uid": 1000, "euid": 1000, "suid": 1000, "gid": 1000, "egid": 1000, "sgid": 1000, "caps": 0})
+}
 use crate::model::event::Event;
 
 #[derive(Debug, Default)]
@@ -49,6 +59,8 @@ pub fn example_event(
     let mut o: Map<String, Value> = obj.clone();
     let exe = o.remove("exe").and_then(|v| v.as_str().map(String::from));
     let ancestors = o.remove("ancestors");
+    o.remove("workdir");
+    o.remove("repeat");
     let kind = o
         .get("type")
         .and_then(Value::as_str)
@@ -114,6 +126,40 @@ pub fn example_event(
             o.entry("target_pid").or_insert(json!(1));
             o.entry("signal").or_insert(json!(15));
             o.entry("result").or_insert(json!(0));
+        }
+        "unlink" | "rename" | "chmod" | "chown" | "link" | "truncate" | "setid" | "mount"
+        | "module" => {
+            let (syscall, more) = match &kind[..] {
+                "unlink" => ("unlinkat", json!({"dir": false})),
+                "rename" => ("renameat2", json!({})),
+                "chmod" => ("fchmodat", json!({})),
+                "chown" => ("fchownat", json!({})),
+                "link" => ("symlinkat", json!({"symbolic": true})),
+                "truncate" => ("truncate", json!({"length": 0})),
+                "setid" => ("setuid", json!({"asked": [], "new": ids()})),
+                "mount" => ("mount", json!({"flags": 0})),
+                _ => ("finit_module", json!({"params": ""})),
+            };
+            o.entry("syscall").or_insert(json!(syscall));
+            for (k, v) in more.as_object().expect("object") {
+                o.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            if let Some(Value::Object(new)) = o.get_mut("new") {
+                for (k, v) in ids().as_object().expect("object") {
+                    new.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            o.entry("result").or_insert(json!(0));
+        }
+        "bpf" => {
+            o.entry("prog_type").or_insert(json!(1));
+            o.entry("instructions").or_insert(json!(2));
+            o.entry("result").or_insert(json!(3));
+        }
+        "memfd" => {
+            o.entry("name").or_insert(json!("x"));
+            o.entry("flags").or_insert(json!([]));
+            o.entry("result").or_insert(json!(3));
         }
         _ => {}
     }
@@ -181,15 +227,20 @@ pub fn fired(policy: &Policy, example: &Value) -> Result<Vec<String>, String> {
     for (i, v) in items.iter().enumerate() {
         let (ev, ts) = example_event(v, i as u64 + 1, &mut lineage)
             .map_err(|e| format!("event {}: {e}", i + 1))?;
-        let profile = v.get("profile").and_then(Value::as_str).map(String::from);
-        policy.evaluate(
-            &Arc::new(ev),
-            ts,
-            profile.as_deref(),
-            &lineage,
-            &mut state,
-            &mut out,
-        );
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+        let (profile, workdir) = (text("profile"), text("workdir"));
+        let session = SessionView {
+            profile: profile.as_deref(),
+            workdir: workdir.as_deref(),
+        };
+        let repeat = v.get("repeat").and_then(Value::as_u64).unwrap_or(1);
+        if !(1..=100_000).contains(&repeat) {
+            return Err(format!("event {}: repeat must be 1..=100000", i + 1));
+        }
+        let ev = Arc::new(ev);
+        for _ in 0..repeat {
+            policy.evaluate(&ev, ts, session, &lineage, &mut state, &mut out);
+        }
     }
     let mut ids: Vec<String> = out
         .into_iter()

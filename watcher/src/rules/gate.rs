@@ -114,8 +114,8 @@ impl Anchor {
 }
 
 impl Cover {
-    fn every(kinds: u8, intent: u32) -> Cover {
-        let a = |k: u8| {
+    fn every(kinds: u32, intent: u32) -> Cover {
+        let a = |k: u32| {
             if kinds & k != 0 {
                 Anchor::Every(if k == OPEN { intent } else { 0 })
             } else {
@@ -294,7 +294,7 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
                 .iter()
                 .any(|c| matches!(c, Cond::Fileless(true)))
                 .then(|| vec![Item::Fileless]);
-            let pick = |k: u8, a: Option<&Vec<Item>>| {
+            let pick = |k: u32, a: Option<&Vec<Item>>| {
                 if kinds & k == 0 {
                     Anchor::Nothing
                 } else if let Some(items) = a {

@@ -3,11 +3,11 @@
 //! given paths, an open of given paths or path prefixes, or a connect to given networks and
 //! ports. Everything else is decided in user space.
 
-pub use crate::kernel::policy::{KernelAction, KernelPolicy, NetEntry, PathEntry};
+pub use crate::kernel::policy::{KernelAction, KernelPolicy, KindEntry, NetEntry, PathEntry};
 
 use super::{
     eval::{Cond, Policy, Slot},
-    syntax::{Action, Intent, Mode},
+    syntax::{Action, Intent, Kind, Mode},
 };
 
 /// Directories an executable named without a path is looked for in.
@@ -20,16 +20,29 @@ const BIN_DIRS: &[&str] = &[
     "/bin",
 ];
 /// Event-kind bits of the rule language (`Cond::Kind`) that the kernel parts act on.
-pub(crate) const EXEC: u8 = 1 << 0;
-pub(crate) const OPEN: u8 = 1 << 3;
-pub(crate) const CONNECT: u8 = 1 << 4;
+pub(crate) const EXEC: u32 = 1 << Kind::Exec as u32;
+pub(crate) const OPEN: u32 = 1 << Kind::Open as u32;
+pub(crate) const CONNECT: u32 = 1 << Kind::Connect as u32;
+/// Kinds the kernel can kill on alone (`FAST_KIND`): a rule that names nothing else.
+const MODULE: u32 = 1 << Kind::Module as u32;
+const BPF: u32 = 1 << Kind::Bpf as u32;
 
 impl KernelPolicy {
     /// `holds`: whether a hold stops the process (the daemon runs holds) or only marks it.
     pub fn of(policy: &Policy, holds: bool) -> KernelPolicy {
         let mut kp = KernelPolicy::default();
         for r in &policy.rules {
-            if r.mode != Mode::Enforce || r.action == Action::Alert {
+            if r.mode != Mode::Enforce || r.action == Action::Alert || r.count.is_some() {
+                continue;
+            }
+            if let (Some(Cond::Kind(m)), Action::Kill) = (&r.cond, r.action) {
+                if *m & !(MODULE | BPF) == 0 {
+                    for (bit, kind) in [(MODULE, KindEntry::Module), (BPF, KindEntry::Bpf)] {
+                        if m & bit != 0 {
+                            kp.kinds.push((kind, r.id.clone()));
+                        }
+                    }
+                }
                 continue;
             }
             let Some(Cond::All(parts)) = &r.cond else {

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-pub use self::eval::{Lineage, Match, Policy, ProcView, SeqState};
+pub use self::eval::{Lineage, Match, Policy, ProcView, SeqState, SessionView};
 
 /// One rule file: its name (for errors) and its text.
 #[derive(Debug, Clone)]
@@ -232,7 +232,7 @@ mod tests {
                 p.evaluate(
                     &std::sync::Arc::new(ev),
                     ts,
-                    None,
+                    SessionView::default(),
                     &lineage,
                     &mut state,
                     &mut out,

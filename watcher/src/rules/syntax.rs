@@ -32,8 +32,24 @@ pub struct RuleDef {
     pub condition: Option<CondDef>,
     #[serde(default)]
     pub sequence: Option<SequenceDef>,
+    /// The condition must hold this many times within a window before the rule matches
+    /// (a burst of deletes); the finding carries the first and the last events.
+    #[serde(default)]
+    pub count: Option<CountDef>,
     #[serde(default)]
     pub examples: Examples,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountDef {
+    /// How many matching events (at least 2).
+    pub at_least: u32,
+    #[serde(deserialize_with = "duration")]
+    pub within: std::time::Duration,
+    /// Counted per session (default) or per process.
+    #[serde(default)]
+    pub by: SequenceScope,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -125,9 +141,29 @@ pub struct CondDef {
     /// Glob that must match at least one argument (argv[1..]).
     #[serde(default)]
     pub arg: Option<OneOrMany<Item>>,
-    /// Open path (absolute). `~/` means every user's home.
+    /// The path the event is about (absolute): opened, removed, renamed from, changed (chmod,
+    /// chown, truncate), the new name of a link, a mount point, a module file. `~/` means
+    /// every user's home.
     #[serde(default)]
     pub path: Option<OneOrMany<Item>>,
+    /// Rename: the new name (glob).
+    #[serde(default)]
+    pub new_path: Option<OneOrMany<Item>>,
+    /// Link: what the new name points to (glob; a symlink's text as written).
+    #[serde(default)]
+    pub target: Option<OneOrMany<Item>>,
+    /// Whether the event's path lies inside the session's work directory (where it started).
+    #[serde(default)]
+    pub in_workdir: Option<bool>,
+    /// Chmod: mode bits that must all be set in the new mode, in octal (`"4000"`: setuid) or
+    /// as a number; a list matches any of its masks.
+    #[serde(default)]
+    pub mode: Option<OneOrMany<ModeBits>>,
+    /// Chown: the new owner or group; setid: the new effective uid or gid.
+    #[serde(default)]
+    pub to_uid: Option<OneOrMany<u32>>,
+    #[serde(default)]
+    pub to_gid: Option<OneOrMany<u32>>,
     #[serde(default)]
     pub intent: Option<OneOrMany<Intent>>,
     /// Whether the call succeeded.
@@ -175,6 +211,52 @@ pub enum Kind {
     Connect,
     Signal,
     Ptrace,
+    Unlink,
+    Rename,
+    Chmod,
+    Chown,
+    Link,
+    Truncate,
+    Setid,
+    Mount,
+    Module,
+    Bpf,
+    Memfd,
+}
+
+/// The number of `Kind`s (one bit each in a kind mask).
+pub const KINDS: usize = 18;
+
+/// Mode bits for `mode:`: an octal string (`"4000"`, `"0o6000"`) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModeBits(pub u32);
+
+impl<'de> Deserialize<'de> for ModeBits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(u32),
+        }
+        let bits = match Raw::deserialize(d)? {
+            Raw::N(n) => n,
+            Raw::S(s) => {
+                let digits = s.trim().trim_start_matches("0o");
+                u32::from_str_radix(digits, 8).map_err(|_| {
+                    D::Error::custom(format!(
+                        "invalid mode {s:?} (expected octal bits such as \"4000\" or \"2000\")"
+                    ))
+                })?
+            }
+        };
+        if bits == 0 || bits > 0o7777 {
+            return Err(D::Error::custom(format!(
+                "invalid mode {bits:o}: expected bits within 7777, not 0"
+            )));
+        }
+        Ok(ModeBits(bits))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -188,3 +188,10 @@ mod tests {
         }
     }
 }
+
+/// A process's working directory, while it lives.
+pub fn cwd(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}

@@ -396,6 +396,7 @@ fn status(shared: &State) -> Status {
     let programs = kernel.program_stats();
     Status {
         programs,
+        hooks_missing: kernel.hooks_missing.clone(),
         processes_watched: kernel_watched.len(),
         sessions,
         kernel_watched,
@@ -641,6 +642,7 @@ fn start_session(
             ended: None,
             cgroup_id: shared.approvals.cgroups.id(&trace_id),
             state: Default::default(),
+                workdir: crate::sys::procfs::cwd(pid),
         });
     tracing::info!(%trace_id, pid, how, "session started");
     Ok(Reply::Started { trace_id, pids })

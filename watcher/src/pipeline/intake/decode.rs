@@ -3,8 +3,9 @@
 use std::mem::size_of;
 
 use watcher_common::{
-    Alert, ChdirEvent, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    OpenEvent, PtraceEvent, SignalEvent, EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_TRUNCATED, PATH_MAX,
+    Alert, ChdirEvent, ConnectEvent, Creds, EventHeader, EventKind, ExecEvent, ExitEvent,
+    ForkEvent, OpenEvent, PairEvent, PathEvent, PtraceEvent, SetidEvent, SignalEvent,
+    EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_TRUNCATED, PATH_MAX,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,6 +81,39 @@ pub enum Record {
         request: u32,
         result: i64,
     },
+    /// unlink, chmod, chown, truncate, module, bpf, memfd (see `PathEvent`).
+    Path {
+        hdr: EventHeader,
+        kind: EventKind,
+        call: u32,
+        dfd: i32,
+        path: String,
+        args: [u64; 3],
+        result: i64,
+        truncated: bool,
+    },
+    /// rename, link, mount (see `PairEvent`).
+    Pair {
+        hdr: EventHeader,
+        kind: EventKind,
+        call: u32,
+        dfd: i32,
+        path: String,
+        new_dfd: i32,
+        new_path: String,
+        fstype: String,
+        flags: u64,
+        result: i64,
+        truncated: bool,
+    },
+    Setid {
+        hdr: EventHeader,
+        call: u32,
+        args: [u32; 3],
+        old: Option<Creds>,
+        new: Creds,
+        result: i64,
+    },
 }
 
 impl Record {
@@ -92,7 +126,10 @@ impl Record {
             | Record::Connect { hdr, .. }
             | Record::Chdir { hdr, .. }
             | Record::Signal { hdr, .. }
-            | Record::Ptrace { hdr, .. } => hdr,
+            | Record::Ptrace { hdr, .. }
+            | Record::Path { hdr, .. }
+            | Record::Pair { hdr, .. }
+            | Record::Setid { hdr, .. } => hdr,
         }
     }
 }
@@ -215,6 +252,57 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 hdr,
                 target: ev.target,
                 request: ev.request,
+                result: ev.result,
+            }
+        }
+        EventKind::Unlink
+        | EventKind::Chmod
+        | EventKind::Chown
+        | EventKind::Truncate
+        | EventKind::Module
+        | EventKind::Bpf
+        | EventKind::Memfd => {
+            // Short or long, like an open.
+            let ev: PathEvent<0> = read(buf, kind.name())?;
+            let path = &buf[size_of::<PathEvent<0>>()..];
+            Record::Path {
+                hdr,
+                kind,
+                call: ev.call,
+                dfd: ev.dfd,
+                path: cstr(&path[..path.len().min(PATH_MAX)]),
+                args: ev.args,
+                result: ev.result,
+                truncated,
+            }
+        }
+        EventKind::Rename | EventKind::Link | EventKind::Mount => {
+            // Two paths of the record's size each, after the fixed part.
+            let ev: PairEvent<0> = read(buf, kind.name())?;
+            let rest = &buf[size_of::<PairEvent<0>>()..];
+            let n = (rest.len() / 2).min(PATH_MAX);
+            Record::Pair {
+                hdr,
+                kind,
+                call: ev.call,
+                dfd: ev.dfd,
+                path: cstr(&rest[..n]),
+                new_dfd: ev.new_dfd,
+                new_path: cstr(&rest[n..2 * n]),
+                fstype: cstr(&ev.fstype),
+                flags: ev.flags,
+                result: ev.result,
+                truncated,
+            }
+        }
+        EventKind::Setid => {
+            let ev: SetidEvent = read(buf, "setid")?;
+            Record::Setid {
+                hdr,
+                call: ev.call,
+                args: ev.args,
+                old: (ev.ok != 0).then_some(ev.old),
+                new: ev.new,
                 result: ev.result,
             }
         }
@@ -344,6 +432,67 @@ mod tests {
             DecodeError::UnknownKind(99)
         );
         assert!(decode(&[]).is_err());
+    }
+
+    #[test]
+    fn both_sizes_of_path_and_pair_records_decode() {
+        let mut short = PathEvent::<{ watcher_common::PATH_SHORT }> {
+            hdr: header(EventKind::Unlink),
+            result: 0,
+            args: [0x200, 0, 0],
+            dfd: -100,
+            call: 1,
+            path: [0; watcher_common::PATH_SHORT],
+        };
+        short.path[..5].copy_from_slice(b"a/b/c");
+        match decode(&bytes_of(&short)).unwrap() {
+            Record::Path {
+                kind,
+                path,
+                args,
+                call,
+                ..
+            } => {
+                assert_eq!((kind, path.as_str(), args[0], call), (EventKind::Unlink, "a/b/c", 0x200, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut long = PairEvent::<PATH_MAX> {
+            hdr: header(EventKind::Rename),
+            result: -2,
+            flags: 1,
+            dfd: -100,
+            new_dfd: 3,
+            call: 2,
+            _pad: 0,
+            fstype: [0; 16],
+            path: [b'x'; PATH_MAX],
+            new_path: [0; PATH_MAX],
+        };
+        long.path[300] = 0;
+        long.new_path[..3].copy_from_slice(b"new");
+        match decode(&bytes_of(&long)).unwrap() {
+            Record::Pair {
+                path,
+                new_path,
+                new_dfd,
+                ..
+            } => {
+                assert_eq!(path.len(), 300);
+                assert_eq!((new_path.as_str(), new_dfd), ("new", 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The fixed part alone, without a byte of path: no panic, empty paths.
+        let b = bytes_of(&long);
+        assert!(matches!(
+            decode(&b[..size_of::<PairEvent<0>>()]),
+            Ok(Record::Pair { .. })
+        ));
+        assert!(matches!(
+            decode(&b[..size_of::<PairEvent<0>>() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

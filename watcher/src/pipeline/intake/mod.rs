@@ -2,6 +2,7 @@
 //! paths and attaches the session's trace id, on one thread. When it falls behind, the kernel
 //! ring holds the backlog and counts what it cannot reserve, per event kind (nothing is lost
 //! silently).
+mod changes;
 pub mod decode;
 pub mod tree;
 
@@ -28,7 +29,7 @@ use crate::{
         hold::{Decision, HoldDraft, HoldKind},
         session::{new_trace_id, Session},
     },
-    rules::{gate, Match, SeqState},
+    rules::{gate, Match, SeqState, SessionView},
 };
 
 /// Decoded records waiting for the pipeline: a burst waits here, in user memory, rather than
@@ -410,7 +411,7 @@ impl Intake {
         };
         let mut new_matcher_session = false;
         let mut session_ended = false;
-        let (trace_id, profile, stray) = {
+        let (trace_id, profile, workdir, stray) = {
             let mut sessions = self
                 .shared
                 .sessions
@@ -440,12 +441,14 @@ impl Intake {
                     events: 0,
                     ended: None,
                     state: Default::default(),
+                workdir: crate::sys::procfs::cwd(hdr.tgid),
                 });
             }
             let s = sessions.get_mut(hdr.session_id).expect("inserted above");
             s.events += 1;
             let trace = s.trace_id.clone();
             let profile = s.profile.clone();
+            let workdir = s.workdir.clone();
             // A process of the session outside its cgroup would keep running through a hold.
             let stray = s.cgroup_id.is_some_and(|id| id != hdr.cgroup_id)
                 && !matches!(detail, Detail::Exit { .. });
@@ -459,7 +462,7 @@ impl Intake {
                 }
                 _ => {}
             }
-            (trace, profile, stray)
+            (trace, profile, workdir, stray)
         };
         if new_matcher_session {
             self.gather(&trace_id, hdr.session_id);
@@ -490,7 +493,10 @@ impl Intake {
         let kept = self.detect(
             &ev,
             hdr.ts_ns,
-            profile.as_deref(),
+            SessionView {
+                profile: profile.as_deref(),
+                workdir: workdir.as_deref(),
+            },
             (hdr.flags & EVENT_FLAG_FAST_PATH != 0, gated),
             hdr.session_id,
         );
@@ -548,7 +554,7 @@ impl Intake {
         &mut self,
         ev: &Arc<Event>,
         ts_ns: u64,
-        profile: Option<&str>,
+        session: SessionView<'_>,
         (in_kernel, gated): (bool, bool),
         session_id: u64,
     ) -> bool {
@@ -561,7 +567,8 @@ impl Intake {
             self.policy_version.clone_from(&policy.version);
         }
         let mut matches = std::mem::take(&mut self.matches);
-        policy.evaluate(ev, ts_ns, profile, &self.tree, &mut self.seq, &mut matches);
+        policy.evaluate(ev, ts_ns, session, &self.tree, &mut self.seq, &mut matches);
+        let profile = session.profile;
         if !self.seq.advanced.is_empty() {
             self.gate_next_steps(&active, session_id, ts_ns);
         }
@@ -901,6 +908,49 @@ impl Intake {
                 self.tree.chdir(pid, fd, &path);
                 None
             }
+            Record::Path {
+                kind,
+                call,
+                dfd,
+                path,
+                args,
+                result,
+                ..
+            } => changes::path_detail(&mut self.tree, hdr, (kind, call, dfd), path, args, result),
+            Record::Pair {
+                kind,
+                call,
+                dfd,
+                path,
+                new_dfd,
+                new_path,
+                fstype,
+                flags,
+                result,
+                ..
+            } => changes::pair_detail(
+                &mut self.tree,
+                hdr,
+                changes::Pair {
+                    kind,
+                    call,
+                    dfd,
+                    path,
+                    new_dfd,
+                    new_path,
+                    fstype,
+                    flags,
+                    result,
+                },
+            ),
+            Record::Setid {
+                call,
+                args,
+                old,
+                new,
+                result,
+                ..
+            } => Some(changes::setid_detail(call, args, (old, new), result)),
         }
     }
 }

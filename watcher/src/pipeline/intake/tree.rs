@@ -81,6 +81,17 @@ impl Tree {
         }
     }
 
+    /// The path of `pid`'s descriptor `fd`: as the tree saw it opened, or, for one it never
+    /// saw (opened before the session), as /proc shows it while the process lives.
+    pub fn fd_path(&self, pid: u32, fd: i32) -> Option<String> {
+        if let Some(p) = self.procs.get(&pid).and_then(|p| p.fds.get(&fd)) {
+            return Some(p.to_string_lossy().into_owned());
+        }
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
     /// The processes of a session, with what a hold record shows of them.
     pub fn session_procs(&self, session_id: u64) -> Vec<crate::model::hold::ProcInfo> {
         let mut v: Vec<_> = self
