@@ -484,6 +484,14 @@ pub const GATE_OPEN: u32 = 1 << 1;
 pub const GATE_CONNECT: u32 = 1 << 2;
 /// In `GATE_ALL[0]` only: execs through a descriptor (`/dev/fd/N`, `/proc/…/fd/N`).
 pub const GATE_FILELESS: u32 = 1 << 3;
+/// In `GATE_ALL[0]` only, the rare kinds, gated whole when a rule could match them: a chmod
+/// that sets the setuid or setgid bit, any chown, setid, mount, bpf program load, module load.
+pub const GATE_CHMOD_SETID: u32 = 1 << 4;
+pub const GATE_CHOWN: u32 = 1 << 5;
+pub const GATE_SETID: u32 = 1 << 6;
+pub const GATE_MOUNT: u32 = 1 << 7;
+pub const GATE_BPF: u32 = 1 << 8;
+pub const GATE_MODULE: u32 = 1 << 9;
 /// Bytes of a `GATE_COMM` key: the task's `comm` (the new program's basename, cut at 15).
 pub const GATE_COMM_LEN: usize = 16;
 /// Bytes of a `GATE_SUFFIX` key: the path's last bytes, last byte first.

@@ -79,6 +79,16 @@ pub fn gated_kind(session_id: u64, kind: u32, intent: u32) -> bool {
     unsafe { SESSION_GATE.get(&session_id).copied().unwrap_or(0) & kind != 0 }
 }
 
+/// Stops the current process (see `stop`) when the rare kind `bit` (`GATE_CHMOD_SETID`, ...)
+/// is gated; the record flags that say so.
+#[inline(always)]
+pub fn stop_rare(task: Task, session_id: u64, bit: u32, kind: EventKind) -> u32 {
+    if GATE_ALL.get(0).copied().unwrap_or(0) & bit == 0 {
+        return 0;
+    }
+    stop(task, session_id, kind)
+}
+
 /// Whether execs through a descriptor are gated and `head` (the filename's first bytes) is
 /// one: `/dev/fd/N` or `/proc/…` (`/proc/self/fd/N`, `/proc/PID/fd/N`).
 #[inline(always)]

@@ -72,7 +72,13 @@ fn path_record<const N: usize>(c: &PathCall, task: Task, watch: &Watch) -> Writt
             entry.discard(0);
             return Written::TooLong;
         }
-        fill_header(&raw mut (*ev).hdr, task, c.kind, watch.session_id, watch.ppid);
+        fill_header(
+            &raw mut (*ev).hdr,
+            task,
+            c.kind,
+            watch.session_id,
+            watch.ppid,
+        );
         (*ev).hdr.flags = c.flags | if cut { EVENT_FLAG_TRUNCATED } else { 0 };
         (*ev).result = c.ret;
         (*ev).args = c.args;
@@ -95,6 +101,8 @@ pub struct PairCall {
     pub fstype: *const u8,
     pub flags: u64,
     pub ret: i64,
+    /// `EVENT_FLAG_*` bits for the header.
+    pub hdr_flags: u32,
 }
 
 #[inline(always)]
@@ -124,10 +132,14 @@ fn pair_record<const N: usize>(c: &PairCall, task: Task, watch: &Watch) -> Writt
             return Written::TooLong;
         }
         read_str(c.fstype, &mut (*ev).fstype);
-        fill_header(&raw mut (*ev).hdr, task, c.kind, watch.session_id, watch.ppid);
-        if cut {
-            (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED;
-        }
+        fill_header(
+            &raw mut (*ev).hdr,
+            task,
+            c.kind,
+            watch.session_id,
+            watch.ppid,
+        );
+        (*ev).hdr.flags = c.hdr_flags | if cut { EVENT_FLAG_TRUNCATED } else { 0 };
         (*ev).result = c.ret;
         (*ev).flags = c.flags;
         (*ev).dfd = c.dfd;

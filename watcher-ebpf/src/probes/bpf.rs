@@ -3,9 +3,10 @@
 //! another call with that descriptor; the kernel policy's kill here (`FAST_KIND`) ends the
 //! process before it can, and its descriptor, and so the program, go with it.
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use watcher_common::EventKind;
+use watcher_common::{EventKind, GATE_BPF};
 
 use crate::{
+    gate,
     record::{write_path, PathCall},
     shared::{fast_kind, watched_call},
 };
@@ -38,7 +39,10 @@ fn try_exit() {
         dfd: -1,
         args: [cmd, head[0] as u64, head[1] as u64],
         ret: sc.ret,
-        flags: fast_kind(EventKind::Bpf),
+        flags: match fast_kind(EventKind::Bpf) {
+            0 if sc.ret >= 0 => gate::stop_rare(task, watch.session_id, GATE_BPF, EventKind::Bpf),
+            f => f,
+        },
     };
     write_path(&c, task, &watch);
 }

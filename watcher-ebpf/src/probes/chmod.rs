@@ -1,9 +1,10 @@
 //! `syscalls:sys_exit_chmod`, `fchmod`, `fchmodat`, `fchmodat2`: a mode change, with the
 //! result, at exit. `fchmod` names its file by descriptor; user space resolves it.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::EventKind;
+use watcher_common::{EventKind, GATE_CHMOD_SETID};
 
 use crate::{
+    gate,
     record::{write_path, PathCall},
     shared::watched_call,
 };
@@ -52,7 +53,11 @@ fn try_exit(call: u32) {
         dfd,
         args: [mode & 0o7777, flags, 0],
         ret: sc.ret,
-        flags: 0,
+        flags: if sc.ret == 0 && mode & 0o6000 != 0 {
+            gate::stop_rare(task, watch.session_id, GATE_CHMOD_SETID, EventKind::Chmod)
+        } else {
+            0
+        },
     };
     write_path(&c, task, &watch);
 }

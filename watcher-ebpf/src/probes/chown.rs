@@ -1,9 +1,10 @@
 //! `syscalls:sys_exit_chown`, `lchown`, `fchown`, `fchownat`: an owner change, with the
 //! result, at exit. `fchown` names its file by descriptor; user space resolves it.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::EventKind;
+use watcher_common::{EventKind, GATE_CHOWN};
 
 use crate::{
+    gate,
     record::{write_path, PathCall},
     shared::{syscall_arg4, watched_call},
 };
@@ -53,7 +54,11 @@ fn try_exit(call: u32) {
         dfd,
         args: [uid as u32 as u64, gid as u32 as u64, flags],
         ret: sc.ret,
-        flags: 0,
+        flags: if sc.ret == 0 {
+            gate::stop_rare(task, watch.session_id, GATE_CHOWN, EventKind::Chown)
+        } else {
+            0
+        },
     };
     write_path(&c, task, &watch);
 }

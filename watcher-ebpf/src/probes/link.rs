@@ -58,6 +58,7 @@ fn try_exit(call: u32) {
         fstype: core::ptr::null(),
         flags,
         ret: sc.ret,
+        hdr_flags: 0,
     };
     write_pair(&c, task, &watch);
 }

@@ -3,9 +3,10 @@
 //! module's init has run by the time the call returns: the kill stops what the process does
 //! next, not the load. Attached only where the kernel has modules (CONFIG_MODULES).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::EventKind;
+use watcher_common::{EventKind, GATE_MODULE};
 
 use crate::{
+    gate,
     record::{write_path, PathCall},
     shared::{fast_kind, watched_call},
 };
@@ -40,7 +41,10 @@ fn try_exit(call: u32) {
         dfd,
         args: [arg, 0, 0],
         ret: sc.ret,
-        flags: fast_kind(EventKind::Module),
+        flags: match fast_kind(EventKind::Module) {
+            0 => gate::stop_rare(task, watch.session_id, GATE_MODULE, EventKind::Module),
+            f => f,
+        },
     };
     write_path(&c, task, &watch);
 }

@@ -1,9 +1,10 @@
 //! `syscalls:sys_exit_mount`, `umount` (umount2), `move_mount`, `fsmount`: what was mounted
 //! (`path`, `fstype`) and where (`new_path`), with the result, at exit.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::EventKind;
+use watcher_common::{EventKind, GATE_MOUNT};
 
 use crate::{
+    gate,
     record::{write_pair, PairCall},
     shared::{syscall_arg4, watched_call},
 };
@@ -40,6 +41,11 @@ fn try_exit(call: u32) {
     };
     let a = sc.args;
     let null = core::ptr::null();
+    let hdr_flags = if sc.ret >= 0 {
+        gate::stop_rare(task, watch.session_id, GATE_MOUNT, EventKind::Mount)
+    } else {
+        0
+    };
     // mount(source, target, fstype, flags, data); umount2(target, flags);
     // move_mount(from_dfd, from, to_dfd, to, flags); fsmount(fs_fd, flags, attr_flags).
     let c = match call {
@@ -53,6 +59,7 @@ fn try_exit(call: u32) {
             fstype: a[2] as *const u8,
             flags: a[3],
             ret: sc.ret,
+            hdr_flags,
         },
         1 => PairCall {
             kind: EventKind::Mount,
@@ -64,6 +71,7 @@ fn try_exit(call: u32) {
             fstype: null,
             flags: a[1],
             ret: sc.ret,
+            hdr_flags,
         },
         2 => PairCall {
             kind: EventKind::Mount,
@@ -75,6 +83,7 @@ fn try_exit(call: u32) {
             fstype: null,
             flags: syscall_arg4(task),
             ret: sc.ret,
+            hdr_flags,
         },
         _ => PairCall {
             kind: EventKind::Mount,
@@ -86,6 +95,7 @@ fn try_exit(call: u32) {
             fstype: null,
             flags: a[1],
             ret: sc.ret,
+            hdr_flags,
         },
     };
     write_pair(&c, task, &watch);

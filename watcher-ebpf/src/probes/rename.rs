@@ -44,6 +44,7 @@ fn try_exit(call: u32) {
             fstype: core::ptr::null(),
             flags: 0,
             ret: sc.ret,
+            hdr_flags: 0,
         }
     } else {
         PairCall {
@@ -56,6 +57,7 @@ fn try_exit(call: u32) {
             fstype: core::ptr::null(),
             flags: if call == 2 { syscall_arg4(task) } else { 0 },
             ret: sc.ret,
+            hdr_flags: 0,
         }
     };
     write_pair(&c, task, &watch);

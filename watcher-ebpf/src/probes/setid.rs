@@ -7,9 +7,12 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use watcher_common::{Creds, EventKind, SetidEvent};
+use watcher_common::{Creds, EventKind, SetidEvent, GATE_SETID};
 
-use crate::shared::{count_drop, fill_header, ready, watch_of, watched_call, Task, EVENTS};
+use crate::{
+    gate,
+    shared::{count_drop, fill_header, ready, watch_of, watched_call, Task, EVENTS},
+};
 
 /// Credentials at entry, by thread id; LRU so that a thread killed inside the call cannot leak.
 #[map]
@@ -68,6 +71,13 @@ fn try_exit(call: u32) {
         4 | 5 => [a[0] as u32, a[1] as u32, a[2] as u32],
         _ => [0; 3],
     };
+    // setfsuid and setfsgid return the old id; the others 0 on success.
+    let ok = sc.ret == 0 || call == 6 || call == 7;
+    let gated = if ok {
+        gate::stop_rare(task, watch.session_id, GATE_SETID, EventKind::Setid)
+    } else {
+        0
+    };
     let Some(mut entry) = EVENTS.reserve::<SetidEvent>(0) else {
         count_drop(EventKind::Setid);
         return;
@@ -82,6 +92,7 @@ fn try_exit(call: u32) {
             watch.session_id,
             watch.ppid,
         );
+        (*ev).hdr.flags = gated;
         (*ev).result = sc.ret;
         (*ev).call = call;
         (*ev)._pad = 0;

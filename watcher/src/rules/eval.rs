@@ -50,7 +50,10 @@ pub enum Cond {
     Any(Vec<Cond>),
     Not(Box<Cond>),
     Kind(u32),
-    Glob { slot: Slot, ids: Vec<usize> },
+    Glob {
+        slot: Slot,
+        ids: Vec<usize>,
+    },
     CmdlineRegex(regex::RegexSet),
     Intent(u8),
     Ok(bool),

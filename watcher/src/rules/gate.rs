@@ -14,14 +14,17 @@
 //! its last step; when that step has no anchor, it gates its first step instead, and the
 //! session's events of the next step's kind are gated while the sequence is under way
 //! (`GatePlan::dynamic`, `step_kinds`).
-use watcher_common::{GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_OPEN, GATE_SUFFIX_MAX};
+use watcher_common::{
+    GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_MODULE,
+    GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX,
+};
 
 pub use crate::kernel::policy::{GateEntry, GateSet};
 
 use super::{
     eval::{Cond, Policy, Rule, Sequence, Slot},
     kernel::{intent_bits, is_wild, through_homes, CONNECT, EXEC, OPEN},
-    syntax::{Action, Mode},
+    syntax::{Action, Kind, Mode},
 };
 use crate::kernel::policy::{merge_intent, KernelPolicy};
 
@@ -37,6 +40,8 @@ pub struct GatePlan {
     /// The open-path patterns of the gated rules: the files and directories they name are
     /// gated by identity too (`sys::files::named`).
     pub named: Vec<Named>,
+    /// The rare kinds gated whole (`GATE_CHMOD_SETID`, `GATE_CHOWN`, ...).
+    pub rare: u32,
 }
 
 /// An open-path pattern of a gated rule.
@@ -183,6 +188,9 @@ impl GatePlan {
             for n in &mut plan.named[first_named..] {
                 n.kill = r.action == Action::Kill;
             }
+            if !kernel.has_rule(&r.id) {
+                plan.rare |= rare_kinds(r);
+            }
             let Some(c) = c else { continue };
             for (name, a) in [
                 ("exec", &c.exec),
@@ -196,8 +204,47 @@ impl GatePlan {
             cover = cover.union(c);
         }
         plan.set = build(cover);
+        plan.set.all |= plan.rare;
         plan
     }
+}
+
+/// The `GATE_*` bits of the rare kinds a gated rule can match (gated whole: they are few). A
+/// chmod is gated only when it sets the setuid or setgid bit, and only for rules that ask for
+/// no other bits; other chmods, and unlink, rename, link and truncate, which builds do by the
+/// thousand, are decided after the effect.
+fn rare_kinds(r: &Rule) -> u32 {
+    let conds: Vec<&Cond> = match (&r.cond, &r.sequence) {
+        (Some(c), _) => vec![c],
+        (None, Some(seq)) => seq.steps.iter().map(|st| &st.cond).collect(),
+        _ => Vec::new(),
+    };
+    let mut bits = 0;
+    for c in conds {
+        let k = c.kinds();
+        let parts = match c {
+            Cond::All(v) => v.as_slice(),
+            c => std::slice::from_ref(c),
+        };
+        let setid_only = parts.iter().any(|p| {
+            matches!(p, Cond::Mode(masks) if masks.iter().all(|m| m & 0o6000 != 0 && m & !0o6000 == 0))
+        });
+        for (kind, bit) in [
+            (Kind::Chown, GATE_CHOWN),
+            (Kind::Setid, GATE_SETID),
+            (Kind::Mount, GATE_MOUNT),
+            (Kind::Bpf, GATE_BPF),
+            (Kind::Module, GATE_MODULE),
+        ] {
+            if k & (1 << kind as u32) != 0 {
+                bits |= bit;
+            }
+        }
+        if k & (1 << Kind::Chmod as u32) != 0 && setid_only {
+            bits |= GATE_CHMOD_SETID;
+        }
+    }
+    bits
 }
 
 /// What a sequence can match at the steps that decide it: each direction's last step (for

@@ -171,6 +171,26 @@ mod tests {
                 "invalid duration \"soon\"",
             ),
             (HEAD, 2, "expected exactly one of `condition` or `sequence`"),
+            (
+                &format!("{HEAD}    condition:\n      type: chmod\n      mode: \"9\"\n"),
+                8,
+                "invalid mode \"9\"",
+            ),
+            (
+                &format!("{HEAD}    condition:\n      type: chmod\n      mode: 0\n"),
+                8,
+                "expected bits within 7777, not 0",
+            ),
+            (
+                &format!("{HEAD}    count: {{at_least: 1, within: 5s}}\n    condition:\n      type: unlink\n"),
+                6,
+                "count.at_least: 1 is outside 2..=10000",
+            ),
+            (
+                &format!("{HEAD}    count: {{at_least: 5, within: 5s}}\n    sequence:\n      within: 5s\n      steps: [{{type: open}}, {{type: unlink}}]\n"),
+                6,
+                "count: applies to a `condition`",
+            ),
         ];
         for (text, line, want) in cases {
             let e = compile_one(text).unwrap_err();
@@ -183,6 +203,110 @@ mod tests {
             assert!(e.column > 0, "{e}");
             assert!(e.to_string().contains(want), "{e} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn counts_fire_once_per_burst_within_the_window_and_per_scope() {
+        let p = compile_one(&format!(
+            "{HEAD}    count: {{at_least: 3, within: 10s, by: process}}\n    condition:\n      type: unlink\n"
+        ))
+        .unwrap();
+        let ev = |pid: u32, ts: &str| serde_json::json!({"type": "unlink", "path": "/x", "pid": pid, "ts": ts});
+        let fired = |events: &[serde_json::Value]| {
+            let mut lineage = examples::ExampleLineage::default();
+            let mut state = SeqState::default();
+            let mut out = Vec::new();
+            for (i, v) in events.iter().enumerate() {
+                let (e, ts) = examples::example_event(v, i as u64 + 1, &mut lineage).unwrap();
+                p.evaluate(
+                    &std::sync::Arc::new(e),
+                    ts,
+                    SessionView::default(),
+                    &lineage,
+                    &mut state,
+                    &mut out,
+                );
+            }
+            (
+                out.len(),
+                out.first().map_or(0, |m| m.evidence.len()),
+                state.len(),
+            )
+        };
+        let t = |s: u32| format!("2026-01-01T00:00:{s:02}Z");
+        // Three in the window: one finding with the three as evidence, and the window starts
+        // over (nothing held).
+        assert_eq!(
+            fired(&[ev(1, &t(0)), ev(1, &t(1)), ev(1, &t(2))]),
+            (1, 3, 0)
+        );
+        // Six in a row: two findings, not four.
+        let six: Vec<_> = (0..6).map(|i| ev(1, &t(i))).collect();
+        assert_eq!(fired(&six).0, 2);
+        // Spread over more than the window: none.
+        assert_eq!(fired(&[ev(1, &t(0)), ev(1, &t(11)), ev(1, &t(22))]).0, 0);
+        // Per process: three processes, one each, none.
+        assert_eq!(fired(&[ev(1, &t(0)), ev(2, &t(1)), ev(3, &t(2))]).0, 0);
+    }
+
+    #[test]
+    fn new_event_fields_match_as_written() {
+        let p = compile_one(
+            "rules:\n  - {id: suid, description: d, severity: low, action: alert, condition: {type: chmod, mode: \"4000\"}}\n  - {id: root, description: d, severity: low, action: alert, condition: {type: [chown, setid], to_uid: 0}}\n  - {id: out, description: d, severity: low, action: alert, condition: {type: unlink, in_workdir: false}}\n  - {id: null, description: d, severity: low, action: alert, condition: {type: link, target: /dev/null, path: \"**/.bash_history\"}}\n  - {id: moved, description: d, severity: low, action: alert, condition: {type: rename, new_path: \"/etc/**\"}}\n",
+        )
+        .unwrap();
+        let check = |v: serde_json::Value, want: &[&str]| {
+            let got = examples::fired(&p, &v).unwrap();
+            assert_eq!(got, want, "{v}");
+        };
+        check(
+            serde_json::json!({"type": "chmod", "path": "/t/x", "mode": 0o4755}),
+            &["suid"],
+        );
+        check(
+            serde_json::json!({"type": "chmod", "path": "/t/x", "mode": 0o2755}),
+            &[],
+        );
+        check(
+            serde_json::json!({"type": "chown", "path": "/t/x", "to_uid": 0}),
+            &["root"],
+        );
+        check(
+            serde_json::json!({"type": "chown", "path": "/t/x", "to_gid": 0}),
+            &[],
+        );
+        check(
+            serde_json::json!({"type": "setid", "new": {"euid": 0}}),
+            &["root"],
+        );
+        check(
+            serde_json::json!({"type": "unlink", "path": "/w/a", "workdir": "/w"}),
+            &[],
+        );
+        check(
+            serde_json::json!({"type": "unlink", "path": "/wx/a", "workdir": "/w"}),
+            &["out"],
+        );
+        check(
+            serde_json::json!({"type": "unlink", "path": "/w", "workdir": "/w/"}),
+            &[],
+        );
+        check(
+            serde_json::json!({"type": "link", "path": "/h/.bash_history", "target": "/dev/null"}),
+            &["null"],
+        );
+        check(
+            serde_json::json!({"type": "link", "path": "/h/.bash_history", "target": "/tmp/x"}),
+            &[],
+        );
+        check(
+            serde_json::json!({"type": "rename", "path": "/tmp/x", "new_path": "/etc/cron.d/x"}),
+            &["moved"],
+        );
+        check(
+            serde_json::json!({"type": "rename", "path": "/etc/cron.d/x", "new_path": "/tmp/x"}),
+            &[],
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../rules/persistence.yaml"),
     ),
     ("network.yaml", include_str!("../../../rules/network.yaml")),
+    ("changes.yaml", include_str!("../../../rules/changes.yaml")),
     (
         "sequences.yaml",
         include_str!("../../../rules/sequences.yaml"),

@@ -642,7 +642,7 @@ fn start_session(
             ended: None,
             cgroup_id: shared.approvals.cgroups.id(&trace_id),
             state: Default::default(),
-                workdir: crate::sys::procfs::cwd(pid),
+            workdir: crate::sys::procfs::cwd(pid),
         });
     tracing::info!(%trace_id, pid, how, "session started");
     Ok(Reply::Started { trace_id, pids })

@@ -453,7 +453,10 @@ mod tests {
                 call,
                 ..
             } => {
-                assert_eq!((kind, path.as_str(), args[0], call), (EventKind::Unlink, "a/b/c", 0x200, 1));
+                assert_eq!(
+                    (kind, path.as_str(), args[0], call),
+                    (EventKind::Unlink, "a/b/c", 0x200, 1)
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -441,7 +441,7 @@ impl Intake {
                     events: 0,
                     ended: None,
                     state: Default::default(),
-                workdir: crate::sys::procfs::cwd(hdr.tgid),
+                    workdir: crate::sys::procfs::cwd(hdr.tgid),
                 });
             }
             let s = sessions.get_mut(hdr.session_id).expect("inserted above");

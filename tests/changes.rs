@@ -1,0 +1,342 @@
+//! What else changes the host: deletes, renames, mode and owner changes, links, truncates, id
+//! changes, mounts, BPF loads and memfds are events with their fields, from real syscalls of
+//! real processes in watched sessions (and none from unwatched ones); the pack's rules for them
+//! act on their threat cases. Root and the real kernel; loopback and temporary directories only.
+use std::{os::unix::fs::MetadataExt, path::Path, process::Command};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::{
+    holds::{await_hold, launch_bg, verdict, wait_exit},
+    pack_dir, python, Daemon, FakeHome, TempDir,
+};
+
+/// A daemon with one rule that matches nothing here, so no change is held or killed.
+fn quiet_daemon(work: &TempDir) -> Daemon {
+    let rules = work.0.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("quiet.yaml"),
+        "rules:\n  - {id: quiet, description: d, severity: low, action: alert, condition: {type: exec, exe: /nonexistent}, examples: {match: [{type: exec, path: /nonexistent}]}}\n",
+    )
+    .unwrap();
+    Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()))
+}
+
+/// Python that loads a two-instruction socket filter named `probe` (x86_64 `bpf` is 321).
+const BPF_LOAD: &str = r#"import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+insns = struct.pack("<BBhi", 0xb7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+ibuf = ctypes.create_string_buffer(insns)
+lic = ctypes.create_string_buffer(b"GPL")
+attr = ctypes.create_string_buffer(128)
+struct.pack_into("<IIQQ", attr, 0, 1, 2, ctypes.addressof(ibuf), ctypes.addressof(lic))
+attr[48:54] = b"probe\0"
+assert libc.syscall(321, 5, attr, 128) >= 0, ctypes.get_errno()"#;
+
+/// Every kind of change, by relative paths, descriptors and directory descriptors, in `dir`.
+fn workload(dir: &Path) -> String {
+    let ops = format!(
+        r#"
+import os, ctypes, struct
+os.chdir("{dir}")
+open("a", "w").write("x")
+os.chmod("a", 0o4755)
+fd = os.open("a", os.O_RDWR)
+os.fchmod(fd, 0o640)
+os.ftruncate(fd, 0)
+os.fchown(fd, 0, 0)
+os.close(fd)
+os.truncate("a", 1)
+os.chown("a", 65534, -1)
+os.link("a", "b")
+os.symlink("/dev/null", "c")
+os.rename("b", "d")
+os.unlink("d")
+os.mkdir("e"); os.rmdir("e")
+os.mkdir("sub"); open("sub/f", "w").close()
+dfd = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+os.unlink("f", dir_fd=dfd)
+os.unlink("c")
+os.memfd_create("payload", os.MFD_CLOEXEC)
+os.setresuid(0, 65534, 0)
+os.setresuid(0, 0, 0)
+{BPF_LOAD}
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("ops.py"), ops).unwrap();
+    std::fs::create_dir_all(dir.join("mnt")).unwrap();
+    format!(
+        "{py} {d}/ops.py && unshare -m sh -c 'mount -t tmpfs none {d}/mnt && umount {d}/mnt'",
+        py = python(),
+        d = dir.display()
+    )
+}
+
+/// The one event of `kind` whose fields include all of `want`'s.
+fn one<'a>(events: &'a [Value], kind: &str, want: Value) -> &'a Value {
+    let found: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .filter(|e| {
+            want.as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &e[k.as_str()] == v)
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{kind} {want}: expected one, found {found:#?} among {:#?}",
+        events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+#[test]
+fn every_change_is_an_event_with_absolute_paths_and_its_fields() {
+    let work = TempDir::new("changes");
+    let d = quiet_daemon(&work);
+    let dir = work.0.join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = dir.display().to_string();
+    let (trace, code) = d.launch(&workload(&dir));
+    assert_eq!(code, 0, "the workload failed");
+    let ev = d.session_events(&trace, None);
+    let p = |rel: &str| format!("{w}/{rel}");
+
+    one(
+        &ev,
+        "chmod",
+        json!({"syscall": "chmod", "path": p("a"), "mode": 0o4755, "result": 0}),
+    );
+    // By descriptor: the path the tree saw the descriptor opened with.
+    one(
+        &ev,
+        "chmod",
+        json!({"syscall": "fchmod", "path": p("a"), "mode": 0o640}),
+    );
+    one(
+        &ev,
+        "truncate",
+        json!({"syscall": "ftruncate", "path": p("a"), "length": 0}),
+    );
+    one(
+        &ev,
+        "truncate",
+        json!({"syscall": "truncate", "path": p("a"), "length": 1}),
+    );
+    one(
+        &ev,
+        "chown",
+        json!({"syscall": "fchown", "path": p("a"), "to_uid": 0, "to_gid": 0}),
+    );
+    let c = one(&ev, "chown", json!({"path": p("a"), "to_uid": 65534}));
+    assert!(c.get("to_gid").is_none(), "-1 is no group: {c}");
+    one(
+        &ev,
+        "link",
+        json!({"path": p("b"), "target": p("a"), "symbolic": false}),
+    );
+    one(
+        &ev,
+        "link",
+        json!({"path": p("c"), "target": "/dev/null", "symbolic": true}),
+    );
+    one(
+        &ev,
+        "rename",
+        json!({"path": p("b"), "new_path": p("d"), "result": 0}),
+    );
+    one(&ev, "unlink", json!({"path": p("d"), "dir": false}));
+    one(
+        &ev,
+        "unlink",
+        json!({"syscall": "rmdir", "path": p("e"), "dir": true}),
+    );
+    // Relative to a directory descriptor.
+    one(&ev, "unlink", json!({"path": p("sub/f")}));
+    one(&ev, "unlink", json!({"path": p("c")}));
+    let m = one(&ev, "memfd", json!({"name": "payload"}));
+    assert_eq!(m["flags"], json!(["MFD_CLOEXEC"]));
+    assert!(m["result"].as_i64().unwrap() >= 0);
+    let s = one(
+        &ev,
+        "setid",
+        json!({"syscall": "setresuid", "asked": [0, 65534, 0]}),
+    );
+    assert_eq!(
+        (&s["old"]["euid"], &s["new"]["euid"]),
+        (&json!(0), &json!(65534)),
+        "{s}"
+    );
+    assert_eq!(s["new"]["uid"], 0);
+    let b = one(
+        &ev,
+        "bpf",
+        json!({"name": "probe", "prog_type": 1, "instructions": 2}),
+    );
+    assert!(b["result"].as_i64().unwrap() >= 0, "{b}");
+    one(
+        &ev,
+        "mount",
+        json!({"syscall": "mount", "source": "none", "fstype": "tmpfs", "path": p("mnt"), "result": 0}),
+    );
+    one(
+        &ev,
+        "mount",
+        json!({"syscall": "umount2", "path": p("mnt"), "result": 0}),
+    );
+    // The daemon's own view: nothing was lost.
+    let st = d.status();
+    for kind in [
+        "unlink", "rename", "chmod", "chown", "link", "truncate", "setid", "mount", "bpf", "memfd",
+    ] {
+        assert_eq!(
+            st["per_type"][kind]["drops"], 0,
+            "{kind}: {}",
+            st["per_type"]
+        );
+        assert!(
+            st["per_type"][kind]["events"].as_u64().unwrap() > 0,
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn an_unwatched_process_doing_the_same_makes_no_event() {
+    let work = TempDir::new("changes-unwatched");
+    let d = quiet_daemon(&work);
+    let dir = work.0.join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("sh")
+        .args(["-c", &workload(&dir)])
+        .status()
+        .unwrap();
+    assert!(st.success(), "the workload failed unwatched");
+    // A watched sentinel afterwards: anything the unwatched run made would come before it.
+    let (trace, _) = d.launch("exit 0");
+    let sentinel = d.session_events(&trace, None);
+    let st = d.status();
+    let total: u64 = st["per_type"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, sentinel.len() as u64, "{}", st["per_type"]);
+}
+
+/// How many entries `dir` has.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |r| r.count())
+}
+
+#[test]
+fn the_pack_acts_on_each_changes_threat_case() {
+    common::require_root();
+    let home = FakeHome::new();
+    let docs = home.0.join("Documents");
+    std::fs::create_dir_all(&docs).unwrap();
+    const FILES: usize = 2000;
+    for i in 0..FILES {
+        std::fs::write(docs.join(format!("note-{i}.txt")), "x").unwrap();
+    }
+    let work = TempDir::new("changes-pack");
+    let w = work.0.display().to_string();
+    let rules = pack_dir(&work.0);
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        rules.display()
+    ));
+    let hold_then_deny = |script: &str, rule: &str| {
+        let (mut child, trace) = launch_bg(&d, script);
+        let hold = await_hold(&d, &trace);
+        assert_eq!(hold["rule"], rule, "{hold}");
+        verdict(&d, "deny", &hold);
+        wait_exit(&mut child);
+    };
+
+    // A wipe of a home directory: held at the 20th delete, the rest stays.
+    hold_then_deny(&format!("rm -rf {}", docs.display()), "home-wipe");
+    let left = count_files(&docs);
+    eprintln!("home wipe: {left} of {FILES} files left after the hold");
+    assert!(left >= FILES / 2, "only {left} of {FILES} files are left");
+
+    // Setuid: the gate stops the chmod before the process can run the file.
+    std::fs::copy("/bin/sh", work.0.join("sh2")).unwrap();
+    hold_then_deny(
+        &format!("chmod 4755 {w}/sh2 && {w}/sh2 -c 'touch {w}/marker-setuid'"),
+        "setuid-bit-set",
+    );
+    assert!(
+        !work.0.join("marker-setuid").exists(),
+        "the setuid program ran"
+    );
+
+    // A mount: stopped at the call, the process that mounted never goes on.
+    std::fs::create_dir_all(work.0.join("mnt")).unwrap();
+    hold_then_deny(
+        &format!("unshare -m sh -c 'mount -t tmpfs none {w}/mnt && touch {w}/marker-mount'"),
+        "agent-mount",
+    );
+    assert!(
+        !work.0.join("marker-mount").exists(),
+        "the mount's next step ran"
+    );
+
+    // A file in /tmp given to root: stopped before the process can use it.
+    let planted = work.0.join("planted");
+    std::fs::write(&planted, "x").unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    hold_then_deny(
+        &format!("chown 0 {} && touch {w}/marker-chown", planted.display()),
+        "chown-to-root",
+    );
+    assert!(
+        !work.0.join("marker-chown").exists(),
+        "the chown's next step ran"
+    );
+    assert_eq!(
+        std::fs::metadata(&planted).unwrap().uid(),
+        0,
+        "the chown itself happened (after-the-fact)"
+    );
+
+    // A BPF program load: killed in the kernel as the call returns, before the program can
+    // be attached (the descriptor goes with the process).
+    std::fs::write(
+        work.0.join("bpf.py"),
+        format!("{BPF_LOAD}\nopen('{w}/marker-bpf', 'w')\n"),
+    )
+    .unwrap();
+    let bpf_only = format!("{} {w}/bpf.py", python());
+    let (trace, _) = d.launch(&bpf_only);
+    let _ = d.session_events(&trace, None);
+    assert!(
+        !work.0.join("marker-bpf").exists(),
+        "the loader went on after the load"
+    );
+    let f = d.findings(&trace);
+    assert!(
+        f.iter()
+            .any(|f| f["rule"] == "bpf-program-load" && f["outcome"] == "killed_in_kernel"),
+        "{f:#?}"
+    );
+
+    // History linked to /dev/null: an alert (it has happened; nothing to stop).
+    let (trace, _) = d.launch(&format!(
+        "ln -sf /dev/null {}/.bash_history",
+        home.0.display()
+    ));
+    let _ = d.session_events(&trace, None);
+    let f = d.findings(&trace);
+    assert!(f.iter().any(|f| f["rule"] == "history-wipe"), "{f:#?}");
+}
