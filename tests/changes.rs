@@ -268,7 +268,9 @@ fn the_pack_acts_on_each_changes_threat_case() {
     hold_then_deny(&format!("rm -rf {}", docs.display()), "home-wipe");
     let left = count_files(&docs);
     eprintln!("home wipe: {left} of {FILES} files left after the hold");
-    assert!(left >= FILES / 2, "only {left} of {FILES} files are left");
+    // The count's 20th delete is gated (the session's deletes are, while it counts): 20
+    // go, unless the first ones outran the gate's start.
+    assert!(left >= FILES - 100, "only {left} of {FILES} files are left");
 
     // Setuid: the gate stops the chmod before the process can run the file.
     std::fs::copy("/bin/sh", work.0.join("sh2")).unwrap();

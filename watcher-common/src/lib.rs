@@ -492,6 +492,9 @@ pub const GATE_SETID: u32 = 1 << 6;
 pub const GATE_MOUNT: u32 = 1 << 7;
 pub const GATE_BPF: u32 = 1 << 8;
 pub const GATE_MODULE: u32 = 1 << 9;
+/// In `SESSION_GATE` values only: the session's deletes, while a `count:` rule that holds on
+/// them is counting (so the one that makes the count is stopped at its hook).
+pub const GATE_UNLINK: u32 = 1 << 10;
 /// Bytes of a `GATE_COMM` key: the task's `comm` (the new program's basename, cut at 15).
 pub const GATE_COMM_LEN: usize = 16;
 /// Bytes of a `GATE_SUFFIX` key: the path's last bytes, last byte first.

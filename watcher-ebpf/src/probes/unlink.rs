@@ -1,11 +1,13 @@
 //! `syscalls:sys_exit_unlink`, `sys_exit_unlinkat`, `sys_exit_rmdir`: a watched process
 //! removing a name, with the result, at exit (the arguments come from the saved registers).
-//! The removal has happened: rules act on what follows (a burst of deletes is held at its
-//! threshold), not on this one.
+//! The removal has happened: rules act on what follows. While a `count:` rule that holds
+//! counts a session's deletes, each one is gated (`GATE_UNLINK`), so the one that makes the
+//! count stops its process before the next.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::EventKind;
+use watcher_common::{EventKind, GATE_UNLINK};
 
 use crate::{
+    gate,
     record::{write_path, PathCall},
     shared::watched_call,
 };
@@ -48,7 +50,11 @@ fn try_exit(call: u32) {
         dfd,
         args: [flags, 0, 0],
         ret: sc.ret,
-        flags: 0,
+        flags: if sc.ret == 0 && gate::gated_kind(watch.session_id, GATE_UNLINK, 0) {
+            gate::stop(task, watch.session_id, EventKind::Unlink)
+        } else {
+            0
+        },
     };
     write_path(&c, task, &watch);
 }

@@ -638,7 +638,12 @@ impl Policy {
                                 SequenceScope::Session => ScopeKey::Session(session_key),
                                 SequenceScope::Process => ScopeKey::Process(ev.pid),
                             };
-                            counted(counts, (i, key), n, ev, ts_ns)
+                            let made = counted(counts, (i, key), n, ev, ts_ns);
+                            if made.is_none() {
+                                // Counting: the gate may stop the scope's next events.
+                                advanced.push((i, false, 0));
+                            }
+                            made
                         }
                     };
                     if let Some(evidence) = evidence {

@@ -16,7 +16,7 @@
 //! (`GatePlan::dynamic`, `step_kinds`).
 use watcher_common::{
     GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_MODULE,
-    GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX,
+    GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX, GATE_UNLINK,
 };
 
 pub use crate::kernel::policy::{GateEntry, GateSet};
@@ -191,6 +191,8 @@ impl GatePlan {
             if !kernel.has_rule(&r.id) {
                 plan.rare |= rare_kinds(r);
             }
+            // A count's later events are gated per scope while it counts.
+            plan.dynamic[i] |= r.count.is_some();
             let Some(c) = c else { continue };
             for (name, a) in [
                 ("exec", &c.exec),
@@ -283,6 +285,19 @@ fn gates(r: &Rule, holds: bool) -> bool {
 
 /// The `GATE_*` kinds of the step a sequence waits for next (0: none the gate knows).
 pub fn step_kinds(r: &Rule, reversed: bool, next: usize) -> u32 {
+    if let (Some(c), Some(_)) = (&r.cond, &r.count) {
+        // A count: the next event it counts, of whichever kind.
+        let k = c.kinds();
+        return [
+            (EXEC, GATE_EXEC),
+            (OPEN, GATE_OPEN),
+            (CONNECT, GATE_CONNECT),
+            (1 << Kind::Unlink as u32, GATE_UNLINK),
+        ]
+        .iter()
+        .filter(|(b, _)| k & b != 0)
+        .fold(0, |m, (_, g)| m | g);
+    }
     let seq = if reversed { &r.reverse } else { &r.sequence };
     let Some(step) = seq.as_ref().and_then(|s| s.steps.get(next)) else {
         return 0;

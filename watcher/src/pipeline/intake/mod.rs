@@ -673,7 +673,11 @@ impl Intake {
             }
             let r = &active.policy.rules[rule];
             kinds |= gate::step_kinds(r, reversed, next);
-            let within = r.sequence.as_ref().map_or(0, |s| s.within_ns);
+            let within = match (&r.sequence, &r.count) {
+                (Some(s), _) => s.within_ns,
+                (_, Some(c)) => c.within_ns,
+                _ => 0,
+            };
             until = until.max(ts_ns.saturating_add(within));
         }
         if kinds == 0 {
