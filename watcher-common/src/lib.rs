@@ -50,10 +50,13 @@ pub enum EventKind {
     Bpf = 17,
     /// memfd_create ([`PathEvent`]).
     Memfd = 18,
+    /// dup, dup2, dup3, fcntl(F_DUPFD): a descriptor copied (internal: user space keeps each
+    /// descriptor's path, so that calls through the copy resolve).
+    Dup = 19,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 19;
+pub const EVENT_KINDS: u32 = 20;
 
 /// Kernel-side failures, counted per CPU in the `FAILURES` map by kind. None should happen;
 /// each one that does is a process or an alert the watcher may have missed, so user space
@@ -93,6 +96,7 @@ impl EventKind {
         EventKind::Module,
         EventKind::Bpf,
         EventKind::Memfd,
+        EventKind::Dup,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -120,6 +124,7 @@ impl EventKind {
             EventKind::Module => "module",
             EventKind::Bpf => "bpf",
             EventKind::Memfd => "memfd",
+            EventKind::Dup => "dup",
         }
     }
 
@@ -275,7 +280,9 @@ pub struct PathEvent<const N: usize> {
     pub path: [u8; N],
 }
 
+// Record sizes (BENCHMARKS.md lists them): path 256 or 616 bytes, pair 416 or 1136, setid 168.
 const _: () = assert!(size_of::<PathEvent<PATH_SHORT>>() == 256);
+const _: () = assert!(size_of::<PathEvent<PATH_MAX>>() == 616);
 
 /// Two paths: rename (old, new), link (the new name, the target), mount (the source, the
 /// mount point; `fstype` the file system type), in two sizes like [`OpenEvent`]. `PairEvent<N>`
@@ -332,6 +339,10 @@ pub struct SetidEvent {
     pub _pad3: u32,
 }
 
+const _: () = assert!(size_of::<PairEvent<PATH_SHORT>>() == 416);
+const _: () = assert!(size_of::<PairEvent<PATH_MAX>>() == 1136);
+const _: () = assert!(size_of::<SetidEvent>() == 168);
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnectEvent {
@@ -342,6 +353,15 @@ pub struct ConnectEvent {
     pub addrlen: u32,
     /// The raw `struct sockaddr`, first `min(addrlen, SOCKADDR_MAX)` bytes.
     pub addr: [u8; SOCKADDR_MAX],
+}
+
+/// `EventKind::Dup`: `new_fd` is a copy of `old_fd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DupEvent {
+    pub hdr: EventHeader,
+    pub old_fd: i32,
+    pub new_fd: i32,
 }
 
 #[repr(C)]
@@ -495,6 +515,12 @@ pub const GATE_MODULE: u32 = 1 << 9;
 /// In `SESSION_GATE` values only: the session's deletes, while a `count:` rule that holds on
 /// them is counting (so the one that makes the count is stopped at its hook).
 pub const GATE_UNLINK: u32 = 1 << 10;
+/// In `GATE_ALL[0]` only: a `count:` rule that holds counts deletes, so every
+/// `UNLINK_SAMPLE`th delete of a session is gated: user space then has every delete before it
+/// and starts gating them all (`GATE_UNLINK`) if a count is under way. A burst that makes a
+/// count overshoots it by fewer than `UNLINK_SAMPLE` deletes, however fast it deletes.
+pub const GATE_UNLINK_SAMPLE: u32 = 1 << 11;
+pub const UNLINK_SAMPLE: u64 = 32;
 /// Bytes of a `GATE_COMM` key: the task's `comm` (the new program's basename, cut at 15).
 pub const GATE_COMM_LEN: usize = 16;
 /// Bytes of a `GATE_SUFFIX` key: the path's last bytes, last byte first.

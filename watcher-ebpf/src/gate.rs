@@ -7,7 +7,7 @@
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use watcher_common::{
     EventKind, Gate, Gated, InodeKey, FAST_PATH_MAX, FILTER_GATE_COMM, FILTER_GATE_PREFIX,
@@ -77,6 +77,33 @@ pub fn gated_kind(session_id: u64, kind: u32, intent: u32) -> bool {
     }
     // SAFETY: copied out at once.
     unsafe { SESSION_GATE.get(&session_id).copied().unwrap_or(0) & kind != 0 }
+}
+
+/// Deletes per session, for `GATE_UNLINK_SAMPLE` (LRU: an ended session's count goes by
+/// itself).
+#[map]
+static UNLINKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Whether this delete is a sampled one (`GATE_UNLINK_SAMPLE`).
+#[inline(always)]
+pub fn unlink_sampled(session_id: u64) -> bool {
+    if GATE_ALL.get(0).copied().unwrap_or(0) & watcher_common::GATE_UNLINK_SAMPLE == 0 {
+        return false;
+    }
+    let n = match UNLINKS.get_ptr_mut(&session_id) {
+        // A plain add: this target's atomics return no value. Two threads of a session that
+        // delete at once on two CPUs may lose a count, which moves a sample by one delete.
+        // SAFETY: a live map value.
+        Some(c) => unsafe {
+            *c += 1;
+            *c
+        },
+        None => {
+            let _ = UNLINKS.insert(&session_id, &1, 0);
+            1
+        }
+    };
+    n % watcher_common::UNLINK_SAMPLE == 0
 }
 
 /// Stops the current process (see `stop`) when the rare kind `bit` (`GATE_CHMOD_SETID`, ...)

@@ -32,7 +32,7 @@ pub struct Args {
     /// Session sizes (processes) of the hold-latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
-    /// Run only these parts (storms, pairs, build, rules, holds, gate, profile); all but
+    /// Run only these parts (storms, pairs, build, rules, rmrf, holds, gate, profile); all but
     /// profile when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -48,11 +48,15 @@ pub struct StormArgs {
     chunked: bool,
 }
 
-const STORMS: [(&str, u64); 4] = [
+const STORMS: [(&str, u64); 8] = [
     ("exec", 2000),
     ("open", 200_000),
     ("connect", 200_000),
     ("getppid", 2_000_000),
+    ("unlink", 100_000),
+    ("rename", 200_000),
+    ("chmod", 200_000),
+    ("setid", 1_000_000),
 ];
 const VARIANTS: [&str; 7] = [
     "off",
@@ -98,6 +102,45 @@ fn storm_op(kind: &str) -> anyhow::Result<Box<dyn FnMut() -> std::io::Result<()>
                 sock.connect(addr)
             })
         }
+        // A file made and removed: an open (O_CREAT) and an unlink.
+        "unlink" => {
+            let path = std::env::temp_dir().join(format!("watcher-storm-{}", std::process::id()));
+            Box::new(move || {
+                std::fs::File::create(&path)?;
+                std::fs::remove_file(&path)
+            })
+        }
+        "rename" => {
+            let a = std::env::temp_dir().join(format!("watcher-storm-{}-a", std::process::id()));
+            let b = a.with_extension("b");
+            std::fs::File::create(&a)?;
+            let mut there = false;
+            Box::new(move || {
+                let r = if there {
+                    std::fs::rename(&b, &a)
+                } else {
+                    std::fs::rename(&a, &b)
+                };
+                there = !there;
+                r
+            })
+        }
+        "chmod" => {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = std::env::temp_dir().join(format!("watcher-storm-{}-m", std::process::id()));
+            std::fs::File::create(&path)?;
+            Box::new(move || {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            })
+        }
+        // setresuid(-1, -1, -1): changes nothing, through both the entry and the exit hook.
+        "setid" => Box::new(|| {
+            // SAFETY: no preconditions; -1 leaves every id as it is.
+            match unsafe { libc::setresuid(u32::MAX, u32::MAX, u32::MAX) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        }),
         k => bail!("unknown storm {k}"),
     })
 }
@@ -461,6 +504,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if wanted(&a, "rules") {
         rules_throughput(&bin)?;
+    }
+    if wanted(&a, "rmrf") {
+        rm_rf(&bin, &dir, a.rounds)?;
     }
     if wanted(&a, "holds") {
         holds(&bin, &dir, a.hold_rounds, &a.hold_sizes, false)?;
@@ -1274,4 +1320,77 @@ fn hand_freeze(n: usize) -> anyhow::Result<u64> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     Ok(us)
+}
+
+/// `rm -rf` of 100,000 files, watched (shipped rules, default ring) and not, alternated per
+/// round: every delete is a record, and none may be dropped.
+fn rm_rf(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+    const FILES: usize = 100_000;
+    let tree = dir.join("rmrf");
+    let make = || -> anyhow::Result<()> {
+        for d in 0..100 {
+            let sub = tree.join(format!("d{d}"));
+            std::fs::create_dir_all(&sub)?;
+            for f in 0..FILES / 100 {
+                std::fs::File::create(sub.join(format!("f{f}")))?;
+            }
+        }
+        Ok(())
+    };
+    let d = Daemon::start(bin, dir, None)?;
+    let launch = d.launch_prefix(bin.as_os_str());
+    let (mut plain, mut watched) = (Vec::new(), Vec::new());
+    let (mut events, mut drops) = (0, 0);
+    for round in 0..rounds {
+        eprintln!("bench: rm -rf round {}/{rounds}", round + 1);
+        for watch in [round % 2 == 0, round % 2 != 0] {
+            make()?;
+            let mut cmd = match watch {
+                true => {
+                    let mut c = Command::new(launch[0]);
+                    c.args(&launch[1..]);
+                    c.arg("rm");
+                    c
+                }
+                false => Command::new("rm"),
+            };
+            cmd.arg("-rf").arg(&tree).stderr(Stdio::null());
+            let (ev0, dr0) = totals(&d.status(bin)?);
+            let t = Instant::now();
+            let st = cmd.status()?;
+            let secs = t.elapsed().as_secs_f64();
+            if !st.success() || tree.exists() {
+                bail!("rm -rf {} failed (watched: {watch})", tree.display());
+            }
+            if watch {
+                // Intake drains what the session produced before the counters are read.
+                let mut last = totals(&d.status(bin)?);
+                for _ in 0..500 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let now = totals(&d.status(bin)?);
+                    if now == last {
+                        break;
+                    }
+                    last = now;
+                }
+                events += last.0 - ev0;
+                drops += last.1 - dr0;
+                watched.push(secs);
+            } else {
+                plain.push(secs);
+            }
+        }
+    }
+    let (p, w) = (stats(plain).0, stats(watched.clone()).0);
+    println!("\n## rm -rf of {FILES} files ({rounds} rounds each, alternated)\n");
+    println!(
+        "| unwatched s (median) | watched s (median) | ratio | records per watched run | drops |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {p:.3} | {w:.3} | {:.3} | {} | {drops} |",
+        w / p,
+        events / watched.len().max(1) as u64
+    );
+    Ok(())
 }

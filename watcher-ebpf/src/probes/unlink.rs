@@ -50,7 +50,10 @@ fn try_exit(call: u32) {
         dfd,
         args: [flags, 0, 0],
         ret: sc.ret,
-        flags: if sc.ret == 0 && gate::gated_kind(watch.session_id, GATE_UNLINK, 0) {
+        flags: if sc.ret == 0
+            && (gate::gated_kind(watch.session_id, GATE_UNLINK, 0)
+                || gate::unlink_sampled(watch.session_id))
+        {
             gate::stop(task, watch.session_id, EventKind::Unlink)
         } else {
             0

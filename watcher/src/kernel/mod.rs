@@ -89,6 +89,10 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_fsmount", "syscalls", "sys_exit_fsmount"),
     ("sys_exit_bpf", "syscalls", "sys_exit_bpf"),
     ("sys_exit_memfd_create", "syscalls", "sys_exit_memfd_create"),
+    ("sys_exit_dup", "syscalls", "sys_exit_dup"),
+    ("sys_exit_dup2", "syscalls", "sys_exit_dup2"),
+    ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
+    ("sys_exit_fcntl", "syscalls", "sys_exit_fcntl"),
 ];
 
 /// Hooks attached only where the kernel has the tracepoint: module loads need CONFIG_MODULES

@@ -413,6 +413,10 @@ impl<'a> Subject<'a> {
     /// no work directory known).
     fn in_workdir(&self) -> Option<bool> {
         let path = self.ev?.detail.path()?;
+        // A path that could not be made absolute is neither inside nor outside.
+        if !path.starts_with('/') {
+            return None;
+        }
         let wd = self.workdir?.trim_end_matches('/');
         Some(
             wd.is_empty()

@@ -16,7 +16,7 @@
 //! (`GatePlan::dynamic`, `step_kinds`).
 use watcher_common::{
     GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_MODULE,
-    GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX, GATE_UNLINK,
+    GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX, GATE_UNLINK, GATE_UNLINK_SAMPLE,
 };
 
 pub use crate::kernel::policy::{GateEntry, GateSet};
@@ -191,8 +191,12 @@ impl GatePlan {
             if !kernel.has_rule(&r.id) {
                 plan.rare |= rare_kinds(r);
             }
-            // A count's later events are gated per scope while it counts.
+            // A count's later events are gated per scope while it counts; for deletes, which
+            // no hook can name by path, every `UNLINK_SAMPLE`th is gated until it counts.
             plan.dynamic[i] |= r.count.is_some();
+            if r.count.is_some() && step_kinds(r, false, 0) & GATE_UNLINK != 0 {
+                plan.rare |= GATE_UNLINK_SAMPLE;
+            }
             let Some(c) = c else { continue };
             for (name, a) in [
                 ("exec", &c.exec),

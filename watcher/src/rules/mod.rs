@@ -530,5 +530,35 @@ mod gate_tests {
         let g = GatePlan::of(&p, &k, true);
         assert!(g.unanchored.is_empty(), "{:?}", g.unanchored);
         assert!(!g.set.suffix.is_empty() && !g.set.comm.is_empty());
+        // Of the rare kinds the pack holds setuid bits, chowns and mounts; the kernel kills BPF
+        // and module loads alone; deletes are gated only while a count counts.
+        use watcher_common::{
+            GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_MODULE, GATE_MOUNT, GATE_UNLINK_SAMPLE,
+        };
+        assert_eq!(
+            g.rare,
+            GATE_CHMOD_SETID | GATE_CHOWN | GATE_MOUNT | GATE_UNLINK_SAMPLE
+        );
+        assert_eq!(g.set.all & (GATE_BPF | GATE_MODULE), 0);
+        let kinds: Vec<_> = k
+            .kinds
+            .iter()
+            .map(|(kind, r)| (*kind, r.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (super::kernel::KindEntry::Module, "kernel-module-load"),
+                (super::kernel::KindEntry::Bpf, "bpf-program-load")
+            ]
+        );
+        for (i, r) in p.rules.iter().enumerate() {
+            assert_eq!(
+                g.dynamic[i] && r.count.is_some(),
+                r.count.is_some(),
+                "{}",
+                r.id
+            );
+        }
     }
 }

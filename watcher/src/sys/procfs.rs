@@ -170,6 +170,13 @@ pub fn is_fd_path(p: &str) -> bool {
         })
 }
 
+/// A process's working directory, while it lives.
+pub fn cwd(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -187,11 +194,4 @@ mod tests {
             assert!(!super::is_fd_path(p), "{p}");
         }
     }
-}
-
-/// A process's working directory, while it lives.
-pub fn cwd(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/cwd"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
 }

@@ -3,7 +3,7 @@
 use std::mem::size_of;
 
 use watcher_common::{
-    Alert, ChdirEvent, ConnectEvent, Creds, EventHeader, EventKind, ExecEvent, ExitEvent,
+    Alert, ChdirEvent, ConnectEvent, Creds, DupEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
     ForkEvent, OpenEvent, PairEvent, PathEvent, PtraceEvent, SetidEvent, SignalEvent,
     EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_TRUNCATED, PATH_MAX,
 };
@@ -106,6 +106,11 @@ pub enum Record {
         result: i64,
         truncated: bool,
     },
+    Dup {
+        hdr: EventHeader,
+        old_fd: i32,
+        new_fd: i32,
+    },
     Setid {
         hdr: EventHeader,
         call: u32,
@@ -129,7 +134,8 @@ impl Record {
             | Record::Ptrace { hdr, .. }
             | Record::Path { hdr, .. }
             | Record::Pair { hdr, .. }
-            | Record::Setid { hdr, .. } => hdr,
+            | Record::Setid { hdr, .. }
+            | Record::Dup { hdr, .. } => hdr,
         }
     }
 }
@@ -293,6 +299,14 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 flags: ev.flags,
                 result: ev.result,
                 truncated,
+            }
+        }
+        EventKind::Dup => {
+            let ev: DupEvent = read(buf, "dup")?;
+            Record::Dup {
+                hdr,
+                old_fd: ev.old_fd,
+                new_fd: ev.new_fd,
             }
         }
         EventKind::Setid => {

@@ -673,6 +673,7 @@ impl Intake {
             }
             let r = &active.policy.rules[rule];
             kinds |= gate::step_kinds(r, reversed, next);
+            tracing::debug!(rule = %r.id, next, kinds, "gating the session's next steps");
             let within = match (&r.sequence, &r.count) {
                 (Some(s), _) => s.within_ns,
                 (_, Some(c)) => c.within_ns,
@@ -947,6 +948,11 @@ impl Intake {
                     result,
                 },
             ),
+            Record::Dup { old_fd, new_fd, .. } => {
+                self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                self.tree.dup(pid, old_fd, new_fd);
+                None
+            }
             Record::Setid {
                 call,
                 args,

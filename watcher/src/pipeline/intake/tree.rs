@@ -126,6 +126,21 @@ impl Tree {
         }
     }
 
+    /// `new` is a copy of `old` (dup, fcntl F_DUPFD): it names the same file.
+    pub fn dup(&mut self, pid: u32, old: i32, new: i32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            match p.fds.get(&old).cloned() {
+                Some(path) => {
+                    p.fds.insert(new, path);
+                }
+                // An unknown copy must not keep the path of the descriptor it replaced.
+                None => {
+                    p.fds.remove(&new);
+                }
+            }
+        }
+    }
+
     pub fn chdir(&mut self, pid: u32, fd: i32, path: &str) {
         let new = if fd >= 0 {
             self.procs.get(&pid).and_then(|p| p.fds.get(&fd).cloned())
@@ -218,6 +233,19 @@ mod tests {
             ("/etc/hosts".into(), true)
         );
         assert_eq!(t.resolve(11, 3, "/abs//p/./q"), ("/abs/p/q".into(), true));
+    }
+
+    #[test]
+    fn a_copied_descriptor_names_the_same_directory() {
+        let mut t = Tree::default();
+        t.insert(10, Proc::default());
+        t.opened(10, 3, "/w/a/b");
+        t.dup(10, 3, 6);
+        assert_eq!(t.resolve(10, 6, "f1"), ("/w/a/b/f1".into(), true));
+        // A copy of a descriptor the tree never saw forgets what the number named before.
+        t.opened(10, 7, "/etc");
+        t.dup(10, 99, 7);
+        assert_eq!(t.fd_path(10, 7), None);
     }
 
     #[test]
