@@ -78,6 +78,14 @@ pub fn await_hold(d: &Daemon, trace: &str) -> Value {
     await_stored(d, &id.expect("the finding stream ended without a hold"))
 }
 
+/// The session's next hold after `after` (once `after` is decided, say).
+pub fn next_hold(d: &Daemon, trace: &str, after: &Value) -> Value {
+    let first = after["id"].clone();
+    let next = first_finding(d, trace, |v| v["hold"].is_string() && v["hold"] != first)
+        .expect("the finding stream ended without another hold");
+    await_stored(d, next["hold"].as_str().expect("a hold id"))
+}
+
 /// The hold `id` once it is stored (the record is written right after its finding).
 pub fn await_stored(d: &Daemon, id: &str) -> Value {
     let start = Instant::now();
