@@ -359,3 +359,84 @@ fn the_pack_acts_on_each_changes_threat_case() {
     let f = d.findings(&trace);
     assert!(f.iter().any(|f| f["rule"] == "history-wipe"), "{f:#?}");
 }
+
+/// A DNS server on `addr` (port 53) that answers every A query with `answer`, until dropped.
+fn dns_server(addr: &str, answer: [u8; 4]) -> std::net::UdpSocket {
+    let sock = std::net::UdpSocket::bind((addr, 53)).expect("binding a loopback port 53");
+    let s = sock.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = s.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            // The query's id and question back, a response flag, one answer: a pointer to the
+            // question's name, type A, class IN, TTL 60, the address.
+            let mut r = buf[..n].to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            r[6..8].copy_from_slice(&1u16.to_be_bytes());
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            r.extend_from_slice(&answer);
+            let _ = s.send_to(&r, peer);
+        }
+    });
+    sock
+}
+
+/// Python that resolves `name` at `server`:53 (A) by hand and connects to the answer's `port`.
+fn resolve_and_connect(server: &str, name: &str, port: u16) -> String {
+    let script = format!(
+        r#"import socket, struct
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in "{name}".split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(10)
+u.sendto(q, ("{server}", 53))
+r, _ = u.recvfrom(512)
+addr = socket.inet_ntoa(r[-4:])
+c = socket.create_connection((addr, {port}), timeout=10)
+c.close()
+"#
+    );
+    format!("{} -c '{}'", python(), script.replace('\'', "'\\''"))
+}
+
+#[test]
+fn a_connect_carries_the_host_the_session_resolved() {
+    let work = TempDir::new("changes-dns");
+    let d = quiet_daemon(&work);
+    let _server = dns_server("127.0.0.2", [127, 0, 0, 3]);
+    let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = "api.agent-test.example";
+    let (trace, code) = d.launch(&resolve_and_connect("127.0.0.2", name, port));
+    assert_eq!(code, 0, "the resolve and connect failed");
+    let ev = d.session_events(&trace, None);
+    let dns = one(&ev, "dns", json!({"query": name}));
+    assert_eq!(dns["answers"], json!(["127.0.0.3"]), "{dns}");
+    assert_eq!(
+        (&dns["qtype"], &dns["rcode"]),
+        (&json!("A"), &json!("NOERROR"))
+    );
+    one(
+        &ev,
+        "connect",
+        json!({"addr": "127.0.0.3", "port": port, "host": name}),
+    );
+    // The same from outside every session: no DNS event (the program sits on the sessions'
+    // cgroups only).
+    let st = Command::new("sh")
+        .args(["-c", &resolve_and_connect("127.0.0.2", name, port)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (trace, _) = d.launch("exit 0");
+    let _ = d.session_events(&trace, None);
+    assert_eq!(
+        d.status()["per_type"]["dns"]["events"],
+        1,
+        "{}",
+        d.status()["per_type"]
+    );
+}

@@ -53,10 +53,12 @@ pub enum EventKind {
     /// dup, dup2, dup3, fcntl(F_DUPFD): a descriptor copied (internal: user space keeps each
     /// descriptor's path, so that calls through the copy resolve).
     Dup = 19,
+    /// A DNS response to a socket of a session ([`DnsEvent`]); no task fields in its header.
+    Dns = 20,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 20;
+pub const EVENT_KINDS: u32 = 21;
 
 /// Kernel-side failures, counted per CPU in the `FAILURES` map by kind. None should happen;
 /// each one that does is a process or an alert the watcher may have missed, so user space
@@ -97,6 +99,7 @@ impl EventKind {
         EventKind::Bpf,
         EventKind::Memfd,
         EventKind::Dup,
+        EventKind::Dns,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -125,6 +128,7 @@ impl EventKind {
             EventKind::Bpf => "bpf",
             EventKind::Memfd => "memfd",
             EventKind::Dup => "dup",
+            EventKind::Dns => "dns",
         }
     }
 
@@ -353,6 +357,25 @@ pub struct ConnectEvent {
     pub addrlen: u32,
     /// The raw `struct sockaddr`, first `min(addrlen, SOCKADDR_MAX)` bytes.
     pub addr: [u8; SOCKADDR_MAX],
+}
+
+/// Bytes of a DNS message copied from a response (a longer one is cut, and flagged
+/// [`EVENT_FLAG_TRUNCATED`]; a classic UDP answer is at most 512).
+pub const DNS_MAX: usize = 512;
+
+/// A UDP DNS response (source port 53) delivered to a socket in a session's cgroup. Written by
+/// a `cgroup_skb` program, which runs in no task: the header has the socket's cgroup and the
+/// time, and zero for the session and the process fields; user space finds the session by
+/// the cgroup.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    pub hdr: EventHeader,
+    /// Bytes of `data` in use.
+    pub len: u32,
+    /// The message's length on the wire.
+    pub wire_len: u32,
+    pub data: [u8; DNS_MAX],
 }
 
 /// `EventKind::Dup`: `new_fd` is a copy of `old_fd`.

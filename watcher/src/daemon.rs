@@ -68,6 +68,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     active.apply(&mut kernel)?;
     let rings = kernel.take_rings()?;
     let cgroups = Arc::new(Cgroups::open_named(&config.holds.cgroup)?);
+    // DNS answers to the sessions' sockets (every session cgroup is under the base).
+    if let Err(e) = kernel.watch_dns(cgroups.base()) {
+        tracing::warn!("no DNS names for connects: {e:#}");
+    }
     let approvals = Arc::new(Approvals::open(
         &config.holds.store,
         cgroups.clone(),

@@ -4,6 +4,7 @@ mod chmod;
 mod chown;
 mod connect;
 mod deny;
+mod dns;
 mod dup;
 mod exec;
 mod exit;

@@ -14,7 +14,9 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
     },
-    programs::{links::CgroupAttachMode, CgroupSockAddr, TracePoint},
+    programs::{
+        links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use ipnet::IpNet;
@@ -290,6 +292,32 @@ impl Kernel {
             drops,
             failures,
             hooks_missing,
+        })
+    }
+
+    /// Attaches the DNS response reader to `dir`, the cgroup directory of every session: it
+    /// sees the packets delivered to the sessions' sockets and nothing else. On failure, DNS
+    /// names are missing (`hooks_missing` says so) and nothing else changes.
+    pub fn watch_dns(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let attach = |ebpf: &mut Ebpf| -> anyhow::Result<()> {
+            let p: &mut CgroupSkb = ebpf
+                .program_mut("dns_ingress")
+                .ok_or_else(|| anyhow!("program dns_ingress missing from the eBPF object"))?
+                .try_into()?;
+            p.load().context("verifier rejected dns_ingress")?;
+            let cgroup =
+                std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+            // A bpf_link coexists with other programs on the cgroup; it takes no mode flags.
+            p.attach(
+                &cgroup,
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single,
+            )
+            .with_context(|| format!("attaching dns_ingress to {}", dir.display()))?;
+            Ok(())
+        };
+        attach(&mut self.ebpf).inspect_err(|_| {
+            self.hooks_missing.push("cgroup_skb/ingress (DNS)".into());
         })
     }
 

@@ -76,6 +76,9 @@ pub enum Detail {
         family: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         addr: Option<String>,
+        /// The name the session resolved `addr` from (its last DNS answer with that address).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,6 +238,20 @@ pub enum Detail {
         result: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<Name>,
+    },
+    /// A DNS answer delivered to a socket of the session (UDP from port 53). `pid` is 0: the
+    /// packet arrives in no process.
+    Dns {
+        /// The name asked for.
+        query: String,
+        /// The query type (`A`, `AAAA`, `CNAME`, ... or a number).
+        qtype: String,
+        /// `NOERROR`, `NXDOMAIN`, ...
+        rcode: String,
+        /// Addresses and names answered (CNAME targets included), in order.
+        answers: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
     },
     Finding(Box<Finding>),
 }
@@ -407,6 +424,7 @@ impl Detail {
             Detail::Module { .. } => "module",
             Detail::Bpf { .. } => "bpf",
             Detail::Memfd { .. } => "memfd",
+            Detail::Dns { .. } => "dns",
             Detail::Finding(_) => "finding",
         }
     }
@@ -459,8 +477,12 @@ impl std::fmt::Display for Event {
                 path,
                 result,
                 error,
+                host,
                 ..
             } => {
+                if let Some(h) = host {
+                    write!(f, "{h} ")?;
+                }
                 match (addr, port, path) {
                     (Some(a), Some(p), _) => write!(f, "{a}:{p}")?,
                     (_, _, Some(p)) => write!(f, "{p}")?,
@@ -573,6 +595,13 @@ impl std::fmt::Display for Event {
                 ..
             } => write!(f, "load program {name:?} of type {prog_type} -> {result}"),
             Detail::Memfd { name, result, .. } => write!(f, "memfd {name:?} -> {result}"),
+            Detail::Dns {
+                query,
+                qtype,
+                rcode,
+                answers,
+                ..
+            } => write!(f, "{query} {qtype} -> {rcode} {}", answers.join(" ")),
             Detail::Finding(x) => write!(
                 f,
                 "{:?} {} action={:?} mode={:?} outcome={:?}: {}",
@@ -616,32 +645,39 @@ pub fn open_flags(flags: u64) -> Vec<Name> {
     out
 }
 
+/// The names of the bits of `flags` that `table` names.
+fn bit_names(flags: u64, table: &[(u32, &'static str)]) -> Vec<Name> {
+    table
+        .iter()
+        .filter(|(bit, _)| flags & *bit as u64 != 0)
+        .map(|(_, n)| (*n).into())
+        .collect()
+}
+
 /// renameat2 flags by name.
 pub fn rename_flags(flags: u64) -> Vec<Name> {
-    [
-        (libc::RENAME_NOREPLACE, "RENAME_NOREPLACE"),
-        (libc::RENAME_EXCHANGE, "RENAME_EXCHANGE"),
-        (libc::RENAME_WHITEOUT, "RENAME_WHITEOUT"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| flags & *bit as u64 != 0)
-    .map(|(_, n)| n.into())
-    .collect()
+    bit_names(
+        flags,
+        &[
+            (libc::RENAME_NOREPLACE, "RENAME_NOREPLACE"),
+            (libc::RENAME_EXCHANGE, "RENAME_EXCHANGE"),
+            (libc::RENAME_WHITEOUT, "RENAME_WHITEOUT"),
+        ],
+    )
 }
 
 /// memfd_create flags by name.
 pub fn memfd_flags(flags: u64) -> Vec<Name> {
-    [
-        (libc::MFD_CLOEXEC, "MFD_CLOEXEC"),
-        (libc::MFD_ALLOW_SEALING, "MFD_ALLOW_SEALING"),
-        (libc::MFD_HUGETLB, "MFD_HUGETLB"),
-        (0x8, "MFD_NOEXEC_SEAL"),
-        (0x10, "MFD_EXEC"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| flags & *bit as u64 != 0)
-    .map(|(_, n)| n.into())
-    .collect()
+    bit_names(
+        flags,
+        &[
+            (libc::MFD_CLOEXEC, "MFD_CLOEXEC"),
+            (libc::MFD_ALLOW_SEALING, "MFD_ALLOW_SEALING"),
+            (libc::MFD_HUGETLB, "MFD_HUGETLB"),
+            (0x8, "MFD_NOEXEC_SEAL"),
+            (0x10, "MFD_EXEC"),
+        ],
+    )
 }
 
 /// `-errno` as its symbolic name.

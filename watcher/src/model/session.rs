@@ -84,6 +84,13 @@ impl Sessions {
         self.by_id.get(&id)
     }
 
+    /// The running session whose cgroup has this id.
+    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<&Session> {
+        self.by_id
+            .values()
+            .find(|s| s.cgroup_id == Some(cgroup_id) && s.ended.is_none())
+    }
+
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Session> {
         self.by_id.get_mut(&id)
     }

@@ -367,7 +367,7 @@ impl Compiler<'_> {
             }
             all.push(Cond::Kind(mask));
         }
-        let globs: [(&Option<OneOrMany<Item>>, Slot, &str); 8] = [
+        let globs: [(&Option<OneOrMany<Item>>, Slot, &str); 9] = [
             (&d.exe, Slot::Exe, "exe"),
             (&d.comm, Slot::Comm, "comm"),
             (&d.cmdline, Slot::Cmdline, "cmdline"),
@@ -376,6 +376,7 @@ impl Compiler<'_> {
             (&d.unix, Slot::Unix, "unix"),
             (&d.new_path, Slot::NewPath, "new_path"),
             (&d.target, Slot::Target, "target"),
+            (&d.host, Slot::Host, "host"),
         ];
         for (items, slot, name) in globs {
             if let Some(items) = items {

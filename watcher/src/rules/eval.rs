@@ -25,10 +25,11 @@ pub enum Slot {
     Profile,
     NewPath,
     Target,
+    Host,
 }
 
 impl Slot {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// In path fields `*` stops at `/` and `**` crosses it; elsewhere `*` matches anything.
     pub fn is_path(self) -> bool {
         matches!(
@@ -195,6 +196,7 @@ fn kind_bit(d: &Detail) -> u32 {
         Detail::Module { .. } => Kind::Module,
         Detail::Bpf { .. } => Kind::Bpf,
         Detail::Memfd { .. } => Kind::Memfd,
+        Detail::Dns { .. } => Kind::Dns,
         Detail::Finding(_) => return 0,
     };
     1 << k as u32
@@ -371,6 +373,11 @@ impl<'a> Subject<'a> {
             },
             Slot::Target => match &self.ev?.detail {
                 Detail::Link { target, .. } => Some(target),
+                _ => None,
+            },
+            Slot::Host => match &self.ev?.detail {
+                Detail::Connect { host, .. } => host.as_deref(),
+                Detail::Dns { query, .. } => Some(query),
                 _ => None,
             },
             Slot::Cmdline | Slot::Arg => None,

@@ -156,6 +156,11 @@ pub fn example_event(
             o.entry("instructions").or_insert(json!(2));
             o.entry("result").or_insert(json!(3));
         }
+        "dns" => {
+            o.entry("qtype").or_insert(json!("A"));
+            o.entry("rcode").or_insert(json!("NOERROR"));
+            o.entry("answers").or_insert(json!([]));
+        }
         "memfd" => {
             o.entry("name").or_insert(json!("x"));
             o.entry("flags").or_insert(json!([]));

@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn new_event_fields_match_as_written() {
         let p = compile_one(
-            "rules:\n  - {id: suid, description: d, severity: low, action: alert, condition: {type: chmod, mode: \"4000\"}}\n  - {id: root, description: d, severity: low, action: alert, condition: {type: [chown, setid], to_uid: 0}}\n  - {id: out, description: d, severity: low, action: alert, condition: {type: unlink, in_workdir: false}}\n  - {id: null, description: d, severity: low, action: alert, condition: {type: link, target: /dev/null, path: \"**/.bash_history\"}}\n  - {id: moved, description: d, severity: low, action: alert, condition: {type: rename, new_path: \"/etc/**\"}}\n",
+            "rules:\n  - {id: suid, description: d, severity: low, action: alert, condition: {type: chmod, mode: \"4000\"}}\n  - {id: root, description: d, severity: low, action: alert, condition: {type: [chown, setid], to_uid: 0}}\n  - {id: out, description: d, severity: low, action: alert, condition: {type: unlink, in_workdir: false}}\n  - {id: null, description: d, severity: low, action: alert, condition: {type: link, target: /dev/null, path: \"**/.bash_history\"}}\n  - {id: moved, description: d, severity: low, action: alert, condition: {type: rename, new_path: \"/etc/**\"}}\n  - {id: gh, description: d, severity: low, action: alert, condition: {type: [connect, dns], host: \"*.github.com\"}}\n",
         )
         .unwrap();
         let check = |v: serde_json::Value, want: &[&str]| {
@@ -306,6 +306,22 @@ mod tests {
         check(
             serde_json::json!({"type": "rename", "path": "/etc/cron.d/x", "new_path": "/tmp/x"}),
             &[],
+        );
+        check(
+            serde_json::json!({"type": "connect", "addr": "140.82.112.3", "port": 443, "host": "api.github.com"}),
+            &["gh"],
+        );
+        check(
+            serde_json::json!({"type": "connect", "addr": "140.82.112.3", "port": 443}),
+            &[],
+        );
+        check(
+            serde_json::json!({"type": "connect", "addr": "1.2.3.4", "port": 443, "host": "github.com.evil.example"}),
+            &[],
+        );
+        check(
+            serde_json::json!({"type": "dns", "query": "codeload.github.com", "answers": ["140.82.112.9"]}),
+            &["gh"],
         );
     }
 

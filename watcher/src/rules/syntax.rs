@@ -146,6 +146,10 @@ pub struct CondDef {
     /// every user's home.
     #[serde(default)]
     pub path: Option<OneOrMany<Item>>,
+    /// Connect: the name the session resolved the destination from; dns: the name asked
+    /// (glob; `*` crosses dots: `*.github.com`).
+    #[serde(default)]
+    pub host: Option<OneOrMany<Item>>,
     /// Rename: the new name (glob).
     #[serde(default)]
     pub new_path: Option<OneOrMany<Item>>,
@@ -222,10 +226,11 @@ pub enum Kind {
     Module,
     Bpf,
     Memfd,
+    Dns,
 }
 
 /// The number of `Kind`s (one bit each in a kind mask).
-pub const KINDS: usize = 18;
+pub const KINDS: usize = 19;
 
 /// Mode bits for `mode:`: an octal string (`"4000"`, `"0o6000"`) or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

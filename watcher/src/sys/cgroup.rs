@@ -153,6 +153,11 @@ impl Cgroups {
         })
     }
 
+    /// The directory of every session cgroup.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
     /// The session's directory. The trace id is checked here too, where it becomes a path,
     /// whatever the caller checked: only a plain 32-hex-digit name is ever joined to the base.
     pub fn dir(&self, trace: &str) -> Result<PathBuf, FreezeError> {

@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use watcher_common::{
-    Alert, ChdirEvent, ConnectEvent, Creds, DupEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
-    ForkEvent, OpenEvent, PairEvent, PathEvent, PtraceEvent, SetidEvent, SignalEvent,
+    Alert, ChdirEvent, ConnectEvent, Creds, DnsEvent, DupEvent, EventHeader, EventKind, ExecEvent,
+    ExitEvent, ForkEvent, OpenEvent, PairEvent, PathEvent, PtraceEvent, SetidEvent, SignalEvent,
     EVENT_FLAG_ARGV_MISSING, EVENT_FLAG_TRUNCATED, PATH_MAX,
 };
 
@@ -111,6 +111,12 @@ pub enum Record {
         old_fd: i32,
         new_fd: i32,
     },
+    /// A DNS message as it arrived (the header has no task fields).
+    Dns {
+        hdr: EventHeader,
+        message: Vec<u8>,
+        truncated: bool,
+    },
     Setid {
         hdr: EventHeader,
         call: u32,
@@ -135,7 +141,8 @@ impl Record {
             | Record::Path { hdr, .. }
             | Record::Pair { hdr, .. }
             | Record::Setid { hdr, .. }
-            | Record::Dup { hdr, .. } => hdr,
+            | Record::Dup { hdr, .. }
+            | Record::Dns { hdr, .. } => hdr,
         }
     }
 }
@@ -298,6 +305,15 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 fstype: cstr(&ev.fstype),
                 flags: ev.flags,
                 result: ev.result,
+                truncated,
+            }
+        }
+        EventKind::Dns => {
+            let ev: DnsEvent = read(buf, "dns")?;
+            let len = (ev.len as usize).min(ev.data.len());
+            Record::Dns {
+                hdr,
+                message: ev.data[..len].to_vec(),
                 truncated,
             }
         }

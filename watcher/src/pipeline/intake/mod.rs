@@ -4,6 +4,7 @@
 //! silently).
 mod changes;
 pub mod decode;
+mod dns;
 pub mod tree;
 
 use std::{
@@ -331,6 +332,8 @@ pub struct Intake {
     /// Per process: its last gate's stop and answer (kernel time), to tell a SIGCONT that
     /// released it before the answer.
     gate_stops: std::collections::HashMap<u32, (u64, u64)>,
+    /// The names the sessions' DNS answers gave their addresses.
+    names: dns::Names,
 }
 
 /// Processes whose last gate is remembered at most (a tamper check needs only recent ones).
@@ -369,6 +372,7 @@ impl Intake {
             gate,
             session_gates: Default::default(),
             gate_stops: Default::default(),
+            names: Default::default(),
         }
     }
 
@@ -399,6 +403,13 @@ impl Intake {
         if let Some(c) = self.shared.counters.events.get(kind) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        let rec = match rec {
+            // No task: the session is the socket's cgroup's.
+            Record::Dns {
+                message, truncated, ..
+            } => return self.dns(&hdr, &message, truncated),
+            r => r,
+        };
         if self.tree.get(hdr.tgid).is_none() {
             self.take_seeds();
         }
@@ -510,6 +521,7 @@ impl Intake {
             self.gate_stops.remove(&ev.pid);
             if session_ended {
                 self.seq.session_ended(&ev.trace_id);
+                self.names.session_ended(hdr.session_id);
                 let mut kernel = self.shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = kernel.session_ended(hdr.session_id) {
                     tracing::warn!("forgetting an ended session's kill-switch entry: {e:#}");
@@ -524,6 +536,50 @@ impl Intake {
             self.sweep_session_gates(hdr.ts_ns, None);
             self.last_sweep_ns = hdr.ts_ns;
         }
+    }
+
+    /// A DNS answer to a socket of a session: an event, the names it gives the session's
+    /// later connects, and the policy. Anything on port 53 that is no DNS answer is ignored.
+    fn dns(&mut self, hdr: &EventHeader, message: &[u8], truncated: bool) {
+        let Some((detail, addrs)) = dns::parse(message, truncated) else {
+            return;
+        };
+        let (trace_id, session_id, profile, workdir) = {
+            let sessions = self
+                .shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let Some(s) = sessions.by_cgroup(hdr.cgroup_id) else {
+                return;
+            };
+            (
+                s.trace_id.clone(),
+                s.session_id,
+                s.profile.clone(),
+                s.workdir.clone(),
+            )
+        };
+        if let Detail::Dns { query, .. } = &detail {
+            self.names.learn(session_id, query, &addrs);
+        }
+        let ev = self.shared.publish(Event {
+            seq: 0,
+            ts: Ts(self.clock.wall(hdr.ts_ns)),
+            pid: 0,
+            tid: 0,
+            ppid: 0,
+            uid: 0,
+            trace_id,
+            comm: String::new(),
+            cgroup_id: hdr.cgroup_id,
+            detail,
+        });
+        let session = SessionView {
+            profile: profile.as_deref(),
+            workdir: workdir.as_deref(),
+        };
+        self.detect(&ev, hdr.ts_ns, session, (false, false), session_id);
     }
 
     /// Moves every process the kernel counts in a session the kernel started (agent matcher)
@@ -869,6 +925,12 @@ impl Intake {
                 })
             }
             Record::Connect { addr, result, .. } => {
+                let host = match &addr {
+                    SockAddr::Inet { addr, .. } => {
+                        self.names.host(hdr.session_id, *addr).map(String::from)
+                    }
+                    _ => None,
+                };
                 let (family, addr, port, path) = match addr {
                     SockAddr::Inet { addr, port } => (
                         if addr.is_ipv4() { "inet" } else { "inet6" },
@@ -882,6 +944,7 @@ impl Intake {
                 Some(Detail::Connect {
                     family: family.into(),
                     addr,
+                    host,
                     port,
                     path,
                     result,
@@ -948,6 +1011,8 @@ impl Intake {
                     result,
                 },
             ),
+            // Handled before the session lookup (`process`).
+            Record::Dns { .. } => None,
             Record::Dup { old_fd, new_fd, .. } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
                 self.tree.dup(pid, old_fd, new_fd);
