@@ -289,8 +289,12 @@ fn the_pack_acts_on_each_changes_threat_case() {
         "only {left} of {FILES} files are left"
     );
 
-    // Setuid: the gate stops the chmod before the process can run the file.
-    std::fs::copy("/bin/sh", work.0.join("sh2")).unwrap();
+    // Setuid: the gate stops the chmod before the process can run the file, and deny clears
+    // the bits it set: the file is as it was (0755, as copied).
+    let sh2 = work.0.join("sh2");
+    std::fs::copy("/bin/sh", &sh2).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    let before = mode(&sh2);
     hold_then_deny(
         &format!("chmod 4755 {w}/sh2 && {w}/sh2 -c 'touch {w}/marker-setuid'"),
         "setuid-bit-set",
@@ -299,6 +303,7 @@ fn the_pack_acts_on_each_changes_threat_case() {
         !work.0.join("marker-setuid").exists(),
         "the setuid program ran"
     );
+    assert_eq!(mode(&sh2), before, "the mode after deny");
 
     // A mount: stopped at the call, the process that mounted never goes on.
     std::fs::create_dir_all(work.0.join("mnt")).unwrap();

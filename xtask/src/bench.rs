@@ -48,7 +48,7 @@ pub struct StormArgs {
     chunked: bool,
 }
 
-const STORMS: [(&str, u64); 8] = [
+const STORMS: [(&str, u64); 9] = [
     ("exec", 2000),
     ("open", 200_000),
     ("connect", 200_000),
@@ -57,6 +57,7 @@ const STORMS: [(&str, u64); 8] = [
     ("rename", 200_000),
     ("chmod", 200_000),
     ("setid", 1_000_000),
+    ("dns", 100_000),
 ];
 const VARIANTS: [&str; 7] = [
     "off",
@@ -131,6 +132,31 @@ fn storm_op(kind: &str) -> anyhow::Result<Box<dyn FnMut() -> std::io::Result<()>
             std::fs::File::create(&path)?;
             Box::new(move || {
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            })
+        }
+        // A DNS query to a responder on 127.0.0.2:53 in this process and its answer back: a
+        // watched storm's answers go through the DNS program and the daemon's parser.
+        "dns" => {
+            let server = std::net::UdpSocket::bind("127.0.0.2:53")?;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok((n, peer)) = server.recv_from(&mut buf) {
+                    let mut r = buf[..n].to_vec();
+                    r[2] = 0x81;
+                    r[3] = 0x80;
+                    r[6..8].copy_from_slice(&1u16.to_be_bytes());
+                    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 3]);
+                    let _ = server.send_to(&r, peer);
+                }
+            });
+            let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            client.connect("127.0.0.2:53")?;
+            let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            query.extend_from_slice(b"\x05storm\x07example\x00\x00\x01\x00\x01");
+            let mut buf = [0u8; 512];
+            Box::new(move || {
+                client.send(&query)?;
+                client.recv(&mut buf).map(drop)
             })
         }
         // setresuid(-1, -1, -1): changes nothing, through both the entry and the exit hook.

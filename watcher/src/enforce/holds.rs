@@ -12,6 +12,7 @@ use std::{
 use super::store::{Store, StoreError};
 pub use crate::model::hold::{
     DenyScope, Exception, Hold, HoldDraft, HoldKind, HoldState, KillSwitchState, ProcInfo,
+    SetidBits,
 };
 use crate::{
     model::event::{Detail, Event},
@@ -168,6 +169,25 @@ impl Approvals {
             }
             _ => Vec::new(),
         };
+        // A held chmod that set the setuid or setgid bit: deny clears them again. The
+        // process is stopped at the call (the gate), so the file is still the one it changed.
+        let setid_bits = match (&d.kind, &d.trigger.detail) {
+            (
+                HoldKind::Session,
+                Detail::Chmod {
+                    path,
+                    mode,
+                    result: 0,
+                    ..
+                },
+            ) if mode & 0o6000 != 0 => {
+                crate::sys::files::identity_of_file(path).map(|file| SetidBits {
+                    file,
+                    bits: mode & 0o6000,
+                })
+            }
+            _ => None,
+        };
         let deadline = SystemTime::now() + self.timeout;
         let hold = Hold {
             id: d.id,
@@ -191,6 +211,7 @@ impl Approvals {
             remembered: false,
             result: None,
             created,
+            setid_bits,
         };
         self.store().put(&hold)?;
         self.changed.notify_one();
@@ -363,6 +384,17 @@ impl Approvals {
                 format!("killed process {pid}")
             }
         };
+        // The setuid/setgid bits a held chmod set go again.
+        if let Some(b) = &h.setid_bits {
+            if crate::sys::files::clear_mode_bits(&b.file, b.bits) {
+                what.push_str(&format!(
+                    "; cleared the setuid/setgid bits of {}",
+                    b.file.path
+                ));
+            } else {
+                what.push_str(&format!("; {} was gone or replaced", b.file.path));
+            }
+        }
         // What the held open created goes too, so the host is as it was.
         for f in &h.created {
             if crate::sys::files::remove_created(f) {

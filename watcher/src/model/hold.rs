@@ -84,6 +84,18 @@ pub struct Hold {
     /// files), so the host is as it was; approve keeps them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub created: Vec<CreatedFile>,
+    /// The file whose setuid/setgid bits the held chmod set, by identity when it was held:
+    /// deny clears those bits again (if the name still names that file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setid_bits: Option<SetidBits>,
+}
+
+/// The setuid and setgid bits a held chmod set on a file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SetidBits {
+    pub file: CreatedFile,
+    /// `S_ISUID` and/or `S_ISGID`.
+    pub bits: u32,
 }
 
 /// A file a held open created, by name and identity.

@@ -38,6 +38,39 @@ pub fn remove_created(f: &CreatedFile) -> bool {
     same && std::fs::remove_file(&f.path).is_ok()
 }
 
+/// The regular file `path` names (not following a final symlink), by name and identity.
+pub fn identity_of_file(path: &str) -> Option<CreatedFile> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    md.is_file().then(|| CreatedFile {
+        path: path.to_string(),
+        dev: md.dev(),
+        ino: md.ino(),
+    })
+}
+
+/// Clears `bits` of the mode of `f` if its name still names that same regular file (a name
+/// swapped for another file, `/usr/bin/sudo` say, is left alone). Through a descriptor of
+/// the file checked, so the name cannot be swapped between the check and the change.
+pub fn clear_mode_bits(f: &CreatedFile, bits: u32) -> bool {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&f.path)
+    else {
+        return false;
+    };
+    let Ok(md) = file.metadata() else {
+        return false;
+    };
+    if !md.is_file() || md.dev() != f.dev || md.ino() != f.ino {
+        return false;
+    }
+    let mode = md.permissions().mode() & 0o7777;
+    file.set_permissions(std::fs::Permissions::from_mode(mode & !bits))
+        .is_ok()
+}
+
 /// A device number as the kernel keeps it (`super_block.s_dev`, `MKDEV(major, minor)`,
 /// `major << 20 | minor`): 32 bits, where `stat` gives 64.
 pub fn kernel_dev(st_dev: u64) -> u32 {
@@ -128,7 +161,8 @@ fn children(dir: &Path) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::named;
+    use super::{clear_mode_bits, identity_of_file, named};
+    use std::path::Path;
 
     #[test]
     fn a_pattern_names_the_files_that_exist_and_the_directories_of_its_wildcard() {
@@ -166,6 +200,35 @@ mod tests {
         );
         assert!(named(&format!("{d}/u9/.netrc")).is_empty());
         assert!(named("relative/path").is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn clearing_setid_bits_spares_a_file_swapped_in_under_the_name() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("watcher-setid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("tool");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        std::fs::write(&f, "x").unwrap();
+        set(&f, 0o4755);
+        let id = identity_of_file(f.to_str().unwrap()).unwrap();
+        assert!(clear_mode_bits(&id, 0o6000));
+        assert_eq!(mode(&f), 0o755);
+        // Another file renamed over the name keeps its bits.
+        let other = dir.join("other");
+        std::fs::write(&other, "y").unwrap();
+        set(&other, 0o4755);
+        std::fs::rename(&other, &f).unwrap();
+        assert!(!clear_mode_bits(&id, 0o6000));
+        assert_eq!(mode(&f), 0o4755);
+        // A symlink in its place is not followed.
+        std::fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", &f).unwrap();
+        assert!(!clear_mode_bits(&id, 0o6000));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
