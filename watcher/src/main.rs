@@ -655,6 +655,9 @@ fn print_status(st: &Status) {
             failures.join(", ")
         }
     );
+    if !st.hooks_missing.is_empty() {
+        println!("hooks this kernel lacks: {}", st.hooks_missing.join(", "));
+    }
     println!("failed accepts: {}", st.accept_errors);
     println!(
         "kernel to user-space latency: p50 {} us, p99 {} us",
