@@ -234,7 +234,7 @@ pub struct ExitEvent {
     pub _pad: u32,
 }
 
-/// An open record, in two sizes: `OpenEvent<OPEN_PATH_SHORT>` for most paths and
+/// An open record, in two sizes: `OpenEvent<PATH_SHORT>` for most paths and
 /// `OpenEvent<PATH_MAX>` for the rest. The fields before `path` are the same in both, and
 /// user space reads the path up to the record's end, so `OpenEvent<0>` is the fixed part.
 #[repr(C)]
@@ -257,9 +257,8 @@ pub struct OpenEvent<const N: usize> {
 /// of 616: the ring holds 2.4 times as many opens before a reader that stalls makes it drop. A
 /// longer path (151 bytes or more) goes into a record of `PATH_MAX` instead.
 pub const PATH_SHORT: usize = 152;
-pub const OPEN_PATH_SHORT: usize = PATH_SHORT;
 
-const _: () = assert!(size_of::<OpenEvent<OPEN_PATH_SHORT>>() == 256);
+const _: () = assert!(size_of::<OpenEvent<PATH_SHORT>>() == 256);
 
 /// One path (or descriptor) and up to three numbers: unlink, chmod, chown, truncate, memfd,
 /// module and bpf records, in the two sizes of [`OpenEvent`] (`PathEvent<0>` is the fixed

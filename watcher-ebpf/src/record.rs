@@ -29,16 +29,27 @@ pub struct PathCall {
     pub flags: u32,
 }
 
-/// Writes `c`'s record; counts a drop when the ring is full.
+/// Writes a record in the short size, or in the long one when a path does not fit; counts a
+/// drop when the ring is full.
 #[inline(always)]
-pub fn write_path(c: &PathCall, task: Task, watch: &Watch) {
-    let written = match path_record::<PATH_SHORT>(c, task, watch) {
-        Written::TooLong => path_record::<PATH_MAX>(c, task, watch),
+fn in_two_sizes(kind: EventKind, short: impl FnOnce() -> Written, long: impl FnOnce() -> Written) {
+    let written = match short() {
+        Written::TooLong => long(),
         w => w,
     };
     if let Written::NoRoom = written {
-        count_drop(c.kind);
+        count_drop(kind);
     }
+}
+
+/// Writes `c`'s record.
+#[inline(always)]
+pub fn write_path(c: &PathCall, task: Task, watch: &Watch) {
+    in_two_sizes(
+        c.kind,
+        || path_record::<PATH_SHORT>(c, task, watch),
+        || path_record::<PATH_MAX>(c, task, watch),
+    );
 }
 
 /// Reads the user string at `src` into `dst`; its length (0 when there is none).
@@ -105,15 +116,14 @@ pub struct PairCall {
     pub hdr_flags: u32,
 }
 
+/// Writes `c`'s record.
 #[inline(always)]
 pub fn write_pair(c: &PairCall, task: Task, watch: &Watch) {
-    let written = match pair_record::<PATH_SHORT>(c, task, watch) {
-        Written::TooLong => pair_record::<PATH_MAX>(c, task, watch),
-        w => w,
-    };
-    if let Written::NoRoom = written {
-        count_drop(c.kind);
-    }
+    in_two_sizes(
+        c.kind,
+        || pair_record::<PATH_SHORT>(c, task, watch),
+        || pair_record::<PATH_MAX>(c, task, watch),
+    );
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use watcher_common::{
     EventKind, FastRule, OpenEvent, Watch, EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED,
     EVENT_FLAG_TRUNCATED, FAST_PATH_MAX, FAST_STOP, FILTER_GATE_PREFIX, FILTER_OPEN, GATE_OPEN,
-    INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, OPEN_PATH_SHORT, PATH_MAX,
+    INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, PATH_MAX, PATH_SHORT,
 };
 
 use crate::{
@@ -73,7 +73,7 @@ fn try_exit(openat2: bool) {
     };
     // Most paths fit the short record; a longer one is read again into a long record (the
     // short one is discarded, and costs only its ring space until user space skips it).
-    let written = match write::<OPEN_PATH_SHORT>(&call, task, &watch) {
+    let written = match write::<PATH_SHORT>(&call, task, &watch) {
         Written::TooLong => write::<PATH_MAX>(&call, task, &watch),
         w => w,
     };

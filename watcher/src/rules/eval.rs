@@ -409,9 +409,6 @@ impl<'a> Subject<'a> {
     fn result(&self) -> Option<i64> {
         match &self.ev?.detail {
             Detail::Exit { exit_code, .. } => Some(if *exit_code == Some(0) { 0 } else { -1 }),
-            Detail::Setid {
-                result, syscall, ..
-            } if syscall.starts_with("setfs") => Some(result.min(&0).to_owned()),
             d => d.result(),
         }
     }

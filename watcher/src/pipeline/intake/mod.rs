@@ -729,7 +729,6 @@ impl Intake {
             }
             let r = &active.policy.rules[rule];
             kinds |= gate::step_kinds(r, reversed, next);
-            tracing::debug!(rule = %r.id, next, kinds, "gating the session's next steps");
             let within = match (&r.sequence, &r.count) {
                 (Some(s), _) => s.within_ns,
                 (_, Some(c)) => c.within_ns,
