@@ -526,7 +526,7 @@ pub const GATE_OPEN: u32 = 1 << 1;
 pub const GATE_CONNECT: u32 = 1 << 2;
 /// In `GATE_ALL[0]` only: execs through a descriptor (`/dev/fd/N`, `/proc/…/fd/N`).
 pub const GATE_FILELESS: u32 = 1 << 3;
-/// In `GATE_ALL[0]` only, the rare kinds, gated whole when a rule could match them: a chmod
+/// In `GATE_ALL[0]` (every session) or `SESSION_GATE` (one session), the rare kinds, gated whole when a rule could match them: a chmod
 /// that sets the setuid or setgid bit, any chown, setid, mount, bpf program load, module load.
 pub const GATE_CHMOD_SETID: u32 = 1 << 4;
 pub const GATE_CHOWN: u32 = 1 << 5;
@@ -537,12 +537,15 @@ pub const GATE_MODULE: u32 = 1 << 9;
 /// In `SESSION_GATE` values only: the session's deletes, while a `count:` rule that holds on
 /// them is counting (so the one that makes the count is stopped at its hook).
 pub const GATE_UNLINK: u32 = 1 << 10;
-/// In `GATE_ALL[0]` only: a `count:` rule that holds counts deletes, so every
+/// In `GATE_ALL[0]` (or one session's `SESSION_GATE`): a `count:` rule that holds counts deletes, so every
 /// `UNLINK_SAMPLE`th delete of a session is gated: user space then has every delete before it
 /// and starts gating them all (`GATE_UNLINK`) if a count is under way. A burst that makes a
 /// count overshoots it by fewer than `UNLINK_SAMPLE` deletes, however fast it deletes.
 pub const GATE_UNLINK_SAMPLE: u32 = 1 << 11;
 pub const UNLINK_SAMPLE: u64 = 32;
+/// In `SESSION_GATE` values: the open intents (`INTENT_*`) of the session's gated opens, from
+/// this bit up (0: any open). A session whose baseline or scope is enforced gates its writes.
+pub const SESSION_INTENT_SHIFT: u32 = 16;
 /// Bytes of a `GATE_COMM` key: the task's `comm` (the new program's basename, cut at 15).
 pub const GATE_COMM_LEN: usize = 16;
 /// Bytes of a `GATE_SUFFIX` key: the path's last bytes, last byte first.

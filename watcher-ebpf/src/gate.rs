@@ -72,11 +72,23 @@ pub fn gated_kind(session_id: u64, kind: u32, intent: u32) -> bool {
             return true;
         }
     }
-    if GATE_ALL.get(2).copied().unwrap_or(0) == 0 {
+    let s = session_bits(session_id);
+    if s & kind == 0 {
         return false;
     }
+    let want = s >> watcher_common::SESSION_INTENT_SHIFT;
+    kind != GATE_OPEN || want == 0 || want & intent != 0
+}
+
+/// The session's `SESSION_GATE` value (0 without one, and without a lookup while the map is
+/// empty).
+#[inline(always)]
+fn session_bits(session_id: u64) -> u32 {
+    if GATE_ALL.get(2).copied().unwrap_or(0) == 0 {
+        return 0;
+    }
     // SAFETY: copied out at once.
-    unsafe { SESSION_GATE.get(&session_id).copied().unwrap_or(0) & kind != 0 }
+    unsafe { SESSION_GATE.get(&session_id).copied().unwrap_or(0) }
 }
 
 /// Deletes per session, for `GATE_UNLINK_SAMPLE` (LRU: an ended session's count goes by
@@ -87,7 +99,8 @@ static UNLINKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 /// Whether this delete is a sampled one (`GATE_UNLINK_SAMPLE`).
 #[inline(always)]
 pub fn unlink_sampled(session_id: u64) -> bool {
-    if GATE_ALL.get(0).copied().unwrap_or(0) & watcher_common::GATE_UNLINK_SAMPLE == 0 {
+    let bit = watcher_common::GATE_UNLINK_SAMPLE;
+    if GATE_ALL.get(0).copied().unwrap_or(0) & bit == 0 && session_bits(session_id) & bit == 0 {
         return false;
     }
     let n = match UNLINKS.get_ptr_mut(&session_id) {
@@ -110,7 +123,7 @@ pub fn unlink_sampled(session_id: u64) -> bool {
 /// is gated; the record flags that say so.
 #[inline(always)]
 pub fn stop_rare(task: Task, session_id: u64, bit: u32, kind: EventKind) -> u32 {
-    if GATE_ALL.get(0).copied().unwrap_or(0) & bit == 0 {
+    if GATE_ALL.get(0).copied().unwrap_or(0) & bit == 0 && session_bits(session_id) & bit == 0 {
         return 0;
     }
     stop(task, session_id, kind)

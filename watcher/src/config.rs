@@ -36,6 +36,11 @@ pub struct Config {
     pub holds: Holds,
     #[serde(default)]
     pub api: Api,
+    #[serde(default)]
+    pub baseline: Baseline,
+    /// Per profile: detector thresholds and the default task scope of its sessions.
+    #[serde(default)]
+    pub profiles: std::collections::BTreeMap<String, ProfileConfig>,
     /// The file this configuration came from (None: the embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -134,6 +139,52 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duratio
     humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!("invalid duration {s:?}: {e} (expected e.g. `10m`)"))
     })
+}
+
+/// The baseline detector's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Baseline {
+    /// A finding scored at least this (0..1) alerts.
+    pub alert_at: f32,
+    /// A finding scored at least this holds (in enforce mode; `would_hold` in shadow).
+    pub hold_at: f32,
+}
+
+impl Default for Baseline {
+    fn default() -> Self {
+        Baseline {
+            alert_at: 0.3,
+            hold_at: 0.6,
+        }
+    }
+}
+
+/// `[profiles.NAME]`: one kind of agent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    pub alert_at: Option<f32>,
+    pub hold_at: Option<f32>,
+    /// The scope a session of this profile gets when `launch` pins one (`--workdir`, ...):
+    /// these lists come first, the scope file and the command line add to them.
+    #[serde(default)]
+    pub allow_write: Vec<String>,
+    pub allow_read: Option<Vec<String>>,
+    pub allow_host: Option<Vec<String>>,
+    pub allow_exec: Option<Vec<String>>,
+}
+
+impl ProfileConfig {
+    pub fn scope(&self) -> crate::model::scope::Scope {
+        crate::model::scope::Scope {
+            allow_write: self.allow_write.clone(),
+            allow_read: self.allow_read.clone(),
+            allow_host: self.allow_host.clone(),
+            allow_exec: self.allow_exec.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +318,25 @@ impl Config {
                 "holds.cgroup".into(),
                 format!("{cg:?}: expected one directory name"),
             ));
+        }
+        let unit = |field: String, v: f32| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(field, format!("{v} is not between 0 and 1")))
+            }
+        };
+        unit("baseline.alert_at".into(), self.baseline.alert_at)?;
+        unit("baseline.hold_at".into(), self.baseline.hold_at)?;
+        for (name, p) in &self.profiles {
+            crate::model::baseline::valid_profile_name(name)
+                .map_err(|m| invalid(format!("profiles.{name}"), m))?;
+            if let Some(v) = p.alert_at {
+                unit(format!("profiles.{name}.alert_at"), v)?;
+            }
+            if let Some(v) = p.hold_at {
+                unit(format!("profiles.{name}.hold_at"), v)?;
+            }
         }
         for (i, agent) in self.agents.iter().enumerate() {
             if agent.profile.is_empty() {

@@ -1,5 +1,7 @@
 use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf, process::ExitCode};
 
+mod cli_baseline;
+
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use watcher::{
@@ -37,6 +39,9 @@ enum Cmd {
     Launch {
         #[arg(long)]
         profile: Option<String>,
+        /// The task scope to pin (defaults for the profile come from [profiles.NAME]).
+        #[command(flatten)]
+        scope: cli_baseline::ScopeArgs,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<OsString>,
     },
@@ -104,6 +109,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KillSwitchCmd,
     },
+    /// Learned profiles: show, switch mode (learn, shadow, enforce), export, import, reset,
+    /// diff a session against its profile, report what shadow mode would have held.
+    Baseline {
+        #[command(subcommand)]
+        cmd: cli_baseline::BaselineCmd,
+    },
     /// Test, check and reload detection rules.
     Rules {
         #[command(subcommand)]
@@ -166,6 +177,12 @@ enum RulesCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run) {
+        // A command's output piped into `head` ends it quietly, as other tools do; the daemon
+        // keeps Rust's default (ignored, errors returned).
+        // SAFETY: signal(2) with the default disposition, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -197,8 +214,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .block_on(watcher::daemon::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Launch { profile, cmd } => {
-            let reply = Client::send(&socket, &Request::Launch { profile })?.reply()?;
+        Cmd::Launch {
+            profile,
+            scope,
+            cmd,
+        } => {
+            let pinned = scope.scope()?;
+            let workdir = pinned.as_ref().and_then(|s| s.workdir.clone());
+            let reply = Client::send(
+                &socket,
+                &Request::Launch {
+                    profile,
+                    scope: pinned,
+                },
+            )?
+            .reply()?;
             let Reply::Started { trace_id, .. } = reply else {
                 return Err(anyhow!("unexpected reply from the daemon"));
             };
@@ -209,7 +239,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watcher::model::ids::fill_random(&mut span);
             let span: String = span.iter().map(|b| format!("{b:02x}")).collect();
             // This process is watched now; exec keeps it (and its pid) as the session root.
-            let err = std::process::Command::new(&cmd[0])
+            let mut command = std::process::Command::new(&cmd[0]);
+            if let Some(w) = workdir {
+                command.current_dir(w);
+            }
+            let err = command
                 .args(&cmd[1..])
                 .env("WATCHER_TRACE_ID", &trace_id)
                 .env("TRACEPARENT", format!("00-{trace_id}-{span}-01"))
@@ -217,7 +251,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Err(anyhow!("cannot run {:?}: {err}", cmd[0]))
         }
         Cmd::Attach { pid, profile } => {
-            match Client::send(&socket, &Request::Attach { pid, profile })?.reply()? {
+            let req = Request::Attach {
+                pid,
+                profile,
+                scope: None,
+            };
+            match Client::send(&socket, &req)?.reply()? {
                 Reply::Started { trace_id, pids } => {
                     eprintln!("watcher: watching {} process(es)", pids.len());
                     println!("{trace_id}");
@@ -290,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rules { cmd } => rules_cmd(cmd, &socket),
+        Cmd::Baseline { cmd } => cli_baseline::run(cmd, &socket),
         Cmd::Holds { json, all } => {
             let Reply::Holds { holds } = Client::send(&socket, &Request::Holds { all })?.reply()?
             else {
@@ -554,7 +594,23 @@ fn print_hold(h: &watcher::model::hold::Hold) {
     println!("rule      {} (policy {})", h.rule, h.policy_version);
     if let watcher::model::event::Detail::Finding(f) = &h.finding.detail {
         println!("finding   {:?} {}: {}", f.severity, f.rule, f.description);
+        println!("detector  {}", f.detector.as_str());
+        if let Some(score) = f.score {
+            println!("score     {score:.2}");
+        }
+        if let Some(a) = &f.anomaly {
+            println!("new       {}: {}", a.facet, a.value);
+            if !a.instead.is_empty() {
+                println!("instead   {}", a.instead.join(", "));
+            }
+            if let Some(w) = &a.widen {
+                println!("remember  approve --remember adds {w} to the session's scope");
+            }
+        }
         println!("tags      {}", f.tags.join(", "));
+    }
+    if let Some(scope) = &h.scope {
+        println!("scope     {}", scope.summary());
     }
     for e in &h.also {
         if let watcher::model::event::Detail::Finding(f) = &e.detail {
@@ -632,8 +688,26 @@ fn print_status(st: &Status) {
             s.events,
             s.state.as_str()
         );
+        if let Some(scope) = &s.scope {
+            println!("{:<32}  scope: {}", "", scope.summary());
+        }
     }
     println!();
+    if !st.profiles.is_empty() {
+        println!("profiles:");
+        for p in &st.profiles {
+            println!(
+                "  {:<20} {:<8} {} sessions, {} entries, {:.1} new per session ({}), {} would_hold",
+                p.profile,
+                p.mode.as_str(),
+                p.sessions,
+                p.entries,
+                p.learning,
+                if p.stable { "stable" } else { "learning" },
+                p.would_hold
+            );
+        }
+    }
     println!("processes watched: {}", st.processes_watched);
     println!("{:<8}  {:>12}  {:>8}", "TYPE", "EVENTS", "DROPS");
     for (k, c) in &st.per_type {

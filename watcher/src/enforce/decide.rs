@@ -229,6 +229,7 @@ pub fn adopt_sessions(shared: &Enforce) {
                 cgroup_id: cg.id(&trace),
                 state: Default::default(),
                 workdir: crate::sys::procfs::cwd(pids[0]),
+                scope: None,
             });
         tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
     }
@@ -362,6 +363,7 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
     };
     let version = shared.policy.load().policy.version.clone();
     let finding = crate::model::event::Finding {
+        detector: crate::model::event::Detector::Rules,
         rule: rule.into(),
         description: why.into(),
         severity: crate::model::event::Severity::High,
@@ -373,6 +375,8 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
         in_kernel: false,
         hold: Some(id.clone()),
         evidence: vec![trigger.clone()],
+        score: None,
+        anomaly: None,
     };
     let mut fev = trigger.clone();
     fev.detail = Detail::Finding(Box::new(finding));
@@ -389,6 +393,7 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
         rule: rule.into(),
         policy_version: version,
         frozen_us: None,
+        scope: None,
     }) {
         Ok(h) => {
             tracing::warn!(hold = %h.id, trace_id = trace, "a frozen session had no hold (the daemon stopped first): hold recovered");

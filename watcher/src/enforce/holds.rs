@@ -212,6 +212,7 @@ impl Approvals {
             result: None,
             created,
             setid_bits,
+            scope: d.scope,
         };
         self.store().put(&hold)?;
         self.changed.notify_one();
@@ -525,6 +526,7 @@ mod tests {
             rule: "r".into(),
             policy_version: "v".into(),
             frozen_us,
+            scope: None,
         }
     }
 

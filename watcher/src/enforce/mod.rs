@@ -5,6 +5,7 @@ pub mod decide;
 pub mod holds;
 pub mod killswitch;
 pub mod protect;
+mod remember;
 pub mod store;
 
 use std::sync::{Arc, Mutex, Weak};

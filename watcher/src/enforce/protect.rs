@@ -521,6 +521,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
     };
     let version = shared.policy.load().policy.version.clone();
     let finding = Finding {
+        detector: crate::model::event::Detector::Rules,
         rule: RULE.into(),
         description: if writes(flags) {
             format!("a watched process opened {path} for writing; the open waits for a verdict, before the file changes")
@@ -538,6 +539,8 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
         in_kernel: true,
         hold: Some(id.clone()),
         evidence: vec![trigger.clone()],
+        score: None,
+        anomaly: None,
     };
     let mut fev = trigger.clone();
     fev.detail = Detail::Finding(Box::new(finding));
@@ -557,6 +560,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
         rule: RULE.into(),
         policy_version: version,
         frozen_us: None,
+        scope: None,
     }) {
         Ok(h) => crate::enforce::decide::announce(shared, h),
         Err(e) => tracing::error!("storing the protected-open hold: {e}"),

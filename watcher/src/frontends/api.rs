@@ -93,7 +93,7 @@ impl Backend for Daemon {
             false => None,
         };
         Ok(
-            match self.approvals.approve(id.as_str(), who, remember, profile) {
+            match self.enforce.approve(id.as_str(), who, remember, profile) {
                 Ok(h) => Ok(serde_json::to_value(h)?),
                 Err(e) => Err(e.to_string()),
             },

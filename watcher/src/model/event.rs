@@ -271,6 +271,9 @@ pub struct Ids {
 /// A rule matched: what it decided and the events that made it match.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
+    /// Which detector made it: the rule pack, the learned baseline, the pinned task scope.
+    #[serde(default)]
+    pub detector: Detector,
     pub rule: String,
     pub description: String,
     pub severity: Severity,
@@ -291,6 +294,55 @@ pub struct Finding {
     pub hold: Option<String>,
     /// The events that matched, in order (the last one completed the rule).
     pub evidence: Vec<Event>,
+    /// Baseline and scope findings: how far the action is from normal (0..1), and what was
+    /// new or out of scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<Anomaly>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Detector {
+    #[default]
+    Rules,
+    Baseline,
+    Scope,
+    /// The watcher's own integrity (signals to it, its files).
+    Tamper,
+}
+
+impl Detector {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detector::Rules => "rules",
+            Detector::Baseline => "baseline",
+            Detector::Scope => "scope",
+            Detector::Tamper => "tamper",
+        }
+    }
+}
+
+/// What a baseline or scope finding is about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Anomaly {
+    /// `exec`, `exec_location`, `command`, `edge`, `ancestry`, `read`, `write`, `create`,
+    /// `delete`, `destination`, `kind`, `rate`, `sequence`; for scope: the entry's field.
+    pub facet: String,
+    /// What the session did, generalised as the profile keeps it (a directory area, a
+    /// destination, a location class).
+    pub value: String,
+    /// What the profile has instead (the nearest entries of the same facet), or the scope's
+    /// entries that did not allow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instead: Vec<String>,
+    /// The profile's learning behind the judgement: sessions learned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
+    /// Scope findings: what `approve --remember` adds to the session's scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -319,6 +371,8 @@ pub enum Outcome {
     /// The approver already refused this very action (a protected open denied while it
     /// waited, which failed with EPERM): nothing happened, nothing is asked again.
     Refused,
+    /// Shadow mode (baseline): enforce would have held the session here; nothing was stopped.
+    WouldHold,
 }
 
 /// A wall-clock time, formatted only when an event is written out (most events never are).

@@ -88,6 +88,9 @@ pub struct Hold {
     /// deny clears those bits again (if the name still names that file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setid_bits: Option<SetidBits>,
+    /// The session's task scope when it was held (`scope` findings name an entry of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<super::scope::Scope>,
 }
 
 /// The setuid and setgid bits a held chmod set on a file.
@@ -119,6 +122,8 @@ pub struct HoldDraft {
     pub rule: String,
     pub policy_version: String,
     pub frozen_us: Option<u64>,
+    /// The session's task scope when it was held.
+    pub scope: Option<super::scope::Scope>,
 }
 
 /// `approve --remember`: the same rule does not hold this session (or profile) again.

@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
+    baseline::{Novelty, ProfileExport, ProfileMode, ProfileSummary, WouldHold},
     hold::{Engaged, HaltMode, Hold, KillSwitchState},
     ids::{HoldId, TraceId},
+    scope::Scope,
     session::Session,
 };
 
@@ -24,10 +26,28 @@ pub enum Request {
     Attach {
         pid: u32,
         profile: Option<String>,
+        /// The task scope to pin (see `model::scope`).
+        #[serde(default)]
+        scope: Option<Scope>,
     },
     /// Watch the calling process (which then execs the agent) as a new session.
     Launch {
         profile: Option<String>,
+        #[serde(default)]
+        scope: Option<Scope>,
+    },
+    /// Learned profiles: see `BaselineOp`.
+    Baseline {
+        op: BaselineOp,
+        #[serde(default)]
+        profile: Option<String>,
+        #[serde(default)]
+        mode: Option<ProfileMode>,
+        #[serde(default)]
+        trace: Option<TraceId>,
+        /// `import`: the profile.
+        #[serde(default)]
+        import: Option<Box<ProfileExport>>,
     },
     /// Recent findings, then (with `follow`) live ones.
     Findings {
@@ -80,6 +100,20 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+pub enum BaselineOp {
+    /// Every profile in brief (or one, with `profile`).
+    List,
+    Show,
+    Mode,
+    Export,
+    Import,
+    Reset,
+    Diff,
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum KillSwitchOp {
     Engage,
     Release,
@@ -114,6 +148,25 @@ pub enum Reply {
         released: Vec<String>,
     },
     Status(Box<Status>),
+    Profiles {
+        profiles: Vec<ProfileSummary>,
+    },
+    Profile {
+        summary: ProfileSummary,
+        profile: Box<ProfileExport>,
+    },
+    Diff {
+        profile: String,
+        trace_id: String,
+        novel: Vec<Novelty>,
+    },
+    Report {
+        profile: String,
+        would_hold: Vec<WouldHold>,
+    },
+    Done {
+        done: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -147,6 +200,9 @@ pub struct Status {
     pub gate: GateStatus,
     pub policy: PolicyStatus,
     pub holds: HoldsStatus,
+    /// The learned profiles.
+    #[serde(default)]
+    pub profiles: Vec<ProfileSummary>,
     /// Each kernel program's run count and time; they count only while BPF run-time
     /// statistics are on (`sysctl kernel.bpf_stats_enabled=1`), which costs a little per run.
     #[serde(default)]

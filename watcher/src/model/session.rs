@@ -29,6 +29,9 @@ pub struct Session {
     /// `in_workdir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// The task scope pinned at launch (with what approvals widened it by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<crate::model::scope::Scope>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

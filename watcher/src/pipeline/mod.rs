@@ -2,9 +2,11 @@
 //! at each, and the bus hands every event to whoever follows it. Enforcement sits above and is
 //! reached only through the `Enforcement` hooks the daemon installs, so nothing here imports
 //! it.
+pub mod baseline;
 pub mod identity;
 pub mod intake;
 pub mod reload;
+pub mod scope;
 pub mod tamper;
 
 use std::{
@@ -150,6 +152,10 @@ pub struct Core {
     reload_lock: Mutex<()>,
     /// One cgroup per session.
     pub cgroups: Arc<Cgroups>,
+    /// The learned profiles (the baseline detector's).
+    pub baselines: baseline::Baselines,
+    /// The running sessions' pinned task scopes.
+    pub scopes: scope::Scopes,
     enforcement: OnceLock<Arc<dyn Enforcement>>,
 }
 
@@ -162,7 +168,10 @@ impl Core {
         seeds: std::sync::mpsc::Sender<Seed>,
     ) -> anyhow::Result<Core> {
         let (live, _) = broadcast::channel(16384);
+        let baselines = baseline::Baselines::open(&config, Some(config.holds.store.clone()))?;
         Ok(Core {
+            baselines,
+            scopes: Default::default(),
             config,
             sessions: Mutex::new(Sessions::default()),
             recent: Mutex::new(VecDeque::new()),

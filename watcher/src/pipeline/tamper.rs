@@ -109,6 +109,7 @@ pub fn act(shared: &Core, ev: &Event, why: String) {
         TamperAction::Alert
     };
     let finding = Finding {
+        detector: crate::model::event::Detector::Tamper,
         rule: RULE.into(),
         description: format!("tampering with the watcher: {why}"),
         severity: Severity::Critical,
@@ -126,6 +127,8 @@ pub fn act(shared: &Core, ev: &Event, why: String) {
         in_kernel: false,
         hold: None,
         evidence: vec![ev.clone()],
+        score: None,
+        anomaly: None,
     };
     let mut fev = ev.clone();
     fev.detail = Detail::Finding(Box::new(finding));

@@ -236,7 +236,7 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
             remember,
             remember_profile,
         } => {
-            let a = shared.approvals.clone();
+            let a = shared.enforce.clone();
             let profile = match remember_profile {
                 true => match profile_of_hold(&shared, id.as_str()) {
                     Ok(p) => Some(p),
@@ -327,12 +327,12 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
             };
             write_json(&mut w, &reply).await
         }
-        Request::Launch { profile } => {
+        Request::Launch { profile, scope } => {
             let reply = match cred.pid() {
                 Some(pid) => {
                     let s = shared.clone();
                     tokio::task::spawn_blocking(move || {
-                        start_session(&s, pid as u32, profile, "launch")
+                        start_session(&s, pid as u32, profile, scope, "launch")
                     })
                     .await?
                 }
@@ -340,12 +340,31 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
             };
             write_json(&mut w, &reply_of(reply)).await
         }
-        Request::Attach { pid, profile } => {
+        Request::Attach {
+            pid,
+            profile,
+            scope,
+        } => {
             let s = shared.clone();
-            let reply =
-                tokio::task::spawn_blocking(move || start_session(&s, pid, profile, "attach"))
-                    .await?;
+            let reply = tokio::task::spawn_blocking(move || {
+                start_session(&s, pid, profile, scope, "attach")
+            })
+            .await?;
             write_json(&mut w, &reply_of(reply)).await
+        }
+        Request::Baseline {
+            op,
+            profile,
+            mode,
+            trace,
+            import,
+        } => {
+            let s = shared.clone();
+            let reply = tokio::task::spawn_blocking(move || {
+                super::profiles::handle(&s, op, profile, mode, trace, import, &who)
+            })
+            .await?;
+            write_json(&mut w, &reply).await
         }
     }
 }
@@ -410,6 +429,7 @@ fn status(shared: &State) -> Status {
         gate: gate_status(shared),
         policy: policy_status(shared),
         holds: holds_status(shared),
+        profiles: shared.baselines.summaries(),
     }
 }
 
@@ -567,11 +587,25 @@ fn start_session(
     shared: &State,
     pid: u32,
     profile: Option<String>,
+    scope: Option<crate::model::scope::Scope>,
     how: &str,
 ) -> anyhow::Result<Reply> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(anyhow!("no process {pid}"));
     }
+    if let Some(p) = &profile {
+        crate::model::baseline::valid_profile_name(p).map_err(|e| anyhow!("--profile: {e}"))?;
+    }
+    // The scope is checked whole before anything is watched: a bad entry starts nothing.
+    let scope = match scope {
+        Some(s) => Some(super::profiles::pinned_scope(
+            shared,
+            pid,
+            profile.as_deref(),
+            s,
+        )?),
+        None => None,
+    };
     let session_id = new_session_id();
     let trace_id = new_trace_id();
     let watch = Watch {
@@ -642,8 +676,16 @@ fn start_session(
             ended: None,
             cgroup_id: shared.approvals.cgroups.id(&trace_id),
             state: Default::default(),
-            workdir: crate::sys::procfs::cwd(pid),
+            workdir: scope
+                .as_ref()
+                .and_then(|s| s.scope.workdir.clone())
+                .or_else(|| crate::sys::procfs::cwd(pid)),
+            scope: scope.as_ref().map(|s| s.scope.clone()),
         });
+    if let Some(s) = scope {
+        tracing::info!(%trace_id, scope = %s.scope.summary(), "task scope pinned");
+        shared.scopes.set(session_id, s);
+    }
     tracing::info!(%trace_id, pid, how, "session started");
     Ok(Reply::Started { trace_id, pids })
 }

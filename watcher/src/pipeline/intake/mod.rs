@@ -26,12 +26,60 @@ use super::{ActivePolicy, Core, Seed};
 use crate::{
     kernel::gate::GateHandle,
     model::{
-        event::{errno_name, open_flags, Detail, Event, Finding, Outcome, Ts},
+        baseline::ProfileMode,
+        event::{
+            errno_name, open_flags, Action, Anomaly, Detail, Detector, Event, Finding, Mode,
+            Outcome, Severity, Ts,
+        },
         hold::{Decision, HoldDraft, HoldKind},
         session::{new_trace_id, Session},
     },
-    rules::{gate, Match, SeqState, SessionView},
+    pipeline::baseline::Level,
+    rules::{eval::Rule, gate, Match, SeqState, SessionView},
 };
+
+/// One event's findings so far: the holds they open, and whether one keeps the stopped process.
+struct Conclusions<'a> {
+    drafts: Vec<HoldDraft>,
+    kept: bool,
+    gated: bool,
+    session_id: u64,
+    profile: Option<&'a str>,
+    scope: Option<&'a crate::model::scope::Scope>,
+    policy_version: &'a str,
+}
+
+/// The rule a baseline or scope finding is decided by.
+fn found_rule(id: &str, description: String, score: f32, action: Action) -> Rule {
+    Rule {
+        id: id.into(),
+        description,
+        severity: match score {
+            s if s >= 0.9 => Severity::Critical,
+            s if s >= 0.6 => Severity::High,
+            s if s >= 0.3 => Severity::Medium,
+            _ => Severity::Low,
+        },
+        tags: Vec::new(),
+        action,
+        mode: Mode::Enforce,
+        cond: None,
+        sequence: None,
+        reverse: None,
+        count: None,
+        file: String::new(),
+    }
+}
+
+fn scope_rule(entry: &str) -> &'static str {
+    match entry {
+        "workdir" => "scope-workdir",
+        "allow_write" => "scope-allow-write",
+        "allow_read" => "scope-allow-read",
+        "allow_host" => "scope-allow-host",
+        _ => "scope-allow-exec",
+    }
+}
 
 /// Decoded records waiting for the pipeline: a burst waits here, in user memory, rather than
 /// filling the kernel's ring (which would then have to drop).
@@ -334,7 +382,29 @@ pub struct Intake {
     gate_stops: std::collections::HashMap<u32, (u64, u64)>,
     /// The names the sessions' DNS answers gave their addresses.
     names: dns::Names,
+    /// The baseline detector's per-session state.
+    baseline: crate::pipeline::baseline::Detector,
+    /// Per session: the kinds gated because its baseline or scope is enforced, and the
+    /// profiles' generation that was decided at.
+    session_base: std::collections::HashMap<u64, (u64, u32)>,
 }
+
+/// What a session whose baseline or scope is enforced has gated: every exec and connect, every
+/// open for writing, every `UNLINK_SAMPLE`th delete and the rare kinds.
+const ENFORCED_GATE: u32 = watcher_common::GATE_EXEC
+    | watcher_common::GATE_CONNECT
+    | watcher_common::GATE_OPEN
+    | ((watcher_common::INTENT_WRITE
+        | watcher_common::INTENT_CREATE
+        | watcher_common::INTENT_TRUNCATE)
+        << watcher_common::SESSION_INTENT_SHIFT)
+    | watcher_common::GATE_UNLINK_SAMPLE
+    | watcher_common::GATE_CHMOD_SETID
+    | watcher_common::GATE_CHOWN
+    | watcher_common::GATE_SETID
+    | watcher_common::GATE_MOUNT
+    | watcher_common::GATE_BPF
+    | watcher_common::GATE_MODULE;
 
 /// Processes whose last gate is remembered at most (a tamper check needs only recent ones).
 const GATE_STOPS_MAX: usize = 4096;
@@ -373,6 +443,8 @@ impl Intake {
             session_gates: Default::default(),
             gate_stops: Default::default(),
             names: Default::default(),
+            baseline: Default::default(),
+            session_base: Default::default(),
         }
     }
 
@@ -422,7 +494,7 @@ impl Intake {
         };
         let mut new_matcher_session = false;
         let mut session_ended = false;
-        let (trace_id, profile, workdir, stray) = {
+        let (trace_id, profile, workdir, stray, scoped) = {
             let mut sessions = self
                 .shared
                 .sessions
@@ -453,6 +525,7 @@ impl Intake {
                     ended: None,
                     state: Default::default(),
                     workdir: crate::sys::procfs::cwd(hdr.tgid),
+                    scope: None,
                 });
             }
             let s = sessions.get_mut(hdr.session_id).expect("inserted above");
@@ -460,6 +533,7 @@ impl Intake {
             let trace = s.trace_id.clone();
             let profile = s.profile.clone();
             let workdir = s.workdir.clone();
+            let scoped = s.scope.is_some();
             // A process of the session outside its cgroup would keep running through a hold.
             let stray = s.cgroup_id.is_some_and(|id| id != hdr.cgroup_id)
                 && !matches!(detail, Detail::Exit { .. });
@@ -473,7 +547,7 @@ impl Intake {
                 }
                 _ => {}
             }
-            (trace, profile, workdir, stray)
+            (trace, profile, workdir, stray, scoped)
         };
         if new_matcher_session {
             self.gather(&trace_id, hdr.session_id);
@@ -501,6 +575,9 @@ impl Intake {
         if gated {
             crate::sys::fault::delay(crate::sys::fault::SLOW_GATE_ANSWER);
         }
+        if !session_ended {
+            self.base_gate(hdr.session_id, scoped, profile.as_deref());
+        }
         let kept = self.detect(
             &ev,
             hdr.ts_ns,
@@ -509,7 +586,7 @@ impl Intake {
                 workdir: workdir.as_deref(),
             },
             (hdr.flags & EVENT_FLAG_FAST_PATH != 0, gated),
-            hdr.session_id,
+            (hdr.session_id, scoped),
         );
         if gated {
             self.answer_gate(&hdr, kept);
@@ -519,9 +596,20 @@ impl Intake {
         if matches!(ev.detail, Detail::Exit { .. }) {
             self.seq.process_exited(ev.pid);
             self.gate_stops.remove(&ev.pid);
+            self.baseline.process_exited(hdr.session_id, ev.pid);
             if session_ended {
                 self.seq.session_ended(&ev.trace_id);
                 self.names.session_ended(hdr.session_id);
+                if let Some(p) = &profile {
+                    self.baseline.session_ended(
+                        &self.shared.baselines,
+                        hdr.session_id,
+                        &ev.trace_id,
+                        p,
+                    );
+                }
+                self.shared.scopes.ended(hdr.session_id);
+                self.session_base.remove(&hdr.session_id);
                 let mut kernel = self.shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = kernel.session_ended(hdr.session_id) {
                     tracing::warn!("forgetting an ended session's kill-switch entry: {e:#}");
@@ -544,7 +632,7 @@ impl Intake {
         let Some((detail, addrs)) = dns::parse(message, truncated) else {
             return;
         };
-        let (trace_id, session_id, profile, workdir) = {
+        let (trace_id, session_id, profile, workdir, scoped) = {
             let sessions = self
                 .shared
                 .sessions
@@ -558,6 +646,7 @@ impl Intake {
                 s.session_id,
                 s.profile.clone(),
                 s.workdir.clone(),
+                s.scope.is_some(),
             )
         };
         if let Detail::Dns { query, .. } = &detail {
@@ -579,7 +668,13 @@ impl Intake {
             profile: profile.as_deref(),
             workdir: workdir.as_deref(),
         };
-        self.detect(&ev, hdr.ts_ns, session, (false, false), session_id);
+        self.detect(
+            &ev,
+            hdr.ts_ns,
+            session,
+            (false, false),
+            (session_id, scoped),
+        );
     }
 
     /// Moves every process the kernel counts in a session the kernel started (agent matcher)
@@ -603,16 +698,17 @@ impl Intake {
         }
     }
 
-    /// Runs the policy on the event and publishes a finding per rule it completes. `stops`:
-    /// (a fast path acted on the event, the gate stopped it). Returns whether a new hold keeps
-    /// the stopped process (it continues when the hold is approved).
+    /// Runs the detectors on the event (the rules, the session's scope, its profile's
+    /// baseline) and publishes a finding for each thing they find. `stops`: (a fast path acted
+    /// on the event, the gate stopped it). Returns whether a new hold keeps the stopped process
+    /// (it continues when the hold is approved).
     fn detect(
         &mut self,
         ev: &Arc<Event>,
         ts_ns: u64,
         session: SessionView<'_>,
         (in_kernel, gated): (bool, bool),
-        session_id: u64,
+        (session_id, scoped): (u64, bool),
     ) -> bool {
         let mut kept = false;
         let active = self.shared.policy.load();
@@ -624,97 +720,248 @@ impl Intake {
         }
         let mut matches = std::mem::take(&mut self.matches);
         policy.evaluate(ev, ts_ns, session, &self.tree, &mut self.seq, &mut matches);
-        let profile = session.profile;
         if !self.seq.advanced.is_empty() {
             self.gate_next_steps(&active, session_id, ts_ns);
         }
-        // Holds are recorded once every finding of the event is known.
-        let mut drafts: Vec<HoldDraft> = Vec::new();
+        let scope = scoped.then(|| self.shared.scopes.get(session_id)).flatten();
+        let mut out = Conclusions {
+            drafts: Vec::new(),
+            kept: false,
+            gated,
+            session_id,
+            profile: session.profile,
+            scope: scope.as_ref().map(|s| &s.scope),
+            policy_version: &policy.version,
+        };
         for m in matches.drain(..) {
             let rule = &policy.rules[m.rule];
             // The fast-path flag belongs to this event; only a rule the kernel holds can own it.
             let kernel_rule = in_kernel && active.kernel.has_rule(&rule.id);
-            let tree = &self.tree;
-            let enforcement = self.shared.enforcement();
-            let d = match enforcement {
-                Some(e) => e.decide(rule, ev, ts_ns, kernel_rule, profile, &|| {
-                    tree.session_pids(session_id)
-                }),
-                // Not wired (a tool that runs the pipeline alone): recorded, not enforced.
-                None => Decision {
-                    outcome: Outcome::NotEnforced,
-                    hold: None,
-                    new_hold: false,
-                },
+            let evidence = m.evidence.iter().map(|e| e.as_ref().clone()).collect();
+            self.conclude(&mut out, ev, rule, kernel_rule, evidence, None, ts_ns);
+        }
+        self.matches = matches;
+        if let Some(b) = scope.as_ref().and_then(|s| s.check(ev)) {
+            let rule = found_rule(
+                scope_rule(b.entry),
+                format!(
+                    "outside the task scope: {} is not allowed by {} [{}]",
+                    b.value,
+                    b.entry,
+                    b.allowed.join(", ")
+                ),
+                1.0,
+                Action::Hold,
+            );
+            let anomaly = Anomaly {
+                facet: b.entry.into(),
+                value: b.value.clone(),
+                instead: b.allowed.clone(),
+                sessions: None,
+                widen: Some(format!("{} {}", b.widen.0, b.widen.1)),
             };
-            let outcome = d.outcome;
-            let finding = Finding {
-                rule: rule.id.clone(),
-                description: rule.description.clone(),
-                severity: rule.severity,
-                tags: rule.tags.clone(),
-                action: rule.action,
-                mode: rule.mode,
-                outcome,
-                policy_version: policy.version.clone(),
-                in_kernel: kernel_rule,
-                hold: d.hold.clone(),
-                evidence: m.evidence.iter().map(|e| e.as_ref().clone()).collect(),
+            let f = (Detector::Scope, 1.0, anomaly);
+            self.conclude(
+                &mut out,
+                ev,
+                &rule,
+                false,
+                vec![ev.as_ref().clone()],
+                Some(f),
+                ts_ns,
+            );
+        }
+        if let Some(profile) = session.profile {
+            let cx = crate::pipeline::baseline::Ctx {
+                session_id,
+                trace_id: &ev.trace_id,
+                profile,
+                workdir: session.workdir,
+                tree: &self.tree,
+                ts_ns,
             };
-            tracing::info!(rule = %finding.rule, trace_id = %ev.trace_id, pid = ev.pid, outcome = ?outcome, "finding");
-            let published = self.shared.publish(Event {
-                seq: 0,
-                ts: ev.ts,
-                pid: ev.pid,
-                tid: ev.tid,
-                ppid: ev.ppid,
-                uid: ev.uid,
-                trace_id: ev.trace_id.clone(),
-                comm: ev.comm.clone(),
-                cgroup_id: ev.cgroup_id,
-                detail: Detail::Finding(Box::new(finding)),
-            });
-            match (d.new_hold, d.hold) {
-                (true, Some(id)) => {
-                    // The kernel stopped the trigger at the hook (SIGSTOP): it needs SIGCONT
-                    // later.
-                    let stopped =
-                        if gated || (kernel_rule && !matches!(ev.detail, Detail::Connect { .. })) {
-                            kept = true;
-                            vec![ev.pid]
-                        } else {
-                            Vec::new()
-                        };
-                    drafts.push(HoldDraft {
-                        id,
-                        kind: HoldKind::Session,
-                        finding: published.as_ref().clone(),
-                        also: Vec::new(),
-                        trigger: ev.as_ref().clone(),
-                        tree: self.tree.session_procs(session_id),
-                        recent: Vec::new(),
-                        stopped,
-                        rule: rule.id.clone(),
-                        policy_version: policy.version.clone(),
-                        frozen_us: None,
-                    });
+            let found = self.baseline.observe(&self.shared.baselines, ev, &cx);
+            for f in found {
+                let action = match f.level {
+                    Level::Hold => Action::Hold,
+                    Level::Alert => Action::Alert,
+                };
+                let rule = found_rule(f.rule, f.description, f.score, action);
+                let mut evidence = f.before;
+                evidence.push(ev.as_ref().clone());
+                let shadow = f.mode == ProfileMode::Shadow;
+                let d = (Detector::Baseline, f.score, f.anomaly);
+                if shadow {
+                    self.shadow(ev, &rule, evidence, d, &policy.version);
+                } else {
+                    self.conclude(&mut out, ev, &rule, false, evidence, Some(d), ts_ns);
                 }
-                // Another finding of the same action: the same question, with its evidence.
-                (false, Some(id)) => {
-                    if let Some(draft) = drafts.iter_mut().find(|h| h.id == id) {
-                        draft.also.push(published.as_ref().clone());
-                    }
-                }
-                _ => {}
             }
         }
+        kept |= out.kept;
         if let Some(e) = self.shared.enforcement() {
-            for draft in drafts {
+            for draft in out.drafts {
                 e.record_hold(draft);
             }
         }
-        self.matches = matches;
         kept
+    }
+
+    /// Decides one finding, publishes it, and adds the hold it opens (or joins) to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn conclude(
+        &self,
+        out: &mut Conclusions<'_>,
+        ev: &Arc<Event>,
+        rule: &Rule,
+        kernel_rule: bool,
+        evidence: Vec<Event>,
+        anomaly: Option<(Detector, f32, Anomaly)>,
+        ts_ns: u64,
+    ) {
+        let tree = &self.tree;
+        let session_id = out.session_id;
+        let d = match self.shared.enforcement() {
+            Some(e) => e.decide(rule, ev, ts_ns, kernel_rule, out.profile, &|| {
+                tree.session_pids(session_id)
+            }),
+            // Not wired (a tool that runs the pipeline alone): recorded, not enforced.
+            None => Decision {
+                outcome: Outcome::NotEnforced,
+                hold: None,
+                new_hold: false,
+            },
+        };
+        let (detector, score, anomaly) = match anomaly {
+            Some((d, s, a)) => (d, Some(s), Some(a)),
+            None => (Detector::Rules, None, None),
+        };
+        let finding = Finding {
+            detector,
+            rule: rule.id.clone(),
+            description: rule.description.clone(),
+            severity: rule.severity,
+            tags: rule.tags.clone(),
+            action: rule.action,
+            mode: rule.mode,
+            outcome: d.outcome,
+            policy_version: out.policy_version.to_string(),
+            in_kernel: kernel_rule,
+            hold: d.hold.clone(),
+            evidence,
+            score,
+            anomaly,
+        };
+        tracing::info!(rule = %finding.rule, detector = detector.as_str(), trace_id = %ev.trace_id, pid = ev.pid, outcome = ?d.outcome, "finding");
+        let published = self.publish_finding(ev, finding);
+        match (d.new_hold, d.hold) {
+            (true, Some(id)) => {
+                // The kernel stopped the trigger at the hook (SIGSTOP): it needs SIGCONT later.
+                let stopped =
+                    if out.gated || (kernel_rule && !matches!(ev.detail, Detail::Connect { .. })) {
+                        out.kept = true;
+                        vec![ev.pid]
+                    } else {
+                        Vec::new()
+                    };
+                out.drafts.push(HoldDraft {
+                    id,
+                    kind: HoldKind::Session,
+                    finding: published.as_ref().clone(),
+                    also: Vec::new(),
+                    trigger: ev.as_ref().clone(),
+                    tree: self.tree.session_procs(session_id),
+                    recent: Vec::new(),
+                    stopped,
+                    rule: rule.id.clone(),
+                    policy_version: out.policy_version.to_string(),
+                    frozen_us: None,
+                    scope: out.scope.cloned(),
+                });
+            }
+            // Another finding of the same action: the same question, with its evidence.
+            (false, Some(id)) => {
+                if let Some(draft) = out.drafts.iter_mut().find(|h| h.id == id) {
+                    draft.also.push(published.as_ref().clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A shadow-mode baseline finding: what enforce would have done, recorded; nothing stops.
+    fn shadow(
+        &self,
+        ev: &Arc<Event>,
+        rule: &Rule,
+        evidence: Vec<Event>,
+        (detector, score, anomaly): (Detector, f32, Anomaly),
+        policy_version: &str,
+    ) {
+        let finding = Finding {
+            detector,
+            rule: rule.id.clone(),
+            description: rule.description.clone(),
+            severity: rule.severity,
+            tags: rule.tags.clone(),
+            action: rule.action,
+            mode: Mode::Monitor,
+            outcome: match rule.action {
+                Action::Alert => Outcome::Alerted,
+                _ => Outcome::WouldHold,
+            },
+            policy_version: policy_version.to_string(),
+            in_kernel: false,
+            hold: None,
+            evidence,
+            score: Some(score),
+            anomaly: Some(anomaly),
+        };
+        tracing::info!(rule = %finding.rule, trace_id = %ev.trace_id, pid = ev.pid, outcome = ?finding.outcome, "shadow finding");
+        self.publish_finding(ev, finding);
+    }
+
+    fn publish_finding(&self, ev: &Event, finding: Finding) -> Arc<Event> {
+        self.shared.publish(Event {
+            seq: 0,
+            ts: ev.ts,
+            pid: ev.pid,
+            tid: ev.tid,
+            ppid: ev.ppid,
+            uid: ev.uid,
+            trace_id: ev.trace_id.clone(),
+            comm: ev.comm.clone(),
+            cgroup_id: ev.cgroup_id,
+            detail: Detail::Finding(Box::new(finding)),
+        })
+    }
+
+    /// Gates a session whose baseline or scope is enforced (see `ENFORCED_GATE`); decided
+    /// again when a profile changes (`watcher baseline mode`).
+    fn base_gate(&mut self, session_id: u64, scoped: bool, profile: Option<&str>) {
+        let generation = self.shared.baselines.generation();
+        if self
+            .session_base
+            .get(&session_id)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            return;
+        }
+        let enforced =
+            profile.is_some_and(|p| self.shared.baselines.get(p).mode == ProfileMode::Enforce);
+        let bits = if self.shared.config.holds.enabled && (enforced || scoped) {
+            ENFORCED_GATE
+        } else {
+            0
+        };
+        let old = self
+            .session_base
+            .insert(session_id, (generation, bits))
+            .map_or(0, |(_, b)| b);
+        if old != bits {
+            let seq = self.session_gates.get(&session_id).map_or(0, |e| e.0);
+            self.gate_write(session_id, seq);
+        }
     }
 
     /// The sequences this event started or moved on whose next step the gate cannot name:
@@ -749,7 +996,16 @@ impl Intake {
         }
     }
 
+    /// Writes the session's gated kinds: its sequences' next steps (`kinds`) and what its
+    /// enforced baseline or scope gates.
     fn gate_write(&mut self, session_id: u64, kinds: u32) {
+        let base = self.session_base.get(&session_id).map_or(0, |(_, b)| *b);
+        // A sequence's next step is any open: the base's intents do not narrow it.
+        let any_open = kinds & watcher_common::GATE_OPEN != 0;
+        let mut kinds = kinds | base;
+        if any_open {
+            kinds &= (1 << watcher_common::SESSION_INTENT_SHIFT) - 1;
+        }
         if let Some(g) = self.gate.as_mut() {
             if let Err(e) = g.set_session(session_id, kinds) {
                 tracing::error!("gating a session's next steps: {e:#}");
