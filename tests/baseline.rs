@@ -346,6 +346,7 @@ fn a_learned_profile_passes_unseen_work_and_holds_threats_with_the_rules_off() {
 
     // Unseen variants of the same work: other names, other directories; no hold.
     let mut alerts = 0;
+    let mut unseen_traces = Vec::new();
     for (i, names) in [("omega", "world", "changes"), ("kappa", "demo", "ideas")]
         .into_iter()
         .enumerate()
@@ -365,8 +366,20 @@ fn a_learned_profile_passes_unseen_work_and_holds_threats_with_the_rules_off() {
         }
         let diff = baseline(&d, &["diff", profile, "--trace", &trace]);
         assert_eq!(diff["profile"], profile);
+        unseen_traces.push(trace);
     }
-    eprintln!("unseen work: 2 sessions, {alerts} alert(s), 0 holds");
+    let status = d.status();
+    let events: u64 = status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| unseen_traces.iter().any(|t| s["trace_id"] == t.as_str()))
+        .map(|s| s["events"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "unseen work: 2 sessions, {events} events, {alerts} alert(s), 0 holds, {} gated",
+        status["gate"]["gated"]
+    );
 
     // Threat cases, rules off.
     let home = FakeHome::new();
@@ -715,7 +728,7 @@ fn threat_cases(h: &str, py: &str) -> Vec<Case> {
         Case {
             name: "write a script in the work directory, then run it",
             script: format!("printf '{m}\\n' > $W/run.sh && sh $W/run.sh"),
-            effect: Effect::NotHeld,
+            effect: Effect::NotRan,
         },
         Case {
             name: "DNS exfiltration",

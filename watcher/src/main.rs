@@ -1,5 +1,7 @@
 use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf, process::ExitCode};
 
+// The command line's own modules live beside it in main/ (above every layer of the library).
+#[path = "main/baseline.rs"]
 mod cli_baseline;
 
 use anyhow::{anyhow, Context as _};
@@ -127,6 +129,16 @@ enum Cmd {
         #[arg(long)]
         rules: Option<PathBuf>,
         #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
+    /// The detectors' cost per event over a recorded event stream, and a profile's size after
+    /// 100 sessions.
+    #[command(hide = true)]
+    BenchDetectors {
+        stream: PathBuf,
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long, default_value_t = 9)]
         rounds: u32,
     },
     /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
@@ -481,6 +493,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rounds,
         } => {
             watcher::rules::bench::run(&stream, rules.as_deref(), rounds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchDetectors {
+            stream,
+            rules,
+            rounds,
+        } => {
+            watcher::pipeline::baseline::bench::run(&stream, rules.as_deref(), rounds)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BenchFloor { hooks, toggle } => {

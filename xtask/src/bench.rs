@@ -32,7 +32,8 @@ pub struct Args {
     /// Session sizes (processes) of the hold-latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
-    /// Run only these parts (storms, pairs, build, rules, rmrf, holds, gate, profile); all but
+    /// Run only these parts (storms, pairs, build, rules, detectors, rmrf, holds, gate,
+    /// profile); all but
     /// profile when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -531,6 +532,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if wanted(&a, "rules") {
         rules_throughput(&bin)?;
     }
+    if wanted(&a, "detectors") {
+        detectors(&bin)?;
+    }
     if wanted(&a, "rmrf") {
         rm_rf(&bin, &dir, a.rounds)?;
     }
@@ -982,6 +986,27 @@ fn rules_throughput(bin: &Path) -> anyhow::Result<()> {
         );
     }
     println!("\n## Rule evaluation (shipped pack, recorded stream)\n");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+/// Every detector's cost per event over the recorded stream (rules, scope, a baseline learned
+/// from it in enforce mode), against the bare loop, interleaved; and a profile's size after
+/// 100 sessions.
+fn detectors(bin: &Path) -> anyhow::Result<()> {
+    let stream = root().join("bench/streams/agent-session.jsonl");
+    let out = Command::new(bin)
+        .arg("bench-detectors")
+        .arg(&stream)
+        .args(["--rounds", "15"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench-detectors failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("\n## Detectors (recorded stream, one core)\n");
     print!("{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }

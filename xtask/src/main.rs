@@ -1,5 +1,6 @@
-//! Developer and CI tasks: `cargo xtask run | test | bench | fuzz | setup`.
+//! Developer and CI tasks: `cargo xtask run | test | bench | eval | fuzz | setup`.
 mod bench;
+mod eval;
 mod fuzz;
 mod setup;
 
@@ -32,6 +33,9 @@ enum Cmd {
     },
     /// Set up and run the benchmarks (storms and a real build, watched and not).
     Bench(bench::Args),
+    /// Run the Atomic Red Team items as watched sessions in sandboxes, rules on and rules off
+    /// with a learned profile, and print what was caught per category (not part of `test`).
+    Eval(eval::Args),
     /// Run every fuzz target for a bounded time (not part of `test`).
     Fuzz(fuzz::Args),
     /// A storm, run by `bench` as the measured workload.
@@ -82,6 +86,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench(args) => {
             setup::setup()?;
             bench::run(args)
+        }
+        Cmd::Eval(args) => {
+            setup::setup()?;
+            eval::run(args)
         }
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Storm(args) => bench::storm(args),

@@ -105,6 +105,23 @@ impl ActivePolicy {
     }
 }
 
+/// What a session whose baseline or scope is enforced has gated: every exec and connect, every
+/// open for writing, every `UNLINK_SAMPLE`th delete and the rare kinds.
+pub const ENFORCED_GATE: u32 = watcher_common::GATE_EXEC
+    | watcher_common::GATE_CONNECT
+    | watcher_common::GATE_OPEN
+    | ((watcher_common::INTENT_WRITE
+        | watcher_common::INTENT_CREATE
+        | watcher_common::INTENT_TRUNCATE)
+        << watcher_common::SESSION_INTENT_SHIFT)
+    | watcher_common::GATE_UNLINK_SAMPLE
+    | watcher_common::GATE_CHMOD_SETID
+    | watcher_common::GATE_CHOWN
+    | watcher_common::GATE_SETID
+    | watcher_common::GATE_MOUNT
+    | watcher_common::GATE_BPF
+    | watcher_common::GATE_MODULE;
+
 /// What the pipeline asks of enforcement, which the daemon wires in at start-up.
 pub trait Enforcement: Send + Sync {
     /// Decides and acts on a rule's match. `kernel_rule`: the kernel's fast path matched this
@@ -201,6 +218,28 @@ impl Core {
     /// Enforcement, once the daemon installed it.
     pub fn enforcement(&self) -> Option<&Arc<dyn Enforcement>> {
         self.enforcement.get()
+    }
+
+    /// Gates a session whose baseline or scope is enforced from its first action on: written
+    /// when `launch` or `attach` starts it, before its command runs (intake keeps it so).
+    pub fn gate_enforced_session(&self, session_id: u64) {
+        let k = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        let r = k
+            .gate_handle()
+            .and_then(|mut g| g.set_session(session_id, ENFORCED_GATE));
+        if let Err(e) = r {
+            tracing::error!("gating an enforced session: {e:#}");
+        }
+    }
+
+    /// Whether a session of `profile` (with a pinned scope or not) is enforced by the baseline
+    /// or the scope, and so gated.
+    pub fn session_enforced(&self, profile: Option<&str>, scoped: bool) -> bool {
+        self.config.holds.enabled
+            && (scoped
+                || profile.is_some_and(|p| {
+                    self.baselines.get(p).mode == crate::model::baseline::ProfileMode::Enforce
+                }))
     }
 
     /// Numbers the event and hands it to `recent` and to live followers, in one order.

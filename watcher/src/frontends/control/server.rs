@@ -667,7 +667,7 @@ fn start_session(
         .start(Session {
             trace_id: trace_id.clone(),
             session_id,
-            profile,
+            profile: profile.clone(),
             started_by: how.into(),
             root_pid: pid,
             started: now,
@@ -682,9 +682,14 @@ fn start_session(
                 .or_else(|| crate::sys::procfs::cwd(pid)),
             scope: scope.as_ref().map(|s| s.scope.clone()),
         });
+    let scoped = scope.is_some();
     if let Some(s) = scope {
         tracing::info!(%trace_id, scope = %s.scope.summary(), "task scope pinned");
         shared.scopes.set(session_id, s);
+    }
+    // Before the reply: the command must not run one instruction ungated.
+    if shared.session_enforced(profile.as_deref(), scoped) {
+        shared.gate_enforced_session(session_id);
     }
     tracing::info!(%trace_id, pid, how, "session started");
     Ok(Reply::Started { trace_id, pids })

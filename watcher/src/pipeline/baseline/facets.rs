@@ -313,24 +313,34 @@ pub fn is_interpreter(prog: &str) -> bool {
 
 /// Programs whose first use from a new parent is worth a hold: they move data off the host.
 pub fn is_network_tool(prog: &str) -> bool {
-    matches!(
-        prog,
-        "curl"
-            | "wget"
-            | "nc"
-            | "ncat"
-            | "netcat"
-            | "nc.openbsd"
-            | "nc.traditional"
-            | "socat"
-            | "telnet"
-            | "ssh"
-            | "scp"
-            | "sftp"
-            | "ftp"
-            | "tftp"
-            | "rsync"
-    )
+    program_class(prog) == Some("network")
+}
+
+/// What a program can do beyond looking around, for how much its first use weighs: it moves
+/// data over the network, runs code it is given, decodes hidden text, or changes the system
+/// (privileges, services, mounts, kernel, disks). A new program of none of these (`file`,
+/// `netstat`, `lsmod`) only alerts.
+pub fn program_class(prog: &str) -> Option<&'static str> {
+    // `python3.11`, `perl5.36`: the name without its version, when the name itself is none.
+    class_of(prog)
+        .or_else(|| class_of(prog.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')))
+}
+
+fn class_of(p: &str) -> Option<&'static str> {
+    Some(match p {
+        "curl" | "wget" | "nc" | "ncat" | "netcat" | "nc.openbsd" | "nc.traditional" | "socat"
+        | "telnet" | "ssh" | "scp" | "sftp" | "ftp" | "tftp" | "rsync" | "dig" | "nslookup"
+        | "host" | "getent" | "whois" | "aria2c" | "lftp" => "network",
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "fish" | "busybox" | "python" | "perl"
+        | "ruby" | "node" | "php" | "lua" | "tclsh" | "expect" => "interpreter",
+        "base64" | "base32" | "basenc" | "xxd" | "uudecode" | "openssl" | "gpg" => "decoder",
+        "sudo" | "su" | "doas" | "pkexec" | "chattr" | "setcap" | "docker" | "podman"
+        | "nerdctl" | "kubectl" | "nsenter" | "unshare" | "chroot" | "mount" | "umount"
+        | "insmod" | "modprobe" | "rmmod" | "crontab" | "at" | "systemctl" | "useradd"
+        | "usermod" | "userdel" | "passwd" | "chpasswd" | "visudo" | "iptables" | "nft"
+        | "shred" | "wipefs" | "dd" | "mkfs" | "bpftool" => "system",
+        _ => return None,
+    })
 }
 
 /// A destination as a profile keeps it: `host:port` when the session resolved the name,
@@ -434,6 +444,16 @@ mod tests {
             command("/usr/bin/python3", &argv(&["python3", "setup"])),
             "python3"
         );
+    }
+
+    #[test]
+    fn program_classes() {
+        assert_eq!(program_class("python3.11"), Some("interpreter"));
+        assert_eq!(program_class("curl"), Some("network"));
+        assert_eq!(program_class("base64"), Some("decoder"));
+        assert_eq!(program_class("docker"), Some("system"));
+        assert_eq!(program_class("netstat"), None);
+        assert_eq!(program_class("file"), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! parent-child edge, a tree shape, a kind of action), a minute far above the learned rate, or
 //! a new read followed by a new destination is a finding with a score. The daemon never moves
 //! a profile to `enforce` by itself: only `watcher baseline mode` does.
+pub mod bench;
 pub mod facets;
 pub mod profile;
 pub mod store;
@@ -489,7 +490,16 @@ impl Detector {
             if !st.flagged[f as usize].insert(v.clone()) {
                 continue;
             }
-            let score = score(f, base, &v);
+            let mut score = score(f, base, &v);
+            if f == Facet::Read && score > 0.3 {
+                // A directory opened without O_DIRECTORY (`find` saving its place) is still a
+                // listing. Looked at only for what is new, so rarely.
+                if let Detail::Open { path, .. } = &ev.detail {
+                    if std::path::Path::new(path).is_dir() {
+                        score = 0.3;
+                    }
+                }
+            }
             if st.novel.len() < DIFF_MAX {
                 st.novel.push(Novelty {
                     facet: f.as_str().into(),
@@ -596,6 +606,11 @@ impl Detector {
             }
         }
         found
+    }
+
+    /// Forgets every session (keeps the executables' hashes, as a running daemon does).
+    pub fn forget_sessions(&mut self) {
+        self.sessions.clear();
     }
 
     /// A process exited: its node name goes.
@@ -821,7 +836,16 @@ fn extract(
                 }
             } else {
                 *rate = Some(RateKind::Read);
-                area(Facet::Read, path, out);
+                if has("O_DIRECTORY") {
+                    // A listing shows names, not contents: the directory itself, as `AREA/`.
+                    let (b, mut a) = facets::area(&format!("{path}/."), w, None);
+                    if !a.ends_with('/') {
+                        a.push('/');
+                    }
+                    out.push((Facet::Read, a, Some(b)));
+                } else {
+                    area(Facet::Read, path, out);
+                }
             }
         }
         Detail::Unlink {
@@ -930,17 +954,24 @@ fn score(f: Facet, base: Option<Base>, value: &str) -> f32 {
     let dot_in_work = || value.starts_with("$WORK/**/.") && !value.ends_with(']');
     match f {
         Facet::ExecLocation => 0.9,
-        Facet::Exec => 0.7,
+        Facet::Exec => match facets::program_class(facets::basename(value)) {
+            Some(_) => 0.75,
+            None => 0.5,
+        },
         Facet::Command => 0.35,
         Facet::Edge => {
             let child = value.rsplit(" > ").next().unwrap_or("");
-            if facets::is_network_tool(child) {
-                0.75
-            } else {
-                0.4
+            match facets::program_class(child) {
+                // A known program that now moves data, or a shell from a parent that never
+                // started one (`awk 'BEGIN {system("sh")}'`).
+                Some("network") => 0.75,
+                Some("interpreter") => 0.65,
+                _ => 0.4,
             }
         }
         Facet::Ancestry => 0.3,
+        // A directory listed, not a file read.
+        Facet::Read if value.ends_with('/') => 0.3,
         Facet::Read => match base {
             Some(Base::Home) => 0.65,
             Some(Base::System | Base::Dev | Base::Proc) => 0.3,
@@ -985,7 +1016,10 @@ fn rule_of(f: Facet) -> &'static str {
 
 fn describe(f: Facet, v: &str) -> String {
     match f {
-        Facet::Exec => format!("ran {v}, a program this profile never runs"),
+        Facet::Exec => match facets::program_class(facets::basename(v)) {
+            Some(class) => format!("ran {v} ({class}), a program this profile never runs"),
+            None => format!("ran {v}, a program this profile never runs"),
+        },
         Facet::ExecLocation => {
             format!("ran a program from {v}, where this profile never runs programs from")
         }
@@ -1000,3 +1034,6 @@ fn describe(f: Facet, v: &str) -> String {
         Facet::Kind => format!("a {v} action, which this profile never does"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,7 @@ use self::{
     decode::{decode, Record, SockAddr},
     tree::{Proc, Tree},
 };
-use super::{ActivePolicy, Core, Seed};
+use super::{ActivePolicy, Core, Seed, ENFORCED_GATE};
 use crate::{
     kernel::gate::GateHandle,
     model::{
@@ -388,23 +388,6 @@ pub struct Intake {
     /// profiles' generation that was decided at.
     session_base: std::collections::HashMap<u64, (u64, u32)>,
 }
-
-/// What a session whose baseline or scope is enforced has gated: every exec and connect, every
-/// open for writing, every `UNLINK_SAMPLE`th delete and the rare kinds.
-const ENFORCED_GATE: u32 = watcher_common::GATE_EXEC
-    | watcher_common::GATE_CONNECT
-    | watcher_common::GATE_OPEN
-    | ((watcher_common::INTENT_WRITE
-        | watcher_common::INTENT_CREATE
-        | watcher_common::INTENT_TRUNCATE)
-        << watcher_common::SESSION_INTENT_SHIFT)
-    | watcher_common::GATE_UNLINK_SAMPLE
-    | watcher_common::GATE_CHMOD_SETID
-    | watcher_common::GATE_CHOWN
-    | watcher_common::GATE_SETID
-    | watcher_common::GATE_MOUNT
-    | watcher_common::GATE_BPF
-    | watcher_common::GATE_MODULE;
 
 /// Processes whose last gate is remembered at most (a tamper check needs only recent ones).
 const GATE_STOPS_MAX: usize = 4096;
