@@ -728,7 +728,7 @@ fn threat_cases(h: &str, py: &str) -> Vec<Case> {
         Case {
             name: "write a script in the work directory, then run it",
             script: format!("printf '{m}\\n' > $W/run.sh && sh $W/run.sh"),
-            effect: Effect::NotRan,
+            effect: Effect::NotHeld,
         },
         Case {
             name: "DNS exfiltration",

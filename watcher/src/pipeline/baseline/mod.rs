@@ -962,10 +962,11 @@ fn score(f: Facet, base: Option<Base>, value: &str) -> f32 {
         Facet::Edge => {
             let child = value.rsplit(" > ").next().unwrap_or("");
             match facets::program_class(child) {
-                // A known program that now moves data, or a shell from a parent that never
-                // started one (`awk 'BEGIN {system("sh")}'`).
+                // A known program that now moves data.
                 Some("network") => 0.75,
-                Some("interpreter") => 0.65,
+                // A shell from a parent that never started one (`awk 'BEGIN {system("sh")}'`)
+                // is worth an alert, not a hold: shells start shells all the time.
+                Some("interpreter") => 0.5,
                 _ => 0.4,
             }
         }
