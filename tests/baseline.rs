@@ -51,28 +51,8 @@ fn launch_as(
     if pin {
         c.arg("--workdir").arg(workdir);
     }
-    c.args(extra);
-    let mut child = c
-        .args(["--", "sh", "-c", script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-    // The rest of the session's stderr goes to the test's (a closed pipe would kill it).
-    std::thread::spawn(move || {
-        for l in std::io::BufRead::lines(err).map_while(Result::ok) {
-            eprintln!("  session: {l}");
-        }
-    });
-    let trace = line
-        .strip_prefix("watcher: trace id ")
-        .unwrap_or_else(|| panic!("no trace id: {line:?}"))
-        .trim()
-        .to_string();
-    (child, trace)
+    c.args(extra).args(["--", "sh", "-c", script]);
+    holds::spawn_session(c)
 }
 
 fn launch(

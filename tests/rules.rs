@@ -306,8 +306,11 @@ fn normal_agent_work_is_not_held_or_killed() {
     );
     let gated = |d: &Daemon| d.status()["gate"]["gated"].as_u64().unwrap();
     let before = gated(&daemon);
-    let (trace, code) = daemon.launch(&script);
+    // Followed from its start: the whole session is more than the daemon's backlog of recent
+    // events holds.
+    let (mut child, trace) = common::holds::launch_bg(&daemon, &script);
     let events = daemon.session_events(&trace, None);
+    let code = common::holds::wait_exit(&mut child).code().unwrap_or(-1);
     let findings = daemon.findings(&trace);
     assert_eq!(code, 0, "the work failed: {events:#?}");
     let execs = events.iter().filter(|e| e["type"] == "exec").count();

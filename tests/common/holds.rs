@@ -11,17 +11,27 @@ use super::{Daemon, DEADLINE};
 
 /// A session started in the background: (launch process, trace id).
 pub fn launch_bg(d: &Daemon, script: &str) -> (Child, String) {
-    let mut child = d
-        .cli()
-        .args(["launch", "--", "sh", "-c", script])
+    let mut c = d.cli();
+    c.args(["launch", "--", "sh", "-c", script]);
+    spawn_session(c)
+}
+
+/// Spawns a prepared `watcher launch ...` command; returns it with its session's trace id. The
+/// rest of the session's stderr goes on being read (a closed pipe would kill the session).
+pub fn spawn_session(mut c: std::process::Command) -> (Child, String) {
+    let mut child = c
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    err.read_line(&mut line).unwrap();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            eprintln!("  session: {l}");
+        }
+    });
     let trace = line
         .strip_prefix("watcher: trace id ")
         .unwrap_or_else(|| panic!("no trace id: {line:?}"))

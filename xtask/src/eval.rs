@@ -1,9 +1,9 @@
 //! `cargo xtask eval`: the Atomic Red Team Linux items (`eval/atomic-red-team-linux.yaml`) run as
 //! watched sessions, each in a sandbox of its own (`eval/sandbox.sh`: mount and network
 //! namespaces, an overlay over `/` that vanishes, a tmpfs home with fake secrets). Every hold is
-//! denied. Two passes: the rule pack on, then the rules off with a learned profile in enforce
-//! mode. Per category: items with a finding, items held or killed, and false holds of the
-//! discovery items.
+//! denied. Three passes: the rule pack on; the rules off with a learned profile in enforce
+//! mode; both together. Per category: items with a finding, items held or killed, and false
+//! holds of the discovery items.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -38,7 +38,7 @@ pub struct Args {
     /// An item still running after this many seconds is killed.
     #[arg(long, default_value_t = 20)]
     timeout: u64,
-    /// Only this pass: `rules` or `baseline`.
+    /// Only this pass: `rules` (the pack), `baseline` (rules off, a learned profile) or `both`.
     #[arg(long)]
     pass: Option<String>,
 }
@@ -108,8 +108,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let sandbox = root().join("eval/sandbox.sh");
     let mut passes: Vec<(&str, Vec<Outcome>)> = Vec::new();
     let want = |p: &str| a.pass.as_deref().is_none_or(|x| x == p);
+    // The daemons' rules come from a copy in the host's /tmp, which the sandboxes do not see:
+    // an item's `find /` reading the watcher's own rules would be tampering.
+    let rules = copy_rules(
+        &a.rules.clone().unwrap_or_else(|| root().join("rules")),
+        &dir.join("rule-pack"),
+    )?;
     if want("rules") {
-        let rules = a.rules.clone().unwrap_or_else(|| root().join("rules"));
         let d = EvalDaemon::start(&bin, &dir.join("rules-on"), &rules)?;
         eprintln!(
             "eval: rules on ({}), {} items",
@@ -122,17 +127,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         passes.push(("rules on", out));
     }
-    if want("baseline") {
-        let empty = dir.join("no-rules");
-        std::fs::create_dir_all(&empty)?;
-        let d = EvalDaemon::start(&bin, &dir.join("rules-off"), &empty)?;
+    let empty = dir.join("no-rules");
+    std::fs::create_dir_all(&empty)?;
+    // The rules off with the baseline; then both, as a host would run them.
+    for (pass, rule_dir, name) in [
+        ("baseline", &empty, "rules off, baseline"),
+        ("both", &rules, "rules and baseline"),
+    ] {
+        if !want(pass) {
+            continue;
+        }
+        let d = EvalDaemon::start(&bin, &dir.join(pass), rule_dir)?;
         match &a.profile {
             Some(p) => {
                 d.cli(&["baseline", "import", "eval"])
                     .arg(p)
                     .status_ok()
                     .context("importing the profile")?;
-                eprintln!("eval: rules off, profile imported from {}", p.display());
+                eprintln!("eval: {name}, profile imported from {}", p.display());
             }
             None => {
                 for i in 0..a.learn {
@@ -144,7 +156,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     }
                 }
                 d.await_sessions("eval", a.learn as u64)?;
-                eprintln!("eval: rules off, profile learned from {} sessions", a.learn);
+                eprintln!("eval: {name}, profile learned from {} sessions", a.learn);
             }
         }
         d.cli(&["baseline", "mode", "eval", "enforce"])
@@ -153,11 +165,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .iter()
             .map(|i| d.run_item(&sandbox, i, a.timeout))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        passes.push(("rules off, baseline", out));
+        passes.push((name, out));
     }
     report(&items, &passes);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The rule files of `from` (a file or a directory of `*.yaml`) copied into `to`.
+fn copy_rules(from: &Path, to: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(to)?;
+    let files: Vec<PathBuf> = if from.is_dir() {
+        std::fs::read_dir(from)
+            .with_context(|| format!("reading {}", from.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect()
+    } else {
+        vec![from.to_path_buf()]
+    };
+    for f in files {
+        std::fs::copy(&f, to.join(f.file_name().unwrap()))
+            .with_context(|| format!("copying {}", f.display()))?;
+    }
+    Ok(to.to_path_buf())
 }
 
 fn report(items: &[Item], passes: &[(&str, Vec<Outcome>)]) {

@@ -9,21 +9,7 @@ use super::{examples::ExampleLineage, Policy, SeqState, SessionView};
 use crate::model::event::{Detail, Event};
 
 pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(stream).with_context(|| format!("reading {}", stream.display()))?;
-    let mut events = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let ev: Event = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}", stream.display(), i + 1))?;
-        if !matches!(ev.detail, Detail::Finding(_)) {
-            events.push(Arc::new(ev));
-        }
-    }
-    anyhow::ensure!(!events.is_empty(), "{}: no events", stream.display());
+    let events = read_stream(stream)?;
     let (policy, _) = super::load(rules)?;
     // Processes as the daemon's tree would know them: the last exec of each pid.
     let mut lineage = ExampleLineage::default();
@@ -100,4 +86,25 @@ pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<(
         med(&ratios)
     );
     Ok(())
+}
+
+/// The events of a recorded stream (`watcher events --json` lines), findings left out; an error
+/// names the file and line.
+pub fn read_stream(stream: &Path) -> anyhow::Result<Vec<Arc<Event>>> {
+    let text =
+        std::fs::read_to_string(stream).with_context(|| format!("reading {}", stream.display()))?;
+    let mut events = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let ev: Event = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}", stream.display(), i + 1))?;
+        if !matches!(ev.detail, Detail::Finding(_)) {
+            events.push(Arc::new(ev));
+        }
+    }
+    anyhow::ensure!(!events.is_empty(), "{}: no events", stream.display());
+    Ok(events)
 }

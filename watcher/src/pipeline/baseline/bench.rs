@@ -5,16 +5,10 @@
 //! 100 sessions whose task names (crate, files) differ each time.
 use std::{path::Path, sync::Arc, time::Instant};
 
-use anyhow::Context as _;
-
 use super::{Baselines, Ctx, Detector};
 use crate::{
     config::Config,
-    model::{
-        baseline::ProfileMode,
-        event::{Detail, Event},
-        scope::Scope,
-    },
+    model::{baseline::ProfileMode, event::Event, scope::Scope},
     pipeline::{
         intake::tree::{Proc, Tree},
         scope::ScopeCheck,
@@ -25,7 +19,7 @@ use crate::{
 const WORKDIR: &str = "/work/repo";
 
 pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<()> {
-    let events = read(stream)?;
+    let events = crate::rules::bench::read_stream(stream)?;
     let config = Config::load(None)?;
     let mut tree = Tree::default();
     for ev in &events {
@@ -138,25 +132,6 @@ pub fn run(stream: &Path, rules: Option<&Path>, rounds: u32) -> anyhow::Result<(
         med(&mut bare) * 1e9 / events.len() as f64
     );
     profile_size(&config, &events, &tree)
-}
-
-fn read(stream: &Path) -> anyhow::Result<Vec<Arc<Event>>> {
-    let text =
-        std::fs::read_to_string(stream).with_context(|| format!("reading {}", stream.display()))?;
-    let mut events = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let ev: Event = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}", stream.display(), i + 1))?;
-        if !matches!(ev.detail, Detail::Finding(_)) {
-            events.push(Arc::new(ev));
-        }
-    }
-    anyhow::ensure!(!events.is_empty(), "{}: no events", stream.display());
-    Ok(events)
 }
 
 fn feed(d: &mut Detector, b: &Baselines, tree: &Tree, events: &[Arc<Event>], session: u64) {

@@ -71,6 +71,36 @@ fn found_rule(id: &str, description: String, score: f32, action: Action) -> Rule
     }
 }
 
+/// The finding a rule made (or a baseline or scope detector, through its synthetic rule).
+fn finding_of(
+    rule: &Rule,
+    outcome: Outcome,
+    policy_version: &str,
+    evidence: Vec<Event>,
+    anomaly: Option<(Detector, f32, Anomaly)>,
+) -> Finding {
+    let (detector, score, anomaly) = match anomaly {
+        Some((d, s, a)) => (d, Some(s), Some(a)),
+        None => (Detector::Rules, None, None),
+    };
+    Finding {
+        detector,
+        rule: rule.id.clone(),
+        description: rule.description.clone(),
+        severity: rule.severity,
+        tags: rule.tags.clone(),
+        action: rule.action,
+        mode: rule.mode,
+        outcome,
+        policy_version: policy_version.to_string(),
+        in_kernel: false,
+        hold: None,
+        evidence,
+        score,
+        anomaly,
+    }
+}
+
 fn scope_rule(entry: &str) -> &'static str {
     match entry {
         "workdir" => "scope-workdir",
@@ -815,26 +845,10 @@ impl Intake {
                 new_hold: false,
             },
         };
-        let (detector, score, anomaly) = match anomaly {
-            Some((d, s, a)) => (d, Some(s), Some(a)),
-            None => (Detector::Rules, None, None),
-        };
-        let finding = Finding {
-            detector,
-            rule: rule.id.clone(),
-            description: rule.description.clone(),
-            severity: rule.severity,
-            tags: rule.tags.clone(),
-            action: rule.action,
-            mode: rule.mode,
-            outcome: d.outcome,
-            policy_version: out.policy_version.to_string(),
-            in_kernel: kernel_rule,
-            hold: d.hold.clone(),
-            evidence,
-            score,
-            anomaly,
-        };
+        let mut finding = finding_of(rule, d.outcome, out.policy_version, evidence, anomaly);
+        finding.in_kernel = kernel_rule;
+        finding.hold = d.hold.clone();
+        let detector = finding.detector;
         tracing::info!(rule = %finding.rule, detector = detector.as_str(), trace_id = %ev.trace_id, pid = ev.pid, outcome = ?d.outcome, "finding");
         let published = self.publish_finding(ev, finding);
         match (d.new_hold, d.hold) {
@@ -878,28 +892,15 @@ impl Intake {
         ev: &Arc<Event>,
         rule: &Rule,
         evidence: Vec<Event>,
-        (detector, score, anomaly): (Detector, f32, Anomaly),
+        anomaly: (Detector, f32, Anomaly),
         policy_version: &str,
     ) {
-        let finding = Finding {
-            detector,
-            rule: rule.id.clone(),
-            description: rule.description.clone(),
-            severity: rule.severity,
-            tags: rule.tags.clone(),
-            action: rule.action,
-            mode: Mode::Monitor,
-            outcome: match rule.action {
-                Action::Alert => Outcome::Alerted,
-                _ => Outcome::WouldHold,
-            },
-            policy_version: policy_version.to_string(),
-            in_kernel: false,
-            hold: None,
-            evidence,
-            score: Some(score),
-            anomaly: Some(anomaly),
+        let outcome = match rule.action {
+            Action::Alert => Outcome::Alerted,
+            _ => Outcome::WouldHold,
         };
+        let mut finding = finding_of(rule, outcome, policy_version, evidence, Some(anomaly));
+        finding.mode = Mode::Monitor;
         tracing::info!(rule = %finding.rule, trace_id = %ev.trace_id, pid = ev.pid, outcome = ?finding.outcome, "shadow finding");
         self.publish_finding(ev, finding);
     }
