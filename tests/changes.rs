@@ -355,11 +355,21 @@ fn the_pack_acts_on_each_changes_threat_case() {
         "{f:#?}"
     );
 
-    // History linked to /dev/null: an alert (it has happened; nothing to stop).
-    let (trace, _) = d.launch(&format!(
-        "ln -sf /dev/null {}/.bash_history",
-        home.0.display()
-    ));
+    // History relinked to /dev/null by a command: held before `ln` runs; deny leaves the
+    // history as it was.
+    let hist = home.0.join(".bash_history");
+    std::fs::write(&hist, "ls\n").unwrap();
+    let (mut child, trace) =
+        common::holds::launch_bg(&d, &format!("ln -sf /dev/null {}", hist.display()));
+    let hold = common::holds::await_hold(&d, &trace);
+    assert_eq!(hold["rule"], "history-wipe-command", "{hold:#}");
+    common::holds::verdict(&d, "deny", &hold);
+    common::holds::wait_exit(&mut child);
+    let md = std::fs::symlink_metadata(&hist).unwrap();
+    assert!(!md.file_type().is_symlink(), "the history was relinked");
+    assert_eq!(std::fs::read_to_string(&hist).unwrap(), "ls\n");
+    // Emptied by the shell itself (no command to stop): an alert, after the fact.
+    let (trace, _) = d.launch(&format!(": > {}", hist.display()));
     let _ = d.session_events(&trace, None);
     let f = d.findings(&trace);
     assert!(f.iter().any(|f| f["rule"] == "history-wipe"), "{f:#?}");

@@ -8,12 +8,14 @@ use anyhow::{bail, Context as _};
 
 use crate::setup::root;
 
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 7] = [
     "record_decode",
     "sockaddr",
     "rule_compile",
     "control_request",
     "http_request",
+    "profile_import",
+    "scope_compile",
 ];
 
 #[derive(clap::Args)]

@@ -10,8 +10,10 @@ use super::{
     session::Session,
 };
 
-/// The longest request line a client may send; longer ones are refused with an error.
-pub const MAX_LINE: usize = 64 * 1024;
+/// The longest request line a client may send; longer ones are refused with an error. Big
+/// enough for a profile to import (`baseline import`, some 50,000 entries); only root and the
+/// approver group can send one at all.
+pub const MAX_LINE: usize = 8 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
