@@ -908,6 +908,39 @@ fn a_pinned_scope_names_the_entry_an_action_broke_and_remember_widens_it_for_the
     holds::wait_exit(&mut child);
     assert_eq!(other.bytes.load(Ordering::SeqCst), 2);
 
+    // `attach` pins a scope too.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let out = d
+        .cli()
+        .args(["attach", &sleeper.id().to_string(), "--workdir"])
+        .arg(&w)
+        .args(["--allow-host", &host])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attached = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let status = d.status();
+    let s = status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["trace_id"] == attached.as_str())
+        .unwrap_or_else(|| panic!("no session {attached}: {status:#}"));
+    assert_eq!(
+        s["scope"]["workdir"],
+        w.canonicalize().unwrap().display().to_string()
+    );
+    assert_eq!(s["started_by"], "attach");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+
     // A bad scope entry is refused with its field, and starts nothing.
     let out = d
         .cli()

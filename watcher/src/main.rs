@@ -52,6 +52,9 @@ enum Cmd {
         pid: u32,
         #[arg(long)]
         profile: Option<String>,
+        /// The task scope to pin (as for launch; the process keeps its working directory).
+        #[command(flatten)]
+        scope: cli_baseline::ScopeArgs,
     },
     /// Print events from the daemon.
     Events {
@@ -262,11 +265,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .exec();
             Err(anyhow!("cannot run {:?}: {err}", cmd[0]))
         }
-        Cmd::Attach { pid, profile } => {
+        Cmd::Attach {
+            pid,
+            profile,
+            scope,
+        } => {
             let req = Request::Attach {
                 pid,
                 profile,
-                scope: None,
+                scope: scope.scope()?,
             };
             match Client::send(&socket, &req)?.reply()? {
                 Reply::Started { trace_id, pids } => {
