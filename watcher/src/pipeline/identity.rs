@@ -75,8 +75,11 @@ impl Core {
         let index = self.inodes.load();
         let key = |(ino, dev): (u64, u32), dir: u32| InodeKey { ino, dev, dir };
         let differs = |name: String| (name != opened).then_some(name);
+        // The index is as old as its last refresh: a named file deleted since may have left its
+        // inode number to a new file. A name counts only while it still is that file.
+        let still = |name: &str, id| crate::sys::files::identity(Path::new(name)) == Some(id);
         if let Some(id) = crate::sys::files::identity(Path::new(&link)) {
-            if let Some(name) = index.get(&key(id, 0)) {
+            if let Some(name) = index.get(&key(id, 0)).filter(|n| still(n, id)) {
                 return differs(name.clone());
             }
         }
@@ -87,9 +90,9 @@ impl Core {
         }
         let p = Path::new(real);
         if let (Some(parent), Some(base)) = (p.parent(), p.file_name()) {
-            if let Some(dir) =
-                crate::sys::files::identity(parent).and_then(|id| index.get(&key(id, 1)))
-            {
+            let dir = crate::sys::files::identity(parent)
+                .and_then(|id| index.get(&key(id, 1)).filter(|d| still(d, id)));
+            if let Some(dir) = dir {
                 return differs(format!("{}/{}", dir.trim_end_matches('/'), base.to_str()?));
             }
         }
