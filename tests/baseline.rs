@@ -478,6 +478,16 @@ fn a_learned_profile_passes_unseen_work_and_holds_threats_with_the_rules_off() {
             }
             Effect::NotHeld => assert!(!held, "{}: held, but listed as not caught", case.name),
         }
+        // What the attacks leave in scratch places outside the test's directory goes.
+        for left in [
+            "/tmp/watcher-dl-$PORT",
+            "/tmp/watcher-run-$PORT.sh",
+            "/tmp/systemd-helper-$PORT",
+            "/dev/shm/watcher-e2e-$PORT",
+            "/etc/cron.d/watcher-e2e-$PORT",
+        ] {
+            let _ = std::fs::remove_file(subst(left));
+        }
         // No held attack ran to its end.
         if held {
             let marker = std::fs::read(w.join("marker")).unwrap_or_default();
