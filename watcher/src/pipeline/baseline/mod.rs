@@ -169,8 +169,6 @@ impl Baselines {
     pub fn teach(&self, name: &str, facet: &str, value: &str) -> Result<(), String> {
         let f = Facet::parse(facet).ok_or_else(|| format!("{facet:?} is not a facet"))?;
         let mut p = self.get(name).as_ref().clone();
-        let mut l = Learned::default();
-        l.values[f as usize].insert(value.to_string(), (1, None));
         let now = profile::now_ms();
         let e = p.entries[f as usize]
             .entry(value.to_string())
@@ -339,6 +337,8 @@ pub struct Found {
 struct SessionState {
     profile: Arc<Profile>,
     generation: u64,
+    /// The profile's (alert_at, hold_at), from the configuration.
+    thresholds: (f32, f32),
     learned: Learned,
     /// Values of each facet already reported (or, in learn mode, counted) this session.
     flagged: [HashSet<String>; FACETS],
@@ -386,6 +386,7 @@ impl Detector {
             .entry(cx.session_id)
             .or_insert_with(|| SessionState {
                 profile: b.get(cx.profile),
+                thresholds: b.thresholds(cx.profile),
                 generation,
                 learned: Learned::default(),
                 flagged: Default::default(),
@@ -448,7 +449,7 @@ impl Detector {
             }
             return Vec::new();
         }
-        let (alert_at, hold_at) = b.thresholds(cx.profile);
+        let (alert_at, hold_at) = st.thresholds;
         let mut found = Vec::new();
         let mode = st.profile.mode;
         let sessions = st.profile.sessions;
