@@ -61,6 +61,11 @@ impl Daemon {
         let config = with_section(config, "[holds]", &own);
         let api = format!("socket = \"{}\"\n", dir.0.join("api.sock").display());
         let config = with_section(&config, "[api]", &api);
+        let audit = format!(
+            "store = \"{0}/audit.db\"\nkey = \"{0}/audit.key\"\nwitness = \"{0}/witness.jsonl\"\n",
+            dir.0.display()
+        );
+        let config = with_section(&config, "[audit]", &audit);
         std::fs::write(&config_path, config).unwrap();
         let cgroup = cgroup2_root().join(cgroup_name);
         let child = spawn_daemon(&config_path, &socket, env);
@@ -79,6 +84,12 @@ impl Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.restart();
+    }
+
+    /// Kills the daemon with SIGKILL and waits for it; its files stay.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Starts the daemon again after it died (same configuration, store and cgroups).

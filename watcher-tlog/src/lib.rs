@@ -127,7 +127,11 @@ pub fn consistency_proof(leaves: &[Hash], m: usize) -> Vec<Hash> {
     fn sub(m: usize, d: &[Hash], complete: bool) -> Vec<Hash> {
         let n = d.len();
         if m == n {
-            return if complete { Vec::new() } else { vec![root_of(d)] };
+            return if complete {
+                Vec::new()
+            } else {
+                vec![root_of(d)]
+            };
         }
         let k = split(n);
         if m <= k {
@@ -234,7 +238,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The checkpoint body (C2SP tlog-checkpoint), which the note signs.
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     fn parse(body: &str) -> Result<Checkpoint, NoteError> {
@@ -357,7 +366,9 @@ impl NoteVerifier {
         let c = Checkpoint::parse(body)?;
         for line in sigs.lines() {
             let Some(rest) = line.strip_prefix("\u{2014} ") else {
-                return Err(NoteError::Format("a signature line does not start with an em dash"));
+                return Err(NoteError::Format(
+                    "a signature line does not start with an em dash",
+                ));
             };
             let Some((name, blob)) = rest.split_once(' ') else {
                 return Err(NoteError::Format("a signature line has no signature"));
@@ -429,7 +440,10 @@ mod tests {
             let root = root_of(&l[..n]);
             for i in 0..n {
                 let p = inclusion_proof(&l[..n], i);
-                assert!(verify_inclusion(i as u64, n as u64, &l[i], &p, &root), "{i} in {n}");
+                assert!(
+                    verify_inclusion(i as u64, n as u64, &l[i], &p, &root),
+                    "{i} in {n}"
+                );
                 let other = l[(i + 1) % l.len()];
                 assert!(!verify_inclusion(i as u64, n as u64, &other, &p, &root));
                 if let Some(first) = p.first() {
@@ -441,7 +455,10 @@ mod tests {
             for m in 1..=n {
                 let old = root_of(&l[..m]);
                 let p = consistency_proof(&l[..n], m);
-                assert!(verify_consistency(m as u64, n as u64, &old, &root, &p), "{m} to {n}");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &old, &root, &p),
+                    "{m} to {n}"
+                );
                 if m < n {
                     let wrong = root_of(&l[1..=m]);
                     assert!(!verify_consistency(m as u64, n as u64, &wrong, &root, &p));
@@ -471,7 +488,11 @@ mod tests {
         assert!(v.open(&edited).is_err());
         assert!(NoteVerifier::parse("watcher/host+00000000+AQ==").is_err());
         let vk = s.vkey();
-        let wrong_id = format!("{}+deadbeef+{}", "watcher/host", vk.rsplit('+').next().unwrap());
+        let wrong_id = format!(
+            "{}+deadbeef+{}",
+            "watcher/host",
+            vk.rsplit('+').next().unwrap()
+        );
         assert!(NoteVerifier::parse(&wrong_id).is_err());
     }
 }

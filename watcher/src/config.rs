@@ -38,6 +38,8 @@ pub struct Config {
     pub api: Api,
     #[serde(default)]
     pub baseline: Baseline,
+    #[serde(default)]
+    pub audit: Audit,
     /// Per profile: detector thresholds and the default task scope of its sessions.
     #[serde(default)]
     pub profiles: std::collections::BTreeMap<String, ProfileConfig>,
@@ -98,6 +100,43 @@ pub struct Holds {
     pub webhook: Option<String>,
     /// `json` (the hold record, generic) or `slack` (a Slack-compatible `{"text": ...}`).
     pub webhook_format: WebhookFormat,
+}
+
+/// The append-only, signed audit log (`pipeline::audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    pub enabled: bool,
+    /// The SQLite file of the log (table `audit`).
+    pub store: PathBuf,
+    /// The Ed25519 signing key of the checkpoints, created at first start (mode 0600); the
+    /// verifier key is written beside it as `<key>.pub`.
+    pub key: PathBuf,
+    /// A file outside the store that every checkpoint is appended to (JSON lines).
+    pub witness: Option<PathBuf>,
+    /// A URL every checkpoint is POSTed to (`{"size": N, "note": "..."}`), off the writer.
+    pub witness_url: Option<String>,
+    /// A checkpoint is written at least this often while records come (and before every
+    /// decision takes effect).
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: std::time::Duration,
+    /// Events waiting for the writer at most; beyond, events (never decisions) are dropped and
+    /// counted.
+    pub ring_events: usize,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            enabled: true,
+            store: PathBuf::from("/var/lib/watcher/audit.db"),
+            key: PathBuf::from("/var/lib/watcher/audit.key"),
+            witness: Some(PathBuf::from("/var/log/watcher/witness.jsonl")),
+            witness_url: None,
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            ring_events: 262_144,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

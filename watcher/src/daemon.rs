@@ -72,15 +72,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = kernel.watch_dns(cgroups.base()) {
         tracing::warn!("no DNS names for connects: {e:#}");
     }
+    let audit = Arc::new(crate::pipeline::audit::Audit::open(&config.audit)?);
     let approvals = Arc::new(Approvals::open(
         &config.holds.store,
         cgroups.clone(),
         config.holds.timeout,
         config.holds.deny,
     )?);
+    approvals.set_audit(audit.clone());
     let (seed_tx, seed_rx) = std::sync::mpsc::channel();
-    let core =
-        Arc::new(Core::new(config, kernel, active, cgroups, seed_tx).context("the pipeline")?);
+    let core = Arc::new(
+        Core::new(config, kernel, active, cgroups, seed_tx, audit).context("the pipeline")?,
+    );
     let enforce = Enforce::new(core.clone(), approvals)?;
     let shared = Arc::new(State {
         enforce: enforce.clone(),

@@ -1,6 +1,8 @@
 use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf, process::ExitCode};
 
 // The command line's own modules live beside it in main/ (above every layer of the library).
+#[path = "main/audit.rs"]
+mod cli_audit;
 #[path = "main/baseline.rs"]
 mod cli_baseline;
 
@@ -119,6 +121,11 @@ enum Cmd {
     Baseline {
         #[command(subcommand)]
         cmd: cli_baseline::BaselineCmd,
+    },
+    /// The signed audit log: the verifier key, a session's timeline.
+    Audit {
+        #[command(subcommand)]
+        cmd: cli_audit::AuditCmd,
     },
     /// Test, check and reload detection rules.
     Rules {
@@ -349,6 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Rules { cmd } => rules_cmd(cmd, &socket),
         Cmd::Baseline { cmd } => cli_baseline::run(cmd, &socket),
+        Cmd::Audit { cmd } => cli_audit::run(cmd, &config.audit),
         Cmd::Holds { json, all } => {
             let Reply::Holds { holds } = Client::send(&socket, &Request::Holds { all })?.reply()?
             else {

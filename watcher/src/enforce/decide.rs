@@ -74,6 +74,17 @@ pub fn decide(
     match rule.action {
         Action::Kill if kernel_rule && !is_connect => plain(Outcome::KilledInKernel),
         Action::Kill => {
+            // The kill takes effect once its decision is sealed in the audit log; a failing
+            // log does not save the process (logged, counted).
+            let body = serde_json::json!({
+                "rule": rule.id,
+                "action": "kill",
+                "pid": ev.pid,
+                "event": ev.seq,
+                "reason": format!("rule {} (kill, enforce) matched", rule.id),
+                "policy_version": shared.policy.load().policy.version,
+            });
+            let _ = shared.audit.seal("decision", Some(&ev.trace_id), Ok(body));
             // SAFETY: plain kill(2) of the process the finding is about.
             unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
             plain(Outcome::Killed)
@@ -158,6 +169,7 @@ pub fn record_hold(shared: Arc<Enforce>, mut draft: HoldDraft) {
         crate::sys::fault::point(crate::sys::fault::BEFORE_HOLD_STORE);
         match a.record(draft) {
             Ok(h) => {
+                a.seal_hold(&h);
                 shared.counters.holds.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(hold = %h.id, trace_id = %h.trace_id, rule = %h.rule, deadline = %h.deadline, "session held: waiting for `watcher approve` or `watcher deny`");
                 announce(&shared, h);

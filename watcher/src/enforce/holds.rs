@@ -31,6 +31,8 @@ pub enum HoldError {
     Decided(String, &'static str),
     #[error(transparent)]
     Id(#[from] crate::model::ids::IdError),
+    #[error("the decision is recorded as taken but could not be sealed in the audit log, so it was not carried out (the session stays frozen): {0}")]
+    Audit(String),
 }
 
 pub struct Approvals {
@@ -48,6 +50,8 @@ pub struct Approvals {
     /// Protected opens decided lately: the open's own event, when it arrives, is covered by
     /// that decision instead of asking again.
     decided_opens: Mutex<Vec<DecidedOpen>>,
+    /// Approvals and denials are sealed in it before they take effect.
+    audit: std::sync::OnceLock<std::sync::Arc<crate::pipeline::audit::Audit>>,
 }
 
 /// How long a decided open waits for its event.
@@ -109,7 +113,38 @@ impl Approvals {
             changed: tokio::sync::Notify::new(),
             verdict_hook: Mutex::new(None),
             decided_opens: Mutex::new(Vec::new()),
+            audit: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the audit log (once, at start-up).
+    pub fn set_audit(&self, a: std::sync::Arc<crate::pipeline::audit::Audit>) {
+        let _ = self.audit.set(a);
+    }
+
+    /// Appends a decision's record and a checkpoint covering it; without an audit log, Ok.
+    pub fn seal(&self, kind: &'static str, h: &Hold) -> Result<u64, HoldError> {
+        let Some(a) = self.audit.get() else {
+            return Ok(0);
+        };
+        let body = serde_json::json!({
+            "hold": h.id,
+            "rule": h.rule,
+            "state": h.state.as_str(),
+            "by": h.decided_by,
+            "at": h.decided_at,
+            "remembered": h.remembered,
+            "kind": h.kind,
+        });
+        a.seal(kind, Some(&h.trace_id), Ok(body))
+            .map_err(HoldError::Audit)
+    }
+
+    /// The audit record of a new hold, with the evidence the approver is shown (sealed).
+    pub fn seal_hold(&self, h: &Hold) {
+        if let Some(a) = self.audit.get() {
+            let _ = a.seal("hold", Some(&h.trace_id), serde_json::to_value(h));
+        }
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -289,6 +324,8 @@ impl Approvals {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(e);
         }
+        // An approval takes effect only once it is sealed in the audit log.
+        self.seal("approval", &h)?;
         if h.kind == HoldKind::ProtectedOpen {
             self.remember_decided_open(&h, true);
             self.verdict(&h.id, true);
@@ -350,12 +387,15 @@ impl Approvals {
     pub fn deny(&self, id: &str, by: &str) -> Result<Hold, HoldError> {
         let h = self.pending_hold(id)?;
         let mut h = self.finish(h, HoldState::Denied, by)?;
+        // Stopping is the safe side: a denial that cannot be sealed still stops (loudly).
+        let sealed = self.seal("denial", &h);
         let stopped = self.stop(&h);
         h.result = Some(match &stopped {
             Ok(what) => what.clone(),
             Err(e) => format!("deny failed: {e}"),
         });
         self.store().put(&h)?;
+        sealed?;
         stopped.map(|_| h)
     }
 

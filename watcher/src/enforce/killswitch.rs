@@ -57,6 +57,9 @@ pub fn engage(
         at: crate::enforce::holds::now_rfc3339(),
     };
     shared.approvals.set_kill_switch(&state)?;
+    let _ = shared
+        .audit
+        .seal("kill_switch", None, serde_json::to_value(&state));
     let (sessions, processes) = apply(shared, &state)?;
     tracing::warn!(
         by,
@@ -147,12 +150,16 @@ pub fn release(shared: &Enforce, by: &str) -> anyhow::Result<Vec<String>> {
         shared.approvals.resume(&t, &pids);
         released.push(t);
     }
-    shared.approvals.set_kill_switch(&KillSwitchState {
+    let state = KillSwitchState {
         engaged: false,
         by: by.into(),
         at: crate::enforce::holds::now_rfc3339(),
         ..Default::default()
-    })?;
+    };
+    shared.approvals.set_kill_switch(&state)?;
+    shared
+        .audit
+        .record("kill_switch", None, serde_json::to_value(&state));
     tracing::warn!(by, sessions = released.len(), "kill-switch released");
     Ok(released)
 }

@@ -2,6 +2,7 @@
 //! at each, and the bus hands every event to whoever follows it. Enforcement sits above and is
 //! reached only through the `Enforcement` hooks the daemon installs, so nothing here imports
 //! it.
+pub mod audit;
 pub mod baseline;
 pub mod identity;
 pub mod intake;
@@ -173,6 +174,8 @@ pub struct Core {
     pub baselines: baseline::Baselines,
     /// The running sessions' pinned task scopes.
     pub scopes: scope::Scopes,
+    /// The audit log's writer (a subscriber of `publish`).
+    pub audit: Arc<audit::Audit>,
     enforcement: OnceLock<Arc<dyn Enforcement>>,
 }
 
@@ -183,11 +186,13 @@ impl Core {
         active: ActivePolicy,
         cgroups: Arc<Cgroups>,
         seeds: std::sync::mpsc::Sender<Seed>,
+        audit: Arc<audit::Audit>,
     ) -> anyhow::Result<Core> {
         let (live, _) = broadcast::channel(16384);
         let baselines = baseline::Baselines::open(&config, Some(config.holds.store.clone()))?;
         Ok(Core {
             baselines,
+            audit,
             scopes: Default::default(),
             config,
             sessions: Mutex::new(Sessions::default()),
@@ -259,8 +264,24 @@ impl Core {
             }
             f.push_back(ev.clone());
         }
+        self.audit.event(&ev);
         // No subscriber is fine: the event is kept in `recent`.
         let _ = self.live.send(ev.clone());
         ev
+    }
+
+    /// The audit record of a session's start: who, the command, the profile, the scope and
+    /// the policy version.
+    pub fn audit_session_start(&self, s: &crate::model::session::Session) {
+        let (exe, command) = crate::sys::procfs::proc_exe_argv(s.root_pid);
+        let uid = crate::sys::procfs::uid_of(s.root_pid);
+        let body = serde_json::to_value(s).map(|mut v| {
+            v["exe"] = exe.into();
+            v["command"] = command.into();
+            v["uid"] = uid.into();
+            v["policy_version"] = self.policy.load().policy.version.clone().into();
+            v
+        });
+        self.audit.record("session_start", Some(&s.trace_id), body);
     }
 }

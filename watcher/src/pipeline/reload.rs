@@ -36,6 +36,13 @@ impl Core {
                 self.counters.reloads.fetch_add(1, Ordering::Relaxed);
                 *self.rules_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tracing::info!(why, version = %out.0, previous = %old.policy.version, rules = out.1, "policy loaded");
+                self.audit.record(
+                    "policy_reload",
+                    None,
+                    Ok(serde_json::json!({
+                        "why": why, "version": out.0, "previous": old.policy.version, "rules": out.1,
+                    })),
+                );
                 Ok(out)
             }
             Err(e) => {

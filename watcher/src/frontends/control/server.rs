@@ -660,28 +660,30 @@ fn start_session(
         tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
     }
     let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    let session = Session {
+        trace_id: trace_id.clone(),
+        session_id,
+        profile: profile.clone(),
+        started_by: how.into(),
+        root_pid: pid,
+        started: now,
+        processes: pids.len() as u32,
+        events: 0,
+        ended: None,
+        cgroup_id: shared.approvals.cgroups.id(&trace_id),
+        state: Default::default(),
+        workdir: scope
+            .as_ref()
+            .and_then(|s| s.scope.workdir.clone())
+            .or_else(|| crate::sys::procfs::cwd(pid)),
+        scope: scope.as_ref().map(|s| s.scope.clone()),
+    };
+    shared.audit_session_start(&session);
     shared
         .sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .start(Session {
-            trace_id: trace_id.clone(),
-            session_id,
-            profile: profile.clone(),
-            started_by: how.into(),
-            root_pid: pid,
-            started: now,
-            processes: pids.len() as u32,
-            events: 0,
-            ended: None,
-            cgroup_id: shared.approvals.cgroups.id(&trace_id),
-            state: Default::default(),
-            workdir: scope
-                .as_ref()
-                .and_then(|s| s.scope.workdir.clone())
-                .or_else(|| crate::sys::procfs::cwd(pid)),
-            scope: scope.as_ref().map(|s| s.scope.clone()),
-        });
+        .start(session);
     let scoped = scope.is_some();
     if let Some(s) = scope {
         tracing::info!(%trace_id, scope = %s.scope.summary(), "task scope pinned");

@@ -525,7 +525,7 @@ impl Intake {
                     tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
                 }
                 new_matcher_session = true;
-                sessions.start(Session {
+                let s = Session {
                     cgroup_id: cgroups.id(&trace_id),
                     trace_id,
                     session_id: hdr.session_id,
@@ -539,7 +539,9 @@ impl Intake {
                     state: Default::default(),
                     workdir: crate::sys::procfs::cwd(hdr.tgid),
                     scope: None,
-                });
+                };
+                self.shared.audit_session_start(&s);
+                sessions.start(s);
             }
             let s = sessions.get_mut(hdr.session_id).expect("inserted above");
             s.events += 1;
@@ -611,6 +613,11 @@ impl Intake {
             self.gate_stops.remove(&ev.pid);
             self.baseline.process_exited(hdr.session_id, ev.pid);
             if session_ended {
+                self.shared.audit.record(
+                    "session_end",
+                    Some(&ev.trace_id),
+                    Ok(serde_json::json!({ "session_id": hdr.session_id, "last_pid": ev.pid })),
+                );
                 self.seq.session_ended(&ev.trace_id);
                 self.names.session_ended(hdr.session_id);
                 if let Some(p) = &profile {

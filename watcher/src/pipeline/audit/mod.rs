@@ -1,0 +1,215 @@
+//! The audit log: every event of a watched session, every finding, decision, hold, approval,
+//! denial and kill-switch change, appended to one SQLite file (`[audit] store`) as the leaves
+//! of an RFC 6962 Merkle tree, with signed checkpoints (C2SP signed notes) committing to it.
+//!
+//! The pipeline hands events to the writer thread through a lock-free SPSC ring (`ringbuf`):
+//! publishing never waits on the store; when the ring is full the event is dropped and counted
+//! (`dropped`). Every other record goes through a channel that is never full, so no decision is
+//! lost. [`Audit::seal`] returns once its record and a checkpoint covering it are on disk:
+//! an approval's resume and a kill wait for it.
+mod writer;
+
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use ringbuf::{traits::Producer as _, traits::Split as _, HeapProd, HeapRb};
+
+use crate::{config, model::event::Event};
+
+pub use writer::{open_key, vkey_path};
+
+/// One record for the writer: its kind, the session it is about, and its body.
+pub struct Entry {
+    pub kind: &'static str,
+    pub trace_id: Option<String>,
+    pub body: serde_json::Value,
+}
+
+enum Command {
+    Record(Entry),
+    /// Appended, then a checkpoint; the answer says when both are on disk.
+    Seal(Entry, mpsc::SyncSender<Result<u64, String>>),
+}
+
+#[derive(Default)]
+pub struct AuditCounters {
+    /// Records appended.
+    pub records: AtomicU64,
+    /// Events dropped because the ring to the writer was full.
+    pub dropped: AtomicU64,
+    /// Checkpoints signed.
+    pub checkpoints: AtomicU64,
+    /// Failed writes (each is logged).
+    pub errors: AtomicU64,
+}
+
+pub struct Audit {
+    events: Option<Mutex<HeapProd<Arc<Event>>>>,
+    commands: Option<Mutex<mpsc::Sender<Command>>>,
+    pub counters: Arc<AuditCounters>,
+}
+
+/// How long a decision waits for its checkpoint before it is reported as failed.
+const SEAL_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Audit {
+    /// No audit log (`[audit] enabled = false`).
+    pub fn disabled() -> Audit {
+        Audit {
+            events: None,
+            commands: None,
+            counters: Default::default(),
+        }
+    }
+
+    /// Opens the store and the key and starts the writer thread.
+    pub fn open(cfg: &config::Audit) -> anyhow::Result<Audit> {
+        if !cfg.enabled {
+            return Ok(Audit::disabled());
+        }
+        let (prod, cons) = HeapRb::<Arc<Event>>::new(cfg.ring_events.max(1024)).split();
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(AuditCounters::default());
+        writer::start(cfg, cons, rx, counters.clone())?;
+        Ok(Audit {
+            events: Some(Mutex::new(prod)),
+            commands: Some(Mutex::new(tx)),
+            counters,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.commands.is_some()
+    }
+
+    /// An event, as published (findings go as `finding` and `decision` records).
+    pub fn event(&self, ev: &Arc<Event>) {
+        let Some(p) = &self.events else { return };
+        if let crate::model::event::Detail::Finding(f) = &ev.detail {
+            self.record(
+                "finding",
+                Some(&ev.trace_id),
+                serde_json::to_value(ev.as_ref()),
+            );
+            let reason = format!(
+                "{} {} matched ({} in {} mode): {}",
+                f.detector.as_str(),
+                f.rule,
+                name(&f.action),
+                name(&f.mode),
+                name(&f.outcome)
+            );
+            let body = serde_json::json!({
+                "event": ev.seq,
+                "trigger": f.evidence.last().map(|e| e.seq),
+                "rule": f.rule,
+                "detector": f.detector,
+                "action": f.action,
+                "mode": f.mode,
+                "outcome": f.outcome,
+                "hold": f.hold,
+                "score": f.score,
+                "reason": reason,
+                "policy_version": f.policy_version,
+            });
+            self.record("decision", Some(&ev.trace_id), Ok(body));
+            return;
+        }
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        if p.try_push(ev.clone()).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A record that must not be lost (never dropped; the channel is unbounded).
+    pub fn record(
+        &self,
+        kind: &'static str,
+        trace_id: Option<&str>,
+        body: Result<serde_json::Value, serde_json::Error>,
+    ) {
+        let Some(c) = &self.commands else { return };
+        let Some(body) = self.body(kind, body) else {
+            return;
+        };
+        let entry = Entry {
+            kind,
+            trace_id: trace_id.map(String::from),
+            body,
+        };
+        let c = c.lock().unwrap_or_else(|e| e.into_inner());
+        if c.send(Command::Record(entry)).is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(kind, "the audit writer is gone: record lost");
+        }
+    }
+
+    fn body(
+        &self,
+        kind: &str,
+        body: Result<serde_json::Value, serde_json::Error>,
+    ) -> Option<serde_json::Value> {
+        match body {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(kind, "an audit record could not be encoded: {e}");
+                None
+            }
+        }
+    }
+
+    /// Appends the record and a checkpoint covering it, and returns once both are on disk
+    /// (its sequence number). A decision takes effect only after this succeeded.
+    pub fn seal(
+        &self,
+        kind: &'static str,
+        trace_id: Option<&str>,
+        body: Result<serde_json::Value, serde_json::Error>,
+    ) -> Result<u64, String> {
+        let Some(c) = &self.commands else {
+            return Ok(0);
+        };
+        let body = self
+            .body(kind, body)
+            .ok_or_else(|| format!("the {kind} record could not be encoded"))?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let entry = Entry {
+            kind,
+            trace_id: trace_id.map(String::from),
+            body,
+        };
+        c.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Command::Seal(entry, tx))
+            .map_err(|_| "the audit writer is gone".to_string())?;
+        let r = rx
+            .recv_timeout(SEAL_DEADLINE)
+            .map_err(|_| format!("no audit checkpoint within {SEAL_DEADLINE:?}"))
+            .and_then(|r| r);
+        if let Err(e) = &r {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(kind, "sealing an audit record: {e}");
+        }
+        r
+    }
+}
+
+/// A unit enum's serde name.
+fn name<T: serde::Serialize>(t: &T) -> String {
+    match serde_json::to_value(t) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Reads the verifier key written beside the signing key.
+pub fn read_vkey(key: &Path) -> std::io::Result<String> {
+    std::fs::read_to_string(vkey_path(key)).map(|s| s.trim().to_string())
+}

@@ -1,0 +1,402 @@
+//! The audit writer: one thread that owns the store, the tree's frontier and the key.
+//!
+//! A record is `{"seq", "kind", "ts", "trace_id", "prev", "body"}`, hashed exactly as stored
+//! (serde_json, no whitespace). `prev` is the previous record's leaf hash: the tree proves
+//! what a checkpoint covers, the chain names the first edited record. A checkpoint is itself
+//! a record (kind `checkpoint`) whose body has the signed note of the tree of every record
+//! before it, and the frontier (so a restart or a pruned prefix need not rehash the past).
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, mpsc, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use ringbuf::{traits::Consumer as _, HeapCons};
+use watcher_tlog::{hex, leaf_hash, unhex, Checkpoint, Frontier, Hash, NoteSigner};
+
+use super::{AuditCounters, Command, Entry};
+use crate::{config, model::event::Event};
+
+/// The verifier key file beside the signing key.
+pub fn vkey_path(key: &Path) -> PathBuf {
+    let mut p = key.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'+'))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The signing key, created (mode 0600) with its verifier key on first use.
+pub fn open_key(path: &Path) -> anyhow::Result<NoteSigner> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
+            }
+            let mut seed = [0u8; 32];
+            crate::model::ids::fill_random(&mut seed);
+            let text = format!("watcher/{} {}\n", host_name(), hex(&seed));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating the audit key {}", path.display()))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            tracing::info!(key = %path.display(), "created the audit signing key");
+            text
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let (name, seed) = text
+        .trim()
+        .split_once(' ')
+        .and_then(|(n, s)| Some((n, unhex(s)?)))
+        .with_context(|| format!("{}: want `<name> <64 hex digits>`", path.display()))?;
+    let signer = NoteSigner::new(name, &seed);
+    let vpath = vkey_path(path);
+    if std::fs::read_to_string(&vpath)
+        .ok()
+        .map(|s| s.trim().to_string())
+        != Some(signer.vkey())
+    {
+        std::fs::write(&vpath, format!("{}\n", signer.vkey()))
+            .with_context(|| format!("writing {}", vpath.display()))?;
+    }
+    Ok(signer)
+}
+
+/// The tree so far: its frontier and the last leaf (the next record's `prev`).
+#[derive(Clone)]
+struct Tree {
+    frontier: Frontier,
+    prev: Hash,
+}
+
+struct Writer {
+    db: rusqlite::Connection,
+    signer: NoteSigner,
+    tree: Tree,
+    witness: Option<PathBuf>,
+    witness_url: Option<String>,
+    interval: Duration,
+    last_checkpoint: Instant,
+    /// The tree size of the last checkpoint.
+    sealed: u64,
+    counters: Arc<AuditCounters>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    trace_id TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_trace ON audit(trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_kind ON audit(kind);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+pub(super) fn start(
+    cfg: &config::Audit,
+    events: HeapCons<Arc<Event>>,
+    commands: mpsc::Receiver<Command>,
+    counters: Arc<AuditCounters>,
+) -> anyhow::Result<()> {
+    let signer = open_key(&cfg.key)?;
+    let store = &cfg.store;
+    if let Some(d) = store.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
+    }
+    let db = rusqlite::Connection::open(store)
+        .with_context(|| format!("opening the audit store {}", store.display()))?;
+    // WAL with FULL: every commit is on disk before it returns (a seal's answer means it).
+    db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+        .and_then(|_| db.execute_batch(SCHEMA))
+        .with_context(|| format!("the audit store {}", store.display()))?;
+    let (frontier, prev, sealed) = recover(&db).with_context(|| {
+        format!(
+            "the audit store {} (run watcher-verify on it)",
+            store.display()
+        )
+    })?;
+    if let Some(w) = &cfg.witness {
+        if let Some(d) = w.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
+        }
+    }
+    let mut w = Writer {
+        db,
+        signer,
+        tree: Tree { frontier, prev },
+        witness: cfg.witness.clone(),
+        witness_url: cfg.witness_url.clone(),
+        interval: cfg.checkpoint_interval,
+        last_checkpoint: Instant::now(),
+        sealed,
+        counters,
+    };
+    tracing::info!(store = %store.display(), records = w.tree.frontier.size, "audit log open");
+    std::thread::Builder::new()
+        .name("audit".into())
+        .spawn(move || w.run(events, commands))
+        .context("starting the audit writer")?;
+    Ok(())
+}
+
+/// The frontier and last leaf after the store's last record: from the last checkpoint's
+/// frontier, plus the records after it.
+fn recover(db: &rusqlite::Connection) -> anyhow::Result<(Frontier, Hash, u64)> {
+    let last: Option<(u64, String)> = db
+        .query_row(
+            "SELECT seq, record FROM audit WHERE kind = 'checkpoint' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let (mut frontier, from) = match last {
+        None => (Frontier::default(), 0u64),
+        Some((seq, text)) => {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let size = v["body"]["size"]
+                .as_u64()
+                .context("checkpoint without size")?;
+            let hashes = v["body"]["frontier"]
+                .as_array()
+                .context("checkpoint without frontier")?
+                .iter()
+                .map(|h| h.as_str().and_then(unhex))
+                .collect::<Option<Vec<_>>>()
+                .context("a malformed frontier hash")?;
+            let f = Frontier::from_parts(size, hashes).context("a frontier of the wrong size")?;
+            (f, seq - 1)
+        }
+    };
+    let sealed = frontier.size;
+    let mut prev = [0u8; 32];
+    let mut q = db.prepare("SELECT seq, record FROM audit WHERE seq > ?1 ORDER BY seq")?;
+    let mut rows = q.query([from as i64])?;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let text: String = r.get(1)?;
+        anyhow::ensure!(
+            seq as u64 == frontier.size + 1,
+            "record {} follows record {}",
+            seq,
+            frontier.size
+        );
+        prev = leaf_hash(text.as_bytes());
+        frontier.push(prev);
+    }
+    Ok((frontier, prev, sealed))
+}
+
+const INSERT: &str =
+    "INSERT INTO audit (seq, ts, kind, trace_id, record) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+impl Tree {
+    fn append(
+        &mut self,
+        ins: &mut rusqlite::CachedStatement<'_>,
+        kind: &str,
+        trace_id: Option<&str>,
+        body: serde_json::Value,
+    ) -> anyhow::Result<u64> {
+        let seq = self.frontier.size + 1;
+        let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+        let record = serde_json::json!({
+            "seq": seq,
+            "kind": kind,
+            "ts": ts,
+            "trace_id": trace_id,
+            "prev": hex(&self.prev),
+            "body": body,
+        });
+        let text = serde_json::to_string(&record)?;
+        ins.execute(rusqlite::params![seq as i64, ts, kind, trace_id, text])?;
+        self.prev = leaf_hash(text.as_bytes());
+        self.frontier.push(self.prev);
+        Ok(seq)
+    }
+
+    /// Signs the tree of every record so far and appends the checkpoint record.
+    fn checkpoint(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        signer: &NoteSigner,
+    ) -> anyhow::Result<(u64, String)> {
+        let c = Checkpoint {
+            origin: signer.name().to_string(),
+            size: self.frontier.size,
+            root: self.frontier.root(),
+        };
+        let note = signer.sign(&c);
+        let body = serde_json::json!({
+            "size": c.size,
+            "root": hex(&c.root),
+            "note": note,
+            "frontier": self.frontier.hashes.iter().map(hex).collect::<Vec<_>>(),
+        });
+        let mut ins = tx.prepare_cached(INSERT)?;
+        self.append(&mut ins, "checkpoint", None, body)?;
+        Ok((c.size, note))
+    }
+}
+
+/// Records per transaction at most (a burst is committed in parts).
+const BATCH: usize = 8192;
+
+impl Writer {
+    fn run(&mut self, mut events: HeapCons<Arc<Event>>, commands: mpsc::Receiver<Command>) {
+        let tick = Duration::from_millis(5);
+        loop {
+            let mut batch: Vec<Command> = Vec::new();
+            match commands.recv_timeout(tick) {
+                Ok(c) => batch.push(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            while let Ok(c) = commands.try_recv() {
+                batch.push(c);
+            }
+            loop {
+                let evs: Vec<Arc<Event>> = events.pop_iter().take(BATCH).collect();
+                let more = evs.len() == BATCH;
+                let cmds = if more {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut batch)
+                };
+                self.commit(&evs, cmds);
+                if !more {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Appends the events then the commands, with a checkpoint if one is sealed or due, in one
+    /// transaction; answers the seals once it is on disk.
+    fn commit(&mut self, events: &[Arc<Event>], commands: Vec<Command>) {
+        let due = self.last_checkpoint.elapsed() >= self.interval;
+        if events.is_empty()
+            && commands.is_empty()
+            && !(due && self.tree.frontier.size > self.sealed)
+        {
+            return;
+        }
+        let start = self.tree.clone();
+        let sealed_before = self.sealed;
+        let mut seals = Vec::new();
+        let tree = &mut self.tree;
+        let (db, signer, sealed) = (&self.db, &self.signer, &mut self.sealed);
+        let r = (|| -> anyhow::Result<Option<String>> {
+            let tx = db.unchecked_transaction()?;
+            {
+                let mut ins = tx.prepare_cached(INSERT)?;
+                for ev in events {
+                    let body = serde_json::to_value(ev.as_ref())?;
+                    tree.append(&mut ins, "event", Some(&ev.trace_id), body)?;
+                }
+                for c in commands {
+                    let (Command::Record(e) | Command::Seal(e, _)) = &c;
+                    let Entry {
+                        kind,
+                        trace_id,
+                        body,
+                    } = e;
+                    let seq = tree.append(&mut ins, kind, trace_id.as_deref(), body.clone())?;
+                    if let Command::Seal(_, ack) = c {
+                        seals.push((ack, seq));
+                    }
+                }
+            }
+            let note = if !seals.is_empty() || due || tree.frontier.size - *sealed >= 65536 {
+                let (size, note) = tree.checkpoint(&tx, signer)?;
+                *sealed = size;
+                Some(note)
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(note)
+        })();
+        match r {
+            Ok(note) => {
+                self.counters
+                    .records
+                    .store(self.tree.frontier.size, Ordering::Relaxed);
+                if let Some(note) = note {
+                    self.last_checkpoint = Instant::now();
+                    self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    self.witness(&note);
+                }
+                for (ack, seq) in seals {
+                    let _ = ack.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("writing the audit log: {e:#}");
+                self.tree = start;
+                self.sealed = sealed_before;
+                for (ack, _) in seals {
+                    let _ = ack.send(Err(format!("writing the audit log: {e:#}")));
+                }
+            }
+        }
+    }
+
+    /// Appends the checkpoint to the witness file (synced) and POSTs it, off this thread.
+    fn witness(&self, note: &str) {
+        let line = serde_json::json!({ "size": self.sealed, "note": note }).to_string();
+        if let Some(path) = &self.witness {
+            let r = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| {
+                    f.write_all(line.as_bytes())?;
+                    f.write_all(b"\n")?;
+                    f.sync_data()
+                });
+            if let Err(e) = r {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(witness = %path.display(), "appending a checkpoint: {e}");
+            }
+        }
+        if let Some(url) = self.witness_url.clone() {
+            let counters = self.counters.clone();
+            std::thread::spawn(move || {
+                let r = ureq::post(&url)
+                    .timeout(Duration::from_secs(5))
+                    .set("content-type", "application/json")
+                    .send_string(&line);
+                if let Err(e) = r {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%url, "posting a checkpoint to the witness: {e}");
+                }
+            });
+        }
+    }
+}
