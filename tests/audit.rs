@@ -217,9 +217,8 @@ fn a_session_is_rebuilt_from_its_trace_id_and_only_tampering_fails_verification(
             format!("record {ev} is out of place"),
         ),
         (
-            format!(
-                "DELETE FROM audit WHERE seq >= (SELECT max(seq) FROM audit WHERE kind = 'checkpoint')"
-            ),
+            "DELETE FROM audit WHERE seq >= (SELECT max(seq) FROM audit WHERE kind = 'checkpoint')"
+                .to_string(),
             "the tail is missing".to_string(),
         ),
     ];

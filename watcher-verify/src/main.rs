@@ -246,7 +246,7 @@ fn check_witness(path: &std::path::Path, log: &Log, key: &NoteVerifier) -> anyho
         let note = v["note"]
             .as_str()
             .with_context(|| format!("{at}: no note"))?;
-        let c = key.open(note).with_context(|| format!("{at}"))?;
+        let c = key.open(note).with_context(|| at.clone())?;
         let have = log.leaves.len() as u64;
         if c.size >= have {
             bail!(
