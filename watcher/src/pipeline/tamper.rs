@@ -21,10 +21,21 @@ pub fn session_of(shared: &Core, pid: u32) -> Option<String> {
 /// The watcher's own files and directories.
 pub fn own_paths(shared: &Core) -> Vec<PathBuf> {
     let c = &shared.config;
-    let mut v = vec![c.daemon.socket.clone(), c.holds.store.clone()];
-    let store = c.holds.store.display().to_string();
-    v.push(PathBuf::from(format!("{store}-wal")));
-    v.push(PathBuf::from(format!("{store}-shm")));
+    let mut v = vec![c.daemon.socket.clone()];
+    // The hold store, and the audit log with its key and witness: an edit is tampering even
+    // though the verifier would catch it later.
+    let mut stores = vec![&c.holds.store];
+    if c.audit.enabled {
+        stores.push(&c.audit.store);
+        v.push(c.audit.key.clone());
+        v.extend(c.audit.witness.iter().cloned());
+    }
+    for store in stores {
+        v.push(store.clone());
+        let store = store.display().to_string();
+        v.push(PathBuf::from(format!("{store}-wal")));
+        v.push(PathBuf::from(format!("{store}-shm")));
+    }
     if let Some(p) = &c.source {
         v.push(p.clone());
     }
