@@ -26,7 +26,12 @@ fn verify(dir: &Path, extra: &[&str]) -> (bool, String) {
         .arg(dir.join("witness.jsonl"))
         .args(extra)
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", verify_bin().display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e} (`cargo xtask test` builds it; by hand: cargo build -p watcher-verify)",
+                verify_bin().display()
+            )
+        });
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)

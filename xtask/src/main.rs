@@ -58,7 +58,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Run { args } => {
             setup::setup()?;
-            cargo(&["build", "--release", "-p", "watcher"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "watcher",
+                "-p",
+                "watcher-verify",
+            ])?;
             let status = Command::new(setup::root().join("target/release/watcher"))
                 .arg("run")
                 .args(args)
@@ -71,6 +78,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::setup()?;
+            // The audit test runs the verifier, a binary of another package, which `cargo test`
+            // does not build for watcher's tests.
+            cargo(&["build", "-p", "watcher-verify"])?;
             // The crash tests need the daemon's fault-injection points.
             let mut a = vec![
                 "test",

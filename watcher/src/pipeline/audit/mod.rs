@@ -213,3 +213,43 @@ fn name<T: serde::Serialize>(t: &T) -> String {
 pub fn read_vkey(key: &Path) -> std::io::Result<String> {
     std::fs::read_to_string(vkey_path(key)).map(|s| s.trim().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seal_is_checkpointed_at_once_and_an_idle_log_stays_still() {
+        let mut b = [0u8; 8];
+        crate::model::ids::fill_random(&mut b);
+        let dir = std::env::temp_dir().join(format!("watcher-audit-{}", u64::from_ne_bytes(b)));
+        let cfg = config::Audit {
+            store: dir.join("audit.db"),
+            key: dir.join("audit.key"),
+            witness: Some(dir.join("witness.jsonl")),
+            checkpoint_interval: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let a = Audit::open(&cfg).unwrap();
+        let seq = a
+            .seal(
+                "policy_reload",
+                None,
+                Ok(serde_json::json!({"why": "test"})),
+            )
+            .unwrap();
+        assert_eq!(seq, 1);
+        // The record and its checkpoint are committed when seal returns.
+        assert_eq!(a.counters.records.load(Ordering::Relaxed), 2);
+        assert_eq!(a.counters.checkpoints.load(Ordering::Relaxed), 1);
+        let witness = std::fs::read_to_string(dir.join("witness.jsonl")).unwrap();
+        assert!(witness.contains("\"size\":1"), "{witness}");
+        // Ten intervals with nothing new: no checkpoint of the checkpoint.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(a.counters.checkpoints.load(Ordering::Relaxed), 1);
+        assert_eq!(a.counters.records.load(Ordering::Relaxed), 2);
+        let vkey = read_vkey(&cfg.key).unwrap();
+        assert!(watcher_tlog::NoteVerifier::parse(&vkey).is_ok(), "{vkey}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

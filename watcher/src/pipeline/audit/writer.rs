@@ -301,7 +301,9 @@ impl Writer {
         let due = self.last_checkpoint.elapsed() >= self.interval;
         if events.is_empty()
             && commands.is_empty()
-            && !(due && self.tree.frontier.size > self.sealed)
+            // The last checkpoint's own record needs no checkpoint of its own: an idle log
+            // stays still.
+            && !(due && self.tree.frontier.size > self.sealed + 1)
         {
             return;
         }
@@ -331,13 +333,15 @@ impl Writer {
                     }
                 }
             }
-            let note = if !seals.is_empty() || due || tree.frontier.size - *sealed >= 65536 {
-                let (size, note) = tree.checkpoint(&tx, signer)?;
-                *sealed = size;
-                Some(note)
-            } else {
-                None
-            };
+            let grew = tree.frontier.size > *sealed + 1;
+            let note =
+                if !seals.is_empty() || (due && grew) || tree.frontier.size - *sealed >= 65536 {
+                    let (size, note) = tree.checkpoint(&tx, signer)?;
+                    *sealed = size;
+                    Some(note)
+                } else {
+                    None
+                };
             tx.commit()?;
             Ok(note)
         })();
