@@ -84,10 +84,6 @@ impl Audit {
         })
     }
 
-    pub fn enabled(&self) -> bool {
-        self.commands.is_some()
-    }
-
     /// An event, as published (findings go as `finding` and `decision` records).
     pub fn event(&self, ev: &Arc<Event>) {
         let Some(p) = &self.events else { return };

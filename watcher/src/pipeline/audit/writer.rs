@@ -211,28 +211,38 @@ fn recover(db: &rusqlite::Connection) -> anyhow::Result<(Frontier, Hash, u64)> {
     Ok((frontier, prev, sealed))
 }
 
+/// A record as stored and hashed, serialised straight from the event (no `Value` in between).
+#[derive(serde::Serialize)]
+struct Record<'a, B> {
+    seq: u64,
+    kind: &'a str,
+    ts: &'a str,
+    trace_id: Option<&'a str>,
+    prev: &'a str,
+    body: &'a B,
+}
+
 const INSERT: &str =
     "INSERT INTO audit (seq, ts, kind, trace_id, record) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 impl Tree {
-    fn append(
+    fn append<B: serde::Serialize>(
         &mut self,
         ins: &mut rusqlite::CachedStatement<'_>,
         kind: &str,
         trace_id: Option<&str>,
-        body: serde_json::Value,
+        body: &B,
     ) -> anyhow::Result<u64> {
         let seq = self.frontier.size + 1;
         let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
-        let record = serde_json::json!({
-            "seq": seq,
-            "kind": kind,
-            "ts": ts,
-            "trace_id": trace_id,
-            "prev": hex(&self.prev),
-            "body": body,
-        });
-        let text = serde_json::to_string(&record)?;
+        let text = serde_json::to_string(&Record {
+            seq,
+            kind,
+            ts: &ts,
+            trace_id,
+            prev: &hex(&self.prev),
+            body,
+        })?;
         ins.execute(rusqlite::params![seq as i64, ts, kind, trace_id, text])?;
         self.prev = leaf_hash(text.as_bytes());
         self.frontier.push(self.prev);
@@ -258,7 +268,7 @@ impl Tree {
             "frontier": self.frontier.hashes.iter().map(hex).collect::<Vec<_>>(),
         });
         let mut ins = tx.prepare_cached(INSERT)?;
-        self.append(&mut ins, "checkpoint", None, body)?;
+        self.append(&mut ins, "checkpoint", None, &body)?;
         Ok((c.size, note))
     }
 }
@@ -317,8 +327,7 @@ impl Writer {
             {
                 let mut ins = tx.prepare_cached(INSERT)?;
                 for ev in events {
-                    let body = serde_json::to_value(ev.as_ref())?;
-                    tree.append(&mut ins, "event", Some(&ev.trace_id), body)?;
+                    tree.append(&mut ins, "event", Some(&ev.trace_id), ev.as_ref())?;
                 }
                 for c in commands {
                     let (Command::Record(e) | Command::Seal(e, _)) = &c;
@@ -327,7 +336,7 @@ impl Writer {
                         trace_id,
                         body,
                     } = e;
-                    let seq = tree.append(&mut ins, kind, trace_id.as_deref(), body.clone())?;
+                    let seq = tree.append(&mut ins, kind, trace_id.as_deref(), body)?;
                     if let Command::Seal(_, ack) = c {
                         seals.push((ack, seq));
                     }
