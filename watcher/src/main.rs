@@ -151,6 +151,17 @@ enum Cmd {
         #[arg(long, default_value_t = 9)]
         rounds: u32,
     },
+    /// The audit log's ingest rate, size and seal latency on the disk under DIR.
+    #[command(hide = true)]
+    BenchAudit {
+        stream: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
     /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
     #[command(hide = true)]
     BenchFloor {
@@ -518,6 +529,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watcher::pipeline::baseline::bench::run(&stream, rules.as_deref(), rounds)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::BenchAudit {
+            stream,
+            dir,
+            events,
+            rounds,
+        } => {
+            watcher::pipeline::audit::bench::run(&stream, &dir, events, rounds)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::BenchFloor { hooks, toggle } => {
             let mut floor = watcher::kernel::Floor::load(hooks)?;
             println!("ready");
@@ -750,6 +770,15 @@ fn print_status(st: &Status) {
     }
     println!("malformed records: {}", st.malformed_records);
     println!("events skipped by slow clients: {}", st.client_lag);
+    let a = &st.audit;
+    if a.enabled {
+        println!(
+            "audit log: {} records, {} checkpoints signed, {} events dropped, {} errors",
+            a.records, a.checkpoints, a.dropped, a.errors
+        );
+    } else {
+        println!("audit log: off");
+    }
     let failures: Vec<String> = st
         .kernel_failures
         .iter()

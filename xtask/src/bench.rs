@@ -32,9 +32,8 @@ pub struct Args {
     /// Session sizes (processes) of the hold-latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
-    /// Run only these parts (storms, pairs, build, rules, detectors, rmrf, holds, gate,
-    /// profile); all but
-    /// profile when omitted.
+    /// Run only these parts (storms, pairs, build, rules, detectors, rmrf, holds, gate, audit,
+    /// profile); all but profile when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -217,9 +216,10 @@ impl Daemon {
         };
         // Its own store, cgroups and API socket: a benchmark must not touch a running daemon's.
         text.push_str(&format!(
-            "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n",
+            "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n",
             dir.join("bench.db").display(),
-            dir.join("api.sock").display()
+            dir.join("api.sock").display(),
+            d = dir.display()
         ));
         std::fs::write(&config, text)?;
         let mut child = Command::new(bin)
@@ -450,7 +450,16 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     refuse_other_watchers()?;
-    crate::cargo(&["build", "--release", "-p", "watcher", "-p", "xtask"])?;
+    crate::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "watcher",
+        "-p",
+        "watcher-verify",
+        "-p",
+        "xtask",
+    ])?;
     let bin = root().join("target/release/watcher");
     let dir = std::env::temp_dir().join(format!("watcher-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -544,6 +553,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if wanted(&a, "gate") {
         gate(&bin, &dir, a.rounds)?;
         holds(&bin, &dir, a.hold_rounds, &[1, 10], true)?;
+    }
+    if wanted(&a, "audit") {
+        audit(&bin, a.rounds.min(5))?;
     }
     if wanted(&a, "profile") {
         let direct = profile(&bin, &dir, a.profile_rounds)?;
@@ -1008,6 +1020,47 @@ fn detectors(bin: &Path) -> anyhow::Result<()> {
     }
     println!("\n## Detectors (recorded stream, one core)\n");
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+/// The audit log (ingest against plain inserts, size, seal latency) on the checkout's disk
+/// (a temp dir may be a tmpfs, where a sync costs nothing), then `watcher-verify` over the
+/// store it leaves.
+fn audit(bin: &Path, rounds: usize) -> anyhow::Result<()> {
+    let dir = root().join("target/bench-audit");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stream = root().join("bench/streams/agent-session.jsonl");
+    println!("\n## Audit log (recorded stream, shipped durability)\n");
+    let out = Command::new(bin)
+        .arg("bench-audit")
+        .arg(&stream)
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--rounds", &rounds.to_string()])
+        .env("RUST_LOG", "error")
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "bench-audit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(root().join("target/release/watcher-verify"))
+        .arg("--store")
+        .arg(dir.join("audit.db"))
+        .arg("--pubkey")
+        .arg(dir.join("audit.key.pub"))
+        .args(["bench", "--rounds", &rounds.max(3).to_string()])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "watcher-verify bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

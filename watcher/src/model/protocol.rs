@@ -209,9 +209,26 @@ pub struct Status {
     /// statistics are on (`sysctl kernel.bpf_stats_enabled=1`), which costs a little per run.
     #[serde(default)]
     pub programs: Vec<ProgramStat>,
+    /// The audit log's writer.
+    #[serde(default)]
+    pub audit: AuditStatus,
     /// Optional hooks this kernel has no tracepoint for (module loads without CONFIG_MODULES).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks_missing: Vec<String>,
+}
+
+/// The audit log (`[audit]`): what the writer appended, and what it could not.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct AuditStatus {
+    pub enabled: bool,
+    /// Records in the log (this daemon's and before).
+    pub records: u64,
+    /// Events dropped because the ring to the writer was full (never a decision).
+    pub dropped: u64,
+    /// Checkpoints signed since the daemon started.
+    pub checkpoints: u64,
+    /// Failed writes, encodings or witness posts since the daemon started (each is logged).
+    pub errors: u64,
 }
 
 /// The gate: events stopped at their hook until the policy decided them.

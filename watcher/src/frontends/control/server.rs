@@ -430,6 +430,7 @@ fn status(shared: &State) -> Status {
         policy: policy_status(shared),
         holds: holds_status(shared),
         profiles: shared.baselines.summaries(),
+        audit: shared.audit.status(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! (`dropped`). Every other record goes through a channel that is never full, so no decision is
 //! lost. [`Audit::seal`] returns once its record and a checkpoint covering it are on disk:
 //! an approval's resume and a kill wait for it.
+pub mod bench;
 mod writer;
 
 use std::{
@@ -82,6 +83,17 @@ impl Audit {
             commands: Some(Mutex::new(tx)),
             counters,
         })
+    }
+
+    pub fn status(&self) -> crate::model::protocol::AuditStatus {
+        let c = &self.counters;
+        crate::model::protocol::AuditStatus {
+            enabled: self.commands.is_some(),
+            records: c.records.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
     }
 
     /// An event, as published (findings go as `finding` and `decision` records).
