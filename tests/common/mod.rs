@@ -1,6 +1,7 @@
 //! The test harness shared by the end-to-end tests: the real daemon binary, started as root
 //! with its own socket (and optionally its own config), driven through its CLI.
 #![allow(dead_code)]
+pub mod audit;
 pub mod holds;
 use std::{
     io::{BufRead, BufReader},

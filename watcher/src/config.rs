@@ -123,6 +123,12 @@ pub struct Audit {
     /// Events waiting for the writer at most; beyond, events (never decisions) are dropped and
     /// counted.
     pub ring_events: usize,
+    /// A continuous OCSF export of every record: `"stdout"`, or a file (rotated by size).
+    pub export: Option<String>,
+    /// The export file is rotated to `.1` .. `.N` when it reaches this size.
+    pub export_max_bytes: u64,
+    /// Rotated export files kept.
+    pub export_keep: u32,
 }
 
 impl Default for Audit {
@@ -135,6 +141,9 @@ impl Default for Audit {
             witness_url: None,
             checkpoint_interval: std::time::Duration::from_secs(1),
             ring_events: 262_144,
+            export: None,
+            export_max_bytes: 100 << 20,
+            export_keep: 5,
         }
     }
 }

@@ -18,6 +18,78 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Records that match every filter given, oldest first.
+    Query {
+        /// Sessions of this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Findings and decisions of this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Findings and decisions of this detector (rules, scope, baseline, ...).
+        #[arg(long)]
+        detector: Option<String>,
+        /// Decisions with this outcome (held, killed, alerted, ...).
+        #[arg(long)]
+        decision: Option<String>,
+        /// Events and findings of processes with this name (comm).
+        #[arg(long)]
+        process: Option<String>,
+        /// Records whose path contains this text.
+        #[arg(long)]
+        path: Option<String>,
+        /// Records of this kind (event, finding, decision, hold, approval, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        trace: Option<watcher::model::ids::TraceId>,
+        /// From this time: RFC 3339, or a duration ago (`10m`, `2h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this time: RFC 3339, or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record (or one session's, or from a time on) as OCSF JSON lines on stdout.
+    Export {
+        #[arg(long, value_enum, default_value = "ocsf")]
+        format: ExportFormat,
+        /// Go on with each record committed after, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        trace: Option<watcher::model::ids::TraceId>,
+        /// From this time: RFC 3339, or a duration ago (`10m`, `2h`).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// OCSF 1.3.0 (Process, File System, Network, DNS Activity, Detection Finding).
+    Ocsf,
+}
+
+/// A time filter as the store's `ts` text (RFC 3339 UTC, microseconds).
+fn time_arg(flag: &str, s: &str) -> anyhow::Result<String> {
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let d = humantime::parse_duration(s).map_err(|e| {
+                anyhow::anyhow!("--{flag} {s:?}: want an RFC 3339 time or a duration ago ({e})")
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(d)
+                .with_context(|| format!("--{flag} {s:?}: before the epoch"))?
+        }
+    };
+    Ok(humantime::format_rfc3339_micros(t).to_string())
 }
 
 pub fn run(cmd: AuditCmd, cfg: &watcher::config::Audit) -> anyhow::Result<std::process::ExitCode> {
@@ -32,6 +104,98 @@ pub fn run(cmd: AuditCmd, cfg: &watcher::config::Audit) -> anyhow::Result<std::p
             println!("{k}");
         }
         AuditCmd::Show { trace, json } => show(&cfg.store, trace.as_str(), json)?,
+        AuditCmd::Query {
+            profile,
+            rule,
+            detector,
+            decision,
+            process,
+            path,
+            kind,
+            trace,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let mut conds = Vec::new();
+            let mut params: Vec<String> = Vec::new();
+            let mut add = |cond: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    params.push(v);
+                    conds.push(cond.replace('?', &format!("?{}", params.len())));
+                }
+            };
+            add(
+                "trace_id IN (SELECT trace_id FROM audit WHERE kind = 'session_start' AND json_extract(record, '$.body.profile') = ?)",
+                profile,
+            );
+            add("json_extract(record, '$.body.rule') = ?", rule);
+            add("json_extract(record, '$.body.detector') = ?", detector);
+            add(
+                "kind = 'decision' AND json_extract(record, '$.body.outcome') = ?",
+                decision,
+            );
+            add("json_extract(record, '$.body.comm') = ?", process);
+            add(
+                "instr(coalesce(json_extract(record, '$.body.path'), ''), ?) > 0",
+                path,
+            );
+            add("kind = ?", kind);
+            add("trace_id = ?", trace.map(|t| t.as_str().to_string()));
+            add("ts >= ?", since.map(|s| time_arg("since", &s)).transpose()?);
+            add("ts <= ?", until.map(|s| time_arg("until", &s)).transpose()?);
+            let sql = format!(
+                "SELECT record FROM audit {} ORDER BY seq LIMIT {limit}",
+                if conds.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {}", conds.join(" AND "))
+                }
+            );
+            let db = watcher::pipeline::audit::export::open_store(&cfg.store)?;
+            let mut q = db.prepare(&sql)?;
+            let mut rows = q.query(rusqlite::params_from_iter(params.iter()))?;
+            let mut n = 0;
+            while let Some(r) = rows.next()? {
+                let text: String = r.get(0)?;
+                n += 1;
+                if json {
+                    println!("{text}");
+                } else {
+                    println!("{}", line(&serde_json::from_str(&text)?));
+                }
+            }
+            if n == 0 {
+                eprintln!("no audit records match");
+            }
+        }
+        AuditCmd::Export {
+            format: ExportFormat::Ocsf,
+            follow,
+            trace,
+            since,
+        } => {
+            use watcher::pipeline::audit::export;
+            let filter = export::Filter {
+                trace: trace.map(|t| t.as_str().to_string()),
+                since: since.map(|s| time_arg("since", &s)).transpose()?,
+            };
+            let db = export::open_store(&cfg.store)?;
+            let host = export::host_name();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut after = 0;
+            loop {
+                // What is there now (a busy log would otherwise never let a snapshot end).
+                let upto = export::last_seq(&db)?;
+                after = export::write_since(&db, after, upto, &filter, &mut out, &host)?.0;
+                std::io::Write::flush(&mut out)?;
+                if !follow {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

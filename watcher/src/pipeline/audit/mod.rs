@@ -8,6 +8,8 @@
 //! lost. [`Audit::seal`] returns once its record and a checkpoint covering it are on disk:
 //! an approval's resume and a kill wait for it.
 pub mod bench;
+pub mod export;
+pub mod ocsf;
 mod writer;
 
 use std::{
@@ -78,6 +80,23 @@ impl Audit {
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(AuditCounters::default());
         writer::start(cfg, cons, rx, counters.clone())?;
+        if let Some(to) = &cfg.export {
+            let sink = match to.as_str() {
+                "stdout" => export::Sink::Stdout,
+                "" => anyhow::bail!("[audit] export: want \"stdout\" or a file path, not \"\""),
+                p => export::Sink::File {
+                    path: p.into(),
+                    max_bytes: cfg.export_max_bytes.max(4096),
+                    keep: cfg.export_keep,
+                },
+            };
+            export::start(
+                cfg.store.clone(),
+                sink,
+                Duration::from_secs(1),
+                counters.clone(),
+            )?;
+        }
         Ok(Audit {
             events: Some(Mutex::new(prod)),
             commands: Some(Mutex::new(tx)),
