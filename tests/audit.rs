@@ -358,3 +358,88 @@ fn a_session_is_rebuilt_from_its_trace_id_and_only_tampering_fails_verification(
         "forged checkpoint: {out}"
     );
 }
+
+#[test]
+fn retention_prunes_whole_checkpoint_ranges_and_the_log_still_verifies() {
+    let mut d = Daemon::start_with("[audit]\nmax_bytes = 262144\ncheckpoint_interval = \"20ms\"\n");
+    // About 3 MB of records, over several checkpoints.
+    let (_, code) = d.launch(&format!(
+        "{} -c \"import os, time\nfor i in range(5000):\n    os.close(os.open('/etc/hostname', os.O_RDONLY))\n    i % 500 or time.sleep(0.03)\"",
+        common::python()
+    ));
+    assert_eq!(code, 0);
+    let dir = d.dir.0.clone();
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while d.status()["audit"]["records"].as_u64().unwrap() < 5000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events never reached the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill();
+    let (ok, out) = verify(&dir, &[]);
+    assert!(ok && !out.contains("pruned"), "{out}");
+    // The same store, its oldest range removed by hand: no retention record says so.
+    let anchor: i64 = rusqlite::Connection::open(dir.join("audit.db"))
+        .unwrap()
+        .query_row(
+            "SELECT min(seq) FROM audit WHERE kind = 'checkpoint' AND seq > 100",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let t = tampered(&dir, &format!("DELETE FROM audit WHERE seq < {anchor}"));
+    let (ok, out) = verify(&t.0, &[]);
+    assert!(
+        !ok && out.contains("removed without a sealed retention record"),
+        "{out}"
+    );
+
+    // A start prunes what max_bytes no longer keeps, and records it.
+    d.restart();
+    let st = d.status();
+    d.kill();
+    let db = rusqlite::Connection::open(dir.join("audit.db")).unwrap();
+    let first: i64 = db
+        .query_row("SELECT min(seq) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    let kind: String = db
+        .query_row("SELECT kind FROM audit WHERE seq = ?1", [first], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        first > 1 && kind == "checkpoint",
+        "first kept {first} {kind}"
+    );
+    let retention: String = db
+        .query_row(
+            "SELECT record FROM audit WHERE kind = 'retention' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let retention: Value = serde_json::from_str(&retention).unwrap();
+    assert_eq!(retention["body"]["reason"], "size");
+    assert_eq!(retention["body"]["pruned_through"], first - 1);
+    let (ok, out) = verify(&dir, &[]);
+    assert!(
+        ok && out.contains(&format!(
+            "records 1..{} were pruned by retention",
+            first - 1
+        )),
+        "{out} (status {st})"
+    );
+    let last: i64 = db
+        .query_row(
+            "SELECT max(seq) FROM audit WHERE kind <> 'checkpoint'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let (ok, out) = verify(&dir, &["inclusion", &last.to_string()]);
+    assert!(ok, "{out}");
+    let (ok, out) = verify(&dir, &["inclusion", "1"]);
+    assert!(!ok && out.contains("pruned"), "{out}");
+}

@@ -157,6 +157,105 @@ pub fn consistency_proof(leaves: &[Hash], m: usize) -> Vec<Hash> {
     sub(m, leaves, true)
 }
 
+/// A tree whose first `prefix.size` leaves were pruned: only the prefix's frontier (the roots
+/// of its complete subtrees) and the leaves after it are known. Proofs that need no node inside
+/// the pruned part can still be made; the others are None.
+pub struct PrunedTree<'a> {
+    pub prefix: &'a Frontier,
+    /// Leaves `prefix.size ..`.
+    pub leaves: &'a [Hash],
+}
+
+impl PrunedTree<'_> {
+    fn size(&self) -> u64 {
+        self.prefix.size + self.leaves.len() as u64
+    }
+
+    /// MTH of leaves `[a, b)`, if it can be known.
+    pub fn node(&self, a: u64, b: u64) -> Option<Hash> {
+        let p = self.prefix.size;
+        if a >= b || b > self.size() {
+            return None;
+        }
+        if a >= p {
+            return Some(root_of(&self.leaves[(a - p) as usize..(b - p) as usize]));
+        }
+        // The frontier's subtrees, largest first, from leaf 0.
+        let mut start = 0u64;
+        let (mut a_edge, mut b_edge) = (a == 0, b == p);
+        for (bit, h) in (0..64)
+            .rev()
+            .filter(|i| p >> i & 1 == 1)
+            .zip(&self.prefix.hashes)
+        {
+            let end = start + (1u64 << bit);
+            if (start, end) == (a, b) {
+                return Some(*h);
+            }
+            a_edge |= end == a;
+            b_edge |= end == b;
+            start = end;
+        }
+        // Inside the prefix, only runs of whole frontier subtrees are known (and MTH splits
+        // such a run at its first subtree, so the recursion stays on them).
+        if b - a == 1 || !a_edge || (b <= p && !b_edge) {
+            return None;
+        }
+        let k = split((b - a) as usize) as u64;
+        Some(node_hash(&self.node(a, a + k)?, &self.node(a + k, b)?))
+    }
+
+    /// The audit path of leaf `index` in the tree of the first `n` leaves.
+    pub fn inclusion_proof(&self, index: u64, n: u64) -> Option<Vec<Hash>> {
+        fn path(t: &PrunedTree, m: u64, a: u64, b: u64) -> Option<Vec<Hash>> {
+            if b - a <= 1 {
+                return Some(Vec::new());
+            }
+            let k = split((b - a) as usize) as u64;
+            if m < k {
+                let mut p = path(t, m, a, a + k)?;
+                p.push(t.node(a + k, b)?);
+                Some(p)
+            } else {
+                let mut p = path(t, m - k, a + k, b)?;
+                p.push(t.node(a, a + k)?);
+                Some(p)
+            }
+        }
+        if index >= n || n > self.size() || index < self.prefix.size {
+            return None;
+        }
+        path(self, index, 0, n)
+    }
+
+    /// The consistency proof from the tree of `m` leaves to the tree of `n`.
+    pub fn consistency_proof(&self, m: u64, n: u64) -> Option<Vec<Hash>> {
+        fn sub(t: &PrunedTree, m: u64, a: u64, b: u64, complete: bool) -> Option<Vec<Hash>> {
+            if m == b - a {
+                return Some(if complete {
+                    Vec::new()
+                } else {
+                    vec![t.node(a, b)?]
+                });
+            }
+            let k = split((b - a) as usize) as u64;
+            if m <= k {
+                let mut p = sub(t, m, a, a + k, complete)?;
+                p.push(t.node(a + k, b)?);
+                Some(p)
+            } else {
+                let mut p = sub(t, m - k, a + k, b, false)?;
+                p.push(t.node(a, a + k)?);
+                Some(p)
+            }
+        }
+        if m == 0 || m > n || n > self.size() {
+            return None;
+        }
+        sub(self, m, 0, n, true)
+    }
+}
+
 /// RFC 9162 2.1.3.2.
 pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
     if index >= size {
@@ -398,6 +497,46 @@ impl NoteVerifier {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn proofs_over_a_pruned_prefix_are_the_whole_trees_proofs_where_they_can_be_made() {
+        let l: Vec<Hash> = (0..24u8).map(|i| leaf_hash(&[i])).collect();
+        for p in 0..l.len() {
+            let mut f = Frontier::default();
+            for h in &l[..p] {
+                f.push(*h);
+            }
+            let t = PrunedTree {
+                prefix: &f,
+                leaves: &l[p..],
+            };
+            for n in 1..=l.len() {
+                if n >= p {
+                    assert_eq!(t.node(0, n as u64), Some(root_of(&l[..n])), "p {p} n {n}");
+                }
+                for i in p..n {
+                    let proof = t.inclusion_proof(i as u64, n as u64);
+                    if let Some(proof) = proof {
+                        assert_eq!(proof, inclusion_proof(&l[..n], i), "p {p} n {n} i {i}");
+                    }
+                }
+                for m in p.max(1)..=n {
+                    if let Some(proof) = t.consistency_proof(m as u64, n as u64) {
+                        assert_eq!(proof, consistency_proof(&l[..n], m), "p {p} m {m} n {n}");
+                    }
+                }
+            }
+            // The last retained leaf of the whole tree and the prefix's own tree always prove.
+            let n = l.len() as u64;
+            if p < l.len() {
+                assert!(t.inclusion_proof(n - 1, n).is_some(), "p {p}");
+            }
+            if p > 0 {
+                assert!(t.consistency_proof(p as u64, n).is_some(), "p {p}");
+            }
+        }
+    }
+
     use super::*;
 
     /// RFC 6962's test leaves (as in the certificate-transparency test suites).

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use watcher_tlog::{
-    consistency_proof, hex, hex_str, inclusion_proof, leaf_hash, root_of, unhex,
-    verify_consistency, verify_inclusion, Frontier, Hash, NoteVerifier,
+    hex, hex_str, leaf_hash, unhex, verify_consistency, verify_inclusion, Frontier, Hash,
+    NoteVerifier, PrunedTree,
 };
 
 #[derive(Parser)]
@@ -48,8 +48,24 @@ struct Sealed {
 }
 
 struct Log {
+    /// The tree of the records pruned by retention (empty when none were).
+    pruned: Frontier,
+    /// The leaves of the records kept (record `pruned.size + 1` first).
     leaves: Vec<Hash>,
     checkpoints: Vec<Sealed>,
+}
+
+impl Log {
+    fn size(&self) -> u64 {
+        self.pruned.size + self.leaves.len() as u64
+    }
+
+    fn tree(&self) -> PrunedTree<'_> {
+        PrunedTree {
+            prefix: &self.pruned,
+            leaves: &self.leaves,
+        }
+    }
 }
 
 fn main() {
@@ -78,17 +94,25 @@ fn run(args: &Args) -> anyhow::Result<String> {
     let Some(last) = log.checkpoints.last() else {
         bail!(
             "{} records and no checkpoint: nothing is sealed",
-            log.leaves.len()
+            log.size()
         );
     };
     match &args.cmd {
         None => Ok(format!(
-            "intact: {} records up to the checkpoint of {} (record {}, signed by {}); {} unsealed records follow{}",
+            "intact: {} records up to the checkpoint of {} (record {}, signed by {}); {} unsealed records follow{}{}",
             last.seq,
             last.size,
             last.seq,
             key.name(),
-            log.leaves.len() as u64 - last.seq,
+            log.size() - last.seq,
+            if log.pruned.size > 0 {
+                format!(
+                    "; records 1..{} were pruned by retention, as recorded",
+                    log.pruned.size
+                )
+            } else {
+                String::new()
+            },
             if args.witness.is_some() {
                 format!("; {witnessed} witnessed checkpoints match")
             } else {
@@ -100,8 +124,15 @@ fn run(args: &Args) -> anyhow::Result<String> {
             if i >= last.size {
                 bail!("record {seq} is not covered by the latest checkpoint ({} records)", last.size);
             }
-            let proof = inclusion_proof(&log.leaves[..last.size as usize], i as usize);
-            let leaf = log.leaves[i as usize];
+            let pruned = log.pruned.size;
+            if i < pruned {
+                bail!("record {seq} was pruned by retention (records 1..{pruned})");
+            }
+            let proof = log
+                .tree()
+                .inclusion_proof(i, last.size)
+                .context("the proof needs a pruned record")?;
+            let leaf = log.leaves[(i - pruned) as usize];
             if !verify_inclusion(i, last.size, &leaf, &proof, &last.root) {
                 bail!("the inclusion proof of record {seq} does not verify");
             }
@@ -123,7 +154,10 @@ fn run(args: &Args) -> anyhow::Result<String> {
                     .with_context(|| format!("no checkpoint of {n} records"))
             };
             let (a, b) = (find(*old)?, find(*new)?);
-            let proof = consistency_proof(&log.leaves[..b.size as usize], a.size as usize);
+            let proof = log
+                .tree()
+                .consistency_proof(a.size, b.size)
+                .context("the proof needs pruned records")?;
             if !verify_consistency(a.size, b.size, &a.root, &b.root, &proof) {
                 bail!("the checkpoints of {old} and {new} records are not consistent");
             }
@@ -207,9 +241,21 @@ fn check(db: &rusqlite::Connection, key: &NoteVerifier) -> anyhow::Result<Log> {
     let mut q = db.prepare(ROWS)?;
     let mut rows = q.query([])?;
     let mut want = 0u64;
+    let mut pruned = Frontier::default();
+    // (seq, pruned_through) of each retention record.
+    let mut retentions = Vec::new();
     while let Some(row) = rows.next()? {
         want += 1;
         let seq = row.get::<_, i64>(0)?;
+        if want == 1 && seq > 1 {
+            // Retention pruned records 1..seq-1: the first record kept must be a checkpoint,
+            // whose signed root its frontier must give; the chain and the tree go on from it.
+            let text = row.get_ref(3)?.as_str()?;
+            let f = pruned_start(seq as u64, row.get_ref(1)?.as_str()?, text, key)?;
+            pruned = f.clone();
+            frontier = f;
+            want = seq as u64;
+        }
         if seq != want as i64 {
             bail!("record {want} is missing (removed): the next record is {seq}");
         }
@@ -227,12 +273,17 @@ fn check(db: &rusqlite::Connection, key: &NoteVerifier) -> anyhow::Result<Log> {
         if head.kind != kind || head.trace_id != trace_id {
             bail!("record {want} was edited: its kind or trace_id column differs from its record");
         }
-        // The writer writes lowercase hex; anything else is not what was hashed.
-        if head.prev != hex_str(&prev, &mut prev_hex) {
+        // The writer writes lowercase hex; anything else is not what was hashed. (The first
+        // record after a pruning names a hash that is gone.)
+        if want > pruned.size + 1 && head.prev != hex_str(&prev, &mut prev_hex) {
             bail!(
                 "record {} was edited (or record {want} was): record {want} does not name its hash",
                 want - 1
             );
+        }
+        if kind == "retention" {
+            let v: serde_json::Value = serde_json::from_str(text)?;
+            retentions.push((want, v["body"]["pruned_through"].as_u64()));
         }
         if kind == "checkpoint" {
             let v: serde_json::Value = serde_json::from_str(text)?;
@@ -268,11 +319,54 @@ fn check(db: &rusqlite::Connection, key: &NoteVerifier) -> anyhow::Result<Log> {
         frontier.push(prev);
         leaves.push(prev);
     }
-    debug_assert_eq!(frontier.root(), root_of(&leaves));
+    if pruned.size > 0 {
+        // A pruning must be recorded, and sealed: a retention record appended after the last
+        // checkpoint could be anyone's.
+        let sealed = checkpoints.last().map_or(0, |c| c.seq);
+        let recorded = retentions
+            .iter()
+            .any(|(seq, through)| *through == Some(pruned.size) && *seq < sealed);
+        if !recorded {
+            bail!(
+                "records 1..{} are missing: removed without a sealed retention record",
+                pruned.size
+            );
+        }
+    }
     Ok(Log {
+        pruned,
         leaves,
         checkpoints,
     })
+}
+
+/// The tree of the records a retention pruned, from the first record kept: a checkpoint whose
+/// frontier gives the root it signs.
+fn pruned_start(seq: u64, kind: &str, text: &str, key: &NoteVerifier) -> anyhow::Result<Frontier> {
+    if kind != "checkpoint" {
+        bail!("record 1 is missing (removed): the first record is {seq}, which is no checkpoint");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("record {seq} is not JSON (edited)"))?;
+    let b = &v["body"];
+    let c = key
+        .open(b["note"].as_str().unwrap_or_default())
+        .with_context(|| format!("the checkpoint in record {seq} does not verify"))?;
+    let hashes = b["frontier"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| h.as_str().and_then(unhex))
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or_default()
+        .with_context(|| format!("record {seq} was edited: a malformed frontier"))?;
+    let f = Frontier::from_parts(seq - 1, hashes)
+        .filter(|f| c.size == seq - 1 && f.root() == c.root)
+        .with_context(|| {
+            format!("record {seq} was edited: its frontier does not give the root it signs")
+        })?;
+    Ok(f)
 }
 
 /// Every witnessed checkpoint must verify and be in the store as it was witnessed.
@@ -292,7 +386,11 @@ fn check_witness(path: &std::path::Path, log: &Log, key: &NoteVerifier) -> anyho
             .as_str()
             .with_context(|| format!("{at}: no note"))?;
         let c = key.open(note).with_context(|| at.clone())?;
-        let have = log.leaves.len() as u64;
+        let have = log.size();
+        if c.size < log.pruned.size {
+            // Witnessed before a retention pruned it: nothing left to compare.
+            continue;
+        }
         if c.size >= have {
             bail!(
                 "the tail is missing: the witness has a checkpoint of {} records ({at}), the store has {have}",

@@ -129,6 +129,13 @@ pub struct Audit {
     pub export_max_bytes: u64,
     /// Rotated export files kept.
     pub export_keep: u32,
+    /// Records older than this are pruned, in whole checkpoint ranges (e.g. `90d`); unset:
+    /// kept for ever.
+    #[serde(deserialize_with = "opt_duration")]
+    pub retain: Option<std::time::Duration>,
+    /// The oldest checkpoint ranges are pruned while the records take more than this (bytes);
+    /// unset: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for Audit {
@@ -144,6 +151,8 @@ impl Default for Audit {
             export: None,
             export_max_bytes: 100 << 20,
             export_keep: 5,
+            retain: None,
+            max_bytes: None,
         }
     }
 }
@@ -187,6 +196,12 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duratio
     humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!("invalid duration {s:?}: {e} (expected e.g. `10m`)"))
     })
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// The baseline detector's defaults.

@@ -96,6 +96,9 @@ pub(super) struct Writer {
     last_checkpoint: Instant,
     /// The tree size of the last checkpoint.
     sealed: u64,
+    retain: Option<Duration>,
+    max_bytes: Option<u64>,
+    last_retention: Instant,
     counters: Arc<AuditCounters>,
 }
 
@@ -103,7 +106,8 @@ pub(super) struct Writer {
 /// Large pages, a 64 MB WAL between folds and a 32 MB cache: a third more inserts per second
 /// than SQLite's defaults on the benchmark's disk (`cargo xtask bench --only audit`). The
 /// page size applies to a new store only.
-pub(super) const PRAGMAS: &str = "PRAGMA page_size=16384; PRAGMA journal_mode=WAL;
+pub(super) const PRAGMAS: &str = "PRAGMA page_size=16384; PRAGMA auto_vacuum=INCREMENTAL;
+    PRAGMA journal_mode=WAL;
     PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=4000; PRAGMA journal_size_limit=67108864;
     PRAGMA cache_size=-32768;";
 
@@ -260,6 +264,9 @@ impl Tree {
     }
 }
 
+/// How often retention is checked (and at every start).
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
 /// Records per transaction at most (a burst is committed in parts).
 pub(super) const BATCH: usize = 8192;
 
@@ -290,7 +297,7 @@ impl Writer {
                 std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
             }
         }
-        let w = Writer {
+        let mut w = Writer {
             db,
             signer,
             tree: Tree {
@@ -303,11 +310,16 @@ impl Writer {
             interval: cfg.checkpoint_interval,
             last_checkpoint: Instant::now(),
             sealed,
+            retain: cfg.retain,
+            max_bytes: cfg.max_bytes,
+            last_retention: Instant::now(),
             counters,
         };
         w.counters
             .records
             .store(w.tree.frontier.size, Ordering::Relaxed);
+        w.retention(std::time::SystemTime::now())
+            .with_context(|| format!("pruning the audit store {}", store.display()))?;
         tracing::info!(store = %store.display(), records = w.tree.frontier.size, "audit log open");
         Ok(w)
     }
@@ -323,6 +335,13 @@ impl Writer {
             }
             while let Ok(c) = commands.try_recv() {
                 batch.push(c);
+            }
+            if self.last_retention.elapsed() >= RETENTION_EVERY {
+                self.last_retention = Instant::now();
+                if let Err(e) = self.retention(std::time::SystemTime::now()) {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("pruning the audit log: {e:#}");
+                }
             }
             loop {
                 let evs: Vec<Arc<Event>> = events.pop_iter().take(BATCH).collect();
@@ -412,6 +431,110 @@ impl Writer {
                 for (ack, _) in seals {
                     let _ = ack.send(Err(format!("writing the audit log: {e:#}")));
                 }
+            }
+        }
+    }
+
+    /// Prunes the oldest whole checkpoint ranges that `retain` or `max_bytes` no longer keep:
+    /// every record before a checkpoint goes, the checkpoint stays as the new first record (its
+    /// frontier lets the verifier go on from there), and a sealed `retention` record says what
+    /// was removed and why. Returns how many records were removed.
+    pub(super) fn retention(&mut self, now: std::time::SystemTime) -> anyhow::Result<u64> {
+        if self.retain.is_none() && self.max_bytes.is_none() {
+            return Ok(0);
+        }
+        let one = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Option<i64>> {
+            self.db.query_row(sql, p, |r| r.get(0))
+        };
+        let Some(first) = one("SELECT min(seq) FROM audit", &[])? else {
+            return Ok(0);
+        };
+        let last = one("SELECT max(seq) FROM audit", &[])?.unwrap_or(first);
+        let mut anchor: Option<(i64, &str)> = None;
+        let cutoff = self
+            .retain
+            .and_then(|r| now.checked_sub(r))
+            .map(|t| humantime::format_rfc3339_micros(t).to_string());
+        if let Some(cutoff) = &cutoff {
+            if let Some(c) = one(
+                "SELECT max(seq) FROM audit WHERE kind = 'checkpoint' AND seq > ?1 AND ts < ?2",
+                &[&first, cutoff],
+            )? {
+                anchor = Some((c, "age"));
+            }
+        }
+        if let Some(max) = self.max_bytes {
+            let page: i64 = self.db.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages: i64 = self.db.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let free: i64 = self
+                .db
+                .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let used = (pages - free) * page;
+            if used as u64 > max {
+                // Down to nine tenths of the limit, assuming records of even size.
+                let keep = (max as f64 * 0.9 / used as f64 * (last - first + 1) as f64) as i64;
+                let want = last - keep;
+                let c = one(
+                    "SELECT min(seq) FROM audit WHERE kind = 'checkpoint' AND seq >= ?1",
+                    &[&want],
+                )?
+                .or(one(
+                    "SELECT max(seq) FROM audit WHERE kind = 'checkpoint' AND seq > ?1",
+                    &[&first],
+                )?);
+                if let Some(c) = c.filter(|c| anchor.is_none_or(|(a, _)| *c > a)) {
+                    anchor = Some((c, "size"));
+                }
+            }
+        }
+        let Some((anchor, reason)) = anchor.filter(|(a, _)| *a > first) else {
+            return Ok(0);
+        };
+        let removed = (anchor - first) as u64;
+        let ts = humantime::format_rfc3339_micros(now).to_string();
+        let start = self.tree.clone();
+        let (db, signer, tree) = (&self.db, &self.signer, &mut self.tree);
+        let r = (|| -> anyhow::Result<(u64, String)> {
+            let tx = db.unchecked_transaction()?;
+            // The trigger guards against mistakes; this is the one deletion the log allows,
+            // and it is itself recorded.
+            tx.execute_batch("DROP TRIGGER audit_no_delete;")?;
+            tx.execute("DELETE FROM audit WHERE seq < ?1", [anchor])?;
+            tx.execute_batch(SCHEMA)?;
+            {
+                let mut ins = tx.prepare_cached(INSERT)?;
+                let body = serde_json::json!({
+                    "reason": reason,
+                    "pruned_through": anchor - 1,
+                    "first_kept": anchor,
+                    "removed": removed,
+                    "older_than": cutoff,
+                    "max_bytes": self.max_bytes,
+                });
+                tree.append(&mut ins, &ts, "retention", None, &body)?;
+            }
+            let sealed = tree.checkpoint(&tx, &ts, signer)?;
+            tx.commit()?;
+            Ok(sealed)
+        })();
+        match r {
+            Ok((size, note)) => {
+                self.sealed = size;
+                self.last_checkpoint = Instant::now();
+                self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .records
+                    .store(self.tree.frontier.size, Ordering::Relaxed);
+                self.witness(&note);
+                // Hands the freed pages back to the file system (stores made before
+                // auto_vacuum was set only reuse them).
+                let _ = self.db.execute_batch("PRAGMA incremental_vacuum;");
+                tracing::info!(removed, reason, first_kept = anchor, "pruned the audit log");
+                Ok(removed)
+            }
+            Err(e) => {
+                self.tree = start;
+                Err(e)
             }
         }
     }
