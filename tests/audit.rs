@@ -120,6 +120,7 @@ fn a_session_is_rebuilt_from_its_trace_id_and_only_tampering_fails_verification(
     let approval = kind("approval").next().expect("approval");
     assert_eq!(approval["body"]["hold"], id.as_str());
     assert_eq!(approval["body"]["by"], "root");
+    assert_eq!(approval["body"]["via"], "cli");
     let at = |r: &Value| r["seq"].as_u64().unwrap();
     assert!(
         at(start) < at(finding) && at(h) < at(approval),

@@ -931,7 +931,22 @@ fn the_http_api_webhook_and_alertmanager() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["state"], "approved");
     assert_eq!(v["decided_by"], "api token (alice)");
+    assert_eq!(v["decided_via"], "api");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
+    // The audit log's approval says it came by the API.
+    let out = d
+        .cli()
+        .arg("--config")
+        .arg(d.dir.0.join("watcher.toml"))
+        .args([
+            "audit", "query", "--json", "--kind", "approval", "--trace", &trace,
+        ])
+        .output()
+        .unwrap();
+    let approvals = common::holds::json_lines(&out.stdout);
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0]["body"]["via"], "api");
+    assert_eq!(approvals[0]["body"]["by"], "api token (alice)");
     assert!(marker(&w, "api"));
 
     // Alertmanager: a firing alert naming the session engages the kill-switch for it.

@@ -12,7 +12,7 @@ use std::{
 use super::store::{Store, StoreError};
 pub use crate::model::hold::{
     DenyScope, Exception, Hold, HoldDraft, HoldKind, HoldState, KillSwitchState, ProcInfo,
-    SetidBits,
+    SetidBits, Via,
 };
 use crate::{
     model::event::{Detail, Event},
@@ -132,6 +132,7 @@ impl Approvals {
             "rule": h.rule,
             "state": h.state.as_str(),
             "by": h.decided_by,
+            "via": h.decided_via,
             "at": h.decided_at,
             "remembered": h.remembered,
             "kind": h.kind,
@@ -242,6 +243,7 @@ impl Approvals {
             stopped: d.stopped,
             frozen_us: d.frozen_us,
             decided_by: None,
+            decided_via: None,
             decided_at: None,
             remembered: false,
             result: None,
@@ -275,9 +277,10 @@ impl Approvals {
 
     /// Records the decision, if no other decision came first (the store's compare-and-set),
     /// before it is acted on: a crash after this resumes or kills nothing unrecorded.
-    fn finish(&self, mut h: Hold, state: HoldState, by: &str) -> Result<Hold, HoldError> {
+    fn finish(&self, mut h: Hold, state: HoldState, by: &str, via: Via) -> Result<Hold, HoldError> {
         h.state = state;
         h.decided_by = Some(by.to_string());
+        h.decided_via = Some(via);
         h.decided_at = Some(now_rfc3339());
         if !self.store().decide(&h)? {
             let now = self.get(&h.id)?;
@@ -297,6 +300,7 @@ impl Approvals {
         &self,
         id: &str,
         by: &str,
+        via: Via,
         remember: bool,
         remember_profile: Option<String>,
     ) -> Result<Hold, HoldError> {
@@ -316,7 +320,7 @@ impl Approvals {
             }
         });
         h.remembered = exception.is_some();
-        let h = self.finish(h, HoldState::Approved, by)?;
+        let h = self.finish(h, HoldState::Approved, by, via)?;
         if let Some(e) = exception {
             self.store().add_exception(&e)?;
             self.exceptions
@@ -384,9 +388,9 @@ impl Approvals {
     }
 
     /// Stops the session (or, by configuration, only the triggering process).
-    pub fn deny(&self, id: &str, by: &str) -> Result<Hold, HoldError> {
+    pub fn deny(&self, id: &str, by: &str, via: Via) -> Result<Hold, HoldError> {
         let h = self.pending_hold(id)?;
-        let mut h = self.finish(h, HoldState::Denied, by)?;
+        let mut h = self.finish(h, HoldState::Denied, by, via)?;
         // Stopping is the safe side: a denial that cannot be sealed still stops (loudly).
         let sealed = self.seal("denial", &h);
         let stopped = self.stop(&h);
@@ -460,7 +464,7 @@ impl Approvals {
         let mut next: Option<i64> = None;
         for h in pending {
             if h.deadline_ms <= now {
-                match self.deny(&h.id, "deadline") {
+                match self.deny(&h.id, "deadline", Via::Deadline) {
                     Ok(_) => {
                         tracing::warn!(hold = %h.id, trace_id = %h.trace_id, "no answer by the deadline: denied")
                     }
@@ -605,7 +609,7 @@ mod tests {
         .unwrap();
         assert_eq!(again.pending_for(&t1), Some(id.clone()));
         let h = a
-            .approve(&id, "alice", false, Some("claude".into()))
+            .approve(&id, "alice", Via::Cli, false, Some("claude".into()))
             .unwrap();
         assert_eq!(h.state, HoldState::Approved);
         assert_eq!(h.decided_by.as_deref(), Some("alice"));
@@ -613,7 +617,7 @@ mod tests {
         assert!(!a.excepted("r", "another-trace", Some("codex")));
         assert!(!a.excepted("other-rule", &t1, Some("claude")));
         assert!(matches!(
-            a.approve(&id, "bob", false, None),
+            a.approve(&id, "bob", Via::Cli, false, None),
             Err(HoldError::Decided(..))
         ));
         let _ = std::fs::remove_dir_all(&dir);
@@ -650,11 +654,11 @@ mod tests {
                 let (a, id, go) = (a.clone(), id.clone(), go.clone());
                 move || {
                     go.wait();
-                    a.approve(&id, "alice", false, None)
+                    a.approve(&id, "alice", Via::Cli, false, None)
                 }
             });
             go.wait();
-            let deny = a.deny(&id, "deadline");
+            let deny = a.deny(&id, "deadline", Via::Deadline);
             let approve = approve.join().unwrap();
             let stored = a.get(&id).unwrap().state;
             match (&approve, &deny) {
@@ -681,7 +685,10 @@ mod tests {
         let (dir, a) = approvals("watcher-holdid");
         for bad in ["../x", "h-", "' OR 1=1 --"] {
             assert!(matches!(a.get(bad), Err(HoldError::Id(_))), "{bad}");
-            assert!(matches!(a.deny(bad, "x"), Err(HoldError::Id(_))), "{bad}");
+            assert!(
+                matches!(a.deny(bad, "x", Via::Cli), Err(HoldError::Id(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             a.get("h-0123456789ab"),
@@ -701,7 +708,7 @@ mod tests {
             ids.push(id);
         }
         // One approved (its thaw fails on the plain directory and is logged), two pending.
-        a.approve(&ids[0], "alice", false, None).unwrap();
+        a.approve(&ids[0], "alice", Via::Cli, false, None).unwrap();
         assert_eq!(a.list(Some(HoldState::Pending)).unwrap().len(), 2);
         assert_eq!(a.list(None).unwrap().len(), 3);
         // Within the retention nothing goes; past it only the decided hold does.

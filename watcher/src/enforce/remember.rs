@@ -17,12 +17,15 @@ impl Enforce {
         &self,
         id: &str,
         by: &str,
+        via: crate::model::hold::Via,
         remember: bool,
         remember_profile: Option<String>,
     ) -> anyhow::Result<Hold> {
         let h = self.approvals.get(id)?;
         let Detail::Finding(f) = &h.finding.detail else {
-            return Ok(self.approvals.approve(id, by, remember, remember_profile)?);
+            return Ok(self
+                .approvals
+                .approve(id, by, via, remember, remember_profile)?);
         };
         let wants = remember || remember_profile.is_some();
         match f.detector {
@@ -40,7 +43,7 @@ impl Enforce {
                     .and_then(|w| w.split_once(' '))
                     .ok_or_else(|| anyhow!("hold {id}: the finding names nothing to widen"))?;
                 self.widen(&h, entry, item, by)?;
-                let mut h = self.approvals.approve(id, by, false, None)?;
+                let mut h = self.approvals.approve(id, by, via, false, None)?;
                 h.remembered = true;
                 Ok(h)
             }
@@ -64,11 +67,13 @@ impl Enforce {
                     tracing::warn!(hold = id, profile = %p, facet = %a.facet, value, by, "profile taught by an approval");
                 }
                 // The session is not asked about the same value again in any case.
-                let mut h = self.approvals.approve(id, by, false, None)?;
+                let mut h = self.approvals.approve(id, by, via, false, None)?;
                 h.remembered = true;
                 Ok(h)
             }
-            _ => Ok(self.approvals.approve(id, by, remember, remember_profile)?),
+            _ => Ok(self
+                .approvals
+                .approve(id, by, via, remember, remember_profile)?),
         }
     }
 

@@ -29,7 +29,7 @@ use tokio::{
 
 use crate::{
     model::{
-        hold::{HaltMode, HoldState},
+        hold::{HaltMode, HoldState, Via},
         ids::{HoldId, TraceId},
     },
     state::State as Daemon,
@@ -93,7 +93,10 @@ impl Backend for Daemon {
             false => None,
         };
         Ok(
-            match self.enforce.approve(id.as_str(), who, remember, profile) {
+            match self
+                .enforce
+                .approve(id.as_str(), who, Via::Api, remember, profile)
+            {
                 Ok(h) => Ok(serde_json::to_value(h)?),
                 Err(e) => Err(e.to_string()),
             },
@@ -101,7 +104,7 @@ impl Backend for Daemon {
     }
 
     fn deny(&self, id: &HoldId, who: &str) -> anyhow::Result<Result<Value, String>> {
-        Ok(match self.approvals.deny(id.as_str(), who) {
+        Ok(match self.approvals.deny(id.as_str(), who, Via::Api) {
             Ok(h) => Ok(serde_json::to_value(h)?),
             Err(e) => Err(e.to_string()),
         })

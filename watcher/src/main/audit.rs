@@ -262,7 +262,13 @@ fn line(v: &serde_json::Value) -> String {
             s("rule"),
             b["recent"].as_array().map_or(0, |r| r.len())
         ),
-        "approval" | "denial" => format!("hold {} by {} at {}", s("hold"), s("by"), s("at")),
+        "approval" | "denial" => format!(
+            "hold {} by {} via {} at {}",
+            s("hold"),
+            s("by"),
+            s("via"),
+            s("at")
+        ),
         _ => b.to_string(),
     };
     format!(

@@ -72,6 +72,9 @@ pub struct Hold {
     pub frozen_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
+    /// How the decision came: the CLI (control socket), the HTTP API, or the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_via: Option<Via>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<String>,
     /// `approve --remember`: an exception was recorded.
@@ -212,4 +215,16 @@ pub struct Decision {
     pub hold: Option<String>,
     /// A hold this finding opened (the caller records it).
     pub new_hold: bool,
+}
+
+/// How a decision on a hold came.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// `watcher approve|deny` over the control socket.
+    Cli,
+    /// The HTTP API (`POST /v1/holds/ID/approve|deny`).
+    Api,
+    /// No answer before the hold's deadline.
+    Deadline,
 }

@@ -16,7 +16,7 @@ use crate::{
     config::Config,
     model::{
         event::{Detail, Event},
-        hold::HoldState,
+        hold::{HoldState, Via},
         protocol::{
             HoldsStatus, KillSwitchOp, KindCount, PolicyStatus, Reply, Request, Skipped, Status,
             MAX_LINE,
@@ -253,7 +253,7 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
                 false => None,
             };
             let r = tokio::task::spawn_blocking(move || {
-                a.approve(id.as_str(), &who, remember, profile)
+                a.approve(id.as_str(), &who, Via::Cli, remember, profile)
             })
             .await?;
             let reply = match r {
@@ -269,7 +269,8 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
         }
         Request::Deny { id } => {
             let a = shared.approvals.clone();
-            let r = tokio::task::spawn_blocking(move || a.deny(id.as_str(), &who)).await?;
+            let r =
+                tokio::task::spawn_blocking(move || a.deny(id.as_str(), &who, Via::Cli)).await?;
             let reply = match r {
                 Ok(h) => {
                     tracing::warn!(hold = %h.id, by = ?h.decided_by, result = ?h.result, "hold denied");
