@@ -6,7 +6,7 @@ mod common;
 use std::{path::Path, time::Duration};
 
 use common::{
-    audit::{held_tool, timeline, verify},
+    audit::{audit_cmd, audit_json, held_tool, timeline, verify},
     holds::{await_hold, launch_bg, wait_exit},
     Daemon, TempDir,
 };
@@ -127,32 +127,11 @@ fn a_session_is_rebuilt_from_its_trace_id_and_only_tampering_fails_verification(
         "out of order"
     );
     // The approval was sealed before the session resumed: a checkpoint follows it at once.
-    let text = d
-        .cli()
-        .arg("--config")
-        .arg(d.dir.0.join("watcher.toml"))
-        .args(["audit", "show", "--trace", &trace])
-        .output()
-        .unwrap();
+    let text = audit_cmd(&d, &["show", "--trace", &trace]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("approval"));
 
     // Queries by rule, decision, path and process.
-    let query = |args: &[&str]| -> Vec<Value> {
-        let out = d
-            .cli()
-            .arg("--config")
-            .arg(d.dir.0.join("watcher.toml"))
-            .args(["audit", "query", "--json"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        common::holds::json_lines(&out.stdout)
-    };
+    let query = |args: &[&str]| audit_json(&d, &[&["query", "--json"], args].concat());
     let by_rule = query(&["--rule", "test-hold-exec"]);
     let kinds: Vec<&str> = by_rule
         .iter()
@@ -179,19 +158,7 @@ fn a_session_is_rebuilt_from_its_trace_id_and_only_tampering_fails_verification(
 
     // The OCSF export of the session: one line per record, each valid against the vendored
     // OCSF 1.3.0 subset, the four classes there, each line naming the session.
-    let out = d
-        .cli()
-        .arg("--config")
-        .arg(d.dir.0.join("watcher.toml"))
-        .args(["audit", "export", "--format", "ocsf", "--trace", &trace])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = common::holds::json_lines(&out.stdout);
+    let lines = audit_json(&d, &["export", "--format", "ocsf", "--trace", &trace]);
     let schema: Value =
         serde_json::from_str(include_str!("ocsf/ocsf-1.3.0-subset.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();

@@ -31,15 +31,31 @@ pub fn verify(dir: &Path, extra: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-pub fn timeline(d: &Daemon, trace: &str) -> Vec<Value> {
-    let out = d
-        .cli()
+/// `watcher audit ARGS` on the daemon's store (read from the file: the daemon may be down).
+pub fn audit_cmd(d: &Daemon, args: &[&str]) -> std::process::Output {
+    d.cli()
         .arg("--config")
         .arg(d.dir.0.join("watcher.toml"))
-        .args(["audit", "show", "--json", "--trace", trace])
+        .arg("audit")
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The JSON lines of `watcher audit ARGS`, which must succeed.
+pub fn audit_json(d: &Daemon, args: &[&str]) -> Vec<Value> {
+    let out = audit_cmd(d, args);
+    assert!(
+        out.status.success(),
+        "watcher audit {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     super::holds::json_lines(&out.stdout)
+}
+
+/// A session's records so far (none yet is no error).
+pub fn timeline(d: &Daemon, trace: &str) -> Vec<Value> {
+    super::holds::json_lines(&audit_cmd(d, &["show", "--json", "--trace", trace]).stdout)
 }
 
 /// A program that writes `marker` beside it, and a rule directory holding its exec.
