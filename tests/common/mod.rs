@@ -67,6 +67,12 @@ impl Daemon {
             dir.0.display()
         );
         let config = with_section(&config, "[audit]", &audit);
+        // Parallel test daemons cannot share the default metrics port: off unless asked for.
+        let config = if config.contains("[metrics]") {
+            config
+        } else {
+            format!("{config}\n[metrics]\nlisten = \"\"\n")
+        };
         std::fs::write(&config_path, config).unwrap();
         let cgroup = cgroup2_root().join(cgroup_name);
         let child = spawn_daemon(&config_path, &socket, env);

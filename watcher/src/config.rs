@@ -40,6 +40,8 @@ pub struct Config {
     pub baseline: Baseline,
     #[serde(default)]
     pub audit: Audit,
+    #[serde(default)]
+    pub metrics: Metrics,
     /// Per profile: detector thresholds and the default task scope of its sessions.
     #[serde(default)]
     pub profiles: std::collections::BTreeMap<String, ProfileConfig>,
@@ -100,6 +102,23 @@ pub struct Holds {
     pub webhook: Option<String>,
     /// `json` (the hold record, generic) or `slack` (a Slack-compatible `{"text": ...}`).
     pub webhook_format: WebhookFormat,
+}
+
+/// `/metrics` for Prometheus (`frontends::metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `host:port` to serve `/metrics` on; `""` turns it off. No authentication: keep it on
+    /// loopback (or behind the node's firewall) and let Prometheus scrape it there.
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: "127.0.0.1:9740".into(),
+        }
+    }
 }
 
 /// The append-only, signed audit log (`pipeline::audit`).

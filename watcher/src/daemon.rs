@@ -22,6 +22,17 @@ async fn start_api(shared: &Arc<State>) -> anyhow::Result<()> {
         tracing::info!(socket = %path.display(), "HTTP API on a unix socket");
         tokio::spawn(api::serve_unix(l, shared.clone()));
     }
+    let m = &shared.config.metrics.listen;
+    if !m.is_empty() {
+        let addr: std::net::SocketAddr = m
+            .parse()
+            .with_context(|| format!("[metrics] listen {m:?}: want host:port, or \"\" for off"))?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("[metrics] listen {addr}"))?;
+        tracing::info!(%addr, "metrics at /metrics");
+        tokio::spawn(crate::frontends::metrics::serve(l, shared.clone()));
+    }
     if let Some(addr) = api.listen {
         let gid = match &shared.config.daemon.approver_group {
             Some(g) => Some(group_id(g)?),

@@ -216,7 +216,7 @@ impl Daemon {
         };
         // Its own store, cgroups and API socket: a benchmark must not touch a running daemon's.
         text.push_str(&format!(
-            "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n",
+            "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n[metrics]\nlisten = \"\"\n",
             dir.join("bench.db").display(),
             dir.join("api.sock").display(),
             d = dir.display()

@@ -78,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::setup()?;
+            setup::test_tools()?;
             // The audit test runs the verifier, a binary of another package, which `cargo test`
             // does not build for watcher's tests.
             cargo(&["build", "-p", "watcher-verify"])?;

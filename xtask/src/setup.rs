@@ -89,3 +89,26 @@ pub fn setup() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What the tests need beyond the build: Debian's prometheus (the metrics test runs a real
+/// Prometheus and promtool).
+pub fn test_tools() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/promtool").exists() && Path::new("/usr/bin/prometheus").exists() {
+        return Ok(());
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    eprintln!("xtask: apt-get install prometheus (for the metrics test)");
+    if !install().map(|s| s.success()).unwrap_or(false) {
+        run("apt-get", &["update"])?;
+        let st = install().context("apt-get")?;
+        if !st.success() {
+            bail!("apt-get install prometheus failed ({st})");
+        }
+    }
+    Ok(())
+}

@@ -70,6 +70,39 @@ pub struct Counters {
     pub gated: AtomicU64,
     /// Gated processes no answer came for in time, handed to a human as a hold.
     pub gate_unanswered: AtomicU64,
+    /// Findings by (detector, rule, severity, action): bounded by the policy's rules.
+    pub findings_by: Mutex<std::collections::BTreeMap<[String; 4], u64>>,
+    /// Decisions by outcome.
+    pub decisions_by: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    /// Findings are few (a rule matched), so a map lookup with owned keys costs nothing that
+    /// shows.
+    fn count_finding(&self, f: &crate::model::event::Finding) {
+        let name = |v: Result<serde_json::Value, serde_json::Error>| match v {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => String::new(),
+        };
+        let key = [
+            f.detector.as_str().to_string(),
+            f.rule.clone(),
+            name(serde_json::to_value(f.severity)),
+            name(serde_json::to_value(f.action)),
+        ];
+        *self
+            .findings_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+        *self
+            .decisions_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name(serde_json::to_value(f.outcome)))
+            .or_default() += 1;
+    }
 }
 
 /// The policy in force, with the parts compiled into the kernel: what it decides alone (the
@@ -256,7 +289,8 @@ impl Core {
             recent.pop_front();
         }
         recent.push_back(ev.clone());
-        if matches!(ev.detail, Detail::Finding(_)) {
+        if let Detail::Finding(f) = &ev.detail {
+            self.counters.count_finding(f);
             self.counters.findings.fetch_add(1, Ordering::Relaxed);
             let mut f = self.findings.lock().unwrap_or_else(|e| e.into_inner());
             if f.len() >= self.config.rules.recent_findings {

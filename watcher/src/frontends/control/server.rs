@@ -376,7 +376,8 @@ fn reply_of(r: anyhow::Result<Reply>) -> Reply {
     })
 }
 
-fn status(shared: &State) -> Status {
+/// The daemon's state as `watcher status` shows it (and `/metrics` renders it).
+pub fn status(shared: &State) -> Status {
     let kernel = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
     let drops = kernel.drops();
     let per_type = EventKind::ALL

@@ -1,0 +1,197 @@
+//! `/metrics` against a real Prometheus: the daemon is scraped while a watched session has a
+//! finding and a pending hold; promtool checks the text; PromQL over the scraped series gives
+//! what the session did. Needs root and Debian's `prometheus` (`cargo xtask test` installs it).
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    audit::held_tool,
+    holds::{await_hold, launch_bg, verdict, wait_exit},
+    Daemon, TempDir, DEADLINE,
+};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET on loopback; (status line, body).
+fn http_get(port: u16, path_and_query: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+fn tool(name: &str) -> std::path::PathBuf {
+    ["/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} is missing: `cargo xtask test` installs Debian's prometheus package")
+        })
+}
+
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A PromQL instant query's result vector; Err: Prometheus refused the expression.
+fn query(port: u16, expr: &str) -> Result<Vec<Value>, String> {
+    let enc: String = expr
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = http_get(port, &format!("/api/v1/query?query={enc}"));
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+    if v["status"] != "success" {
+        return Err(format!("{expr}: {body}"));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+fn value(r: &[Value]) -> Option<f64> {
+    r.first()?["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
+    let (promtool, prometheus) = (tool("promtool"), tool("prometheus"));
+    let work = TempDir::new("metrics");
+    let (_tool, rules) = held_tool(&work.0);
+    let mport = free_port();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
+        rules.display()
+    ));
+    let (mut child, trace) = launch_bg(&d, &format!("{}/held-tool", work.0.display()));
+    let hold = await_hold(&d, &trace);
+
+    // The text as any scraper without OpenMetrics gets it passes promtool's checks.
+    let (status, text) = http_get(mport, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bounded labels: no trace id, no pid.
+    assert!(!text.contains(&trace), "a trace id is a label");
+    assert!(text.contains("watcher_holds_pending 1"), "{text}");
+
+    // A real Prometheus scraping every second.
+    let pport = free_port();
+    let config = work.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: watcher\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n"
+        ),
+    )
+    .unwrap();
+    let _p = Prometheus(
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                work.0.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    loop {
+        let up = std::net::TcpStream::connect(("127.0.0.1", pport)).is_ok()
+            && query(pport, "watcher_holds_pending")
+                .ok()
+                .and_then(|r| value(&r))
+                == Some(1.0);
+        if up {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE * 2,
+            "Prometheus never scraped a pending hold"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let one = |e: &str| value(&query(pport, e).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(one("up{job=\"watcher\"}"), Some(1.0));
+    assert!(one("watcher_findings_total{rule=\"test-hold-exec\",action=\"hold\"}") >= Some(1.0));
+    assert!(one("watcher_decisions_total{outcome=\"held\"}") >= Some(1.0));
+    assert!(one("sum(watcher_events_total{type=\"exec\"})") >= Some(1.0));
+    assert!(one("watcher_sessions_active{profile=\"none\"}") >= Some(1.0));
+    assert!(one("watcher_hold_age_seconds") > Some(0.0));
+    assert!(one("watcher_audit_records_total") > Some(0.0));
+    assert_eq!(one("watcher_kill_switch_engaged"), Some(0.0));
+    assert!(one("process_resident_memory_bytes") > Some(0.0));
+    let build = query(pport, "watcher_build_info").unwrap();
+    assert_eq!(build[0]["metric"]["version"], env!("CARGO_PKG_VERSION"));
+    // Histograms are histograms to PromQL.
+    query(
+        pport,
+        "histogram_quantile(0.99, rate(watcher_pipeline_latency_seconds_bucket[1m]))",
+    )
+    .unwrap();
+
+    verdict(&d, "approve", &hold);
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    let start = Instant::now();
+    while query(pport, "watcher_holds_pending")
+        .ok()
+        .and_then(|r| value(&r))
+        != Some(0.0)
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the approved hold is still pending"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
