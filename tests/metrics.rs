@@ -180,6 +180,88 @@ fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
     )
     .unwrap();
 
+    // The alert rules, checked and unit-tested by promtool.
+    let dashboards = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    for args in [
+        vec!["check", "rules", "watcher.rules.yml"],
+        vec!["test", "rules", "watcher.rules_test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(&args)
+            .current_dir(&dashboards)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Every expression of every dashboard panel evaluates, with data, once a minute's rates
+    // have samples.
+    let start = Instant::now();
+    while one("count_over_time(up{job=\"watcher\"}[1m])") < Some(5.0) {
+        assert!(start.elapsed() < DEADLINE, "Prometheus scrapes too rarely");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dashboards).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let vars: Vec<&str> = dash["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name == "overview.json" || name == "sessions-findings.json" {
+            assert!(vars.contains(&"profile"), "{name}: no $profile variable");
+        }
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let e = expr
+                    .replace("$instance", ".*")
+                    .replace("$profile", ".*")
+                    .replace("$__rate_interval", "1m");
+                assert!(!e.contains('$'), "{name}: an unknown variable in {expr}");
+                let r = query(pport, &e)
+                    .unwrap_or_else(|err| panic!("{name} panel {:?}: {err}", p["title"]));
+                assert!(
+                    !r.is_empty(),
+                    "{name} panel {:?}: no data for {e}",
+                    p["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} panel expressions");
+    // The Alertmanager example routes the chosen alert to the daemon's kill-switch webhook.
+    let am: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dashboards.join("alertmanager.yml")).unwrap(),
+    )
+    .unwrap();
+    let route = &am["route"]["routes"][0];
+    let receiver = route["receiver"].as_str().unwrap();
+    let r = am["receivers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"].as_str() == Some(receiver))
+        .expect("the route's receiver");
+    assert!(r["webhook_configs"][0]["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/v1/alertmanager"));
+
     verdict(&d, "approve", &hold);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     let start = Instant::now();

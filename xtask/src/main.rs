@@ -1,5 +1,6 @@
 //! Developer and CI tasks: `cargo xtask run | test | bench | eval | fuzz | setup`.
 mod bench;
+mod deb;
 mod eval;
 mod fuzz;
 mod setup;
@@ -36,6 +37,8 @@ enum Cmd {
     /// Run the Atomic Red Team items as watched sessions in sandboxes, rules on and rules off
     /// with a learned profile, and print what was caught per category (not part of `test`).
     Eval(eval::Args),
+    /// Build the Debian package (target/debian/watcher_*.deb), cargo-deb installed on first use.
+    Deb,
     /// Run every fuzz target for a bounded time (not part of `test`).
     Fuzz(fuzz::Args),
     /// A storm, run by `bench` as the measured workload.
@@ -82,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The audit test runs the verifier, a binary of another package, which `cargo test`
             // does not build for watcher's tests.
             cargo(&["build", "-p", "watcher-verify"])?;
+            // The package test installs the .deb: built here, outside the test run's lock.
+            deb::build()?;
             // The crash tests need the daemon's fault-injection points.
             let mut a = vec![
                 "test",
@@ -101,6 +106,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Eval(args) => {
             setup::setup()?;
             eval::run(args)
+        }
+        Cmd::Deb => {
+            setup::setup()?;
+            println!("{}", deb::build()?.display());
+            Ok(())
         }
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Storm(args) => bench::storm(args),
