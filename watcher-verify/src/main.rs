@@ -86,7 +86,7 @@ fn run(args: &Args) -> anyhow::Result<String> {
     if let Some(Cmd::Bench { rounds }) = args.cmd {
         return bench(&args.store, &key, rounds);
     }
-    let log = check(&open(&args.store)?, &key)?;
+    let log = check(&open(&args.store)?, &key, true)?;
     let witnessed = match &args.witness {
         Some(w) => check_witness(w, &log, &key)?,
         None => 0,
@@ -180,7 +180,7 @@ fn bench(store: &std::path::Path, key: &NoteVerifier, rounds: u32) -> anyhow::Re
         n = scan(&open(store)?)?;
         let t_read = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        check(&open(store)?, key)?;
+        check(&open(store)?, key, false)?;
         let t_all = t.elapsed().as_secs_f64();
         read_rates.push(n as f64 / t_read);
         rates.push(n as f64 / t_all);
@@ -232,7 +232,23 @@ struct Head<'a> {
 }
 
 /// Walks every record: numbering, columns, chain, and each checkpoint's signature and root.
-fn check(db: &rusqlite::Connection, key: &NoteVerifier) -> anyhow::Result<Log> {
+/// `progress`: a bar on stderr while it runs (drawn only on a terminal).
+fn check(db: &rusqlite::Connection, key: &NoteVerifier, progress: bool) -> anyhow::Result<Log> {
+    let total: i64 = db.query_row(
+        "SELECT coalesce(max(seq), 0) - coalesce(min(seq), 1) + 1 FROM audit",
+        [],
+        |r| r.get(0),
+    )?;
+    let bar = if progress {
+        indicatif::ProgressBar::new(total.max(0) as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "verifying {bar:40} {human_pos}/{human_len} records, {per_sec}, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut frontier = Frontier::default();
     let mut leaves = Vec::new();
     let mut checkpoints = Vec::new();
@@ -318,7 +334,11 @@ fn check(db: &rusqlite::Connection, key: &NoteVerifier) -> anyhow::Result<Log> {
         prev = leaf_hash(text.as_bytes());
         frontier.push(prev);
         leaves.push(prev);
+        if leaves.len() % 65536 == 0 {
+            bar.set_position(leaves.len() as u64);
+        }
     }
+    bar.finish_and_clear();
     if pruned.size > 0 {
         // A pruning must be recorded, and sealed: a retention record appended after the last
         // checkpoint could be anyone's.

@@ -162,6 +162,12 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
+    /// The cost of one /metrics render with 100 sessions and 10,000 processes.
+    #[command(hide = true)]
+    BenchMetrics {
+        #[arg(long, default_value_t = 15)]
+        rounds: u32,
+    },
     /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
     #[command(hide = true)]
     BenchFloor {
@@ -536,6 +542,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rounds,
         } => {
             watcher::pipeline::audit::bench::run(&stream, &dir, events, rounds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchMetrics { rounds } => {
+            watcher::frontends::metrics::bench(rounds)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BenchFloor { hooks, toggle } => {

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
     /// Run only these parts (storms, pairs, build, rules, detectors, rmrf, holds, gate, audit,
-    /// profile); all but profile when omitted.
+    /// metrics, profile); all but profile when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -556,6 +556,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if wanted(&a, "audit") {
         audit(&bin, a.rounds.min(5))?;
+    }
+    if wanted(&a, "metrics") {
+        let out = Command::new(&bin)
+            .args(["bench-metrics", "--rounds", "15"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "bench-metrics failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        println!("\n## Metrics\n");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     if wanted(&a, "profile") {
         let direct = profile(&bin, &dir, a.profile_rounds)?;

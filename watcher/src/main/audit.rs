@@ -185,15 +185,31 @@ pub fn run(cmd: AuditCmd, cfg: &watcher::config::Audit) -> anyhow::Result<std::p
             let host = export::host_name();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut after = 0;
-            loop {
-                // What is there now (a busy log would otherwise never let a snapshot end).
-                let upto = export::last_seq(&db)?;
-                after = export::write_since(&db, after, upto, &filter, &mut out, &host)?.0;
-                std::io::Write::flush(&mut out)?;
-                if !follow {
-                    break;
+            // What is there now (a busy log would otherwise never let a snapshot end); a bar on
+            // stderr (on a terminal only) while the snapshot is written.
+            let upto = export::last_seq(&db)?;
+            let bar = indicatif::ProgressBar::new(upto).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "exporting {bar:40} {human_pos}/{human_len} records, {eta} left",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            while after < upto {
+                let step = upto.min(after + 65_536);
+                export::write_since(&db, after, step, &filter, &mut out, &host)?;
+                after = step;
+                bar.set_position(after);
+            }
+            bar.finish_and_clear();
+            std::io::Write::flush(&mut out)?;
+            if follow {
+                // Until interrupted (or stdout closes: the write fails).
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let upto = export::last_seq(&db)?;
+                    after = export::write_since(&db, after, upto, &filter, &mut out, &host)?.0;
+                    std::io::Write::flush(&mut out)?;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(200));
             }
         }
     }
