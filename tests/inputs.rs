@@ -88,18 +88,10 @@ fn control(socket: &Path, line: &[u8]) -> Value {
     serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn path_like_ids_are_refused_everywhere() {
     let mut canary = Canary::new();
-    let api_port = free_port();
+    let api_port = common::free_port();
     let tmp = TempDir::new("ids");
     let token_file = tmp.0.join("api.token");
     let mut d = Daemon::start_with(&format!(
@@ -408,7 +400,7 @@ fn thousands_of_idle_clients_leave_status_answering() {
 
 #[test]
 fn the_api_checks_the_caller_first_and_bounds_what_it_reads() {
-    let api_port = free_port();
+    let api_port = common::free_port();
     let tmp = TempDir::new("api-limits");
     let token_file = tmp.0.join("api.token");
     let d = Daemon::start_with(&format!(

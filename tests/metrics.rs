@@ -16,14 +16,6 @@ use common::{
 };
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET on loopback; (status line, body).
 fn http_get(port: u16, path_and_query: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -87,7 +79,7 @@ fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
     let (promtool, prometheus) = (tool("promtool"), tool("prometheus"));
     let work = TempDir::new("metrics");
     let (_tool, rules) = held_tool(&work.0);
-    let mport = free_port();
+    let mport = common::free_port();
     let d = Daemon::start_with(&format!(
         "[rules]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
         rules.display()
@@ -123,7 +115,7 @@ fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
     assert!(text.contains("watcher_holds_pending 1"), "{text}");
 
     // A real Prometheus scraping every second.
-    let pport = free_port();
+    let pport = common::free_port();
     let config = work.0.join("prometheus.yml");
     std::fs::write(
         &config,

@@ -387,3 +387,12 @@ pub fn pack_dir(into: &std::path::Path) -> PathBuf {
     }
     dir
 }
+
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -450,16 +450,8 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     refuse_other_watchers()?;
-    crate::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "watcher",
-        "-p",
-        "watcher-verify",
-        "-p",
-        "xtask",
-    ])?;
+    crate::build_release()?;
+    crate::cargo(&["build", "--release", "-p", "xtask"])?;
     let bin = root().join("target/release/watcher");
     let dir = std::env::temp_dir().join(format!("watcher-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -16,14 +16,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
         eprintln!("xtask: installing cargo-deb (first use, about 2 min)");
         crate::cargo(&["install", "cargo-deb", "--locked"])?;
     }
-    crate::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "watcher",
-        "-p",
-        "watcher-verify",
-    ])?;
+    crate::build_release()?;
     crate::cargo(&["deb", "-p", "watcher", "--no-build"])?;
     let dir = root().join("target/debian");
     let newest = std::fs::read_dir(&dir)

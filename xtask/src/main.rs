@@ -61,14 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Run { args } => {
             setup::setup()?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "watcher",
-                "-p",
-                "watcher-verify",
-            ])?;
+            build_release()?;
             let status = Command::new(setup::root().join("target/release/watcher"))
                 .arg("run")
                 .args(args)
@@ -115,6 +108,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Storm(args) => bench::storm(args),
     }
+}
+
+/// The release daemon and verifier (what `run`, `bench` and `deb` use).
+pub fn build_release() -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "watcher",
+        "-p",
+        "watcher-verify",
+    ])
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {

@@ -157,13 +157,12 @@ impl Hdr {
 
 impl Collector for Hdr {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let m = encoder.encode_descriptor(
+        let mut m = encoder.encode_descriptor(
             self.name,
             self.help,
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        let mut m = m;
         m.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
     }
 }

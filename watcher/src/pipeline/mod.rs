@@ -80,15 +80,11 @@ impl Counters {
     /// Findings are few (a rule matched), so a map lookup with owned keys costs nothing that
     /// shows.
     fn count_finding(&self, f: &crate::model::event::Finding) {
-        let name = |v: Result<serde_json::Value, serde_json::Error>| match v {
-            Ok(serde_json::Value::String(s)) => s,
-            _ => String::new(),
-        };
         let key = [
             f.detector.as_str().to_string(),
             f.rule.clone(),
-            name(serde_json::to_value(f.severity)),
-            name(serde_json::to_value(f.action)),
+            audit::name(&f.severity),
+            audit::name(&f.action),
         ];
         *self
             .findings_by
@@ -100,7 +96,7 @@ impl Counters {
             .decisions_by
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(name(serde_json::to_value(f.outcome)))
+            .entry(audit::name(&f.outcome))
             .or_default() += 1;
     }
 }

@@ -229,7 +229,7 @@ impl Audit {
 }
 
 /// A unit enum's serde name.
-fn name<T: serde::Serialize>(t: &T) -> String {
+pub(crate) fn name<T: serde::Serialize>(t: &T) -> String {
     match serde_json::to_value(t) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
