@@ -40,7 +40,7 @@ fn tool(name: &str) -> std::path::PathBuf {
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.exists())
         .unwrap_or_else(|| {
-            panic!("{name} is missing: `cargo xtask test` installs Debian's prometheus package")
+            panic!("{name} is missing: `cargo xtask test` installs Debian's prometheus and prometheus-alertmanager packages")
         })
 }
 
@@ -76,6 +76,7 @@ fn value(r: &[Value]) -> Option<f64> {
 
 #[test]
 fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
+    let started = Instant::now();
     let (promtool, prometheus) = (tool("promtool"), tool("prometheus"));
     let work = TempDir::new("metrics");
     let (_tool, rules) = held_tool(&work.0);
@@ -236,7 +237,36 @@ fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
         }
     }
     assert!(checked >= 30, "only {checked} panel expressions");
-    // The Alertmanager example routes the chosen alert to the daemon's kill-switch webhook.
+    // The Alertmanager example is a valid config (amtool, Debian's prometheus-alertmanager)
+    // and routes the chosen alert, and only it, to the daemon's kill-switch webhook.
+    let amtool = tool("amtool");
+    let am_file = dashboards.join("alertmanager.yml");
+    let out = Command::new(&amtool)
+        .arg("check-config")
+        .arg(&am_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "amtool check-config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let route_of = |labels: &[&str]| {
+        let out = Command::new(&amtool)
+            .args(["config", "routes", "test"])
+            .arg(format!("--config.file={}", am_file.display()))
+            .args(labels)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "amtool config routes test {labels:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        route_of(&["alertname=WatcherExfil", "watcher_action=kill_switch"]),
+        "watcher-kill-switch"
+    );
+    assert_eq!(route_of(&["alertname=WatcherEventsDropped"]), "default");
     let am: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(dashboards.join("alertmanager.yml")).unwrap(),
     )
@@ -268,4 +298,17 @@ fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The decision's wait is in the approval histogram, in seconds, no longer than the test.
+    while one("watcher_approval_latency_seconds_count") != Some(1.0) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the decision is not in watcher_approval_latency_seconds"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sum = one("watcher_approval_latency_seconds_sum").unwrap();
+    assert!(
+        sum > 0.0 && sum < started.elapsed().as_secs_f64(),
+        "approval latency {sum} s"
+    );
 }

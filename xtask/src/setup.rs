@@ -91,23 +91,39 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 /// What the tests need beyond the build: Debian's prometheus (the metrics test runs a real
-/// Prometheus and promtool).
+/// Prometheus and promtool) and prometheus-alertmanager (amtool checks the Alertmanager
+/// example).
 pub fn test_tools() -> anyhow::Result<()> {
-    if Path::new("/usr/bin/promtool").exists() && Path::new("/usr/bin/prometheus").exists() {
+    let tools = [
+        ("/usr/bin/promtool", "prometheus"),
+        ("/usr/bin/prometheus", "prometheus"),
+        ("/usr/bin/amtool", "prometheus-alertmanager"),
+    ];
+    let mut missing: Vec<&str> = tools
+        .iter()
+        .filter(|(bin, _)| !Path::new(bin).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
         return Ok(());
     }
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
     };
-    eprintln!("xtask: apt-get install prometheus (for the metrics test)");
+    eprintln!(
+        "xtask: apt-get install {} (for the metrics test)",
+        missing.join(" ")
+    );
     if !install().map(|s| s.success()).unwrap_or(false) {
         run("apt-get", &["update"])?;
         let st = install().context("apt-get")?;
         if !st.success() {
-            bail!("apt-get install prometheus failed ({st})");
+            bail!("apt-get install {} failed ({st})", missing.join(" "));
         }
     }
     Ok(())

@@ -31,6 +31,8 @@ pub enum HoldError {
     Decided(String, &'static str),
     #[error(transparent)]
     Id(#[from] crate::model::ids::IdError),
+    #[error("creating the approval latency histogram: {0}")]
+    Histogram(#[from] hdrhistogram::CreationError),
     #[error("the decision is recorded as taken but could not be sealed in the audit log, so it was not carried out (the session stays frozen): {0}")]
     Audit(String),
 }
@@ -52,6 +54,8 @@ pub struct Approvals {
     decided_opens: Mutex<Vec<DecidedOpen>>,
     /// Approvals and denials are sealed in it before they take effect.
     audit: std::sync::OnceLock<std::sync::Arc<crate::pipeline::audit::Audit>>,
+    /// A hold's start to its decision (by a person or the deadline), microseconds.
+    pub decision_latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 /// How long a decided open waits for its event.
@@ -114,6 +118,7 @@ impl Approvals {
             verdict_hook: Mutex::new(None),
             decided_opens: Mutex::new(Vec::new()),
             audit: std::sync::OnceLock::new(),
+            decision_latency: Mutex::new(hdrhistogram::Histogram::new(3)?),
         })
     }
 
@@ -289,6 +294,17 @@ impl Approvals {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.get(&h.trace_id) == Some(&h.id) {
             pending.remove(&h.trace_id);
+        }
+        drop(pending);
+        if let Some(waited) = humantime::parse_rfc3339(&h.started)
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+        {
+            let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+            self.decision_latency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .saturating_record(us);
         }
         Ok(h)
     }

@@ -124,10 +124,10 @@ struct Hdr {
     buckets: Vec<(f64, u64)>,
 }
 
-/// Bucket bounds, seconds: 10 µs to 10 minutes.
-const BOUNDS: [f64; 16] = [
+/// Bucket bounds, seconds: 10 µs to an hour (a person's answer to a hold takes minutes).
+const BOUNDS: [f64; 18] = [
     1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0, 10.0, 60.0,
-    600.0,
+    600.0, 1800.0, 3600.0,
 ];
 
 impl Hdr {
@@ -244,6 +244,11 @@ pub fn render(shared: &State) -> Result<String, std::fmt::Error> {
                 "hold_freeze_latency",
                 "A hold's kernel event to its whole session frozen.",
                 &shared.hold_latency,
+            ),
+            Hdr::of(
+                "approval_latency",
+                "A hold's start to its decision: approved, denied or timed out.",
+                &shared.approvals.decision_latency,
             ),
         ],
     };
