@@ -312,3 +312,81 @@ fn a_real_prometheus_scrapes_the_daemon_through_a_finding_and_a_hold() {
         "approval latency {sum} s"
     );
 }
+
+/// A sample's value in the Prometheus text, by its name and labels as printed.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
+#[test]
+fn the_ring_fill_ratio_is_what_the_kernel_wrote_and_user_space_has_not_read() {
+    let work = TempDir::new("ring-fill");
+    let paused = work.0.join("paused");
+    std::fs::write(&paused, "").unwrap();
+    let mport = common::free_port();
+    // Rules that gate nothing the session runs (the shipped pack gates some execs, which would
+    // wait, stopped, for the paused intake), a 4 MiB ring (room for the session's records, so
+    // none is dropped and the ratio is neither 0 nor 1), and an intake that stops reading it
+    // while `paused` exists.
+    let (_tool, rules) = held_tool(&work.0);
+    let d = Daemon::start_with_env(
+        &format!(
+            "[rules]\npath = \"{}\"\n[daemon]\nring_buffer_bytes = 4194304\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
+            rules.display()
+        ),
+        &[
+            ("WATCHER_FAULT", "pause-intake"),
+            ("WATCHER_FAULT_FILE", paused.to_str().unwrap()),
+        ],
+    );
+    let scrape = || {
+        let (status, text) = http_get(mport, "/metrics");
+        assert!(status.contains("200"), "{status}");
+        text
+    };
+    let exec = "watcher_events_total{type=\"exec\"}";
+    let fill = "watcher_ring_buffer_fill_ratio";
+    assert_eq!(
+        sample(&scrape(), fill),
+        Some(0.0),
+        "a fresh ring is not empty"
+    );
+    let (mut child, _trace) = launch_bg(&d, "for i in $(seq 20); do /bin/true; done");
+    assert!(wait_exit(&mut child).success());
+    // Every record of the session is in the ring, none read.
+    let text = scrape();
+    let dropped: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("watcher_events_dropped_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(dropped.is_empty(), "the ring overflowed: {dropped:?}");
+    let full = sample(&text, fill).unwrap_or_else(|| panic!("no {fill} in {text}"));
+    assert!(
+        full > 0.0 && full < 1.0,
+        "{fill} {full} with 20 execs unread"
+    );
+    assert_eq!(
+        sample(&text, exec),
+        Some(0.0),
+        "the paused intake read records"
+    );
+
+    // Reading resumes: the ring empties and the records are counted.
+    std::fs::remove_file(&paused).unwrap();
+    let start = Instant::now();
+    loop {
+        let text = scrape();
+        if sample(&text, fill) == Some(0.0) && sample(&text, exec) >= Some(20.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the ring never drained: {:?} {:?}",
+            sample(&text, fill),
+            sample(&text, exec)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

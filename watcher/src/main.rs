@@ -778,6 +778,7 @@ fn print_status(st: &Status) {
     for (k, c) in &st.per_type {
         println!("{:<8}  {:>12}  {:>8}", k, c.events, c.drops);
     }
+    println!("kernel ring: {:.1}% full", st.ring_fill_ratio * 100.0);
     println!("malformed records: {}", st.malformed_records);
     println!("events skipped by slow clients: {}", st.client_lag);
     let a = &st.audit;

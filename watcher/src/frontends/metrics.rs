@@ -285,6 +285,15 @@ pub fn encode(snap: Snapshot) -> Result<String, std::fmt::Error> {
         None,
         st.malformed_records,
     );
+    gauge(
+        r,
+        "ring_buffer_fill",
+        "How full the kernel's record ring is, 0 to 1 (reserved bytes not yet read).",
+        // Prometheus's unit for a 0-1 fraction is "ratio" (prometheus-client's `Ratios` is
+        // plural).
+        Some(Unit::Other("ratio".into())),
+        st.ring_fill_ratio,
+    );
     counters(
         r,
         "findings",
@@ -554,6 +563,7 @@ pub fn bench(rounds: u32) -> anyhow::Result<()> {
             })
             .collect(),
         malformed_records: 0,
+        ring_fill_ratio: 0.25,
         client_lag: 0,
         kernel_failures: Default::default(),
         accept_errors: 0,

@@ -3,6 +3,7 @@ pub mod btf;
 mod floor;
 pub mod gate;
 pub mod policy;
+mod ring_fill;
 pub mod tracefs;
 mod watch_filter;
 
@@ -225,6 +226,8 @@ pub struct Kernel {
     watch_filter: WatchFilter,
     drops: PerCpuArray<MapData, u64>,
     failures: PerCpuArray<MapData, u64>,
+    /// The record ring's positions, once `take_rings` has handed the ring out.
+    events_fill: Option<self::ring_fill::RingFill>,
     /// Optional hooks this kernel has no tracepoint for.
     pub hooks_missing: Vec<String>,
 }
@@ -291,6 +294,7 @@ impl Kernel {
             watch_filter,
             drops,
             failures,
+            events_fill: None,
             hooks_missing,
         })
     }
@@ -323,14 +327,24 @@ impl Kernel {
 
     /// The ring buffer of records and the small one of alerts (see `watcher_common::Alert`).
     pub fn take_rings(&mut self) -> anyhow::Result<(RingBuf<MapData>, RingBuf<MapData>)> {
+        let size = match self.ebpf.map("EVENTS") {
+            Some(aya::maps::Map::RingBuf(m)) => m.info()?.max_entries(),
+            _ => return Err(anyhow!("no EVENTS ring buffer map")),
+        };
+        let ebpf = &mut self.ebpf;
         let mut take = |name: &str| -> anyhow::Result<RingBuf<MapData>> {
-            let map = self
-                .ebpf
+            let map = ebpf
                 .take_map(name)
                 .ok_or_else(|| anyhow!("{name} map already taken"))?;
             Ok(RingBuf::try_from(map)?)
         };
-        Ok((take("EVENTS")?, take("ALERTS")?))
+        let (events, alerts) = (take("EVENTS")?, take("ALERTS")?);
+        // Without it only the fill gauge is missing; the records still flow.
+        match self::ring_fill::RingFill::new(std::os::fd::AsFd::as_fd(&events), size) {
+            Ok(f) => self.events_fill = Some(f),
+            Err(e) => tracing::warn!("no ring buffer fill ratio: mapping EVENTS: {e}"),
+        }
+        Ok((events, alerts))
     }
 
     /// Makes the gate's maps hold exactly `g` (see `rules::gate`). As for the fast paths, new
@@ -437,6 +451,11 @@ impl Kernel {
                 })
             })
             .collect()
+    }
+
+    /// How full the record ring is, 0 to 1 (0 before `take_rings`).
+    pub fn ring_fill(&self) -> f64 {
+        self.events_fill.as_ref().map_or(0.0, |f| f.ratio())
     }
 
     /// Records the kernel could not reserve, per event kind, summed over CPUs.

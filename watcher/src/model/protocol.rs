@@ -187,6 +187,9 @@ pub struct Status {
     /// Per event type: records received and records the kernel could not reserve.
     pub per_type: std::collections::BTreeMap<String, KindCount>,
     pub malformed_records: u64,
+    /// How full the kernel's record ring was at this snapshot, 0 to 1.
+    #[serde(default)]
+    pub ring_fill_ratio: f64,
     pub client_lag: u64,
     /// Kernel-side failures by kind (`fork_watch`: a watched process's child could not be
     /// watched; `session_watch`: a matcher's session could not start; `config`; `alert`: an

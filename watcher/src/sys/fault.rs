@@ -1,7 +1,8 @@
 //! Fault injection for the crash tests, compiled in only with the `fault-injection` feature
 //! (`cargo xtask test` builds with it; release builds do not have it). `WATCHER_FAULT=NAME`
-//! makes the daemon SIGKILL itself when it reaches the point of that name (`point`), or wait
-//! there for two seconds (`delay`).
+//! makes the daemon SIGKILL itself when it reaches the point of that name (`point`), wait
+//! there for two seconds (`delay`), or wait there while the file `WATCHER_FAULT_FILE` exists
+//! (`pause`).
 
 /// The point between freezing a session for a hold and storing the hold.
 pub const BEFORE_HOLD_STORE: &str = "before-hold-store";
@@ -9,6 +10,8 @@ pub const BEFORE_HOLD_STORE: &str = "before-hold-store";
 pub const BEFORE_GATE_ANSWER: &str = "before-gate-answer";
 /// Before deciding a gated event: the decision comes two seconds late (`delay`).
 pub const SLOW_GATE_ANSWER: &str = "slow-gate-answer";
+/// The intake, once the record ring has data: it stops reading the ring (`pause`).
+pub const PAUSE_INTAKE: &str = "pause-intake";
 
 #[cfg(feature = "fault-injection")]
 pub fn point(name: &str) {
@@ -34,3 +37,33 @@ pub fn delay(name: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn delay(_name: &str) {}
+
+/// The longest a `pause` lasts, whatever the file: a test that dies must not leave a daemon
+/// that never reads its ring.
+#[cfg(feature = "fault-injection")]
+const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[cfg(feature = "fault-injection")]
+pub fn pause(name: &str) {
+    if std::env::var("WATCHER_FAULT").is_ok_and(|v| v == name) {
+        let Some(file) = std::env::var_os("WATCHER_FAULT_FILE") else {
+            return;
+        };
+        let file = std::path::PathBuf::from(file);
+        let start = std::time::Instant::now();
+        if file.exists() {
+            tracing::error!(
+                point = name,
+                "fault injection: paused while {} exists",
+                file.display()
+            );
+        }
+        while file.exists() && start.elapsed() < PAUSE_MAX {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn pause(_name: &str) {}

@@ -423,6 +423,7 @@ pub fn status(shared: &State) -> Status {
         kernel_watched,
         per_type,
         malformed_records: shared.counters.malformed.load(Ordering::Relaxed),
+        ring_fill_ratio: kernel.ring_fill(),
         client_lag: shared.counters.client_lag.load(Ordering::Relaxed),
         accept_errors: shared.counters.accept_errors.load(Ordering::Relaxed),
         kernel_failures: kernel.failures(),

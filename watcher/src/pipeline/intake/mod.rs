@@ -180,6 +180,7 @@ impl Reader {
                 tracing::error!("polling the ring buffer failed, intake stopped: {e}");
                 return;
             }
+            crate::sys::fault::pause(crate::sys::fault::PAUSE_INTAKE);
             // A gated event wakes the thread early (the alert thread unparks it).
             while self.drain() > 0 && !self.batch_wait.is_zero() {
                 self.boost.lower();
