@@ -963,3 +963,43 @@ fn a_pinned_scope_names_the_entry_an_action_broke_and_remember_widens_it_for_the
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("allow_host[0]"), "{err}");
 }
+
+/// A slow baseline reply (a fault point makes it two seconds late) shows a spinner on a
+/// terminal, and leaves stdout and stderr of a pipe as they always are: only the answer.
+#[test]
+fn a_slow_baseline_reply_shows_a_spinner_on_a_terminal_only() {
+    let d = Daemon::start_with_env("", &[("WATCHER_FAULT", "slow-baseline-reply")]);
+    let piped = d.cli().args(["baseline", "list"]).output().unwrap();
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(
+        piped.stderr.is_empty(),
+        "a pipe got progress on stderr: {:?}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&piped.stdout).starts_with("PROFILE"),
+        "{piped:?}"
+    );
+    // `script` gives the command a terminal and copies what it draws to its own stdout.
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let cmd = format!(
+        "{} --socket {} baseline list",
+        quote(common::BIN),
+        quote(d.socket.to_str().unwrap())
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{tty:?}");
+    assert!(
+        shown.contains("the daemon is working on it"),
+        "no spinner on a terminal: {shown:?}"
+    );
+    assert!(
+        shown.contains("PROFILE"),
+        "no answer after the spinner: {shown:?}"
+    );
+}

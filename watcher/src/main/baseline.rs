@@ -138,6 +138,39 @@ fn request(op: BaselineOp, profile: Option<String>) -> Request {
     }
 }
 
+/// How long a reply may take before a spinner says the daemon is still working on it.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The daemon's reply to `req`. A report over a profile's whole shadow history is one query
+/// of the store, with no count to show until it is done: after `QUIET`, a spinner with the
+/// time waited (on stderr, on a terminal only) until the reply arrives.
+fn ask(socket: &std::path::Path, req: &Request) -> anyhow::Result<Reply> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = tx.send(Client::send(socket, req).and_then(Client::reply));
+        });
+        let waited = match rx.recv_timeout(QUIET) {
+            Ok(reply) => return reply,
+            Err(e) => e,
+        };
+        if waited == std::sync::mpsc::RecvTimeoutError::Disconnected {
+            return Err(anyhow!("the request to the daemon failed"));
+        }
+        let bar = indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message("the daemon is working on it");
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        let reply = rx
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow!("the request to the daemon failed")));
+        bar.finish_and_clear();
+        reply
+    })
+}
+
 pub fn run(cmd: BaselineCmd, socket: &std::path::Path) -> anyhow::Result<ExitCode> {
     let (req, json) = match cmd {
         BaselineCmd::List { json } => (request(BaselineOp::List, None), json),
@@ -153,8 +186,7 @@ pub fn run(cmd: BaselineCmd, socket: &std::path::Path) -> anyhow::Result<ExitCod
             false,
         ),
         BaselineCmd::Export { profile, json } => {
-            let reply =
-                Client::send(socket, &request(BaselineOp::Export, Some(profile)))?.reply()?;
+            let reply = ask(socket, &request(BaselineOp::Export, Some(profile)))?;
             let Reply::Profile { profile, .. } = reply else {
                 return Err(anyhow!("unexpected reply from the daemon"));
             };
@@ -207,7 +239,7 @@ pub fn run(cmd: BaselineCmd, socket: &std::path::Path) -> anyhow::Result<ExitCod
         ),
         BaselineCmd::Report { profile, json } => (request(BaselineOp::Report, Some(profile)), json),
     };
-    let reply = Client::send(socket, &req)?.reply()?;
+    let reply = ask(socket, &req)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(ExitCode::SUCCESS);

@@ -10,6 +10,8 @@ pub const BEFORE_HOLD_STORE: &str = "before-hold-store";
 pub const BEFORE_GATE_ANSWER: &str = "before-gate-answer";
 /// Before deciding a gated event: the decision comes two seconds late (`delay`).
 pub const SLOW_GATE_ANSWER: &str = "slow-gate-answer";
+/// Before answering a `baseline` request: the reply comes two seconds late (`delay`).
+pub const SLOW_BASELINE_REPLY: &str = "slow-baseline-reply";
 /// The intake, once the record ring has data: it stops reading the ring (`pause`).
 pub const PAUSE_INTAKE: &str = "pause-intake";
 

@@ -21,6 +21,7 @@ pub fn handle(
     import: Option<Box<ProfileExport>>,
     who: &str,
 ) -> Reply {
+    crate::sys::fault::delay(crate::sys::fault::SLOW_BASELINE_REPLY);
     let b = &shared.baselines;
     let need = |p: &Option<String>| {
         p.clone()
