@@ -12,6 +12,8 @@ use anyhow::{anyhow, bail, Context as _};
 
 use crate::setup::root;
 
+mod metrics_cost;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Rounds (each runs every variant once).
@@ -208,6 +210,16 @@ fn wanted(a: &Args, part: &str) -> bool {
 impl Daemon {
     /// `rules`: a rule path for the daemon; None for the shipped pack.
     fn start(bin: &Path, dir: &Path, rules: Option<&Path>) -> anyhow::Result<Daemon> {
+        Self::start_serving(bin, dir, rules, "")
+    }
+
+    /// As `start`, with `/metrics` on `metrics` (`""`: off, as for every other part).
+    fn start_serving(
+        bin: &Path,
+        dir: &Path,
+        rules: Option<&Path>,
+        metrics: &str,
+    ) -> anyhow::Result<Daemon> {
         let socket = dir.join("bench.sock");
         let config = dir.join("bench.toml");
         let mut text = match rules {
@@ -216,7 +228,7 @@ impl Daemon {
         };
         // Its own store, cgroups and API socket: a benchmark must not touch a running daemon's.
         text.push_str(&format!(
-            "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n[metrics]\nlisten = \"\"\n",
+            "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n[metrics]\nlisten = \"{metrics}\"\n",
             dir.join("bench.db").display(),
             dir.join("api.sock").display(),
             d = dir.display()
@@ -240,6 +252,23 @@ impl Daemon {
             .arg(&self.socket)
             .output()?;
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The status once every session has ended: intake has finished what a storm produced.
+    fn settled(&self, bin: &Path) -> anyhow::Result<serde_json::Value> {
+        let mut st = self.status(bin)?;
+        for _ in 0..200 {
+            let ended = st["sessions"]
+                .as_array()
+                .map(|v| v.iter().all(|s| s["ended"].is_string()))
+                .unwrap_or(false);
+            if ended {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            st = self.status(bin)?;
+        }
+        Ok(st)
     }
 
     /// `watcher --socket S launch --`: what runs a command as a watched session.
@@ -491,20 +520,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let t = Instant::now();
             ns[s][3].push(run_storm(&launch, kind, *ops)?);
             let secs = t.elapsed().as_secs_f64();
-            // Let intake finish what the storm produced before reading the counters.
-            let mut st = d.status(&bin)?;
-            for _ in 0..200 {
-                let ended = st["sessions"]
-                    .as_array()
-                    .map(|v| v.iter().all(|s| s["ended"].is_string()))
-                    .unwrap_or(false);
-                if ended {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                st = d.status(&bin)?;
-            }
-            let (ev1, dr1) = totals(&st);
+            let (ev1, dr1) = totals(&d.settled(&bin)?);
             eprintln!(
                 "bench: watched {kind}: {} events, {} drops",
                 ev1 - ev0,
@@ -561,6 +577,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         println!("\n## Metrics\n");
         print!("{}", String::from_utf8_lossy(&out.stdout));
+        metrics_cost::run(&bin, &dir, a.rounds)?;
     }
     if wanted(&a, "profile") {
         let direct = profile(&bin, &dir, a.profile_rounds)?;
