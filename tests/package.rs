@@ -2,6 +2,8 @@
 //! dpkg, `watcher --version` runs from /usr/bin, `systemd-analyze verify` passes on the installed
 //! unit, the approver group exists, and the package removes and purges cleanly. Needs root; it
 //! installs into the host, so it refuses to run where a watcher package is already installed.
+//! The DaemonSet manifest is validated against the Kubernetes schemas and checked for what a node
+//! agent needs.
 mod common;
 
 use std::{path::Path, process::Command};
@@ -86,18 +88,76 @@ fn the_debian_package_installs_runs_verifies_and_removes_cleanly() {
     assert!(!status.contains(" installed"), "{status}");
 }
 
-/// No Kubernetes schema validator is in the registries this project uses (kubeconform and
-/// kubeval are Go binaries outside them), so the manifest is parsed and its required fields
-/// checked.
-#[test]
-fn the_daemonset_manifest_has_what_a_node_agent_needs() {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml"),
-    )
-    .unwrap();
-    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+fn daemonset() -> (std::path::PathBuf, Vec<serde_yaml_ng::Value>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
+    (path, docs)
+}
+
+/// kubernetes-validate (PyPI; `cargo xtask test` installs it in a venv under target/tools) on
+/// one manifest, strict (a field Kubernetes does not know is an error), against one version's
+/// schemas.
+fn kubernetes_validate(manifest: &Path, version: &str) -> (bool, String) {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tools/kubernetes-validate/bin/kubernetes-validate");
+    assert!(
+        bin.exists(),
+        "{}: missing; `cargo xtask test` installs it (python3 -m venv, pip install kubernetes-validate)",
+        bin.display()
+    );
+    run(
+        bin.to_str().unwrap(),
+        &[
+            "--strict",
+            "--no-warn",
+            "-k",
+            version,
+            manifest.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Every resource of the manifest against the Kubernetes schemas of an older release still in
+/// wide use and of the newest the validator carries.
+#[test]
+fn the_daemonset_manifest_validates_against_the_kubernetes_schemas() {
+    let (path, docs) = daemonset();
+    for version in ["1.28.0", "1.37.0"] {
+        let (ok, out) = kubernetes_validate(&path, version);
+        assert!(ok, "kubernetes-validate -k {version}: {out}");
+        assert_eq!(
+            out.matches("passed for resource").count(),
+            docs.len(),
+            "not every resource was validated against {version}: {out}"
+        );
+    }
+    // The validator is no rubber stamp: a misspelt field and a port that is not a number fail.
+    let tmp = common::TempDir::new("daemonset");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (what, from, to) in [
+        ("hostPIDs", "hostPID: true", "hostPIDs: true"),
+        ("'nine'", "containerPort: 9740", "containerPort: nine"),
+    ] {
+        assert!(text.contains(from), "the manifest has no `{from}`");
+        let bad = tmp.0.join("bad.yaml");
+        std::fs::write(&bad, text.replacen(from, to, 1)).unwrap();
+        let (ok, out) = kubernetes_validate(&bad, "1.37.0");
+        assert!(!ok, "`{to}` passed: {out}");
+        assert!(
+            out.contains(what),
+            "`{to}` failed for another reason: {out}"
+        );
+    }
+}
+
+/// What the schemas cannot say: the pod runs in the host's pid namespace, privileged, with the
+/// mounts the daemon needs and a configuration the daemon accepts.
+#[test]
+fn the_daemonset_manifest_has_what_a_node_agent_needs() {
+    let (_, docs) = daemonset();
     for d in &docs {
         assert!(
             d["apiVersion"].is_string() && d["kind"].is_string(),

@@ -91,9 +91,68 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 /// What the tests need beyond the build: Debian's prometheus (the metrics test runs a real
-/// Prometheus and promtool) and prometheus-alertmanager (amtool checks the Alertmanager
-/// example).
+/// Prometheus and promtool), prometheus-alertmanager (amtool checks the Alertmanager
+/// example) and PyPI's kubernetes-validate (the package test validates the DaemonSet).
 pub fn test_tools() -> anyhow::Result<()> {
+    debian_test_tools()?;
+    kubernetes_validate()
+}
+
+/// The Kubernetes schema validator's version: it carries the schemas of Kubernetes 1.25 to 1.37,
+/// so validating needs no network.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+/// Where tests/package.rs looks for it: a venv of its own under target/, so the system's Python
+/// is left alone.
+fn kubernetes_validate_bin() -> PathBuf {
+    root().join("target/tools/kubernetes-validate/bin/kubernetes-validate")
+}
+
+fn kubernetes_validate() -> anyhow::Result<()> {
+    let bin = kubernetes_validate_bin();
+    if output(
+        bin.to_str().context("a non-UTF-8 checkout path")?,
+        &["--version"],
+    )
+    .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE)
+    {
+        return Ok(());
+    }
+    let venv = bin
+        .parent()
+        .and_then(Path::parent)
+        .context("the validator's venv")?;
+    let venv_s = venv.to_str().context("a non-UTF-8 checkout path")?;
+    eprintln!(
+        "xtask: a venv with kubernetes-validate {KUBERNETES_VALIDATE} (for the package test)"
+    );
+    let venv_ok = || {
+        Command::new("python3")
+            .args(["-m", "venv", "--clear", venv_s])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !venv_ok() {
+        // Debian's python3 makes venvs only with python3-venv (ensurepip).
+        apt_install(&["python3-venv"], "for the package test's venv")?;
+        if !venv_ok() {
+            bail!("python3 -m venv {venv_s} failed");
+        }
+    }
+    let pip = venv.join("bin/pip");
+    run(
+        pip.to_str().context("a non-UTF-8 checkout path")?,
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("kubernetes-validate=={KUBERNETES_VALIDATE}"),
+        ],
+    )
+}
+
+fn debian_test_tools() -> anyhow::Result<()> {
     let tools = [
         ("/usr/bin/promtool", "prometheus"),
         ("/usr/bin/prometheus", "prometheus"),
@@ -108,22 +167,24 @@ pub fn test_tools() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing, "for the metrics test")
+}
+
+/// `apt-get install`, with one `apt-get update` first if the package lists are stale.
+fn apt_install(packages: &[&str], why: &str) -> anyhow::Result<()> {
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
     };
-    eprintln!(
-        "xtask: apt-get install {} (for the metrics test)",
-        missing.join(" ")
-    );
+    eprintln!("xtask: apt-get install {} ({why})", packages.join(" "));
     if !install().map(|s| s.success()).unwrap_or(false) {
         run("apt-get", &["update"])?;
         let st = install().context("apt-get")?;
         if !st.success() {
-            bail!("apt-get install {} failed ({st})", missing.join(" "));
+            bail!("apt-get install {} failed ({st})", packages.join(" "));
         }
     }
     Ok(())
