@@ -102,33 +102,22 @@ pub fn test_tools() -> anyhow::Result<()> {
 /// so validating needs no network.
 const KUBERNETES_VALIDATE: &str = "1.37.0";
 
-/// Where tests/package.rs looks for it: a venv of its own under target/, so the system's Python
-/// is left alone.
-fn kubernetes_validate_bin() -> PathBuf {
-    root().join("target/tools/kubernetes-validate/bin/kubernetes-validate")
-}
-
+/// A venv of its own under target/, so the system's Python is left alone; tests/package.rs runs
+/// its `bin/kubernetes-validate`.
 fn kubernetes_validate() -> anyhow::Result<()> {
-    let bin = kubernetes_validate_bin();
-    if output(
-        bin.to_str().context("a non-UTF-8 checkout path")?,
-        &["--version"],
-    )
-    .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE)
+    let venv = root().join("target/tools/kubernetes-validate");
+    let venv = venv.to_str().context("a non-UTF-8 checkout path")?;
+    if output(&format!("{venv}/bin/kubernetes-validate"), &["--version"])
+        .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE)
     {
         return Ok(());
     }
-    let venv = bin
-        .parent()
-        .and_then(Path::parent)
-        .context("the validator's venv")?;
-    let venv_s = venv.to_str().context("a non-UTF-8 checkout path")?;
     eprintln!(
         "xtask: a venv with kubernetes-validate {KUBERNETES_VALIDATE} (for the package test)"
     );
     let venv_ok = || {
         Command::new("python3")
-            .args(["-m", "venv", "--clear", venv_s])
+            .args(["-m", "venv", "--clear", venv])
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
@@ -137,12 +126,11 @@ fn kubernetes_validate() -> anyhow::Result<()> {
         // Debian's python3 makes venvs only with python3-venv (ensurepip).
         apt_install(&["python3-venv"], "for the package test's venv")?;
         if !venv_ok() {
-            bail!("python3 -m venv {venv_s} failed");
+            bail!("python3 -m venv {venv} failed");
         }
     }
-    let pip = venv.join("bin/pip");
     run(
-        pip.to_str().context("a non-UTF-8 checkout path")?,
+        &format!("{venv}/bin/pip"),
         &[
             "install",
             "--quiet",
