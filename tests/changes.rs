@@ -47,6 +47,7 @@ fd = os.open("a", os.O_RDWR)
 os.fchmod(fd, 0o640)
 os.ftruncate(fd, 0)
 os.fchown(fd, 0, 0)
+os.fchown(fd, 65534, 0)
 os.close(fd)
 os.truncate("a", 1)
 os.chown("a", 65534, -1)
@@ -138,12 +139,23 @@ fn every_change_is_an_event_with_absolute_paths_and_its_fields() {
         "truncate",
         json!({"syscall": "truncate", "path": p("a"), "length": 1}),
     );
+    // The owner the file already had (read by the kernel before a call by descriptor) is no
+    // new owner; another is.
     one(
         &ev,
         "chown",
-        json!({"syscall": "fchown", "path": p("a"), "to_uid": 0, "to_gid": 0}),
+        json!({"syscall": "fchown", "path": p("a"), "to_uid": null, "to_gid": 0}),
     );
-    let c = one(&ev, "chown", json!({"path": p("a"), "to_uid": 65534}));
+    one(
+        &ev,
+        "chown",
+        json!({"syscall": "fchown", "path": p("a"), "to_uid": 65534, "to_gid": 0}),
+    );
+    let c = one(
+        &ev,
+        "chown",
+        json!({"syscall": "chown", "path": p("a"), "to_uid": 65534}),
+    );
     assert!(c.get("to_gid").is_none(), "-1 is no group: {c}");
     one(
         &ev,
@@ -332,6 +344,23 @@ fn the_pack_acts_on_each_changes_threat_case() {
         std::fs::metadata(&planted).unwrap().uid(),
         0,
         "the chown itself happened (after-the-fact)"
+    );
+    // The same by descriptor (the call an in-place editor uses): the kernel read the owner
+    // before the call, nobody, so this is a change of owner and is held like the path call.
+    let planted = work.0.join("planted-fd");
+    std::fs::write(&planted, "x").unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    hold_then_deny(
+        &format!(
+            "{} -c \"import os; fd = os.open('{}', os.O_RDONLY); os.fchown(fd, 0, 0); open('{w}/marker-fchown', 'w')\"",
+            python(),
+            planted.display()
+        ),
+        "chown-to-root",
+    );
+    assert!(
+        !work.0.join("marker-fchown").exists(),
+        "the fchown's next step ran"
     );
 
     // A BPF program load: killed in the kernel as the call returns, before the program can

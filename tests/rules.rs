@@ -572,3 +572,97 @@ fn a_reloaded_kernel_policy_acts_at_once_and_a_removed_entry_stops() {
     });
     assert_eq!(outcome(&daemon), allowed, "after removing them");
 }
+
+/// Runs `script` as a watched session as root in a private mount namespace with its own
+/// /root (a tmpfs holding `npmrc` as `.npmrc`); returns its exit code, findings and events.
+fn launch_as_root_in_private_home(
+    d: &Daemon,
+    npmrc: &str,
+    script: &str,
+) -> (i32, Vec<Value>, Vec<Value>) {
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /root && printf '%s' \"$3\" > /root/.npmrc && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\"")
+        .arg(common::BIN)
+        .arg(&d.socket)
+        .arg(script)
+        .arg(npmrc)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let trace = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("watcher: trace id "))
+        .unwrap_or_else(|| panic!("no trace id: {stderr}"))
+        .trim()
+        .to_string();
+    let events = d.session_events(&trace, None);
+    (out.status.code().unwrap_or(-1), d.findings(&trace), events)
+}
+
+/// Work done as root (agents in containers run as root), in a private mount namespace with
+/// its own /root, each its own session: an in-place edit of a root-owned file in a scratch
+/// directory (sed keeps the owner with a chown to the owner it already has), npm reading its
+/// configuration in /root and then fetching, a dev server bound to loopback. None is held.
+#[test]
+fn normal_work_as_root_is_not_held() {
+    let daemon = Daemon::start_with("[holds]\ntimeout = \"20s\"\n");
+    let work = TempDir::new("normal-root");
+    let w = work.0.display().to_string();
+    let registry = http_server();
+    let npmrc = format!("registry=http://127.0.0.1:{registry}/\n");
+    let has = |events: &[Value], f: &dyn Fn(&Value) -> bool| events.iter().any(f);
+
+    std::fs::write(work.0.join("notes.txt"), "alpha\n").unwrap();
+    let (code, findings, events) = launch_as_root_in_private_home(
+        &daemon,
+        &npmrc,
+        &format!("sed -i 's/alpha/beta/' {w}/notes.txt"),
+    );
+    assert_eq!(code, 0, "sed -i failed: {findings:#?}");
+    assert_eq!(
+        std::fs::read_to_string(work.0.join("notes.txt")).unwrap(),
+        "beta\n"
+    );
+    assert!(
+        has(&events, &|e| e["type"] == "chown"
+            && e["path"].as_str().is_some_and(|p| p.starts_with(&w))),
+        "no chown by sed: {events:#?}"
+    );
+    assert_nothing_stopped(&findings, "sed -i as root");
+
+    // npm's configuration lives in the private /root only (a tmpfs), never in the host's.
+    let (_, findings, events) =
+        launch_as_root_in_private_home(&daemon, &npmrc, "npm ping --fetch-retries=0 || true");
+    assert!(
+        has(&events, &|e| e["type"] == "open"
+            && e["path"] == "/root/.npmrc"
+            && e["result"].as_i64() >= Some(0)),
+        "npm did not read /root/.npmrc"
+    );
+    assert!(
+        has(&events, &|e| e["type"] == "connect"
+            && e["port"] == registry),
+        "npm did not fetch"
+    );
+    assert_nothing_stopped(&findings, "npm as root");
+
+    // Debian's python: the test's own may live under the /root that the namespace hides.
+    let dev = common::free_port();
+    let (code, findings, events) = launch_as_root_in_private_home(
+        &daemon,
+        &npmrc,
+        &format!(
+            "/usr/bin/python3 -m http.server --bind 127.0.0.1 {dev} --directory {w} > /dev/null 2>&1 & \
+             ok=1; for i in $(seq 300); do curl -sf -o /dev/null http://127.0.0.1:{dev}/notes.txt && ok=0 && break; sleep 0.1; done; \
+             kill $!; exit $ok"
+        ),
+    );
+    assert_eq!(code, 0, "the dev server did not answer: {findings:#?}");
+    assert!(
+        has(&events, &|e| e["type"] == "exec"
+            && e["argv"].to_string().contains("http.server")),
+        "no dev server"
+    );
+    assert_nothing_stopped(&findings, "a dev server on loopback as root");
+}

@@ -34,6 +34,7 @@ pub struct Daemon {
     /// This daemon's directory of session cgroups (one per test daemon, so parallel tests and a
     /// restarted daemon see only their own sessions).
     pub cgroup: PathBuf,
+    umask: Option<u32>,
 }
 
 impl Daemon {
@@ -50,6 +51,16 @@ impl Daemon {
     /// As `start_with`, with `env` in the first daemon's environment only (a restart goes
     /// without it).
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_opts(config, env, None)
+    }
+
+    /// As `start_with`, the daemon started (and restarted) with file mode creation mask
+    /// `umask` (a host where it is 0 must not make its files readable by others).
+    pub fn start_with_umask(config: &str, umask: u32) -> Daemon {
+        Self::start_opts(config, &[], Some(umask))
+    }
+
+    fn start_opts(config: &str, env: &[(&str, &str)], umask: Option<u32>) -> Daemon {
         require_root();
         let dir = TempDir::new("daemon");
         let socket = dir.0.join("ctl.sock");
@@ -75,13 +86,14 @@ impl Daemon {
         };
         std::fs::write(&config_path, config).unwrap();
         let cgroup = cgroup2_root().join(cgroup_name);
-        let child = spawn_daemon(&config_path, &socket, env);
+        let child = spawn_daemon(&config_path, &socket, env, umask);
         Daemon {
             child,
             socket,
             dir,
             config_path,
             cgroup,
+            umask,
         }
     }
 
@@ -101,7 +113,7 @@ impl Daemon {
 
     /// Starts the daemon again after it died (same configuration, store and cgroups).
     pub fn restart(&mut self) {
-        self.child = spawn_daemon(&self.config_path, &self.socket, &[]);
+        self.child = spawn_daemon(&self.config_path, &self.socket, &[], self.umask);
     }
 
     pub fn cli(&self) -> Command {
@@ -202,8 +214,24 @@ fn with_section(config: &str, section: &str, lines: &str) -> String {
     }
 }
 
-fn spawn_daemon(config: &std::path::Path, socket: &std::path::Path, env: &[(&str, &str)]) -> Child {
-    let mut child = Command::new(BIN)
+fn spawn_daemon(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    env: &[(&str, &str)],
+    umask: Option<u32>,
+) -> Child {
+    let mut cmd = Command::new(BIN);
+    if let Some(mask) = umask {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: umask is async-signal-safe and touches nothing else.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .envs(env.iter().copied())
         .arg("--config")
         .arg(config)

@@ -530,6 +530,11 @@ pub const GATE_FILELESS: u32 = 1 << 3;
 /// that sets the setuid or setgid bit, any chown, setid, mount, bpf program load, module load.
 pub const GATE_CHMOD_SETID: u32 = 1 << 4;
 pub const GATE_CHOWN: u32 = 1 << 5;
+
+/// A chown record's `args[2]`: the call's flags in the low 16 bits; when this bit is set, the
+/// owner the file had before the call in the high 32 (known for calls by descriptor, read at
+/// entry: the exit sees only the new owner).
+pub const CHOWN_OWNER_KNOWN: u64 = 1 << 16;
 pub const GATE_SETID: u32 = 1 << 6;
 pub const GATE_MOUNT: u32 = 1 << 7;
 pub const GATE_BPF: u32 = 1 << 8;
@@ -658,6 +663,10 @@ pub struct ProbeConfig {
     pub dentry_parent: u32,
     pub dentry_inode: u32,
     pub inode_ino: u32,
+    /// `fdtable.max_fds` (an index from user space is checked against it) and `inode.i_uid`
+    /// (a file's owner before a chown by descriptor changes it).
+    pub fdtable_max_fds: u32,
+    pub inode_uid: u32,
     /// `struct cred` ids and capabilities (`cred_uid` above), for setid records.
     pub cred_euid: u32,
     pub cred_suid: u32,
@@ -707,6 +716,8 @@ impl ProbeConfig {
             dentry_parent: 0,
             dentry_inode: 0,
             inode_ino: 0,
+            fdtable_max_fds: 0,
+            inode_uid: 0,
             cred_euid: 0,
             cred_suid: 0,
             cred_gid: 0,

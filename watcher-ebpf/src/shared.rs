@@ -227,6 +227,17 @@ impl Task {
         }
     }
 
+    /// The task's file table (`files->fdt`), for an index from user space that must be
+    /// checked against its `max_fds`.
+    #[inline(always)]
+    pub fn fdtable(self) -> *const u8 {
+        // SAFETY: see `load`.
+        unsafe {
+            let files: *const u8 = load(self.0, &CONFIG.task_files);
+            load(files, &CONFIG.files_fdt)
+        }
+    }
+
     /// The id of the task's cgroup v2, as `bpf_get_current_cgroup_id` gives it.
     #[inline(always)]
     pub fn cgroup_id(self) -> u64 {

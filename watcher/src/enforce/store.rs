@@ -55,12 +55,11 @@ CREATE TABLE IF NOT EXISTS kill_switch (
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
+        // Only root may read holds (they carry command lines and file paths).
+        crate::sys::files::private_store(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let sql = |source| StoreError::Sql {
             path: path.to_path_buf(),
             source,
@@ -83,8 +82,6 @@ impl Store {
             conn.execute_batch("ALTER TABLE holds ADD COLUMN decided_ms INTEGER")
                 .map_err(sql)?;
         }
-        // Only root may read holds (they carry command lines and file paths).
-        let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         Ok(Store {
             conn,
             path: path.to_path_buf(),

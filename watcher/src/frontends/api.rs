@@ -568,6 +568,9 @@ fn trace_ids(v: &Value) -> Result<Vec<TraceId>, String> {
 /// missing.
 pub fn token(path: &Path, group: Option<u32>) -> anyhow::Result<String> {
     if let Ok(t) = std::fs::read_to_string(path) {
+        // A token others can read is no secret: taken out of their reach before it is used.
+        crate::sys::files::close_to_others(path)
+            .with_context(|| format!("making {} unreadable by others", path.display()))?;
         let t = t.trim().to_string();
         if t.len() >= 16 {
             return Ok(t);
@@ -577,15 +580,12 @@ pub fn token(path: &Path, group: Option<u32>) -> anyhow::Result<String> {
             path.display()
         ));
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let mut b = [0u8; 24];
     crate::model::session::fill_random(&mut b);
     let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    std::fs::write(path, format!("{t}\n"))
+    // Created 0640, never wider for an instant: the token decides holds.
+    crate::sys::files::write_private(path, format!("{t}\n").as_bytes(), 0o640)
         .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
     if let Some(g) = group {
         std::os::unix::fs::chown(path, Some(0), Some(g))?;
     }

@@ -159,6 +159,67 @@ fn children(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Makes the SQLite database at `path` private to its owner before SQLite opens it: created
+/// 0600 if missing, and an existing one (with its `-wal` and `-shm`) brought back to 0600.
+/// SQLite gives the `-wal` and `-shm` files the database file's own mode when it creates
+/// them, so they are never readable by others either, not even for an instant.
+pub fn private_store(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // O_NOFOLLOW: a planted symlink does not give SQLite another file to create or chmod.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        match std::fs::symlink_metadata(&side) {
+            Ok(md) if md.is_file() && md.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600))?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Clears the permission bits others have on `path` (a file a user or an older version
+/// made), keeping the owner's and the group's.
+pub fn close_to_others(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if mode & 0o007 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o007))?;
+    }
+    Ok(())
+}
+
+/// Writes `text` to a new file at `path` created with `mode` (never wider, whatever the
+/// umask), replacing what was there.
+pub fn write_private(path: &Path, text: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(text)?;
+    f.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{clear_mode_bits, identity_of_file, named};

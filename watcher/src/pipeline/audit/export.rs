@@ -3,6 +3,7 @@
 //! stdout or to a file rotated by size.
 use std::{
     io::Write,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
     time::Duration,
@@ -93,9 +94,20 @@ pub fn start(
     counters: Arc<AuditCounters>,
 ) -> anyhow::Result<()> {
     let pos_path = match &sink {
-        Sink::File { path, .. } => {
+        Sink::File { path, keep, .. } => {
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
+            }
+            // An export an older version left readable by others is closed to them.
+            for p in std::iter::once(path.clone())
+                .chain((1..=*keep).map(|i| with_suffix(path, &format!(".{i}"))))
+            {
+                match crate::sys::files::close_to_others(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("{}", p.display()))
+                    }
+                    _ => {}
+                }
             }
             Some(with_suffix(path, ".pos"))
         }
@@ -182,9 +194,11 @@ fn append(path: &Path, buf: &[u8], max_bytes: u64, keep: u32) -> anyhow::Result<
             std::fs::remove_file(path).with_context(|| format!("{}", path.display()))?;
         }
     }
+    // The export carries every command line and path: never readable by others.
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(path)
         .with_context(|| format!("{}", path.display()))?;
     f.write_all(buf)

@@ -278,9 +278,9 @@ impl Writer {
     ) -> anyhow::Result<Writer> {
         let signer = open_key(&cfg.key)?;
         let store = &cfg.store;
-        if let Some(d) = store.parent() {
-            std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
-        }
+        // The log carries every command line and path of every session: root's only.
+        crate::sys::files::private_store(store)
+            .with_context(|| format!("creating the audit store {}", store.display()))?;
         let db = rusqlite::Connection::open(store)
             .with_context(|| format!("opening the audit store {}", store.display()))?;
         db.execute_batch(PRAGMAS)

@@ -53,12 +53,11 @@ impl ProfileStore {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError {
-                path: dir.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        }
+        // Profiles name the files and hosts an agent uses: its owner's only.
+        crate::sys::files::private_store(path).map_err(|e| StoreError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;

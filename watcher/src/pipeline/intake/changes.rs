@@ -2,7 +2,7 @@
 //! truncate, setid, mount, module, bpf, memfd) as events: paths made absolute through the
 //! directory descriptor or the working directory, calls by descriptor resolved to the file's
 //! path.
-use watcher_common::{Creds, EventHeader, EventKind};
+use watcher_common::{Creds, EventHeader, EventKind, CHOWN_OWNER_KNOWN};
 
 use super::tree::Tree;
 use crate::model::event::{errno_name, memfd_flags, rename_flags, Detail, Ids, Name};
@@ -68,10 +68,13 @@ pub fn path_detail(
         EventKind::Chown => {
             let (path, resolved) = at(tree, pid, dfd, path);
             let id = |v: u64| Some(v as u32).filter(|v| *v != UNCHANGED);
+            // The owner the file had before, where the kernel read it (calls by descriptor):
+            // a chown to that same owner changes nothing (an editor keeping a file's owner).
+            let before = (args[2] & CHOWN_OWNER_KNOWN != 0).then_some((args[2] >> 32) as u32);
             Detail::Chown {
                 syscall,
                 path,
-                to_uid: id(args[0]),
+                to_uid: id(args[0]).filter(|uid| Some(*uid) != before),
                 to_gid: id(args[1]),
                 result,
                 error,
