@@ -96,3 +96,246 @@ fn the_stores_their_wal_and_shm_and_the_token_are_never_readable_by_others() {
     d.restart();
     check(&d, "restart over files left 0644");
 }
+
+/// Where a threat case runs: the host's mount namespace, or a private one with its own /root
+/// (a tmpfs), as agents in sandboxes and containers do.
+#[derive(Clone, Copy, Debug)]
+enum Ns {
+    Host,
+    Private,
+}
+
+/// Starts `script` as a watched session in `ns`; (launch process, trace id).
+fn launch_in(d: &Daemon, ns: Ns, script: &str) -> (std::process::Child, String) {
+    let mut c = match ns {
+        Ns::Host => {
+            let mut c = d.cli();
+            c.args(["launch", "--", "sh", "-c", script]);
+            c
+        }
+        Ns::Private => {
+            let mut c = std::process::Command::new("unshare");
+            c.args(["-m", "sh", "-c"])
+                .arg("mount -t tmpfs tmpfs /root && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\"")
+                .arg(common::BIN)
+                .arg(&d.socket)
+                .arg(script);
+            c
+        }
+    };
+    c.env("PYTHON", "/usr/bin/python3");
+    common::holds::spawn_session(c)
+}
+
+/// The session's cgroup is frozen with processes in it, or the session is over (the sender
+/// was its last process).
+fn await_frozen(d: &Daemon, trace: &str, launch: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    let dir = d.cgroup.join(trace);
+    loop {
+        if launch.try_wait().unwrap().is_some() {
+            return;
+        }
+        let frozen = std::fs::read_to_string(dir.join("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == "frozen 1"));
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if frozen && procs > 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "session {trace} was not frozen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The daemon's state letter in /proc (`T`: stopped).
+fn state(pid: u32) -> char {
+    common::holds::state_of(pid).unwrap_or('?')
+}
+
+/// The daemon's guardian: its one live child process.
+fn guardian_of(d: &Daemon) -> u32 {
+    let start = std::time::Instant::now();
+    loop {
+        // A child belongs to the thread that started it: every thread's list is read.
+        let children: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .filter(|p| state(*p) != 'Z')
+            .collect();
+        if let [p] = children[..] {
+            return p;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "the daemon has no guardian"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// One way a watched process reaches the daemon, then tries a next step (the marker).
+fn attacks(daemon: u32, guardian: u32, thread: u32, marker: &Path) -> Vec<(&'static str, String)> {
+    let m = marker.display();
+    let py = "/usr/bin/python3";
+    vec![
+        ("kill -STOP (the shell's own kill)", format!("kill -STOP {daemon}; touch {m}")),
+        ("/bin/kill -STOP", format!("/bin/kill -STOP {daemon}; touch {m}")),
+        ("tgkill SIGSTOP to one of its threads", format!(
+            "{py} -c \"import ctypes; ctypes.CDLL(None).syscall(234, {daemon}, {thread}, 19); open('{m}', 'w')\""
+        )),
+        ("pidfd_send_signal SIGSTOP", format!(
+            "{py} -c \"import os, signal; signal.pidfd_send_signal(os.pidfd_open({daemon}), signal.SIGSTOP); open('{m}', 'w')\""
+        )),
+        ("kill -TERM", format!("kill -TERM {daemon}; touch {m}")),
+        ("kill -HUP", format!("kill -HUP {daemon}; touch {m}")),
+        ("SIGSTOP to the guardian, then to the daemon", format!(
+            "/bin/kill -STOP {guardian}; /bin/kill -STOP {daemon}; touch {m}"
+        )),
+        ("ptrace attach", format!(
+            "{py} -c \"import ctypes; ctypes.CDLL(None).ptrace(16, {daemon}, 0, 0); open('{m}', 'w')\""
+        )),
+    ]
+}
+
+/// No watched process stops, ends or traces the daemon, by any call, to any of its threads or
+/// through its guardian: the sender dies as it sends, its session is frozen, its next step
+/// never runs, and the daemon goes on answering (a stop is undone by the guardian).
+#[test]
+fn no_watched_process_stops_the_daemon() {
+    let d = Daemon::start();
+    let tmp = TempDir::new("standing-signals");
+    for ns in [Ns::Host, Ns::Private] {
+        let guardian = guardian_of(&d);
+        let thread = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|t| *t != d.pid())
+            .expect("the daemon has threads");
+        for (i, (what, script)) in attacks(d.pid(), guardian, thread, &tmp.0.join("m"))
+            .into_iter()
+            .enumerate()
+        {
+            let marker = tmp.0.join(format!("marker-{ns:?}-{i}"));
+            let script = script.replace(
+                &tmp.0.join("m").display().to_string(),
+                &marker.display().to_string(),
+            );
+            let (mut child, trace) = launch_in(&d, ns, &script);
+            let f = common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
+                .unwrap_or_else(|| panic!("{ns:?} {what}: no tamper finding"));
+            assert_eq!(
+                f["evidence"][0]["type"],
+                if what == "ptrace attach" {
+                    "ptrace"
+                } else {
+                    "signal"
+                },
+                "{ns:?} {what}: {f}"
+            );
+            await_frozen(&d, &trace, &mut child);
+            // The daemon runs and answers (it decided the finding above, and answers now).
+            let st = d.status();
+            assert!(st["sessions"].is_array(), "{ns:?} {what}: {st}");
+            assert_ne!(state(d.pid()), 'T', "{ns:?} {what}: the daemon is stopped");
+            assert!(
+                std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+                    .unwrap()
+                    .lines()
+                    .any(|l| l == "TracerPid:\t0"),
+                "{ns:?} {what}: the daemon is traced"
+            );
+            assert!(
+                !marker.exists(),
+                "{ns:?} {what}: the sender's next step ran"
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The guardian, killed by a watched process, is replaced, and the replacement continues a
+/// daemon that anyone stopped; a stop sent by the operator (outside every session) is undone
+/// too, and its SIGTERM still stops the daemon.
+#[test]
+fn a_killed_guardian_is_replaced_and_the_new_one_continues_the_daemon() {
+    let mut d = Daemon::start();
+    let tmp = TempDir::new("standing-guardian");
+    let old = guardian_of(&d);
+    let marker = tmp.0.join("marker");
+    let (mut child, trace) = launch_in(
+        &d,
+        Ns::Host,
+        &format!("kill -KILL {old}; touch {}", marker.display()),
+    );
+    common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
+        .expect("no tamper finding");
+    await_frozen(&d, &trace, &mut child);
+    assert!(!marker.exists(), "the sender's next step ran");
+    let start = std::time::Instant::now();
+    let new = loop {
+        let g = guardian_of(&d);
+        if g != old {
+            break g;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "the guardian was not replaced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(state(old), '?', "the old guardian lives on");
+    // SAFETY: signals to the test's own daemon.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGSTOP) };
+    // The stop takes effect asynchronously: seen stopped first (briefly), then running again.
+    let start = std::time::Instant::now();
+    let mut stopped_at = None;
+    loop {
+        let st = state(d.pid());
+        if st == 'T' && stopped_at.is_none() {
+            stopped_at = Some(std::time::Instant::now());
+        }
+        if st != 'T'
+            && (stopped_at.is_some() || start.elapsed() > std::time::Duration::from_secs(1))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "guardian {new} did not continue the daemon"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    if let Some(t) = stopped_at {
+        eprintln!(
+            "the stopped daemon ran again {:?} after it was seen stopped",
+            t.elapsed()
+        );
+    }
+    assert!(d.status()["sessions"].is_array());
+    let _ = child.kill();
+    let _ = child.wait();
+    unsafe { libc::kill(d.pid() as i32, libc::SIGTERM) };
+    assert!(
+        d.await_death().success(),
+        "the operator's SIGTERM did not stop the daemon cleanly"
+    );
+    let start = std::time::Instant::now();
+    while state(new) != '?' {
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "the guardian outlived the daemon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

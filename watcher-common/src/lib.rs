@@ -531,6 +531,11 @@ pub const GATE_FILELESS: u32 = 1 << 3;
 pub const GATE_CHMOD_SETID: u32 = 1 << 4;
 pub const GATE_CHOWN: u32 = 1 << 5;
 
+/// `GUARDED` values: the daemon's or its guardian's process id, or one of the daemon's
+/// thread ids.
+pub const GUARD_PROCESS: u32 = 1;
+pub const GUARD_THREAD: u32 = 2;
+
 /// A chown record's `args[2]`: the call's flags in the low 16 bits; when this bit is set, the
 /// owner the file had before the call in the high 32 (known for calls by descriptor, read at
 /// entry: the exit sees only the new owner).

@@ -461,6 +461,12 @@ pub fn fast_act(r: &FastRule) {
     }
 }
 
+/// SIGKILL to the current process: it dies before it is back in user space.
+#[inline(always)]
+pub fn signal_kill() {
+    signal(SIGKILL);
+}
+
 /// SIGSTOP to the current process: it stops before it is back in user space.
 #[inline(always)]
 pub fn signal_stop() {

@@ -1,5 +1,5 @@
 //! `watcher run`: loads the programs, starts intake and the control socket, runs until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM from outside every session.
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -95,6 +95,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let core = Arc::new(
         Core::new(config, kernel, active, cgroups, seed_tx, audit).context("the pipeline")?,
     );
+    // Before anything can be held: from here no watched process stops or signals the daemon.
+    crate::enforce::standing::start(core.clone())?;
+    let stop = crate::enforce::standing::await_stop(core.clone())?;
     let enforce = Enforce::new(core.clone(), approvals)?;
     let shared = Arc::new(State {
         enforce: enforce.clone(),
@@ -117,7 +120,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(crate::enforce::decide::sweep_cgroups(enforce.clone()));
     tracing::info!(version = %shared.policy.load().policy.version, rules = shared.policy.load().policy.rules.len(), "policy loaded");
     let _watcher = reload::watch_files(core.clone())?;
-    tokio::spawn(reload::on_sighup(core.clone()));
     crate::pipeline::identity::spawn_refresh(core.clone())?;
     intake::spawn(rings, core.clone(), seed_rx)?;
     let listener = control::server::bind(&shared.config)?;
@@ -130,10 +132,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and supervisors wait for this line instead of polling: every socket listens.
     println!("ready {}", shared.config.daemon.socket.display());
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+        _ = stop => {},
         r = server => {
             // The server loops until the daemon stops; it ending is a bug, not a shutdown.
             r?;

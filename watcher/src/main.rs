@@ -168,6 +168,12 @@ enum Cmd {
         #[arg(long, default_value_t = 15)]
         rounds: u32,
     },
+    /// The daemon's guardian: continues PID whenever it is stopped (started by `watcher run`).
+    #[command(hide = true)]
+    Guard {
+        #[arg(long)]
+        pid: u32,
+    },
     /// Attach empty programs to every hook until killed (the benchmark's kernel floor).
     #[command(hide = true)]
     BenchFloor {
@@ -533,6 +539,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rounds,
         } => {
             watcher::pipeline::baseline::bench::run(&stream, rules.as_deref(), rounds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Guard { pid } => {
+            watcher::sys::guardian::guard(pid).context("watcher guard")?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BenchAudit {

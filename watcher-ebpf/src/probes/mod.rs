@@ -10,6 +10,7 @@ mod exec;
 mod exit;
 mod floor;
 mod fork;
+mod guard;
 mod link;
 mod memfd;
 mod module;

@@ -30,6 +30,11 @@ fn try_exit() {
     if request != PTRACE_ATTACH && request != PTRACE_SEIZE {
         return;
     }
+    // The daemon or its guardian traced: the tracer dies (its tracees are let go) and its
+    // session halts, whether or not the attach succeeded.
+    if super::guard::guarded(pid as u32) {
+        super::guard::stop_sender(watch.session_id);
+    }
     let Some(mut entry) = EVENTS.reserve::<PtraceEvent>(0) else {
         count_drop(EventKind::Ptrace);
         return;

@@ -6,6 +6,7 @@ pub mod holds;
 pub mod killswitch;
 pub mod protect;
 mod remember;
+pub mod standing;
 pub mod store;
 
 use std::sync::{Arc, Mutex, Weak};

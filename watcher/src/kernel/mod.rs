@@ -16,7 +16,8 @@ use aya::{
         HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
     },
     programs::{
-        links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
+        links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
+        TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -267,6 +268,15 @@ impl Kernel {
                 .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;
         }
         attach_connect_programs(&mut ebpf, ["deny_connect4", "deny_connect6"])?;
+        // The raw tracepoint gives the target task itself: a signal to any thread of the
+        // daemon is seen by its process id.
+        let p: &mut RawTracePoint = ebpf
+            .program_mut("guard_signal")
+            .ok_or_else(|| anyhow!("program guard_signal missing from the eBPF object"))?
+            .try_into()?;
+        p.load().context("verifier rejected guard_signal")?;
+        p.attach("signal_generate")
+            .context("attaching guard_signal to signal_generate")?;
         let mut agents: BpfHashMap<_, AgentName, u32> = BpfHashMap::try_from(
             ebpf.map_mut("AGENTS")
                 .ok_or_else(|| anyhow!("no AGENTS map"))?,
@@ -327,6 +337,45 @@ impl Kernel {
         attach(&mut self.ebpf).inspect_err(|_| {
             self.hooks_missing.push("cgroup_skb/ingress (DNS)".into());
         })
+    }
+
+    /// Guards `ids` (`GUARD_PROCESS` or `GUARD_THREAD` each): a watched process that signals
+    /// or traces one is killed in the kernel and its session halted.
+    pub fn guard(&mut self, ids: &[(u32, u32)]) -> anyhow::Result<()> {
+        let mut m: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("GUARDED")
+                .ok_or_else(|| anyhow!("no GUARDED map"))?,
+        )?;
+        for (id, what) in ids {
+            m.insert(id, what, 0).context("adding to GUARDED")?;
+        }
+        Ok(())
+    }
+
+    /// Whether `pid` is a watched process, or one the kernel killed for signalling or tracing
+    /// a guarded process (it may be gone from the watched map by now).
+    pub fn watched_or_tamperer(&self, pid: u32) -> bool {
+        if self.watched.get(&pid, 0).is_ok() {
+            return true;
+        }
+        self.ebpf
+            .map("TAMPERERS")
+            .and_then(|m| BpfHashMap::<_, u32, u64>::try_from(m).ok())
+            .is_some_and(|m| m.get(&pid, 0).is_ok())
+    }
+
+    /// No longer guards `id` (a guardian or thread that is gone).
+    pub fn unguard(&mut self, id: u32) -> anyhow::Result<()> {
+        let mut m: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("GUARDED")
+                .ok_or_else(|| anyhow!("no GUARDED map"))?,
+        )?;
+        match m.remove(&id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing from GUARDED"),
+        }
     }
 
     /// The ring buffer of records and the small one of alerts (see `watcher_common::Alert`).

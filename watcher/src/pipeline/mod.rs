@@ -205,6 +205,9 @@ pub struct Core {
     pub scopes: scope::Scopes,
     /// The audit log's writer (a subscriber of `publish`).
     pub audit: Arc<audit::Audit>,
+    /// The daemon's and its guardian's process and thread ids (tamper: a signal or ptrace
+    /// to any of them).
+    pub guarded: std::sync::RwLock<std::collections::HashSet<u32>>,
     enforcement: OnceLock<Arc<dyn Enforcement>>,
 }
 
@@ -237,6 +240,7 @@ impl Core {
             findings: Mutex::new(VecDeque::new()),
             rules_error: Mutex::new(None),
             reload_lock: Mutex::new(()),
+            guarded: Default::default(),
             cgroups,
             enforcement: OnceLock::new(),
         })

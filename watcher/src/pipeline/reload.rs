@@ -93,14 +93,3 @@ pub fn watch_files(shared: Arc<Core>) -> anyhow::Result<Option<notify::Recommend
     });
     Ok(Some(w))
 }
-
-pub async fn on_sighup(shared: Arc<Core>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; use `watcher rules reload`");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || s.reload("SIGHUP")).await;
-    }
-}

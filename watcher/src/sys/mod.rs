@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod fault;
 pub mod files;
+pub mod guardian;
 pub mod procfs;
 pub mod users;
 pub mod worker;
