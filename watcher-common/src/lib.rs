@@ -55,10 +55,13 @@ pub enum EventKind {
     Dup = 19,
     /// A DNS response to a socket of a session ([`DnsEvent`]); no task fields in its header.
     Dns = 20,
+    /// io_uring_setup ([`PathEvent`], no path): a ring whose operations (open, read, write,
+    /// connect, send, rename, ...) pass no syscall hook at all, so the ring itself is gated.
+    IoUring = 21,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 21;
+pub const EVENT_KINDS: u32 = 22;
 
 /// Kernel-side failures, counted per CPU in the `FAILURES` map by kind. None should happen;
 /// each one that does is a process or an alert the watcher may have missed, so user space
@@ -100,6 +103,7 @@ impl EventKind {
         EventKind::Memfd,
         EventKind::Dup,
         EventKind::Dns,
+        EventKind::IoUring,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -129,12 +133,15 @@ impl EventKind {
             EventKind::Memfd => "memfd",
             EventKind::Dup => "dup",
             EventKind::Dns => "dns",
+            EventKind::IoUring => "io_uring",
         }
     }
 
     /// The syscalls of this kind, by the `call` number their records carry.
     pub fn calls(self) -> &'static [&'static str] {
         match self {
+            // By `OPEN_CALL_*`.
+            EventKind::Open => &["openat", "openat2", "open", "creat", "open_by_handle_at"],
             EventKind::Unlink => &["unlink", "unlinkat", "rmdir"],
             EventKind::Rename => &["rename", "renameat", "renameat2"],
             EventKind::Chmod => &["chmod", "fchmod", "fchmodat", "fchmodat2"],
@@ -146,6 +153,7 @@ impl EventKind {
             EventKind::Module => &["init_module", "finit_module"],
             EventKind::Bpf => &["bpf"],
             EventKind::Memfd => &["memfd_create"],
+            EventKind::IoUring => &["io_uring_setup"],
             _ => &[],
         }
     }
@@ -247,11 +255,20 @@ pub struct OpenEvent<const N: usize> {
     pub resolve: u64,
     pub dfd: i32,
     pub mode: u32,
-    /// 1 for openat2.
-    pub openat2: u32,
+    /// Which call (`OPEN_CALL_*`): a promise made for openat holds for every other way to open.
+    pub call: u32,
     pub _pad: u32,
     pub path: [u8; N],
 }
+
+/// `OpenEvent::call`. `creat` is recorded with the flags it implies (`O_CREAT|O_WRONLY|
+/// O_TRUNC`); `open_by_handle_at` has no path, and `dfd` is the opened descriptor, by which
+/// user space names the file.
+pub const OPEN_CALL_OPENAT: u32 = 0;
+pub const OPEN_CALL_OPENAT2: u32 = 1;
+pub const OPEN_CALL_OPEN: u32 = 2;
+pub const OPEN_CALL_CREAT: u32 = 3;
+pub const OPEN_CALL_BY_HANDLE: u32 = 4;
 
 /// Path bytes of the short open (and path, pair) record, which is then 256 bytes long instead
 /// of 616: the ring holds 2.4 times as many opens before a reader that stalls makes it drop. A
@@ -271,7 +288,8 @@ pub struct PathEvent<const N: usize> {
     pub result: i64,
     /// By kind: unlink `[flags]`; chmod `[mode, flags]`; chown `[uid, gid, flags]` (u32::MAX:
     /// unchanged); truncate `[length]`; memfd `[flags]`; module `[length of the image or
-    /// flags]`; bpf `[command, program type, instruction count]`.
+    /// flags]`; bpf `[command, program type, instruction count]`; io_uring `[entries, setup
+    /// flags]`.
     pub args: [u64; 3],
     /// The directory descriptor a relative `path` starts from (`AT_FDCWD`: the working
     /// directory), or the file's own descriptor for a call by descriptor (`fchmod`,
@@ -547,6 +565,8 @@ pub const GATE_MODULE: u32 = 1 << 9;
 /// In `SESSION_GATE` values only: the session's deletes, while a `count:` rule that holds on
 /// them is counting (so the one that makes the count is stopped at its hook).
 pub const GATE_UNLINK: u32 = 1 << 10;
+/// io_uring_setup: stopped as the call returns, before the ring can be used.
+pub const GATE_IO_URING: u32 = 1 << 12;
 /// In `GATE_ALL[0]` (or one session's `SESSION_GATE`): a `count:` rule that holds counts deletes, so every
 /// `UNLINK_SAMPLE`th delete of a session is gated: user space then has every delete before it
 /// and starts gating them all (`GATE_UNLINK`) if a count is under way. A burst that makes a

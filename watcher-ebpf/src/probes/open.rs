@@ -1,6 +1,8 @@
-//! `syscalls:sys_exit_openat(2)`: one program per call, at exit, with the result. The call's
-//! arguments and result come from the task's saved registers (`syscall`), so nothing runs at
-//! entry: an unwatched open pays for one tracepoint, not two, and a watched one needs no map.
+//! `syscalls:sys_exit_openat`, `openat2`, `open`, `creat` and `open_by_handle_at`: one
+//! program per call, at exit, with the result, all writing the same record (whether a file
+//! the policy names is read or written does not depend on the call). The arguments and result
+//! come from the task's saved registers (`syscall`), so nothing runs at entry: an unwatched
+//! open pays for one tracepoint, not two, and a watched one needs no map.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
@@ -10,7 +12,8 @@ use aya_ebpf::{
 use watcher_common::{
     EventKind, FastRule, OpenEvent, Watch, EVENT_FLAG_FAST_PATH, EVENT_FLAG_STOPPED,
     EVENT_FLAG_TRUNCATED, FAST_PATH_MAX, FAST_STOP, FILTER_GATE_PREFIX, FILTER_OPEN, GATE_OPEN,
-    INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, PATH_MAX, PATH_SHORT,
+    INTENT_CREATE, INTENT_READ, INTENT_TRUNCATE, INTENT_WRITE, OPEN_CALL_BY_HANDLE,
+    OPEN_CALL_CREAT, OPEN_CALL_OPEN, OPEN_CALL_OPENAT, OPEN_CALL_OPENAT2, PATH_MAX, PATH_SHORT,
 };
 
 use crate::{
@@ -31,17 +34,39 @@ struct OpenHow {
 
 #[tracepoint]
 pub fn sys_exit_openat(_ctx: TracePointContext) -> u32 {
-    try_exit(false);
+    try_exit(OPEN_CALL_OPENAT);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat2(_ctx: TracePointContext) -> u32 {
-    try_exit(true);
+    try_exit(OPEN_CALL_OPENAT2);
     0
 }
 
-fn try_exit(openat2: bool) {
+#[tracepoint]
+pub fn sys_exit_open(_ctx: TracePointContext) -> u32 {
+    try_exit(OPEN_CALL_OPEN);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_creat(_ctx: TracePointContext) -> u32 {
+    try_exit(OPEN_CALL_CREAT);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_open_by_handle_at(_ctx: TracePointContext) -> u32 {
+    try_exit(OPEN_CALL_BY_HANDLE);
+    0
+}
+
+const AT_FDCWD: u64 = -100i64 as u64;
+/// What `creat(path, mode)` is: `open(path, O_CREAT | O_WRONLY | O_TRUNC, mode)`.
+const CREAT_FLAGS: u64 = 0o1101;
+
+fn try_exit(which: u32) {
     let task = Task::current();
     let Some(watch) = watch_of(task.tgid()) else {
         return;
@@ -51,16 +76,29 @@ fn try_exit(openat2: bool) {
         return;
     }
     let Syscall { args, ret } = syscall(task);
-    let (dfd, path, flags, mode, resolve) = if openat2 {
-        // SAFETY: probe read of user memory, faults safely.
-        let how = unsafe { bpf_probe_read_user(args[2] as *const OpenHow) }.unwrap_or(OpenHow {
-            flags: 0,
-            mode: 0,
-            resolve: 0,
-        });
-        (args[0], args[1], how.flags, how.mode, how.resolve)
-    } else {
-        (args[0], args[1], args[2], args[3], 0)
+    let (dfd, path, flags, mode, resolve) = match which {
+        OPEN_CALL_OPENAT2 => {
+            // SAFETY: probe read of user memory, faults safely.
+            let how =
+                unsafe { bpf_probe_read_user(args[2] as *const OpenHow) }.unwrap_or(OpenHow {
+                    flags: 0,
+                    mode: 0,
+                    resolve: 0,
+                });
+            (args[0], args[1], how.flags, how.mode, how.resolve)
+        }
+        OPEN_CALL_OPEN => (AT_FDCWD, args[0], args[1], args[2], 0),
+        OPEN_CALL_CREAT => (AT_FDCWD, args[0], CREAT_FLAGS, args[1], 0),
+        // No path: the file is the descriptor the call returned (the mount's descriptor when
+        // it failed).
+        OPEN_CALL_BY_HANDLE => (
+            if ret >= 0 { ret as u64 } else { args[0] },
+            0,
+            args[2],
+            0,
+            0,
+        ),
+        _ => (args[0], args[1], args[2], args[3], 0),
     };
     let call = Call {
         path: path as *const u8,
@@ -69,7 +107,7 @@ fn try_exit(openat2: bool) {
         flags,
         mode,
         resolve,
-        openat2,
+        which,
     };
     // Most paths fit the short record; a longer one is read again into a long record (the
     // short one is discarded, and costs only its ring space until user space skips it).
@@ -105,7 +143,7 @@ struct Call {
     flags: u64,
     mode: u64,
     resolve: u64,
-    openat2: bool,
+    which: u32,
 }
 
 /// Writes the open's record with room for `N` path bytes, acting on the kernel policy on the
@@ -148,7 +186,7 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
         (*ev).flags = c.flags;
         (*ev).mode = c.mode as u32;
         (*ev).resolve = c.resolve;
-        (*ev).openat2 = c.openat2 as u32;
+        (*ev).call = c.which;
         (*ev)._pad = 0;
         // The path is read from user memory once; the lookup key is a copy of the record's,
         // made only for a path one of the prefix tries' filters does not rule out.

@@ -509,6 +509,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
             .unwrap_or_default(),
         cgroup_id: 0,
         detail: Detail::Open {
+            syscall: None,
             path: path.clone(),
             flags: crate::model::event::open_flags(flags),
             mode: 0,

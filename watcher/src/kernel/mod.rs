@@ -44,6 +44,11 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sched_process_exit", "sched", "sched_process_exit"),
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
     ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
+    (
+        "sys_exit_open_by_handle_at",
+        "syscalls",
+        "sys_exit_open_by_handle_at",
+    ),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
     ("sys_exit_chdir", "syscalls", "sys_exit_chdir"),
     ("sys_exit_fchdir", "syscalls", "sys_exit_fchdir"),
@@ -95,15 +100,24 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_fsmount", "syscalls", "sys_exit_fsmount"),
     ("sys_exit_bpf", "syscalls", "sys_exit_bpf"),
     ("sys_exit_memfd_create", "syscalls", "sys_exit_memfd_create"),
+    (
+        "sys_exit_io_uring_setup",
+        "syscalls",
+        "sys_exit_io_uring_setup",
+    ),
     ("sys_exit_dup", "syscalls", "sys_exit_dup"),
     ("sys_exit_dup2", "syscalls", "sys_exit_dup2"),
     ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
     ("sys_exit_fcntl", "syscalls", "sys_exit_fcntl"),
 ];
 
-/// Hooks attached only where the kernel has the tracepoint: module loads need CONFIG_MODULES
-/// (`status` lists what is missing as `hooks_missing`).
+/// Hooks attached only where the kernel has the tracepoint: module loads need CONFIG_MODULES,
+/// the legacy open calls an architecture that has them (`status` lists what is missing as
+/// `hooks_missing`).
 pub const OPTIONAL_HOOKS: &[(&str, &str, &str)] = &[
+    // The legacy open calls: x86_64 has them, aarch64 has only openat.
+    ("sys_exit_open", "syscalls", "sys_exit_open"),
+    ("sys_exit_creat", "syscalls", "sys_exit_creat"),
     ("sys_exit_init_module", "syscalls", "sys_exit_init_module"),
     ("sys_exit_finit_module", "syscalls", "sys_exit_finit_module"),
 ];

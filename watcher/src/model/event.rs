@@ -51,6 +51,10 @@ pub enum Detail {
         signal: Option<i32>,
     },
     Open {
+        /// The call when it is not openat (`openat2`, `open`, `creat`, `open_by_handle_at`);
+        /// every one is the same open to the rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        syscall: Option<Name>,
         /// Absolute when it could be resolved (see `resolved`).
         path: String,
         /// Open flags by name: O_RDONLY, O_WRONLY or O_RDWR first.
@@ -227,6 +231,18 @@ pub enum Detail {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         name: String,
         /// The program's descriptor, or a negative errno.
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+    },
+    /// io_uring_setup: a ring whose operations no syscall hook sees (`result`: its
+    /// descriptor). What it submits is in the kernel's io_uring tracepoints, not in events.
+    #[serde(rename = "io_uring")]
+    IoUring {
+        /// Submission queue entries asked for.
+        entries: u32,
+        /// `IORING_SETUP_*` bits (2: a kernel thread polls the ring, `SQPOLL`).
+        setup_flags: u32,
         result: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<Name>,
@@ -452,7 +468,8 @@ impl Detail {
             | Detail::Mount { result, .. }
             | Detail::Module { result, .. }
             | Detail::Bpf { result, .. }
-            | Detail::Memfd { result, .. } => Some(*result),
+            | Detail::Memfd { result, .. }
+            | Detail::IoUring { result, .. } => Some(*result),
             Detail::Ptrace { result, .. } => Some(*result),
             _ => None,
         }
@@ -478,6 +495,7 @@ impl Detail {
             Detail::Module { .. } => "module",
             Detail::Bpf { .. } => "bpf",
             Detail::Memfd { .. } => "memfd",
+            Detail::IoUring { .. } => "io_uring",
             Detail::Dns { .. } => "dns",
             Detail::Finding(_) => "finding",
         }
@@ -649,6 +667,9 @@ impl std::fmt::Display for Event {
                 ..
             } => write!(f, "load program {name:?} of type {prog_type} -> {result}"),
             Detail::Memfd { name, result, .. } => write!(f, "memfd {name:?} -> {result}"),
+            Detail::IoUring {
+                entries, result, ..
+            } => write!(f, "io_uring ring of {entries} entries -> {result}"),
             Detail::Dns {
                 query,
                 qtype,
@@ -792,6 +813,7 @@ mod tests {
             comm: "cat".into(),
             cgroup_id: 3,
             detail: Detail::Open {
+                syscall: None,
                 path: "/tmp/x".into(),
                 flags: open_flags(libc::O_WRONLY as u64 | libc::O_CREAT as u64),
                 mode: 0o644,

@@ -497,6 +497,7 @@ mod tests {
 
     fn open(path: &str, flags: &[&'static str]) -> Event {
         ev(Detail::Open {
+            syscall: None,
             path: path.into(),
             flags: flags.iter().map(|f| (*f).into()).collect(),
             mode: 0,

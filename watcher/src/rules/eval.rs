@@ -197,6 +197,7 @@ fn kind_bit(d: &Detail) -> u32 {
         Detail::Bpf { .. } => Kind::Bpf,
         Detail::Memfd { .. } => Kind::Memfd,
         Detail::Dns { .. } => Kind::Dns,
+        Detail::IoUring { .. } => Kind::IoUring,
         Detail::Finding(_) => return 0,
     };
     1 << k as u32

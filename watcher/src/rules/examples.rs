@@ -161,6 +161,11 @@ pub fn example_event(
             o.entry("rcode").or_insert(json!("NOERROR"));
             o.entry("answers").or_insert(json!([]));
         }
+        "io_uring" => {
+            o.entry("entries").or_insert(json!(8));
+            o.entry("setup_flags").or_insert(json!(0));
+            o.entry("result").or_insert(json!(3));
+        }
         "memfd" => {
             o.entry("name").or_insert(json!("x"));
             o.entry("flags").or_insert(json!([]));

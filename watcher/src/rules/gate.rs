@@ -15,8 +15,9 @@
 //! session's events of the next step's kind are gated while the sequence is under way
 //! (`GatePlan::dynamic`, `step_kinds`).
 use watcher_common::{
-    GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_MODULE,
-    GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX, GATE_UNLINK, GATE_UNLINK_SAMPLE,
+    GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_IO_URING,
+    GATE_MODULE, GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX, GATE_UNLINK,
+    GATE_UNLINK_SAMPLE,
 };
 
 pub use crate::kernel::policy::{GateEntry, GateSet};
@@ -241,6 +242,7 @@ fn rare_kinds(r: &Rule) -> u32 {
             (Kind::Mount, GATE_MOUNT),
             (Kind::Bpf, GATE_BPF),
             (Kind::Module, GATE_MODULE),
+            (Kind::IoUring, GATE_IO_URING),
         ] {
             if k & (1 << kind as u32) != 0 {
                 bits |= bit;

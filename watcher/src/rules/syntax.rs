@@ -227,10 +227,12 @@ pub enum Kind {
     Bpf,
     Memfd,
     Dns,
+    #[serde(rename = "io_uring")]
+    IoUring,
 }
 
 /// The number of `Kind`s (one bit each in a kind mask).
-pub const KINDS: usize = 19;
+pub const KINDS: usize = 20;
 
 /// Mode bits for `mode:`: an octal string (`"4000"`, `"0o6000"`) or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

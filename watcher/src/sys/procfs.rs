@@ -130,6 +130,8 @@ pub fn pending_open_flags(tgid: u32) -> Option<u64> {
         let flags = match (nr, args.as_slice()) {
             (2, [_, flags, ..]) => *flags,
             (257, [_, _, flags, ..]) => *flags,
+            // open_by_handle_at(mount_fd, handle, flags)
+            (304, [_, _, flags, ..]) => *flags,
             (85, _) => (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64,
             (437, _) => libc::O_RDWR as u64,
             _ => continue,

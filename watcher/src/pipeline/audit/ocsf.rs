@@ -166,6 +166,11 @@ fn event(b: &Value) -> (u32, u32, Value) {
             out["process"] = process_of(b);
             (1007, 5)
         }
+        // A ring made: Other process activity (what it submits is not seen).
+        "io_uring" => {
+            out["process"] = process_of(b);
+            (1007, 99)
+        }
         "open" | "unlink" | "rename" | "chmod" | "chown" | "link" | "truncate" | "mount"
         | "memfd" => {
             let path = match t {

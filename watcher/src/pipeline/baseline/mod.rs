@@ -938,6 +938,9 @@ fn extract(
         Detail::Memfd { result, .. } if *result >= 0 => {
             out.push((Facet::Kind, "memfd".into(), None))
         }
+        Detail::IoUring { result, .. } if *result >= 0 => {
+            out.push((Facet::Kind, "io_uring".into(), None))
+        }
         Detail::Ptrace { .. } => out.push((Facet::Kind, "ptrace".into(), None)),
         _ => {}
     }

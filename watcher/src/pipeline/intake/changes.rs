@@ -108,6 +108,12 @@ pub fn path_detail(
             result,
             error,
         },
+        EventKind::IoUring => Detail::IoUring {
+            entries: args[0] as u32,
+            setup_flags: args[1] as u32,
+            result,
+            error,
+        },
         EventKind::Memfd => {
             if result >= 0 {
                 tree.opened(pid, result, &format!("/memfd:{path}"));

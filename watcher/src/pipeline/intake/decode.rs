@@ -50,6 +50,8 @@ pub enum Record {
     },
     Open {
         hdr: EventHeader,
+        /// `OPEN_CALL_*`.
+        call: u32,
         dfd: i32,
         path: String,
         flags: u64,
@@ -223,6 +225,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             let path = &buf[size_of::<OpenEvent<0>>()..];
             Record::Open {
                 hdr,
+                call: ev.call,
                 dfd: ev.dfd,
                 path: cstr(&path[..path.len().min(PATH_MAX)]),
                 flags: ev.flags,
@@ -274,6 +277,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         | EventKind::Truncate
         | EventKind::Module
         | EventKind::Bpf
+        | EventKind::IoUring
         | EventKind::Memfd => {
             // Short or long, like an open.
             let ev: PathEvent<0> = read(buf, kind.name())?;

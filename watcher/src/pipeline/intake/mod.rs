@@ -14,8 +14,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use watcher_common::{
-    EventHeader, EVENT_FLAG_FAST_PATH, EVENT_FLAG_GATED, EVENT_FLAG_SESSION_START,
-    EVENT_FLAG_STOPPED,
+    EventHeader, EventKind, EVENT_FLAG_FAST_PATH, EVENT_FLAG_GATED, EVENT_FLAG_SESSION_START,
+    EVENT_FLAG_STOPPED, OPEN_CALL_BY_HANDLE, OPEN_CALL_OPENAT,
 };
 
 use self::{
@@ -1139,6 +1139,7 @@ impl Intake {
                 })
             }
             Record::Open {
+                call,
                 dfd,
                 path,
                 flags,
@@ -1148,7 +1149,15 @@ impl Intake {
                 ..
             } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
-                let (abs, resolved) = self.tree.resolve(pid, dfd, path);
+                // open_by_handle_at names no path: the file is the descriptor it returned.
+                let (abs, resolved) = if call == OPEN_CALL_BY_HANDLE {
+                    match (result >= 0).then(|| self.tree.fd_path(pid, dfd)).flatten() {
+                        Some(p) => (p, true),
+                        None => (format!("fd:{dfd}"), false),
+                    }
+                } else {
+                    self.tree.resolve(pid, dfd, path)
+                };
                 if result >= 0 && resolved {
                     self.tree.opened(pid, result, &abs);
                 }
@@ -1161,6 +1170,11 @@ impl Intake {
                     None => (abs, None),
                 };
                 Some(Detail::Open {
+                    // Absent for openat, the common case (every event stays as it was).
+                    syscall: (call != OPEN_CALL_OPENAT)
+                        .then(|| EventKind::Open.calls().get(call as usize))
+                        .flatten()
+                        .map(|n| (*n).into()),
                     path,
                     flags: open_flags(flags),
                     mode,

