@@ -201,3 +201,86 @@ fn an_io_uring_is_held_before_its_first_operation() {
     let failures = run(&d, &cases);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A datagram sent with a destination (sendto, sendmsg, sendmmsg: no connect at all) is a
+/// connect to the rules, from the kernel's copy of the address: a destination the policy
+/// denies is refused in the kernel before any byte leaves, and the session is held.
+#[test]
+fn a_datagram_sent_without_connect_is_a_connect() {
+    common::require_root();
+    let work = TempDir::new("evasion-send");
+    let w = work.0.clone();
+    let listener = std::net::UdpSocket::bind("127.0.0.9:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rules = pack_dir(&w);
+    std::fs::write(
+        rules.join("test-send.yaml"),
+        format!(
+            "rules:\n  - id: test-deny-destination\n    description: test\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: connect, addr: 127.0.0.9, port: {port}}}\n    examples: {{match: [{{type: connect, addr: 127.0.0.9, port: {port}}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        rules.display()
+    ));
+    let send = |how: &str| {
+        format!(
+            "/usr/bin/python3 -c \"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n  {how}\nexcept OSError as e: print('errno', e.errno)\"",
+        )
+    };
+    let listener = std::sync::Arc::new(listener);
+    // Nothing but the test's own sentinel may arrive: it is sent from outside every session
+    // after each case, and must be the first datagram the listener reads.
+    let got_only_the_sentinel =
+        |l: std::sync::Arc<std::net::UdpSocket>| -> Box<dyn Fn() -> Result<(), String>> {
+            Box::new(move || {
+                let sentinel = format!("sentinel-{}", common::rand_suffix());
+                let out = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                out.send_to(sentinel.as_bytes(), l.local_addr().unwrap())
+                    .unwrap();
+                l.set_read_timeout(Some(common::DEADLINE)).unwrap();
+                let mut buf = [0u8; 2048];
+                let n = l.recv(&mut buf).map_err(|e| format!("no sentinel: {e}"))?;
+                match &buf[..n] == sentinel.as_bytes() {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "the listener got {:?}",
+                        String::from_utf8_lossy(&buf[..n])
+                    )),
+                }
+            })
+        };
+    let cases = vec![
+        Case {
+            name: "sendto with a destination",
+            script: send(&format!("s.sendto(b'secret', ('127.0.0.9', {port}))")),
+            rules: &["test-deny-destination"],
+            unharmed: got_only_the_sentinel(listener.clone()),
+        },
+        Case {
+            name: "sendmsg with a destination",
+            script: send(&format!(
+                "s.sendmsg([b'secret'], [], 0, ('127.0.0.9', {port}))"
+            )),
+            rules: &["test-deny-destination"],
+            unharmed: got_only_the_sentinel(listener.clone()),
+        },
+    ];
+    let failures = run(&d, &cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The events say what was sent where, from the kernel's copy (to a destination no rule
+    // names: nothing is held).
+    let other = std::net::UdpSocket::bind("127.0.0.9:0").unwrap();
+    let port2 = other.local_addr().unwrap().port();
+    let (trace, _) = d.launch(&send(&format!("s.sendto(b'x', ('127.0.0.9', {port2}))")));
+    let ev = d.session_events(&trace, None);
+    assert!(
+        ev.iter().any(|e| e["type"] == "connect"
+            && e["syscall"] == "sendmsg"
+            && e["addr"] == "127.0.0.9"
+            && e["port"] == port2
+            && e["result"] == 0),
+        "no send event: {ev:#?}"
+    );
+}

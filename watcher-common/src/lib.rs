@@ -206,6 +206,10 @@ pub const EVENT_FLAG_SESSION_START: u32 = 1 << 2;
 pub const EVENT_FLAG_FAST_PATH: u32 = 1 << 3;
 /// The kernel stopped the process (SIGSTOP) for a hold: user space freezes its session now.
 pub const EVENT_FLAG_STOPPED: u32 = 1 << 4;
+/// A connect record of a datagram sent with a destination (sendto, sendmsg, sendmmsg), from the
+/// kernel's copy of the address; its `fd` is -1 and its header's `ppid` 0 (the cgroup program
+/// that writes it cannot read the task).
+pub const EVENT_FLAG_SEND: u32 = 1 << 6;
 /// The event is in the gate (`GATE_*` maps): the kernel stopped the process (SIGSTOP) at the
 /// hook, before it could use the result, and it stays stopped until user space has run the
 /// whole policy on this record and answers (resume, hold or kill).

@@ -281,7 +281,15 @@ impl Kernel {
             p.attach(cat, name)
                 .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;
         }
-        attach_connect_programs(&mut ebpf, ["deny_connect4", "deny_connect6"])?;
+        attach_connect_programs(
+            &mut ebpf,
+            &[
+                "deny_connect4",
+                "deny_connect6",
+                "deny_sendmsg4",
+                "deny_sendmsg6",
+            ],
+        )?;
         // The raw tracepoint gives the target task itself: a signal to any thread of the
         // daemon is seen by its process id.
         let p: &mut RawTracePoint = ebpf
@@ -898,9 +906,9 @@ fn open_cgroup2_root() -> anyhow::Result<(PathBuf, std::fs::File)> {
 }
 
 /// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
-fn attach_connect_programs(ebpf: &mut Ebpf, progs: [&str; 2]) -> anyhow::Result<()> {
+fn attach_connect_programs(ebpf: &mut Ebpf, progs: &[&str]) -> anyhow::Result<()> {
     let (root, cgroup) = open_cgroup2_root()?;
-    for prog in progs {
+    for &prog in progs {
         let p: &mut CgroupSockAddr = ebpf
             .program_mut(prog)
             .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?

@@ -76,6 +76,10 @@ pub enum Detail {
         opened_as: Option<String>,
     },
     Connect {
+        /// `sendmsg` for a datagram sent with a destination (sendto, sendmsg, sendmmsg: no
+        /// connect, the same destination to the rules); absent for connect.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        syscall: Option<Name>,
         /// inet, inet6, unix or other.
         family: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]

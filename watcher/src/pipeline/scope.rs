@@ -511,6 +511,7 @@ mod tests {
 
     fn connect(addr: &str, port: u16, host: Option<&str>) -> Event {
         ev(Detail::Connect {
+            syscall: None,
             family: "inet".into(),
             addr: Some(addr.into()),
             host: host.map(Into::into),

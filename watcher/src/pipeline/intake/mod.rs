@@ -14,8 +14,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use watcher_common::{
-    EventHeader, EventKind, EVENT_FLAG_FAST_PATH, EVENT_FLAG_GATED, EVENT_FLAG_SESSION_START,
-    EVENT_FLAG_STOPPED, OPEN_CALL_BY_HANDLE, OPEN_CALL_OPENAT,
+    EventHeader, EventKind, EVENT_FLAG_FAST_PATH, EVENT_FLAG_GATED, EVENT_FLAG_SEND,
+    EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED, OPEN_CALL_BY_HANDLE, OPEN_CALL_OPENAT,
 };
 
 use self::{
@@ -1203,6 +1203,7 @@ impl Intake {
                     SockAddr::Other { .. } => ("other", None, None, None),
                 };
                 Some(Detail::Connect {
+                    syscall: (hdr.flags & EVENT_FLAG_SEND != 0).then_some("sendmsg".into()),
                     family: family.into(),
                     addr,
                     host,
