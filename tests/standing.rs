@@ -339,3 +339,62 @@ fn a_killed_guardian_is_replaced_and_the_new_one_continues_the_daemon() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// `attach` refuses a tree that holds PID 1 or the watcher itself (its parent's tree holds
+/// the daemon), and a caller other than root a process of another user; what it refuses stays
+/// unwatched.
+#[test]
+fn attach_refuses_the_watcher_pid_1_and_other_users_processes() {
+    let d = Daemon::start_with("[daemon]\napprover_group = \"nogroup\"\n");
+    let attach = |pid: u32, as_nobody: bool| {
+        let mut c = if as_nobody {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                common::BIN,
+            ]);
+            c.arg("--socket").arg(&d.socket);
+            c
+        } else {
+            d.cli()
+        };
+        let out = c.args(["attach", &pid.to_string()]).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::getpid() } as u32;
+    for (pid, what) in [
+        (1, "PID 1"),
+        (me, "the watcher itself"),
+        (d.pid(), "the watcher itself"),
+    ] {
+        let (ok, err) = attach(pid, false);
+        assert!(!ok, "attach {pid} was accepted");
+        assert!(err.contains(what), "attach {pid}: {err}");
+    }
+    assert!(
+        d.status()["sessions"].as_array().unwrap().is_empty(),
+        "a session was started"
+    );
+    // A process of root's, attached by nobody (an approver by its group): refused.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let (ok, err) = attach(sleeper.id(), true);
+    assert!(!ok && err.contains("is not yours"), "{err}");
+    assert!(
+        d.status()["sessions"].as_array().unwrap().is_empty(),
+        "a session was started"
+    );
+    // Root may attach it.
+    let (ok, err) = attach(sleeper.id(), false);
+    assert!(ok, "{err}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

@@ -347,7 +347,9 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
             scope,
         } => {
             let s = shared.clone();
+            let caller = cred.uid();
             let reply = tokio::task::spawn_blocking(move || {
+                attachable(&s, pid, caller)?;
                 start_session(&s, pid, profile, scope, "attach")
             })
             .await?;
@@ -585,6 +587,42 @@ fn policy_status(shared: &State) -> PolicyStatus {
         kernel_open: active.kernel.open.len(),
         kernel_deny: active.kernel.deny.len(),
     }
+}
+
+/// Refuses to attach a tree that holds PID 1, the daemon or its guardian (a session would
+/// freeze or kill them), or, for a caller other than root, a process of another user.
+fn attachable(shared: &State, pid: u32, caller_uid: u32) -> anyhow::Result<()> {
+    let tree: Vec<u32> = std::iter::once(pid).chain(descendants(pid)).collect();
+    let own = |p: u32| {
+        p == std::process::id()
+            || shared
+                .guarded
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&p)
+    };
+    if let Some(p) = tree.iter().find(|p| **p == 1) {
+        return Err(anyhow!(
+            "attach {pid}: its tree holds PID 1 (pid {p}); refused"
+        ));
+    }
+    if let Some(p) = tree.iter().find(|p| own(**p)) {
+        return Err(anyhow!(
+            "attach {pid}: its tree holds the watcher itself (pid {p}); refused"
+        ));
+    }
+    if caller_uid != 0 {
+        if let Some(p) = tree
+            .iter()
+            .find(|p| crate::sys::procfs::uid_of(**p) != caller_uid)
+        {
+            return Err(anyhow!(
+                "attach {pid}: process {p} of its tree is not yours (uid {}); refused",
+                crate::sys::procfs::uid_of(*p)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn start_session(
