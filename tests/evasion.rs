@@ -6,36 +6,10 @@ mod common;
 use std::path::Path;
 
 use common::{
+    absent,
     holds::{await_hold, spawn_session, verdict, wait_exit},
-    pack_dir, Daemon, FakeHome, TempDir,
+    pack_dir, unchanged, Daemon, FakeHome, Ns, TempDir,
 };
-
-/// Where an attack runs.
-#[derive(Clone, Copy, Debug)]
-enum Ns {
-    Host,
-    Private,
-}
-
-fn launch_in(d: &Daemon, ns: Ns, script: &str) -> (std::process::Child, String) {
-    let c = match ns {
-        Ns::Host => {
-            let mut c = d.cli();
-            c.args(["launch", "--", "sh", "-c", script]);
-            c
-        }
-        Ns::Private => {
-            let mut c = std::process::Command::new("unshare");
-            c.args(["-m", "sh", "-c"])
-                .arg("mount -t tmpfs tmpfs /root && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\"")
-                .arg(common::BIN)
-                .arg(&d.socket)
-                .arg(script);
-            c
-        }
-    };
-    spawn_session(c)
-}
 
 /// One attack: its script, the rules that may hold it, and what must be true afterwards.
 struct Case {
@@ -45,32 +19,13 @@ struct Case {
     unharmed: Box<dyn Fn() -> Result<(), String>>,
 }
 
-fn absent(p: &Path) -> Result<(), String> {
-    match p.exists() {
-        true => Err(format!("{} exists", p.display())),
-        false => Ok(()),
-    }
-}
-
-fn unchanged(p: &Path, before: &[u8]) -> Result<(), String> {
-    match std::fs::read(p) {
-        Ok(now) if now == before => Ok(()),
-        Ok(now) => Err(format!(
-            "{} changed: {:?}",
-            p.display(),
-            String::from_utf8_lossy(&now)
-        )),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-    }
-}
-
 /// Runs every case in both namespaces: each must be held by one of its rules, denied, and
 /// leave the host unharmed. Returns the failures.
 fn run(d: &Daemon, cases: &[Case]) -> Vec<String> {
     let mut failures = Vec::new();
     for ns in [Ns::Host, Ns::Private] {
         for c in cases {
-            let (mut child, trace) = launch_in(d, ns, &c.script);
+            let (mut child, trace) = spawn_session(d.launch_in(ns, "", &c.script));
             let hold = await_hold(d, &trace);
             if !c.rules.iter().any(|r| hold["rule"] == *r) {
                 failures.push(format!(

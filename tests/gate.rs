@@ -7,8 +7,9 @@ use std::{io::Read, net::TcpListener, path::Path, sync::mpsc, time::Instant};
 
 mod common;
 use common::{
+    absent,
     holds::{await_hold, launch_bg, next_hold, verdict, wait_exit},
-    pack_dir, python, Daemon, FakeHome, TempDir, DEADLINE,
+    pack_dir, python, unchanged, Daemon, FakeHome, TempDir, DEADLINE,
 };
 
 /// The daemon with the shipped pack, started after the fake home exists (the gate's home
@@ -133,26 +134,6 @@ struct Case {
 
 /// What must be true of the host after a case.
 type Check = Box<dyn Fn() -> Result<(), String>>;
-
-fn absent(p: &Path) -> Result<(), String> {
-    if p.exists() {
-        Err(format!("{} exists", p.display()))
-    } else {
-        Ok(())
-    }
-}
-
-fn unchanged(p: &Path, before: &[u8]) -> Result<(), String> {
-    match std::fs::read(p) {
-        Ok(now) if now == before => Ok(()),
-        Ok(now) => Err(format!(
-            "{} changed: {:?}",
-            p.display(),
-            String::from_utf8_lossy(&now)
-        )),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-    }
-}
 
 /// The listener got none of `secret`'s bytes (nor anything at all, when `secret` is empty).
 fn not_received(l: Listener, secret: Vec<u8>) -> Check {

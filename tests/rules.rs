@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{pack_dir, python, Daemon, FakeHome, TempDir, DEADLINE};
+use common::{pack_dir, python, Daemon, FakeHome, Ns, TempDir, DEADLINE};
 
 /// A loopback HTTP server that answers every request with a small shell script.
 fn http_server() -> u16 {
@@ -580,22 +580,9 @@ fn launch_as_root_in_private_home(
     npmrc: &str,
     script: &str,
 ) -> (i32, Vec<Value>, Vec<Value>) {
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c"])
-        .arg("mount -t tmpfs tmpfs /root && printf '%s' \"$3\" > /root/.npmrc && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\"")
-        .arg(common::BIN)
-        .arg(&d.socket)
-        .arg(script)
-        .arg(npmrc)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let trace = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("watcher: trace id "))
-        .unwrap_or_else(|| panic!("no trace id: {stderr}"))
-        .trim()
-        .to_string();
+    let setup = format!("printf '%s' '{npmrc}' > /root/.npmrc;");
+    let out = d.launch_in(Ns::Private, &setup, script).output().unwrap();
+    let trace = common::trace_of(&out.stderr);
     let events = d.session_events(&trace, None);
     (out.status.code().unwrap_or(-1), d.findings(&trace), events)
 }

@@ -3,7 +3,7 @@
 mod common;
 use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
-use common::{Daemon, TempDir};
+use common::{holds::spawn_session, Daemon, Ns, TempDir};
 
 /// Every file of the daemon's that exists among `names` in `dir`, with its mode.
 fn modes(dir: &Path, names: &[&str]) -> Vec<(String, u32)> {
@@ -95,36 +95,6 @@ fn the_stores_their_wal_and_shm_and_the_token_are_never_readable_by_others() {
     }
     d.restart();
     check(&d, "restart over files left 0644");
-}
-
-/// Where a threat case runs: the host's mount namespace, or a private one with its own /root
-/// (a tmpfs), as agents in sandboxes and containers do.
-#[derive(Clone, Copy, Debug)]
-enum Ns {
-    Host,
-    Private,
-}
-
-/// Starts `script` as a watched session in `ns`; (launch process, trace id).
-fn launch_in(d: &Daemon, ns: Ns, script: &str) -> (std::process::Child, String) {
-    let mut c = match ns {
-        Ns::Host => {
-            let mut c = d.cli();
-            c.args(["launch", "--", "sh", "-c", script]);
-            c
-        }
-        Ns::Private => {
-            let mut c = std::process::Command::new("unshare");
-            c.args(["-m", "sh", "-c"])
-                .arg("mount -t tmpfs tmpfs /root && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\"")
-                .arg(common::BIN)
-                .arg(&d.socket)
-                .arg(script);
-            c
-        }
-    };
-    c.env("PYTHON", "/usr/bin/python3");
-    common::holds::spawn_session(c)
 }
 
 /// The session's cgroup is frozen with processes in it, or the session is over (the sender
@@ -230,7 +200,7 @@ fn no_watched_process_stops_the_daemon() {
                 &tmp.0.join("m").display().to_string(),
                 &marker.display().to_string(),
             );
-            let (mut child, trace) = launch_in(&d, ns, &script);
+            let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
             let f = common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
                 .unwrap_or_else(|| panic!("{ns:?} {what}: no tamper finding"));
             assert_eq!(
@@ -273,11 +243,8 @@ fn a_killed_guardian_is_replaced_and_the_new_one_continues_the_daemon() {
     let tmp = TempDir::new("standing-guardian");
     let old = guardian_of(&d);
     let marker = tmp.0.join("marker");
-    let (mut child, trace) = launch_in(
-        &d,
-        Ns::Host,
-        &format!("kill -KILL {old}; touch {}", marker.display()),
-    );
+    let script = format!("kill -KILL {old}; touch {}", marker.display());
+    let (mut child, trace) = spawn_session(d.launch_in(Ns::Host, "", &script));
     common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
         .expect("no tamper finding");
     await_frozen(&d, &trace, &mut child);

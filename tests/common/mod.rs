@@ -129,14 +129,7 @@ impl Daemon {
             .args(["launch", "--", "sh", "-c", script])
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let trace = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("watcher: trace id "))
-            .unwrap_or_else(|| panic!("no trace id on stderr: {stderr}"))
-            .trim()
-            .to_string();
-        (trace, out.status.code().unwrap_or(-1))
+        (trace_of(&out.stderr), out.status.code().unwrap_or(-1))
     }
 
     /// The session's events, read from `watcher events --follow` until the exit of `root`.
@@ -414,6 +407,71 @@ pub fn pack_dir(into: &std::path::Path) -> PathBuf {
         }
     }
     dir
+}
+
+/// Where a threat case runs: the host's mount namespace, or a private one with its own /root
+/// (a tmpfs), as agents in sandboxes and containers do.
+#[derive(Clone, Copy, Debug)]
+pub enum Ns {
+    Host,
+    Private,
+}
+
+impl Daemon {
+    /// `watcher launch -- sh -c script` in `ns`; in a private namespace `setup` (shell) runs
+    /// first, inside it, before the session starts.
+    pub fn launch_in(&self, ns: Ns, setup: &str, script: &str) -> Command {
+        match ns {
+            Ns::Host => {
+                let mut c = self.cli();
+                c.args(["launch", "--", "sh", "-c", script]);
+                c
+            }
+            Ns::Private => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "sh", "-c"])
+                    .arg(format!(
+                        "mount -t tmpfs tmpfs /root && {{ {setup} true; }} && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\""
+                    ))
+                    .arg(BIN)
+                    .arg(&self.socket)
+                    .arg(script);
+                c
+            }
+        }
+    }
+}
+
+/// The trace id `watcher launch` printed first on stderr.
+pub fn trace_of(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("watcher: trace id "))
+        .unwrap_or_else(|| panic!("no trace id on stderr: {stderr}"))
+        .trim()
+        .to_string()
+}
+
+/// What must be true of the host after a threat case.
+pub fn absent(p: &std::path::Path) -> Result<(), String> {
+    match p.exists() {
+        true => Err(format!("{} exists", p.display())),
+        false => Ok(()),
+    }
+}
+
+/// `p` holds `before`, byte for byte.
+pub fn unchanged(p: &std::path::Path, before: &[u8]) -> Result<(), String> {
+    match std::fs::read(p) {
+        Ok(now) if now == before => Ok(()),
+        Ok(now) => Err(format!(
+            "{} changed: {:?}",
+            p.display(),
+            String::from_utf8_lossy(&now)
+        )),
+        Err(e) => Err(format!("{}: {e}", p.display())),
+    }
 }
 
 /// A loopback port nobody listens on now.

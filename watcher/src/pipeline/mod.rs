@@ -212,6 +212,16 @@ pub struct Core {
 }
 
 impl Core {
+    /// Whether `pid` is the daemon itself, one of its threads, or its guardian.
+    pub fn is_guarded(&self, pid: u32) -> bool {
+        pid == std::process::id()
+            || self
+                .guarded
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&pid)
+    }
+
     pub fn new(
         config: Config,
         kernel: Kernel,

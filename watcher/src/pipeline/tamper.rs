@@ -59,7 +59,7 @@ pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
         Detail::Signal {
             target_pid, signal, ..
         } => {
-            if is_guarded(shared, *target_pid) {
+            if shared.is_guarded(*target_pid) {
                 return Some(format!("signal {signal} to the watcher daemon"));
             }
             let trace = session_of(shared, *target_pid)?;
@@ -67,7 +67,7 @@ pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
             held.then(|| format!("signal {signal} to process {target_pid} of a held session"))
         }
         Detail::Ptrace { target_pid, .. } => {
-            if is_guarded(shared, *target_pid) {
+            if shared.is_guarded(*target_pid) {
                 return Some("ptrace of the watcher daemon".into());
             }
             // Debugging its own children is normal work; anything outside the session is not.
@@ -97,16 +97,6 @@ pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// The daemon itself, one of its threads, or its guardian.
-fn is_guarded(shared: &Core, pid: u32) -> bool {
-    pid == std::process::id()
-        || shared
-            .guarded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&pid)
 }
 
 /// `path` is `base` or inside it. A byte comparison: this runs on every open, and the paths are

@@ -593,20 +593,12 @@ fn policy_status(shared: &State) -> PolicyStatus {
 /// freeze or kill them), or, for a caller other than root, a process of another user.
 fn attachable(shared: &State, pid: u32, caller_uid: u32) -> anyhow::Result<()> {
     let tree: Vec<u32> = std::iter::once(pid).chain(descendants(pid)).collect();
-    let own = |p: u32| {
-        p == std::process::id()
-            || shared
-                .guarded
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&p)
-    };
     if let Some(p) = tree.iter().find(|p| **p == 1) {
         return Err(anyhow!(
             "attach {pid}: its tree holds PID 1 (pid {p}); refused"
         ));
     }
-    if let Some(p) = tree.iter().find(|p| own(**p)) {
+    if let Some(p) = tree.iter().find(|p| shared.is_guarded(**p)) {
         return Err(anyhow!(
             "attach {pid}: its tree holds the watcher itself (pid {p}); refused"
         ));
