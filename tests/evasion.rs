@@ -239,3 +239,94 @@ fn a_datagram_sent_without_connect_is_a_connect() {
         "no send event: {ev:#?}"
     );
 }
+
+/// Reaching into a process outside the session by its memory (process_vm_readv,
+/// process_vm_writev) or its descriptors (pidfd_getfd) is tampering, as ptrace is: the session
+/// is taken by the kill-switch and its next step never runs. (The call itself completes: a
+/// syscall hook here sees it on its way out.)
+#[test]
+fn reaching_into_a_process_outside_the_session_is_tamper() {
+    common::require_root();
+    let work = TempDir::new("evasion-reach");
+    let w = work.0.clone();
+    let d = Daemon::start_with("[holds]\ntimeout = \"60s\"\n");
+    // The victim: a process outside every session, with a buffer at an address it tells.
+    let addr_file = w.join("victim-addr");
+    // Killed however the test ends.
+    struct Victim(std::process::Child);
+    impl Drop for Victim {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let victim = std::process::Command::new("/usr/bin/python3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .arg("-c")
+        .arg(format!(
+            "import ctypes, time\nb = ctypes.create_string_buffer(b'original-bytes')\nopen('{}', 'w').write(str(ctypes.addressof(b)))\ntime.sleep(600)",
+            addr_file.display()
+        ))
+        .spawn()
+        .map(Victim)
+        .unwrap();
+    let start = std::time::Instant::now();
+    let addr = loop {
+        if let Some(a) = std::fs::read_to_string(&addr_file)
+            .ok()
+            .filter(|a| !a.is_empty())
+        {
+            break a;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "the victim did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let v = victim.0.id();
+    let iov = |local: &str| {
+        format!("class I(ctypes.Structure): _fields_ = [('b', ctypes.c_void_p), ('n', ctypes.c_size_t)]\nbuf = ctypes.create_string_buffer({local})\nl = I(ctypes.addressof(buf), 14)\nr = I({addr}, 14)\n")
+    };
+    let cases = [
+        (
+            "process_vm_readv",
+            format!(
+                "{}n = libc.syscall(310, {v}, ctypes.byref(l), 1, ctypes.byref(r), 1, 0)",
+                iov("14")
+            ),
+        ),
+        (
+            "process_vm_writev",
+            format!(
+                "{}n = libc.syscall(311, {v}, ctypes.byref(l), 1, ctypes.byref(r), 1, 0)",
+                iov("b'attacker-data!'")
+            ),
+        ),
+        (
+            "pidfd_getfd",
+            format!("p = os.pidfd_open({v})\nn = libc.syscall(438, p, 0, 0)"),
+        ),
+    ];
+    for ns in [Ns::Host, Ns::Private] {
+        for (call, body) in &cases {
+            let marker = w.join(format!("marker-{ns:?}-{call}"));
+            let script = py(&format!(
+                "{body}\nassert n >= 0, ctypes.get_errno()\nopen('{}', 'w')",
+                marker.display()
+            ));
+            let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+            let f = common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
+                .unwrap_or_else(|| panic!("{ns:?} {call}: no tamper finding"));
+            let what = f["description"].as_str().unwrap_or("").to_string();
+            assert!(
+                what.contains(call) && what.contains(&format!("process {v} outside its session")),
+                "{ns:?} {call}: {what}"
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(!marker.exists(), "{ns:?} {call}: the next step ran");
+        }
+    }
+}

@@ -472,11 +472,18 @@ pub struct SignalEvent {
 #[derive(Clone, Copy)]
 pub struct PtraceEvent {
     pub hdr: EventHeader,
+    /// The target's pid; for `pidfd_getfd`, the pidfd (user space reads whose it is).
     pub target: u32,
+    /// The ptrace request, or one of `PTRACE_REQ_*` for the other ways into a process.
     pub request: u32,
     /// 0, or the negative errno of a refused attach.
     pub result: i64,
 }
+
+/// `PtraceEvent::request` of the calls that reach into another process without ptrace.
+pub const PTRACE_REQ_VM_WRITE: u32 = 0x1_0001;
+pub const PTRACE_REQ_VM_READ: u32 = 0x1_0002;
+pub const PTRACE_REQ_PIDFD_GETFD: u32 = 0x1_0003;
 
 /// Slots of the `WATCH_FILTER` counters in front of the watched-process map (a power of two).
 pub const WATCH_FILTER_SLOTS: u32 = 65536;

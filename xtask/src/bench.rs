@@ -50,7 +50,7 @@ pub struct StormArgs {
     chunked: bool,
 }
 
-const STORMS: [(&str, u64); 9] = [
+const STORMS: [(&str, u64); 12] = [
     ("exec", 2000),
     ("open", 200_000),
     ("connect", 200_000),
@@ -60,6 +60,9 @@ const STORMS: [(&str, u64); 9] = [
     ("chmod", 200_000),
     ("setid", 1_000_000),
     ("dns", 100_000),
+    ("open-legacy", 200_000),
+    ("sendto", 500_000),
+    ("signal", 1_000_000),
 ];
 const VARIANTS: [&str; 7] = [
     "off",
@@ -165,6 +168,48 @@ fn storm_op(kind: &str) -> anyhow::Result<Box<dyn FnMut() -> std::io::Result<()>
         "setid" => Box::new(|| {
             // SAFETY: no preconditions; -1 leaves every id as it is.
             match unsafe { libc::setresuid(u32::MAX, u32::MAX, u32::MAX) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        }),
+        // The legacy open(2) (no libc wrapper calls it any more): its own hook.
+        "open-legacy" => {
+            let path = std::ffi::CString::new(
+                std::env::current_exe()?
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )?;
+            Box::new(move || {
+                // SAFETY: a NUL-terminated path; the descriptor is closed at once.
+                let fd = unsafe { libc::syscall(libc::SYS_open, path.as_ptr(), libc::O_RDONLY) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: our own descriptor.
+                unsafe { libc::close(fd as i32) };
+                Ok(())
+            })
+        }
+        // A datagram with a destination on an unconnected socket: the cgroup sendmsg4 program
+        // runs for every one on the host.
+        "sendto" => {
+            let target = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let addr = target.local_addr()?;
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let mut buf = [0u8; 16];
+            target.set_nonblocking(true)?;
+            Box::new(move || {
+                sock.send_to(b"x", addr)?;
+                // Drained as it goes, so the receive queue never fills and drops.
+                let _ = target.recv(&mut buf);
+                Ok(())
+            })
+        }
+        // A signal the process ignores by default (SIGURG), to itself: signal_generate runs,
+        // with the guard program on it.
+        "signal" => Box::new(|| {
+            // SAFETY: SIGURG's default action is to ignore it.
+            match unsafe { libc::kill(libc::getpid(), libc::SIGURG) } {
                 0 => Ok(()),
                 _ => Err(std::io::Error::last_os_error()),
             }

@@ -54,6 +54,17 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_fchdir", "syscalls", "sys_exit_fchdir"),
     ("signal_generate", "signal", "signal_generate"),
     ("sys_exit_ptrace", "syscalls", "sys_exit_ptrace"),
+    (
+        "sys_exit_process_vm_writev",
+        "syscalls",
+        "sys_exit_process_vm_writev",
+    ),
+    (
+        "sys_exit_process_vm_readv",
+        "syscalls",
+        "sys_exit_process_vm_readv",
+    ),
+    ("sys_exit_pidfd_getfd", "syscalls", "sys_exit_pidfd_getfd"),
     ("sys_exit_unlink", "syscalls", "sys_exit_unlink"),
     ("sys_exit_unlinkat", "syscalls", "sys_exit_unlinkat"),
     ("sys_exit_rmdir", "syscalls", "sys_exit_rmdir"),

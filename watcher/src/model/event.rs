@@ -104,6 +104,10 @@ pub enum Detail {
     },
     /// ptrace attach (request 16) or seize (0x4206) by a watched process.
     Ptrace {
+        /// `process_vm_writev`, `process_vm_readv` or `pidfd_getfd` (then `request` is 0): the
+        /// other ways into another process; absent for ptrace attach and seize.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        syscall: Option<Name>,
         target_pid: u32,
         request: u32,
         /// 0, or the negative errno of a refused attach. Absent (0) in events stored before
@@ -574,9 +578,16 @@ impl std::fmt::Display for Event {
                 target_pid, signal, ..
             } => write!(f, "signal {signal} to {target_pid}"),
             Detail::Ptrace {
+                syscall: Some(call),
+                target_pid,
+                result,
+                ..
+            } => write!(f, "{call} on {target_pid} -> {result}"),
+            Detail::Ptrace {
                 target_pid,
                 request,
                 result,
+                ..
             } => write!(f, "ptrace request {request:#x} on {target_pid} -> {result}"),
             Detail::Unlink {
                 syscall,

@@ -66,15 +66,21 @@ pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
             let held = shared.enforcement().is_some_and(|e| e.is_held(&trace));
             held.then(|| format!("signal {signal} to process {target_pid} of a held session"))
         }
-        Detail::Ptrace { target_pid, .. } => {
+        Detail::Ptrace {
+            target_pid,
+            syscall,
+            ..
+        } => {
+            // ptrace, or the other ways into a process (its memory, its descriptors).
+            let how = syscall.as_deref().unwrap_or("ptrace");
             if shared.is_guarded(*target_pid) {
-                return Some("ptrace of the watcher daemon".into());
+                return Some(format!("{how} of the watcher daemon"));
             }
             // Debugging its own children is normal work; anything outside the session is not.
             let own_session = session_of(shared, ev.pid);
             let target = session_of(shared, *target_pid);
             (target.is_none() || target != own_session)
-                .then(|| format!("ptrace of process {target_pid} outside its session"))
+                .then(|| format!("{how} of process {target_pid} outside its session"))
         }
         Detail::Open { path, .. } => own
             .iter()
@@ -112,8 +118,9 @@ fn is_under(path: &str, base: &std::path::Path) -> bool {
     }
 }
 
-/// Publishes the finding and applies the configured action to the offender's session.
-pub fn act(shared: &Core, ev: &Event, why: String) {
+/// Publishes the finding and applies the configured action to the offender's session;
+/// whether the session is being stopped.
+pub fn act(shared: &Core, ev: &Event, why: String) -> bool {
     let action = if shared.config.holds.enabled {
         shared.config.holds.tamper
     } else {
@@ -146,13 +153,19 @@ pub fn act(shared: &Core, ev: &Event, why: String) {
     shared.publish(fev);
     tracing::error!(trace_id = %ev.trace_id, pid = ev.pid, "tampering: {why}");
     let mode = match action {
-        TamperAction::Alert => return,
+        TamperAction::Alert => return false,
         TamperAction::Freeze => HaltMode::Freeze,
         TamperAction::Kill => HaltMode::Kill,
     };
     match shared.enforcement() {
-        Some(e) => e.halt_session(&ev.trace_id, mode, "watcher (tamper)"),
-        None => tracing::error!("tampering: no enforcement to stop the session"),
+        Some(e) => {
+            e.halt_session(&ev.trace_id, mode, "watcher (tamper)");
+            true
+        }
+        None => {
+            tracing::error!("tampering: no enforcement to stop the session");
+            false
+        }
     }
 }
 

@@ -546,14 +546,15 @@ mod gate_tests {
         let g = GatePlan::of(&p, &k, true);
         assert!(g.unanchored.is_empty(), "{:?}", g.unanchored);
         assert!(!g.set.suffix.is_empty() && !g.set.comm.is_empty());
-        // Of the rare kinds the pack holds setuid bits, chowns and mounts; the kernel kills BPF
-        // and module loads alone; deletes are gated only while a count counts.
+        // Of the rare kinds the pack holds setuid bits, chowns, mounts and io_uring rings; the
+        // kernel kills BPF and module loads alone; deletes are gated only while a count counts.
         use watcher_common::{
-            GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_MODULE, GATE_MOUNT, GATE_UNLINK_SAMPLE,
+            GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_IO_URING, GATE_MODULE, GATE_MOUNT,
+            GATE_UNLINK_SAMPLE,
         };
         assert_eq!(
             g.rare,
-            GATE_CHMOD_SETID | GATE_CHOWN | GATE_MOUNT | GATE_UNLINK_SAMPLE
+            GATE_CHMOD_SETID | GATE_CHOWN | GATE_MOUNT | GATE_IO_URING | GATE_UNLINK_SAMPLE
         );
         assert_eq!(g.set.all & (GATE_BPF | GATE_MODULE), 0);
         let kinds: Vec<_> = k

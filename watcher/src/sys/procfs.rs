@@ -107,6 +107,18 @@ pub fn uid_of(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// The process a pidfd of `pid` names (`Pid:` in its fdinfo), while `pid` holds it.
+pub fn pidfd_target(pid: u32, fd: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &u32| *p > 0)
+}
+
 /// The flags of the open a thread of `tgid` is blocked in (a fanotify permission event waits
 /// inside the syscall, so `/proc/PID/task/TID/syscall` shows its arguments): the writing one
 /// when several threads open, None when no thread of it is in an open. x86_64 numbers; an

@@ -16,6 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use watcher_common::{
     EventHeader, EventKind, EVENT_FLAG_FAST_PATH, EVENT_FLAG_GATED, EVENT_FLAG_SEND,
     EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED, OPEN_CALL_BY_HANDLE, OPEN_CALL_OPENAT,
+    PTRACE_REQ_PIDFD_GETFD, PTRACE_REQ_VM_READ, PTRACE_REQ_VM_WRITE,
 };
 
 use self::{
@@ -582,11 +583,14 @@ impl Intake {
             cgroup_id: hdr.cgroup_id,
             detail,
         });
-        if let Some(why) = crate::pipeline::tamper::check(&self.shared, &self.own, &ev)
+        // A gated event that is tampering stays stopped: the kill-switch takes its session
+        // (off this thread), and a SIGCONT first would let the next step run.
+        let tampered = match crate::pipeline::tamper::check(&self.shared, &self.own, &ev)
             .or_else(|| self.gate_tamper(&ev, hdr.ts_ns))
         {
-            crate::pipeline::tamper::act(&self.shared, &ev, why);
-        }
+            Some(why) => crate::pipeline::tamper::act(&self.shared, &ev, why),
+            None => false,
+        };
         let gated = hdr.flags & EVENT_FLAG_GATED != 0;
         if gated {
             crate::sys::fault::delay(crate::sys::fault::SLOW_GATE_ANSWER);
@@ -605,7 +609,7 @@ impl Intake {
             (hdr.session_id, scoped),
         );
         if gated {
-            self.answer_gate(&hdr, kept);
+            self.answer_gate(&hdr, kept || tampered);
         }
         // Sequence state that can no longer complete goes: at a process's exit, at a
         // session's end, and by age once a second.
@@ -1228,11 +1232,26 @@ impl Intake {
                 request,
                 result,
                 ..
-            } => Some(Detail::Ptrace {
-                target_pid: target,
-                request,
-                result,
-            }),
+            } => {
+                let (syscall, target_pid, request) = match request {
+                    PTRACE_REQ_VM_WRITE => (Some("process_vm_writev"), target, 0),
+                    PTRACE_REQ_VM_READ => (Some("process_vm_readv"), target, 0),
+                    // The target is whoever the pidfd names (0 when it cannot be read: no
+                    // session, so outside the caller's).
+                    PTRACE_REQ_PIDFD_GETFD => (
+                        Some("pidfd_getfd"),
+                        crate::sys::procfs::pidfd_target(pid, target as i32).unwrap_or(0),
+                        0,
+                    ),
+                    r => (None, target, r),
+                };
+                Some(Detail::Ptrace {
+                    syscall: syscall.map(Into::into),
+                    target_pid,
+                    request,
+                    result,
+                })
+            }
             Record::Chdir { fd, path, .. } => {
                 self.tree.entry(pid, hdr.ppid, hdr.session_id);
                 self.tree.chdir(pid, fd, &path);
