@@ -43,8 +43,8 @@ fn run(d: &Daemon, cases: &[Case]) -> Vec<String> {
     failures
 }
 
-/// Python with ctypes calling the raw syscall `nr` (x86_64 numbers), then what `then` does
-/// with the descriptor `fd`.
+/// Debian's python running `body` with `ctypes`, `os`, `struct` and `libc` (raw syscalls by
+/// their x86_64 numbers) at hand.
 fn py(body: &str) -> String {
     format!(
         "/usr/bin/python3 -c \"import ctypes, os, struct; libc = ctypes.CDLL(None, use_errno=True); libc.syscall.restype = ctypes.c_long\n{body}\""
