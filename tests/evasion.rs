@@ -330,3 +330,59 @@ fn reaching_into_a_process_outside_the_session_is_tamper() {
         }
     }
 }
+
+/// A tracer may resume a stopped tracee without the stop (it sees the SIGSTOP first), so the
+/// gate's stop must not be a signal a tracer can take away: a parent that traces its child
+/// and swallows every stop, and a tracer that attaches to a process while the gate holds it,
+/// both get nothing out of the gated open. (The daemon answers two seconds late, so the
+/// second tracer has time to attach.)
+#[test]
+fn a_tracer_cannot_take_the_gates_stop_away() {
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let work = TempDir::new("evasion-trace");
+    let w = work.0.clone();
+    let d = Daemon::start_with_env(
+        &format!(
+            "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+            pack_dir(&w).display()
+        ),
+        &[("WATCHER_FAULT", "slow-gate-answer")],
+    );
+    let steal = |to: &str| {
+        format!(
+            "fd = os.open('{}/.npmrc', os.O_RDONLY)\n    open('{}/{to}', 'wb').write(os.read(fd, 4096))\n    os._exit(0)",
+            h.display(),
+            w.display()
+        )
+    };
+    let ptrace =
+        "libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]";
+    let stolen = |name: &'static str| -> Box<dyn Fn() -> Result<(), String>> {
+        let p = w.join(name);
+        Box::new(move || absent(&p))
+    };
+    let cases = vec![
+        Case {
+            name: "a child traced by its parent, which swallows every stop",
+            script: py(&format!(
+                "{ptrace}\npid = os.fork()\nif pid == 0:\n    libc.ptrace(0, 0, None, None)\n    os.kill(os.getpid(), 19)\n    {}\nwhile True:\n    _, st = os.waitpid(pid, 0)\n    if not os.WIFSTOPPED(st): break\n    libc.ptrace(7, pid, None, None)",
+                steal("stolen-traceme")
+            )),
+            rules: &["token-file-read"],
+            unharmed: stolen("stolen-traceme"),
+        },
+        Case {
+            name: "a tracer that attaches while the gate holds the process",
+            script: py(&format!(
+                "import time\n{ptrace}\npid = os.fork()\nif pid == 0:\n    {}\nend = time.time() + 20\nwhile open(f'/proc/{{pid}}/stat').read().rsplit(') ', 1)[1][0] != 'T':\n    assert time.time() < end\n    time.sleep(0.001)\nassert libc.ptrace(16, pid, None, None) == 0, ctypes.get_errno()\nwhile True:\n    _, st = os.waitpid(pid, 0)\n    if not os.WIFSTOPPED(st): break\n    libc.ptrace(7, pid, None, None)",
+                steal("stolen-attach")
+            )),
+            rules: &["token-file-read"],
+            unharmed: stolen("stolen-attach"),
+        },
+    ];
+    let failures = run(&d, &cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -214,6 +214,9 @@ pub const EVENT_FLAG_SEND: u32 = 1 << 6;
 /// hook, before it could use the result, and it stays stopped until user space has run the
 /// whole policy on this record and answers (resume, hold or kill).
 pub const EVENT_FLAG_GATED: u32 = 1 << 5;
+/// With `EVENT_FLAG_GATED`: the process was traced, and a tracer can resume a stopped
+/// tracee (it sees the SIGSTOP and need not pass it on), so the gate killed it instead.
+pub const EVENT_FLAG_TRACED: u32 = 1 << 7;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -703,6 +706,9 @@ pub struct ProbeConfig {
     /// (a file's owner before a chown by descriptor changes it).
     pub fdtable_max_fds: u32,
     pub inode_uid: u32,
+    /// `task_struct.ptrace` (not 0 while a tracer is attached): the gate kills a traced
+    /// process instead of stopping it, since its tracer can swallow a SIGSTOP.
+    pub task_ptrace: u32,
     /// `struct cred` ids and capabilities (`cred_uid` above), for setid records.
     pub cred_euid: u32,
     pub cred_suid: u32,
@@ -754,6 +760,7 @@ impl ProbeConfig {
             inode_ino: 0,
             fdtable_max_fds: 0,
             inode_uid: 0,
+            task_ptrace: 0,
             cred_euid: 0,
             cred_suid: 0,
             cred_gid: 0,

@@ -37,6 +37,13 @@ pub static SESSION_GATE: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static GATED: HashMap<u32, Gated> = HashMap::with_max_entries(16384, 0);
 
+/// Whether the gate stopped process `tgid` and user space has not answered yet.
+#[inline(always)]
+pub fn waiting(tgid: u32) -> bool {
+    // SAFETY: only tested for presence.
+    unsafe { GATED.get(&tgid).is_some() }
+}
+
 /// Gate entries by process name (`comm`, the new program's basename at exec).
 #[map]
 pub static GATE_COMM: LpmTrie<[u8; GATE_COMM_LEN], Gate> = LpmTrie::with_max_entries(4096, 0);
@@ -328,10 +335,15 @@ fn off(field: &u32) -> u32 {
 }
 
 /// Stops the current process at this hook for user space's verdict and tells user space at
-/// once; returns the record flags that say so.
+/// once; returns the record flags that say so (a traced process is killed: `signal_stop`).
 #[inline(always)]
 pub fn stop(task: Task, session_id: u64, kind: EventKind) -> u32 {
-    signal_stop();
+    if signal_stop() {
+        // Traced: killed rather than stopped (a tracer can resume a stopped tracee), so
+        // there is nothing to answer.
+        alert(kind, watcher_common::EVENT_FLAG_GATED);
+        return watcher_common::EVENT_FLAG_GATED | watcher_common::EVENT_FLAG_TRACED;
+    }
     let g = Gated {
         session_id,
         // SAFETY: helper without preconditions.

@@ -238,6 +238,13 @@ impl Task {
         }
     }
 
+    /// Whether a tracer is attached to the task (`task_struct.ptrace` not 0).
+    #[inline(always)]
+    pub fn traced(self) -> bool {
+        // SAFETY: see `load`.
+        unsafe { load::<u32>(self.0, &CONFIG.task_ptrace) != 0 }
+    }
+
     /// The id of the task's cgroup v2, as `bpf_get_current_cgroup_id` gives it.
     #[inline(always)]
     pub fn cgroup_id(self) -> u64 {
@@ -456,7 +463,9 @@ pub fn fast_lookup(
 pub fn fast_act(r: &FastRule) {
     match r.action {
         watcher_common::FAST_KILL => signal(SIGKILL),
-        watcher_common::FAST_STOP => signal(SIGSTOP),
+        watcher_common::FAST_STOP => {
+            signal_stop();
+        }
         _ => {}
     }
 }
@@ -467,10 +476,17 @@ pub fn signal_kill() {
     signal(SIGKILL);
 }
 
-/// SIGSTOP to the current process: it stops before it is back in user space.
+/// SIGSTOP to the current process: it stops before it is back in user space. A traced
+/// process is killed instead (returns true): its tracer sees a SIGSTOP before the process
+/// stops and may resume it without it, so a stop that must hold cannot be a signal there.
 #[inline(always)]
-pub fn signal_stop() {
+pub fn signal_stop() -> bool {
+    if Task::current().traced() {
+        signal(SIGKILL);
+        return true;
+    }
     signal(SIGSTOP);
+    false
 }
 
 const SIGKILL: u32 = 9;
@@ -515,7 +531,9 @@ pub fn halted(session_id: u64) -> u32 {
 #[inline(always)]
 pub fn enforce_halt(session_id: u64) {
     match halted(session_id) {
-        watcher_common::HALT_STOP => signal(SIGSTOP),
+        watcher_common::HALT_STOP => {
+            signal_stop();
+        }
         watcher_common::HALT_KILL => signal(SIGKILL),
         _ => {}
     }

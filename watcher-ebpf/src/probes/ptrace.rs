@@ -16,6 +16,7 @@ use crate::{
 
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
+const PTRACE_TRACEME: u64 = 0;
 
 #[tracepoint]
 pub fn sys_exit_ptrace(_ctx: TracePointContext) -> u32 {
@@ -53,12 +54,26 @@ fn try_exit(call: u32) {
         return;
     }
     let Syscall { args, ret } = syscall(task);
-    let (request, pid) = match call {
+    let (request, mut pid) = match call {
         0 => (args[0], args[1]),
         req => (req as u64, args[0]),
     };
     if call == 0 && request != PTRACE_ATTACH && request != PTRACE_SEIZE {
-        return;
+        if request != PTRACE_TRACEME {
+            return;
+        }
+        // The caller's parent becomes its tracer: from now on the gate kills the caller
+        // where it would stop it (`signal_stop`), so the parent cannot take the stop away.
+        match crate::shared::config() {
+            Some(cfg) => pid = crate::shared::parent_tgid(&cfg) as u64,
+            None => return,
+        }
+    }
+    // A tracer that attaches to a process the gate holds could resume it before the answer
+    // (a tracer may restart a stopped tracee): it dies before it is back in user space,
+    // which detaches it and leaves the process stopped.
+    if request != PTRACE_TRACEME && ret >= 0 && gate::waiting(pid as u32) {
+        crate::shared::signal_kill();
     }
     // The daemon or its guardian traced or its memory touched: the caller dies (its tracees
     // are let go) and its session halts, whether or not the call succeeded. (A pidfd names
@@ -70,7 +85,8 @@ fn try_exit(call: u32) {
     // Into a process outside the session (or one only a pidfd names): the caller waits at the
     // gate, before it can use what it took or wrote, until user space has looked (tampering
     // takes the session). Its own children, which it may debug, pass.
-    let outside = by_pidfd || watch_of(pid as u32).is_none_or(|w| w.session_id != watch.session_id);
+    let outside = request != PTRACE_TRACEME
+        && (by_pidfd || watch_of(pid as u32).is_none_or(|w| w.session_id != watch.session_id));
     let flags = if outside && ret >= 0 {
         gate::stop(task, watch.session_id, EventKind::Ptrace)
     } else {

@@ -238,6 +238,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         inode_ino: btf.member_offset("inode", "i_ino")?,
         fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
         inode_uid: btf.member_offset("inode", "i_uid")?,
+        task_ptrace: btf.member_offset("task_struct", "ptrace")?,
         cred_euid: btf.member_offset("cred", "euid")?,
         cred_suid: btf.member_offset("cred", "suid")?,
         cred_gid: btf.member_offset("cred", "gid")?,

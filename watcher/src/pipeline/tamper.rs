@@ -53,8 +53,15 @@ pub fn own_paths(shared: &Core) -> Vec<PathBuf> {
     v
 }
 
-/// Why this event is tampering, if it is.
-pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
+/// Why this event is tampering, if it is. `same_session(pid)`: whether process `pid` is in
+/// the event's session, as the event stream has it (a target that has exited since is still
+/// known there; /proc no longer has it).
+pub fn check(
+    shared: &Core,
+    own: &[PathBuf],
+    ev: &Event,
+    same_session: impl Fn(u32) -> bool,
+) -> Option<String> {
     match &ev.detail {
         Detail::Signal {
             target_pid, signal, ..
@@ -69,6 +76,7 @@ pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
         Detail::Ptrace {
             target_pid,
             syscall,
+            request,
             ..
         } => {
             // ptrace, or the other ways into a process (its memory, its descriptors).
@@ -76,10 +84,13 @@ pub fn check(shared: &Core, own: &[PathBuf], ev: &Event) -> Option<String> {
             if shared.is_guarded(*target_pid) {
                 return Some(format!("{how} of the watcher daemon"));
             }
+            // PTRACE_TRACEME asks its parent to trace it: nothing is reached into (and a
+            // traced process is killed where the gate would stop it).
+            if syscall.is_none() && *request == 0 {
+                return None;
+            }
             // Debugging its own children is normal work; anything outside the session is not.
-            let own_session = session_of(shared, ev.pid);
-            let target = session_of(shared, *target_pid);
-            (target.is_none() || target != own_session)
+            (!same_session(*target_pid))
                 .then(|| format!("{how} of process {target_pid} outside its session"))
         }
         Detail::Open { path, .. } => own

@@ -15,8 +15,8 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use watcher_common::{
     EventHeader, EventKind, EVENT_FLAG_FAST_PATH, EVENT_FLAG_GATED, EVENT_FLAG_SEND,
-    EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED, OPEN_CALL_BY_HANDLE, OPEN_CALL_OPENAT,
-    PTRACE_REQ_PIDFD_GETFD, PTRACE_REQ_VM_READ, PTRACE_REQ_VM_WRITE,
+    EVENT_FLAG_SESSION_START, EVENT_FLAG_STOPPED, EVENT_FLAG_TRACED, OPEN_CALL_BY_HANDLE,
+    OPEN_CALL_OPENAT, PTRACE_REQ_PIDFD_GETFD, PTRACE_REQ_VM_READ, PTRACE_REQ_VM_WRITE,
 };
 
 use self::{
@@ -585,8 +585,14 @@ impl Intake {
         });
         // A gated event that is tampering stays stopped: the kill-switch takes its session
         // (off this thread), and a SIGCONT first would let the next step run.
-        let tampered = match crate::pipeline::tamper::check(&self.shared, &self.own, &ev)
-            .or_else(|| self.gate_tamper(&ev, hdr.ts_ns))
+        let tampered = match crate::pipeline::tamper::check(&self.shared, &self.own, &ev, |pid| {
+            match self.tree.get(pid) {
+                Some(p) => p.session_id == hdr.session_id,
+                None => crate::pipeline::tamper::session_of(&self.shared, pid)
+                    .is_some_and(|t| t == ev.trace_id),
+            }
+        })
+        .or_else(|| self.gate_tamper(&ev, hdr.ts_ns))
         {
             Some(why) => crate::pipeline::tamper::act(&self.shared, &ev, why),
             None => false,
@@ -608,7 +614,9 @@ impl Intake {
             (hdr.flags & EVENT_FLAG_FAST_PATH != 0, gated),
             (hdr.session_id, scoped),
         );
-        if gated {
+        if gated && hdr.flags & EVENT_FLAG_TRACED != 0 {
+            self.traced_at_gate(&ev);
+        } else if gated {
             self.answer_gate(&hdr, kept || tampered);
         }
         // Sequence state that can no longer complete goes: at a process's exit, at a
@@ -1040,6 +1048,34 @@ impl Intake {
         (stop <= ts_ns && ts_ns < answer).then(|| {
             format!("SIGCONT to process {target_pid} while the gate held it for a decision")
         })
+    }
+
+    /// The gate killed a traced process where it would have stopped it (see
+    /// `EVENT_FLAG_TRACED`): nothing waits for an answer, and the kill is recorded.
+    fn traced_at_gate(&self, ev: &Event) {
+        let rule = found_rule(
+            "traced-at-gate",
+            "A traced process reached the gate: its tracer could have resumed it before the \
+             answer, so the kernel killed it"
+                .into(),
+            0.6,
+            Action::Kill,
+        );
+        let finding = finding_of(
+            &rule,
+            Outcome::KilledInKernel,
+            &self.policy_version,
+            vec![ev.clone()],
+            None,
+        );
+        tracing::warn!(trace_id = %ev.trace_id, pid = ev.pid, "a traced process reached the gate and was killed");
+        self.publish_finding(
+            ev,
+            Finding {
+                in_kernel: true,
+                ..finding
+            },
+        );
     }
 
     /// The whole policy has run on a gated event: the process continues unless a new hold
