@@ -386,3 +386,73 @@ fn a_tracer_cannot_take_the_gates_stop_away() {
     let failures = run(&d, &cases);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Code run without an exec of its file: a downloaded program run by the dynamic loader (by
+/// its own name and as a renamed copy), and a downloaded script given to a shell as an
+/// operand or on its standard input. Each is the download's exec to `download-then-exec`,
+/// and deny stops it before the program's first instruction: its marker is never made.
+#[test]
+fn code_run_by_the_loader_or_an_interpreter_is_an_exec_of_it() {
+    common::require_root();
+    let work = TempDir::new("evasion-runs");
+    let w = work.0.clone();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        pack_dir(&w).display()
+    ));
+    let script = w.join("source.sh");
+    std::fs::write(&script, "touch \"$0.marker\"\n").unwrap();
+    // On standard input `$0` is the shell's name: this one names its marker.
+    let piped = w.join("source-stdin.sh");
+    std::fs::write(&piped, format!("touch {}/stdin.sh.marker\n", w.display())).unwrap();
+    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("no dynamic loader at a known path");
+    let wp = w.display().to_string();
+    let fetch = |from: &str, to: &str| format!("curl -so {wp}/{to} file://{from}");
+    let marker = |name: &'static str| -> Box<dyn Fn() -> Result<(), String>> {
+        let p = w.join(name);
+        Box::new(move || absent(&p))
+    };
+    let cases = vec![
+        Case {
+            name: "a downloaded program run by the loader",
+            script: format!(
+                "{}; {loader} {wp}/prog {wp}/prog.marker",
+                fetch("/usr/bin/touch", "prog")
+            ),
+            rules: &["download-then-exec"],
+            unharmed: marker("prog.marker"),
+        },
+        Case {
+            name: "a downloaded program run by a renamed copy of the loader",
+            script: format!(
+                "cp {loader} {wp}/helper; {}; {wp}/helper {wp}/prog2 {wp}/prog2.marker",
+                fetch("/usr/bin/touch", "prog2")
+            ),
+            rules: &["download-then-exec"],
+            unharmed: marker("prog2.marker"),
+        },
+        Case {
+            name: "a downloaded script given to bash",
+            script: format!(
+                "{}; bash {wp}/run.sh",
+                fetch(&script.display().to_string(), "run.sh")
+            ),
+            rules: &["download-then-exec"],
+            unharmed: marker("run.sh.marker"),
+        },
+        Case {
+            name: "a downloaded script on a shell's standard input",
+            script: format!(
+                "{}; sh < {wp}/stdin.sh",
+                fetch(&piped.display().to_string(), "stdin.sh")
+            ),
+            rules: &["download-then-exec"],
+            unharmed: marker("stdin.sh.marker"),
+        },
+    ];
+    let failures = run(&d, &cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

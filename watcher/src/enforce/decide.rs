@@ -371,6 +371,8 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
             argv_missing: false,
             profile: None,
             fileless: false,
+            loader: None,
+            script: None,
         },
     };
     let version = shared.policy.load().policy.version.clone();

@@ -39,6 +39,14 @@ pub enum Detail {
         /// exec through a descriptor, `fexecve` or `execveat`).
         #[serde(default, skip_serializing_if = "is_false")]
         fileless: bool,
+        /// The dynamic loader that was exec'd to run `path` (`ld-linux*.so* PROG ARGS`): the
+        /// rules, baseline and scope see an exec of `path`, with `argv` from PROG on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loader: Option<String>,
+        /// The file an interpreter runs (`bash FILE`, `python3 FILE`, `sh < FILE`): a
+        /// sequence's `same: {path: ...}` on this exec matches it as it matches `path`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        script: Option<String>,
     },
     Fork {
         child_pid: u32,

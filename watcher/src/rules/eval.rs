@@ -463,6 +463,23 @@ impl<'a> Subject<'a> {
         }
     }
 
+    /// Whether field `f` of this event has the value `v` (a previous step's): an
+    /// interpreter's exec has two paths, the interpreter's and the file it runs.
+    fn same(&self, f: Field, v: &str) -> bool {
+        if let (
+            Field::Path,
+            Some(Detail::Exec {
+                script: Some(s), ..
+            }),
+        ) = (f, self.ev.map(|e| &e.detail))
+        {
+            if s == v {
+                return true;
+            }
+        }
+        self.field(f).as_deref() == Some(v)
+    }
+
     /// A field's value, for sequence `same:` comparisons.
     fn field(&self, f: Field) -> Option<String> {
         let ev = self.ev?;
@@ -896,7 +913,7 @@ impl SeqState {
                         .iter()
                         .find(|(f, _)| f == prev)
                         .and_then(|(_, v)| v.as_ref());
-                    prev_v.is_some() && s.field(*this).as_ref() == prev_v
+                    prev_v.is_some_and(|v| s.same(*this, v))
                 });
                 if same_ok && step_matches(p.next, s) {
                     p.evidence.push(ev.clone());

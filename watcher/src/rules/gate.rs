@@ -539,6 +539,13 @@ fn build(c: Cover) -> GateSet {
             }
         }
     }
+    // The dynamic loader run as a program runs another program under the loader's name
+    // (`ld-linux-x86-64.so.2 PROG`): when execs are gated by name, so is the loader, and user
+    // space decides by PROG.
+    if comm.iter().any(|(_, _, kind, _)| *kind == GATE_EXEC) {
+        comm.push(("ld-".into(), true, GATE_EXEC, None));
+        comm.push(("ld.so".into(), false, GATE_EXEC, None));
+    }
     set.comm = merge(comm);
     set.prefix = merge(prefix);
     set.suffix = merge(suffix)

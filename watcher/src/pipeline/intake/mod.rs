@@ -5,6 +5,7 @@
 mod changes;
 pub mod decode;
 mod dns;
+mod runs;
 pub mod tree;
 
 use std::{
@@ -401,6 +402,8 @@ pub struct Intake {
     /// Kernel time of the last sweep of expired sequence state.
     last_sweep_ns: u64,
     policy_version: String,
+    /// The host's dynamic loaders: an exec of one runs the program it is given.
+    loaders: runs::Loaders,
     matches: Vec<Match>,
     sampled: u32,
     /// The watcher's own files (tamper checks).
@@ -452,6 +455,7 @@ impl Intake {
             seq: SeqState::default(),
             last_sweep_ns: 0,
             policy_version: String::new(),
+            loaders: runs::Loaders::of_host(),
             matches: Vec::new(),
             sampled: 0,
             gate,
@@ -1128,8 +1132,29 @@ impl Intake {
                 profile,
                 ..
             } => {
+                let fileless = crate::sys::procfs::runs_fileless(pid, &filename);
+                self.tree.entry(pid, hdr.ppid, hdr.session_id);
+                let (path, argv, loader) = match self
+                    .loaders
+                    .is_loader(pid, &filename)
+                    .then(|| runs::loader_program(&argv))
+                    .flatten()
+                {
+                    Some((prog, rest)) => (
+                        self.tree.resolve(pid, tree::AT_FDCWD, prog).0,
+                        rest,
+                        Some(filename),
+                    ),
+                    None => (filename, argv, None),
+                };
+                let script = runs::script(
+                    &path,
+                    &argv,
+                    || self.tree.fd_path(pid, 0),
+                    |f| self.tree.resolve(pid, tree::AT_FDCWD, f).0,
+                );
                 let p = self.tree.entry(pid, hdr.ppid, hdr.session_id);
-                p.exe = Some(filename.clone());
+                p.exe = Some(path.clone());
                 p.argv = argv.clone();
                 p.comm = comm.to_string();
                 let profile = (hdr.flags & EVENT_FLAG_SESSION_START != 0 || profile != 0)
@@ -1141,14 +1166,15 @@ impl Intake {
                             .map(|a| a.profile.clone())
                     })
                     .flatten();
-                let fileless = crate::sys::procfs::runs_fileless(pid, &filename);
                 Some(Detail::Exec {
-                    path: filename,
+                    path,
                     argv,
                     argv_truncated: truncated,
                     argv_missing,
                     profile,
                     fileless,
+                    loader,
+                    script,
                 })
             }
             Record::Fork {
