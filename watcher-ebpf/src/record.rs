@@ -1,12 +1,57 @@
 //! Writing the records of the file-change and kernel-level hooks: one path (`PathEvent`) or two
 //! (`PairEvent`), in the short size when the paths fit and the long one when not, as the open
 //! hook does.
-use aya_ebpf::helpers::bpf_probe_read_user_str_bytes;
+use aya_ebpf::helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes};
 use watcher_common::{
-    EventKind, PairEvent, PathEvent, Watch, EVENT_FLAG_TRUNCATED, PATH_MAX, PATH_SHORT,
+    EventKind, PairEvent, PathEvent, Watch, EVENT_FLAG_TRUNCATED, FAST_PATH_MAX,
+    FILTER_GATE_PREFIX, FILTER_OPEN, GATE_OPEN, PATH_MAX, PATH_SHORT,
 };
 
-use crate::shared::{count_drop, fill_header, Task, EVENTS};
+use crate::{
+    gate,
+    shared::{
+        count_drop, fast_lookup, fill_header, may_match, scratch_key, Task, EVENTS, FAST_OPEN,
+    },
+};
+
+/// Whether every open with `intent` of this process or session is gated (by kind or by the
+/// process's name): a change to a name is gated as an open of it would be.
+#[inline(always)]
+fn gated_whole(comm: &[u8; 16], session_id: u64, intent: u32) -> bool {
+    gate::gated_kind(session_id, GATE_OPEN, intent) || gate::gated_comm(comm, GATE_OPEN, intent)
+}
+
+/// Whether a change (`intent`) to the name in `path` (`len` bytes) would be stopped as an
+/// open of it with the same intent would: by the gate's tails and prefixes, or by a
+/// fast-path entry (whose rules the gate leaves to the fast path). The change has happened;
+/// user space decides it as that open, and deny puts the old file back.
+#[inline(always)]
+fn gated_name<const N: usize>(path: &[u8; N], len: usize, intent: u32) -> bool {
+    if gate::gated_suffix(path, len, intent) {
+        return true;
+    }
+    if len < 2 || len > FAST_PATH_MAX || path[0] != b'/' {
+        return false;
+    }
+    let (b1, b2) = (path[1], path[2]);
+    let fast = may_match(FILTER_OPEN, b1, b2);
+    if !fast && !may_match(FILTER_GATE_PREFIX, b1, b2) {
+        return false;
+    }
+    let Some(k) = scratch_key() else {
+        return false;
+    };
+    let n = if N < FAST_PATH_MAX { N } else { FAST_PATH_MAX };
+    // SAFETY: the record's own bytes; the helper faults safely.
+    if unsafe { bpf_probe_read_kernel_buf(path.as_ptr(), &mut k.data[..n]) }.is_err() {
+        return false;
+    }
+    if gate::gated_prefix(k, len, intent) {
+        return true;
+    }
+    fast && fast_lookup(&FAST_OPEN, FILTER_OPEN, k, len)
+        .is_some_and(|r| r.intent == 0 || r.intent & intent != 0)
+}
 
 pub enum Written {
     Done,
@@ -27,6 +72,10 @@ pub struct PathCall {
     pub ret: i64,
     /// `EVENT_FLAG_*` bits for the header (the kernel policy's).
     pub flags: u32,
+    /// Open intents (`INTENT_*`) this call has on its file (truncate: `INTENT_TRUNCATE`), to
+    /// be gated as an open of the file with them would be; 0: not gated. A call by descriptor
+    /// (no path) is looked up by the file's identity, with `dfd` the descriptor.
+    pub gate: u32,
 }
 
 /// Writes a record in the short size, or in the long one when a path does not fit; counts a
@@ -95,6 +144,13 @@ fn path_record<const N: usize>(c: &PathCall, task: Task, watch: &Watch) -> Writt
         (*ev).args = c.args;
         (*ev).dfd = c.dfd;
         (*ev).call = c.call;
+        if c.gate != 0 && c.ret == 0 {
+            let named = len > 0 && gated_name(&(*ev).path, len, c.gate);
+            let by_fd = c.path.is_null() && gate::gated_inode(task, c.dfd as i64, c.gate);
+            if named || by_fd || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
+                (*ev).hdr.flags |= gate::stop(task, watch.session_id, c.kind);
+            }
+        }
     }
     entry.submit(0);
     Written::Done
@@ -114,6 +170,9 @@ pub struct PairCall {
     pub ret: i64,
     /// `EVENT_FLAG_*` bits for the header.
     pub hdr_flags: u32,
+    /// Open intents the call has on the name it makes (a rename's `new_path`, a link's
+    /// `path`), gated as an open of that name with them would be; 0: not gated.
+    pub gate: u32,
 }
 
 /// Writes `c`'s record.
@@ -156,6 +215,16 @@ fn pair_record<const N: usize>(c: &PairCall, task: Task, watch: &Watch) -> Writt
         (*ev).new_dfd = c.new_dfd;
         (*ev).call = c.call;
         (*ev)._pad = 0;
+        if c.gate != 0 && c.ret == 0 {
+            let named = if c.kind == EventKind::Rename {
+                gated_name(&(*ev).new_path, b, c.gate)
+            } else {
+                gated_name(&(*ev).path, a, c.gate)
+            };
+            if named || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
+                (*ev).hdr.flags |= gate::stop(task, watch.session_id, c.kind);
+            }
+        }
     }
     entry.submit(0);
     Written::Done

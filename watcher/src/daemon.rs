@@ -95,6 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let core = Arc::new(
         Core::new(config, kernel, active, cgroups, seed_tx, audit).context("the pipeline")?,
     );
+    approvals.set_kept(core.kept.clone());
     // Before anything can be held: from here no watched process stops or signals the daemon.
     crate::enforce::standing::start(core.clone())?;
     let stop = crate::enforce::standing::await_stop(core.clone())?;

@@ -33,6 +33,7 @@ fn try_exit() {
     // SAFETY: probe read of user memory, faults safely.
     let head = unsafe { bpf_probe_read_user(attr as *const [u32; 2]) }.unwrap_or([0; 2]);
     let c = PathCall {
+        gate: 0,
         kind: EventKind::Bpf,
         call: 0,
         path: attr.wrapping_add(PROG_NAME),

@@ -47,6 +47,7 @@ fn try_exit(call: u32) {
         _ => (a[0] as i32, a[1], a[2], a[3]),
     };
     let c = PathCall {
+        gate: 0,
         kind: EventKind::Chmod,
         call,
         path: path as *const u8,

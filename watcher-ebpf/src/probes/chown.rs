@@ -116,6 +116,7 @@ fn try_exit(call: u32) {
         }
     }
     let c = PathCall {
+        gate: 0,
         kind: EventKind::Chown,
         call,
         path: path as *const u8,

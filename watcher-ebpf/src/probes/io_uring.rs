@@ -32,6 +32,7 @@ fn try_exit() {
     }
     .unwrap_or(0);
     let c = PathCall {
+        gate: 0,
         kind: EventKind::IoUring,
         call: 0,
         path: core::ptr::null(),

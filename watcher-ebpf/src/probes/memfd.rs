@@ -19,6 +19,7 @@ fn try_exit() {
         return;
     };
     let c = PathCall {
+        gate: 0,
         kind: EventKind::Memfd,
         call: 0,
         path: sc.args[0] as *const u8,

@@ -35,6 +35,7 @@ fn try_exit(call: u32) {
         (a[0] as i32, a[1], a[2])
     };
     let c = PathCall {
+        gate: 0,
         kind: EventKind::Module,
         call,
         path: params as *const u8,

@@ -50,6 +50,7 @@ fn try_exit(call: u32) {
     // move_mount(from_dfd, from, to_dfd, to, flags); fsmount(fs_fd, flags, attr_flags).
     let c = match call {
         0 => PairCall {
+            gate: 0,
             kind: EventKind::Mount,
             call,
             path: a[0] as *const u8,
@@ -62,6 +63,7 @@ fn try_exit(call: u32) {
             hdr_flags,
         },
         1 => PairCall {
+            gate: 0,
             kind: EventKind::Mount,
             call,
             path: null,
@@ -74,6 +76,7 @@ fn try_exit(call: u32) {
             hdr_flags,
         },
         2 => PairCall {
+            gate: 0,
             kind: EventKind::Mount,
             call,
             path: a[1] as *const u8,
@@ -86,6 +89,7 @@ fn try_exit(call: u32) {
             hdr_flags,
         },
         _ => PairCall {
+            gate: 0,
             kind: EventKind::Mount,
             call,
             path: null,

@@ -1,7 +1,7 @@
 //! `syscalls:sys_exit_rename`, `renameat`, `renameat2`: a name moved, both names and the
 //! result, at exit.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::EventKind;
+use watcher_common::{EventKind, INTENT_CREATE, INTENT_TRUNCATE, INTENT_WRITE};
 
 use crate::{
     record::{write_pair, PairCall},
@@ -9,6 +9,8 @@ use crate::{
 };
 
 const AT_FDCWD: i32 = -100;
+/// A name moved over another replaces that file as a write creating it would.
+const REPLACES: u32 = INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE;
 
 #[tracepoint]
 pub fn sys_exit_rename(_ctx: TracePointContext) -> u32 {
@@ -35,6 +37,7 @@ fn try_exit(call: u32) {
     let a = sc.args;
     let c = if call == 0 {
         PairCall {
+            gate: REPLACES,
             kind: EventKind::Rename,
             call,
             path: a[0] as *const u8,
@@ -48,6 +51,7 @@ fn try_exit(call: u32) {
         }
     } else {
         PairCall {
+            gate: REPLACES,
             kind: EventKind::Rename,
             call,
             path: a[1] as *const u8,

@@ -44,6 +44,7 @@ fn try_exit(call: u32) {
         _ => (AT_FDCWD, a[0], 0),
     };
     let c = PathCall {
+        gate: 0,
         kind: EventKind::Unlink,
         call,
         path: path as *const u8,

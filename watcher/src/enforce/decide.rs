@@ -85,6 +85,11 @@ pub fn decide(
                 "policy_version": shared.policy.load().policy.version,
             });
             let _ = shared.audit.seal("decision", Some(&ev.trace_id), Ok(body));
+            // A rename, link or truncate over a guarded name is undone first, while the
+            // (gated, stopped) process still names its mount namespace.
+            if let Some(u) = a.undo_replaced(ev) {
+                tracing::warn!(trace_id = %ev.trace_id, pid = ev.pid, "{u}");
+            }
             // SAFETY: plain kill(2) of the process the finding is about.
             unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
             plain(Outcome::Killed)

@@ -54,6 +54,11 @@ pub struct Approvals {
     decided_opens: Mutex<Vec<DecidedOpen>>,
     /// Approvals and denials are sealed in it before they take effect.
     audit: std::sync::OnceLock<std::sync::Arc<crate::pipeline::audit::Audit>>,
+    /// Gated actions that joined a hold before it was stored, by hold id.
+    joined: Mutex<HashMap<String, Vec<Event>>>,
+    /// Copies of the guarded files: deny puts back what a held rename, link or truncate
+    /// replaced.
+    kept: std::sync::OnceLock<std::sync::Arc<crate::sys::keep::Kept>>,
     /// A hold's start to its decision (by a person or the deadline), microseconds.
     pub decision_latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -118,11 +123,30 @@ impl Approvals {
             verdict_hook: Mutex::new(None),
             decided_opens: Mutex::new(Vec::new()),
             audit: std::sync::OnceLock::new(),
+            kept: std::sync::OnceLock::new(),
+            joined: Mutex::new(HashMap::new()),
             decision_latency: Mutex::new(hdrhistogram::Histogram::new(3)?),
         })
     }
 
     /// Installs the audit log (once, at start-up).
+    pub fn set_kept(&self, k: std::sync::Arc<crate::sys::keep::Kept>) {
+        let _ = self.kept.set(k);
+    }
+
+    /// Puts back the guarded name a held rename, link or truncate replaced (`ev` its write),
+    /// while its process is still there to name its mount namespace; what was done.
+    pub fn undo_replaced(&self, ev: &Event) -> Option<String> {
+        let path = ev.detail.replaced_name()?;
+        let undo = self.kept.get()?.undo(ev.pid, path)?;
+        Some(match undo {
+            crate::sys::keep::Undo::Restored => format!("put {path} back as it was"),
+            crate::sys::keep::Undo::Removed => format!("removed {path}, which did not exist"),
+            crate::sys::keep::Undo::Unchanged => format!("{path} was as it had been"),
+            crate::sys::keep::Undo::Failed(why) => format!("could not put {path} back: {why}"),
+        })
+    }
+
     pub fn set_audit(&self, a: std::sync::Arc<crate::pipeline::audit::Audit>) {
         let _ = self.audit.set(a);
     }
@@ -203,7 +227,12 @@ impl Approvals {
                     result,
                     ..
                 },
-            ) if *result >= 0 && flags.iter().any(|f| f == "O_CREAT") => {
+                // (A rename, link or truncate over a name is undone from the kept copies instead:
+                // the file it put there may be new, the name was not.)
+            ) if *result >= 0
+                && flags.iter().any(|f| f == "O_CREAT")
+                && d.trigger.detail.replaced_name().is_none() =>
+            {
                 crate::sys::files::created_by_open(path, d.trigger.ts.0)
                     .into_iter()
                     .collect()
@@ -246,6 +275,7 @@ impl Approvals {
             deadline: humantime::format_rfc3339_millis(deadline).to_string(),
             deadline_ms: now_ms() + self.timeout.as_millis() as i64,
             stopped: d.stopped,
+            waiting: Vec::new(),
             frozen_us: d.frozen_us,
             decided_by: None,
             decided_via: None,
@@ -256,9 +286,43 @@ impl Approvals {
             setid_bits,
             scope: d.scope,
         };
+        let mut hold = hold;
+        // Gated actions that joined while the hold was being recorded.
+        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+        for ev in joined.remove(&hold.id).unwrap_or_default() {
+            hold.stopped.push(ev.pid);
+            hold.waiting.push(ev);
+        }
         self.store().put(&hold)?;
+        drop(joined);
         self.changed.notify_one();
         Ok(hold)
+    }
+
+    /// A gated action of a session that waits on a hold: it stays stopped and joins that
+    /// hold (its evidence, and the processes approve continues). False when no hold is
+    /// pending for the session.
+    pub fn join(&self, ev: &Event) -> bool {
+        let Some(id) = self.pending_for(&ev.trace_id) else {
+            return false;
+        };
+        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = self.store().get(&id);
+        match stored {
+            Ok(Some(mut h)) if h.state == HoldState::Pending => {
+                h.stopped.push(ev.pid);
+                h.waiting.push(ev.clone());
+                if let Err(e) = self.store().put(&h) {
+                    tracing::error!(hold = %id, "a gated action could not join its hold: {e}");
+                }
+            }
+            // Not stored yet (it is being recorded): `record` takes it.
+            Ok(None) => joined.entry(id).or_default().push(ev.clone()),
+            // Decided meanwhile: the action waits for no one; the caller answers it.
+            _ => return false,
+        }
+        tracing::warn!(trace_id = %ev.trace_id, pid = ev.pid, "a gated action joined the pending hold");
+        true
     }
 
     pub fn get(&self, id: &str) -> Result<Hold, HoldError> {
@@ -392,8 +456,15 @@ impl Approvals {
         Some((o.hold.clone(), o.allowed))
     }
 
-    /// Thaws the session and continues the processes the kernel stopped.
+    /// Thaws the session and continues the processes the kernel stopped, unless the
+    /// kill-switch holds the session: an approval never lifts it (`release` does).
     pub fn resume(&self, trace: &str, stopped: &[u32]) {
+        if let Ok(k) = self.kill_switch() {
+            if k.engaged && (k.all || k.traces.iter().any(|t| t == trace)) {
+                tracing::warn!(trace, "the kill-switch holds the session: it stays stopped");
+                return;
+            }
+        }
         if let Err(e) = self.cgroups.thaw(trace) {
             tracing::warn!(trace, "thawing: {e}");
         }
@@ -432,6 +503,8 @@ impl Approvals {
             self.cgroups.kill(&h.trace_id)?;
             return Ok("killed the session (the open could no longer be refused)".into());
         }
+        // Before the kill: the process names the mount namespace the name is in.
+        let undone = self.undo_replaced(&h.trigger);
         let mut what = match self.deny {
             DenyScope::Session => {
                 self.cgroups.kill(&h.trace_id)?;
@@ -439,10 +512,16 @@ impl Approvals {
             }
             DenyScope::Process => {
                 let pid = h.trigger.pid;
-                // SAFETY: plain kill(2); SIGKILL reaches a frozen task.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                // The actions that waited on this decision are denied with it.
+                for p in std::iter::once(pid).chain(h.waiting.iter().map(|e| e.pid)) {
+                    // SAFETY: plain kill(2); SIGKILL reaches a frozen task.
+                    unsafe { libc::kill(p as i32, libc::SIGKILL) };
+                }
                 self.resume(&h.trace_id, &[]);
-                format!("killed process {pid}")
+                match h.waiting.len() {
+                    0 => format!("killed process {pid}"),
+                    n => format!("killed process {pid} and the {n} gated action(s) that waited"),
+                }
             }
         };
         // The setuid/setgid bits a held chmod set go again.
@@ -455,6 +534,9 @@ impl Approvals {
             } else {
                 what.push_str(&format!("; {} was gone or replaced", b.file.path));
             }
+        }
+        if let Some(u) = undone {
+            what.push_str(&format!("; {u}"));
         }
         // What the held open created goes too, so the host is as it was.
         for f in &h.created {

@@ -10,7 +10,7 @@ use watcher_common::{HALT_KILL, HALT_STOP};
 
 use super::Enforce;
 use crate::model::{
-    hold::{Engaged, HaltMode, KillSwitchState},
+    hold::{Engaged, HaltMode, KillSwitchEntry, KillSwitchState},
     ids::TraceId,
 };
 
@@ -48,14 +48,33 @@ pub fn engage(
     }
     let traces: Vec<String> = traces.into_iter().map(String::from).collect();
     let start = Instant::now();
-    let state = KillSwitchState {
-        engaged: true,
-        mode: mode.as_str().into(),
-        traces,
-        all,
+    let entry = KillSwitchEntry {
         by: by.into(),
         at: crate::enforce::holds::now_rfc3339(),
+        mode: mode.as_str().into(),
+        traces: traces.clone(),
+        all,
     };
+    // A second engagement adds to the first (another session, the host, a harder mode);
+    // it never replaces it.
+    let before = shared.approvals.kill_switch()?;
+    let mut state = match before.engaged {
+        true => before,
+        false => KillSwitchState::default(),
+    };
+    state.engaged = true;
+    state.all |= all;
+    for t in traces {
+        if !state.traces.contains(&t) {
+            state.traces.push(t);
+        }
+    }
+    if state.mode != "kill" {
+        state.mode = mode.as_str().into();
+    }
+    state.by = entry.by.clone();
+    state.at = entry.at.clone();
+    state.entries.push(entry);
     shared.approvals.set_kill_switch(&state)?;
     let _ = shared
         .audit
@@ -140,6 +159,14 @@ pub fn release(shared: &Enforce, by: &str) -> anyhow::Result<Vec<String>> {
     } else {
         valid(&k.traces)
     };
+    // Released first, so that resuming is no longer refused for the kill-switch.
+    let state = KillSwitchState {
+        engaged: false,
+        by: by.into(),
+        at: crate::enforce::holds::now_rfc3339(),
+        ..Default::default()
+    };
+    shared.approvals.set_kill_switch(&state)?;
     let mut released = Vec::new();
     for t in traces {
         if shared.approvals.pending_for(&t).is_some() || !cg.exists(&t) {
@@ -150,13 +177,6 @@ pub fn release(shared: &Enforce, by: &str) -> anyhow::Result<Vec<String>> {
         shared.approvals.resume(&t, &pids);
         released.push(t);
     }
-    let state = KillSwitchState {
-        engaged: false,
-        by: by.into(),
-        at: crate::enforce::holds::now_rfc3339(),
-        ..Default::default()
-    };
-    shared.approvals.set_kill_switch(&state)?;
     shared
         .audit
         .record("kill_switch", None, serde_json::to_value(&state));

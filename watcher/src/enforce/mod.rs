@@ -114,6 +114,10 @@ impl Enforcement for Hooks {
         });
     }
 
+    fn join_hold(&self, ev: &Event) -> bool {
+        self.0.upgrade().is_some_and(|e| e.approvals.join(ev))
+    }
+
     fn is_held(&self, trace: &str) -> bool {
         self.0
             .upgrade()

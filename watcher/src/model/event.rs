@@ -491,6 +491,56 @@ impl Detail {
         }
     }
 
+    /// The open a change to a name amounts to: a rename or link over a name, or a truncate,
+    /// writes that name as an open with these flags would (`syscall` names the call), so the
+    /// rules on writing a file apply to it. None for anything else, or a call that failed.
+    pub fn as_write(&self) -> Option<Detail> {
+        let (syscall, path, flags): (&Name, &str, &[&str]) = match self {
+            Detail::Rename {
+                syscall,
+                new_path,
+                result: 0,
+                ..
+            } => (syscall, new_path, &["O_WRONLY", "O_CREAT", "O_TRUNC"]),
+            Detail::Link {
+                syscall,
+                path,
+                result: 0,
+                ..
+            } => (syscall, path, &["O_WRONLY", "O_CREAT"]),
+            Detail::Truncate {
+                syscall,
+                path,
+                result: 0,
+                ..
+            } => (syscall, path, &["O_WRONLY", "O_TRUNC"]),
+            _ => return None,
+        };
+        Some(Detail::Open {
+            syscall: Some(syscall.clone()),
+            path: path.to_string(),
+            flags: flags.iter().map(|f| Name::from(*f)).collect(),
+            mode: 0,
+            result: 0,
+            error: None,
+            resolved: path.starts_with('/'),
+            path_truncated: false,
+            opened_as: None,
+        })
+    }
+
+    /// The name an `as_write` open replaced (its path), for the undo on deny.
+    pub fn replaced_name(&self) -> Option<&str> {
+        match self {
+            Detail::Open {
+                syscall: Some(s),
+                path,
+                ..
+            } if REPLACING_CALLS.contains(&&**s) => Some(path),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Detail::Exec { .. } => "exec",
@@ -885,3 +935,16 @@ pub enum Mode {
     Monitor,
     Enforce,
 }
+
+/// The calls whose `as_write` open replaces or cuts a file that existed under the name.
+const REPLACING_CALLS: &[&str] = &[
+    "rename",
+    "renameat",
+    "renameat2",
+    "link",
+    "linkat",
+    "symlink",
+    "symlinkat",
+    "truncate",
+    "ftruncate",
+];

@@ -67,6 +67,11 @@ pub struct Hold {
     /// Processes the kernel stopped (SIGSTOP) at the hook: they get SIGCONT on approve.
     #[serde(default)]
     pub stopped: Vec<u32>,
+    /// Gated actions of the session that came while this hold was pending: they wait on
+    /// the same decision (approve lets them go too, deny stops them), so an approval releases
+    /// nothing it did not show.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Event>,
     /// From the kernel event to the whole session frozen, microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_us: Option<u64>,
@@ -141,9 +146,26 @@ pub struct Exception {
     pub hold: String,
 }
 
-/// The kill-switch, as stored (so a restart keeps it engaged).
+/// One engagement of the kill-switch: who, when, how and for what.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KillSwitchEntry {
+    pub by: String,
+    pub at: String,
+    pub mode: String,
+    #[serde(default)]
+    pub traces: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// The kill-switch, as stored (so a restart keeps it engaged). Engagements add up: the
+/// sessions are the union of every engagement's, `kill` wins over `freeze`, and each
+/// engagement is kept in `entries` until a release.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct KillSwitchState {
+    /// Every engagement since the last release, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<KillSwitchEntry>,
     pub engaged: bool,
     /// `freeze` or `kill`.
     #[serde(default)]

@@ -5,7 +5,7 @@
 //! a hard link, a bind mount, `/proc/self/root/…`) is then evaluated under the policy's name.
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
-use watcher_common::{Gate, InodeKey, GATE_OPEN};
+use watcher_common::{Gate, InodeKey, GATE_OPEN, INTENT_CREATE, INTENT_TRUNCATE, INTENT_WRITE};
 
 use super::Core;
 use crate::kernel::policy::merge_intent;
@@ -21,6 +21,17 @@ impl Core {
     pub fn refresh_inodes(&self) {
         let active = self.policy.load();
         let mut entries: HashMap<InodeKey, (Gate, String)> = HashMap::new();
+        // Names guarded against writes: kept, so that a rename, link or truncate over one
+        // can be undone.
+        let guarded: Vec<String> = active
+            .gate
+            .named
+            .iter()
+            .filter(|n| {
+                n.intent == 0 || n.intent & (INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE) != 0
+            })
+            .map(|n| n.pattern.clone())
+            .collect();
         for n in &active.gate.named {
             let intent = &n.intent;
             for (path, dir) in crate::sys::files::named(&n.pattern) {
@@ -47,6 +58,7 @@ impl Core {
                 e.0.intent = merge_intent(e.0.intent, *intent);
             }
         }
+        self.kept.refresh(&guarded);
         // The kernel's keys are inode numbers alone (see `InodeKey`): equal numbers merge.
         let mut kernel: HashMap<InodeKey, Gate> = HashMap::new();
         for (k, (g, _)) in &entries {

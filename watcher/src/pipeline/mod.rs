@@ -172,6 +172,9 @@ pub trait Enforcement: Send + Sync {
     fn halt_session(&self, trace: &str, mode: HaltMode, by: &str);
     /// The session waits on a hold or is frozen.
     fn is_held(&self, trace: &str) -> bool;
+    /// A gated action of a session that waits on a hold: it stays stopped and joins that
+    /// hold (approve continues it, deny stops it); false when no hold is pending.
+    fn join_hold(&self, ev: &Event) -> bool;
 }
 
 /// What every pipeline stage shares: the configuration, the sessions, the kernel, the policy
@@ -192,6 +195,9 @@ pub struct Core {
     pub policy: ArcSwap<ActivePolicy>,
     /// The files and directories the gated rules name, by identity (see `identity`).
     pub inodes: ArcSwap<identity::InodeIndex>,
+    /// Copies of the files the policy guards against writes, for the undo of a denied
+    /// rename, link or truncate over one (refreshed with `inodes`).
+    pub kept: Arc<crate::sys::keep::Kept>,
     pub findings: Mutex<VecDeque<Arc<Event>>>,
     /// The last reload error, until a reload succeeds.
     pub rules_error: Mutex<Option<String>>,
@@ -247,6 +253,7 @@ impl Core {
             gate_latency: Mutex::new(Histogram::new(3)?),
             policy: ArcSwap::from_pointee(active),
             inodes: ArcSwap::from_pointee(Default::default()),
+            kept: Default::default(),
             findings: Mutex::new(VecDeque::new()),
             rules_error: Mutex::new(None),
             reload_lock: Mutex::new(()),

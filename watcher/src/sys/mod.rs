@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod fault;
 pub mod files;
 pub mod guardian;
+pub mod keep;
 pub mod procfs;
 pub mod users;
 pub mod worker;

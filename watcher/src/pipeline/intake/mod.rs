@@ -608,20 +608,42 @@ impl Intake {
         if !session_ended {
             self.base_gate(hdr.session_id, scoped, profile.as_deref());
         }
-        let kept = self.detect(
+        let view = SessionView {
+            profile: profile.as_deref(),
+            workdir: workdir.as_deref(),
+        };
+        let in_kernel = hdr.flags & EVENT_FLAG_FAST_PATH != 0;
+        let mut kept = self.detect(
             &ev,
             hdr.ts_ns,
-            SessionView {
-                profile: profile.as_deref(),
-                workdir: workdir.as_deref(),
-            },
-            (hdr.flags & EVENT_FLAG_FAST_PATH != 0, gated),
+            view,
+            (in_kernel, gated),
             (hdr.session_id, scoped),
         );
+        // A rename or link over a name, or a truncate, is also the write of that name to the
+        // rules (and to scope and the baseline): the same rules hold it whichever call wrote.
+        if let Some(write) = ev.detail.as_write() {
+            let write = self.shared.publish(Event {
+                seq: 0,
+                detail: write,
+                ..ev.as_ref().clone()
+            });
+            kept |= self.detect(
+                &write,
+                hdr.ts_ns,
+                view,
+                (in_kernel, gated),
+                (hdr.session_id, scoped),
+            );
+        }
         if gated && hdr.flags & EVENT_FLAG_TRACED != 0 {
             self.traced_at_gate(&ev);
         } else if gated {
-            self.answer_gate(&hdr, kept || tampered);
+            // An action of a session that waits on a hold waits with it: approving releases
+            // only what the approver was shown.
+            let joined =
+                !kept && !tampered && self.shared.enforcement().is_some_and(|e| e.join_hold(&ev));
+            self.answer_gate(&hdr, kept || tampered || joined);
         }
         // Sequence state that can no longer complete goes: at a process's exit, at a
         // session's end, and by age once a second.

@@ -1,0 +1,176 @@
+//! An approval releases what it showed, nothing more (issue 31, item 4): a gated action of a
+//! session that already waits on a hold waits with it and is in its evidence; approving never
+//! lifts a kill-switch; and the kill-switch adds up its engagements instead of keeping only the
+//! last. Root, the real kernel and the shipped pack.
+mod common;
+use std::time::{Duration, Instant};
+
+use common::{
+    absent,
+    holds::{await_hold, launch_bg, show_hold, verdict, wait_exit},
+    pack_dir, Daemon, FakeHome, TempDir, DEADLINE,
+};
+
+fn rules_config(w: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n{extra}",
+        pack_dir(w).display()
+    )
+}
+
+/// Two processes of one session read a token file at about the same time; the daemon answers
+/// two seconds late, so the second read is stopped by the gate while the first one's hold is
+/// pending. The second joins that hold (it is in `waiting`), and deny with `deny = "process"`
+/// stops both: neither copy is made. (Before, the second was let go with SIGCONT, ran on once
+/// the session thawed, and no approver had seen it.)
+#[test]
+fn a_gated_action_of_a_held_session_waits_with_the_hold() {
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let work = TempDir::new("decisions-join");
+    let w = work.0.clone();
+    let config = rules_config(&w, "").replace("[holds]\n", "[holds]\ndeny = \"process\"\n");
+    let d = Daemon::start_with_env(&config, &[("WATCHER_FAULT", "slow-gate-answer")]);
+    let copy = |to: &str| {
+        format!(
+            "fd = os.open('{}/.npmrc', os.O_RDONLY); open('{}/{to}', 'wb').write(os.read(fd, 4096))",
+            h.display(),
+            w.display()
+        )
+    };
+    let script = format!(
+        "/usr/bin/python3 -c \"import os, time\nif os.fork() == 0:\n    time.sleep(0.5)\n    {}\n    os._exit(0)\n{}\nos.wait()\"",
+        copy("second"),
+        copy("first")
+    );
+    let (mut child, trace) = launch_bg(&d, &script);
+    let hold = await_hold(&d, &trace);
+    assert_eq!(hold["rule"], "token-file-read", "{hold}");
+    let id = hold["id"].as_str().unwrap().to_string();
+    // The second read joins the pending hold once the daemon reaches it.
+    let start = Instant::now();
+    let joined = loop {
+        let h = show_hold(&d, &id);
+        if let Some(w) = h["waiting"].as_array().filter(|w| !w.is_empty()) {
+            break w.clone();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the second read never joined: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        joined
+            .iter()
+            .any(|e| e["type"] == "open" && e["path"].as_str().unwrap_or("").ends_with("/.npmrc")),
+        "{joined:?}"
+    );
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    absent(&w.join("first")).unwrap();
+    absent(&w.join("second")).unwrap();
+}
+
+/// A session the kill-switch froze stays frozen when one of its holds is approved: only
+/// `kill-switch release` lets it go.
+#[test]
+fn approving_a_hold_never_lifts_the_kill_switch() {
+    common::require_root();
+    let home = FakeHome::new();
+    let work = TempDir::new("decisions-switch");
+    let w = work.0.clone();
+    let d = Daemon::start_with(&rules_config(&w, ""));
+    let marker = w.join("after-approve");
+    let (mut child, trace) = launch_bg(
+        &d,
+        &format!(
+            "cat {}/.npmrc > /dev/null; touch {}",
+            home.0.display(),
+            marker.display()
+        ),
+    );
+    let hold = await_hold(&d, &trace);
+    let out = d
+        .cli()
+        .args(["kill-switch", "engage", "--trace", &trace, "--freeze"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verdict(&d, "approve", &hold);
+    // The approval returned: had it thawed the session, `cgroup.freeze` would read 0 now.
+    let freeze = std::fs::read_to_string(d.cgroup.join(&trace).join("cgroup.freeze")).unwrap();
+    assert_eq!(
+        freeze.trim(),
+        "1",
+        "the approval thawed a session the kill-switch froze"
+    );
+    absent(&marker).unwrap();
+    let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_exit(&mut child).success());
+    assert!(marker.exists(), "the released session did not go on");
+}
+
+/// Two engagements for two sessions: both are kept (the second does not replace the first),
+/// each with who and when, and a restarted daemon applies both.
+#[test]
+fn the_kill_switch_keeps_every_engagement() {
+    common::require_root();
+    let mut d = Daemon::start();
+    let (mut a, ta) = launch_bg(&d, "sleep 300");
+    let (mut b, tb) = launch_bg(&d, "sleep 300");
+    for t in [&ta, &tb] {
+        let out = d
+            .cli()
+            .args(["kill-switch", "engage", "--trace", t, "--freeze"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let check = |d: &Daemon| {
+        let k = &d.status()["holds"]["kill_switch"];
+        assert_eq!(k["engaged"], true, "{k}");
+        let traces: Vec<&str> = k["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        assert!(
+            traces.contains(&ta.as_str()) && traces.contains(&tb.as_str()),
+            "{k}"
+        );
+        assert_eq!(k["entries"].as_array().map(Vec::len), Some(2), "{k}");
+        for t in [&ta, &tb] {
+            let f = std::fs::read_to_string(d.cgroup.join(t).join("cgroup.freeze")).unwrap();
+            assert_eq!(f.trim(), "1", "session {t} is not frozen");
+        }
+    };
+    check(&d);
+    d.crash_and_restart();
+    check(&d);
+    let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (c, t) in [(&mut a, &ta), (&mut b, &tb)] {
+        std::fs::write(d.cgroup.join(t).join("cgroup.kill"), "1").unwrap();
+        wait_exit(c);
+    }
+}
