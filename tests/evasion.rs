@@ -544,3 +544,33 @@ fn a_rename_link_or_truncate_over_a_guarded_file_is_undone_on_deny() {
     let failures = run(&d, &cases);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Leaving the session's cgroup by writing a pid into another cgroup's `cgroup.procs` (the
+/// freeze, the session's limits and deny's kill act on its cgroup) is stopped at the open,
+/// before a pid is written: the process never goes on, and the session is tampering.
+#[test]
+fn leaving_the_session_cgroup_is_stopped_before_the_move() {
+    common::require_root();
+    let work = TempDir::new("evasion-cgroup");
+    let w = work.0.clone();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        pack_dir(&w).display()
+    ));
+    let root = common::cgroup2_root();
+    for ns in [Ns::Host, Ns::Private] {
+        let marker = w.join(format!("moved-{ns:?}"));
+        let script = format!(
+            "echo $$ > {}/cgroup.procs; touch {}",
+            root.display(),
+            marker.display()
+        );
+        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+        let f = common::holds::first_finding(&d, &trace, |f| {
+            f["rule"] == "cgroup-escape" || f["rule"] == "watcher-tamper"
+        })
+        .unwrap_or_else(|| panic!("{ns:?}: no finding"));
+        wait_exit(&mut child);
+        absent(&marker).unwrap_or_else(|e| panic!("{ns:?}: the shell went on: {e} ({f})"));
+    }
+}

@@ -93,6 +93,21 @@ pub fn check(
             (!same_session(*target_pid))
                 .then(|| format!("{how} of process {target_pid} outside its session"))
         }
+        // Into any cgroup's `cgroup.procs` or `cgroup.threads`: a process of the session
+        // would leave its session's cgroup (its limits, the freeze and deny's kill).
+        Detail::Open {
+            path,
+            flags,
+            result,
+            ..
+        } if *result >= 0
+            && flags.iter().any(|f| f == "O_WRONLY" || f == "O_RDWR")
+            && (path.ends_with("/cgroup.procs") || path.ends_with("/cgroup.threads")) =>
+        {
+            Some(format!(
+                "opened {path} to move a process into another cgroup"
+            ))
+        }
         Detail::Open { path, .. } => own
             .iter()
             .find(|p| is_under(path, p))
