@@ -574,3 +574,56 @@ fn leaving_the_session_cgroup_is_stopped_before_the_move() {
         absent(&marker).unwrap_or_else(|e| panic!("{ns:?}: the shell went on: {e} ({f})"));
     }
 }
+
+/// Asking a service outside the session to run something: a tmux server the user started
+/// (outside every session) is asked by a watched `tmux` client to run a command. The connect to
+/// its socket is held before a byte of the request is sent, so after deny the server never ran
+/// the command (its marker is absent) and still runs, untouched.
+#[test]
+fn a_tmux_server_outside_the_session_is_not_asked() {
+    common::require_root();
+    let work = TempDir::new("evasion-tmux");
+    let w = work.0.clone();
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        pack_dir(&w).display()
+    ));
+    // The user's server, outside every session, on a socket of its own name (under
+    // /tmp/tmux-0/, the default place); killed however the test ends.
+    let name = format!("watcher-e2e-{}", common::rand_suffix() % 100_000);
+    struct Server(String);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux")
+                .args(["-L", &self.0, "kill-server"])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    let started = std::process::Command::new("tmux")
+        .args(["-L", &name, "new-session", "-d", "sleep 600"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "tmux did not start");
+    let server = Server(name);
+    let marker = w.join("ran-by-tmux");
+    let cases = vec![Case {
+        name: "tmux run-shell",
+        script: format!(
+            "tmux -L {} run-shell 'touch {}'",
+            server.0,
+            marker.display()
+        ),
+        rules: &["service-socket-connect"],
+        unharmed: Box::new(move || absent(&marker)),
+    }];
+    let failures = run(&d, &cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let alive = std::process::Command::new("tmux")
+        .args(["-L", &server.0, "has-session"])
+        .status()
+        .unwrap();
+    assert!(alive.success(), "the user's tmux server is gone");
+}

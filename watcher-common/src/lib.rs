@@ -540,6 +540,9 @@ pub const INTENT_READ: u32 = 1 << 0;
 pub const INTENT_WRITE: u32 = 1 << 1;
 pub const INTENT_CREATE: u32 = 1 << 2;
 pub const INTENT_TRUNCATE: u32 = 1 << 3;
+/// In gate path entries only: a connect to a unix socket at that path (the gate's tails and
+/// prefixes name socket paths too).
+pub const INTENT_CONNECT: u32 = 1 << 4;
 
 /// The value of a path entry of `FAST_EXEC`/`FAST_OPEN` (LPM tries keyed by path bytes).
 #[repr(C)]

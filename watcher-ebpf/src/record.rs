@@ -26,7 +26,7 @@ fn gated_whole(comm: &[u8; 16], session_id: u64, intent: u32) -> bool {
 /// fast-path entry (whose rules the gate leaves to the fast path). The change has happened;
 /// user space decides it as that open, and deny puts the old file back.
 #[inline(always)]
-fn gated_name<const N: usize>(path: &[u8; N], len: usize, intent: u32) -> bool {
+pub fn gated_name<const N: usize>(path: &[u8; N], len: usize, intent: u32) -> bool {
     if gate::gated_suffix(path, len, intent) {
         return true;
     }

@@ -145,6 +145,8 @@ fn debian_test_tools() -> anyhow::Result<()> {
         ("/usr/bin/promtool", "prometheus"),
         ("/usr/bin/prometheus", "prometheus"),
         ("/usr/bin/amtool", "prometheus-alertmanager"),
+        // A terminal multiplexer's server outside the session (tests/evasion.rs).
+        ("/usr/bin/tmux", "tmux"),
     ];
     let mut missing: Vec<&str> = tools
         .iter()
@@ -155,7 +157,7 @@ fn debian_test_tools() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    apt_install(&missing, "for the metrics test")
+    apt_install(&missing, "for the metrics and evasion tests")
 }
 
 /// `apt-get install`, with one `apt-get update` first if the package lists are stale.

@@ -2,11 +2,14 @@
 //! paths) with the result, at exit; the arguments and result come from the task's saved
 //! registers.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::tracepoint,
+    helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
-use watcher_common::{ConnectEvent, EventKind, EVENT_FLAG_FAST_PATH, GATE_CONNECT, SOCKADDR_MAX};
+use watcher_common::{
+    ConnectEvent, EventKind, EVENT_FLAG_FAST_PATH, GATE_CONNECT, INTENT_CONNECT, SOCKADDR_MAX,
+};
 
 use crate::{
     gate,
@@ -88,6 +91,30 @@ fn try_exit() {
         if len > 0 && len <= SOCKADDR_MAX {
             let _ = bpf_probe_read_user_buf(args[1] as *const u8, &mut (&mut (*ev).addr)[..len]);
         }
+        // A unix socket the policy names (a service that runs commands outside the
+        // session): stopped before a byte of the request is sent, from the copy just made.
+        if ret == 0 && gated == 0 && (*ev).addr[0] == AF_UNIX as u8 && (*ev).addr[1] == 0 {
+            if let Some(path) = UNIX_PATH.get_ptr_mut(0) {
+                let path = &mut *path;
+                let _ =
+                    bpf_probe_read_kernel_buf((*ev).addr.as_ptr().add(2), &mut path[..SUN_PATH]);
+                let mut n = 0usize;
+                while n < SUN_PATH && path[n] != 0 {
+                    n += 1;
+                }
+                if n > 1 && crate::record::gated_name(path, n, INTENT_CONNECT) {
+                    (*ev).hdr.flags |= gate::stop(task, watch.session_id, EventKind::Connect);
+                }
+            }
+        }
     }
     entry.submit(0);
 }
+
+/// Bytes of `sockaddr_un.sun_path`.
+const SUN_PATH: usize = 108;
+const AF_UNIX: u16 = 1;
+
+/// A unix socket's path, copied out of the record so that it starts at 0 (per CPU).
+#[map]
+static UNIX_PATH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);

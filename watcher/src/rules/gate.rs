@@ -17,7 +17,7 @@
 use watcher_common::{
     GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_IO_URING,
     GATE_MODULE, GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX, GATE_UNLINK,
-    GATE_UNLINK_SAMPLE,
+    GATE_UNLINK_SAMPLE, INTENT_CONNECT,
 };
 
 pub use crate::kernel::policy::{GateEntry, GateSet};
@@ -354,8 +354,16 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
                         intent,
                         kill: false,
                     }));
-                    path_items(policy, ids, intent)
+                    path_items(policy, Slot::Path, ids, intent)
                 }
+                _ => None,
+            });
+            // A unix socket's path: the gate's path tables, for connects.
+            let sockets = parts.iter().find_map(|c| match c {
+                Cond::Glob {
+                    slot: Slot::Unix,
+                    ids,
+                } => path_items(policy, Slot::Unix, ids, INTENT_CONNECT),
                 _ => None,
             });
             let fileless = parts
@@ -374,7 +382,7 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
             Cover {
                 exec: pick(EXEC, fileless.as_ref().or(names.as_ref())),
                 open: pick(OPEN, paths.as_ref().or(names.as_ref())),
-                connect: pick(CONNECT, names.as_ref()),
+                connect: pick(CONNECT, sockets.as_ref().or(names.as_ref())),
             }
         }
         // A negation, a parent or an ancestor says nothing about the event's own fields.
@@ -422,13 +430,10 @@ fn floor_char(s: &str, mut i: usize) -> usize {
 }
 
 /// Path items for open-path patterns, or None when one has no usable literal part.
-fn path_items(policy: &Policy, ids: &[usize], intent: u32) -> Option<Vec<Item>> {
+fn path_items(policy: &Policy, slot: Slot, ids: &[usize], intent: u32) -> Option<Vec<Item>> {
     let mut out = Vec::new();
     for i in ids {
-        out.extend(path_item(
-            &policy.sets.patterns[Slot::Path as usize][*i],
-            intent,
-        )?);
+        out.extend(path_item(&policy.sets.patterns[slot as usize][*i], intent)?);
     }
     Some(out)
 }
@@ -525,14 +530,14 @@ fn build(c: Cover) -> GateSet {
                     path,
                     exact,
                     intent,
-                } => prefix.push((path, !exact, GATE_OPEN, Some(intent))),
+                } => prefix.push((path, !exact, kind, Some(intent))),
                 Item::Fileless => set.fileless = true,
                 Item::Tail { text, intent } => {
                     // Tails are prefixes of the reversed path.
                     suffix.push((
                         text.chars().rev().collect::<String>(),
                         true,
-                        GATE_OPEN,
+                        kind,
                         Some(intent),
                     ))
                 }
