@@ -477,10 +477,65 @@ fn a_connect_carries_the_host_the_session_resolved() {
     assert!(st.success());
     let (trace, _) = d.launch("exit 0");
     let _ = d.session_events(&trace, None);
+    // Two records: the session's query and its answer; none from outside.
     assert_eq!(
         d.status()["per_type"]["dns"]["events"],
-        1,
+        2,
         "{}",
         d.status()["per_type"]
     );
+}
+
+/// A name counts only from the answer to a query the session sent. Here the session forges
+/// the answer itself (from a socket it bound to port 53, to its own other socket, with no
+/// query asked) naming the address it wants as the host its scope allows: the DNS event says
+/// `unsolicited`, the connect carries no host, and the scope holds it before a byte is sent.
+#[test]
+fn a_forged_dns_answer_teaches_no_name() {
+    let work = TempDir::new("changes-dns-forged");
+    let d = quiet_daemon(&work);
+    let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = "allowed.agent-test.example";
+    let script = format!(
+        r#"import socket, struct
+qname = b"".join(bytes([len(l)]) + l.encode() for l in "{name}".split(".")) + b"\0"
+r = struct.pack(">HHHHHH", 0x4242, 0x8180, 1, 1, 0, 0) + qname + struct.pack(">HH", 1, 1)
+r += bytes([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 3])
+f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+f.bind(("127.0.0.6", 53))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", 0))
+u.settimeout(10)
+f.sendto(r, u.getsockname())
+u.recvfrom(512)
+c = socket.create_connection(("127.0.0.3", {port}), timeout=10)
+c.send(b"x")
+"#
+    );
+    let mut cmd = d.cli();
+    // Loopback's 127.0.0.1 is allowed too: the forged answer is sent there.
+    cmd.args(["launch", "--allow-host", &format!("{name}:{port}")])
+        .args(["--allow-host", "127.0.0.1", "--"])
+        .arg(python())
+        .args(["-c", &script]);
+    let (mut child, trace) = common::holds::spawn_session(cmd);
+    let hold = await_hold(&d, &trace);
+    assert_eq!(hold["rule"], "scope-allow-host", "{hold}");
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    // The connect may have gone through (it is stopped after it), but nothing was sent.
+    listener.set_nonblocking(true).unwrap();
+    if let Ok((mut c, _)) = listener.accept() {
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        let mut buf = [0u8; 16];
+        let n = std::io::Read::read(&mut c, &mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "the listener got {:?}", &buf[..n]);
+    }
+    let ev = d.session_events(&trace, None);
+    let dns = one(&ev, "dns", json!({"query": name}));
+    assert_eq!(dns["unsolicited"], true, "{dns}");
+    let connect = one(&ev, "connect", json!({"addr": "127.0.0.3", "port": port}));
+    assert!(connect.get("host").is_none(), "{connect}");
 }

@@ -399,6 +399,15 @@ pub struct DnsEvent {
     pub len: u32,
     /// The message's length on the wire.
     pub wire_len: u32,
+    /// The other end: the resolver a query went to or an answer came from (IPv4 in the
+    /// first 4 bytes when `v6` is 0).
+    pub peer: [u8; 16],
+    /// The session socket's own port (a query's source, an answer's destination).
+    pub local_port: u16,
+    pub v6: u8,
+    /// 1: a query the session sent (egress); 0: a response it received (ingress).
+    pub query: u8,
+    pub _pad: u32,
     pub data: [u8; DNS_MAX],
 }
 

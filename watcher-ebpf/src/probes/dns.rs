@@ -1,7 +1,9 @@
-//! `cgroup_skb/ingress`, attached to the directory of the daemon's session cgroups, so it runs
-//! for packets delivered to sockets of watched sessions only: a UDP packet from port 53 (a DNS
-//! response) is copied, up to `DNS_MAX` bytes of the message, for user space to parse. The
-//! packet always passes: this program only looks.
+//! `cgroup_skb/ingress` and `egress`, attached to the directory of the daemon's session cgroups,
+//! so they run for packets of watched sessions' sockets only: a UDP packet from port 53 (a DNS
+//! response) or to it (a query) is copied, up to `DNS_MAX` bytes of the message, with the
+//! resolver's address and the socket's port, for user space to parse: a response teaches a
+//! name only when it answers a query the session sent. The packet always passes: these
+//! programs only look.
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::cgroup_skb,
@@ -19,11 +21,18 @@ const DNS_PORT: u16 = 53;
 
 #[cgroup_skb]
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_ingress(&ctx);
+    let _ = try_dns(&ctx, false);
     PASS
 }
 
-fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
+/// The queries the sessions send (UDP to port 53): an answer counts only for one of them.
+#[cgroup_skb]
+pub fn dns_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_dns(&ctx, true);
+    PASS
+}
+
+fn try_dns(ctx: &SkBuffContext, query: bool) -> Result<(), i64> {
     // The packet starts at the network header.
     let first: u8 = ctx.load(0)?;
     let udp = match first >> 4 {
@@ -43,8 +52,22 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         _ => return Ok(()),
     };
     let src_port = u16::from_be(ctx.load::<u16>(udp)?);
-    if src_port != DNS_PORT {
+    let dst_port = u16::from_be(ctx.load::<u16>(udp + 2)?);
+    let (dns_port, local_port) = match query {
+        true => (dst_port, src_port),
+        false => (src_port, dst_port),
+    };
+    if dns_port != DNS_PORT {
         return Ok(());
+    }
+    // The resolver's address: a query's destination, an answer's source.
+    let v6 = first >> 4 == 6;
+    let mut peer = [0u8; 16];
+    match (v6, query) {
+        (false, true) => peer[..4].copy_from_slice(&ctx.load::<[u8; 4]>(16)?),
+        (false, false) => peer[..4].copy_from_slice(&ctx.load::<[u8; 4]>(12)?),
+        (true, true) => peer = ctx.load::<[u8; 16]>(24)?,
+        (true, false) => peer = ctx.load::<[u8; 16]>(8)?,
     }
     let start = udp + 8;
     let wire = (ctx.len() as usize).saturating_sub(start);
@@ -74,6 +97,11 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         (*hdr).uid = 0;
         (*hdr).comm = [0; 16];
         (*ev).wire_len = wire as u32;
+        (*ev).peer = peer;
+        (*ev).local_port = local_port;
+        (*ev).v6 = v6 as u8;
+        (*ev).query = query as u8;
+        (*ev)._pad = 0;
         // 1..=DNS_MAX in a form the verifier can see (a power of two: `wire` is not 0 here).
         let n = ((wire.min(DNS_MAX) - 1) & (DNS_MAX - 1)) + 1;
         let r = bpf_skb_load_bytes(

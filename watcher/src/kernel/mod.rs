@@ -351,25 +351,28 @@ impl Kernel {
     /// sees the packets delivered to the sessions' sockets and nothing else. On failure, DNS
     /// names are missing (`hooks_missing` says so) and nothing else changes.
     pub fn watch_dns(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let attach = |ebpf: &mut Ebpf| -> anyhow::Result<()> {
+        let attach = |ebpf: &mut Ebpf, name: &str, how| -> anyhow::Result<()> {
             let p: &mut CgroupSkb = ebpf
-                .program_mut("dns_ingress")
-                .ok_or_else(|| anyhow!("program dns_ingress missing from the eBPF object"))?
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
                 .try_into()?;
-            p.load().context("verifier rejected dns_ingress")?;
+            p.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
             let cgroup =
                 std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
             // A bpf_link coexists with other programs on the cgroup; it takes no mode flags.
-            p.attach(
-                &cgroup,
-                CgroupSkbAttachType::Ingress,
-                CgroupAttachMode::Single,
-            )
-            .with_context(|| format!("attaching dns_ingress to {}", dir.display()))?;
+            p.attach(&cgroup, how, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", dir.display()))?;
             Ok(())
         };
-        attach(&mut self.ebpf).inspect_err(|_| {
+        attach(&mut self.ebpf, "dns_ingress", CgroupSkbAttachType::Ingress).inspect_err(|_| {
             self.hooks_missing.push("cgroup_skb/ingress (DNS)".into());
+        })?;
+        // Without the queries no answer can be matched to one: no names are learned (fail
+        // closed: `--allow-host` names then allow nothing by name).
+        attach(&mut self.ebpf, "dns_egress", CgroupSkbAttachType::Egress).inspect_err(|_| {
+            self.hooks_missing
+                .push("cgroup_skb/egress (DNS queries)".into());
         })
     }
 

@@ -284,6 +284,10 @@ pub enum Detail {
         answers: Vec<String>,
         #[serde(default, skip_serializing_if = "is_false")]
         truncated: bool,
+        /// No query of the session asked this (another id, name, resolver or port): it
+        /// teaches the session no name.
+        #[serde(default, skip_serializing_if = "is_false")]
+        unsolicited: bool,
     },
     Finding(Box<Finding>),
 }

@@ -118,6 +118,11 @@ pub enum Record {
         hdr: EventHeader,
         message: Vec<u8>,
         truncated: bool,
+        /// The resolver's address and the session socket's port.
+        peer: std::net::IpAddr,
+        local_port: u16,
+        /// A query the session sent (else a response it received).
+        query: bool,
     },
     Setid {
         hdr: EventHeader,
@@ -319,6 +324,12 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 hdr,
                 message: ev.data[..len].to_vec(),
                 truncated,
+                peer: match ev.v6 {
+                    0 => std::net::IpAddr::from([ev.peer[0], ev.peer[1], ev.peer[2], ev.peer[3]]),
+                    _ => std::net::IpAddr::from(ev.peer),
+                },
+                local_port: ev.local_port,
+                query: ev.query != 0,
             }
         }
         EventKind::Dup => {

@@ -9,15 +9,63 @@ use crate::model::event::Detail;
 /// Addresses remembered over every session before the oldest half goes.
 const NAMES_MAX: usize = 65_536;
 
-/// The names the sessions resolved, by (session, address).
+/// Queries remembered over every session before the expired ones go.
+const ASKED_MAX: usize = 65_536;
+/// How long a query waits for its answer.
+const ASKED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One query a session sent: the session, the socket's port, the resolver, the message id.
+type Asked = (u64, u16, IpAddr, u16);
+
+/// The names the sessions resolved, by (session, address), and the queries they sent.
 #[derive(Debug, Default)]
 pub struct Names {
     by_addr: HashMap<(u64, IpAddr), (String, u64)>,
     /// Insertion counter, to forget the oldest first.
     tick: u64,
+    /// Queries waiting for an answer, with the name asked (lower case) and when.
+    asked: HashMap<Asked, (String, std::time::Instant)>,
 }
 
 impl Names {
+    /// A query `session` sent from its socket's `port` to `resolver`.
+    pub fn asked(&mut self, session: u64, port: u16, resolver: IpAddr, id: u16, name: &str) {
+        if self.asked.len() >= ASKED_MAX {
+            self.asked.retain(|_, (_, at)| at.elapsed() < ASKED_FOR);
+            if self.asked.len() >= ASKED_MAX {
+                // A session that asks that much is a flood: the oldest half goes.
+                let mut at: Vec<_> = self.asked.values().map(|(_, t)| *t).collect();
+                at.sort_unstable();
+                let cut = at[at.len() / 2];
+                self.asked.retain(|_, (_, t)| *t > cut);
+            }
+        }
+        self.asked.insert(
+            (session, port, resolver, id),
+            (name.to_ascii_lowercase(), std::time::Instant::now()),
+        );
+    }
+
+    /// Whether a response to `port` from `resolver` with this id and name answers a query
+    /// the session sent (each query is answered once).
+    pub fn answers(
+        &mut self,
+        session: u64,
+        port: u16,
+        resolver: IpAddr,
+        id: u16,
+        name: &str,
+    ) -> bool {
+        let key = (session, port, resolver, id);
+        match self.asked.get(&key) {
+            Some((n, at)) if at.elapsed() < ASKED_FOR && n.eq_ignore_ascii_case(name) => {
+                self.asked.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The name `session` last resolved to `addr`.
     pub fn host(&self, session: u64, addr: IpAddr) -> Option<&str> {
         self.by_addr.get(&(session, addr)).map(|(h, _)| h.as_str())
@@ -40,13 +88,27 @@ impl Names {
 
     pub fn session_ended(&mut self, session: u64) {
         self.by_addr.retain(|(s, _), _| *s != session);
+        self.asked.retain(|(s, ..), _| *s != session);
     }
 }
 
-/// A DNS response as an event, and the addresses it answered for the name asked; None for a
-/// message that is no response or does not parse.
-pub fn parse(message: &[u8], truncated: bool) -> Option<(Detail, Vec<IpAddr>)> {
+/// A query's id and the name it asks for; None for a message that is no query.
+pub fn query(message: &[u8]) -> Option<(u16, String)> {
     let packet = Packet::parse(message).ok()?;
+    if packet.has_flags(simple_dns::PacketFlag::RESPONSE) {
+        return None;
+    }
+    Some((packet.id(), packet.questions.first()?.qname.to_string()))
+}
+
+/// A DNS response as an event, its id, and the addresses it answered for the name asked;
+/// None for a message that is no response or does not parse. The event says `unsolicited`
+/// until the caller finds the query it answers.
+pub fn parse(message: &[u8], truncated: bool) -> Option<(Detail, u16, Vec<IpAddr>)> {
+    let packet = Packet::parse(message).ok()?;
+    if !packet.has_flags(simple_dns::PacketFlag::RESPONSE) {
+        return None;
+    }
     let q = packet.questions.first()?;
     let query = q.qname.to_string();
     let qtype = match q.qtype {
@@ -85,7 +147,9 @@ pub fn parse(message: &[u8], truncated: bool) -> Option<(Detail, Vec<IpAddr>)> {
             rcode,
             answers,
             truncated,
+            unsolicited: true,
         },
+        packet.id(),
         addrs,
     ))
 }
@@ -106,7 +170,8 @@ mod tests {
 
     #[test]
     fn an_answer_names_its_addresses_by_the_name_asked() {
-        let (d, addrs) = parse(&response(), false).expect("a response");
+        let (d, id, addrs) = parse(&response(), false).expect("a response");
+        assert_eq!(id, 0x1234);
         assert_eq!(
             d,
             Detail::Dns {
@@ -115,7 +180,22 @@ mod tests {
                 rcode: "NOERROR".into(),
                 answers: vec!["b.example".into(), "10.0.0.7".into()],
                 truncated: false,
+                unsolicited: true,
             }
+        );
+        // Answered only for the query that asked: same session, port, resolver, id, name.
+        let mut names = Names::default();
+        let r: IpAddr = "127.0.0.53".parse().unwrap();
+        assert!(!names.answers(1, 4000, r, 0x1234, "a.example"));
+        names.asked(1, 4000, r, 0x1234, "A.example");
+        assert!(!names.answers(1, 4001, r, 0x1234, "a.example"));
+        assert!(!names.answers(1, 4000, "10.9.9.9".parse().unwrap(), 0x1234, "a.example"));
+        assert!(!names.answers(1, 4000, r, 0x1235, "a.example"));
+        assert!(!names.answers(1, 4000, r, 0x1234, "b.example"));
+        assert!(names.answers(1, 4000, r, 0x1234, "a.example"));
+        assert!(
+            !names.answers(1, 4000, r, 0x1234, "a.example"),
+            "answered twice"
         );
         let mut names = Names::default();
         names.learn(1, "a.example", &addrs);

@@ -497,8 +497,13 @@ impl Intake {
         let rec = match rec {
             // No task: the session is the socket's cgroup's.
             Record::Dns {
-                message, truncated, ..
-            } => return self.dns(&hdr, &message, truncated),
+                message,
+                truncated,
+                peer,
+                local_port,
+                query,
+                ..
+            } => return self.dns(&hdr, &message, truncated, (peer, local_port, query)),
             r => r,
         };
         if self.tree.get(hdr.tgid).is_none() {
@@ -687,8 +692,30 @@ impl Intake {
 
     /// A DNS answer to a socket of a session: an event, the names it gives the session's
     /// later connects, and the policy. Anything on port 53 that is no DNS answer is ignored.
-    fn dns(&mut self, hdr: &EventHeader, message: &[u8], truncated: bool) {
-        let Some((detail, addrs)) = dns::parse(message, truncated) else {
+    fn dns(
+        &mut self,
+        hdr: &EventHeader,
+        message: &[u8],
+        truncated: bool,
+        (resolver, port, query): (std::net::IpAddr, u16, bool),
+    ) {
+        let session_of = |cgroup| {
+            let sessions = self
+                .shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            sessions.by_cgroup(cgroup).map(|s| s.session_id)
+        };
+        if query {
+            if let (Some((id, name)), Some(session)) =
+                (dns::query(message), session_of(hdr.cgroup_id))
+            {
+                self.names.asked(session, port, resolver, id, &name);
+            }
+            return;
+        }
+        let Some((mut detail, id, addrs)) = dns::parse(message, truncated) else {
             return;
         };
         let (trace_id, session_id, profile, workdir, scoped) = {
@@ -708,8 +735,17 @@ impl Intake {
                 s.scope.is_some(),
             )
         };
-        if let Detail::Dns { query, .. } = &detail {
-            self.names.learn(session_id, query, &addrs);
+        // A name counts only from the answer to a query the session sent: anything else on
+        // port 53 could be forged by the session itself to make `--allow-host` trust an
+        // address.
+        if let Detail::Dns {
+            query, unsolicited, ..
+        } = &mut detail
+        {
+            if self.names.answers(session_id, port, resolver, id, query) {
+                *unsolicited = false;
+                self.names.learn(session_id, query, &addrs);
+            }
         }
         let ev = self.shared.publish(Event {
             seq: 0,
