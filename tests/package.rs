@@ -53,6 +53,31 @@ fn the_debian_package_installs_runs_verifies_and_removes_cleanly() {
     );
     assert!(ok, "systemd-analyze verify: {out}");
     assert!(!out.contains("Unknown"), "systemd-analyze verify: {out}");
+    // The installed unit lets deny undo what it must (this machine's PID 1 is not systemd, so
+    // the unit's settings are read, not run): nothing in homes or /etc made read-only, the
+    // capabilities to remove and restore files of any user, real-time priority allowed.
+    let unit = std::fs::read_to_string("/lib/systemd/system/watcher.service").unwrap();
+    let setting = |key: &str| {
+        unit.lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+            .last()
+            .map(str::to_string)
+    };
+    for (key, blocks) in [
+        ("ProtectHome", "deny's clean-up in homes"),
+        ("ProtectSystem", "deny's clean-up in /etc"),
+        ("RestrictRealtime", "the alert thread's real-time priority"),
+    ] {
+        let v = setting(key);
+        assert!(
+            v.as_deref().is_none_or(|v| v == "no" || v == "false"),
+            "{key}={v:?} in the unit blocks {blocks}"
+        );
+    }
+    let caps = setting("CapabilityBoundingSet").unwrap_or_default();
+    for cap in ["CAP_DAC_OVERRIDE", "CAP_CHOWN", "CAP_FOWNER", "CAP_KILL", "CAP_SYS_NICE"] {
+        assert!(caps.split_whitespace().any(|c| c == cap), "{cap} missing from {caps}");
+    }
     let (ok, _) = run("getent", &["group", "watcher"]);
     assert!(ok, "the postinst made no approver group");
     for f in [
