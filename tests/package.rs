@@ -75,8 +75,17 @@ fn the_debian_package_installs_runs_verifies_and_removes_cleanly() {
         );
     }
     let caps = setting("CapabilityBoundingSet").unwrap_or_default();
-    for cap in ["CAP_DAC_OVERRIDE", "CAP_CHOWN", "CAP_FOWNER", "CAP_KILL", "CAP_SYS_NICE"] {
-        assert!(caps.split_whitespace().any(|c| c == cap), "{cap} missing from {caps}");
+    for cap in [
+        "CAP_DAC_OVERRIDE",
+        "CAP_CHOWN",
+        "CAP_FOWNER",
+        "CAP_KILL",
+        "CAP_SYS_NICE",
+    ] {
+        assert!(
+            caps.split_whitespace().any(|c| c == cap),
+            "{cap} missing from {caps}"
+        );
     }
     let (ok, _) = run("getent", &["group", "watcher"]);
     assert!(ok, "the postinst made no approver group");

@@ -493,15 +493,33 @@ impl Approvals {
     fn stop(&self, h: &Hold) -> Result<String, HoldError> {
         if h.kind == HoldKind::ProtectedOpen {
             self.remember_decided_open(h, false);
-            if self.verdict(&h.id, false) {
-                // The open failed with EPERM before it happened: nothing to stop.
-                self.resume(&h.trace_id, &[]);
-                return Ok("refused the open (EPERM)".into());
+            // What deny stops is stopped first, while the open still waits: answered first,
+            // the open would fail with EPERM and the process (or the session) would run its
+            // next step before it died.
+            let pid = h.trigger.pid;
+            let stopped = match self.deny {
+                DenyScope::Session => self
+                    .cgroups
+                    .kill(&h.trace_id)
+                    .map(|()| "killed the session".to_string()),
+                DenyScope::Process => {
+                    // SAFETY: plain kill(2); SIGKILL reaches a frozen task.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    Ok(format!("killed process {pid}"))
+                }
+            };
+            // The open fails with EPERM for a process that is dying; none waits when the
+            // kill ended the wait, or when a restarted daemon found it let through (the opener
+            // has not run since: its session was frozen).
+            let refused = self.verdict(&h.id, false);
+            let mut what = stopped?;
+            if refused {
+                what.push_str("; refused the open (EPERM)");
             }
-            // No open waits any more (the daemon restarted and the kernel let it through):
-            // the frozen session cannot be let go.
-            self.cgroups.kill(&h.trace_id)?;
-            return Ok("killed the session (the open could no longer be refused)".into());
+            if self.deny == DenyScope::Process {
+                self.resume(&h.trace_id, &[]);
+            }
+            return Ok(what);
         }
         // Before the kill: the process names the mount namespace the name is in.
         let undone = self.undo_replaced(&h.trigger);
