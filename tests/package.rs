@@ -59,8 +59,8 @@ fn the_debian_package_installs_runs_verifies_and_removes_cleanly() {
     let unit = std::fs::read_to_string("/lib/systemd/system/watcher.service").unwrap();
     let setting = |key: &str| {
         unit.lines()
-            .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
-            .last()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
             .map(str::to_string)
     };
     for (key, blocks) in [
