@@ -11,6 +11,16 @@ use common::{
     pack_dir, Daemon, FakeHome, TempDir, DEADLINE,
 };
 
+/// `watcher ARGS`, which must succeed.
+fn cli_ok(d: &Daemon, args: &[&str]) {
+    let out = d.cli().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn rules_config(w: &std::path::Path, extra: &str) -> String {
     format!(
         "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n{extra}",
@@ -92,15 +102,9 @@ fn approving_a_hold_never_lifts_the_kill_switch() {
         ),
     );
     let hold = await_hold(&d, &trace);
-    let out = d
-        .cli()
-        .args(["kill-switch", "engage", "--trace", &trace, "--freeze"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &d,
+        &["kill-switch", "engage", "--trace", &trace, "--freeze"],
     );
     verdict(&d, "approve", &hold);
     // The approval returned: had it thawed the session, `cgroup.freeze` would read 0 now.
@@ -111,12 +115,7 @@ fn approving_a_hold_never_lifts_the_kill_switch() {
         "the approval thawed a session the kill-switch froze"
     );
     absent(&marker).unwrap();
-    let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&d, &["kill-switch", "release"]);
     assert!(wait_exit(&mut child).success());
     assert!(marker.exists(), "the released session did not go on");
 }
@@ -130,16 +129,7 @@ fn the_kill_switch_keeps_every_engagement() {
     let (mut a, ta) = launch_bg(&d, "sleep 300");
     let (mut b, tb) = launch_bg(&d, "sleep 300");
     for t in [&ta, &tb] {
-        let out = d
-            .cli()
-            .args(["kill-switch", "engage", "--trace", t, "--freeze"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cli_ok(&d, &["kill-switch", "engage", "--trace", t, "--freeze"]);
     }
     let check = |d: &Daemon| {
         let k = &d.status()["holds"]["kill_switch"];
@@ -163,12 +153,7 @@ fn the_kill_switch_keeps_every_engagement() {
     check(&d);
     d.crash_and_restart();
     check(&d);
-    let out = d.cli().args(["kill-switch", "release"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&d, &["kill-switch", "release"]);
     for (c, t) in [(&mut a, &ta), (&mut b, &tb)] {
         std::fs::write(d.cgroup.join(t).join("cgroup.kill"), "1").unwrap();
         wait_exit(c);

