@@ -21,20 +21,27 @@ impl Core {
     pub fn refresh_inodes(&self) {
         let active = self.policy.load();
         let mut entries: HashMap<InodeKey, (Gate, String)> = HashMap::new();
-        // Names guarded against writes: kept, so that a rename, link or truncate over one
-        // can be undone.
-        let guarded: Vec<String> = active
+        // Each pattern's names, listed once: for the gate and, for the names guarded against
+        // writes, the copies that let a rename, link or truncate over one be undone.
+        let named: Vec<Vec<(std::path::PathBuf, bool)>> = active
             .gate
             .named
             .iter()
-            .filter(|n| {
+            .map(|n| crate::sys::files::named(&n.pattern))
+            .collect();
+        let guarded: Vec<(&str, &[(std::path::PathBuf, bool)])> = active
+            .gate
+            .named
+            .iter()
+            .zip(&named)
+            .filter(|(n, _)| {
                 n.intent == 0 || n.intent & (INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE) != 0
             })
-            .map(|n| n.pattern.clone())
+            .map(|(n, l)| (n.pattern.as_str(), l.as_slice()))
             .collect();
-        for n in &active.gate.named {
+        for (n, listed) in active.gate.named.iter().zip(&named) {
             let intent = &n.intent;
-            for (path, dir) in crate::sys::files::named(&n.pattern) {
+            for (path, dir) in listed.iter().cloned() {
                 let Some((ino, dev)) = crate::sys::files::identity(&path) else {
                     continue;
                 };

@@ -100,9 +100,9 @@ pub fn check(
             flags,
             result,
             ..
-        } if *result >= 0
-            && flags.iter().any(|f| f == "O_WRONLY" || f == "O_RDWR")
-            && (path.ends_with("/cgroup.procs") || path.ends_with("/cgroup.threads")) =>
+        } if (path.ends_with("/cgroup.procs") || path.ends_with("/cgroup.threads"))
+            && *result >= 0
+            && flags.iter().any(|f| f == "O_WRONLY" || f == "O_RDWR") =>
         {
             Some(format!(
                 "opened {path} to move a process into another cgroup"

@@ -62,13 +62,14 @@ pub enum Undo {
 }
 
 impl Kept {
-    /// Looks at the names the `patterns` guard again (absolute path patterns, `*` within a
-    /// component, as `files::named` takes them): copies what changed, and notes where a
-    /// guarded name may appear that does not exist now.
-    pub fn refresh(&self, patterns: &[String]) {
+    /// Looks at the names the patterns guard again: each pattern (absolute, `*` within a
+    /// component) with what `files::named` listed for it (the caller has listed them for the
+    /// gate already). Copies what changed, and notes where a guarded name may appear that
+    /// does not exist now.
+    pub fn refresh(&self, patterns: &[(&str, &[(PathBuf, bool)])]) {
         let mut files: Vec<PathBuf> = Vec::new();
         let mut places = Vec::new();
-        for pat in patterns {
+        for (pat, named) in patterns {
             let Some((dir_pat, last)) = pat.rsplit_once('/') else {
                 continue;
             };
@@ -80,10 +81,10 @@ impl Kept {
                 continue;
             };
             let wild = |c: &str| c.contains(['*', '?', '[']);
-            for (p, dir) in crate::sys::files::named(pat) {
+            for (p, dir) in named.iter() {
                 match dir {
-                    true => places.push((p, m.clone())),
-                    false => files.push(p),
+                    true => places.push((p.clone(), m.clone())),
+                    false => files.push(p.clone()),
                 }
             }
             if !wild(last) {
@@ -288,7 +289,9 @@ mod tests {
         std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o640)).unwrap();
         let new = dir.join(".profile");
         let kept = Kept::default();
-        kept.refresh(&[rc.display().to_string(), format!("{}/.pro*", dir.display())]);
+        let (a, b) = (rc.display().to_string(), format!("{}/.pro*", dir.display()));
+        let (na, nb) = (crate::sys::files::named(&a), crate::sys::files::named(&b));
+        kept.refresh(&[(&a, &na), (&b, &nb)]);
         assert_eq!(kept.size().0, 1);
         let me = std::process::id();
         let evil = dir.join("evil");
