@@ -616,3 +616,237 @@ fn a_tmux_server_outside_the_session_is_not_asked() {
         .unwrap();
     assert!(alive.success(), "the user's tmux server is gone");
 }
+
+/// The destination is what the kernel connected to, not what the process's buffer says once
+/// the call is over: a second thread rewrites the address while the connect waits in the
+/// kernel (its copy made; the listener's queue is full), to a harmless one. A unix service
+/// socket (`service-socket-connect`) and a TCP destination a rule holds: each is held, and the
+/// listener gets no byte.
+#[test]
+fn a_destination_rewritten_during_the_connect_is_the_one_connected() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    common::require_root();
+    let work = TempDir::new("evasion-rewrite");
+    let w = work.0.clone();
+    let tcp = std::net::TcpListener::bind("127.0.0.9:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let rules = pack_dir(&w);
+    std::fs::write(
+        rules.join("test-connect.yaml"),
+        format!(
+            "rules:\n  - id: test-deny-destination\n    description: test\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: connect, addr: 127.0.0.9, port: {port}, comm: python3}}\n    examples: {{match: [{{type: connect, addr: 127.0.0.9, port: {port}, comm: python3}}]}}\n"
+        ),
+    )
+    .unwrap();
+    // (The command name keeps the rule out of the kernel's fast path, which refuses at
+    // `connect4` from the kernel's copy already: the record's address is what is tested.)
+    let d = Daemon::start_with(&format!(
+        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"60s\"\n",
+        rules.display()
+    ));
+    // A service socket where the pack's list names them (a tmux server's place).
+    let dir = std::path::PathBuf::from("/tmp/tmux-0");
+    std::fs::create_dir_all(&dir).unwrap();
+    let service = dir.join(format!("watcher-e2e-{}", common::rand_suffix() % 100_000));
+    let unix = std::os::unix::net::UnixListener::bind(&service).unwrap();
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _gone = Gone(service.clone());
+    // Backlog 0: one connection waiting to be accepted fills the queue, and the next connect
+    // waits in the kernel until it is taken.
+    for fd in [tcp.as_raw_fd(), unix.as_raw_fd()] {
+        // SAFETY: listen(2) on a listening socket only changes its backlog.
+        assert_eq!(unsafe { libc::listen(fd, 0) }, 0);
+    }
+    tcp.set_nonblocking(true).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    let unix_addr = |p: &str| {
+        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        a.extend_from_slice(p.as_bytes());
+        a.resize(110, 0);
+        a
+    };
+    let inet_addr = |ip: [u8; 4], port: u16| {
+        let mut a = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        a.extend_from_slice(&port.to_be_bytes());
+        a.extend_from_slice(&ip);
+        a.resize(16, 0);
+        a
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Waits until its main thread is in connect(2) (syscall 42), then rewrites the buffer and
+    // says so; the main thread sends its secret if the connect went through.
+    let attack = |family: &str, evil: &[u8], harmless: &[u8], mark: &Path| {
+        py(&format!(
+            "import threading, time, socket
+s = socket.socket(socket.{family}, socket.SOCK_STREAM)
+evil = bytes.fromhex('{}'); harmless = bytes.fromhex('{}')
+buf = ctypes.create_string_buffer(evil, len(evil))
+def rewrite():
+    end = time.time() + 20
+    while time.time() < end and open('/proc/self/task/%d/syscall' % os.getpid()).read().split()[0] != '42':
+        time.sleep(0.01)
+    ctypes.memmove(buf, harmless, len(harmless))
+    open('{}', 'w').close()
+threading.Thread(target=rewrite).start()
+if libc.connect(s.fileno(), buf, len(evil)) == 0:
+    s.sendall(b'secret')",
+            hex(evil),
+            hex(harmless),
+            mark.display()
+        ))
+    };
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        for case in ["unix", "tcp"] {
+            let mark = w.join(format!("rewritten-{case}-{ns:?}"));
+            let (script, rule, _prefill): (_, _, Box<dyn std::any::Any>) = match case {
+                "unix" => (
+                    attack(
+                        "AF_UNIX",
+                        &unix_addr(service.to_str().unwrap()),
+                        &unix_addr("/tmp/watcher-harmless"),
+                        &mark,
+                    ),
+                    "service-socket-connect",
+                    Box::new(std::os::unix::net::UnixStream::connect(&service).unwrap()),
+                ),
+                _ => (
+                    attack(
+                        "AF_INET",
+                        &inet_addr([127, 0, 0, 9], port),
+                        &inet_addr([127, 0, 0, 1], 9),
+                        &mark,
+                    ),
+                    "test-deny-destination",
+                    Box::new(std::net::TcpStream::connect(("127.0.0.9", port)).unwrap()),
+                ),
+            };
+            let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+            // Once the buffer says something else, the queue is emptied: the waiting connect
+            // goes through, to the address the kernel copied.
+            let deadline = std::time::Instant::now() + common::DEADLINE;
+            while !mark.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert!(mark.exists(), "{ns:?} {case}: the buffer was never rewritten");
+            let mut accept = || -> Option<Box<dyn Read>> {
+                let deadline = std::time::Instant::now() + common::DEADLINE;
+                while std::time::Instant::now() < deadline {
+                    let got: std::io::Result<Box<dyn Read>> = match case {
+                        "unix" => unix.accept().map(|(s, _)| {
+                            s.set_nonblocking(false).unwrap();
+                            s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+                            Box::new(s) as Box<dyn Read>
+                        }),
+                        _ => tcp.accept().map(|(s, _)| {
+                            s.set_nonblocking(false).unwrap();
+                            s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+                            Box::new(s) as Box<dyn Read>
+                        }),
+                    };
+                    match got {
+                        Ok(s) => return Some(s),
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                    }
+                }
+                None
+            };
+            let _ours = accept().expect("the test's own connection");
+            let hold = await_hold(&d, &trace);
+            if hold["rule"] != rule {
+                failures.push(format!(
+                    "{ns:?} {case}: held by {} instead of {rule}",
+                    hold["rule"]
+                ));
+            }
+            verdict(&d, "deny", &hold);
+            wait_exit(&mut child);
+            if let Some(mut theirs) = accept() {
+                let mut got = Vec::new();
+                let _ = theirs.read_to_end(&mut got);
+                if !got.is_empty() {
+                    failures.push(format!(
+                        "{ns:?} {case}: the listener got {:?}",
+                        String::from_utf8_lossy(&got)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The open's access mode is the opened file's, not what `openat2`'s `open_how` (user
+/// memory) says once the call is over: a second thread rewrites `O_WRONLY` to `O_RDONLY` while
+/// the open waits in the kernel (a FIFO with no reader yet). A rule on writing the name holds
+/// it, and the reader gets no byte.
+#[test]
+fn open_flags_rewritten_during_the_open_are_the_ones_opened_with() {
+    use std::io::Read;
+    common::require_root();
+    let work = TempDir::new("evasion-openat2");
+    let w = work.0.clone();
+    let fifo = w.join("pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    let rules = pack_dir(&w);
+    std::fs::write(
+        rules.join("test-open.yaml"),
+        format!(
+            "rules:\n  - id: test-write-pipe\n    description: test\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: open, path: {p}, intent: write, comm: python3}}\n    examples: {{match: [{{type: open, path: {p}, intent: write, comm: python3}}]}}\n",
+            p = fifo.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&pack_config(&w));
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        let mark = w.join(format!("rewritten-{ns:?}"));
+        let script = py(&format!(
+            "import threading, time
+how = (ctypes.c_uint64 * 3)(os.O_WRONLY, 0, 0)
+def rewrite():
+    end = time.time() + 20
+    while time.time() < end and open('/proc/self/task/%d/syscall' % os.getpid()).read().split()[0] != '437':
+        time.sleep(0.01)
+    how[0] = os.O_RDONLY
+    open('{}', 'w').close()
+threading.Thread(target=rewrite).start()
+fd = libc.syscall(437, -100, b'{}', ctypes.byref(how), 24)
+if fd >= 0:
+    os.write(fd, b'secret')",
+            mark.display(),
+            fifo.display()
+        ));
+        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        while !mark.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(mark.exists(), "{ns:?}: open_how was never rewritten");
+        // The reader lets the waiting open through.
+        let mut reader = std::fs::File::open(&fifo).unwrap();
+        let hold = await_hold(&d, &trace);
+        if hold["rule"] != "test-write-pipe" {
+            failures.push(format!("{ns:?}: held by {}", hold["rule"]));
+        }
+        verdict(&d, "deny", &hold);
+        wait_exit(&mut child);
+        let mut got = Vec::new();
+        let _ = reader.read_to_end(&mut got);
+        if !got.is_empty() {
+            failures.push(format!(
+                "{ns:?}: the reader got {:?}",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

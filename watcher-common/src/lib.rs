@@ -217,6 +217,10 @@ pub const EVENT_FLAG_GATED: u32 = 1 << 5;
 /// With `EVENT_FLAG_GATED`: the process was traced, and a tracer can resume a stopped
 /// tracee (it sees the SIGSTOP and need not pass it on), so the gate killed it instead.
 pub const EVENT_FLAG_TRACED: u32 = 1 << 7;
+/// A connect record whose address is the connected socket's peer as the kernel holds it, not
+/// the buffer the process passed (which another thread may have rewritten since the kernel
+/// copied it).
+pub const EVENT_FLAG_FROM_SOCKET: u32 = 1 << 8;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -728,6 +732,22 @@ pub struct ProbeConfig {
     pub cred_egid: u32,
     pub cred_sgid: u32,
     pub cred_cap_effective: u32,
+    /// A connected socket's peer as the kernel holds it (item "what the kernel saw"): the
+    /// socket file's `private_data` (`struct socket`), its `sk`, and in `struct sock` the
+    /// family, IPv4 and IPv6 destination and port; for a unix socket `unix_sock.peer`, the
+    /// peer's bound `unix_sock.addr`, and that `unix_address`'s `len` and `name`.
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    pub sock_daddr: u32,
+    pub sock_dport: u32,
+    pub sock_v6_daddr: u32,
+    pub unix_peer: u32,
+    pub unix_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    /// `file.f_flags`: the access mode the file was opened with.
+    pub file_flags: u32,
     /// 1 once user space filled this in; programs do nothing while it is 0.
     pub ready: u32,
 }
@@ -779,6 +799,17 @@ impl ProbeConfig {
             cred_egid: 0,
             cred_sgid: 0,
             cred_cap_effective: 0,
+            file_private_data: 0,
+            socket_sk: 0,
+            sock_family: 0,
+            sock_daddr: 0,
+            sock_dport: 0,
+            sock_v6_daddr: 0,
+            unix_peer: 0,
+            unix_addr: 0,
+            unix_address_len: 0,
+            unix_address_name: 0,
+            file_flags: 0,
             ready: 0,
         }
     }

@@ -14,7 +14,7 @@ use watcher_common::{
     FILTER_GATE_SUFFIX, GATE_COMM_LEN, GATE_OPEN, GATE_SUFFIX_MAX,
 };
 
-use crate::shared::{alert, may_match, read_kernel, signal_stop, Task, CONFIG};
+use crate::shared::{alert, may_match, off, read_kernel, signal_stop, Task, CONFIG};
 
 /// `[0]`: the kinds gated for every watched process; `[1]`: the open intents of `[0]`'s opens
 /// (0: any); `[2]`: how many sessions `SESSION_GATE` holds, and `[3]` how many entries
@@ -327,12 +327,6 @@ pub fn gated_inode(task: Task, fd: i64, intent: u32) -> bool {
         .is_some_and(|ino| hit(ino, 0))
 }
 
-/// A field offset of `CONFIG` (a volatile read keeps the load-time value from being folded).
-#[inline(always)]
-fn off(field: &u32) -> u32 {
-    // SAFETY: a plain read of the read-only global.
-    unsafe { core::ptr::read_volatile(field) }
-}
 
 /// Stops the current process at this hook for user space's verdict and tells user space at
 /// once; returns the record flags that say so (a traced process is killed: `signal_stop`).

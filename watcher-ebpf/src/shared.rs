@@ -331,6 +331,27 @@ pub fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok() }
 }
 
+/// A field offset of `CONFIG` (a volatile read keeps the load-time value from being folded
+/// to the zeroed default).
+#[inline(always)]
+pub fn off(field: &u32) -> u32 {
+    // SAFETY: a plain read of the read-only global.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// The `struct file` open as `fd` in `task` (an index from user space, checked against the
+/// table's size).
+#[inline(always)]
+pub fn file_of(task: Task, fd: i32) -> Option<*const u8> {
+    let fdt = task.fdtable();
+    let max: u32 = read_kernel(fdt, off(&CONFIG.fdtable_max_fds))?;
+    if fd < 0 || fd as u32 >= max {
+        return None;
+    }
+    let fds: *const u8 = read_kernel(fdt, off(&CONFIG.fdtable_fd))?;
+    read_kernel::<*const u8>(fds, (fd as u32).wrapping_mul(8)).filter(|f| !f.is_null())
+}
+
 /// The current parent's tgid (two kernel reads).
 #[inline(always)]
 pub fn parent_tgid(cfg: &ProbeConfig) -> u32 {

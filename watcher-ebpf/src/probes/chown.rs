@@ -13,7 +13,7 @@ use watcher_common::{EventKind, CHOWN_OWNER_KNOWN, GATE_CHOWN};
 use crate::{
     gate,
     record::{write_path, PathCall},
-    shared::{read_kernel, syscall, syscall_arg4, watch_of, watched_call, Task, CONFIG},
+    shared::{file_of, off, read_kernel, syscall, syscall_arg4, watch_of, watched_call, Task, CONFIG},
 };
 
 const AT_FDCWD: i32 = -100;
@@ -57,16 +57,7 @@ fn try_enter(at: bool) {
 /// The owner of the file open as `fd` in the current task.
 #[inline(always)]
 fn owner_of(task: Task, fd: i32) -> Option<u32> {
-    // A volatile read keeps the load-time offset from being folded to the zeroed default.
-    // SAFETY: plain reads of the read-only global.
-    let off = |f: &u32| unsafe { core::ptr::read_volatile(f) };
-    let fdt = task.fdtable();
-    let max: u32 = read_kernel(fdt, off(&CONFIG.fdtable_max_fds))?;
-    if fd < 0 || fd as u32 >= max {
-        return None;
-    }
-    let fds: *const u8 = read_kernel(fdt, off(&CONFIG.fdtable_fd))?;
-    let file: *const u8 = read_kernel(fds, (fd as u32).wrapping_mul(8))?;
+    let file = file_of(task, fd)?;
     let inode: *const u8 = read_kernel(file, off(&CONFIG.file_inode))?;
     read_kernel(inode, off(&CONFIG.inode_uid))
 }

@@ -20,8 +20,9 @@ use crate::{
     gate,
     record::Written,
     shared::{
-        alert, count_drop, enforce_halt, fast_act, fast_lookup, fill_header, may_match, ready,
-        scratch_key, syscall, watch_of, Syscall, Task, EVENTS, FAST_OPEN,
+        alert, count_drop, enforce_halt, fast_act, fast_lookup, file_of, fill_header, may_match,
+        off, read_kernel, ready, scratch_key, syscall, watch_of, Syscall, Task, CONFIG, EVENTS,
+        FAST_OPEN,
     },
 };
 
@@ -85,7 +86,15 @@ fn try_exit(which: u32) {
                     mode: 0,
                     resolve: 0,
                 });
-            (args[0], args[1], how.flags, how.mode, how.resolve)
+            // `how` is user memory, read again here: another thread may have rewritten it
+            // since the kernel copied it, so the access mode (and whether the file was made)
+            // is the opened file's.
+            let flags = if ret >= 0 {
+                opened_flags(task, ret as i32, how.flags)
+            } else {
+                how.flags
+            };
+            (args[0], args[1], flags, how.mode, how.resolve)
         }
         OPEN_CALL_OPEN => (AT_FDCWD, args[0], args[1], args[2], 0),
         OPEN_CALL_CREAT => (AT_FDCWD, args[0], CREAT_FLAGS, args[1], 0),
@@ -240,6 +249,20 @@ fn gated(
         || gate::gated_suffix(&key.data, len, intent)
         || gate::gated_prefix(key, len, intent)
         || gate::gated_inode(task, ret, intent)
+}
+
+/// `flags` with the access mode the kernel opened `fd` with. (Whether this open made the file
+/// is `f_mode`'s `FMODE_CREATED`, whose bit moves between kernel versions and is in no BTF:
+/// not read.)
+#[inline(always)]
+fn opened_flags(task: Task, fd: i32, flags: u64) -> u64 {
+    let Some(file) = file_of(task, fd) else {
+        return flags;
+    };
+    match read_kernel::<u32>(file, off(&CONFIG.file_flags)) {
+        Some(f) => (flags & !3) | (f & 3) as u64,
+        None => flags,
+    }
 }
 
 /// The `INTENT_*` bits of an open's flags.

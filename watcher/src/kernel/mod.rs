@@ -198,6 +198,9 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let exit = f("sched", "sched_process_exit")?;
     let signal = f("signal", "signal_generate")?;
     let btf = KernelBtf::open()?;
+    let sk = |member: &str| -> anyhow::Result<u32> {
+        Ok(btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", member)?)
+    };
     Ok(ProbeConfig {
         exec_filename: exec.offset("filename", 4)?,
         exec_pid: exec.offset("pid", 4)?,
@@ -245,6 +248,17 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         cred_egid: btf.member_offset("cred", "egid")?,
         cred_sgid: btf.member_offset("cred", "sgid")?,
         cred_cap_effective: btf.member_offset("cred", "cap_effective")?,
+        file_private_data: btf.member_offset("file", "private_data")?,
+        socket_sk: btf.member_offset("socket", "sk")?,
+        sock_family: sk("skc_family")?,
+        sock_daddr: sk("skc_daddr")?,
+        sock_dport: sk("skc_dport")?,
+        sock_v6_daddr: sk("skc_v6_daddr")?,
+        unix_peer: btf.member_offset("unix_sock", "peer")?,
+        unix_addr: btf.member_offset("unix_sock", "addr")?,
+        unix_address_len: btf.member_offset("unix_address", "len")?,
+        unix_address_name: btf.member_offset("unix_address", "name")?,
+        file_flags: btf.member_offset("file", "f_flags")?,
         ready: 1,
     })
 }
