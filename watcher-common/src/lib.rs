@@ -748,6 +748,9 @@ pub struct ProbeConfig {
     pub unix_address_name: u32,
     /// `file.f_flags`: the access mode the file was opened with.
     pub file_flags: u32,
+    /// `task_struct.fs` and `fs_struct.pwd.dentry`: the working directory a bare name is in.
+    pub task_fs: u32,
+    pub fs_pwd_dentry: u32,
     /// 1 once user space filled this in; programs do nothing while it is 0.
     pub ready: u32,
 }
@@ -810,6 +813,8 @@ impl ProbeConfig {
             unix_address_len: 0,
             unix_address_name: 0,
             file_flags: 0,
+            task_fs: 0,
+            fs_pwd_dentry: 0,
             ready: 0,
         }
     }

@@ -11,10 +11,11 @@ use aya_ebpf::{
 };
 use watcher_common::{
     EventKind, Gate, Gated, InodeKey, FAST_PATH_MAX, FILTER_GATE_COMM, FILTER_GATE_PREFIX,
-    FILTER_GATE_SUFFIX, GATE_COMM_LEN, GATE_OPEN, GATE_SUFFIX_MAX,
+    FILTER_GATE_SUFFIX, GATE_COMM_LEN, GATE_OPEN, GATE_SUFFIX_MAX, INTENT_CREATE, INTENT_TRUNCATE,
+    INTENT_WRITE,
 };
 
-use crate::shared::{alert, may_match, off, read_kernel, signal_stop, Task, CONFIG};
+use crate::shared::{alert, file_of, may_match, off, read_kernel, signal_stop, Task, CONFIG};
 
 /// `[0]`: the kinds gated for every watched process; `[1]`: the open intents of `[0]`'s opens
 /// (0: any); `[2]`: how many sessions `SESSION_GATE` holds, and `[3]` how many entries
@@ -300,11 +301,9 @@ pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
 
 /// Whether the file the current task just opened as `fd` is one the policy names
 /// (`GATE_INODE`), with this intent: the same file under any other name (a symlink, a hard
-/// link, a bind mount, `/proc/self/root/…`). (Its directory is not looked up: four more reads
-/// on every open, for a file made since the last refresh and opened through a symlinked
-/// directory; user space still names it by its directory.) Keys are inode numbers alone (user space
-/// tells devices apart): a number shared across file systems costs a gated round trip, never
-/// a miss.
+/// link, a bind mount, `/proc/self/root/…`); its directory is `gated_parent`. Keys are inode
+/// numbers alone (user space tells devices apart): a number shared across file systems costs a
+/// gated round trip, never a miss.
 #[inline(always)]
 pub fn gated_inode(task: Task, fd: i64, intent: u32) -> bool {
     if GATE_ALL.get(3).copied().unwrap_or(0) == 0 || fd < 0 {
@@ -316,17 +315,66 @@ pub fn gated_inode(task: Task, fd: i64, intent: u32) -> bool {
     else {
         return false;
     };
-    let ino_of = |inode: *const u8| read_kernel::<u64>(inode, off(&CONFIG.inode_ino));
-    let hit = |ino: u64, dir: u32| {
-        let key = InodeKey { ino, dev: 0, dir };
-        // SAFETY: copied out at once.
-        unsafe { GATE_INODE.get(&key) }.is_some_and(|g| intent_ok(g, intent))
-    };
     read_kernel::<*const u8>(file, off(&CONFIG.file_inode))
         .and_then(ino_of)
-        .is_some_and(|ino| hit(ino, 0))
+        .is_some_and(|ino| inode_hit(ino, 0, intent))
 }
 
+/// Whether the file the current task just opened as `fd` with an intent that may write is in a
+/// directory the policy guards names in (`GATE_INODE`, by identity): a file made there since
+/// the last refresh, reached through a symlinked directory, a relative name, or a path another
+/// thread rewrote after the kernel copied it. (Reads are not looked up by directory: user
+/// space still names them by it.)
+#[inline(always)]
+pub fn gated_parent(task: Task, fd: i64, intent: u32) -> bool {
+    if intent & WRITES == 0 || GATE_ALL.get(3).copied().unwrap_or(0) == 0 || fd < 0 {
+        return false;
+    }
+    file_of(task, fd as i32)
+        .and_then(|f| read_kernel::<*const u8>(f, off(&CONFIG.file_dentry)))
+        .and_then(|d| read_kernel::<*const u8>(d, off(&CONFIG.dentry_parent)))
+        .and_then(dentry_ino)
+        .is_some_and(|ino| inode_hit(ino, 1, intent))
+}
+
+/// Whether a relative name made or replaced through `dfd` may be in a directory the policy
+/// guards names in (`GATE_INODE`, by identity): `dfd`'s, or the working directory's for
+/// `AT_FDCWD`. Exact for a bare name; a name with a `/` under such a directory costs a gated
+/// round trip (user space resolves it), and its tails are matched as well.
+#[inline(always)]
+pub fn gated_dir(task: Task, dfd: i32, intent: u32) -> bool {
+    if GATE_ALL.get(3).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    let dentry = if dfd == AT_FDCWD {
+        Some(task.cwd_dentry()).filter(|d| !d.is_null())
+    } else {
+        file_of(task, dfd).and_then(|f| read_kernel::<*const u8>(f, off(&CONFIG.file_dentry)))
+    };
+    dentry
+        .and_then(dentry_ino)
+        .is_some_and(|ino| inode_hit(ino, 1, intent))
+}
+
+const AT_FDCWD: i32 = -100;
+const WRITES: u32 = INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE;
+
+#[inline(always)]
+fn ino_of(inode: *const u8) -> Option<u64> {
+    read_kernel::<u64>(inode, off(&CONFIG.inode_ino))
+}
+
+#[inline(always)]
+fn dentry_ino(dentry: *const u8) -> Option<u64> {
+    read_kernel::<*const u8>(dentry, off(&CONFIG.dentry_inode)).and_then(ino_of)
+}
+
+#[inline(always)]
+fn inode_hit(ino: u64, dir: u32, intent: u32) -> bool {
+    let key = InodeKey { ino, dev: 0, dir };
+    // SAFETY: copied out at once.
+    unsafe { GATE_INODE.get(&key) }.is_some_and(|g| intent_ok(g, intent))
+}
 
 /// Stops the current process at this hook for user space's verdict and tells user space at
 /// once; returns the record flags that say so (a traced process is killed: `signal_stop`).

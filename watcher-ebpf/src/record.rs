@@ -145,7 +145,9 @@ fn path_record<const N: usize>(c: &PathCall, task: Task, watch: &Watch) -> Writt
         (*ev).dfd = c.dfd;
         (*ev).call = c.call;
         if c.gate != 0 && c.ret == 0 {
-            let named = len > 0 && gated_name(&(*ev).path, len, c.gate);
+            let named = len > 0
+                && (((*ev).path[0] != b'/' && gate::gated_dir(task, c.dfd, c.gate))
+                    || gated_name(&(*ev).path, len, c.gate));
             let by_fd = c.path.is_null() && gate::gated_inode(task, c.dfd as i64, c.gate);
             if named || by_fd || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, c.kind);
@@ -216,10 +218,13 @@ fn pair_record<const N: usize>(c: &PairCall, task: Task, watch: &Watch) -> Writt
         (*ev).call = c.call;
         (*ev)._pad = 0;
         if c.gate != 0 && c.ret == 0 {
+            // The new name: a rename's second path, a link's first.
             let named = if c.kind == EventKind::Rename {
-                gated_name(&(*ev).new_path, b, c.gate)
+                ((*ev).new_path[0] != b'/' && gate::gated_dir(task, c.new_dfd, c.gate))
+                    || gated_name(&(*ev).new_path, b, c.gate)
             } else {
-                gated_name(&(*ev).path, a, c.gate)
+                ((*ev).path[0] != b'/' && gate::gated_dir(task, c.dfd, c.gate))
+                    || gated_name(&(*ev).path, a, c.gate)
             };
             if named || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, c.kind);

@@ -227,6 +227,16 @@ impl Task {
         }
     }
 
+    /// The dentry of the task's working directory (`fs->pwd.dentry`).
+    #[inline(always)]
+    pub fn cwd_dentry(self) -> *const u8 {
+        // SAFETY: see `load`.
+        unsafe {
+            let fs: *const u8 = load(self.0, &CONFIG.task_fs);
+            load(fs, &CONFIG.fs_pwd_dentry)
+        }
+    }
+
     /// The task's file table (`files->fdt`), for an index from user space that must be
     /// checked against its `max_fds`.
     #[inline(always)]

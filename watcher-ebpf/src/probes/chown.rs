@@ -13,7 +13,9 @@ use watcher_common::{EventKind, CHOWN_OWNER_KNOWN, GATE_CHOWN};
 use crate::{
     gate,
     record::{write_path, PathCall},
-    shared::{file_of, off, read_kernel, syscall, syscall_arg4, watch_of, watched_call, Task, CONFIG},
+    shared::{
+        file_of, off, read_kernel, syscall, syscall_arg4, watch_of, watched_call, Task, CONFIG,
+    },
 };
 
 const AT_FDCWD: i32 = -100;

@@ -101,9 +101,8 @@ fn try_exit() {
             // SAFETY: this CPU's scratch, used by this program only.
             let path = unsafe { &mut *path };
             // SAFETY: a copy between two of this program's buffers.
-            let _ = unsafe {
-                bpf_probe_read_kernel_buf(addr.as_ptr().add(2), &mut path[..SUN_PATH])
-            };
+            let _ =
+                unsafe { bpf_probe_read_kernel_buf(addr.as_ptr().add(2), &mut path[..SUN_PATH]) };
             let mut n = 0usize;
             while n < SUN_PATH && path[n] != 0 {
                 n += 1;

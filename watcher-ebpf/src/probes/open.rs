@@ -219,7 +219,10 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
         if (*ev).hdr.flags & EVENT_FLAG_FAST_PATH == 0 && c.ret >= 0 {
             let intent = intent_of(c.flags);
             let comm = &(*ev).hdr.comm;
-            let stop = gate::gated_kind(watch.session_id, GATE_OPEN, intent)
+            // The directory first: after the tails' loops, the verifier would walk it once per
+            // path length.
+            let stop = gate::gated_parent(task, c.ret, intent)
+                || gate::gated_kind(watch.session_id, GATE_OPEN, intent)
                 || gate::gated_comm(comm, GATE_OPEN, intent)
                 || gate::gated_suffix(&(*ev).path, len, intent)
                 || key.is_some_and(|k| gate::gated_prefix(k, len, intent))
@@ -244,7 +247,8 @@ fn gated(
     (task, ret): (Task, i64),
 ) -> bool {
     let intent = intent_of(flags);
-    gate::gated_kind(session_id, GATE_OPEN, intent)
+    gate::gated_parent(task, ret, intent)
+        || gate::gated_kind(session_id, GATE_OPEN, intent)
         || gate::gated_comm(comm, GATE_OPEN, intent)
         || gate::gated_suffix(&key.data, len, intent)
         || gate::gated_prefix(key, len, intent)

@@ -259,6 +259,9 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         unix_address_len: btf.member_offset("unix_address", "len")?,
         unix_address_name: btf.member_offset("unix_address", "name")?,
         file_flags: btf.member_offset("file", "f_flags")?,
+        task_fs: btf.member_offset("task_struct", "fs")?,
+        fs_pwd_dentry: btf.member_offset("fs_struct", "pwd")?
+            + btf.member_offset("path", "dentry")?,
         ready: 1,
     })
 }

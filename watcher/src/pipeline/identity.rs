@@ -41,7 +41,13 @@ impl Core {
             .collect();
         for (n, listed) in active.gate.named.iter().zip(&named) {
             let intent = &n.intent;
-            for (path, dir) in listed.iter().cloned() {
+            // The directory a literal name would be made in, whether it exists or not: the
+            // kernel gates a change made there by a name the tails cannot see (a bare name in
+            // the working directory, a symlinked directory, a path rewritten in flight).
+            let parents = crate::sys::files::parents(&n.pattern)
+                .into_iter()
+                .map(|d| (d, true));
+            for (path, dir) in listed.iter().cloned().chain(parents) {
                 let Some((ino, dev)) = crate::sys::files::identity(&path) else {
                     continue;
                 };

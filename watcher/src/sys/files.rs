@@ -99,28 +99,9 @@ pub fn named(pattern: &str) -> Vec<(PathBuf, bool)> {
     let Some((last, dirs)) = parts.split_last() else {
         return Vec::new();
     };
-    let wild = |c: &str| c.contains(['*', '?', '[']);
-    let mut cur = vec![PathBuf::from("/")];
-    for c in dirs {
-        if c.contains("**") {
-            return Vec::new();
-        }
-        cur = if wild(c) {
-            let Some(m) = component_matcher(c) else {
-                return Vec::new();
-            };
-            cur.iter()
-                .flat_map(|d| children(d).into_iter().filter(|p| p.is_dir()))
-                .filter(|p| p.file_name().is_some_and(|n| m.is_match(n)))
-                .take(NAMED_MAX)
-                .collect()
-        } else {
-            cur.into_iter()
-                .map(|d| d.join(c))
-                .filter(|p| p.is_dir())
-                .collect()
-        };
-    }
+    let Some(cur) = directories(dirs) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     if *last == "**" {
         out.extend(cur.into_iter().map(|d| (d, true)));
@@ -147,6 +128,52 @@ pub fn named(pattern: &str) -> Vec<(PathBuf, bool)> {
     }
     out.truncate(NAMED_MAX);
     out
+}
+
+/// The directories that exist now where a path pattern with a literal last component would
+/// put that name (`~/.ssh` for `~/.ssh/authorized_keys`, whether the file exists or not): a
+/// name made there under any other spelling is the pattern's. Nothing for a pattern whose last
+/// component is a wildcard (`named` lists those directories).
+pub fn parents(pattern: &str) -> Vec<PathBuf> {
+    let Some(rest) = pattern.strip_prefix('/') else {
+        return Vec::new();
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.split_last() {
+        Some((last, dirs)) if !last.is_empty() && !wild(last) => {
+            directories(dirs).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn wild(c: &str) -> bool {
+    c.contains(['*', '?', '['])
+}
+
+/// The directories that exist now and that these components (`*`, `?`, `[..]` within one)
+/// name; None for a `**` (not enumerable) or a bad pattern.
+fn directories(dirs: &[&str]) -> Option<Vec<PathBuf>> {
+    let mut cur = vec![PathBuf::from("/")];
+    for c in dirs {
+        if c.contains("**") {
+            return None;
+        }
+        cur = if wild(c) {
+            let m = component_matcher(c)?;
+            cur.iter()
+                .flat_map(|d| children(d).into_iter().filter(|p| p.is_dir()))
+                .filter(|p| p.file_name().is_some_and(|n| m.is_match(n)))
+                .take(NAMED_MAX)
+                .collect()
+        } else {
+            cur.into_iter()
+                .map(|d| d.join(c))
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+    }
+    Some(cur)
 }
 
 fn component_matcher(c: &str) -> Option<globset::GlobMatcher> {
