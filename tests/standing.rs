@@ -165,7 +165,33 @@ fn attacks(daemon: u32, guardian: u32, thread: u32, marker: &Path) -> Vec<(&'sta
         ("ptrace attach", format!(
             "{py} -c \"import ctypes; ctypes.CDLL(None).ptrace(16, {daemon}, 0, 0); open('{m}', 'w')\""
         )),
+        // A pidfd from the daemon's /proc directory: no call the fence can see names the
+        // daemon, so only the kernel-side check meets it (as it meets every signal of a
+        // session with no fence: attached or matched ones).
+        ("pidfd from /proc/PID, SIGSTOP", format!(
+            "{py} -c \"import os, signal; signal.pidfd_send_signal(os.open('/proc/{daemon}', os.O_RDONLY), signal.SIGSTOP); open('{m}', 'w')\""
+        )),
     ]
+}
+
+/// What the tamper finding's evidence is for an attack: the seccomp fence (`watcher launch`
+/// as root) kills the caller in the call, and its exit is the evidence; a signal only the
+/// kernel-side check sees is a signal.
+fn evidence_of(what: &str) -> (&'static str, Option<&'static str>) {
+    match what {
+        "pidfd from /proc/PID, SIGSTOP" => ("signal", None),
+        "kill -STOP (the shell's own kill)"
+        | "/bin/kill -STOP"
+        | "kill -TERM"
+        | "kill -HUP"
+        | "SIGSTOP to the guardian, then to the daemon" => ("exit", Some("kill")),
+        "tgkill SIGSTOP to one of its threads" => ("exit", Some("tgkill")),
+        "pidfd_send_signal SIGSTOP" => ("exit", Some("pidfd_open")),
+        // The fence skips the call and the process dies of SIGSYS on its way out, but the
+        // `ptrace` exit hook sees the skipped call first and kills it (its SIGKILL wins): the
+        // call is the evidence.
+        _ => ("ptrace", None),
+    }
 }
 
 /// No watched process stops, ends or traces the daemon, by any call, to any of its threads or
@@ -194,15 +220,11 @@ fn no_watched_process_stops_the_daemon() {
             let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
             let f = common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
                 .unwrap_or_else(|| panic!("{ns:?} {what}: no tamper finding"));
-            assert_eq!(
-                f["evidence"][0]["type"],
-                if what == "ptrace attach" {
-                    "ptrace"
-                } else {
-                    "signal"
-                },
-                "{ns:?} {what}: {f}"
-            );
+            let (kind, fenced) = evidence_of(what);
+            assert_eq!(f["evidence"][0]["type"], kind, "{ns:?} {what}: {f}");
+            if let Some(call) = fenced {
+                assert_eq!(f["evidence"][0]["fenced"], call, "{ns:?} {what}: {f}");
+            }
             await_frozen(&d, &trace, &mut child);
             // The daemon runs and answers (it decided the finding above, and answers now).
             let st = d.status();
@@ -234,7 +256,12 @@ fn a_killed_guardian_is_replaced_and_the_new_one_continues_the_daemon() {
     let tmp = TempDir::new("standing-guardian");
     let old = guardian_of(&d);
     let marker = tmp.0.join("marker");
-    let script = format!("kill -KILL {old}; touch {}", marker.display());
+    // Through a pidfd from /proc (a call the launch's seccomp fence cannot refuse: it names no
+    // pid), so that the guardian does die.
+    let script = format!(
+        "/usr/bin/python3 -c \"import os, signal; signal.pidfd_send_signal(os.open('/proc/{old}', os.O_RDONLY), signal.SIGKILL)\"; touch {}",
+        marker.display()
+    );
     let (mut child, trace) = spawn_session(d.launch_in(Ns::Host, "", &script));
     common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
         .expect("no tamper finding");
@@ -355,4 +382,110 @@ fn attach_refuses_the_watcher_pid_1_and_other_users_processes() {
     assert!(ok, "{err}");
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+}
+
+/// A fork bomb in a session cannot starve the host or the daemon: every session has a process
+/// limit (`[holds] pids_max`), on whichever hierarchy this host's pids controller is (here a
+/// cgroup v1 one, beside the session's v2 cgroup). The session's forks fail at the limit; the
+/// daemon goes on answering.
+#[test]
+fn a_session_cannot_fork_past_its_process_limit() {
+    common::require_root();
+    let work = TempDir::new("standing-pids");
+    let d = Daemon::start_with("[holds]\npids_max = 16\n");
+    for ns in [Ns::Host, Ns::Private] {
+        let out = work.0.join(format!("forked-{ns:?}"));
+        // Forks children that wait on a pipe until a fork fails, writes how many it made and
+        // why it stopped, and lets them go.
+        let script = format!(
+            "/usr/bin/python3 -c \"import os, errno
+r, w = os.pipe()
+n, why = 0, 'none'
+while n < 200:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        why = errno.errorcode.get(e.errno, str(e.errno)); break
+    if pid == 0:
+        os.close(w); os.read(r, 1); os._exit(0)
+    n += 1
+open('{}', 'w').write('%d %s' % (n, why))
+os.close(w)
+for _ in range(n): os.wait()\"",
+            out.display()
+        );
+        let (mut child, _trace) = spawn_session(d.launch_in(ns, "", &script));
+        common::holds::wait_exit(&mut child);
+        let got = std::fs::read_to_string(&out).unwrap_or_default();
+        let (n, why) = got.split_once(' ').unwrap_or(("", ""));
+        let n: u32 = n.parse().unwrap_or(u32::MAX);
+        assert!(
+            n < 16 && why == "EAGAIN",
+            "{ns:?}: the session forked {n} children ({why:?}) under a limit of 16"
+        );
+    }
+    // Still answering, and saying where the limit is.
+    let st = d.status();
+    assert_eq!(st["pids_limit"]["max"], 16, "{st:#}");
+}
+
+/// `kill(-1, …)` from a session reaches no process: the seccomp fence kills the caller in the
+/// call, before one signal is sent (a SIGSTOP there would stop the daemon and its guardian at
+/// once, where the kernel-side check sees the first of them already sent). A harmless signal
+/// stands in for the stop, and a process outside every session records whatever it gets.
+#[test]
+fn kill_minus_one_from_a_session_reaches_no_process() {
+    use std::process::{Command, Stdio};
+    let d = Daemon::start();
+    let tmp = TempDir::new("standing-kill-all");
+    let (got, ready) = (tmp.0.join("sentinel-got"), tmp.0.join("sentinel-ready"));
+    let mut sentinel = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import signal, time\nsignal.signal(signal.SIGWINCH, lambda *a: open('{}', 'a').write('x'))\nopen('{}', 'w').close()\ntime.sleep(300)",
+            got.display(),
+            ready.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "the sentinel did not start"
+        );
+        assert!(sentinel.try_wait().unwrap().is_none(), "the sentinel died");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _sentinel = Reap(sentinel);
+    for ns in [Ns::Host, Ns::Private] {
+        let marker = tmp.0.join(format!("after-{ns:?}"));
+        let script = format!(
+            "/usr/bin/python3 -c \"import os, signal; os.kill(-1, signal.SIGWINCH); open('{}', 'w')\"",
+            marker.display()
+        );
+        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+        let f = common::holds::first_finding(&d, &trace, |f| f["rule"] == "watcher-tamper")
+            .unwrap_or_else(|| panic!("{ns:?}: no tamper finding"));
+        assert_eq!(f["evidence"][0]["fenced"], "kill", "{ns:?}: {f}");
+        await_frozen(&d, &trace, &mut child);
+        assert!(!marker.exists(), "{ns:?}: the caller's next step ran");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        !got.exists(),
+        "a process outside every session got the session's kill(-1)"
+    );
+    assert_ne!(state(d.pid()), 'T', "the daemon is stopped");
 }

@@ -194,7 +194,31 @@ impl Drop for Daemon {
             }
         }
         let _ = std::fs::remove_dir(&self.cgroup);
+        // The sessions' process limits on a cgroup v1 hierarchy (`sys::pids`), emptied above.
+        if let Some(name) = self.cgroup.file_name() {
+            for base in v1_pids_mounts().iter().map(|m| m.join(name)) {
+                for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+                let _ = std::fs::remove_dir(&base);
+            }
+        }
     }
+}
+
+/// The mount points of cgroup v1 hierarchies with the pids controller.
+fn v1_pids_mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut r = right.split_whitespace();
+            if r.next()? != "cgroup" || !r.nth(1)?.split(',').any(|o| o == "pids") {
+                return None;
+            }
+            left.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .collect()
 }
 
 /// `config` with `lines` at the top of `section` (added when missing).

@@ -250,8 +250,13 @@ pub struct ExitEvent {
     pub hdr: EventHeader,
     /// The kernel's `task_struct.exit_code`: `status << 8` or the terminating signal.
     pub exit_code: u32,
-    pub _pad: u32,
+    /// The call the session's seccomp fence killed the process in (a signal, trace or memory
+    /// access aimed at the watcher: one of `ProbeConfig::fence_calls`), 0 otherwise.
+    pub fenced_call: u32,
 }
+
+/// How many calls the seccomp fence refuses (`ProbeConfig::fence_calls`).
+pub const FENCE_CALLS: usize = 9;
 
 /// An open record, in two sizes: `OpenEvent<PATH_SHORT>` for most paths and
 /// `OpenEvent<PATH_MAX>` for the rest. The fields before `path` are the same in both, and
@@ -751,6 +756,11 @@ pub struct ProbeConfig {
     /// `task_struct.fs` and `fs_struct.pwd.dentry`: the working directory a bare name is in.
     pub task_fs: u32,
     pub fs_pwd_dentry: u32,
+    /// Offset in `struct pt_regs` of the syscall number (x86_64: orig_ax), and the numbers of
+    /// the calls the session's seccomp fence kills in (`sys::fence`): a process that dies of
+    /// SIGSYS in one of them was stopped by the fence on its way to the watcher.
+    pub syscall_nr: u32,
+    pub fence_calls: [u32; FENCE_CALLS],
     /// 1 once user space filled this in; programs do nothing while it is 0.
     pub ready: u32,
 }
@@ -815,6 +825,8 @@ impl ProbeConfig {
             file_flags: 0,
             task_fs: 0,
             fs_pwd_dentry: 0,
+            syscall_nr: 0,
+            fence_calls: [0; FENCE_CALLS],
             ready: 0,
         }
     }

@@ -356,6 +356,27 @@ pub fn gated_dir(task: Task, dfd: i32, intent: u32) -> bool {
         .is_some_and(|ino| inode_hit(ino, 1, intent))
 }
 
+/// Remembers, for this CPU's program run, whether the call is in the gate by a directory's
+/// identity (`gated_parent`, `gated_dir`), found before the record is written: the record's
+/// code then reads an unknown value from the map, and the verifier walks its paths once rather
+/// than once with each answer (which doubled the load time of the path programs).
+#[inline(always)]
+pub fn remember_by_dir(hit: bool) {
+    if let Some(slot) = BY_DIR.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; a program run is not preempted by another on this CPU.
+        unsafe { *slot = hit as u32 };
+    }
+}
+
+/// What `remember_by_dir` said in this program run.
+#[inline(always)]
+pub fn by_dir() -> bool {
+    BY_DIR.get(0).copied().unwrap_or(0) != 0
+}
+
+#[map]
+static BY_DIR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 const AT_FDCWD: i32 = -100;
 const WRITES: u32 = INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE;
 

@@ -94,11 +94,28 @@ fn in_two_sizes(kind: EventKind, short: impl FnOnce() -> Written, long: impl FnO
 /// Writes `c`'s record.
 #[inline(always)]
 pub fn write_path(c: &PathCall, task: Task, watch: &Watch) {
+    gate::remember_by_dir(
+        c.gate != 0 && c.ret == 0 && relative_in_gated_dir(task, c.path, c.dfd, c.gate),
+    );
     in_two_sizes(
         c.kind,
         || path_record::<PATH_SHORT>(c, task, watch),
         || path_record::<PATH_MAX>(c, task, watch),
     );
+}
+
+/// Whether the user string at `name` is a relative name and `dfd` (or the working directory)
+/// is a directory the policy guards names in (`gate::gated_dir`). Its first byte is read here,
+/// before the record: a rewrite in between costs a gated round trip or a tail match, as any
+/// relative name does.
+#[inline(always)]
+fn relative_in_gated_dir(task: Task, name: *const u8, dfd: i32, intent: u32) -> bool {
+    if name.is_null() {
+        return false;
+    }
+    // SAFETY: probe read of user memory, faults safely.
+    let first = unsafe { aya_ebpf::helpers::bpf_probe_read_user(name) }.unwrap_or(b'/');
+    first != b'/' && first != 0 && gate::gated_dir(task, dfd, intent)
 }
 
 /// Reads the user string at `src` into `dst`; its length (0 when there is none).
@@ -145,9 +162,7 @@ fn path_record<const N: usize>(c: &PathCall, task: Task, watch: &Watch) -> Writt
         (*ev).dfd = c.dfd;
         (*ev).call = c.call;
         if c.gate != 0 && c.ret == 0 {
-            let named = len > 0
-                && (((*ev).path[0] != b'/' && gate::gated_dir(task, c.dfd, c.gate))
-                    || gated_name(&(*ev).path, len, c.gate));
+            let named = len > 0 && (gate::by_dir() || gated_name(&(*ev).path, len, c.gate));
             let by_fd = c.path.is_null() && gate::gated_inode(task, c.dfd as i64, c.gate);
             if named || by_fd || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, c.kind);
@@ -180,6 +195,15 @@ pub struct PairCall {
 /// Writes `c`'s record.
 #[inline(always)]
 pub fn write_pair(c: &PairCall, task: Task, watch: &Watch) {
+    // The name the call makes: a rename's new one, a link's first.
+    let (name, dfd) = if c.kind == EventKind::Rename {
+        (c.new_path, c.new_dfd)
+    } else {
+        (c.path, c.dfd)
+    };
+    gate::remember_by_dir(
+        c.gate != 0 && c.ret == 0 && relative_in_gated_dir(task, name, dfd, c.gate),
+    );
     in_two_sizes(
         c.kind,
         || pair_record::<PATH_SHORT>(c, task, watch),
@@ -219,13 +243,12 @@ fn pair_record<const N: usize>(c: &PairCall, task: Task, watch: &Watch) -> Writt
         (*ev)._pad = 0;
         if c.gate != 0 && c.ret == 0 {
             // The new name: a rename's second path, a link's first.
-            let named = if c.kind == EventKind::Rename {
-                ((*ev).new_path[0] != b'/' && gate::gated_dir(task, c.new_dfd, c.gate))
-                    || gated_name(&(*ev).new_path, b, c.gate)
-            } else {
-                ((*ev).path[0] != b'/' && gate::gated_dir(task, c.dfd, c.gate))
-                    || gated_name(&(*ev).path, a, c.gate)
-            };
+            let named = gate::by_dir()
+                || if c.kind == EventKind::Rename {
+                    gated_name(&(*ev).new_path, b, c.gate)
+                } else {
+                    gated_name(&(*ev).path, a, c.gate)
+                };
             if named || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, c.kind);
             }

@@ -593,6 +593,15 @@ pub fn syscall_arg4(task: Task) -> u64 {
     unsafe { load::<u64>(regs, &CONFIG.syscall_arg4) }
 }
 
+/// The number of the syscall the task is in (see `syscall`).
+#[inline(always)]
+pub fn syscall_nr(task: Task) -> u64 {
+    // SAFETY: helper on a BTF-typed task.
+    let regs = unsafe { bpf_task_pt_regs(task.0 as *mut _) } as *const u8;
+    // SAFETY: an offset of a `struct pt_regs` member (see `load`).
+    unsafe { load::<u64>(regs, &CONFIG.syscall_nr) }
+}
+
 impl Task {
     /// The ids and effective capabilities of the task's (subjective) credentials.
     #[inline(always)]

@@ -92,6 +92,10 @@ pub struct Holds {
     pub retention: std::time::Duration,
     /// The directory under the cgroup v2 root that holds one cgroup per session.
     pub cgroup: String,
+    /// Processes (and threads) a session may have at once (`pids.max`); 0: no limit. Where
+    /// the host's pids controller is on a cgroup v1 hierarchy, each session also gets a v1
+    /// cgroup of this name there.
+    pub pids_max: u64,
     /// Files whose open by a watched process waits for a verdict (fanotify). `~/` means every
     /// home; `*` may appear in the last component. Files must exist when the daemon starts.
     pub protected: Vec<String>,
@@ -193,6 +197,7 @@ impl Default for Holds {
             deny: crate::model::hold::DenyScope::Session,
             retention: std::time::Duration::from_secs(30 * 24 * 3600),
             cgroup: "watcher".into(),
+            pids_max: 4096,
             protected: [
                 "~/.ssh/id_*",
                 "~/.aws/credentials",

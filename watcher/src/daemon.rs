@@ -78,7 +78,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut kernel = Kernel::load(&config)?;
     active.apply(&mut kernel)?;
     let rings = kernel.take_rings()?;
-    let cgroups = Arc::new(Cgroups::open_named(&config.holds.cgroup)?);
+    let cgroups = Arc::new(
+        Cgroups::open_named(&config.holds.cgroup)?
+            .with_pids_max(&config.holds.cgroup, config.holds.pids_max),
+    );
     // DNS answers to the sessions' sockets (every session cgroup is under the base).
     if let Err(e) = kernel.watch_dns(cgroups.base()) {
         tracing::warn!("no DNS names for connects: {e:#}");

@@ -274,10 +274,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )?
             .reply()?;
-            let Reply::Started { trace_id, .. } = reply else {
+            let Reply::Started {
+                trace_id, guarded, ..
+            } = reply
+            else {
                 return Err(anyhow!("unexpected reply from the daemon"));
             };
             eprintln!("watcher: trace id {trace_id}");
+            // As root, the session gets the fence before its first instruction; another user's
+            // session cannot signal root's daemon in the first place.
+            // SAFETY: geteuid(2) has no preconditions.
+            if unsafe { libc::geteuid() } == 0 && !guarded.is_empty() {
+                if let Err(e) = watcher::sys::fence::program(&guarded)
+                    .and_then(|p| watcher::sys::fence::install(&p))
+                {
+                    eprintln!("watcher: warning: no seccomp fence for this session: {e}");
+                }
+            }
             // The agent's own logs and spans join ours: the trace id, and a W3C trace context
             // whose parent span is new (sampled).
             let mut span = [0u8; 8];
@@ -306,7 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 scope: scope.scope()?,
             };
             match Client::send(&socket, &req)?.reply()? {
-                Reply::Started { trace_id, pids } => {
+                Reply::Started { trace_id, pids, .. } => {
                     eprintln!("watcher: watching {} process(es)", pids.len());
                     println!("{trace_id}");
                     Ok(ExitCode::SUCCESS)
@@ -816,6 +829,10 @@ fn print_status(st: &Status) {
     );
     if !st.hooks_missing.is_empty() {
         println!("hooks this kernel lacks: {}", st.hooks_missing.join(", "));
+    }
+    match &st.pids_limit {
+        Some(l) => println!("session process limit: {} ({})", l.max, l.place),
+        None => println!("session process limit: none"),
     }
     println!("failed accepts: {}", st.accept_errors);
     println!(

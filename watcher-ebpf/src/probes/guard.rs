@@ -76,6 +76,13 @@ pub fn guarded(id: u32) -> bool {
 #[inline(always)]
 pub fn stop_sender(session_id: u64) {
     signal_kill();
+    halt_session(session_id);
+}
+
+/// Halts the current process's session (every process of it stops at its next hook) and
+/// remembers the current process as its tamperer.
+#[inline(always)]
+pub fn halt_session(session_id: u64) {
     let _ = TAMPERERS.insert(&Task::current().tgid(), &session_id, 0);
     if HALTED
         .insert(&session_id, &HALT_STOP, 1 /* BPF_NOEXIST */)

@@ -109,6 +109,7 @@ fn try_exit(which: u32) {
         ),
         _ => (args[0], args[1], args[2], args[3], 0),
     };
+    gate::remember_by_dir(ret >= 0 && gate::gated_parent(task, ret, intent_of(flags)));
     let call = Call {
         path: path as *const u8,
         ret,
@@ -221,7 +222,7 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
             let comm = &(*ev).hdr.comm;
             // The directory first: after the tails' loops, the verifier would walk it once per
             // path length.
-            let stop = gate::gated_parent(task, c.ret, intent)
+            let stop = gate::by_dir()
                 || gate::gated_kind(watch.session_id, GATE_OPEN, intent)
                 || gate::gated_comm(comm, GATE_OPEN, intent)
                 || gate::gated_suffix(&(*ev).path, len, intent)
@@ -247,7 +248,7 @@ fn gated(
     (task, ret): (Task, i64),
 ) -> bool {
     let intent = intent_of(flags);
-    gate::gated_parent(task, ret, intent)
+    gate::by_dir()
         || gate::gated_kind(session_id, GATE_OPEN, intent)
         || gate::gated_comm(comm, GATE_OPEN, intent)
         || gate::gated_suffix(&key.data, len, intent)

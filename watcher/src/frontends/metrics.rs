@@ -602,6 +602,7 @@ pub fn bench(rounds: u32) -> anyhow::Result<()> {
             .collect(),
         audit: Default::default(),
         hooks_missing: Vec::new(),
+        pids_limit: None,
     };
     let findings: Vec<([String; 4], u64)> = (0..60)
         .map(|i| {

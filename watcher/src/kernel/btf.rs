@@ -97,6 +97,18 @@ impl KernelBtf {
         }
     }
 
+    /// Offset in `struct pt_regs` of the syscall number the task is in.
+    pub fn syscall_nr_offset(&self) -> Result<u32, BtfError> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.member_offset("pt_regs", "orig_ax")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            self.member_offset("pt_regs", "syscallno")
+        }
+    }
+
     fn find(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
         for m in &s.members {
             let name = self.0.resolve_name(m).unwrap_or_default();

@@ -259,6 +259,8 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         unix_address_len: btf.member_offset("unix_address", "len")?,
         unix_address_name: btf.member_offset("unix_address", "name")?,
         file_flags: btf.member_offset("file", "f_flags")?,
+        syscall_nr: btf.syscall_nr_offset()?,
+        fence_calls: crate::sys::fence::CALLS.map(|c| c as u32),
         task_fs: btf.member_offset("task_struct", "fs")?,
         fs_pwd_dentry: btf.member_offset("fs_struct", "pwd")?
             + btf.member_offset("path", "dentry")?,
@@ -304,8 +306,10 @@ impl Kernel {
                 .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
                 .try_into()?;
             if p.fd().is_err() {
+                let t = std::time::Instant::now();
                 p.load()
                     .with_context(|| format!("verifier rejected {prog}"))?;
+                tracing::debug!(prog, ms = t.elapsed().as_millis() as u64, "loaded");
             }
             p.attach(cat, name)
                 .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;

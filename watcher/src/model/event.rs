@@ -57,6 +57,10 @@ pub enum Detail {
         exit_code: Option<i32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<i32>,
+        /// The call the session's seccomp fence killed it in (`kill`, `tgkill`, `ptrace`, ...):
+        /// it was on its way to the watcher.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fenced: Option<String>,
     },
     Open {
         /// The call when it is not openat (`openat2`, `open`, `creat`, `open_by_handle_at`);
@@ -594,7 +598,16 @@ impl std::fmt::Display for Event {
                     if *thread { "thread" } else { "child" }
                 )
             }
-            Detail::Exit { exit_code, signal } => match (exit_code, signal) {
+            Detail::Exit {
+                exit_code,
+                signal,
+                fenced,
+            } => match (exit_code, signal) {
+                _ if fenced.is_some() => write!(
+                    f,
+                    "killed by the seccomp fence in {}",
+                    fenced.as_deref().unwrap_or_default()
+                ),
                 (_, Some(sig)) => write!(f, "killed by signal {sig}"),
                 (Some(code), None) => write!(f, "exit code {code}"),
                 (None, None) => write!(f, "exited"),

@@ -131,6 +131,10 @@ pub enum Reply {
     Started {
         trace_id: String,
         pids: Vec<u32>,
+        /// The daemon's process and thread ids and its guardian's: what `launch`'s seccomp
+        /// fence keeps the session off (`sys::fence`).
+        #[serde(default)]
+        guarded: Vec<u32>,
     },
     Reloaded {
         policy_version: String,
@@ -218,6 +222,17 @@ pub struct Status {
     /// Optional hooks this kernel has no tracepoint for (module loads without CONFIG_MODULES).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks_missing: Vec<String>,
+    /// Each session's process limit (`[holds] pids_max`) and where it is set; None: sessions
+    /// have none (no pids controller on this host, or `pids_max = 0`).
+    #[serde(default)]
+    pub pids_limit: Option<PidsLimitStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PidsLimitStatus {
+    pub max: u64,
+    /// `cgroup v2`, or `cgroup v1 DIR`.
+    pub place: String,
 }
 
 /// The audit log (`[audit]`): what the writer appended, and what it could not.

@@ -50,6 +50,10 @@ pub fn own_paths(shared: &Core) -> Vec<PathBuf> {
     if let Some(root) = crate::sys::cgroup::cgroup2_root() {
         v.push(root.join(&c.holds.cgroup));
     }
+    // The sessions' process limits on a v1 hierarchy: raising one's own is tampering.
+    if let Some(crate::sys::pids::Place::V1(base)) = shared.cgroups.pids_limit().map(|l| &l.place) {
+        v.push(base.clone());
+    }
     v
 }
 
@@ -63,6 +67,11 @@ pub fn check(
     same_session: impl Fn(u32) -> bool,
 ) -> Option<String> {
     match &ev.detail {
+        Detail::Exit {
+            fenced: Some(call), ..
+        } => Some(format!(
+            "{call} of the watcher, stopped by the session's seccomp fence"
+        )),
         Detail::Signal {
             target_pid, signal, ..
         } => {
@@ -93,14 +102,17 @@ pub fn check(
             (!same_session(*target_pid))
                 .then(|| format!("{how} of process {target_pid} outside its session"))
         }
-        // Into any cgroup's `cgroup.procs` or `cgroup.threads`: a process of the session
-        // would leave its session's cgroup (its limits, the freeze and deny's kill).
+        // Into any cgroup's `cgroup.procs` or `cgroup.threads` (or a v1 hierarchy's `tasks`):
+        // a process of the session would leave its session's cgroup (its limits, the freeze
+        // and deny's kill).
         Detail::Open {
             path,
             flags,
             result,
             ..
-        } if (path.ends_with("/cgroup.procs") || path.ends_with("/cgroup.threads"))
+        } if (path.ends_with("/cgroup.procs")
+            || path.ends_with("/cgroup.threads")
+            || (path.starts_with("/sys/fs/cgroup/") && path.ends_with("/tasks")))
             && *result >= 0
             && flags.iter().any(|f| f == "O_WRONLY" || f == "O_RDWR") =>
         {

@@ -44,6 +44,8 @@ pub struct Cgroups {
     frozen_us: FrozenTimes,
     /// The one thread that times freezes.
     timer: std::sync::Mutex<Option<std::sync::mpsc::Sender<(PathBuf, u64)>>>,
+    /// Each session's process limit, where the host has a pids controller.
+    limit: Option<super::pids::PidsLimit>,
 }
 
 type FrozenTimes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>>;
@@ -150,7 +152,27 @@ impl Cgroups {
             by_id: Default::default(),
             frozen_us: Default::default(),
             timer: Default::default(),
+            limit: None,
         })
+    }
+
+    /// Gives every session from now on a limit of `max` processes (0: none), where this host
+    /// has the pids controller (`sys::pids`); says so when it has none.
+    pub fn with_pids_max(mut self, name: &str, max: u64) -> Cgroups {
+        self.limit = super::pids::PidsLimit::detect(&self.base, name, max);
+        match &self.limit {
+            Some(l) => tracing::info!(max, place = %l.describe(), "session process limit"),
+            None if max > 0 => tracing::warn!(
+                "no pids controller on this host (cgroup v2 or v1): sessions have no process limit"
+            ),
+            None => {}
+        }
+        self
+    }
+
+    /// The session process limit and where it is set, if sessions have one.
+    pub fn pids_limit(&self) -> Option<&super::pids::PidsLimit> {
+        self.limit.as_ref()
     }
 
     /// The directory of every session cgroup.
@@ -171,6 +193,10 @@ impl Cgroups {
         let dir = self.dir(trace)?;
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         self.remember_id(&dir);
+        // The limit first: `add` moves each process under it too.
+        if let Some(l) = &self.limit {
+            l.start(&dir, trace, &[])?;
+        }
         for pid in pids {
             self.add(trace, *pid)?;
         }
@@ -260,13 +286,18 @@ impl Cgroups {
     }
 
     pub fn add(&self, trace: &str, pid: u32) -> Result<(), FreezeError> {
-        let procs = self.dir(trace)?.join("cgroup.procs");
+        let dir = self.dir(trace)?;
+        let procs = dir.join("cgroup.procs");
         match write(&procs, &pid.to_string()) {
             // The process exited meanwhile: nothing to move.
             Err(FreezeError::Io { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
                 Ok(())
             }
             r => r,
+        }?;
+        match &self.limit {
+            Some(l) => l.add(&dir, trace, pid),
+            None => Ok(()),
         }
     }
 
@@ -360,6 +391,9 @@ impl Cgroups {
         };
         if !self.pids(trace).is_empty() || std::fs::remove_dir(&dir).is_err() {
             return false;
+        }
+        if let Some(l) = &self.limit {
+            l.remove(&dir, trace);
         }
         self.by_id
             .lock()

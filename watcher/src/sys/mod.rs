@@ -2,9 +2,11 @@
 //! crash tests' fault-injection points.
 pub mod cgroup;
 pub mod fault;
+pub mod fence;
 pub mod files;
 pub mod guardian;
 pub mod keep;
+pub mod pids;
 pub mod procfs;
 pub mod users;
 pub mod worker;

@@ -18,8 +18,8 @@ use crate::{
         event::{Detail, Event},
         hold::{HoldState, Via},
         protocol::{
-            HoldsStatus, KillSwitchOp, KindCount, PolicyStatus, Reply, Request, Skipped, Status,
-            MAX_LINE,
+            HoldsStatus, KillSwitchOp, KindCount, PidsLimitStatus, PolicyStatus, Reply, Request,
+            Skipped, Status, MAX_LINE,
         },
         session::{new_session_id, new_trace_id, Session, SessionState},
     },
@@ -420,6 +420,10 @@ pub fn status(shared: &State) -> Status {
     Status {
         programs,
         hooks_missing: kernel.hooks_missing.clone(),
+        pids_limit: shared.cgroups.pids_limit().map(|l| PidsLimitStatus {
+            max: l.max,
+            place: l.describe(),
+        }),
         processes_watched: kernel_watched.len(),
         sessions,
         kernel_watched,
@@ -728,7 +732,23 @@ fn start_session(
         shared.gate_enforced_session(session_id);
     }
     tracing::info!(%trace_id, pid, how, "session started");
-    Ok(Reply::Started { trace_id, pids })
+    let mut guarded: Vec<u32> = std::iter::once(std::process::id())
+        .chain(
+            shared
+                .guarded
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied(),
+        )
+        .collect();
+    guarded.sort_unstable();
+    guarded.dedup();
+    Ok(Reply::Started {
+        trace_id,
+        pids,
+        guarded,
+    })
 }
 
 async fn stream_events(

@@ -47,6 +47,7 @@ pub enum Record {
     Exit {
         hdr: EventHeader,
         exit_code: u32,
+        fenced_call: u32,
     },
     Open {
         hdr: EventHeader,
@@ -222,6 +223,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             Record::Exit {
                 hdr,
                 exit_code: ev.exit_code,
+                fenced_call: ev.fenced_call,
             }
         }
         EventKind::Open => {

@@ -1247,18 +1247,26 @@ impl Intake {
                     thread: is_thread,
                 })
             }
-            Record::Exit { exit_code, .. } => {
+            Record::Exit {
+                exit_code,
+                fenced_call,
+                ..
+            } => {
                 self.tree.exit(pid);
                 let sig = (exit_code & 0x7f) as i32;
+                let fenced =
+                    (fenced_call != 0).then(|| crate::sys::fence::call_name(fenced_call).into());
                 Some(if sig == 0 {
                     Detail::Exit {
                         exit_code: Some(((exit_code >> 8) & 0xff) as i32),
                         signal: None,
+                        fenced,
                     }
                 } else {
                     Detail::Exit {
                         exit_code: None,
                         signal: Some(sig),
+                        fenced,
                     }
                 })
             }
