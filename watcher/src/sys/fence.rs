@@ -129,8 +129,10 @@ pub fn install(prog: &BpfProgram) -> Result<(), FenceError> {
 mod tests {
     use super::*;
 
+    type Call = dyn Fn(i32) -> i64;
+
     /// How a child that installs the fence around `guarded` and then calls `call(pid)` ends.
-    fn status_after(call: &dyn Fn(i32) -> i64, guarded: &[u32], pid: i32) -> i32 {
+    fn status_after(call: &Call, guarded: &[u32], pid: i32) -> i32 {
         let prog = program(guarded).unwrap();
         // SAFETY: fork(2); the child only makes raw calls and exits.
         let child = unsafe { libc::fork() };
@@ -153,11 +155,11 @@ mod tests {
         if unsafe { libc::geteuid() } != 0 {
             panic!("this test installs a seccomp filter without no_new_privs: run it as root");
         }
-        let mut sleeper = std::process::Command::new("sleep")
+        let sleeper = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let mut bystander = std::process::Command::new("sleep")
+        let bystander = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
@@ -168,7 +170,7 @@ mod tests {
         // Calls that change nothing: kill(pid, 0) checks; ptrace(PTRACE_PEEKDATA) and
         // process_vm_readv of nothing fail on a process we do not trace; a pidfd is closed
         // with the process.
-        let calls: [(&str, Box<dyn Fn(i32) -> i64>); 6] = [
+        let calls: [(&str, Box<Call>); 6] = [
             (
                 "ptrace attach",
                 Box::new(|p| unsafe { libc::ptrace(libc::PTRACE_ATTACH, p, 0, 0) }),
