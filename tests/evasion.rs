@@ -799,7 +799,11 @@ fn open_flags_rewritten_during_the_open_are_the_ones_opened_with() {
     common::require_root();
     let work = TempDir::new("evasion-openat2");
     let w = work.0.clone();
-    let fifo = w.join("pipe");
+    // The pipe in a directory of its own: the marker below, made in the pipe's directory,
+    // would be a gated round trip, and the gate's stop of the process restarts the waiting
+    // open, which then reads the rewritten flags.
+    std::fs::create_dir(w.join("fifo")).unwrap();
+    let fifo = w.join("fifo/pipe");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo(3) with a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
@@ -821,7 +825,9 @@ fn open_flags_rewritten_during_the_open_are_the_ones_opened_with() {
 how = (ctypes.c_uint64 * 3)(os.O_WRONLY, 0, 0)
 def rewrite():
     end = time.time() + 20
-    while time.time() < end and open('/proc/self/task/%d/syscall' % os.getpid()).read().split()[0] != '437':
+    # Only once the open waits for a reader has the kernel copied open_how: a rewrite
+    # before that would change the open itself, not what the watcher is told of it.
+    while time.time() < end and open('/proc/self/task/%d/wchan' % os.getpid()).read() != 'wait_for_partner':
         time.sleep(0.01)
     how[0] = os.O_RDONLY
     open('{}', 'w').close()
@@ -838,8 +844,16 @@ if fd >= 0:
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(mark.exists(), "{ns:?}: open_how was never rewritten");
-        // The reader lets the waiting open through.
-        let mut reader = std::fs::File::open(&fifo).unwrap();
+        // The reader lets the waiting open through; non-blocking, so a writer that never came
+        // fails the wait for the hold below instead of hanging the test.
+        let mut reader = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap()
+        };
         let hold = await_hold(&d, &trace);
         if hold["rule"] != "test-write-pipe" {
             failures.push(format!("{ns:?}: held by {}", hold["rule"]));

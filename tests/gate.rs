@@ -488,6 +488,41 @@ fn reading_a_persistence_file_is_not_held() {
     );
 }
 
+/// The gate stops only where a guarded name can be made: files made, renamed, linked,
+/// truncated and deleted in the scratch places and in the work directory (by bare names, as
+/// every build does) cost no round trip beyond the process's own start, and hold nothing.
+#[test]
+fn making_files_in_scratch_places_and_the_work_directory_is_not_gated() {
+    common::require_root();
+    let _home = FakeHome::new();
+    let work = TempDir::new("gate-scratch");
+    let d = pack_daemon(&work);
+    let dirs = [
+        "/tmp",
+        "/var/tmp",
+        "/dev/shm",
+        &work.0.display().to_string(),
+    ];
+    let dirs = dirs.map(|d| format!("'{d}'")).join(", ");
+    let churn = format!(
+        "import os\nfor d in [{dirs}]:\n    os.chdir(d)\n    n = 'w%d' % os.getpid()\n    open(n, 'w').write('x')\n    os.rename(n, n + 'v')\n    os.link(n + 'v', n + 'l')\n    os.truncate(n + 'l', 0)\n    os.unlink(n + 'v')\n    os.unlink(n + 'l')\n"
+    );
+    let run = |ns: common::Ns, body: &str| {
+        let before = gated(&d);
+        // Not the tests' own python: a private namespace has an empty /root.
+        let script = format!("/usr/bin/python3 -c \"{body}\"");
+        let (mut child, trace) = common::holds::spawn_session(d.launch_in(ns, "", &script));
+        assert!(wait_exit(&mut child).success(), "{ns:?}");
+        assert!(holds_of(&d, &trace).is_empty(), "{ns:?}");
+        gated(&d) - before
+    };
+    for ns in [common::Ns::Host, common::Ns::Private] {
+        let start = run(ns, "pass");
+        let files = run(ns, &churn);
+        assert_eq!(files, start, "{ns:?}: gated round trips for scratch files");
+    }
+}
+
 #[test]
 fn approve_lets_the_action_complete_as_without_the_watcher_after_one_question() {
     common::require_root();

@@ -637,9 +637,9 @@ pub struct Gate {
 }
 
 /// A key of `GATE_INODE`: a file (`dir` 0: the opened file itself) or a directory (`dir` 1: the
-/// opened file's directory) the policy names, by identity, whatever name it is opened by. The
-/// kernel's keys leave `dev` 0 (reading it costs two more reads per open); user space keeps
-/// the device and tells a file from another with the same number.
+/// opened file's directory) the policy names, by identity, whatever name it is opened by: the
+/// inode number and the file system's device (`super_block.s_dev`), so that a number every
+/// file system root shares (1 on tmpfs, 2 on ext4) names one directory, not all of them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InodeKey {
@@ -723,6 +723,10 @@ pub struct ProbeConfig {
     pub dentry_parent: u32,
     pub dentry_inode: u32,
     pub inode_ino: u32,
+    /// `inode->i_sb->s_dev`: the device of a file's file system as the kernel keeps it (what
+    /// `/proc/self/mountinfo` prints), the other half of a `GATE_INODE` key.
+    pub inode_sb: u32,
+    pub sb_dev: u32,
     /// `fdtable.max_fds` (an index from user space is checked against it) and `inode.i_uid`
     /// (a file's owner before a chown by descriptor changes it).
     pub fdtable_max_fds: u32,
@@ -803,6 +807,8 @@ impl ProbeConfig {
             dentry_parent: 0,
             dentry_inode: 0,
             inode_ino: 0,
+            inode_sb: 0,
+            sb_dev: 0,
             fdtable_max_fds: 0,
             inode_uid: 0,
             task_ptrace: 0,

@@ -301,9 +301,7 @@ pub fn gated_tail(buf: &[u8; TAIL], len: usize, intent: u32) -> bool {
 
 /// Whether the file the current task just opened as `fd` is one the policy names
 /// (`GATE_INODE`), with this intent: the same file under any other name (a symlink, a hard
-/// link, a bind mount, `/proc/self/root/…`); its directory is `gated_parent`. Keys are inode
-/// numbers alone (user space tells devices apart): a number shared across file systems costs a
-/// gated round trip, never a miss.
+/// link, a bind mount, `/proc/self/root/…`); its directory is `gated_parent`.
 #[inline(always)]
 pub fn gated_inode(task: Task, fd: i64, intent: u32) -> bool {
     if GATE_ALL.get(3).copied().unwrap_or(0) == 0 || fd < 0 {
@@ -316,8 +314,8 @@ pub fn gated_inode(task: Task, fd: i64, intent: u32) -> bool {
         return false;
     };
     read_kernel::<*const u8>(file, off(&CONFIG.file_inode))
-        .and_then(ino_of)
-        .is_some_and(|ino| inode_hit(ino, 0, intent))
+        .and_then(identity_of)
+        .is_some_and(|id| inode_hit(id, 0, intent))
 }
 
 /// Whether the file the current task just opened as `fd` with an intent that may write is in a
@@ -333,8 +331,8 @@ pub fn gated_parent(task: Task, fd: i64, intent: u32) -> bool {
     file_of(task, fd as i32)
         .and_then(|f| read_kernel::<*const u8>(f, off(&CONFIG.file_dentry)))
         .and_then(|d| read_kernel::<*const u8>(d, off(&CONFIG.dentry_parent)))
-        .and_then(dentry_ino)
-        .is_some_and(|ino| inode_hit(ino, 1, intent))
+        .and_then(dentry_identity)
+        .is_some_and(|id| inode_hit(id, 1, intent))
 }
 
 /// Whether a relative name made or replaced through `dfd` may be in a directory the policy
@@ -352,47 +350,50 @@ pub fn gated_dir(task: Task, dfd: i32, intent: u32) -> bool {
         file_of(task, dfd).and_then(|f| read_kernel::<*const u8>(f, off(&CONFIG.file_dentry)))
     };
     dentry
-        .and_then(dentry_ino)
-        .is_some_and(|ino| inode_hit(ino, 1, intent))
+        .and_then(dentry_identity)
+        .is_some_and(|id| inode_hit(id, 1, intent))
 }
 
-/// Remembers, for this CPU's program run, whether the call is in the gate by a directory's
-/// identity (`gated_parent`, `gated_dir`), found before the record is written: the record's
+/// Remembers, for this CPU's program run, whether the call is in the gate by a file's or a
+/// directory's identity (`gated_inode`, `gated_parent`, `gated_dir`), found before the record is written: the record's
 /// code then reads an unknown value from the map, and the verifier walks its paths once rather
 /// than once with each answer (which doubled the load time of the path programs).
 #[inline(always)]
-pub fn remember_by_dir(hit: bool) {
-    if let Some(slot) = BY_DIR.get_ptr_mut(0) {
+pub fn remember_by_identity(hit: bool) {
+    if let Some(slot) = BY_IDENTITY.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; a program run is not preempted by another on this CPU.
         unsafe { *slot = hit as u32 };
     }
 }
 
-/// What `remember_by_dir` said in this program run.
+/// What `remember_by_identity` said in this program run.
 #[inline(always)]
-pub fn by_dir() -> bool {
-    BY_DIR.get(0).copied().unwrap_or(0) != 0
+pub fn by_identity() -> bool {
+    BY_IDENTITY.get(0).copied().unwrap_or(0) != 0
 }
 
 #[map]
-static BY_DIR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static BY_IDENTITY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 const AT_FDCWD: i32 = -100;
 const WRITES: u32 = INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE;
 
+/// (inode number, device) of an inode: its `GATE_INODE` identity.
 #[inline(always)]
-fn ino_of(inode: *const u8) -> Option<u64> {
-    read_kernel::<u64>(inode, off(&CONFIG.inode_ino))
+fn identity_of(inode: *const u8) -> Option<(u64, u32)> {
+    let ino = read_kernel::<u64>(inode, off(&CONFIG.inode_ino))?;
+    let sb = read_kernel::<*const u8>(inode, off(&CONFIG.inode_sb))?;
+    Some((ino, read_kernel::<u32>(sb, off(&CONFIG.sb_dev))?))
 }
 
 #[inline(always)]
-fn dentry_ino(dentry: *const u8) -> Option<u64> {
-    read_kernel::<*const u8>(dentry, off(&CONFIG.dentry_inode)).and_then(ino_of)
+fn dentry_identity(dentry: *const u8) -> Option<(u64, u32)> {
+    read_kernel::<*const u8>(dentry, off(&CONFIG.dentry_inode)).and_then(identity_of)
 }
 
 #[inline(always)]
-fn inode_hit(ino: u64, dir: u32, intent: u32) -> bool {
-    let key = InodeKey { ino, dev: 0, dir };
+fn inode_hit((ino, dev): (u64, u32), dir: u32, intent: u32) -> bool {
+    let key = InodeKey { ino, dev, dir };
     // SAFETY: copied out at once.
     unsafe { GATE_INODE.get(&key) }.is_some_and(|g| intent_ok(g, intent))
 }

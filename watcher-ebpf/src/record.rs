@@ -94,8 +94,11 @@ fn in_two_sizes(kind: EventKind, short: impl FnOnce() -> Written, long: impl FnO
 /// Writes `c`'s record.
 #[inline(always)]
 pub fn write_path(c: &PathCall, task: Task, watch: &Watch) {
-    gate::remember_by_dir(
-        c.gate != 0 && c.ret == 0 && relative_in_gated_dir(task, c.path, c.dfd, c.gate),
+    gate::remember_by_identity(
+        c.gate != 0
+            && c.ret == 0
+            && (relative_in_gated_dir(task, c.path, c.dfd, c.gate)
+                || c.path.is_null() && gate::gated_inode(task, c.dfd as i64, c.gate)),
     );
     in_two_sizes(
         c.kind,
@@ -162,9 +165,9 @@ fn path_record<const N: usize>(c: &PathCall, task: Task, watch: &Watch) -> Writt
         (*ev).dfd = c.dfd;
         (*ev).call = c.call;
         if c.gate != 0 && c.ret == 0 {
-            let named = len > 0 && (gate::by_dir() || gated_name(&(*ev).path, len, c.gate));
-            let by_fd = c.path.is_null() && gate::gated_inode(task, c.dfd as i64, c.gate);
-            if named || by_fd || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
+            // By identity: a relative name in a guarded directory, or a call by descriptor.
+            let named = gate::by_identity() || len > 0 && gated_name(&(*ev).path, len, c.gate);
+            if named || gated_whole(&(*ev).hdr.comm, watch.session_id, c.gate) {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, c.kind);
             }
         }
@@ -201,7 +204,7 @@ pub fn write_pair(c: &PairCall, task: Task, watch: &Watch) {
     } else {
         (c.path, c.dfd)
     };
-    gate::remember_by_dir(
+    gate::remember_by_identity(
         c.gate != 0 && c.ret == 0 && relative_in_gated_dir(task, name, dfd, c.gate),
     );
     in_two_sizes(
@@ -243,7 +246,7 @@ fn pair_record<const N: usize>(c: &PairCall, task: Task, watch: &Watch) -> Writt
         (*ev)._pad = 0;
         if c.gate != 0 && c.ret == 0 {
             // The new name: a rename's second path, a link's first.
-            let named = gate::by_dir()
+            let named = gate::by_identity()
                 || if c.kind == EventKind::Rename {
                     gated_name(&(*ev).new_path, b, c.gate)
                 } else {

@@ -109,7 +109,12 @@ fn try_exit(which: u32) {
         ),
         _ => (args[0], args[1], args[2], args[3], 0),
     };
-    gate::remember_by_dir(ret >= 0 && gate::gated_parent(task, ret, intent_of(flags)));
+    // By identity, before the record: the verifier walks the record's paths once, not once
+    // per answer.
+    let intent = intent_of(flags);
+    gate::remember_by_identity(
+        ret >= 0 && (gate::gated_parent(task, ret, intent) || gate::gated_inode(task, ret, intent)),
+    );
     let call = Call {
         path: path as *const u8,
         ret,
@@ -136,7 +141,7 @@ fn try_exit(which: u32) {
                 // it in `GATED` unanswered.
                 if fast_open(key, len, flags) == 0
                     && ret >= 0
-                    && gated(key, len, flags, &task.comm(), watch.session_id, (task, ret))
+                    && gated(key, len, flags, &task.comm(), watch.session_id)
                 {
                     gate::stop(task, watch.session_id, EventKind::Open);
                 }
@@ -220,14 +225,11 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
         if (*ev).hdr.flags & EVENT_FLAG_FAST_PATH == 0 && c.ret >= 0 {
             let intent = intent_of(c.flags);
             let comm = &(*ev).hdr.comm;
-            // The directory first: after the tails' loops, the verifier would walk it once per
-            // path length.
-            let stop = gate::by_dir()
+            let stop = gate::by_identity()
                 || gate::gated_kind(watch.session_id, GATE_OPEN, intent)
                 || gate::gated_comm(comm, GATE_OPEN, intent)
                 || gate::gated_suffix(&(*ev).path, len, intent)
-                || key.is_some_and(|k| gate::gated_prefix(k, len, intent))
-                || gate::gated_inode(task, c.ret, intent);
+                || key.is_some_and(|k| gate::gated_prefix(k, len, intent));
             if stop {
                 (*ev).hdr.flags |= gate::stop(task, watch.session_id, EventKind::Open);
             }
@@ -245,15 +247,13 @@ fn gated(
     flags: u64,
     comm: &[u8; 16],
     session_id: u64,
-    (task, ret): (Task, i64),
 ) -> bool {
     let intent = intent_of(flags);
-    gate::by_dir()
+    gate::by_identity()
         || gate::gated_kind(session_id, GATE_OPEN, intent)
         || gate::gated_comm(comm, GATE_OPEN, intent)
         || gate::gated_suffix(&key.data, len, intent)
         || gate::gated_prefix(key, len, intent)
-        || gate::gated_inode(task, ret, intent)
 }
 
 /// `flags` with the access mode the kernel opened `fd` with. (Whether this open made the file

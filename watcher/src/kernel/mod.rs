@@ -239,6 +239,8 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         dentry_parent: btf.member_offset("dentry", "d_parent")?,
         dentry_inode: btf.member_offset("dentry", "d_inode")?,
         inode_ino: btf.member_offset("inode", "i_ino")?,
+        inode_sb: btf.member_offset("inode", "i_sb")?,
+        sb_dev: btf.member_offset("super_block", "s_dev")?,
         fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
         inode_uid: btf.member_offset("inode", "i_uid")?,
         task_ptrace: btf.member_offset("task_struct", "ptrace")?,

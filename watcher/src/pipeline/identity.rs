@@ -72,13 +72,7 @@ impl Core {
             }
         }
         self.kept.refresh(&guarded);
-        // The kernel's keys are inode numbers alone (see `InodeKey`): equal numbers merge.
-        let mut kernel: HashMap<InodeKey, Gate> = HashMap::new();
-        for (k, (g, _)) in &entries {
-            let e = kernel.entry(InodeKey { dev: 0, ..*k }).or_insert(*g);
-            e.intent = merge_intent(e.intent, g.intent);
-        }
-        let list: Vec<(InodeKey, Gate)> = kernel.into_iter().collect();
+        let list: Vec<(InodeKey, Gate)> = entries.iter().map(|(k, (g, _))| (*k, *g)).collect();
         let index: InodeIndex = entries.into_iter().map(|(k, (_, p))| (k, p)).collect();
         // The index first: a gated open the kernel finds by identity must find its name here.
         self.inodes.store(Arc::new(index));

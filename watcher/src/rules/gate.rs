@@ -348,12 +348,16 @@ fn superset(cond: &Cond, policy: &Policy, named: &mut Vec<Named>) -> Cover {
                     slot: Slot::Path,
                     ids,
                 } => {
-                    let pats = &policy.sets.patterns[Slot::Path as usize];
-                    named.extend(ids.iter().map(|i| Named {
-                        pattern: pats[*i].clone(),
-                        intent,
-                        kill: false,
-                    }));
+                    // Named by identity only where the gate's open hooks look for them: a
+                    // chown's `/tmp/**` is no reason to stop every file made in /tmp.
+                    if kinds & OPEN != 0 {
+                        let pats = &policy.sets.patterns[Slot::Path as usize];
+                        named.extend(ids.iter().map(|i| Named {
+                            pattern: pats[*i].clone(),
+                            intent,
+                            kill: false,
+                        }));
+                    }
                     path_items(policy, Slot::Path, ids, intent)
                 }
                 _ => None,

@@ -539,6 +539,43 @@ mod gate_tests {
         assert_eq!(g.unanchored, [("c".to_string(), "exec")]);
     }
 
+    /// The directories the gate knows by identity are where guarded names are made, never the
+    /// scratch places every build writes in: a chown rule's `/tmp/**` names nothing.
+    #[test]
+    fn the_shipped_pack_guards_no_scratch_directory_by_identity() {
+        let (p, _) = super::load(None).unwrap();
+        let k = super::kernel::KernelPolicy::of(&p, true);
+        let g = GatePlan::of(&p, &k, true);
+        let scratch = ["/", "/tmp", "/var/tmp", "/dev/shm", "/run/user"];
+        let mut dirs = Vec::new();
+        for n in &g.named {
+            assert!(
+                !scratch
+                    .iter()
+                    .any(|s| *s != "/" && n.pattern.starts_with(s)),
+                "{n:?}"
+            );
+            dirs.extend(crate::sys::files::parents(&n.pattern));
+            dirs.extend(
+                crate::sys::files::named(&n.pattern)
+                    .into_iter()
+                    .filter_map(|(d, dir)| dir.then_some(d)),
+            );
+        }
+        for d in &dirs {
+            let d = d.to_str().unwrap();
+            assert!(!scratch.contains(&d), "{d} is guarded by identity");
+        }
+        // A chown rule's scratch places are no open's.
+        let g = plan(
+            "rules:\n\
+             - {id: a, description: d, severity: high, action: hold, mode: enforce, condition: {type: chown, to_uid: 0, path: \"/tmp/**\"}}\n\
+             - {id: b, description: d, severity: high, action: hold, mode: enforce, condition: {type: open, intent: write, path: \"/etc/cron.d/*\"}}\n",
+        );
+        let pats: Vec<&str> = g.named.iter().map(|n| n.pattern.as_str()).collect();
+        assert_eq!(pats, ["/etc/cron.d/*"]);
+    }
+
     #[test]
     fn the_shipped_pack_gates_no_kind_whole() {
         let (p, _) = super::load(None).unwrap();

@@ -77,10 +77,56 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (libc::major(st_dev) << 20) | libc::minor(st_dev)
 }
 
-/// (inode, kernel device) of what `path` names, following symlinks (and `/proc/PID/fd/N`).
+/// (inode, kernel device) of what `path` names, following symlinks (and `/proc/PID/fd/N`), as
+/// the kernel's gate reads them (`i_ino`, `i_sb->s_dev`). The device is the one `mountinfo`
+/// prints for the mount the path is on: `st_dev` is another number on a btrfs subvolume.
 pub fn identity(path: &Path) -> Option<(u64, u32)> {
-    let md = std::fs::metadata(path).ok()?;
-    Some((md.ino(), kernel_dev(md.dev())))
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: an all-zero statx is a valid out-buffer.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and out-buffer.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            libc::STATX_INO | libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let st_dev = kernel_dev(libc::makedev(st.stx_dev_major, st.stx_dev_minor));
+    let dev = (st.stx_mask & libc::STATX_MNT_ID != 0)
+        .then(|| mount_dev(path, st.stx_mnt_id))
+        .flatten()
+        .unwrap_or(st_dev);
+    Some((st.stx_ino, dev))
+}
+
+/// The device (`major:minor`, as the kernel keeps it) of mount `id`, from the mount table of
+/// the namespace `path` was resolved in: the process's for `/proc/PID/...`, else ours.
+fn mount_dev(path: &Path, id: u64) -> Option<u32> {
+    use std::io::BufRead as _;
+    let pid = path
+        .strip_prefix("/proc")
+        .ok()
+        .and_then(|r| r.components().next())
+        .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
+    let table = match pid {
+        Some(pid) => format!("/proc/{pid}/mountinfo"),
+        None => "/proc/self/mountinfo".to_string(),
+    };
+    let f = std::io::BufReader::new(std::fs::File::open(table).ok()?);
+    let want = id.to_string();
+    f.lines().map_while(Result::ok).find_map(|l| {
+        // `36 35 98:0 /mnt1 /mnt2 ...`: mount id, parent id, major:minor.
+        let mut f = l.split(' ');
+        (f.next()? == want).then_some(())?;
+        let (ma, mi) = f.nth(1)?.split_once(':')?;
+        Some((ma.parse::<u32>().ok()? << 20) | mi.parse::<u32>().ok()?)
+    })
 }
 
 /// Entries `named` returns at most for one pattern.

