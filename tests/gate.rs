@@ -490,9 +490,13 @@ fn reading_a_persistence_file_is_not_held() {
 
 /// The gate stops only where a guarded name can be made: files made, renamed, linked,
 /// truncated and deleted in the scratch places and in the work directory (by bare names, as
-/// every build does) cost no round trip beyond the process's own start, and hold nothing.
+/// every build does) cost no round trip, and hold nothing. Each is done `ROUNDS` times in one
+/// process, beside a process that does nothing: were they gated, the difference would be
+/// `ROUNDS` per directory and call; it stays below `ROUNDS` (a round trip or two of a process's
+/// start varies under the other tests' load).
 #[test]
 fn making_files_in_scratch_places_and_the_work_directory_is_not_gated() {
+    const ROUNDS: u64 = 10;
     common::require_root();
     let _home = FakeHome::new();
     let work = TempDir::new("gate-scratch");
@@ -505,7 +509,7 @@ fn making_files_in_scratch_places_and_the_work_directory_is_not_gated() {
     ];
     let dirs = dirs.map(|d| format!("'{d}'")).join(", ");
     let churn = format!(
-        "import os\nfor d in [{dirs}]:\n    os.chdir(d)\n    n = 'w%d' % os.getpid()\n    open(n, 'w').write('x')\n    os.rename(n, n + 'v')\n    os.link(n + 'v', n + 'l')\n    os.truncate(n + 'l', 0)\n    os.unlink(n + 'v')\n    os.unlink(n + 'l')\n"
+        "import os\nfor i in range({ROUNDS}):\n  for d in [{dirs}]:\n    os.chdir(d)\n    n = 'w%d' % os.getpid()\n    open(n, 'w').write('x')\n    os.rename(n, n + 'v')\n    os.link(n + 'v', n + 'l')\n    os.truncate(n + 'l', 0)\n    os.unlink(n + 'v')\n    os.unlink(n + 'l')\n"
     );
     let run = |ns: common::Ns, body: &str| {
         let before = gated(&d);
@@ -519,7 +523,10 @@ fn making_files_in_scratch_places_and_the_work_directory_is_not_gated() {
     for ns in [common::Ns::Host, common::Ns::Private] {
         let start = run(ns, "pass");
         let files = run(ns, &churn);
-        assert_eq!(files, start, "{ns:?}: gated round trips for scratch files");
+        assert!(
+            files < start + ROUNDS,
+            "{ns:?}: {files} gated round trips for scratch files, {start} for a process that does nothing"
+        );
     }
 }
 

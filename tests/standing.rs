@@ -489,3 +489,85 @@ fn kill_minus_one_from_a_session_reaches_no_process() {
     );
     assert_ne!(state(d.pid()), 'T', "the daemon is stopped");
 }
+
+/// A session whose records the watcher could not keep is held, not let go unseen: with the
+/// ring full (a 4 KiB ring the intake has stopped reading), the first record of a kind that
+/// could hold is lost, its process stops where it made the call, and the session is held for
+/// a human (`watcher-records-lost`); deny kills it before its next step.
+#[test]
+fn a_record_lost_to_a_full_ring_holds_its_session() {
+    common::require_root();
+    let work = TempDir::new("standing-lost");
+    let paused = work.0.join("paused");
+    std::fs::write(&paused, "").unwrap();
+    // Rules that gate nothing the session runs: the stop is the lost record's alone.
+    let (_tool, rules) = common::audit::held_tool(&work.0);
+    let d = Daemon::start_with_env(
+        &format!(
+            "[rules]\npath = \"{}\"\n[daemon]\nring_buffer_bytes = 4096\n[holds]\ntimeout = \"60s\"\n",
+            rules.display()
+        ),
+        &[
+            ("WATCHER_FAULT", "pause-intake"),
+            ("WATCHER_FAULT_FILE", paused.to_str().unwrap()),
+        ],
+    );
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        let marker = work.0.join(format!("went-on-{ns:?}"));
+        let script = format!(
+            "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done; touch {}",
+            marker.display()
+        );
+        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+        let hold = common::holds::await_hold(&d, &trace);
+        if hold["rule"] != "watcher-records-lost" {
+            failures.push(format!("{ns:?}: held by {}", hold["rule"]));
+        }
+        common::holds::verdict(&d, "deny", &hold);
+        common::holds::wait_exit(&mut child);
+        if marker.exists() {
+            failures.push(format!(
+                "{ns:?}: the session went on after its record was lost"
+            ));
+        }
+    }
+    std::fs::remove_file(&paused).unwrap();
+    let st = d.status();
+    assert!(st["gate"]["lost_holds"].as_u64() >= Some(2), "{st:#}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A new process that cannot be watched (the watched-process map is full) does not run
+/// unwatched: its parent stops at the fork, the session is frozen with the child in it and
+/// held; deny kills the session, the child included, before the script's next step.
+#[test]
+fn a_process_that_cannot_be_watched_holds_its_session() {
+    common::require_root();
+    let work = TempDir::new("standing-unwatched");
+    let d = Daemon::start_with("[daemon]\nmax_watched_processes = 8\n[holds]\ntimeout = \"60s\"\n");
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        let marker = work.0.join(format!("went-on-{ns:?}"));
+        let ran = work.0.join(format!("unwatched-ran-{ns:?}"));
+        // Each child waits a moment, then leaves a mark: a child frozen and killed leaves none.
+        let script = format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do (sleep 2; touch {}) & done; touch {}; wait",
+            ran.display(),
+            marker.display()
+        );
+        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+        let hold = common::holds::await_hold(&d, &trace);
+        if hold["rule"] != "watcher-records-lost" {
+            failures.push(format!("{ns:?}: held by {}", hold["rule"]));
+        }
+        common::holds::verdict(&d, "deny", &hold);
+        common::holds::wait_exit(&mut child);
+        for m in [&marker, &ran] {
+            if m.exists() {
+                failures.push(format!("{ns:?}: {} exists", m.display()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

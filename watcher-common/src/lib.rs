@@ -657,8 +657,13 @@ pub struct Gated {
     pub ts_ns: u64,
     /// `EventKind` of the gated event.
     pub kind: u32,
-    pub _pad: u32,
+    /// `GATED_LOST`, or 0.
+    pub flags: u32,
 }
+
+/// `Gated::flags`: the event's record was lost (the ring was full, or the new process could
+/// not be watched): no record will answer the stop, so user space holds the session at once.
+pub const GATED_LOST: u32 = 1;
 
 /// The value of a `DENY_V4`/`DENY_V6` entry: the ports refused (host order, inclusive).
 #[repr(C)]

@@ -15,7 +15,9 @@ use watcher_common::{
     INTENT_WRITE,
 };
 
-use crate::shared::{alert, file_of, may_match, off, read_kernel, signal_stop, Task, CONFIG};
+use crate::shared::{
+    alert, count_drop, file_of, may_match, off, read_kernel, signal_stop, Task, CONFIG,
+};
 
 /// `[0]`: the kinds gated for every watched process; `[1]`: the open intents of `[0]`'s opens
 /// (0: any); `[2]`: how many sessions `SESSION_GATE` holds, and `[3]` how many entries
@@ -413,9 +415,68 @@ pub fn stop(task: Task, session_id: u64, kind: EventKind) -> u32 {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         kind: kind as u32,
-        _pad: 0,
+        flags: 0,
     };
     let _ = GATED.insert(&task.tgid(), &g, 0);
     alert(kind, watcher_common::EVENT_FLAG_GATED);
     watcher_common::EVENT_FLAG_GATED
 }
+
+/// A record of a watched session that the ring had no room for. One of a kind that could have
+/// held the session stops its process here, as the gate would, marked lost (`GATED_LOST`): the
+/// watcher did not see what the process did, so the process does not go on until a human
+/// has decided. The session is frozen at once (the alert) and held by user space's sweep of
+/// `GATED`; `LOST` counts the session's lost records.
+#[inline(always)]
+pub fn lost(task: Task, session_id: u64, kind: EventKind) {
+    count_drop(kind);
+    if HOLDS_IF_LOST & (1 << kind as u32) != 0 {
+        hold_lost(task, session_id, kind);
+    }
+}
+
+/// Stops the current process of session `session_id` for a human, marked lost: its record of
+/// `kind` is lost, or its new process could not be watched.
+#[inline(always)]
+pub fn hold_lost(task: Task, session_id: u64, kind: EventKind) {
+    match LOST.get_ptr_mut(&session_id) {
+        // SAFETY: the map's value; a lost race undercounts, the stop below happens anyway.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = LOST.insert(&session_id, &1, 0);
+        }
+    }
+    const NOW: u32 = watcher_common::EVENT_FLAG_GATED | watcher_common::EVENT_FLAG_STOPPED;
+    if signal_stop() {
+        alert(kind, NOW);
+        return;
+    }
+    let g = Gated {
+        session_id,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        kind: kind as u32,
+        flags: watcher_common::GATED_LOST,
+    };
+    let _ = GATED.insert(&task.tgid(), &g, 0);
+    // `STOPPED`: the alert thread freezes the session's cgroup at once.
+    alert(kind, NOW);
+}
+
+/// Records of each session lost because the ring was full, or processes that could not be
+/// watched (key: session id).
+#[map]
+pub static LOST: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+/// The kinds whose lost record holds its session (`lost`): what a rule could have held before
+/// harm (an exec, an open for writing, a connect, a rename, link or truncate over a name, the
+/// rare kinds). Not the bookkeeping ones (fork, exit, chdir, signal, dup), a DNS answer (from
+/// no process), a delete (stopped by no hook, only counted) or a memfd (its exec is held).
+const HOLDS_IF_LOST: u32 = !((1 << EventKind::Fork as u32)
+    | (1 << EventKind::Exit as u32)
+    | (1 << EventKind::Chdir as u32)
+    | (1 << EventKind::Signal as u32)
+    | (1 << EventKind::Dup as u32)
+    | (1 << EventKind::Dns as u32)
+    | (1 << EventKind::Unlink as u32)
+    | (1 << EventKind::Memfd as u32));

@@ -78,16 +78,20 @@ pub struct PathCall {
     pub gate: u32,
 }
 
-/// Writes a record in the short size, or in the long one when a path does not fit; counts a
-/// drop when the ring is full.
+/// Writes a record in the short size, or in the long one when a path does not fit; when the
+/// ring is full, the record is lost (`gate::lost`).
 #[inline(always)]
-fn in_two_sizes(kind: EventKind, short: impl FnOnce() -> Written, long: impl FnOnce() -> Written) {
+fn in_two_sizes(
+    (kind, task, session_id): (EventKind, Task, u64),
+    short: impl FnOnce() -> Written,
+    long: impl FnOnce() -> Written,
+) {
     let written = match short() {
         Written::TooLong => long(),
         w => w,
     };
     if let Written::NoRoom = written {
-        count_drop(kind);
+        gate::lost(task, session_id, kind);
     }
 }
 
@@ -101,7 +105,7 @@ pub fn write_path(c: &PathCall, task: Task, watch: &Watch) {
                 || c.path.is_null() && gate::gated_inode(task, c.dfd as i64, c.gate)),
     );
     in_two_sizes(
-        c.kind,
+        (c.kind, task, watch.session_id),
         || path_record::<PATH_SHORT>(c, task, watch),
         || path_record::<PATH_MAX>(c, task, watch),
     );
@@ -208,7 +212,7 @@ pub fn write_pair(c: &PairCall, task: Task, watch: &Watch) {
         c.gate != 0 && c.ret == 0 && relative_in_gated_dir(task, name, dfd, c.gate),
     );
     in_two_sizes(
-        c.kind,
+        (c.kind, task, watch.session_id),
         || pair_record::<PATH_SHORT>(c, task, watch),
         || pair_record::<PATH_MAX>(c, task, watch),
     );

@@ -113,7 +113,7 @@ fn try_exit() {
         }
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
-        count_drop(EventKind::Connect);
+        gate::lost(task, watch.session_id, EventKind::Connect);
         return;
     };
     let ev = entry.as_mut_ptr();

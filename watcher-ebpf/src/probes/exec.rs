@@ -72,7 +72,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         flags |= gate::stop(task, watch.session_id, EventKind::Exec);
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_drop(EventKind::Exec);
+        gate::lost(task, watch.session_id, EventKind::Exec);
         return Ok(());
     };
     let ev = entry.as_mut_ptr();

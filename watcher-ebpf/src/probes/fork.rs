@@ -5,6 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ForkEvent, Watch, FAIL_FORK_WATCH};
 
+use crate::gate;
 use crate::shared::{
     config, count_drop, count_failure, enforce_halt, fill_header, parent_tgid, watch_insert,
     watch_of, Task, EVENTS,
@@ -37,7 +38,10 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
             ..watch
         };
         if let Err(e) = watch_insert(child, &child_watch) {
+            // The watched map is full: the child would run unwatched. The parent stops here
+            // and the session is frozen (the child with it) for a human to decide.
             count_failure(FAIL_FORK_WATCH);
+            gate::hold_lost(task, watch.session_id, EventKind::Fork);
             return Err(e);
         }
     }

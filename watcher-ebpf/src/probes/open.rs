@@ -131,8 +131,13 @@ fn try_exit(which: u32) {
         w => w,
     };
     if let Written::NoRoom = written {
-        // The kernel policy acts whether or not the record can be written.
-        count_drop(EventKind::Open);
+        // The kernel policy acts whether or not the record can be written. A lost open for
+        // writing holds the session; a lost read is counted (a build reads thousands).
+        if intent_of(call.flags) & (INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE) != 0 {
+            gate::lost(task, watch.session_id, EventKind::Open);
+        } else {
+            count_drop(EventKind::Open);
+        }
         if let Some(key) = scratch_key() {
             // SAFETY: probe read of user memory, faults safely.
             if let Ok(p) = unsafe { bpf_probe_read_user_str_bytes(call.path, &mut key.data) } {

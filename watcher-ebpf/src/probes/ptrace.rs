@@ -93,7 +93,7 @@ fn try_exit(call: u32) {
         0
     };
     let Some(mut entry) = EVENTS.reserve::<PtraceEvent>(0) else {
-        count_drop(EventKind::Ptrace);
+        gate::lost(task, watch.session_id, EventKind::Ptrace);
         return;
     };
     let ev = entry.as_mut_ptr();

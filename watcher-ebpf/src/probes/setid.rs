@@ -79,7 +79,7 @@ fn try_exit(call: u32) {
         0
     };
     let Some(mut entry) = EVENTS.reserve::<SetidEvent>(0) else {
-        count_drop(EventKind::Setid);
+        gate::lost(task, watch.session_id, EventKind::Setid);
         return;
     };
     let ev = entry.as_mut_ptr();

@@ -264,6 +264,28 @@ const UNANSWERED_WHY: &str = "a process was stopped at a hook for the policy to 
                               action, and no decision came (the daemon restarted or the record \
                               was lost); what it was about to do is not known, decide from the tree";
 
+/// The rule of a hold for a session whose record was lost: the ring was full, or its new
+/// process could not be watched.
+pub const LOST_RULE: &str = "watcher-records-lost";
+
+/// Why a session is held for `LOST_RULE`: the stopped process's `kind`, and how many of the
+/// session's records were lost.
+fn lost_why(kind: u32, lost: u64) -> String {
+    match watcher_common::EventKind::from_u32(kind) {
+        Some(watcher_common::EventKind::Fork) => "a new process of this session could not be \
+            watched: the watched-process map is full (daemon.max_watched_processes). Its parent \
+            is stopped and the session frozen; approve lets the new process run unwatched"
+            .to_string(),
+        k => format!(
+            "{lost} record(s) of this session were lost: the kernel's ring buffer was full \
+             (daemon.ring_buffer_bytes, or the daemon is not keeping up). The process whose {} \
+             record was lost is stopped where it made the call, and what it did is not known; \
+             decide from the tree",
+            k.map_or("unknown", |k| k.name())
+        ),
+    }
+}
+
 /// How long a gated process may wait for the intake before a human is asked instead.
 const GATE_ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
@@ -304,7 +326,9 @@ pub async fn unanswered_gates(shared: Arc<Enforce>) {
 fn sweep_gates(shared: &Enforce, gate: &mut crate::kernel::gate::GateHandle) {
     let now = crate::sys::cgroup::boot_ns();
     for (tgid, g) in gate.waiting() {
-        if now.saturating_sub(g.ts_ns) < GATE_ANSWER_WITHIN.as_nanos() as u64 {
+        // A lost record will not come: no waiting for it.
+        let lost = g.flags & watcher_common::GATED_LOST != 0;
+        if !lost && now.saturating_sub(g.ts_ns) < GATE_ANSWER_WITHIN.as_nanos() as u64 {
             continue;
         }
         if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
@@ -331,11 +355,18 @@ fn sweep_gates(shared: &Enforce, gate: &mut crate::kernel::gate::GateHandle) {
         let pids = shared.approvals.cgroups.pids(&trace);
         let pids = if pids.is_empty() { vec![tgid] } else { pids };
         freeze_session(shared, &trace, g.ts_ns, &|| pids.clone());
-        recover_unrecorded_hold(shared, &trace, &pids, UNANSWERED_RULE, UNANSWERED_WHY);
-        shared
-            .counters
-            .gate_unanswered
-            .fetch_add(1, Ordering::Relaxed);
+        if lost {
+            let why = lost_why(g.kind, gate.take_lost(g.session_id));
+            tracing::error!(trace_id = %trace, pid = tgid, "{why}");
+            recover_unrecorded_hold(shared, &trace, &pids, LOST_RULE, &why);
+            shared.counters.lost_holds.fetch_add(1, Ordering::Relaxed);
+        } else {
+            recover_unrecorded_hold(shared, &trace, &pids, UNANSWERED_RULE, UNANSWERED_WHY);
+            shared
+                .counters
+                .gate_unanswered
+                .fetch_add(1, Ordering::Relaxed);
+        }
         gate.answered(tgid);
     }
 }

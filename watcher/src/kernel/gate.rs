@@ -12,6 +12,7 @@ pub struct GateHandle {
     gated: BpfHashMap<MapData, u32, Gated>,
     session: BpfHashMap<MapData, u64, u32>,
     all: Array<MapData, u32>,
+    lost: BpfHashMap<MapData, u64, u64>,
 }
 
 impl Kernel {
@@ -57,6 +58,7 @@ impl Kernel {
             gated: BpfHashMap::try_from(Map::HashMap(self.reopen("GATED")?))?,
             session: BpfHashMap::try_from(Map::HashMap(self.reopen("SESSION_GATE")?))?,
             all: Array::try_from(Map::Array(self.reopen("GATE_ALL")?))?,
+            lost: BpfHashMap::try_from(Map::HashMap(self.reopen("LOST")?))?,
         })
     }
 
@@ -75,6 +77,13 @@ impl GateHandle {
     /// The gate answered for `tgid`: its entry goes.
     pub fn answered(&mut self, tgid: u32) {
         let _ = self.gated.remove(&tgid);
+    }
+
+    /// How many records of a session were lost since the last call (the count restarts).
+    pub fn take_lost(&mut self, session_id: u64) -> u64 {
+        let n = self.lost.get(&session_id, 0).unwrap_or(0);
+        let _ = self.lost.remove(&session_id);
+        n
     }
 
     /// Processes stopped by the gate with no answer yet.

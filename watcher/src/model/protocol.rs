@@ -256,6 +256,10 @@ pub struct GateStatus {
     pub gated: u64,
     /// Gated processes that got no answer in time and became holds.
     pub unanswered: u64,
+    /// Sessions held because a record of theirs was lost (the ring was full) or a new process
+    /// of theirs could not be watched.
+    #[serde(default)]
+    pub lost_holds: u64,
     /// Kernel stop to answer.
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,

@@ -70,6 +70,8 @@ pub struct Counters {
     pub gated: AtomicU64,
     /// Gated processes no answer came for in time, handed to a human as a hold.
     pub gate_unanswered: AtomicU64,
+    /// Sessions held for a lost record or an unwatchable new process (`GATED_LOST`).
+    pub lost_holds: AtomicU64,
     /// Findings by (detector, rule, severity, action): bounded by the policy's rules.
     pub findings_by: Mutex<std::collections::BTreeMap<[String; 4], u64>>,
     /// Decisions by outcome.

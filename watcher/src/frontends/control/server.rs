@@ -482,6 +482,7 @@ fn gate_status(shared: &State) -> crate::model::protocol::GateStatus {
     crate::model::protocol::GateStatus {
         gated: shared.counters.gated.load(Ordering::Relaxed),
         unanswered: shared.counters.gate_unanswered.load(Ordering::Relaxed),
+        lost_holds: shared.counters.lost_holds.load(Ordering::Relaxed),
         latency_us_p50: p50,
         latency_us_p99: p99,
         entries: g.comm.len() + g.prefix.len() + g.suffix.len(),
