@@ -571,3 +571,61 @@ fn a_process_that_cannot_be_watched_holds_its_session() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The control socket asks who wrote each request, not only who connected: a process outside
+/// every session connects and hands the connection into a session (`SCM_RIGHTS`), and stays
+/// there so that its own check passes; the request the session writes on it is refused.
+#[test]
+fn a_control_connection_passed_into_a_session_speaks_for_no_one() {
+    use std::process::{Command, Stdio};
+    common::require_root();
+    let d = Daemon::start();
+    let work = TempDir::new("standing-passed-fd");
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        let handoff = work.0.join(format!("handoff-{ns:?}"));
+        let reply = work.0.join(format!("reply-{ns:?}"));
+        // The session: takes a descriptor from whoever connects to `handoff`, asks for the
+        // daemon's status on it, and keeps the answer.
+        let session = format!(
+            "/usr/bin/python3 -c \"import socket, array
+l = socket.socket(socket.AF_UNIX); l.bind('{h}'); l.listen(1)
+c, _ = l.accept()
+msg, anc, _, _ = c.recvmsg(1, socket.CMSG_SPACE(4))
+fd = array.array('i', anc[0][2][:4])[0]
+s = socket.socket(fileno=fd)
+s.sendall(b'{{\\\"cmd\\\": \\\"status\\\"}}\\n')
+open('{r}', 'wb').write(s.recv(65536))
+c.send(b'x')\"",
+            h = handoff.display(),
+            r = reply.display()
+        );
+        let (mut child, _trace) = spawn_session(d.launch_in(ns, "", &session));
+        // The outsider: connects to the daemon, passes the connection, waits to be told.
+        let outsider = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(format!(
+                "import socket, array, os, time
+end = time.time() + 30
+while not os.path.exists('{h}') and time.time() < end: time.sleep(0.01)
+d = socket.socket(socket.AF_UNIX); d.connect('{s}')
+h = socket.socket(socket.AF_UNIX); h.connect('{h}')
+h.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [d.fileno()]))])
+h.settimeout(30); h.recv(1)",
+                h = handoff.display(),
+                s = d.socket.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        common::holds::wait_exit(&mut child);
+        let got = String::from_utf8_lossy(&std::fs::read(&reply).unwrap_or_default()).to_string();
+        if !outsider.success() || !got.contains("part of a watched session") {
+            failures.push(format!(
+                "{ns:?}: outsider {outsider}, the session got {got:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -9,9 +9,7 @@ use watcher_common::{
 
 use crate::{
     gate,
-    shared::{
-        count_drop, fast_lookup, fill_header, may_match, scratch_key, Task, EVENTS, FAST_OPEN,
-    },
+    shared::{fast_lookup, fill_header, may_match, scratch_key, Task, EVENTS, FAST_OPEN},
 };
 
 /// Whether every open with `intent` of this process or session is gated (by kind or by the

@@ -16,8 +16,8 @@ use watcher_common::{
 use crate::{
     gate,
     shared::{
-        count_drop, enforce_halt, file_of, fill_header, off, read_kernel, ready, syscall, watch_of,
-        Syscall, Task, CONFIG, EVENTS, REFUSED,
+        enforce_halt, file_of, fill_header, off, read_kernel, ready, syscall, watch_of, Syscall,
+        Task, CONFIG, EVENTS, REFUSED,
     },
 };
 

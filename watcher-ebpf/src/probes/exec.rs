@@ -19,9 +19,9 @@ use watcher_common::{
 use crate::{
     gate,
     shared::{
-        alert, config, count_drop, count_failure, current_task, enforce_halt, fast_act,
-        fast_lookup, fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of,
-        Task, AGENTS, EVENTS, FAST_EXEC, SCRATCH_PATH,
+        alert, config, count_failure, current_task, enforce_halt, fast_act, fast_lookup,
+        fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, Task, AGENTS,
+        EVENTS, FAST_EXEC, SCRATCH_PATH,
     },
 };
 

@@ -11,7 +11,7 @@ use watcher_common::{
 
 use crate::{
     gate,
-    shared::{count_drop, fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS},
+    shared::{fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS},
 };
 
 const PTRACE_ATTACH: u64 = 16;

@@ -11,7 +11,7 @@ use watcher_common::{Creds, EventKind, SetidEvent, GATE_SETID};
 
 use crate::{
     gate,
-    shared::{count_drop, fill_header, ready, watch_of, watched_call, Task, EVENTS},
+    shared::{fill_header, ready, watch_of, watched_call, Task, EVENTS},
 };
 
 /// Credentials at entry, by thread id; LRU so that a thread killed inside the call cannot leak.

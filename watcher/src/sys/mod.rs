@@ -6,6 +6,7 @@ pub mod fence;
 pub mod files;
 pub mod guardian;
 pub mod keep;
+pub mod peer;
 pub mod pids;
 pub mod procfs;
 pub mod users;

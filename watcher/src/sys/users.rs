@@ -16,7 +16,12 @@ pub fn group_id(name: &str) -> anyhow::Result<u32> {
 /// Root, or a member of the approver group (checked on the peer's credentials, not on what
 /// it claims).
 pub fn authorized(cred: &tokio::net::unix::UCred, cfg: &Config) -> bool {
-    if cred.uid() == 0 {
+    authorized_ids(cred.uid(), cred.gid(), cred.pid().map(|p| p as u32), cfg)
+}
+
+/// `authorized` for a process by its ids (a message's sender, `sys::peer`).
+pub fn authorized_ids(uid: u32, primary: u32, pid: Option<u32>, cfg: &Config) -> bool {
+    if uid == 0 {
         return true;
     }
     let Some(group) = &cfg.daemon.approver_group else {
@@ -25,12 +30,11 @@ pub fn authorized(cred: &tokio::net::unix::UCred, cfg: &Config) -> bool {
     let Ok(gid) = group_id(group) else {
         return false;
     };
-    if cred.gid() == gid {
+    if primary == gid {
         return true;
     }
     // Supplementary groups of the peer process.
-    cred.pid()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Groups:"))

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt, BufReader},
+    io::AsyncWriteExt,
     net::{UnixListener, UnixStream},
     sync::broadcast::error::RecvError,
 };
@@ -140,19 +140,6 @@ fn count_accept_error(what: &str, e: &std::io::Error, shared: &State) {
     }
 }
 
-/// Reads one request line of at most `MAX_LINE` bytes and parses it.
-async fn read_request(r: impl tokio::io::AsyncRead + Unpin) -> Result<Request, String> {
-    use tokio::io::AsyncReadExt as _;
-    let mut buf = Vec::new();
-    let mut limited = BufReader::new(r).take(MAX_LINE as u64 + 1);
-    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut buf)).await {
-        Err(_) => return Err(format!("no request line within {REQUEST_TIMEOUT:?}")),
-        Ok(Err(e)) => return Err(format!("reading the request: {e}")),
-        Ok(Ok(_)) => {}
-    }
-    crate::model::protocol::parse_request(&buf)
-}
-
 async fn write_json<T: serde::Serialize>(
     w: &mut (impl AsyncWriteExt + Unpin),
     v: &T,
@@ -163,12 +150,38 @@ async fn write_json<T: serde::Serialize>(
     Ok(())
 }
 
-async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
+/// Why the writers of a request may not make it, if they may not: each process that sent a
+/// byte of it must pass the checks the connecting process passed, and still be there to be
+/// checked (one that exited cannot be told from a watched one).
+fn refuse_senders(shared: &State, senders: &[Option<crate::sys::peer::Sender>]) -> Option<String> {
+    for s in senders {
+        let Some(s) = s else {
+            return Some("permission denied: the request came with no credentials".into());
+        };
+        if !crate::sys::users::authorized_ids(s.uid, s.gid, Some(s.pid), &shared.config) {
+            return Some(
+                "permission denied: the control socket is for root and the approver group".into(),
+            );
+        }
+        if !std::path::Path::new(&format!("/proc/{}", s.pid)).exists() {
+            return Some("permission denied: the process that wrote the request is gone".into());
+        }
+        if in_a_session(shared, s.pid) {
+            tracing::warn!(
+                pid = s.pid,
+                "control request written by a watched process refused"
+            );
+            return Some("permission denied: this process is part of a watched session".into());
+        }
+    }
+    None
+}
+
+async fn handle(mut stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
     let cred = stream.peer_cred()?;
-    let (r, mut w) = stream.into_split();
     if !authorized(&cred, &shared.config) {
         write_json(
-            &mut w,
+            &mut stream,
             &Reply::Error {
                 error: "permission denied: the control socket is for root and the approver group"
                     .into(),
@@ -183,7 +196,7 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
         if in_a_session(&shared, pid as u32) {
             tracing::warn!(pid, "control request from a watched process refused");
             write_json(
-                &mut w,
+                &mut stream,
                 &Reply::Error {
                     error: "permission denied: this process is part of a watched session".into(),
                 },
@@ -193,10 +206,32 @@ async fn handle(stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()> {
         }
     }
     let who = user_name(cred.uid());
-    let req = match read_request(r).await {
-        Ok(req) => req,
-        Err(error) => return write_json(&mut w, &Reply::Error { error }).await,
+    let (line, senders) = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        crate::sys::peer::read_line(&stream, MAX_LINE),
+    )
+    .await
+    {
+        Err(_) => {
+            let error = format!("no request line within {REQUEST_TIMEOUT:?}");
+            return write_json(&mut stream, &Reply::Error { error }).await;
+        }
+        Ok(Err(e)) => {
+            let error = format!("reading the request: {e}");
+            return write_json(&mut stream, &Reply::Error { error }).await;
+        }
+        Ok(Ok(r)) => r,
     };
+    let s = shared.clone();
+    let refused = tokio::task::spawn_blocking(move || refuse_senders(&s, &senders)).await?;
+    if let Some(error) = refused {
+        return write_json(&mut stream, &Reply::Error { error }).await;
+    }
+    let req = match crate::model::protocol::parse_request(&line) {
+        Ok(req) => req,
+        Err(error) => return write_json(&mut stream, &Reply::Error { error }).await,
+    };
+    let (_r, mut w) = stream.into_split();
     match req {
         Request::Status => {
             // The kernel maps, SQLite and /proc: off the async workers, which run intake.
