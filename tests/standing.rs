@@ -572,59 +572,85 @@ fn a_process_that_cannot_be_watched_holds_its_session() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The control socket asks who wrote each request, not only who connected: a process outside
-/// every session connects and hands the connection into a session (`SCM_RIGHTS`), and stays
-/// there so that its own check passes; the request the session writes on it is refused.
+/// The control socket and the API's unix socket ask who wrote each request, not only who
+/// connected: a process outside every session connects and hands the connection into a session
+/// (`SCM_RIGHTS`), and stays there so that its own check passes; the request the session writes
+/// on it is refused.
 #[test]
 fn a_control_connection_passed_into_a_session_speaks_for_no_one() {
     use std::process::{Command, Stdio};
     common::require_root();
     let d = Daemon::start();
     let work = TempDir::new("standing-passed-fd");
-    let mut failures = Vec::new();
-    for ns in [Ns::Host, Ns::Private] {
-        let handoff = work.0.join(format!("handoff-{ns:?}"));
-        let reply = work.0.join(format!("reply-{ns:?}"));
-        // The session: takes a descriptor from whoever connects to `handoff`, asks for the
-        // daemon's status on it, and keeps the answer.
-        let session = format!(
-            "/usr/bin/python3 -c \"import socket, array
-l = socket.socket(socket.AF_UNIX); l.bind('{h}'); l.listen(1)
+    // The session: takes a descriptor from whoever connects to the hand-off socket, writes a
+    // request on it, and keeps the answer.
+    let session = work.0.join("session.py");
+    std::fs::write(
+        &session,
+        "import socket, array, sys
+l = socket.socket(socket.AF_UNIX); l.bind(sys.argv[1]); l.listen(1)
 c, _ = l.accept()
 msg, anc, _, _ = c.recvmsg(1, socket.CMSG_SPACE(4))
-fd = array.array('i', anc[0][2][:4])[0]
-s = socket.socket(fileno=fd)
-s.sendall(b'{{\\\"cmd\\\": \\\"status\\\"}}\\n')
-open('{r}', 'wb').write(s.recv(65536))
-c.send(b'x')\"",
-            h = handoff.display(),
-            r = reply.display()
-        );
-        let (mut child, _trace) = spawn_session(d.launch_in(ns, "", &session));
-        // The outsider: connects to the daemon, passes the connection, waits to be told.
-        let outsider = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(format!(
-                "import socket, array, os, time
+s = socket.socket(fileno=array.array('i', anc[0][2][:4])[0])
+s.sendall(sys.argv[3].encode().decode('unicode_escape').encode())
+open(sys.argv[2], 'wb').write(s.recv(65536))
+c.send(b'x')
+",
+    )
+    .unwrap();
+    // The outsider: connects to the daemon, passes the connection, waits to be told.
+    let outsider = work.0.join("outsider.py");
+    std::fs::write(
+        &outsider,
+        "import socket, array, os, sys, time
 end = time.time() + 30
-while not os.path.exists('{h}') and time.time() < end: time.sleep(0.01)
-d = socket.socket(socket.AF_UNIX); d.connect('{s}')
-h = socket.socket(socket.AF_UNIX); h.connect('{h}')
+while not os.path.exists(sys.argv[1]) and time.time() < end: time.sleep(0.01)
+d = socket.socket(socket.AF_UNIX); d.connect(sys.argv[2])
+h = socket.socket(socket.AF_UNIX); h.connect(sys.argv[1])
 h.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [d.fileno()]))])
-h.settimeout(30); h.recv(1)",
-                h = handoff.display(),
-                s = d.socket.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        common::holds::wait_exit(&mut child);
-        let got = String::from_utf8_lossy(&std::fs::read(&reply).unwrap_or_default()).to_string();
-        if !outsider.success() || !got.contains("part of a watched session") {
-            failures.push(format!(
-                "{ns:?}: outsider {outsider}, the session got {got:?}"
-            ));
+h.settimeout(30); h.recv(1)
+",
+    )
+    .unwrap();
+    let api = d.dir.0.join("api.sock");
+    let sockets = [
+        ("control", d.socket.clone(), r#"{\"cmd\": \"status\"}\n"#),
+        (
+            "api",
+            api,
+            r"GET /v1/kill-switch HTTP/1.1\r\nHost: w\r\n\r\n",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, sock, request) in &sockets {
+        for ns in [Ns::Host, Ns::Private] {
+            let handoff = work.0.join(format!("handoff-{name}-{ns:?}"));
+            let reply = work.0.join(format!("reply-{name}-{ns:?}"));
+            let script = format!(
+                "/usr/bin/python3 {} {} {} '{request}'",
+                session.display(),
+                handoff.display(),
+                reply.display()
+            );
+            let (mut child, _trace) = spawn_session(d.launch_in(ns, "", &script));
+            let out = Command::new("/usr/bin/python3")
+                .arg(&outsider)
+                .arg(&handoff)
+                .arg(sock)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            common::holds::wait_exit(&mut child);
+            let got = String::from_utf8_lossy(&std::fs::read(&reply).unwrap_or_default())
+                .chars()
+                .take(400)
+                .collect::<String>();
+            if !out.success() || !got.contains("part of a watched session") {
+                failures.push(format!(
+                    "{name} {ns:?}: outsider {out}, the session got {got:?}"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

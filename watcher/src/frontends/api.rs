@@ -64,6 +64,8 @@ pub trait Backend: Send + Sync + 'static {
     fn release(&self, who: &str) -> anyhow::Result<Value>;
     /// Whether the other end of a loopback connection is a watched process.
     fn tcp_peer_watched(&self, peer: SocketAddr, local: SocketAddr) -> bool;
+    /// Why the processes that wrote a unix-socket request may not make it, if they may not.
+    fn senders_refused(&self, senders: &[Option<crate::sys::peer::Sender>]) -> Option<String>;
 }
 
 impl Backend for Daemon {
@@ -133,6 +135,10 @@ impl Backend for Daemon {
     fn tcp_peer_watched(&self, peer: SocketAddr, local: SocketAddr) -> bool {
         crate::frontends::control::server::tcp_peer_in_a_session(self, peer, local)
     }
+
+    fn senders_refused(&self, senders: &[Option<crate::sys::peer::Sender>]) -> Option<String> {
+        crate::frontends::control::server::refuse_senders(self, senders)
+    }
 }
 
 /// Request head (request line and headers), bytes.
@@ -147,8 +153,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Who is calling, as established for the connection.
 #[derive(Clone)]
 pub enum Caller {
-    /// A unix-socket peer that passed the credential check: its user name.
-    User(String),
+    /// A unix-socket peer that passed the credential check: its user name, and who wrote the
+    /// bytes of the connection (each writer is checked as the peer was, per request).
+    User(String, crate::sys::peer::Senders),
     /// A loopback peer: checked against the token on each request, then against the sessions.
     Tcp { peer: SocketAddr, local: SocketAddr },
     /// Refused when the connection was accepted (the reason).
@@ -183,6 +190,9 @@ pub async fn serve_unix(listener: UnixListener, shared: Arc<Daemon>) {
         tokio::spawn(async move {
             let _slot = slot;
             let Ok(cred) = stream.peer_cred() else { return };
+            let Ok((stream, senders)) = crate::sys::peer::SenderStream::new(stream) else {
+                return;
+            };
             let caller = if !authorized(&cred, &shared.config) {
                 Caller::Refused("permission denied: the API is for root and the approver group")
             } else if cred
@@ -191,7 +201,7 @@ pub async fn serve_unix(listener: UnixListener, shared: Arc<Daemon>) {
             {
                 Caller::Refused("permission denied: this process is part of a watched session")
             } else {
-                Caller::User(user_name(cred.uid()))
+                Caller::User(user_name(cred.uid()), senders)
             };
             serve_connection(stream, router(shared, caller, None)).await;
         });
@@ -280,7 +290,26 @@ async fn authenticate(State(ctx): State<Ctx>, mut req: Request, next: Next) -> R
             tracing::warn!(path = %req.uri().path(), "API request refused: {why}");
             return error(StatusCode::FORBIDDEN, *why);
         }
-        Caller::User(u) => u.clone(),
+        Caller::User(u, senders) => {
+            // The whole request first, then its writers: a passed descriptor's bytes are
+            // theirs, whoever connected.
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+                let why = format!("request body over {MAX_BODY} bytes, or unreadable");
+                return error(StatusCode::PAYLOAD_TOO_LARGE, why);
+            };
+            let list = std::mem::take(&mut *senders.lock().unwrap_or_else(|e| e.into_inner()));
+            let backend = ctx.backend.clone();
+            let refused = tokio::task::spawn_blocking(move || backend.senders_refused(&list))
+                .await
+                .unwrap_or_else(|_| Some("permission denied: the check failed".into()));
+            if let Some(why) = refused {
+                tracing::warn!(path = %parts.uri.path(), "API request refused: {why}");
+                return error(StatusCode::FORBIDDEN, why);
+            }
+            req = Request::from_parts(parts, axum::body::Body::from(bytes));
+            u.clone()
+        }
         Caller::Tcp { peer, local } => {
             let given = req
                 .headers()

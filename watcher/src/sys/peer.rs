@@ -16,8 +16,9 @@ pub struct Sender {
     pub gid: u32,
 }
 
-/// Asks the kernel for each message's sender from now on. (A stream socket keeps every
-/// sender's credentials with its bytes, so bytes sent before this call have them too.)
+/// Asks the kernel for each message's sender. The kernel records a sender only while the
+/// receiving socket asks: set it on the listener, whose accepted sockets inherit it, before any
+/// client can connect.
 pub fn pass_credentials(sock: &impl AsFd) -> std::io::Result<()> {
     setsockopt(sock, sockopt::PassCred, &true).map_err(std::io::Error::from)
 }
@@ -83,6 +84,87 @@ pub async fn read_line(
         if line.len() > max {
             return Ok((line, senders));
         }
+    }
+}
+
+/// Every sender of the bytes read so far on a `SenderStream`, each once (None: bytes that came
+/// with no credentials).
+pub type Senders = std::sync::Arc<std::sync::Mutex<Vec<Option<Sender>>>>;
+
+/// A unix stream that notes who sent the bytes it reads, for a server (hyper) that reads
+/// through it: the request is then judged by its writers, whoever connected.
+pub struct SenderStream {
+    inner: tokio::net::UnixStream,
+    senders: Senders,
+}
+
+impl SenderStream {
+    pub fn new(inner: tokio::net::UnixStream) -> std::io::Result<(SenderStream, Senders)> {
+        pass_credentials(&inner)?;
+        let senders = Senders::default();
+        let s = SenderStream {
+            inner,
+            senders: senders.clone(),
+        };
+        Ok((s, senders))
+    }
+}
+
+impl tokio::io::AsyncRead for SenderStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Err(e) = std::task::ready!(this.inner.poll_read_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            let unfilled = buf.initialize_unfilled();
+            let got = this.inner.try_io(tokio::io::Interest::READABLE, || {
+                recv(&this.inner, unfilled)
+            });
+            match got {
+                Ok((n, sender)) => {
+                    if n > 0 {
+                        let mut s = this.senders.lock().unwrap_or_else(|e| e.into_inner());
+                        if !s.contains(&sender) {
+                            s.push(sender);
+                        }
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SenderStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -54,6 +54,10 @@ pub fn bind_at(path: &std::path::Path, cfg: &Config) -> anyhow::Result<UnixListe
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // On the listener: a client's bytes carry its credentials only if the receiving socket
+    // asked for them when they were sent, and an accepted socket inherits this.
+    crate::sys::peer::pass_credentials(&listener)
+        .with_context(|| format!("SO_PASSCRED on {}", path.display()))?;
     let gid = match &cfg.daemon.approver_group {
         Some(g) => Some(group_id(g)?),
         None => None,
@@ -153,9 +157,13 @@ async fn write_json<T: serde::Serialize>(
 /// Why the writers of a request may not make it, if they may not: each process that sent a
 /// byte of it must pass the checks the connecting process passed, and still be there to be
 /// checked (one that exited cannot be told from a watched one).
-fn refuse_senders(shared: &State, senders: &[Option<crate::sys::peer::Sender>]) -> Option<String> {
+pub fn refuse_senders(
+    shared: &State,
+    senders: &[Option<crate::sys::peer::Sender>],
+) -> Option<String> {
     for s in senders {
-        let Some(s) = s else {
+        // pid 0: the kernel recorded no sender (sent before credentials were asked for).
+        let Some(s) = s.filter(|s| s.pid != 0) else {
             return Some("permission denied: the request came with no credentials".into());
         };
         if !crate::sys::users::authorized_ids(s.uid, s.gid, Some(s.pid), &shared.config) {
