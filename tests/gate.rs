@@ -493,7 +493,8 @@ fn reading_a_persistence_file_is_not_held() {
 /// every build does) cost no round trip, and hold nothing. Each is done `ROUNDS` times in one
 /// process, beside a process that does nothing: were they gated, the difference would be
 /// `ROUNDS` per directory and call; it stays below `ROUNDS` (a round trip or two of a process's
-/// start varies under the other tests' load).
+/// start varies under the other tests' load). The 20 deletes in /dev/shm are no home wipe,
+/// though /etc/passwd gives `sys` /dev for a home: no one logs in as `sys`.
 #[test]
 fn making_files_in_scratch_places_and_the_work_directory_is_not_gated() {
     const ROUNDS: u64 = 10;

@@ -572,23 +572,73 @@ fn locate(text: &str, needle: &str) -> (usize, usize) {
     (0, 0)
 }
 
-/// Home directories: every user's from /etc/passwd, plus `/root` and `/home/*`.
+/// Home directories: `/root`, `/home/*`, and the home of every account in /etc/passwd that can
+/// log in. A system account's "home" that no one logs into (`sys` has /dev, `bin` has /bin) is
+/// no one's home: a rule on `~/**` must not treat /dev/shm as one.
 pub fn homes() -> Vec<String> {
     let mut out = vec!["/root".to_string(), "/home/*".to_string()];
     if let Ok(text) = std::fs::read_to_string("/etc/passwd") {
-        for line in text.lines() {
-            if let Some(home) = line.split(':').nth(5) {
-                let home = home.trim_end_matches('/');
-                // System accounts with `/` or a nonexistent home add nothing useful.
-                if home.len() > 1
-                    && !out.iter().any(|h| h == home)
-                    && !home.starts_with("/home/")
-                    && PathBuf::from(home).is_dir()
-                {
-                    out.push(home.to_string());
-                }
+        for h in login_homes(&text) {
+            if !out.contains(&h) && !h.starts_with("/home/") && std::path::Path::new(&h).is_dir() {
+                out.push(h);
             }
         }
     }
     out
+}
+
+/// The homes in a passwd file of the accounts with a login shell, except system directories.
+fn login_homes(passwd: &str) -> Vec<String> {
+    const SYSTEM: [&str; 14] = [
+        "/",
+        "/bin",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/dev",
+        "/proc",
+        "/sys",
+        "/tmp",
+        "/var/tmp",
+        "/run",
+        "/etc",
+        "/var",
+    ];
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let (home, shell) = (f.get(5)?.trim_end_matches('/'), *f.get(6)?);
+            let no_login = shell.is_empty()
+                || shell.ends_with("/nologin")
+                || shell.ends_with("/false")
+                || shell.ends_with("/sync");
+            let home = if home.is_empty() { "/" } else { home };
+            (!no_login && !SYSTEM.contains(&home)).then(|| home.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Accounts that log in have homes; `sys` (/dev), `bin` (/bin) and a service with no shell
+    /// do not, and neither does an account whose home is a system directory.
+    #[test]
+    fn only_accounts_that_log_in_have_homes() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash
+sys:x:3:3:sys:/dev:/usr/sbin/nologin
+bin:x:2:2:bin:/bin:/usr/sbin/nologin
+sync:x:4:65534:sync:/bin:/bin/sync
+irc:x:39:39:ircd:/run/ircd:/usr/sbin/nologin
+systemd-network:x:998:998::/:/usr/sbin/nologin
+postgres:x:105:110::/var/lib/postgresql:/bin/bash
+odd:x:1001:1001::/tmp:/bin/sh
+alice:x:1000:1000::/home/alice:/bin/bash
+";
+        assert_eq!(
+            super::login_homes(passwd),
+            ["/root", "/var/lib/postgresql", "/home/alice"]
+        );
+    }
 }
