@@ -1,7 +1,7 @@
 //! Turns rule files into a `Policy`: lists and macros expanded, `~` expanded to every home,
 //! and the patterns of each field gathered into one automaton per field, so one pass over an
 //! event's value answers every rule that looks at that field.
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
 use globset::{GlobBuilder, GlobSetBuilder};
 use ipnet::IpNet;
