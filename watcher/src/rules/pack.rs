@@ -10,6 +10,7 @@ pub const FILES: &[(&str, &str)] = &[
         "persistence.yaml",
         include_str!("../../../rules/persistence.yaml"),
     ),
+    ("startup.yaml", include_str!("../../../rules/startup.yaml")),
     ("network.yaml", include_str!("../../../rules/network.yaml")),
     ("changes.yaml", include_str!("../../../rules/changes.yaml")),
     (
