@@ -272,6 +272,10 @@ impl Daemon {
             None => String::new(),
         };
         // Its own store, cgroups and API socket: a benchmark must not touch a running daemon's.
+        // A ring the storms do not fill (128 MiB): a lost record that could have held holds its
+        // session (fail closed), which would stop the storm; with the default 16 MiB a 1M-call
+        // setid storm run beside another lost one on this machine.
+        text.push_str("[daemon]\nring_buffer_bytes = 134217728\n");
         text.push_str(&format!(
             "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n[metrics]\nlisten = \"{metrics}\"\n",
             dir.join("bench.db").display(),
