@@ -207,8 +207,17 @@ impl Protect {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len();
+        // By identity: two names of one file (Debian's /usr/lib/python3.X/sitecustomize.py is a
+        // symlink to /etc/python3.X/sitecustomize.py) are one marked file.
+        let marked: std::collections::HashSet<(u64, u64)> = files
+            .iter()
+            .filter_map(|f| {
+                use std::os::unix::fs::MetadataExt as _;
+                std::fs::metadata(f).ok().map(|m| (m.dev(), m.ino()))
+            })
+            .collect();
         shared.counters.protected_files.store(
-            files.len().saturating_sub(guarded) as u64,
+            marked.len().saturating_sub(guarded) as u64,
             Ordering::Relaxed,
         );
         shared
