@@ -410,16 +410,22 @@ pub fn stop(task: Task, session_id: u64, kind: EventKind) -> u32 {
         alert(kind, watcher_common::EVENT_FLAG_GATED);
         return watcher_common::EVENT_FLAG_GATED | watcher_common::EVENT_FLAG_TRACED;
     }
+    wait_for_answer(task, session_id, kind, 0);
+    alert(kind, watcher_common::EVENT_FLAG_GATED);
+    watcher_common::EVENT_FLAG_GATED
+}
+
+/// The `GATED` entry of a process stopped for user space (`flags`: `GATED_*`).
+#[inline(always)]
+fn wait_for_answer(task: Task, session_id: u64, kind: EventKind, flags: u32) {
     let g = Gated {
         session_id,
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         kind: kind as u32,
-        flags: 0,
+        flags,
     };
     let _ = GATED.insert(&task.tgid(), &g, 0);
-    alert(kind, watcher_common::EVENT_FLAG_GATED);
-    watcher_common::EVENT_FLAG_GATED
 }
 
 /// A record of a watched session that the ring had no room for. One of a kind that could have
@@ -451,14 +457,7 @@ pub fn hold_lost(task: Task, session_id: u64, kind: EventKind) {
         alert(kind, NOW);
         return;
     }
-    let g = Gated {
-        session_id,
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        kind: kind as u32,
-        flags: watcher_common::GATED_LOST,
-    };
-    let _ = GATED.insert(&task.tgid(), &g, 0);
+    wait_for_answer(task, session_id, kind, watcher_common::GATED_LOST);
     // `STOPPED`: the alert thread freezes the session's cgroup at once.
     alert(kind, NOW);
 }

@@ -133,7 +133,7 @@ fn try_exit(which: u32) {
     if let Written::NoRoom = written {
         // The kernel policy acts whether or not the record can be written. A lost open for
         // writing holds the session; a lost read is counted (a build reads thousands).
-        if intent_of(call.flags) & (INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE) != 0 {
+        if intent & (INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE) != 0 {
             gate::lost(task, watch.session_id, EventKind::Open);
         } else {
             count_drop(EventKind::Open);

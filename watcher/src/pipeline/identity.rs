@@ -39,6 +39,8 @@ impl Core {
             })
             .map(|(n, l)| (n.pattern.as_str(), l.as_slice()))
             .collect();
+        // One pass: each mount table read once.
+        let mut ids = crate::sys::files::Identities::default();
         for (n, listed) in active.gate.named.iter().zip(&named) {
             let intent = &n.intent;
             // The directory a literal name would be made in, whether it exists or not: the
@@ -48,7 +50,7 @@ impl Core {
                 .into_iter()
                 .map(|d| (d, true));
             for (path, dir) in listed.iter().cloned().chain(parents) {
-                let Some((ino, dev)) = crate::sys::files::identity(&path) else {
+                let Some((ino, dev)) = ids.of(&path) else {
                     continue;
                 };
                 let key = InodeKey {
@@ -96,8 +98,10 @@ impl Core {
         let differs = |name: String| (name != opened).then_some(name);
         // The index is as old as its last refresh: a named file deleted since may have left its
         // inode number to a new file. A name counts only while it still is that file.
-        let still = |name: &str, id| crate::sys::files::identity(Path::new(name)) == Some(id);
-        if let Some(id) = crate::sys::files::identity(Path::new(&link)) {
+        let ids = std::cell::RefCell::new(crate::sys::files::Identities::default());
+        let identity = |p: &Path| ids.borrow_mut().of(p);
+        let still = |name: &str, id| identity(Path::new(name)) == Some(id);
+        if let Some(id) = identity(Path::new(&link)) {
             if let Some(name) = index.get(&key(id, 0)).filter(|n| still(n, id)) {
                 return differs(name.clone());
             }
@@ -109,8 +113,8 @@ impl Core {
         }
         let p = Path::new(real);
         if let (Some(parent), Some(base)) = (p.parent(), p.file_name()) {
-            let dir = crate::sys::files::identity(parent)
-                .and_then(|id| index.get(&key(id, 1)).filter(|d| still(d, id)));
+            let dir =
+                identity(parent).and_then(|id| index.get(&key(id, 1)).filter(|d| still(d, id)));
             if let Some(dir) = dir {
                 return differs(format!("{}/{}", dir.trim_end_matches('/'), base.to_str()?));
             }

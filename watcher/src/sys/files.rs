@@ -78,55 +78,84 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 }
 
 /// (inode, kernel device) of what `path` names, following symlinks (and `/proc/PID/fd/N`), as
-/// the kernel's gate reads them (`i_ino`, `i_sb->s_dev`). The device is the one `mountinfo`
-/// prints for the mount the path is on: `st_dev` is another number on a btrfs subvolume.
+/// the kernel's gate reads them (`i_ino`, `i_sb->s_dev`). For many paths at once, `Identities`
+/// reads each mount table once.
 pub fn identity(path: &Path) -> Option<(u64, u32)> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: an all-zero statx is a valid out-buffer.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and out-buffer.
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            0,
-            libc::STATX_INO | libc::STATX_MNT_ID,
-            &mut st,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
-    let st_dev = kernel_dev(libc::makedev(st.stx_dev_major, st.stx_dev_minor));
-    let dev = (st.stx_mask & libc::STATX_MNT_ID != 0)
-        .then(|| mount_dev(path, st.stx_mnt_id))
-        .flatten()
-        .unwrap_or(st_dev);
-    Some((st.stx_ino, dev))
+    Identities::default().of(path)
 }
 
-/// The device (`major:minor`, as the kernel keeps it) of mount `id`, from the mount table of
-/// the namespace `path` was resolved in: the process's for `/proc/PID/...`, else ours.
-fn mount_dev(path: &Path, id: u64) -> Option<u32> {
-    use std::io::BufRead as _;
-    let pid = path
-        .strip_prefix("/proc")
-        .ok()
-        .and_then(|r| r.components().next())
-        .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
+/// File identities looked up together: the mount tables they need are read once per lookup
+/// pass (mount ids are reused after an unmount, so a table is not kept longer).
+#[derive(Default)]
+pub struct Identities {
+    /// By the process whose mount namespace a path was resolved in (None: ours): mount id ->
+    /// device.
+    tables: std::collections::HashMap<Option<u32>, std::collections::HashMap<u64, u32>>,
+}
+
+impl Identities {
+    /// `identity` of `path`. The device is the one `mountinfo` prints for the mount the path
+    /// is on: `st_dev` is another number on a btrfs subvolume.
+    pub fn of(&mut self, path: &Path) -> Option<(u64, u32)> {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: an all-zero statx is a valid out-buffer.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and out-buffer.
+        let r = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                0,
+                libc::STATX_INO | libc::STATX_MNT_ID,
+                &mut st,
+            )
+        };
+        if r != 0 {
+            return None;
+        }
+        let st_dev = kernel_dev(libc::makedev(st.stx_dev_major, st.stx_dev_minor));
+        let dev = (st.stx_mask & libc::STATX_MNT_ID != 0)
+            .then(|| self.mount_dev(path, st.stx_mnt_id))
+            .flatten()
+            .unwrap_or(st_dev);
+        Some((st.stx_ino, dev))
+    }
+
+    /// The device of mount `id`, from the mount table of the namespace `path` was resolved in:
+    /// the process's for `/proc/PID/...`, else ours.
+    fn mount_dev(&mut self, path: &Path, id: u64) -> Option<u32> {
+        let pid = path
+            .strip_prefix("/proc")
+            .ok()
+            .and_then(|r| r.components().next())
+            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
+        self.tables
+            .entry(pid)
+            .or_insert_with(|| mount_table(pid))
+            .get(&id)
+            .copied()
+    }
+}
+
+/// Mount id -> device (`major:minor`, as the kernel keeps it) of a mount namespace's table.
+fn mount_table(pid: Option<u32>) -> std::collections::HashMap<u64, u32> {
     let table = match pid {
         Some(pid) => format!("/proc/{pid}/mountinfo"),
         None => "/proc/self/mountinfo".to_string(),
     };
-    let f = std::io::BufReader::new(std::fs::File::open(table).ok()?);
-    let want = id.to_string();
-    f.lines().map_while(Result::ok).find_map(|l| {
-        // `36 35 98:0 /mnt1 /mnt2 ...`: mount id, parent id, major:minor.
-        let mut f = l.split(' ');
-        (f.next()? == want).then_some(())?;
-        let (ma, mi) = f.nth(1)?.split_once(':')?;
-        Some((ma.parse::<u32>().ok()? << 20) | mi.parse::<u32>().ok()?)
-    })
+    let text = std::fs::read_to_string(table).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            // `36 35 98:0 /mnt1 /mnt2 ...`: mount id, parent id, major:minor.
+            let mut f = l.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let (ma, mi) = f.nth(1)?.split_once(':')?;
+            Some((
+                id,
+                (ma.parse::<u32>().ok()? << 20) | mi.parse::<u32>().ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// Entries `named` returns at most for one pattern.
@@ -297,6 +326,21 @@ pub fn write_private(path: &Path, text: &[u8], mode: u32) -> std::io::Result<()>
 mod tests {
     use super::{clear_mode_bits, identity_of_file, named};
     use std::path::Path;
+
+    /// A file has one identity by its name and by a descriptor of it (`/proc/self/fd/N`), and
+    /// one pass gives what single lookups give.
+    #[test]
+    fn a_file_is_one_identity_by_name_and_by_descriptor() {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::File::open("/etc/hostname").unwrap();
+        let by_fd = format!("/proc/self/fd/{}", f.as_raw_fd());
+        let mut ids = super::Identities::default();
+        let (a, b) = (ids.of(Path::new("/etc/hostname")), ids.of(Path::new(&by_fd)));
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        assert_eq!(a, super::identity(Path::new("/etc/hostname")));
+        assert_ne!(ids.of(Path::new("/dev/shm")), ids.of(Path::new("/dev")));
+    }
 
     #[test]
     fn a_pattern_names_the_files_that_exist_and_the_directories_of_its_wildcard() {
