@@ -490,6 +490,24 @@ fn kill_minus_one_from_a_session_reaches_no_process() {
     assert_ne!(state(d.pid()), 'T', "the daemon is stopped");
 }
 
+/// Runs `script` as a session in `ns`, expects its first hold to be `watcher-records-lost`,
+/// denies it and waits for the session's end; what went wrong (another rule, a marker of a
+/// step after the hold that exists).
+fn deny_records_lost(d: &Daemon, ns: Ns, script: &str, after: &[&Path]) -> Vec<String> {
+    let mut failures = Vec::new();
+    let (mut child, trace) = spawn_session(d.launch_in(ns, "", script));
+    let hold = common::holds::await_hold(d, &trace);
+    if hold["rule"] != "watcher-records-lost" {
+        failures.push(format!("{ns:?}: held by {}", hold["rule"]));
+    }
+    common::holds::verdict(d, "deny", &hold);
+    common::holds::wait_exit(&mut child);
+    for m in after.iter().filter(|m| m.exists()) {
+        failures.push(format!("{ns:?}: {} exists after deny", m.display()));
+    }
+    failures
+}
+
 /// A session whose records the watcher could not keep is held, not let go unseen: with the
 /// ring full (a 4 KiB ring the intake has stopped reading), the first record of a kind that
 /// could hold is lost, its process stops where it made the call, and the session is held for
@@ -519,18 +537,7 @@ fn a_record_lost_to_a_full_ring_holds_its_session() {
             "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done; touch {}",
             marker.display()
         );
-        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
-        let hold = common::holds::await_hold(&d, &trace);
-        if hold["rule"] != "watcher-records-lost" {
-            failures.push(format!("{ns:?}: held by {}", hold["rule"]));
-        }
-        common::holds::verdict(&d, "deny", &hold);
-        common::holds::wait_exit(&mut child);
-        if marker.exists() {
-            failures.push(format!(
-                "{ns:?}: the session went on after its record was lost"
-            ));
-        }
+        failures.extend(deny_records_lost(&d, ns, &script, &[&marker]));
     }
     std::fs::remove_file(&paused).unwrap();
     let st = d.status();
@@ -556,18 +563,7 @@ fn a_process_that_cannot_be_watched_holds_its_session() {
             ran.display(),
             marker.display()
         );
-        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
-        let hold = common::holds::await_hold(&d, &trace);
-        if hold["rule"] != "watcher-records-lost" {
-            failures.push(format!("{ns:?}: held by {}", hold["rule"]));
-        }
-        common::holds::verdict(&d, "deny", &hold);
-        common::holds::wait_exit(&mut child);
-        for m in [&marker, &ran] {
-            if m.exists() {
-                failures.push(format!("{ns:?}: {} exists", m.display()));
-            }
-        }
+        failures.extend(deny_records_lost(&d, ns, &script, &[&marker, &ran]));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -335,7 +335,10 @@ mod tests {
         let f = std::fs::File::open("/etc/hostname").unwrap();
         let by_fd = format!("/proc/self/fd/{}", f.as_raw_fd());
         let mut ids = super::Identities::default();
-        let (a, b) = (ids.of(Path::new("/etc/hostname")), ids.of(Path::new(&by_fd)));
+        let (a, b) = (
+            ids.of(Path::new("/etc/hostname")),
+            ids.of(Path::new(&by_fd)),
+        );
         assert!(a.is_some());
         assert_eq!(a, b);
         assert_eq!(a, super::identity(Path::new("/etc/hostname")));
