@@ -13,10 +13,10 @@ mod common;
 use common::{
     curl,
     holds::{
-        await_hold, first_finding, json_lines, launch_bg, next_hold, show_hold, state_of, verdict,
-        wait_exit,
+        await_hold, first_finding, json_lines, launch_bg, next_hold, show_hold, spawn_session,
+        state_of, verdict, wait_exit,
     },
-    Daemon, TempDir, DEADLINE,
+    Daemon, Ns, TempDir, DEADLINE,
 };
 
 /// Stopped by the kernel at the hook: in state T, or, when the session's freeze won the race
@@ -743,25 +743,39 @@ fn deny_removes_what_the_held_open_created() {
     let d = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
     let unit = "[Service]\\nExecStart=/bin/sh -c evil\\n";
 
-    // Deny: the new unit is gone.
-    let new = units.join("new.service");
-    let (mut child, trace) = launch_bg(&d, &format!("printf '{unit}' > {}", new.display()));
-    let hold = await_hold(&d, &trace);
-    assert_eq!(
-        hold["created"][0]["path"],
-        new.display().to_string(),
-        "{hold}"
-    );
-    verdict(&d, "deny", &hold);
-    // The hold is decided in user space, so the shell may have finished before the freeze
-    // (issue 12); what matters here is the file.
-    wait_exit(&mut child);
-    assert!(
-        !new.exists(),
-        "the unit the denied open created is still there"
-    );
-    let h = show_hold(&d, hold["id"].as_str().unwrap());
-    assert!(h["result"].as_str().unwrap().contains("removed"), "{h}");
+    // Deny: the new unit is gone, also when the session made it in a mount namespace of its
+    // own, through a name the daemon's namespace does not have (the units directory bound at
+    // `/root/u` on a private tmpfs home).
+    for ns in [Ns::Host, Ns::Private] {
+        let new = units.join(format!("new-{ns:?}.service"));
+        let (setup, path) = match ns {
+            Ns::Host => (String::new(), new.display().to_string()),
+            Ns::Private => (
+                format!(
+                    "mkdir /root/u && mount --bind {} /root/u &&",
+                    units.display()
+                ),
+                format!("/root/u/new-{ns:?}.service"),
+            ),
+        };
+        let (mut child, trace) =
+            spawn_session(d.launch_in(ns, &setup, &format!("printf '{unit}' > {path}")));
+        let hold = await_hold(&d, &trace);
+        assert_eq!(hold["created"][0]["path"], path, "{ns:?}: {hold}");
+        verdict(&d, "deny", &hold);
+        // The hold is decided in user space, so the shell may have finished before the freeze
+        // (issue 12); what matters here is the file.
+        wait_exit(&mut child);
+        assert!(
+            !new.exists(),
+            "{ns:?}: the unit the denied open created is still there"
+        );
+        let h = show_hold(&d, hold["id"].as_str().unwrap());
+        assert!(
+            h["result"].as_str().unwrap().contains("removed"),
+            "{ns:?}: {h}"
+        );
+    }
 
     // Approve: it stays, whole.
     let kept = units.join("kept.service");

@@ -223,6 +223,7 @@ impl Approvals {
                 HoldKind::Session,
                 Detail::Open {
                     path,
+                    opened_as,
                     flags,
                     result,
                     ..
@@ -233,7 +234,11 @@ impl Approvals {
                 && flags.iter().any(|f| f == "O_CREAT")
                 && d.trigger.detail.replaced_name().is_none() =>
             {
-                crate::sys::files::created_by_open(path, d.trigger.ts.0)
+                // The name the process opened, in its own mount namespace (it is stopped at
+                // the gate, or frozen): the policy's name for it may be another.
+                let view = crate::sys::view::View::of([d.trigger.pid]);
+                let name = opened_as.as_deref().unwrap_or(path);
+                crate::sys::files::created_by_open(&view, name, d.trigger.ts.0)
                     .into_iter()
                     .collect()
             }
@@ -251,7 +256,8 @@ impl Approvals {
                     ..
                 },
             ) if mode & 0o6000 != 0 => {
-                crate::sys::files::identity_of_file(path).map(|file| SetidBits {
+                let view = crate::sys::view::View::of([d.trigger.pid]);
+                crate::sys::files::identity_of_file(&view, path).map(|file| SetidBits {
                     file,
                     bits: mode & 0o6000,
                 })
@@ -521,8 +527,33 @@ impl Approvals {
             }
             return Ok(what);
         }
-        // Before the kill: the process names the mount namespace the name is in.
-        let undone = self.undo_replaced(&h.trigger);
+        // Before the kill, while the session's processes (frozen) still name the mount
+        // namespace its files are in: what the held action changed is put back there.
+        let mut undone = Vec::new();
+        if let Some(u) = self.undo_replaced(&h.trigger) {
+            undone.push(u);
+        }
+        let view = crate::sys::view::View::of(
+            std::iter::once(h.trigger.pid).chain(self.cgroups.pids(&h.trace_id)),
+        );
+        // The setuid/setgid bits a held chmod set go again.
+        if let Some(b) = &h.setid_bits {
+            undone.push(
+                if crate::sys::files::clear_mode_bits(&view, &b.file, b.bits) {
+                    format!("cleared the setuid/setgid bits of {}", b.file.path)
+                } else {
+                    format!("{} was gone or replaced", b.file.path)
+                },
+            );
+        }
+        // What the held open created goes too, so the host is as it was.
+        for f in &h.created {
+            undone.push(if crate::sys::files::remove_created(&view, f) {
+                format!("removed {}", f.path)
+            } else {
+                format!("{} was already gone or replaced", f.path)
+            });
+        }
         let mut what = match self.deny {
             DenyScope::Session => {
                 self.cgroups.kill(&h.trace_id)?;
@@ -542,27 +573,8 @@ impl Approvals {
                 }
             }
         };
-        // The setuid/setgid bits a held chmod set go again.
-        if let Some(b) = &h.setid_bits {
-            if crate::sys::files::clear_mode_bits(&b.file, b.bits) {
-                what.push_str(&format!(
-                    "; cleared the setuid/setgid bits of {}",
-                    b.file.path
-                ));
-            } else {
-                what.push_str(&format!("; {} was gone or replaced", b.file.path));
-            }
-        }
-        if let Some(u) = undone {
+        for u in undone {
             what.push_str(&format!("; {u}"));
-        }
-        // What the held open created goes too, so the host is as it was.
-        for f in &h.created {
-            if crate::sys::files::remove_created(f) {
-                what.push_str(&format!("; removed {}", f.path));
-            } else {
-                what.push_str(&format!("; {} was already gone or replaced", f.path));
-            }
         }
         Ok(what)
     }

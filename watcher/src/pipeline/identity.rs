@@ -3,7 +3,7 @@
 //! that appear are covered; a new home reloads the policy), written to the kernel's `GATE_INODE` map by identity (inode and
 //! device), and kept here by name. A gated open of one of them under another name (a symlink,
 //! a hard link, a bind mount, `/proc/self/root/…`) is then evaluated under the policy's name.
-use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, os::fd::AsFd as _, path::Path, sync::Arc, time::Duration};
 
 use watcher_common::{Gate, InodeKey, GATE_OPEN, INTENT_CREATE, INTENT_TRUNCATE, INTENT_WRITE};
 
@@ -101,7 +101,8 @@ impl Core {
         let ids = std::cell::RefCell::new(crate::sys::files::Identities::default());
         let identity = |p: &Path| ids.borrow_mut().of(p);
         let still = |name: &str, id| identity(Path::new(name)) == Some(id);
-        if let Some(id) = identity(Path::new(&link)) {
+        let opened_id = identity(Path::new(&link));
+        if let Some(id) = opened_id {
             if let Some(name) = index.get(&key(id, 0)).filter(|n| still(n, id)) {
                 return differs(name.clone());
             }
@@ -113,8 +114,20 @@ impl Core {
         }
         let p = Path::new(real);
         if let (Some(parent), Some(base)) = (p.parent(), p.file_name()) {
-            let dir =
-                identity(parent).and_then(|id| index.get(&key(id, 1)).filter(|d| still(d, id)));
+            // The directory as the process names it, in its own mount namespace (a sandbox's
+            // bind mount of a guarded directory is that directory), and only while it still
+            // holds the file opened.
+            let view = crate::sys::view::View::of([tgid]);
+            let dir_id = view.dir(parent).ok().and_then(|fd| {
+                let name = std::ffi::CString::new(base.as_encoded_bytes()).ok()?;
+                let mut ids = ids.borrow_mut();
+                let holds =
+                    opened_id.is_some() && ids.of_in(fd.as_fd(), &name, view.pid()) == opened_id;
+                holds
+                    .then(|| ids.of_in(fd.as_fd(), c"", view.pid()))
+                    .flatten()
+            });
+            let dir = dir_id.and_then(|id| index.get(&key(id, 1)).filter(|d| still(d, id)));
             if let Some(dir) = dir {
                 return differs(format!("{}/{}", dir.trim_end_matches('/'), base.to_str()?));
             }

@@ -6,6 +6,9 @@ use std::{
     time::SystemTime,
 };
 
+use std::os::fd::AsRawFd as _;
+
+use super::view::View;
 use crate::model::hold::CreatedFile;
 
 /// How far before the open's event a file's birth may lie and still be the open's creation:
@@ -13,53 +16,77 @@ use crate::model::hold::CreatedFile;
 /// clocks are read at different moments.
 const BIRTH_SLACK: Duration = Duration::from_millis(20);
 
-/// The file at `path` if the open at `opened` created it: its birth time (statx) is at or
-/// after the open. None when it existed before, is gone, or the file system keeps no birth
-/// time (then nothing will be removed on deny: a file that may have existed is never
-/// deleted).
-pub fn created_by_open(path: &str, opened: SystemTime) -> Option<CreatedFile> {
-    let md = std::fs::symlink_metadata(path).ok()?;
-    let born = md.created().ok()?;
-    if born + BIRTH_SLACK < opened || !md.is_file() {
+/// The file at `path`, as `view`'s process names it, if the open at `opened` created it: its
+/// birth time (statx) is at or after the open. None when it existed before, is gone, or the
+/// file system keeps no birth time (then nothing will be removed on deny: a file that may have
+/// existed is never deleted).
+pub fn created_by_open(view: &View, path: &str, opened: SystemTime) -> Option<CreatedFile> {
+    let f = view.stat(Path::new(path)).ok()?;
+    if f.st.stx_mask & libc::STATX_BTIME == 0 || !f.is_file() {
         return None;
     }
+    let born = SystemTime::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(f.st.stx_btime.tv_sec).ok()?,
+            f.st.stx_btime.tv_nsec,
+        );
+    if born + BIRTH_SLACK < opened {
+        return None;
+    }
+    let (dev, ino) = f.id();
     Some(CreatedFile {
         path: path.to_string(),
-        dev: md.dev(),
-        ino: md.ino(),
+        dev,
+        ino,
     })
 }
 
-/// Removes a file a denied open created, if the name still names that same file. Returns
-/// whether it was removed.
-pub fn remove_created(f: &CreatedFile) -> bool {
-    let same =
-        std::fs::symlink_metadata(&f.path).is_ok_and(|md| md.dev() == f.dev && md.ino() == f.ino);
-    same && std::fs::remove_file(&f.path).is_ok()
-}
-
-/// The regular file `path` names (not following a final symlink), by name and identity.
-pub fn identity_of_file(path: &str) -> Option<CreatedFile> {
-    let md = std::fs::symlink_metadata(path).ok()?;
-    md.is_file().then(|| CreatedFile {
-        path: path.to_string(),
-        dev: md.dev(),
-        ino: md.ino(),
-    })
-}
-
-/// Clears `bits` of the mode of `f` if its name still names that same regular file (a name
-/// swapped for another file, `/usr/bin/sudo` say, is left alone). Through a descriptor of
-/// the file checked, so the name cannot be swapped between the check and the change.
-pub fn clear_mode_bits(f: &CreatedFile, bits: u32) -> bool {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&f.path)
-    else {
+/// Removes a file a denied open created, if its name, as `view`'s process names it, still
+/// names that same file. Returns whether it was removed.
+pub fn remove_created(view: &View, f: &CreatedFile) -> bool {
+    let Ok(found) = view.stat(Path::new(&f.path)) else {
         return false;
     };
+    // SAFETY: unlinkat of a name in a directory descriptor that is open.
+    found.id() == (f.dev, f.ino)
+        && unsafe { libc::unlinkat(found.dir.as_raw_fd(), found.name.as_ptr(), 0) } == 0
+}
+
+/// The regular file `path` names (not following a final symlink), as `view`'s process names
+/// it, by name and identity.
+pub fn identity_of_file(view: &View, path: &str) -> Option<CreatedFile> {
+    let f = view.stat(Path::new(path)).ok()?;
+    let (dev, ino) = f.id();
+    f.is_file().then(|| CreatedFile {
+        path: path.to_string(),
+        dev,
+        ino,
+    })
+}
+
+/// Clears `bits` of the mode of `f` if its name, as `view`'s process names it, still names
+/// that same regular file (a name swapped for another file, `/usr/bin/sudo` say, is left
+/// alone). Through a descriptor of the file checked, so the name cannot be swapped between the
+/// check and the change.
+pub fn clear_mode_bits(view: &View, f: &CreatedFile, bits: u32) -> bool {
+    use std::os::fd::FromRawFd as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(found) = view.stat(Path::new(&f.path)) else {
+        return false;
+    };
+    // SAFETY: openat of a name in an open directory descriptor, never following a link.
+    let fd = unsafe {
+        libc::openat(
+            found.dir.as_raw_fd(),
+            found.name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the descriptor just returned, owned here.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
     let Ok(md) = file.metadata() else {
         return false;
     };
@@ -98,14 +125,48 @@ impl Identities {
     /// is on: `st_dev` is another number on a btrfs subvolume.
     pub fn of(&mut self, path: &Path) -> Option<(u64, u32)> {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+        // The mount table of the namespace `path` is resolved in: the process's for
+        // `/proc/PID/...`, else ours.
+        let pid = path
+            .strip_prefix("/proc")
+            .ok()
+            .and_then(|r| r.components().next())
+            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
+        self.at(libc::AT_FDCWD, &c, 0, pid)
+    }
+
+    /// `of` the name `name` in the directory `dir` (an empty name: `dir` itself), a final
+    /// symlink not followed, in the mount namespace of process `pid` (None: ours).
+    pub fn of_in(
+        &mut self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        pid: Option<u32>,
+    ) -> Option<(u64, u32)> {
+        self.at(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW, pid)
+    }
+
+    fn at(
+        &mut self,
+        dir: i32,
+        name: &std::ffi::CStr,
+        flags: i32,
+        pid: Option<u32>,
+    ) -> Option<(u64, u32)> {
+        let flags = flags
+            | if name.is_empty() {
+                libc::AT_EMPTY_PATH
+            } else {
+                0
+            };
         // SAFETY: an all-zero statx is a valid out-buffer.
         let mut st: libc::statx = unsafe { std::mem::zeroed() };
         // SAFETY: a valid C string and out-buffer.
         let r = unsafe {
             libc::statx(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                0,
+                dir,
+                name.as_ptr(),
+                flags,
                 libc::STATX_INO | libc::STATX_MNT_ID,
                 &mut st,
             )
@@ -115,25 +176,16 @@ impl Identities {
         }
         let st_dev = kernel_dev(libc::makedev(st.stx_dev_major, st.stx_dev_minor));
         let dev = (st.stx_mask & libc::STATX_MNT_ID != 0)
-            .then(|| self.mount_dev(path, st.stx_mnt_id))
+            .then(|| {
+                self.tables
+                    .entry(pid)
+                    .or_insert_with(|| mount_table(pid))
+                    .get(&st.stx_mnt_id)
+                    .copied()
+            })
             .flatten()
             .unwrap_or(st_dev);
         Some((st.stx_ino, dev))
-    }
-
-    /// The device of mount `id`, from the mount table of the namespace `path` was resolved in:
-    /// the process's for `/proc/PID/...`, else ours.
-    fn mount_dev(&mut self, path: &Path, id: u64) -> Option<u32> {
-        let pid = path
-            .strip_prefix("/proc")
-            .ok()
-            .and_then(|r| r.components().next())
-            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
-        self.tables
-            .entry(pid)
-            .or_insert_with(|| mount_table(pid))
-            .get(&id)
-            .copied()
     }
 }
 
@@ -396,20 +448,21 @@ mod tests {
         };
         std::fs::write(&f, "x").unwrap();
         set(&f, 0o4755);
-        let id = identity_of_file(f.to_str().unwrap()).unwrap();
-        assert!(clear_mode_bits(&id, 0o6000));
+        let v = crate::sys::view::View::ours();
+        let id = identity_of_file(&v, f.to_str().unwrap()).unwrap();
+        assert!(clear_mode_bits(&v, &id, 0o6000));
         assert_eq!(mode(&f), 0o755);
         // Another file renamed over the name keeps its bits.
         let other = dir.join("other");
         std::fs::write(&other, "y").unwrap();
         set(&other, 0o4755);
         std::fs::rename(&other, &f).unwrap();
-        assert!(!clear_mode_bits(&id, 0o6000));
+        assert!(!clear_mode_bits(&v, &id, 0o6000));
         assert_eq!(mode(&f), 0o4755);
         // A symlink in its place is not followed.
         std::fs::remove_file(&f).unwrap();
         std::os::unix::fs::symlink("/bin/sh", &f).unwrap();
-        assert!(!clear_mode_bits(&id, 0o6000));
+        assert!(!clear_mode_bits(&v, &id, 0o6000));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

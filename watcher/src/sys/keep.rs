@@ -4,13 +4,16 @@
 //! content, mode and owner put back, and a name that did not exist before removed.
 //!
 //! Copies are taken in the daemon's mount namespace and tied to the identity of the directory
-//! they were found in; an undo acts through the held process's own root (`/proc/PID/root`),
+//! they were found in; an undo acts inside the held process's own root (`sys::view`),
 //! and only where that directory is the same one: a process in a namespace with other files
 //! under the same name never gets the daemon's copy.
 use std::{
     collections::{HashMap, HashSet},
     io::Write as _,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -169,13 +172,17 @@ impl Kept {
                 (*id, false)
             }
         };
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let root = if root.exists() {
-            root
-        } else {
-            PathBuf::from("/")
+        // The directory as the process names it, resolved inside its root (an absolute
+        // symlink there is read as the process reads it); the undo then acts in the directory
+        // held open, whatever is renamed meanwhile.
+        let view = super::view::View::of([pid]);
+        let Ok(fd) = view.dir(&dir) else {
+            return Some(Undo::Failed(format!(
+                "{} is not a directory this process can name",
+                dir.display()
+            )));
         };
-        let there = root.join(dir.strip_prefix("/").unwrap_or(&dir));
+        let there = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         if dir_id(&there) != Some(want_dir) {
             return Some(Undo::Failed(format!(
                 "{} is another directory for this process (its own mount namespace): no copy \

@@ -10,4 +10,5 @@ pub mod peer;
 pub mod pids;
 pub mod procfs;
 pub mod users;
+pub mod view;
 pub mod worker;
