@@ -468,6 +468,28 @@ fn a_connect_carries_the_host_the_session_resolved() {
         "connect",
         json!({"addr": "127.0.0.3", "port": port, "host": name}),
     );
+    // A session whose cgroup is inside the cgroup that owned it (not under the watcher's
+    // directory) is seen the same.
+    let owner = common::OwnerCgroup::new(&d);
+    let out = owner
+        .launch(&d, &resolve_and_connect("127.0.0.2", name, port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let placed = common::trace_of(&out.stderr);
+    let ev = d.session_events(&placed, None);
+    let dns = one(&ev, "dns", json!({"query": name}));
+    assert_eq!(dns["answers"], json!(["127.0.0.3"]), "{dns}");
+    one(
+        &ev,
+        "connect",
+        json!({"addr": "127.0.0.3", "port": port, "host": name}),
+    );
+    drop(owner);
     // The same from outside every session: no DNS event (the program sits on the sessions'
     // cgroups only).
     let st = Command::new("sh")
@@ -477,10 +499,10 @@ fn a_connect_carries_the_host_the_session_resolved() {
     assert!(st.success());
     let (trace, _) = d.launch("exit 0");
     let _ = d.session_events(&trace, None);
-    // Two records: the session's query and its answer; none from outside.
+    // Four records: each session's query and its answer; none from outside.
     assert_eq!(
         d.status()["per_type"]["dns"]["events"],
-        2,
+        4,
         "{}",
         d.status()["per_type"]
     );

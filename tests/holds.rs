@@ -16,7 +16,7 @@ use common::{
         await_hold, first_finding, json_lines, launch_bg, next_hold, show_hold, spawn_session,
         state_of, verdict, wait_exit,
     },
-    Daemon, Ns, TempDir, DEADLINE,
+    Daemon, Ns, OwnerCgroup, TempDir, DEADLINE,
 };
 
 /// Stopped by the kernel at the hook: in state T, or, when the session's freeze won the race
@@ -1036,4 +1036,81 @@ fn ptrace_outside_the_session_is_tampering() {
     );
     let _ = victim.kill();
     let _ = victim.wait();
+}
+
+/// A session stays in the cgroup that owns it (a pod's, a service's, a login scope's): its
+/// cgroup is made inside that one, so the owner's limits go on applying and stopping the owner
+/// stops it; it is frozen and killed there, and the owner's other processes are untouched.
+#[test]
+fn a_session_stays_inside_the_cgroup_that_owns_it() {
+    let (_work, mut d, w) = hold_setup("");
+    let owner = OwnerCgroup::new(&d);
+    let sib = owner.sibling.id();
+    let procs = owner.dir.join("cgroup.procs");
+    let c = owner.launch(
+        &d,
+        &format!("{w}/held-tool placed; echo > {w}/marker-after"),
+    );
+    let (mut child, trace) = spawn_session(c);
+    let hold = await_hold(&d, &trace);
+    let session = owner.dir.join(format!("watcher-{trace}"));
+    assert!(session.is_dir(), "no session cgroup inside the owner");
+    assert!(
+        !d.cgroup.join(&trace).exists(),
+        "the session was moved out of its owner into the watcher's directory"
+    );
+    let pid = hold["trigger"]["pid"].as_u64().unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        own.lines().any(|l| l.starts_with("0::/")
+            && l.ends_with(&format!(
+                "/{}/watcher-{trace}",
+                owner.dir.file_name().unwrap().to_str().unwrap()
+            ))),
+        "the held process is elsewhere: {own}"
+    );
+    let events = |p: &Path| std::fs::read_to_string(p.join("cgroup.events")).unwrap();
+    assert!(
+        events(&session).lines().any(|l| l == "frozen 1"),
+        "{}",
+        events(&session)
+    );
+    assert!(
+        events(&owner.dir).lines().any(|l| l == "frozen 0"),
+        "the owner was frozen"
+    );
+    assert_ne!(
+        state_of(sib),
+        Some('T'),
+        "the owner's own process was stopped"
+    );
+    assert!(!marker(&w, "placed"), "the held program ran");
+
+    // A restarted daemon finds the session where it is, and decides it there.
+    d.crash_and_restart();
+    let st = d.status();
+    assert!(
+        st["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["trace_id"] == trace.as_str()),
+        "the restarted daemon did not find the session: {st}"
+    );
+    verdict(&d, "deny", &hold);
+    let st = wait_exit(&mut child);
+    assert!(st.code().is_none(), "the session was not killed: {st:?}");
+    assert!(!marker(&w, "placed") && !marker(&w, "after"));
+    assert!(
+        std::fs::read_to_string(&procs)
+            .unwrap()
+            .lines()
+            .any(|l| l == sib.to_string()),
+        "the owner's own process was killed with the session"
+    );
+    assert!(
+        matches!(state_of(sib), Some('S') | Some('R')),
+        "{:?}",
+        state_of(sib)
+    );
 }

@@ -506,3 +506,84 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A cgroup of the test's own in the v2 hierarchy, with a process of its own, as a pod, a
+/// service or a login scope owns its processes; removed (any session made in it first) when
+/// dropped, however the test ends.
+pub struct OwnerCgroup {
+    pub dir: PathBuf,
+    pub sibling: std::process::Child,
+}
+
+impl OwnerCgroup {
+    pub fn new(d: &Daemon) -> OwnerCgroup {
+        let root = d.cgroup.parent().unwrap();
+        let dir = root.join(format!(
+            "watcher-test-owner-{}-{}",
+            std::process::id(),
+            OWNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let procs = dir.join("cgroup.procs");
+        let sibling = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && exec sleep 600", procs.display()))
+            .spawn()
+            .unwrap();
+        let owner = OwnerCgroup { dir, sibling };
+        let until = std::time::Instant::now() + DEADLINE;
+        while !owner.holds(owner.sibling.id()) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the owner's own process never entered it"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        owner
+    }
+
+    /// Whether `pid` is in the owner cgroup itself (not in a session inside it).
+    pub fn holds(&self, pid: u32) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == pid.to_string())
+    }
+
+    /// `watcher launch -- sh -c script`, started from inside the owner cgroup.
+    pub fn launch(&self, d: &Daemon, script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec \"$0\" --socket \"$1\" launch -- sh -c \"$2\"",
+                self.dir.join("cgroup.procs").display()
+            ))
+            .arg(BIN)
+            .arg(&d.socket)
+            .arg(script);
+        c
+    }
+}
+
+static OWNERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for OwnerCgroup {
+    fn drop(&mut self) {
+        let _ = self.sibling.kill();
+        let _ = self.sibling.wait();
+        let until = std::time::Instant::now() + DEADLINE;
+        while std::time::Instant::now() < until {
+            let sessions: Vec<_> = std::fs::read_dir(&self.dir)
+                .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).collect())
+                .unwrap_or_default();
+            for s in &sessions {
+                let _ = std::fs::write(s.path().join("cgroup.kill"), "1");
+                let _ = std::fs::remove_dir(s.path());
+            }
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

@@ -90,7 +90,8 @@ pub struct Holds {
     /// pending holds are never deleted.
     #[serde(deserialize_with = "duration")]
     pub retention: std::time::Duration,
-    /// The directory under the cgroup v2 root that holds one cgroup per session.
+    /// The directory under the cgroup v2 root that holds the cgroup of each session nothing
+    /// else owns (a session started in another cgroup gets its own inside that one).
     pub cgroup: String,
     /// Processes (and threads) a session may have at once (`pids.max`); 0: no limit. Where
     /// the host's pids controller is on a cgroup v1 hierarchy, each session also gets a v1

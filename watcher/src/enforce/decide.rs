@@ -193,11 +193,18 @@ const RECENT_IN_HOLD: usize = 200;
 /// Watches the sessions whose cgroups an earlier daemon left (same trace ids).
 pub fn adopt_sessions(shared: &Enforce) {
     let cg = &shared.approvals.cgroups;
+    let placed = cg.discover();
+    if placed > 0 {
+        tracing::info!(placed, "found sessions inside the cgroups that own them");
+    }
     for trace in cg.sessions() {
         let pids = cg.pids(&trace);
         if pids.is_empty() {
             cg.remove_if_empty(&trace);
             continue;
+        }
+        if let Ok(dir) = cg.dir(&trace) {
+            shared.watch_placed(&trace, &dir);
         }
         let session_id = new_session_id();
         let watch = watcher_common::Watch {

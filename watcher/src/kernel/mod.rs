@@ -16,8 +16,8 @@ use aya::{
         HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
     },
     programs::{
-        links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
-        TracePoint,
+        cgroup_skb::CgroupSkbLinkId, links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
+        CgroupSockAddr, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -282,6 +282,9 @@ pub struct Kernel {
     events_fill: Option<self::ring_fill::RingFill>,
     /// Optional hooks this kernel has no tracepoint for.
     pub hooks_missing: Vec<String>,
+    /// The DNS programs' links on session cgroups outside the watcher's directory (which has
+    /// its own): cgroup directory -> (ingress, egress).
+    dns_links: std::collections::HashMap<PathBuf, Vec<(&'static str, CgroupSkbLinkId)>>,
 }
 
 impl Kernel {
@@ -367,12 +370,60 @@ impl Kernel {
             failures,
             events_fill: None,
             hooks_missing,
+            dns_links: Default::default(),
         })
     }
 
     /// Attaches the DNS response reader to `dir`, the cgroup directory of every session: it
     /// sees the packets delivered to the sessions' sockets and nothing else. On failure, DNS
     /// names are missing (`hooks_missing` says so) and nothing else changes.
+    /// Sees the DNS traffic of a session whose cgroup is not under the watcher's directory
+    /// (one placed inside the cgroup that owned it), as `watch_dns` does for that directory.
+    /// Links of session cgroups that are gone are let go here too.
+    pub fn watch_dns_in(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let gone: Vec<PathBuf> = self
+            .dns_links
+            .keys()
+            .filter(|d| !d.is_dir())
+            .cloned()
+            .collect();
+        for d in gone {
+            for (name, link) in self.dns_links.remove(&d).unwrap_or_default() {
+                if let Some(p) = self.ebpf.program_mut(name) {
+                    let p: Result<&mut CgroupSkb, _> = p.try_into();
+                    if let Ok(p) = p {
+                        let _ = p.detach(link);
+                    }
+                }
+            }
+        }
+        if self.dns_links.contains_key(dir) {
+            return Ok(());
+        }
+        let cgroup =
+            std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        let mut links = Vec::new();
+        for (name, how) in [
+            ("dns_ingress", CgroupSkbAttachType::Ingress),
+            ("dns_egress", CgroupSkbAttachType::Egress),
+        ] {
+            let p: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            if p.fd().is_err() {
+                anyhow::bail!("{name} is not loaded (no DNS observation on this host)");
+            }
+            let link = p
+                .attach(&cgroup, how, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+            links.push((name, link));
+        }
+        self.dns_links.insert(dir.to_path_buf(), links);
+        Ok(())
+    }
+
     pub fn watch_dns(&mut self, dir: &Path) -> anyhow::Result<()> {
         let attach = |ebpf: &mut Ebpf, name: &str, how| -> anyhow::Result<()> {
             let p: &mut CgroupSkb = ebpf

@@ -220,6 +220,34 @@ pub struct Core {
 }
 
 impl Core {
+    /// Gives a new session its cgroup (`sys::cgroup`: inside the cgroup that owns `pids`'
+    /// first process, where one does) and moves `pids` into it. A cgroup outside the watcher's
+    /// directory gets the DNS programs of its own. A session without a cgroup is held by
+    /// SIGSTOP instead (weaker), and said so.
+    pub fn session_cgroup(&self, trace: &str, pids: &[u32]) {
+        match self.cgroups.create(trace, pids) {
+            Ok(dir) => self.watch_placed(trace, &dir),
+            Err(e) => {
+                tracing::warn!(%trace, "no session cgroup, holds fall back to SIGSTOP: {e}")
+            }
+        }
+    }
+
+    /// The DNS programs on a session cgroup placed outside the watcher's directory.
+    pub fn watch_placed(&self, trace: &str, dir: &std::path::Path) {
+        if !self.cgroups.is_placed(trace) {
+            return;
+        }
+        let r = self
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch_dns_in(dir);
+        if let Err(e) = r {
+            tracing::warn!(%trace, "the session's DNS answers are not seen: {e:#}");
+        }
+    }
+
     /// Whether `pid` is the daemon itself, one of its threads, or its guardian.
     pub fn is_guarded(&self, pid: u32) -> bool {
         pid == std::process::id()

@@ -1,8 +1,14 @@
-//! Session cgroups: every process of a session lives in `<cgroup v2 root>/watcher/<trace id>`,
-//! so a hold can freeze the whole tree at once (a frozen task cannot be resumed by a signal,
-//! SIGCONT included) and a deny can kill it (`cgroup.kill`). The directories outlive the daemon:
-//! a session frozen when the daemon dies stays frozen (fail closed), and a restarted daemon finds
-//! its sessions again here.
+//! Session cgroups: every process of a session lives in a cgroup of its own, so a hold can
+//! freeze the whole tree at once (a frozen task cannot be resumed by a signal, SIGCONT included)
+//! and a deny can kill it (`cgroup.kill`).
+//!
+//! A session stays where the host put it: its cgroup is made inside the cgroup its first
+//! process was in (`<that cgroup>/watcher-<trace id>`), so a pod's, a service's or a login
+//! scope's limits go on applying to it and stopping that unit stops it too. Only a process
+//! that nothing owns (in the root cgroup, or already in a session's) gets one in the watcher's
+//! own directory, `<cgroup v2 root>/watcher/<trace id>`. The directories outlive the daemon: a
+//! session frozen when the daemon dies stays frozen (fail closed), and a restarted daemon finds
+//! its sessions again (`discover`).
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -37,6 +43,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FreezeError + '_ {
 pub struct Cgroups {
     /// `<cgroup v2 root>/watcher`.
     base: PathBuf,
+    /// The cgroup v2 root (`base`'s parent).
+    root: PathBuf,
+    /// Sessions whose cgroup is inside the cgroup that owned their first process: trace id ->
+    /// directory (the others are `base/<trace id>`).
+    placed: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
     /// Cgroup id (the directory's inode, what the kernel stamps on each record) to directory,
     /// so the intake reader can freeze a session from a record's header alone.
     by_id: std::sync::Mutex<std::collections::HashMap<u64, PathBuf>>,
@@ -148,6 +159,8 @@ impl Cgroups {
     pub fn at(base: PathBuf) -> Result<Cgroups, FreezeError> {
         std::fs::create_dir_all(&base).map_err(io(&base))?;
         Ok(Cgroups {
+            root: base.parent().unwrap_or(&base).to_path_buf(),
+            placed: Default::default(),
             base,
             by_id: Default::default(),
             frozen_us: Default::default(),
@@ -181,26 +194,137 @@ impl Cgroups {
     }
 
     /// The session's directory. The trace id is checked here too, where it becomes a path,
-    /// whatever the caller checked: only a plain 32-hex-digit name is ever joined to the base.
+    /// whatever the caller checked: only a plain 32-hex-digit name is ever joined to a cgroup.
     pub fn dir(&self, trace: &str) -> Result<PathBuf, FreezeError> {
         crate::model::ids::TraceId::check(trace)?;
-        Ok(self.base.join(trace))
+        let placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match placed.get(trace) {
+            Some(d) => d.clone(),
+            None => self.base.join(trace),
+        })
+    }
+
+    /// Where a new session whose first process is `pid` gets its cgroup: inside the cgroup
+    /// that process is in, unless that is the root or a session's (or cannot be read).
+    fn owner_of(&self, pid: u32) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let rel = rel.trim().trim_start_matches('/');
+        // A path that climbs (`..`, as another cgroup namespace shows it) is not taken.
+        if rel.is_empty()
+            || rel
+                .split('/')
+                .any(|c| c == ".." || c == "." || c.is_empty())
+        {
+            return None;
+        }
+        let owner = self.root.join(rel);
+        let in_session = owner.starts_with(&self.base)
+            || Path::new(rel).components().any(|c| {
+                c.as_os_str()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("watcher-"))
+                    .is_some_and(|t| crate::model::ids::TraceId::check(t).is_ok())
+            });
+        (!in_session && owner.is_dir()).then_some(owner)
     }
 
     /// Creates the session's cgroup and moves `pids` into it. Children forked afterwards are
     /// born in it.
     pub fn create(&self, trace: &str, pids: &[u32]) -> Result<PathBuf, FreezeError> {
-        let dir = self.dir(trace)?;
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        crate::model::ids::TraceId::check(trace)?;
+        let placed = pids.first().and_then(|p| self.owner_of(*p)).and_then(|owner| {
+            let dir = owner.join(format!("watcher-{trace}"));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
+                Err(e) => {
+                    tracing::warn!(
+                        %trace,
+                        owner = %owner.display(),
+                        "cannot make the session's cgroup inside the one that owns it, using the watcher's: {e}"
+                    );
+                    None
+                }
+            }
+        });
+        let dir = match placed {
+            Some(d) => {
+                self.placed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(trace.to_string(), d.clone());
+                d
+            }
+            None => {
+                let d = self.base.join(trace);
+                std::fs::create_dir_all(&d).map_err(io(&d))?;
+                d
+            }
+        };
         self.remember_id(&dir);
-        // The limit first: `add` moves each process under it too.
-        if let Some(l) = &self.limit {
+        // The limit first: `add` moves each process under it too. Inside a cgroup that holds
+        // processes the v2 controller cannot be enabled for children: the owner's limit
+        // applies there.
+        if let Some(l) = self.limit(&dir) {
             l.start(&dir, trace, &[])?;
         }
         for pid in pids {
             self.add(trace, *pid)?;
         }
         Ok(dir)
+    }
+
+    /// The session process limit, where it can be set for the session's directory.
+    fn limit(&self, dir: &Path) -> Option<&super::pids::PidsLimit> {
+        self.limit
+            .as_ref()
+            .filter(|l| !matches!(l.place, super::pids::Place::V2) || dir.join("pids.max").exists())
+    }
+
+    /// Finds the sessions an earlier daemon placed inside other cgroups (`watcher-<trace id>`
+    /// anywhere in the hierarchy but the watcher's own directory), so they are held, frozen
+    /// and killed as before. A walk of the hierarchy: done at start-up.
+    pub fn discover(&self) -> usize {
+        let mut found = Vec::new();
+        let mut stack = vec![(self.root.clone(), 0usize)];
+        while let Some((d, depth)) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let p = e.path();
+                if p == self.base {
+                    continue;
+                }
+                let name = e.file_name();
+                match name.to_str().and_then(|n| n.strip_prefix("watcher-")) {
+                    Some(t) if crate::model::ids::TraceId::check(t).is_ok() => {
+                        found.push((t.to_string(), p))
+                    }
+                    // Deep enough for any real hierarchy; a deeper one is not walked forever.
+                    _ if depth < 64 => stack.push((p, depth + 1)),
+                    _ => {}
+                }
+            }
+        }
+        let n = found.len();
+        self.placed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(found);
+        n
+    }
+
+    /// Whether the session's cgroup is inside another cgroup than the watcher's directory.
+    pub fn is_placed(&self, trace: &str) -> bool {
+        self.placed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(trace)
     }
 
     /// The session cgroup's id: its directory's inode, which the kernel stamps on every record
@@ -295,7 +419,7 @@ impl Cgroups {
             }
             r => r,
         }?;
-        match &self.limit {
+        match self.limit(&dir) {
             Some(l) => l.add(&dir, trace, pid),
             None => Ok(()),
         }
@@ -356,9 +480,17 @@ impl Cgroups {
             .unwrap_or_default()
     }
 
-    /// Every session cgroup (trace id), including those of an earlier daemon.
+    /// Every session cgroup (trace id), including those of an earlier daemon (the ones it
+    /// placed elsewhere once `discover` found them).
     pub fn sessions(&self) -> Vec<String> {
-        let out = self.list();
+        let mut out = self.list();
+        out.extend(
+            self.placed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
         for t in &out {
             if let Ok(d) = self.dir(t) {
                 self.remember_id(&d);
@@ -395,6 +527,10 @@ impl Cgroups {
         if let Some(l) = &self.limit {
             l.remove(&dir, trace);
         }
+        self.placed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(trace);
         self.by_id
             .lock()
             .unwrap_or_else(|e| e.into_inner())

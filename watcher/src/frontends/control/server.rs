@@ -738,9 +738,7 @@ fn start_session(
         }
     }
     // The session's own cgroup: a hold freezes it whole, a deny kills it whole.
-    if let Err(e) = shared.approvals.cgroups.create(&trace_id, &pids) {
-        tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
-    }
+    shared.session_cgroup(&trace_id, &pids);
     let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
     let session = Session {
         trace_id: trace_id.clone(),

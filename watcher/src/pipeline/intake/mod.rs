@@ -532,9 +532,7 @@ impl Intake {
                 };
                 let trace_id = new_trace_id();
                 let cgroups = &self.shared.cgroups;
-                if let Err(e) = cgroups.create(&trace_id, &[hdr.tgid]) {
-                    tracing::warn!(%trace_id, "no session cgroup, holds fall back to SIGSTOP: {e}");
-                }
+                self.shared.session_cgroup(&trace_id, &[hdr.tgid]);
                 new_matcher_session = true;
                 let s = Session {
                     cgroup_id: cgroups.id(&trace_id),
