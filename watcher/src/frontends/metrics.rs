@@ -415,6 +415,13 @@ pub fn encode(snap: Snapshot) -> Result<String, std::fmt::Error> {
     );
     counter(
         r,
+        "gate_lost_holds",
+        "Sessions held because a record that could have held them was lost (a full ring, a full watched map).",
+        None,
+        st.gate.lost_holds,
+    );
+    counter(
+        r,
         "audit_checkpoints",
         "Signed checkpoints of the audit log since start.",
         None,
