@@ -364,9 +364,30 @@ fn retention_prunes_whole_checkpoint_ranges_and_the_log_still_verifies() {
         "{out}"
     );
 
-    // A start prunes what max_bytes no longer keeps, and records it.
+    // A start prunes what max_bytes no longer keeps (on the writer's thread, after the daemon
+    // is up), and records it.
     d.restart();
     let st = d.status();
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let pruned = || {
+        rusqlite::Connection::open(dir.join("audit.db"))
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT count(*) FROM audit WHERE kind = 'retention'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+            > 0
+    };
+    while !pruned() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retention after the start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     d.kill();
     let db = rusqlite::Connection::open(dir.join("audit.db")).unwrap();
     let first: i64 = db

@@ -1003,3 +1003,95 @@ fn a_slow_baseline_reply_shows_a_spinner_on_a_terminal_only() {
         "no answer after the spinner: {shown:?}"
     );
 }
+
+/// A daemon restarted mid-session (a crash, an upgrade, `systemctl restart`) adopts the session
+/// as it was started: its pinned scope, with what an approval widened it by, still holds what
+/// is outside it, and the widened item still passes.
+#[test]
+fn a_restarted_daemon_adopts_a_session_with_its_scope_and_widenings() {
+    let dir = TempDir::new("scope-restart");
+    let mut d = daemon_rules_off(&dir.0);
+    let allowed = Listener::new(String::new());
+    let other = Listener::new(String::new());
+    let w = dir.0.join("work");
+    std::fs::create_dir_all(&w).unwrap();
+    let home = FakeHome::new();
+    let outside = home.0.join("outside.txt");
+    let host = format!("127.0.0.1:{}", allowed.port);
+    let py = common::python();
+    let connect = |port: u16| {
+        format!("{py} -c 'import socket; socket.create_connection((\"127.0.0.1\", {port})).send(b\"x\")'")
+    };
+    // Connects to the host not allowed (held, approved with --remember), waits for the test
+    // to restart the daemon (reading a FIFO: no exec of its own that the gate would stop while
+    // the daemon is away), connects there again, then writes outside the work directory.
+    let go = w.join("go");
+    let st = std::process::Command::new("mkfifo").arg(&go).status().unwrap();
+    assert!(st.success());
+    let script = format!(
+        "{} && : > {w}/asked && read x < {go}; {} && echo leak > {out}",
+        connect(other.port),
+        connect(other.port),
+        w = w.display(),
+        go = go.display(),
+        out = outside.display(),
+    );
+    let (mut child, trace) = launch(&d, None, &w, &["--allow-host", &host], &script);
+    let Ended::Held(hold) = run_to_end(&d, &mut child, &trace) else {
+        panic!("a connect outside the scope was not held");
+    };
+    assert_eq!(hold["finding"]["rule"], "scope-allow-host");
+    let out = d
+        .cli()
+        .args(["approve", "--remember", hold["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let until = Instant::now() + DEADLINE;
+    while !w.join("asked").exists() {
+        assert!(Instant::now() < until, "the approved session did not go on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    d.crash_and_restart();
+    let status = d.status();
+    let s = status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["trace_id"] == trace)
+        .unwrap_or_else(|| panic!("the session was not adopted: {status}"));
+    assert_eq!(s["scope"]["allow_host"][0], host, "{s}");
+    assert_eq!(
+        s["scope"]["widened"][0]["item"],
+        format!("127.0.0.1:{}", other.port),
+        "{s}"
+    );
+    // The session's read of the FIFO returns once it is opened for writing and closed.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&go)
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    // The widened host passes again; the write outside the work directory is held.
+    let Ended::Held(hold) = run_to_end(&d, &mut child, &trace) else {
+        panic!("the adopted session's write outside its scope was not held");
+    };
+    assert_eq!(hold["finding"]["rule"], "scope-workdir", "{hold}");
+    assert_eq!(
+        other.bytes.load(Ordering::SeqCst),
+        2,
+        "the widened host was held"
+    );
+    holds::verdict(&d, "deny", &hold);
+    holds::wait_exit(&mut child);
+    assert!(
+        !outside.exists(),
+        "the out-of-scope file is there after deny"
+    );
+}

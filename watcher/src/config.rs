@@ -157,8 +157,8 @@ pub struct Audit {
     /// kept for ever.
     #[serde(deserialize_with = "opt_duration")]
     pub retain: Option<std::time::Duration>,
-    /// The oldest checkpoint ranges are pruned while the records take more than this (bytes);
-    /// unset: no limit.
+    /// The oldest checkpoint ranges are pruned while the records take more than this (bytes;
+    /// 4 GiB by default, about 13 million events); 0: no limit.
     pub max_bytes: Option<u64>,
 }
 
@@ -176,7 +176,7 @@ impl Default for Audit {
             export_max_bytes: 100 << 20,
             export_keep: 5,
             retain: None,
-            max_bytes: None,
+            max_bytes: Some(4 << 30),
         }
     }
 }

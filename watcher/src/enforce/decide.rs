@@ -20,7 +20,7 @@ use crate::{
 /// Decides and acts. `kernel_rule`: the kernel's fast path matched this event for this rule
 /// (it has already killed the process, stopped it, or refused the connect).
 pub fn decide(
-    shared: &Enforce,
+    shared: &Arc<Enforce>,
     rule: &Rule,
     ev: &Event,
     event_boot_ns: u64,
@@ -74,24 +74,7 @@ pub fn decide(
     match rule.action {
         Action::Kill if kernel_rule && !is_connect => plain(Outcome::KilledInKernel),
         Action::Kill => {
-            // The kill takes effect once its decision is sealed in the audit log; a failing
-            // log does not save the process (logged, counted).
-            let body = serde_json::json!({
-                "rule": rule.id,
-                "action": "kill",
-                "pid": ev.pid,
-                "event": ev.seq,
-                "reason": format!("rule {} (kill, enforce) matched", rule.id),
-                "policy_version": shared.policy.load().policy.version,
-            });
-            let _ = shared.audit.seal("decision", Some(&ev.trace_id), Ok(body));
-            // A rename, link or truncate over a guarded name is undone first, while the
-            // (gated, stopped) process still names its mount namespace.
-            if let Some(u) = a.undo_replaced(ev) {
-                tracing::warn!(trace_id = %ev.trace_id, pid = ev.pid, "{u}");
-            }
-            // SAFETY: plain kill(2) of the process the finding is about.
-            unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
+            kill_after_seal(shared, rule, ev);
             plain(Outcome::Killed)
         }
         _ => {
@@ -113,6 +96,43 @@ pub fn decide(
             }
         }
     }
+}
+
+/// A kill decided in user space: the session is frozen at once (one write: the process runs
+/// nothing more), and the kill follows on the killer's thread once its decision is sealed in
+/// the audit log, so the intake never waits on the disk. A failing log does not save the
+/// process (logged, counted). The rest of the session goes on unless a hold or the
+/// kill-switch holds it.
+fn kill_after_seal(shared: &Arc<Enforce>, rule: &Rule, ev: &Event) {
+    let a = &shared.approvals;
+    let frozen = a.cgroups.set_frozen(&ev.trace_id, true).is_ok();
+    if !frozen {
+        // SAFETY: plain kill(2) of the process the finding is about.
+        unsafe { libc::kill(ev.pid as i32, libc::SIGSTOP) };
+    }
+    let body = serde_json::json!({
+        "rule": rule.id,
+        "action": "kill",
+        "pid": ev.pid,
+        "event": ev.seq,
+        "reason": format!("rule {} (kill, enforce) matched", rule.id),
+        "policy_version": shared.policy.load().policy.version,
+    });
+    let (e, ev) = (shared.clone(), ev.clone());
+    shared.killer.submit(move || {
+        let a = &e.approvals;
+        let _ = e.audit.seal("decision", Some(&ev.trace_id), Ok(body));
+        // A rename, link or truncate over a guarded name is undone first, while the
+        // (frozen) process still names its mount namespace.
+        if let Some(u) = a.undo_replaced(&ev) {
+            tracing::warn!(trace_id = %ev.trace_id, pid = ev.pid, "{u}");
+        }
+        // SAFETY: plain kill(2); SIGKILL reaches a frozen or stopped task.
+        unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
+        if frozen && a.pending_for(&ev.trace_id).is_none() {
+            a.resume(&ev.trace_id, &[]);
+        }
+    });
 }
 
 /// Starts freezing the session: its cgroup when it has one, else SIGSTOP to each process
@@ -212,6 +232,28 @@ pub fn adopt_sessions(shared: &Enforce) {
             profile: 0,
             ppid: 0,
         };
+        // As it was started: its profile, its pinned scope with what approvals widened it by,
+        // and, where they enforce, the gate, before its processes are watched again.
+        let saved = shared.approvals.remembered_session(&trace);
+        let profile = saved.as_ref().and_then(|s| s.profile.clone());
+        let scope = saved.as_ref().and_then(|s| s.scope.clone());
+        let scoped = match scope
+            .clone()
+            .map(crate::pipeline::scope::ScopeCheck::compile)
+        {
+            Some(Ok(c)) => {
+                shared.scopes.set(session_id, c);
+                true
+            }
+            Some(Err(e)) => {
+                tracing::error!(trace_id = %trace, "the kept scope does not compile: {e}");
+                false
+            }
+            None => false,
+        };
+        if shared.session_enforced(profile.as_deref(), scoped) {
+            shared.gate_enforced_session(session_id);
+        }
         {
             let seeds = shared.seeds.lock().unwrap_or_else(|e| e.into_inner());
             let mut k = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
@@ -243,20 +285,27 @@ pub fn adopt_sessions(shared: &Enforce) {
             .start(Session {
                 trace_id: trace.clone(),
                 session_id,
-                profile: None,
+                profile,
                 started_by: "restart".into(),
                 root_pid: pids[0],
-                started: crate::enforce::holds::now_rfc3339(),
+                started: saved
+                    .as_ref()
+                    .map(|s| s.started.clone())
+                    .unwrap_or_else(crate::enforce::holds::now_rfc3339),
                 processes: pids.len() as u32,
                 events: 0,
                 ended: None,
                 cgroup_id: cg.id(&trace),
                 state: Default::default(),
-                workdir: crate::sys::procfs::cwd(pids[0]),
-                scope: None,
+                workdir: saved
+                    .as_ref()
+                    .and_then(|s| s.workdir.clone())
+                    .or_else(|| crate::sys::procfs::cwd(pids[0])),
+                scope,
             });
-        tracing::info!(trace_id = %trace, processes = pids.len(), frozen, "session from before the restart watched again");
+        tracing::info!(trace_id = %trace, processes = pids.len(), frozen, scoped, "session from before the restart watched again");
     }
+    shared.approvals.forget_sessions_but(&cg.sessions());
 }
 
 /// The rule of a hold made at start-up for a session an earlier daemon froze without storing
@@ -486,6 +535,7 @@ pub async fn sweep_cgroups(shared: Arc<Enforce>) {
                     a.cgroups.remove_if_empty(&trace);
                 }
             }
+            a.forget_sessions_but(&a.cgroups.sessions());
         })
         .await;
     }

@@ -39,6 +39,8 @@ pub enum HoldError {
 
 pub struct Approvals {
     store: Mutex<Store>,
+    /// The kill-switch state as stored (None: not read yet).
+    kill_switch: Mutex<Option<KillSwitchState>>,
     pub cgroups: std::sync::Arc<Cgroups>,
     /// Pending hold per session (one at a time: the session is frozen).
     pending: Mutex<HashMap<String, String>>,
@@ -123,6 +125,7 @@ impl Approvals {
             verdict_hook: Mutex::new(None),
             decided_opens: Mutex::new(Vec::new()),
             audit: std::sync::OnceLock::new(),
+            kill_switch: Mutex::new(None),
             kept: std::sync::OnceLock::new(),
             joined: Mutex::new(HashMap::new()),
             decision_latency: Mutex::new(hdrhistogram::Histogram::new(3)?),
@@ -626,12 +629,50 @@ impl Approvals {
         Ok(self.store().prune(before)?)
     }
 
-    pub fn kill_switch(&self) -> Result<KillSwitchState, HoldError> {
-        Ok(self.store().kill_switch()?)
+    /// Keeps what a session was started with (and its scope's widenings), for a restarted
+    /// daemon to adopt it as it was.
+    pub fn remember_session(&self, s: &crate::model::session::Session) {
+        if let Err(e) = self.store().put_session(s) {
+            tracing::error!(trace_id = %s.trace_id, "keeping the session for a restart: {e}");
+        }
     }
 
-    pub fn set_kill_switch(&self, k: &KillSwitchState) -> Result<(), HoldError> {
-        Ok(self.store().set_kill_switch(k)?)
+    /// What a session of an earlier daemon was started with.
+    pub fn remembered_session(&self, trace: &str) -> Option<crate::model::session::Session> {
+        self.store()
+            .session(trace)
+            .inspect_err(|e| tracing::error!(trace_id = %trace, "reading the kept session: {e}"))
+            .ok()
+            .flatten()
+    }
+
+    /// Forgets the kept sessions that are not `running`.
+    pub fn forget_sessions_but(&self, running: &[String]) {
+        if let Err(e) = self.store().retain_sessions(running) {
+            tracing::error!("forgetting ended sessions: {e}");
+        }
+    }
+
+    /// The kill-switch state: from memory once read (this daemon is the store's only writer),
+    /// so the intake's checks never wait on the disk.
+    pub fn kill_switch(&self) -> Result<KillSwitchState, HoldError> {
+        let mut k = self.kill_switch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = k.as_ref() {
+            return Ok(k.clone());
+        }
+        let read = self.store().kill_switch()?;
+        *k = Some(read.clone());
+        Ok(read)
+    }
+
+    pub fn set_kill_switch(&self, state: &KillSwitchState) -> Result<(), HoldError> {
+        let mut k = self.kill_switch.lock().unwrap_or_else(|e| e.into_inner());
+        // Stored first: what memory says is never ahead of the store. A failed write leaves
+        // memory to be read again from the store.
+        *k = None;
+        self.store().set_kill_switch(state)?;
+        *k = Some(state.clone());
+        Ok(())
     }
 }
 

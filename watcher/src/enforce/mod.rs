@@ -36,6 +36,9 @@ pub struct Enforce {
     /// Engages the kill-switch for tampering sessions, off the pipeline's thread (an engage
     /// waits until the session is frozen).
     halter: Worker,
+    /// Seals and carries out the kills decided in user space, off the intake's thread (a seal
+    /// waits on the disk).
+    killer: Worker,
 }
 
 impl std::ops::Deref for Enforce {
@@ -53,6 +56,7 @@ impl Enforce {
             hold_latency: Mutex::new(Histogram::new(3)?),
             announcer: Worker::start("announce")?,
             halter: Worker::start("halt")?,
+            killer: Worker::start("kill")?,
         });
         e.core.set_enforcement(Arc::new(Hooks(Arc::downgrade(&e))));
         Ok(e)

@@ -99,13 +99,16 @@ impl Enforce {
             .scopes
             .widen(session_id, w)
             .map_err(|e| anyhow!("widening the scope: {e}"))?;
-        if let Some(s) = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(session_id)
-        {
-            s.scope = Some(scope);
+        let kept = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.get_mut(session_id).map(|s| {
+                s.scope = Some(scope);
+                s.clone()
+            })
+        };
+        // A restarted daemon adopts the session with the widened scope.
+        if let Some(s) = kept {
+            self.approvals.remember_session(&s);
         }
         tracing::warn!(hold = %h.id, trace_id = %h.trace_id, entry, item, by, "task scope widened by an approval");
         Ok(())

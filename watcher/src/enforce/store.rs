@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS kill_switch (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     record TEXT NOT NULL
 );
+-- What a running session was started with (profile, scope and its widenings, work directory),
+-- so a restarted daemon adopts it as it was.
+CREATE TABLE IF NOT EXISTS sessions (
+    trace_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
 ";
 
 impl Store {
@@ -206,6 +212,54 @@ impl Store {
             )
             .map_err(|e| self.sql(e))?;
         Ok(())
+    }
+
+    pub fn put_session(&self, s: &crate::model::session::Session) -> Result<(), StoreError> {
+        let record = serde_json::to_string(s).map_err(|e| self.json(e))?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO sessions (trace_id, record) VALUES (?1, ?2)",
+                [&s.trace_id, &record],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    pub fn session(
+        &self,
+        trace: &str,
+    ) -> Result<Option<crate::model::session::Session>, StoreError> {
+        let rec: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT record FROM sessions WHERE trace_id = ?1",
+                [trace],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        rec.map(|r| serde_json::from_str(&r).map_err(|e| self.json(e)))
+            .transpose()
+    }
+
+    /// Forgets every session but `keep`'s.
+    pub fn retain_sessions(&self, keep: &[String]) -> Result<usize, StoreError> {
+        let all: Vec<String> = {
+            let mut q = self
+                .conn
+                .prepare("SELECT trace_id FROM sessions")
+                .map_err(|e| self.sql(e))?;
+            let rows = q.query_map([], |r| r.get(0)).map_err(|e| self.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        let mut n = 0;
+        for t in all.iter().filter(|t| !keep.contains(t)) {
+            n += self
+                .conn
+                .execute("DELETE FROM sessions WHERE trace_id = ?1", [t])
+                .map_err(|e| self.sql(e))?;
+        }
+        Ok(n)
     }
 
     pub fn kill_switch(&self) -> Result<KillSwitchState, StoreError> {

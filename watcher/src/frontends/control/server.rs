@@ -759,6 +759,7 @@ fn start_session(
         scope: scope.as_ref().map(|s| s.scope.clone()),
     };
     shared.audit_session_start(&session);
+    shared.approvals.remember_session(&session);
     shared
         .sessions
         .lock()

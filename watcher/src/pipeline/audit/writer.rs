@@ -99,6 +99,8 @@ pub(super) struct Writer {
     retain: Option<Duration>,
     max_bytes: Option<u64>,
     last_retention: Instant,
+    /// A prune stopped at its step: the next one follows the next commit.
+    prune_more: bool,
     counters: Arc<AuditCounters>,
 }
 
@@ -148,7 +150,9 @@ pub(super) fn start(
 fn recover(db: &rusqlite::Connection) -> anyhow::Result<(Frontier, Hash, u64)> {
     let last: Option<(u64, String)> = db
         .query_row(
-            "SELECT seq, record FROM audit WHERE kind = 'checkpoint' ORDER BY seq DESC LIMIT 1",
+            // `kind <> 'event'` lets SQLite use the partial index (it does not infer it).
+            "SELECT seq, record FROM audit WHERE kind = 'checkpoint' AND kind <> 'event' \
+             ORDER BY seq DESC LIMIT 1",
             [],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
         )
@@ -264,8 +268,10 @@ impl Tree {
     }
 }
 
-/// How often retention is checked (and at every start).
+/// How often retention is checked (and at every start, on the writer's thread).
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// Records one retention step removes at most (about 30 MB of a storm's events).
+const PRUNE_STEP: i64 = 100_000;
 
 /// Records per transaction at most (a burst is committed in parts).
 pub(super) const BATCH: usize = 8192;
@@ -297,7 +303,7 @@ impl Writer {
                 std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
             }
         }
-        let mut w = Writer {
+        let w = Writer {
             db,
             signer,
             tree: Tree {
@@ -311,15 +317,18 @@ impl Writer {
             last_checkpoint: Instant::now(),
             sealed,
             retain: cfg.retain,
-            max_bytes: cfg.max_bytes,
-            last_retention: Instant::now(),
+            max_bytes: cfg.max_bytes.filter(|b| *b > 0),
+            // Due at once: the first check runs on the writer's thread, not before the
+            // daemon is up.
+            last_retention: Instant::now()
+                .checked_sub(RETENTION_EVERY)
+                .unwrap_or_else(Instant::now),
+            prune_more: false,
             counters,
         };
         w.counters
             .records
             .store(w.tree.frontier.size, Ordering::Relaxed);
-        w.retention(std::time::SystemTime::now())
-            .with_context(|| format!("pruning the audit store {}", store.display()))?;
         tracing::info!(store = %store.display(), records = w.tree.frontier.size, "audit log open");
         Ok(w)
     }
@@ -336,13 +345,6 @@ impl Writer {
             while let Ok(c) = commands.try_recv() {
                 batch.push(c);
             }
-            if self.last_retention.elapsed() >= RETENTION_EVERY {
-                self.last_retention = Instant::now();
-                if let Err(e) = self.retention(std::time::SystemTime::now()) {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("pruning the audit log: {e:#}");
-                }
-            }
             loop {
                 let evs: Vec<Arc<Event>> = events.pop_iter().take(BATCH).collect();
                 let more = evs.len() == BATCH;
@@ -354,6 +356,15 @@ impl Writer {
                 self.commit(&evs, cmds);
                 if !more {
                     break;
+                }
+            }
+            // After the commit: what waited to be sealed is on disk before a prune step runs.
+            if self.prune_more || self.last_retention.elapsed() >= RETENTION_EVERY {
+                self.last_retention = Instant::now();
+                if let Err(e) = self.retention(std::time::SystemTime::now()) {
+                    self.prune_more = false;
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("pruning the audit log: {e:#}");
                 }
             }
         }
@@ -457,7 +468,8 @@ impl Writer {
             .map(|t| humantime::format_rfc3339_micros(t).to_string());
         if let Some(cutoff) = &cutoff {
             if let Some(c) = one(
-                "SELECT max(seq) FROM audit WHERE kind = 'checkpoint' AND seq > ?1 AND ts < ?2",
+                "SELECT max(seq) FROM audit WHERE kind = 'checkpoint' AND kind <> 'event' \
+                 AND seq > ?1 AND ts < ?2",
                 &[&first, cutoff],
             )? {
                 anchor = Some((c, "age"));
@@ -475,11 +487,13 @@ impl Writer {
                 let keep = (max as f64 * 0.9 / used as f64 * (last - first + 1) as f64) as i64;
                 let want = last - keep;
                 let c = one(
-                    "SELECT min(seq) FROM audit WHERE kind = 'checkpoint' AND seq >= ?1",
+                    "SELECT min(seq) FROM audit WHERE kind = 'checkpoint' AND kind <> 'event' \
+                     AND seq >= ?1",
                     &[&want],
                 )?
                 .or(one(
-                    "SELECT max(seq) FROM audit WHERE kind = 'checkpoint' AND seq > ?1",
+                    "SELECT max(seq) FROM audit WHERE kind = 'checkpoint' AND kind <> 'event' \
+                     AND seq > ?1",
                     &[&first],
                 )?);
                 if let Some(c) = c.filter(|c| anchor.is_none_or(|(a, _)| *c > a)) {
@@ -487,9 +501,28 @@ impl Writer {
                 }
             }
         }
-        let Some((anchor, reason)) = anchor.filter(|(a, _)| *a > first) else {
+        let Some((goal, reason)) = anchor.filter(|(a, _)| *a > first) else {
+            self.prune_more = false;
             return Ok(0);
         };
+        // A bounded step (whole checkpoint ranges still): the writer commits and answers seals
+        // between steps, so pruning a large store never holds a decision for long.
+        let anchor = if goal - first > PRUNE_STEP {
+            one(
+                "SELECT max(seq) FROM audit WHERE kind = 'checkpoint' AND kind <> 'event' \
+                 AND seq > ?1 AND seq <= ?2",
+                &[&first, &(first + PRUNE_STEP)],
+            )?
+            .or(one(
+                "SELECT min(seq) FROM audit WHERE kind = 'checkpoint' AND kind <> 'event' \
+                 AND seq > ?1",
+                &[&first],
+            )?)
+            .map_or(goal, |c| c.min(goal))
+        } else {
+            goal
+        };
+        self.prune_more = anchor < goal;
         let removed = (anchor - first) as u64;
         let ts = humantime::format_rfc3339_micros(now).to_string();
         let start = self.tree.clone();
