@@ -1026,7 +1026,10 @@ fn a_restarted_daemon_adopts_a_session_with_its_scope_and_widenings() {
     // to restart the daemon (reading a FIFO: no exec of its own that the gate would stop while
     // the daemon is away), connects there again, then writes outside the work directory.
     let go = w.join("go");
-    let st = std::process::Command::new("mkfifo").arg(&go).status().unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(&go)
+        .status()
+        .unwrap();
     assert!(st.success());
     let script = format!(
         "{} && : > {w}/asked && read x < {go}; {} && echo leak > {out}",

@@ -651,3 +651,66 @@ h.settimeout(30); h.recv(1)
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A clean stop (`systemctl stop`, `restart`, an upgrade) with a session running detaches
+/// every program: by default (`on_stop = "freeze"`) the session is frozen until the next
+/// daemon watches it again and thaws it, so nothing it does goes unseen; with `run` it goes on.
+#[test]
+fn a_clean_stop_freezes_running_sessions_for_the_next_daemon() {
+    for (on_stop, frozen) in [("freeze", true), ("run", false)] {
+        let work = TempDir::new("standing-stop");
+        let w = work.0.display().to_string();
+        let mut d = Daemon::start_with(&format!("[daemon]\non_stop = \"{on_stop}\"\n"));
+        let go = work.0.join("go");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&go)
+            .status()
+            .unwrap()
+            .success());
+        // Waits on the FIFO, then leaves a mark: what it does after the stop.
+        let (mut child, trace) = spawn_session(d.launch_in(
+            Ns::Host,
+            "",
+            &format!("read x < {w}/go; echo after > {w}/after"),
+        ));
+        let dir = d.cgroup.join(&trace);
+        let events =
+            |d: &Path| std::fs::read_to_string(d.join("cgroup.events")).unwrap_or_default();
+        d.stop();
+        assert_eq!(
+            events(&dir).lines().any(|l| l == "frozen 1"),
+            frozen,
+            "on_stop = {on_stop}: {}",
+            events(&dir)
+        );
+        // The FIFO opened for writing: a frozen session cannot read it.
+        let writer = std::thread::spawn({
+            let go = go.clone();
+            move || std::fs::write(go, "go\n")
+        });
+        let after = work.0.join("after");
+        if frozen {
+            assert!(
+                !after.exists(),
+                "the frozen session ran while no daemon watched it"
+            );
+            d.restart();
+        }
+        let until = std::time::Instant::now() + common::DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < until,
+                "on_stop = {on_stop}: the session never finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        writer.join().unwrap().unwrap();
+        assert!(
+            after.exists(),
+            "on_stop = {on_stop}: the session did not go on"
+        );
+        if !frozen {
+            d.restart();
+        }
+    }
+}

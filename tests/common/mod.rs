@@ -105,6 +105,20 @@ impl Daemon {
         self.restart();
     }
 
+    /// Stops the daemon cleanly (SIGTERM, as `systemctl stop` does) and waits for it to exit.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) of the daemon this harness started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = std::time::Instant::now() + DEADLINE;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the daemon did not stop on SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Kills the daemon with SIGKILL and waits for it; its files stay.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -315,6 +315,21 @@ pub struct Daemon {
     /// own). `0s`: wake per record.
     #[serde(deserialize_with = "duration")]
     pub batch_wait: std::time::Duration,
+    /// What a clean stop (SIGTERM: `systemctl stop`, `restart`, an upgrade) does to the
+    /// sessions still running, whose programs it detaches. Recorded in the audit log either way.
+    pub on_stop: OnStop,
+}
+
+/// `[daemon] on_stop`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// Frozen until the next daemon watches them again and thaws them: nothing a session
+    /// does goes unseen (fail closed; with no daemon they stay frozen).
+    #[default]
+    Freeze,
+    /// They go on, unobserved and ungated, until a daemon adopts them.
+    Run,
 }
 
 impl Default for Daemon {
@@ -326,6 +341,7 @@ impl Default for Daemon {
             max_watched_processes: 65536,
             recent_events: 10000,
             batch_wait: std::time::Duration::from_millis(1),
+            on_stop: OnStop::Freeze,
         }
     }
 }

@@ -145,6 +145,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    // Running sessions: frozen for the next daemon, or left running (`[daemon] on_stop`).
+    crate::enforce::standing::on_stop(&enforce);
     // Ended sessions leave empty cgroups; running (and frozen) ones stay for the next start.
     for t in shared.approvals.cgroups.sessions() {
         shared.approvals.cgroups.remove_if_empty(&t);

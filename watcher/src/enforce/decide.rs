@@ -270,7 +270,22 @@ pub fn adopt_sessions(shared: &Enforce) {
             }
         }
         let frozen = cg.is_frozen(&trace);
-        if frozen {
+        if frozen && shared.approvals.frozen_at_stop(&trace) {
+            // Frozen by a clean stop, not for a question: watched again now, it goes on
+            // (unless a hold or the kill-switch holds it).
+            let a = &shared.approvals;
+            if a.pending_for(&trace).is_none() {
+                a.resume(&trace, &[]);
+            }
+            if let Err(e) = a.set_frozen_at_stop(&trace, false) {
+                tracing::error!(trace_id = %trace, "unmarking the session: {e}");
+            }
+            shared.audit.record(
+                "session_resumed",
+                Some(&trace),
+                Ok(serde_json::json!({"why": "frozen by the last daemon's clean stop, watched again"})),
+            );
+        } else if frozen {
             recover_unrecorded_hold(shared, &trace, &pids, RECOVERED_RULE, RECOVERED_WHY);
         } else if pids.iter().any(|p| crate::sys::procfs::is_stopped(*p)) {
             // Stopped at a hook (the gate, a kernel hold) by a daemon that died before it

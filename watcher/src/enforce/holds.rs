@@ -646,6 +646,19 @@ impl Approvals {
             .flatten()
     }
 
+    /// Marks a session frozen by a clean stop (the next daemon thaws it), or unmarks it.
+    pub fn set_frozen_at_stop(&self, trace: &str, on: bool) -> Result<(), HoldError> {
+        Ok(self.store().set_frozen_at_stop(trace, on)?)
+    }
+
+    /// Whether a clean stop froze the session.
+    pub fn frozen_at_stop(&self, trace: &str) -> bool {
+        self.store().frozen_at_stop(trace).unwrap_or_else(|e| {
+            tracing::error!(trace_id = %trace, "reading the stop's freezes: {e}");
+            false
+        })
+    }
+
     /// Forgets the kept sessions that are not `running`.
     pub fn forget_sessions_but(&self, running: &[String]) {
         if let Err(e) = self.store().retain_sessions(running) {

@@ -175,3 +175,54 @@ pub fn await_stop(core: Arc<Core>) -> anyhow::Result<tokio::sync::oneshot::Recei
         .context("starting the signal thread")?;
     Ok(rx)
 }
+
+/// A clean stop with sessions running: by `[daemon] on_stop`, each running session is frozen
+/// and marked for the next daemon, which thaws it once it watches it again (`freeze`, the
+/// default: nothing a session does goes unseen), or left running (`run`). Sealed in the audit
+/// log either way. Returns the sessions frozen.
+pub fn on_stop(shared: &super::Enforce) -> Vec<String> {
+    let a = &shared.approvals;
+    let cg = &a.cgroups;
+    let how = shared.config.daemon.on_stop;
+    let running: Vec<String> = cg
+        .sessions()
+        .into_iter()
+        .filter(|t| !cg.pids(t).is_empty() && !cg.is_frozen(t))
+        .collect();
+    let mut frozen = Vec::new();
+    if how == crate::config::OnStop::Freeze {
+        for t in &running {
+            // Marked first: a mark without a freeze only thaws what runs already.
+            if let Err(e) = a.set_frozen_at_stop(t, true) {
+                tracing::error!(trace_id = %t, "marking the session for the next daemon: {e}");
+            }
+            match cg.set_frozen(t, true) {
+                Ok(()) => frozen.push(t.clone()),
+                Err(e) => tracing::error!(trace_id = %t, "freezing at the stop: {e}"),
+            }
+        }
+        for t in &frozen {
+            if let Err(e) = cg.wait_frozen(t, true, std::time::Duration::from_secs(5)) {
+                tracing::error!(trace_id = %t, "freezing at the stop: {e}");
+            }
+        }
+    }
+    let body = serde_json::json!({
+        "on_stop": how,
+        "running": running,
+        "frozen": frozen,
+    });
+    let _ = shared.audit.seal("daemon_stop", None, Ok(body));
+    match how {
+        crate::config::OnStop::Freeze if !frozen.is_empty() => tracing::warn!(
+            sessions = frozen.len(),
+            "stopping: running sessions frozen until the next daemon watches them again"
+        ),
+        crate::config::OnStop::Run if !running.is_empty() => tracing::warn!(
+            sessions = running.len(),
+            "stopping: running sessions go on unobserved (on_stop = \"run\")"
+        ),
+        _ => {}
+    }
+    frozen
+}

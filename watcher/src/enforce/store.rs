@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     trace_id TEXT PRIMARY KEY,
     record TEXT NOT NULL
 );
+-- Sessions a clean stop froze (`[daemon] on_stop = freeze`): the next daemon thaws them
+-- once it watches them again.
+CREATE TABLE IF NOT EXISTS frozen_at_stop (
+    trace_id TEXT PRIMARY KEY
+);
 ";
 
 impl Store {
@@ -240,6 +245,29 @@ impl Store {
             .map_err(|e| self.sql(e))?;
         rec.map(|r| serde_json::from_str(&r).map_err(|e| self.json(e)))
             .transpose()
+    }
+
+    /// Marks (or unmarks) a session as frozen by a clean stop.
+    pub fn set_frozen_at_stop(&self, trace: &str, on: bool) -> Result<(), StoreError> {
+        let sql = if on {
+            "INSERT OR IGNORE INTO frozen_at_stop (trace_id) VALUES (?1)"
+        } else {
+            "DELETE FROM frozen_at_stop WHERE trace_id = ?1"
+        };
+        self.conn.execute(sql, [trace]).map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    pub fn frozen_at_stop(&self, trace: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM frozen_at_stop WHERE trace_id = ?1",
+                [trace],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.sql(e))
     }
 
     /// Forgets every session but `keep`'s.
