@@ -1114,3 +1114,42 @@ fn a_session_stays_inside_the_cgroup_that_owns_it() {
         state_of(sib)
     );
 }
+
+/// A kill decided in user space freezes the session at once and kills the process once the
+/// decision is sealed (on a thread of its own: the intake never waits for the disk); the rest
+/// of the session then goes on.
+#[test]
+fn a_kill_decided_in_user_space_kills_the_process_and_the_session_goes_on() {
+    let work = TempDir::new("userkill");
+    let w = work.0.display().to_string();
+    let rules = work.0.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("kill.yaml"),
+        format!(
+            "rules:\n  - id: test-kill-chmod\n    description: a chmod of the marked file\n    severity: high\n    action: kill\n    mode: enforce\n    condition: {{type: chmod, path: \"{w}/target\"}}\n    examples: {{match: [{{type: chmod, path: \"{w}/target\", mode: 384}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
+    std::fs::write(work.0.join("target"), "x").unwrap();
+    // The chmod's process is killed; its shell goes on (its status is the killed child's).
+    let (trace, code) = d.launch(&format!(
+        "python3 -c \"import os, time; os.chmod('{w}/target', 0o600); time.sleep(30); open('{w}/survived', 'w')\"; echo $? > {w}/after"
+    ));
+    let f = first_finding(&d, &trace, |f| f["rule"] == "test-kill-chmod").expect("no finding");
+    assert_eq!(f["outcome"], "killed", "{f}");
+    assert_eq!(code, 0, "the session did not go on after the kill");
+    assert!(
+        !work.0.join("survived").exists(),
+        "the killed process went on"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.0.join("after"))
+            .unwrap()
+            .trim(),
+        "137",
+        "the process was not killed by SIGKILL"
+    );
+    assert!(!frozen(&d, &trace), "the session was left frozen");
+}

@@ -105,6 +105,9 @@ pub fn decide(
 /// kill-switch holds it.
 fn kill_after_seal(shared: &Arc<Enforce>, rule: &Rule, ev: &Event) {
     let a = &shared.approvals;
+    // Thawed after the kill only if this froze it: a freeze already there (a hold under way,
+    // the kill-switch) is another's to lift.
+    let ours = !a.cgroups.freeze_asked(&ev.trace_id);
     let frozen = a.cgroups.set_frozen(&ev.trace_id, true).is_ok();
     if !frozen {
         // SAFETY: plain kill(2) of the process the finding is about.
@@ -129,7 +132,7 @@ fn kill_after_seal(shared: &Arc<Enforce>, rule: &Rule, ev: &Event) {
         }
         // SAFETY: plain kill(2); SIGKILL reaches a frozen or stopped task.
         unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
-        if frozen && a.pending_for(&ev.trace_id).is_none() {
+        if frozen && ours && a.pending_for(&ev.trace_id).is_none() {
             a.resume(&ev.trace_id, &[]);
         }
     });

@@ -462,6 +462,14 @@ impl Cgroups {
             .unwrap_or(false)
     }
 
+    /// Whether a freeze of the session was asked for (`cgroup.freeze` 1), done or not yet.
+    pub fn freeze_asked(&self, trace: &str) -> bool {
+        self.dir(trace)
+            .ok()
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.freeze")).ok())
+            .is_some_and(|t| t.trim() == "1")
+    }
+
     pub fn wait_frozen(&self, trace: &str, want: bool, limit: Duration) -> Result<(), FreezeError> {
         wait_events(&self.dir(trace)?, want, limit)
     }
