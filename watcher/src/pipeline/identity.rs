@@ -41,8 +41,27 @@ impl Core {
             .collect();
         // One pass: each mount table read once.
         let mut ids = crate::sys::files::Identities::default();
+        let mut put = |(ino, dev): (u64, u32), dir: bool, intent: u32, name: &Path| {
+            let key = InodeKey {
+                ino,
+                dev,
+                dir: dir as u32,
+            };
+            let e = entries.entry(key).or_insert_with(|| {
+                (
+                    Gate {
+                        kinds: GATE_OPEN,
+                        intent,
+                        exact_len: 0,
+                        _pad: 0,
+                    },
+                    name.display().to_string(),
+                )
+            });
+            // Two rules on one file: either's intents are gated.
+            e.0.intent = merge_intent(e.0.intent, intent);
+        };
         for (n, listed) in active.gate.named.iter().zip(&named) {
-            let intent = &n.intent;
             // The directory a literal name would be made in, whether it exists or not: the
             // kernel gates a change made there by a name the tails cannot see (a bare name in
             // the working directory, a symlinked directory, a path rewritten in flight).
@@ -50,27 +69,40 @@ impl Core {
                 .into_iter()
                 .map(|d| (d, true));
             for (path, dir) in listed.iter().cloned().chain(parents) {
-                let Some((ino, dev)) = ids.of(&path) else {
-                    continue;
-                };
-                let key = InodeKey {
-                    ino,
-                    dev,
-                    dir: dir as u32,
-                };
-                let e = entries.entry(key).or_insert_with(|| {
-                    (
-                        Gate {
-                            kinds: GATE_OPEN,
-                            intent: *intent,
-                            exact_len: 0,
-                            _pad: 0,
-                        },
-                        path.display().to_string(),
-                    )
-                });
-                // Two rules on one file: either's intents are gated.
-                e.0.intent = merge_intent(e.0.intent, *intent);
+                if let Some(id) = ids.of(&path) {
+                    put(id, dir, n.intent, &path);
+                }
+            }
+        }
+        // Sessions in a mount namespace of their own (a bubblewrap sandbox, a container) see
+        // other files under the same names: those files too, by their names there, looked up
+        // inside that namespace's root.
+        for pid in self.foreign_namespaces() {
+            let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+            let view = crate::sys::view::View::of([pid]);
+            if view.pid() != Some(pid) {
+                continue;
+            }
+            for n in &active.gate.named {
+                let parents = crate::sys::files::parents_under(&root, &n.pattern)
+                    .into_iter()
+                    .map(|d| (d, true));
+                for (path, dir) in crate::sys::files::named_under(&root, &n.pattern)
+                    .into_iter()
+                    .chain(parents)
+                {
+                    let Ok(rel) = path.strip_prefix(&root) else {
+                        continue;
+                    };
+                    let name = Path::new("/").join(rel);
+                    let id = view
+                        .open(&name)
+                        .ok()
+                        .and_then(|fd| ids.of_in(fd.as_fd(), c"", Some(pid)));
+                    if let Some(id) = id {
+                        put(id, dir, n.intent, &name);
+                    }
+                }
             }
         }
         self.kept.refresh(&guarded);
@@ -86,6 +118,27 @@ impl Core {
         if let Err(e) = r {
             tracing::error!("updating the gate's file identities: {e:#}");
         }
+    }
+
+    /// One process of each mount namespace, other than the daemon's, that a live session's
+    /// processes are in.
+    pub fn foreign_namespaces(&self) -> Vec<u32> {
+        let ns = crate::sys::procfs::mount_ns;
+        let ours = ns(std::process::id());
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for trace in self.cgroups.sessions() {
+            for pid in self.cgroups.pids(&trace) {
+                let Some(n) = ns(pid) else {
+                    continue;
+                };
+                // Every process: one may have made a namespace of its own mid-session.
+                if Some(&n) != ours.as_ref() && seen.insert(n) {
+                    out.push(pid);
+                }
+            }
+        }
+        out
     }
 
     /// The policy's name for the file `tgid` opened as `fd` (it is stopped at the gate, so the

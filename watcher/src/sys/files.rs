@@ -219,6 +219,13 @@ const NAMED_MAX: usize = 4096;
 /// A `**` before the last component names nothing (not enumerable); a last `**` names its
 /// directory.
 pub fn named(pattern: &str) -> Vec<(PathBuf, bool)> {
+    named_under(Path::new("/"), pattern)
+}
+
+/// `named` under another root (`/proc/PID/root`: a process's own mount namespace), the paths
+/// returned with that root before them. Under another root no directory is entered through a
+/// symlink: it would be read in the daemon's namespace, not the process's.
+pub fn named_under(root: &Path, pattern: &str) -> Vec<(PathBuf, bool)> {
     let Some(rest) = pattern.strip_prefix('/') else {
         return Vec::new();
     };
@@ -226,7 +233,7 @@ pub fn named(pattern: &str) -> Vec<(PathBuf, bool)> {
     let Some((last, dirs)) = parts.split_last() else {
         return Vec::new();
     };
-    let Some(cur) = directories(dirs) else {
+    let Some(cur) = directories(root, dirs) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -262,13 +269,18 @@ pub fn named(pattern: &str) -> Vec<(PathBuf, bool)> {
 /// name made there under any other spelling is the pattern's. Nothing for a pattern whose last
 /// component is a wildcard (`named` lists those directories).
 pub fn parents(pattern: &str) -> Vec<PathBuf> {
+    parents_under(Path::new("/"), pattern)
+}
+
+/// `parents` under another root, as `named_under`.
+pub fn parents_under(root: &Path, pattern: &str) -> Vec<PathBuf> {
     let Some(rest) = pattern.strip_prefix('/') else {
         return Vec::new();
     };
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.split_last() {
         Some((last, dirs)) if !last.is_empty() && !wild(last) => {
-            directories(dirs).unwrap_or_default()
+            directories(root, dirs).unwrap_or_default()
         }
         _ => Vec::new(),
     }
@@ -280,8 +292,13 @@ fn wild(c: &str) -> bool {
 
 /// The directories that exist now and that these components (`*`, `?`, `[..]` within one)
 /// name; None for a `**` (not enumerable) or a bad pattern.
-fn directories(dirs: &[&str]) -> Option<Vec<PathBuf>> {
-    let mut cur = vec![PathBuf::from("/")];
+fn directories(root: &Path, dirs: &[&str]) -> Option<Vec<PathBuf>> {
+    let ours = root == Path::new("/");
+    let is_dir = |p: &Path| match ours {
+        true => p.is_dir(),
+        false => std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()),
+    };
+    let mut cur = vec![root.to_path_buf()];
     for c in dirs {
         if c.contains("**") {
             return None;
@@ -289,14 +306,14 @@ fn directories(dirs: &[&str]) -> Option<Vec<PathBuf>> {
         cur = if wild(c) {
             let m = component_matcher(c)?;
             cur.iter()
-                .flat_map(|d| children(d).into_iter().filter(|p| p.is_dir()))
+                .flat_map(|d| children(d).into_iter().filter(|p| is_dir(p)))
                 .filter(|p| p.file_name().is_some_and(|n| m.is_match(n)))
                 .take(NAMED_MAX)
                 .collect()
         } else {
             cur.into_iter()
                 .map(|d| d.join(c))
-                .filter(|p| p.is_dir())
+                .filter(|p| is_dir(p))
                 .collect()
         };
     }

@@ -123,6 +123,21 @@ pub fn pidfd_target(pid: u32, fd: i32) -> Option<u32> {
 /// inside the syscall, so `/proc/PID/task/TID/syscall` shows its arguments): the writing one
 /// when several threads open, None when no thread of it is in an open. x86_64 numbers; an
 /// `openat2` (flags behind a pointer) counts as a write.
+/// `pending_open_flags`, waiting up to `limit` for the opener to be asleep in its call: a
+/// permission event reaches the daemon before its opener has gone to sleep waiting for the
+/// answer, and until then /proc says `running` instead of the call (seen under load: a read
+/// at Python's start-up was taken for a write and held).
+pub fn pending_open_flags_within(tgid: u32, limit: std::time::Duration) -> Option<u64> {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let f = pending_open_flags(tgid);
+        if f.is_some() || std::time::Instant::now() >= until {
+            return f;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 pub fn pending_open_flags(tgid: u32) -> Option<u64> {
     let rd = std::fs::read_dir(format!("/proc/{tgid}/task")).ok()?;
     let mut found = None;
@@ -191,8 +206,51 @@ pub fn cwd(pid: u32) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// The mount namespace a process is in (`mnt:[N]`), if it can be read.
+pub fn mount_ns(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
 #[cfg(test)]
 mod tests {
+    /// An opener still running when its event is read (it has not gone to sleep in the call
+    /// yet) is waited for, not taken as unknown: here a thread that spins first, then blocks
+    /// opening a FIFO for reading.
+    #[test]
+    fn an_opener_not_yet_asleep_in_its_call_is_waited_for() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = std::env::temp_dir().join(format!("watcher-flags-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let spin = std::time::Duration::from_millis(300);
+        let f2 = fifo.clone();
+        let opener = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+            // Blocks until a writer opens it.
+            std::fs::File::open(f2).map(|_| ())
+        });
+        let me = std::process::id();
+        // While it spins, no thread of this process is in an open (other tests' opens are
+        // instant): nothing to read yet.
+        let early = super::pending_open_flags(me);
+        let got = super::pending_open_flags_within(me, std::time::Duration::from_secs(10));
+        let _w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        opener.join().unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(early, None);
+        assert_eq!(
+            got.map(|f| f & (libc::O_ACCMODE as u64)),
+            Some(libc::O_RDONLY as u64)
+        );
+    }
+
     #[test]
     fn an_exec_through_a_descriptor_is_told_by_its_name() {
         for p in ["/dev/fd/3", "/proc/self/fd/10", "/proc/4242/fd/3"] {

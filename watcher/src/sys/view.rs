@@ -85,6 +85,16 @@ impl View {
         )
     }
 
+    /// What `path` names (a symlink in it followed inside the root), opened `O_PATH`.
+    pub fn open(&self, path: &Path) -> std::io::Result<OwnedFd> {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let root = self
+            .root
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EMFILE))?;
+        open_path(root.as_raw_fd(), rel.to_str().ok_or_else(not_utf8)?, 0)
+    }
+
     /// What `path` names, a final symlink not followed.
     pub fn stat(&self, path: &Path) -> std::io::Result<Found> {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {

@@ -760,6 +760,11 @@ fn start_session(
     };
     shared.audit_session_start(&session);
     shared.approvals.remember_session(&session);
+    // A session in a mount namespace of its own: the guarded files as it names them are in
+    // the gate before its command runs, not at the next refresh.
+    if crate::sys::procfs::mount_ns(pid) != crate::sys::procfs::mount_ns(std::process::id()) {
+        shared.refresh_inodes();
+    }
     shared
         .sessions
         .lock()
