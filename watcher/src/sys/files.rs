@@ -153,27 +153,7 @@ impl Identities {
         flags: i32,
         pid: Option<u32>,
     ) -> Option<(u64, u32)> {
-        let flags = flags
-            | if name.is_empty() {
-                libc::AT_EMPTY_PATH
-            } else {
-                0
-            };
-        // SAFETY: an all-zero statx is a valid out-buffer.
-        let mut st: libc::statx = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid C string and out-buffer.
-        let r = unsafe {
-            libc::statx(
-                dir,
-                name.as_ptr(),
-                flags,
-                libc::STATX_INO | libc::STATX_MNT_ID,
-                &mut st,
-            )
-        };
-        if r != 0 {
-            return None;
-        }
+        let st = super::view::statx(dir, name, flags).ok()?;
         let st_dev = kernel_dev(libc::makedev(st.stx_dev_major, st.stx_dev_minor));
         let dev = (st.stx_mask & libc::STATX_MNT_ID != 0)
             .then(|| {

@@ -5,8 +5,8 @@
 //! absolute symlink inside it is read as the process reads it, never as a name of the
 //! daemon's.
 use std::{
-    ffi::CString,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    ffi::{CStr, CString},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -102,13 +102,14 @@ impl View {
         };
         let dir = self.dir(parent)?;
         let name = CString::new(name.as_encoded_bytes())?;
-        let st = statx(dir.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW)?;
+        let st = statx(dir.as_raw_fd(), &name, libc::AT_SYMLINK_NOFOLLOW)?;
         Ok(Found { dir, name, st })
     }
 }
 
-/// `statx` of `name` in `dir` (an empty name: `dir` itself).
-pub fn statx(dir: BorrowedFd<'_>, name: &CString, flags: i32) -> std::io::Result<libc::statx> {
+/// `statx` of `name` in the directory descriptor `dir` (`AT_FDCWD`: the working directory; an
+/// empty name: `dir` itself).
+pub fn statx(dir: i32, name: &CStr, flags: i32) -> std::io::Result<libc::statx> {
     let flags = flags
         | if name.is_empty() {
             libc::AT_EMPTY_PATH
@@ -120,7 +121,7 @@ pub fn statx(dir: BorrowedFd<'_>, name: &CString, flags: i32) -> std::io::Result
     // SAFETY: a valid descriptor, C string and out-buffer.
     let r = unsafe {
         libc::statx(
-            dir.as_raw_fd(),
+            dir,
             name.as_ptr(),
             flags,
             libc::STATX_TYPE | libc::STATX_INO | libc::STATX_BTIME | libc::STATX_MNT_ID,
