@@ -583,8 +583,11 @@ fn a_control_connection_passed_into_a_session_speaks_for_no_one() {
     let session = work.0.join("session.py");
     std::fs::write(
         &session,
-        "import socket, array, sys
-l = socket.socket(socket.AF_UNIX); l.bind(sys.argv[1]); l.listen(1)
+        "import socket, array, os, sys
+# Bound under a temporary name and renamed once listening: the name appears only when a
+# connect to it can succeed.
+l = socket.socket(socket.AF_UNIX); l.bind(sys.argv[1] + '.tmp'); l.listen(1)
+os.rename(sys.argv[1] + '.tmp', sys.argv[1])
 c, _ = l.accept()
 msg, anc, _, _ = c.recvmsg(1, socket.CMSG_SPACE(4))
 s = socket.socket(fileno=array.array('i', anc[0][2][:4])[0])
