@@ -261,6 +261,68 @@ fn a_hold_survives_a_daemon_crash() {
     assert!(marker(&w, "crash"));
 }
 
+/// The daemon dies (SIGKILL: a crash, an OOM kill) with a session running, and the session
+/// runs a held tool before any daemon is back. The programs and maps pinned in bpffs stay in
+/// force: the tool's exec is stopped at the gate, its record waits in the ring, and the next
+/// daemon holds it under the rule that names it; deny kills it before it ran. Without pinning
+/// the tool runs unseen while no daemon watches.
+#[test]
+fn a_held_action_while_no_daemon_runs_is_stopped_and_decided_by_the_next() {
+    for ns in [Ns::Host, Ns::Private] {
+        let (_work, mut d, w) = hold_setup("");
+        let go = Path::new(&w).join("go");
+        assert!(Command::new("mkfifo").arg(&go).status().unwrap().success());
+        let (mut child, trace) = spawn_session(d.launch_in(
+            ns,
+            "",
+            &format!("read x < {w}/go; {w}/held-tool down; true"),
+        ));
+        // The session's shell is watched once its trace id is out; then no daemon runs.
+        d.kill();
+        let writer = std::thread::spawn({
+            let go = go.clone();
+            move || std::fs::write(go, "go\n")
+        });
+        // Awaited: a process of the session stopped at a hook (the exec of the tool).
+        let procs = d.cgroup.join(&trace).join("cgroup.procs");
+        let start = Instant::now();
+        let stopped = loop {
+            let pids = std::fs::read_to_string(&procs).unwrap_or_default();
+            if let Some(p) = pids.lines().find(|p| state_of(p) == Some('T')) {
+                break p.to_string();
+            }
+            assert!(
+                start.elapsed() < DEADLINE && !marker(&w, "down"),
+                "{ns:?}: with no daemon the held tool ran (marker {}), nothing of the session \
+                 was stopped",
+                marker(&w, "down")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        writer.join().unwrap().unwrap();
+        assert!(!marker(&w, "down"), "{ns:?}: the held tool ran");
+        d.restart();
+        // The next daemon reads the record the programs wrote and holds it as the rule says.
+        let start = Instant::now();
+        let hold = loop {
+            let list = json_lines(&d.cli().args(["holds", "--json"]).output().unwrap().stdout);
+            if let Some(h) = list.into_iter().find(|h| h["trace_id"] == trace.as_str()) {
+                break h;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{ns:?}: no hold for the process stopped while no daemon ran (pid {stopped})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(hold["rule"], "test-hold-exec", "{ns:?}: {hold}");
+        assert_eq!(hold["state"], "pending", "{ns:?}: {hold}");
+        verdict(&d, "deny", &hold);
+        wait_exit(&mut child);
+        assert!(!marker(&w, "down"), "{ns:?}: the denied tool ran");
+    }
+}
+
 /// The daemon dies (SIGKILL, at a fault-injection point) after it froze a session for a hold
 /// and before it stored the hold: the restarted daemon finds the frozen session without a hold,
 /// lists a hold for it, and approving it lets the session finish.

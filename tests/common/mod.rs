@@ -35,6 +35,8 @@ pub struct Daemon {
     /// restarted daemon see only their own sessions).
     pub cgroup: PathBuf,
     umask: Option<u32>,
+    /// Where it pins its programs and maps (`[daemon] bpffs`).
+    pub bpffs: PathBuf,
 }
 
 impl Daemon {
@@ -78,6 +80,18 @@ impl Daemon {
             dir.0.display()
         );
         let config = with_section(&config, "[audit]", &audit);
+        // Each daemon pins its programs in its own directory (removed with it, below).
+        remove_stale_pins();
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(&cgroup_name);
+        let config = if config.contains("bpffs") {
+            config
+        } else {
+            with_section(
+                &config,
+                "[daemon]",
+                &format!("bpffs = \"{}\"\n", bpffs.display()),
+            )
+        };
         // Parallel test daemons cannot share the default metrics port: off unless asked for.
         let config = if config.contains("[metrics]") {
             config
@@ -94,6 +108,7 @@ impl Daemon {
             config_path,
             cgroup,
             umask,
+            bpffs,
         }
     }
 
@@ -192,6 +207,8 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its pinned programs detach: nothing of it stops a later test's processes.
+        let _ = std::fs::remove_dir_all(&self.bpffs);
         // Whatever a test left in its sessions (a held process, say) goes with it.
         if let Ok(rd) = std::fs::read_dir(&self.cgroup) {
             for e in rd.flatten() {
@@ -216,6 +233,26 @@ impl Drop for Daemon {
                 }
                 let _ = std::fs::remove_dir(&base);
             }
+        }
+    }
+}
+
+/// Removes what test daemons of a test process that is gone pinned (a run that was killed).
+fn remove_stale_pins() {
+    for e in std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("watcher-test-")
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

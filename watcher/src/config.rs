@@ -318,6 +318,11 @@ pub struct Daemon {
     /// What a clean stop (SIGTERM: `systemctl stop`, `restart`, an upgrade) does to the
     /// sessions still running, whose programs it detaches. Recorded in the audit log either way.
     pub on_stop: OnStop,
+    /// A directory on a bpf file system where the programs' links and the maps are pinned, so
+    /// enforcement outlives the daemon (a crash, a restart, an upgrade): gated processes stay
+    /// stopped and their records wait for the next daemon. `""` pins nothing: the programs
+    /// detach when the daemon exits.
+    pub bpffs: PathBuf,
 }
 
 /// `[daemon] on_stop`.
@@ -342,6 +347,7 @@ impl Default for Daemon {
             recent_events: 10000,
             batch_wait: std::time::Duration::from_millis(1),
             on_stop: OnStop::Freeze,
+            bpffs: PathBuf::from("/sys/fs/bpf/watcher"),
         }
     }
 }

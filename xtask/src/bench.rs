@@ -275,7 +275,8 @@ impl Daemon {
         // A ring the storms do not fill (128 MiB): a lost record that could have held holds its
         // session (fail closed), which would stop the storm; with the default 16 MiB a 1M-call
         // setid storm run beside another lost one on this machine.
-        text.push_str("[daemon]\nring_buffer_bytes = 134217728\n");
+        // Nothing pinned: a killed bench daemon leaves no program behind to slow the next run.
+        text.push_str("[daemon]\nring_buffer_bytes = 134217728\nbpffs = \"\"\n");
         text.push_str(&format!(
             "[holds]\nstore = \"{}\"\ncgroup = \"watcher-bench\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n[metrics]\nlisten = \"{metrics}\"\n",
             dir.join("bench.db").display(),

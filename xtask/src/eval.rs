@@ -297,7 +297,7 @@ impl EvalDaemon {
         std::fs::write(
             &config,
             format!(
-                "[rules]\npath = \"{}\"\nwatch = false\n[holds]\nstore = \"{}\"\ncgroup = \"{cgroup}\"\ntimeout = \"1m\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n[metrics]\nlisten = \"\"\n",
+                "[daemon]\nbpffs = \"\"\n[rules]\npath = \"{}\"\nwatch = false\n[holds]\nstore = \"{}\"\ncgroup = \"{cgroup}\"\ntimeout = \"1m\"\n[api]\nsocket = \"{}\"\n[audit]\nstore = \"{d}/audit.db\"\nkey = \"{d}/audit.key\"\nwitness = \"{d}/witness.jsonl\"\n[metrics]\nlisten = \"\"\n",
                 rules.display(),
                 dir.join("eval.db").display(),
                 dir.join("api.sock").display(),

@@ -220,6 +220,14 @@ pub fn adopt_sessions(shared: &Enforce) {
     if placed > 0 {
         tracing::info!(placed, "found sessions inside the cgroups that own them");
     }
+    // With the earlier daemon's maps, a process stopped at a hook has its record in the ring
+    // (read next) and its entry in the gate's map (swept if the record was lost): it is
+    // decided as it would have been, not as an unanswered gate.
+    let took_over = shared
+        .kernel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .took_over();
     for trace in cg.sessions() {
         let pids = cg.pids(&trace);
         if pids.is_empty() {
@@ -229,15 +237,20 @@ pub fn adopt_sessions(shared: &Enforce) {
         if let Ok(dir) = cg.dir(&trace) {
             shared.watch_placed(&trace, &dir);
         }
-        let session_id = new_session_id();
+        // As it was started: its profile, its pinned scope with what approvals widened it by,
+        // and, where they enforce, the gate, before its processes are watched again.
+        let saved = shared.approvals.remembered_session(&trace);
+        // The same id as before: the kernel's maps, when taken over, name the session by it
+        // (its processes, its kill-switch, the records written while no daemon ran).
+        let session_id = saved
+            .as_ref()
+            .map(|s| s.session_id)
+            .unwrap_or_else(new_session_id);
         let watch = watcher_common::Watch {
             session_id,
             profile: 0,
             ppid: 0,
         };
-        // As it was started: its profile, its pinned scope with what approvals widened it by,
-        // and, where they enforce, the gate, before its processes are watched again.
-        let saved = shared.approvals.remembered_session(&trace);
         let profile = saved.as_ref().and_then(|s| s.profile.clone());
         let scope = saved.as_ref().and_then(|s| s.scope.clone());
         let scoped = match scope
@@ -290,7 +303,7 @@ pub fn adopt_sessions(shared: &Enforce) {
             );
         } else if frozen {
             recover_unrecorded_hold(shared, &trace, &pids, RECOVERED_RULE, RECOVERED_WHY);
-        } else if pids.iter().any(|p| crate::sys::procfs::is_stopped(*p)) {
+        } else if !took_over && pids.iter().any(|p| crate::sys::procfs::is_stopped(*p)) {
             // Stopped at a hook (the gate, a kernel hold) by a daemon that died before it
             // answered: the session waits for a human, as a hold.
             freeze_session(shared, &trace, 0, &|| pids.clone());
@@ -537,7 +550,13 @@ pub fn restore_kill_switch(shared: &Enforce) {
                 tracing::error!("re-applying the kill-switch: {e:#}");
             }
         }
-        Ok(_) => {}
+        Ok(_) => {
+            // Taken-over maps hold what the earlier daemon left; the store says what holds.
+            let mut k = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = k.set_halt_all(0).and_then(|()| k.clear_halted_sessions()) {
+                tracing::error!("clearing the kernel's kill-switch: {e:#}");
+            }
+        }
         Err(e) => tracing::error!("reading the kill-switch state: {e}"),
     }
 }

@@ -224,5 +224,14 @@ pub fn on_stop(shared: &super::Enforce) -> Vec<String> {
         ),
         _ => {}
     }
+    // `run`: nothing of the watcher stays in the kernel to stop what goes on. `freeze`: the
+    // pinned programs stay, so a session thawed by hand is still gated and its records kept.
+    if how == crate::config::OnStop::Run {
+        shared
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unpin();
+    }
     frozen
 }

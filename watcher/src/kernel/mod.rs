@@ -2,6 +2,7 @@
 pub mod btf;
 mod floor;
 pub mod gate;
+mod pins;
 pub mod policy;
 mod ring_fill;
 pub mod tracefs;
@@ -16,8 +17,8 @@ use aya::{
         HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
     },
     programs::{
-        cgroup_skb::CgroupSkbLinkId, links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
-        CgroupSockAddr, RawTracePoint, TracePoint,
+        cgroup_skb::CgroupSkbLinkId, links::CgroupAttachMode, links::FdLink, CgroupSkb,
+        CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -30,7 +31,7 @@ use watcher_common::{
 
 pub use self::floor::Floor;
 use self::policy::{KernelAction, KernelPolicy, NetEntry, PathEntry};
-use self::{btf::KernelBtf, tracefs::Format, watch_filter::WatchFilter};
+use self::{btf::KernelBtf, pins::Pins, tracefs::Format, watch_filter::WatchFilter};
 use crate::config::Config;
 use crate::sys::cgroup::cgroup2_root;
 
@@ -285,18 +286,43 @@ pub struct Kernel {
     /// The DNS programs' links on session cgroups outside the watcher's directory (which has
     /// its own): cgroup directory -> (ingress, egress).
     dns_links: std::collections::HashMap<PathBuf, Vec<(&'static str, CgroupSkbLinkId)>>,
+    /// Where the maps and links outlive the daemon (`[daemon] bpffs`), if anywhere.
+    pins: Option<Pins>,
 }
 
 impl Kernel {
     pub fn load(cfg: &Config) -> anyhow::Result<Kernel> {
         let tracefs = preflight()?;
         let probe_cfg = probe_config(&tracefs).context("reading kernel layouts")?;
-        let mut ebpf = EbpfLoader::new()
+        let pins = match &cfg.daemon.bpffs {
+            p if p.as_os_str().is_empty() => None,
+            p => Some(Pins::open(
+                p,
+                OBJECT,
+                &[
+                    cfg.daemon.ring_buffer_bytes,
+                    cfg.daemon.max_watched_processes,
+                ],
+            )?),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("CONFIG", &probe_cfg, true)
             .map_max_entries("EVENTS", cfg.daemon.ring_buffer_bytes)
-            .map_max_entries("WATCHED", cfg.daemon.max_watched_processes)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+            .map_max_entries("WATCHED", cfg.daemon.max_watched_processes);
+        let names = match &pins {
+            Some(_) => pins::map_names(OBJECT)?,
+            None => Vec::new(),
+        };
+        if let Some(pins) = &pins {
+            for name in &names {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        if pins.as_ref().is_some_and(|p| p.reused) {
+            tracing::info!("the maps of the daemon before are taken over: unread records, watched processes, the gate and the kill-switch as it left them");
+        }
         let mut hooks_missing = Vec::new();
         for (prog, cat, name) in HOOKS.iter().chain(OPTIONAL_HOOKS) {
             if OPTIONAL_HOOKS.iter().any(|h| h.0 == *prog)
@@ -316,8 +342,12 @@ impl Kernel {
                     .with_context(|| format!("verifier rejected {prog}"))?;
                 tracing::debug!(prog, ms = t.elapsed().as_millis() as u64, "loaded");
             }
-            p.attach(cat, name)
+            let id = p
+                .attach(cat, name)
                 .with_context(|| format!("attaching {prog} to {cat}:{name}"))?;
+            if let Some(pins) = &pins {
+                pins.pin(prog, FdLink::try_from(p.take_link(id)?)?)?;
+            }
         }
         attach_connect_programs(
             &mut ebpf,
@@ -327,6 +357,7 @@ impl Kernel {
                 "deny_sendmsg4",
                 "deny_sendmsg6",
             ],
+            pins.as_ref(),
         )?;
         // The raw tracepoint gives the target task itself: a signal to any thread of the
         // daemon is seen by its process id.
@@ -335,16 +366,42 @@ impl Kernel {
             .ok_or_else(|| anyhow!("program guard_signal missing from the eBPF object"))?
             .try_into()?;
         p.load().context("verifier rejected guard_signal")?;
-        p.attach("signal_generate")
+        let id = p
+            .attach("signal_generate")
             .context("attaching guard_signal to signal_generate")?;
+        if let Some(pins) = &pins {
+            pins.pin("guard_signal", FdLink::from(p.take_link(id)?))?;
+            // Every program of this daemon is attached for good: the earlier daemon's go.
+            pins.retire_others();
+        }
         let mut agents: BpfHashMap<_, AgentName, u32> = BpfHashMap::try_from(
             ebpf.map_mut("AGENTS")
                 .ok_or_else(|| anyhow!("no AGENTS map"))?,
         )?;
+        let mut keys = std::collections::HashSet::new();
         for (name, profile) in cfg.agent_names() {
             let mut key = AgentName([0; AGENT_NAME_MAX]);
             key.0[..name.len()].copy_from_slice(name.as_bytes());
             agents.insert(key, profile, 0)?;
+            keys.insert(key.0);
+        }
+        // Taken-over maps: the names the configuration no longer has go, after the new are in.
+        let stale: Vec<AgentName> = agents
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(&k.0))
+            .collect();
+        for k in stale {
+            let _ = agents.remove(&k);
+        }
+        // The earlier daemon's processes and threads are guarded no more (their ids are free
+        // for others); this one guards its own in `standing::start`.
+        let mut guarded: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+            ebpf.map_mut("GUARDED")
+                .ok_or_else(|| anyhow!("no GUARDED map"))?,
+        )?;
+        for k in guarded.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            let _ = guarded.remove(&k);
         }
         let watched = BpfHashMap::try_from(
             ebpf.take_map("WATCHED")
@@ -371,7 +428,20 @@ impl Kernel {
             events_fill: None,
             hooks_missing,
             dns_links: Default::default(),
+            pins,
         })
+    }
+
+    /// Whether the maps are an earlier daemon's, taken over from bpffs.
+    pub fn took_over(&self) -> bool {
+        self.pins.as_ref().is_some_and(|p| p.reused)
+    }
+
+    /// Leaves nothing in the kernel once the daemon exits: its programs detach, its maps go.
+    pub fn unpin(&self) {
+        if let Some(p) = &self.pins {
+            p.remove();
+        }
     }
 
     /// Attaches the DNS response reader to `dir`, the cgroup directory of every session: it
@@ -995,7 +1065,11 @@ fn open_cgroup2_root() -> anyhow::Result<(PathBuf, std::fs::File)> {
 }
 
 /// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
-fn attach_connect_programs(ebpf: &mut Ebpf, progs: &[&str]) -> anyhow::Result<()> {
+fn attach_connect_programs(
+    ebpf: &mut Ebpf,
+    progs: &[&str],
+    pins: Option<&Pins>,
+) -> anyhow::Result<()> {
     let (root, cgroup) = open_cgroup2_root()?;
     for &prog in progs {
         let p: &mut CgroupSockAddr = ebpf
@@ -1005,8 +1079,12 @@ fn attach_connect_programs(ebpf: &mut Ebpf, progs: &[&str]) -> anyhow::Result<()
         p.load()
             .with_context(|| format!("verifier rejected {prog}"))?;
         // A bpf_link (5.7+) always coexists with other programs; it takes no mode flags.
-        p.attach(&cgroup, CgroupAttachMode::Single)
+        let id = p
+            .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {prog} to {}", root.display()))?;
+        if let Some(pins) = pins {
+            pins.pin(prog, FdLink::try_from(p.take_link(id)?)?)?;
+        }
     }
     Ok(())
 }

@@ -47,6 +47,10 @@ pub fn own_paths(shared: &Core) -> Vec<PathBuf> {
     if c.api.listen.is_some() {
         v.push(c.api.token_file.clone());
     }
+    // The pinned programs and maps: what keeps enforcement in force while no daemon runs.
+    if !c.daemon.bpffs.as_os_str().is_empty() {
+        v.push(c.daemon.bpffs.clone());
+    }
     if let Some(root) = crate::sys::cgroup::cgroup2_root() {
         v.push(root.join(&c.holds.cgroup));
     }
