@@ -164,6 +164,61 @@ fn an_io_uring_is_held_before_its_first_operation() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A ring a profile or scope allowed is watched op by op: each operation it submits is an
+/// `io_uring_op` event with the kernel's name of the operation, and an open's path as the
+/// kernel copied it, resolved against its directory (here the working directory: a relative
+/// name), so a rule names it as it names an open. Seen, not stopped: the operation runs in the
+/// call that submitted it.
+#[test]
+fn an_allowed_ring_is_watched_op_by_op() {
+    common::require_root();
+    let work = TempDir::new("evasion-uring-ops");
+    let w = work.0.clone();
+    let rules = w.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("ring.yaml"),
+        "rules:\n  - id: test-ring-open\n    description: a file opened through an io_uring\n    severity: medium\n    action: alert\n    condition: {type: io_uring_op, op: [openat, openat2], path: \"**/made-by-the-ring-*\"}\n    examples: {match: [{type: io_uring_op, op: openat, path: /w/made-by-the-ring-1}], no_match: [{type: io_uring_op, op: unlinkat, path: /w/made-by-the-ring-1}, {type: open, path: /w/made-by-the-ring-1}]}\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
+    let ring = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/io_uring_open.py");
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        let name = format!("made-by-the-ring-{ns:?}");
+        let script = format!(
+            "cd {} && /usr/bin/python3 {} {name}",
+            w.display(),
+            ring.display()
+        );
+        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+        wait_exit(&mut child);
+        let events = d.session_events(&trace, None);
+        let want = w.join(&name).display().to_string();
+        let op = events
+            .iter()
+            .find(|e| e["type"] == "io_uring_op" && e["op"] == "openat");
+        match op {
+            None => failures.push(format!("{ns:?}: no io_uring_op openat event")),
+            Some(e) if e["path"] != want.as_str() => failures.push(format!(
+                "{ns:?}: the op's path is {}, not {want}",
+                e["path"]
+            )),
+            Some(_) => {}
+        }
+        if !events
+            .iter()
+            .any(|e| e["type"] == "finding" && e["rule"] == "test-ring-open")
+        {
+            failures.push(format!("{ns:?}: the rule naming the op did not match"));
+        }
+        if !w.join(&name).exists() {
+            failures.push(format!("{ns:?}: the ring did not create {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A datagram sent with a destination (sendto, sendmsg, sendmmsg: no connect at all) is a
 /// connect to the rules, from the kernel's copy of the address: a destination the policy
 /// denies is refused in the kernel before any byte leaves, and the session is held.

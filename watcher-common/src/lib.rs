@@ -58,10 +58,14 @@ pub enum EventKind {
     /// io_uring_setup ([`PathEvent`], no path): a ring whose operations (open, read, write,
     /// connect, send, rename, ...) pass no syscall hook at all, so the ring itself is gated.
     IoUring = 21,
+    /// An operation a watched process's ring submitted (`io_uring:io_uring_submit_req`,
+    /// [`PathEvent`]): `args` `[opcode, submitted by the ring's polling thread]`, the path of an
+    /// `OPENAT`/`OPENAT2` as the kernel copied it. Seen, not stopped: it runs in the same call.
+    IoUringOp = 22,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 22;
+pub const EVENT_KINDS: u32 = 23;
 
 /// Kernel-side failures, counted per CPU in the `FAILURES` map by kind. None should happen;
 /// each one that does is a process or an alert the watcher may have missed, so user space
@@ -104,6 +108,7 @@ impl EventKind {
         EventKind::Dup,
         EventKind::Dns,
         EventKind::IoUring,
+        EventKind::IoUringOp,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -134,6 +139,7 @@ impl EventKind {
             EventKind::Dup => "dup",
             EventKind::Dns => "dns",
             EventKind::IoUring => "io_uring",
+            EventKind::IoUringOp => "io_uring_op",
         }
     }
 
@@ -770,6 +776,15 @@ pub struct ProbeConfig {
     /// SIGSYS in one of them was stopped by the fence on its way to the watcher.
     pub syscall_nr: u32,
     pub fence_calls: [u32; FENCE_CALLS],
+    /// `io_uring:io_uring_submit_req`'s `req`, `opcode` and `sq_thread` fields, and the way
+    /// from a request to the kernel's copy of an open's path: `io_kiocb.cmd` + `io_open.filename`
+    /// (0: this kernel's layout is not known, no path), then `filename.name`.
+    pub uring_req: u32,
+    pub uring_opcode: u32,
+    pub uring_sq_thread: u32,
+    pub uring_open_filename: u32,
+    pub uring_open_dfd: u32,
+    pub filename_name: u32,
     /// 1 once user space filled this in; programs do nothing while it is 0.
     pub ready: u32,
 }
@@ -838,6 +853,12 @@ impl ProbeConfig {
             fs_pwd_dentry: 0,
             syscall_nr: 0,
             fence_calls: [0; FENCE_CALLS],
+            uring_req: 0,
+            uring_opcode: 0,
+            uring_sq_thread: 0,
+            uring_open_filename: 0,
+            uring_open_dfd: 0,
+            filename_name: 0,
             ready: 0,
         }
     }

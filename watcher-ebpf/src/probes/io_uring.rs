@@ -2,14 +2,19 @@
 //! submits (open, read, write, connect, send, rename, unlink, ...) runs in the kernel with no
 //! syscall hook on the way, so no later stop could come before its effect: the ring itself is
 //! the question. Stopped here, as the call returns, the process never gets to map or submit
-//! to the ring before the verdict; a kill takes the ring with the process.
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use watcher_common::{EventKind, GATE_IO_URING};
+//! to the ring before the verdict; a kill takes the ring with the process. A ring a profile or
+//! scope allowed is then watched op by op (`io_uring_submit_req`).
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use watcher_common::{EventKind, PathEvent, EVENT_FLAG_TRUNCATED, GATE_IO_URING, PATH_SHORT};
 
 use crate::{
     gate,
     record::{write_path, PathCall},
-    shared::watched_call,
+    shared::{config, count_drop, fill_header, read_kernel, watch_of, watched_call, Task, EVENTS},
 };
 
 /// `struct io_uring_params`: `sq_entries`, `cq_entries`, `flags`, ...
@@ -46,4 +51,77 @@ fn try_exit() {
         },
     };
     write_path(&c, task, &watch);
+}
+
+/// `IORING_OP_OPENAT` and `IORING_OP_OPENAT2` (uapi `enum io_uring_op`).
+const OP_OPENAT: u8 = 18;
+const OP_OPENAT2: u8 = 28;
+
+/// `io_uring:io_uring_submit_req`: an operation a watched process's ring submitted, from the
+/// submitting task (the process's own thread, or the ring's polling thread `iou-sqp-PID`,
+/// which is a thread of the same process). It fires after the request was prepared and before
+/// it is issued, in the same call: the record says what ran, nothing can stop it here.
+#[tracepoint]
+pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
+    let _ = try_submit(&ctx);
+    0
+}
+
+fn try_submit(ctx: &TracePointContext) -> Result<(), i64> {
+    let task = Task::current();
+    let Some(watch) = watch_of(task.tgid()) else {
+        return Ok(());
+    };
+    let cfg = config().ok_or(0)?;
+    // SAFETY: offsets came from this tracepoint's format file.
+    let (req, opcode, sq_thread) = unsafe {
+        (
+            ctx.read_at::<u64>(cfg.uring_req as usize)? as *const u8,
+            ctx.read_at::<u8>(cfg.uring_opcode as usize)?,
+            ctx.read_at::<u8>(cfg.uring_sq_thread as usize)?,
+        )
+    };
+    // An open's path as the kernel copied it at prepare time (a later rewrite of the user's
+    // buffer does not change what was opened).
+    let open = (opcode == OP_OPENAT || opcode == OP_OPENAT2) && cfg.uring_open_filename != 0;
+    let (name, dfd): (*const u8, i32) = if open {
+        (
+            read_kernel::<u64>(req, cfg.uring_open_filename)
+                .and_then(|f| read_kernel::<u64>(f as *const u8, cfg.filename_name))
+                .unwrap_or(0) as *const u8,
+            read_kernel::<i32>(req, cfg.uring_open_dfd).unwrap_or(-1),
+        )
+    } else {
+        (core::ptr::null(), -1)
+    };
+    let Some(mut entry) = EVENTS.reserve::<PathEvent<PATH_SHORT>>(0) else {
+        count_drop(EventKind::IoUringOp);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a live reservation of size_of::<PathEvent<PATH_SHORT>>().
+    unsafe {
+        fill_header(
+            &raw mut (*ev).hdr,
+            task,
+            EventKind::IoUringOp,
+            watch.session_id,
+            watch.ppid,
+        );
+        (*ev).result = 0;
+        (*ev).args = [opcode as u64, sq_thread as u64, 0];
+        (*ev).dfd = dfd;
+        (*ev).call = 0;
+        (*ev).path[0] = 0;
+        if !name.is_null() {
+            let len = bpf_probe_read_kernel_str_bytes(name, &mut (*ev).path)
+                .map(|s| s.len())
+                .unwrap_or(0);
+            if len >= PATH_SHORT - 1 {
+                (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED;
+            }
+        }
+    }
+    entry.submit(0);
+    Ok(())
 }

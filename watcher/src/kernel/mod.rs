@@ -132,6 +132,8 @@ pub const OPTIONAL_HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_creat", "syscalls", "sys_exit_creat"),
     ("sys_exit_init_module", "syscalls", "sys_exit_init_module"),
     ("sys_exit_finit_module", "syscalls", "sys_exit_finit_module"),
+    // The operations of a ring a profile or scope allowed (CONFIG_IO_URING).
+    ("io_uring_submit_req", "io_uring", "io_uring_submit_req"),
 ];
 
 /// Checks everything the programs need and reports every missing piece at once.
@@ -191,6 +193,56 @@ pub fn preflight() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Where `io_uring_submit_req` finds a request's opcode and an open's path and directory.
+/// Optional: a kernel without the tracepoint, or with another layout, gets no op records or
+/// ops without paths (0 offsets), and says so in the log.
+#[derive(Default)]
+struct Uring {
+    req: u32,
+    opcode: u32,
+    sq_thread: u32,
+    open_filename: u32,
+    open_dfd: u32,
+    filename_name: u32,
+}
+
+impl Uring {
+    fn read(tracefs: &Path, btf: &KernelBtf) -> Uring {
+        let fields = Format::read(tracefs, "io_uring", "io_uring_submit_req").and_then(|f| {
+            Ok((
+                f.offset("req", 8)?,
+                f.offset("opcode", 1)?,
+                f.offset("sq_thread", 1)?,
+            ))
+        });
+        let Ok((req, opcode, sq_thread)) = fields else {
+            return Uring::default();
+        };
+        // The request's command area holds the prepared open (`struct io_open`), whose
+        // `filename` is the kernel's copy of the path.
+        let open = (|| -> Result<(u32, u32, u32), self::btf::BtfError> {
+            let cmd = btf.member_offset("io_kiocb", "cmd")?;
+            Ok((
+                cmd + btf.member_offset("io_open", "filename")?,
+                cmd + btf.member_offset("io_open", "dfd")?,
+                btf.member_offset("filename", "name")?,
+            ))
+        })();
+        let (open_filename, open_dfd, filename_name) = open.unwrap_or_else(|e| {
+            tracing::info!("io_uring opens are recorded without their path: {e}");
+            (0, 0, 0)
+        });
+        Uring {
+            req,
+            opcode,
+            sq_thread,
+            open_filename,
+            open_dfd,
+            filename_name,
+        }
+    }
+}
+
 /// Reads every offset the programs use from tracefs and BTF.
 pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let f = |cat: &str, name: &str| Format::read(tracefs, cat, name);
@@ -199,6 +251,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let exit = f("sched", "sched_process_exit")?;
     let signal = f("signal", "signal_generate")?;
     let btf = KernelBtf::open()?;
+    let uring = Uring::read(tracefs, &btf);
     let sk = |member: &str| -> anyhow::Result<u32> {
         Ok(btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", member)?)
     };
@@ -267,6 +320,12 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         task_fs: btf.member_offset("task_struct", "fs")?,
         fs_pwd_dentry: btf.member_offset("fs_struct", "pwd")?
             + btf.member_offset("path", "dentry")?,
+        uring_req: uring.req,
+        uring_opcode: uring.opcode,
+        uring_sq_thread: uring.sq_thread,
+        uring_open_filename: uring.open_filename,
+        uring_open_dfd: uring.open_dfd,
+        filename_name: uring.filename_name,
         ready: 1,
     })
 }

@@ -267,6 +267,21 @@ pub enum Detail {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<Name>,
     },
+    /// An operation a watched process's io_uring submitted (`op`: the kernel's name of its
+    /// opcode, `openat`, `connect`, `send`, `renameat`, ...). Seen as it is issued, never
+    /// stopped: it runs in the same call. `path`: an open's path as the kernel copied it
+    /// (resolved against its directory); other operations act on descriptors or on user
+    /// memory the record does not carry.
+    #[serde(rename = "io_uring_op")]
+    IoUringOp {
+        op: String,
+        opcode: u8,
+        /// Submitted by the ring's polling thread (`IORING_SETUP_SQPOLL`), not by a call.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sq_thread: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
     /// memfd_create: an anonymous file (`result`: its descriptor).
     Memfd {
         name: String,
@@ -472,7 +487,9 @@ impl Detail {
             | Detail::Chown { path, .. }
             | Detail::Link { path, .. }
             | Detail::Truncate { path, .. } => Some(path),
-            Detail::Mount { path, .. } | Detail::Module { path, .. } => path.as_deref(),
+            Detail::Mount { path, .. }
+            | Detail::Module { path, .. }
+            | Detail::IoUringOp { path, .. } => path.as_deref(),
             _ => None,
         }
     }
@@ -570,6 +587,7 @@ impl Detail {
             Detail::Bpf { .. } => "bpf",
             Detail::Memfd { .. } => "memfd",
             Detail::IoUring { .. } => "io_uring",
+            Detail::IoUringOp { .. } => "io_uring_op",
             Detail::Dns { .. } => "dns",
             Detail::Finding(_) => "finding",
         }
@@ -760,6 +778,9 @@ impl std::fmt::Display for Event {
             Detail::IoUring {
                 entries, result, ..
             } => write!(f, "io_uring ring of {entries} entries -> {result}"),
+            Detail::IoUringOp { op, path, .. } => {
+                write!(f, "io_uring {op} {}", path.as_deref().unwrap_or(""))
+            }
             Detail::Dns {
                 query,
                 qtype,
@@ -965,3 +986,79 @@ const REPLACING_CALLS: &[&str] = &[
     "truncate",
     "ftruncate",
 ];
+
+/// The kernel's names of io_uring opcodes (uapi `enum io_uring_op`, which only grows), as
+/// `io_uring:io_uring_submit_req` prints them, lower case.
+pub const URING_OPS: &[&str] = &[
+    "nop",
+    "readv",
+    "writev",
+    "fsync",
+    "read_fixed",
+    "write_fixed",
+    "poll_add",
+    "poll_remove",
+    "sync_file_range",
+    "sendmsg",
+    "recvmsg",
+    "timeout",
+    "timeout_remove",
+    "accept",
+    "async_cancel",
+    "link_timeout",
+    "connect",
+    "fallocate",
+    "openat",
+    "close",
+    "files_update",
+    "statx",
+    "read",
+    "write",
+    "fadvise",
+    "madvise",
+    "send",
+    "recv",
+    "openat2",
+    "epoll_ctl",
+    "splice",
+    "provide_buffers",
+    "remove_buffers",
+    "tee",
+    "shutdown",
+    "renameat",
+    "unlinkat",
+    "mkdirat",
+    "symlinkat",
+    "linkat",
+    "msg_ring",
+    "fsetxattr",
+    "setxattr",
+    "fgetxattr",
+    "getxattr",
+    "socket",
+    "uring_cmd",
+    "send_zc",
+    "sendmsg_zc",
+    "read_multishot",
+    "waitid",
+    "futex_wait",
+    "futex_wake",
+    "futex_waitv",
+    "fixed_fd_install",
+    "ftruncate",
+    "bind",
+    "listen",
+    "recv_zc",
+    "epoll_wait",
+    "readv_fixed",
+    "writev_fixed",
+    "pipe",
+];
+
+/// The name of io_uring opcode `op` (`op_N` for one newer than this list).
+pub fn uring_op_name(op: u8) -> String {
+    URING_OPS
+        .get(op as usize)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("op_{op}"))
+}

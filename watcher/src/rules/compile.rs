@@ -418,6 +418,23 @@ impl Compiler<'_> {
         if let Some(g) = &d.to_gid {
             all.push(Cond::ToGid(g.as_slice().to_vec()));
         }
+        if let Some(items) = &d.op {
+            let mut ops = Vec::new();
+            for v in self.expand(src, items.as_slice(), &format!("{ctx}.op"), 0)? {
+                let Some(op) = crate::model::event::URING_OPS.iter().position(|o| *o == v) else {
+                    return Err(self.error_for(
+                        src,
+                        &v,
+                        format!(
+                            "{ctx}.op: unknown io_uring operation {v:?} (expected one of {})",
+                            crate::model::event::URING_OPS.join(", ")
+                        ),
+                    ));
+                };
+                ops.push(op as u8);
+            }
+            all.push(Cond::UringOp(ops));
+        }
         if let Some(items) = &d.addr {
             let mut nets = Vec::new();
             for v in self.expand(src, items.as_slice(), &format!("{ctx}.addr"), 0)? {

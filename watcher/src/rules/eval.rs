@@ -64,6 +64,8 @@ pub enum Cond {
     Mode(Vec<u32>),
     ToUid(Vec<u32>),
     ToGid(Vec<u32>),
+    /// io_uring_op: one of these opcodes.
+    UringOp(Vec<u8>),
     Addr(Vec<IpNet>),
     Port(Vec<(u16, u16)>),
     Family(Vec<Family>),
@@ -81,7 +83,8 @@ impl Cond {
             | Cond::Family(_)
             | Cond::Mode(_)
             | Cond::ToUid(_)
-            | Cond::ToGid(_) => 0,
+            | Cond::ToGid(_)
+            | Cond::UringOp(_) => 0,
             Cond::Port(_) | Cond::Addr(_) | Cond::InWorkdir(_) => 1,
             Cond::Glob { .. } => 2,
             Cond::Not(_) | Cond::All(_) | Cond::Any(_) => 3,
@@ -140,6 +143,9 @@ impl Cond {
             }),
             Cond::ToUid(ids) => s.to_ids().0.is_some_and(|u| ids.contains(&u)),
             Cond::ToGid(ids) => s.to_ids().1.is_some_and(|g| ids.contains(&g)),
+            Cond::UringOp(ops) => s.ev.is_some_and(
+                |e| matches!(&e.detail, Detail::IoUringOp { opcode, .. } if ops.contains(opcode)),
+            ),
             Cond::Addr(nets) => s
                 .addr()
                 .is_some_and(|a| nets.iter().any(|n| n.contains(&a))),
@@ -198,6 +204,7 @@ fn kind_bit(d: &Detail) -> u32 {
         Detail::Memfd { .. } => Kind::Memfd,
         Detail::Dns { .. } => Kind::Dns,
         Detail::IoUring { .. } => Kind::IoUring,
+        Detail::IoUringOp { .. } => Kind::IoUringOp,
         Detail::Finding(_) => return 0,
     };
     1 << k as u32

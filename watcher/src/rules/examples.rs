@@ -166,6 +166,14 @@ pub fn example_event(
             o.entry("setup_flags").or_insert(json!(0));
             o.entry("result").or_insert(json!(3));
         }
+        "io_uring_op" => {
+            let op = o.entry("op").or_insert(json!("nop")).clone();
+            let code = crate::model::event::URING_OPS
+                .iter()
+                .position(|n| op == json!(n))
+                .ok_or_else(|| format!("unknown io_uring operation {op}"))?;
+            o.entry("opcode").or_insert(json!(code));
+        }
         "memfd" => {
             o.entry("name").or_insert(json!("x"));
             o.entry("flags").or_insert(json!([]));

@@ -189,6 +189,9 @@ pub struct CondDef {
     /// The session profile (glob).
     #[serde(default)]
     pub profile: Option<OneOrMany<Item>>,
+    /// io_uring_op: the operation, by the kernel's name (`openat`, `connect`, `send`, ...).
+    #[serde(default)]
+    pub op: Option<OneOrMany<Item>>,
     /// The parent process must match this condition.
     #[serde(default)]
     pub parent: Option<Box<CondDef>>,
@@ -229,10 +232,12 @@ pub enum Kind {
     Dns,
     #[serde(rename = "io_uring")]
     IoUring,
+    #[serde(rename = "io_uring_op")]
+    IoUringOp,
 }
 
 /// The number of `Kind`s (one bit each in a kind mask).
-pub const KINDS: usize = 20;
+pub const KINDS: usize = 21;
 
 /// Mode bits for `mode:`: an octal string (`"4000"`, `"0o6000"`) or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -108,6 +108,12 @@ pub fn path_detail(
             result,
             error,
         },
+        EventKind::IoUringOp => Detail::IoUringOp {
+            op: crate::model::event::uring_op_name(args[0] as u8),
+            opcode: args[0] as u8,
+            sq_thread: args[1] != 0,
+            path: (!path.is_empty()).then(|| at(tree, pid, dfd, path).0),
+        },
         EventKind::IoUring => Detail::IoUring {
             entries: args[0] as u32,
             setup_flags: args[1] as u32,

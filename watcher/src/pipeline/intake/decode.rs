@@ -285,6 +285,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         | EventKind::Module
         | EventKind::Bpf
         | EventKind::IoUring
+        | EventKind::IoUringOp
         | EventKind::Memfd => {
             // Short or long, like an open.
             let ev: PathEvent<0> = read(buf, kind.name())?;
