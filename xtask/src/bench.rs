@@ -34,7 +34,7 @@ pub struct Args {
     /// Session sizes (processes) of the hold-latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
     hold_sizes: Vec<usize>,
-    /// Run only these parts (storms, pairs, build, rules, detectors, rmrf, holds, gate, audit,
+    /// Run only these parts (storms, pairs, build, rules, detectors, rmrf, holds, gate, uring, audit,
     /// metrics, profile); all but profile when omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -214,6 +214,19 @@ fn storm_op(kind: &str) -> anyhow::Result<Box<dyn FnMut() -> std::io::Result<()>
                 _ => Err(std::io::Error::last_os_error()),
             }
         }),
+        // A no-op through an io_uring, submitted and awaited: one io_uring_submit_req each.
+        "uring" => {
+            let mut ring = io_uring::IoUring::new(8)?;
+            Box::new(move || {
+                let nop = io_uring::opcode::Nop::new().build();
+                // SAFETY: a NOP references no buffer.
+                unsafe { ring.submission().push(&nop) }
+                    .map_err(|_| std::io::Error::other("the submission queue is full"))?;
+                ring.submit_and_wait(1)?;
+                ring.completion().for_each(drop);
+                Ok(())
+            })
+        }
         k => bail!("unknown storm {k}"),
     })
 }
@@ -611,6 +624,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if wanted(&a, "gate") {
         gate(&bin, &dir, a.rounds)?;
         holds(&bin, &dir, a.hold_rounds, &[1, 10], true)?;
+    }
+    if wanted(&a, "uring") {
+        uring(&bin, &dir, a.rounds)?;
     }
     if wanted(&a, "audit") {
         audit(&bin, a.rounds.min(5))?;
@@ -1568,5 +1584,33 @@ fn rm_rf(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
         w / p,
         events / watched.len().max(1) as u64
     );
+    Ok(())
+}
+
+/// What the io_uring op hook costs a process outside every session: a storm of no-ops through a
+/// ring with the daemon off and on (its `io_uring_submit_req` program attached), in alternating
+/// order round by round. A watched storm is not run: the shipped pack holds a watched process's
+/// ring as it is made.
+fn uring(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+    const OPS: u64 = 500_000;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        eprintln!("bench: io_uring round {}/{rounds}", round + 1);
+        for daemon in [round % 2 == 0, round % 2 != 0] {
+            if daemon {
+                let _d = Daemon::start(bin, dir, None)?;
+                on.push(run_storm(&[], "uring", OPS)?);
+            } else {
+                off.push(run_storm(&[], "uring", OPS)?);
+            }
+        }
+    }
+    let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+    let (r, lo, hi) = stats(ratios);
+    let (o, n) = (stats(off).0, stats(on).0);
+    println!("\n## io_uring no-ops outside every session ({rounds} rounds, {OPS} ops each, alternated)\n");
+    println!("| daemon off ns/op (median) | daemon on ns/op (median) | on / off median | min | max |");
+    println!("|---|---|---|---|---|");
+    println!("| {o:.0} | {n:.0} | {r:.3} | {lo:.3} | {hi:.3} |");
     Ok(())
 }
