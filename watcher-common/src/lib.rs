@@ -776,12 +776,13 @@ pub struct ProbeConfig {
     /// SIGSYS in one of them was stopped by the fence on its way to the watcher.
     pub syscall_nr: u32,
     pub fence_calls: [u32; FENCE_CALLS],
-    /// `io_uring:io_uring_submit_req`'s `req`, `opcode` and `sq_thread` fields, and the way
-    /// from a request to the kernel's copy of an open's path: `io_kiocb.cmd` + `io_open.filename`
-    /// (0: this kernel's layout is not known, no path), then `filename.name`.
-    pub uring_req: u32,
+    /// From an io_uring request (`struct io_kiocb`, the raw `io_uring_submit_req`'s argument):
+    /// its `opcode`, its ring (`ctx`) and the ring's setup `flags`, and the kernel's copy of an
+    /// open's path and directory: `io_kiocb.cmd` + `io_open.filename` / `io_open.dfd` (0: this
+    /// kernel's layout is not known, no path), then `filename.name`.
     pub uring_opcode: u32,
-    pub uring_sq_thread: u32,
+    pub uring_ctx: u32,
+    pub uring_ctx_flags: u32,
     pub uring_open_filename: u32,
     pub uring_open_dfd: u32,
     pub filename_name: u32,
@@ -853,9 +854,9 @@ impl ProbeConfig {
             fs_pwd_dentry: 0,
             syscall_nr: 0,
             fence_calls: [0; FENCE_CALLS],
-            uring_req: 0,
             uring_opcode: 0,
-            uring_sq_thread: 0,
+            uring_ctx: 0,
+            uring_ctx_flags: 0,
             uring_open_filename: 0,
             uring_open_dfd: 0,
             filename_name: 0,

@@ -86,9 +86,18 @@ fn run(args: &Args) -> anyhow::Result<String> {
     if let Some(Cmd::Bench { rounds }) = args.cmd {
         return bench(&args.store, &key, rounds);
     }
+    // The witness is read before the store: the daemon appends a checkpoint to it only once
+    // the store has committed it, so a live store read after it holds every checkpoint it has.
+    let witness = match &args.witness {
+        Some(w) => Some((
+            w,
+            std::fs::read_to_string(w).with_context(|| format!("reading {}", w.display()))?,
+        )),
+        None => None,
+    };
     let log = check(&open(&args.store)?, &key, true)?;
-    let witnessed = match &args.witness {
-        Some(w) => check_witness(w, &log, &key)?,
+    let witnessed = match &witness {
+        Some((w, text)) => check_witness(w, text, &log, &key)?,
         None => 0,
     };
     let Some(last) = log.checkpoints.last() else {
@@ -390,9 +399,12 @@ fn pruned_start(seq: u64, kind: &str, text: &str, key: &NoteVerifier) -> anyhow:
 }
 
 /// Every witnessed checkpoint must verify and be in the store as it was witnessed.
-fn check_witness(path: &std::path::Path, log: &Log, key: &NoteVerifier) -> anyhow::Result<usize> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+fn check_witness(
+    path: &std::path::Path,
+    text: &str,
+    log: &Log,
+    key: &NoteVerifier,
+) -> anyhow::Result<usize> {
     let mut n = 0;
     for (i, line) in text
         .lines()

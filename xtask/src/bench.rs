@@ -1609,7 +1609,9 @@ fn uring(bin: &Path, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     let (r, lo, hi) = stats(ratios);
     let (o, n) = (stats(off).0, stats(on).0);
     println!("\n## io_uring no-ops outside every session ({rounds} rounds, {OPS} ops each, alternated)\n");
-    println!("| daemon off ns/op (median) | daemon on ns/op (median) | on / off median | min | max |");
+    println!(
+        "| daemon off ns/op (median) | daemon on ns/op (median) | on / off median | min | max |"
+    );
     println!("|---|---|---|---|---|");
     println!("| {o:.0} | {n:.0} | {r:.3} | {lo:.3} | {hi:.3} |");
     Ok(())

@@ -41,6 +41,12 @@ enum Cmd {
     Deb,
     /// Run every fuzz target for a bounded time (not part of `test`).
     Fuzz(fuzz::Args),
+    /// The chaos suite for longer than the minute `test` gives it: agent work and held tools
+    /// decided at random while the daemon is killed and restarted (tests/chaos.rs).
+    Chaos {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// A storm, run by `bench` as the measured workload.
     #[command(hide = true)]
     Storm(bench::StormArgs),
@@ -106,6 +112,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Chaos { minutes } => {
+            setup::setup()?;
+            cargo(&["build", "-p", "watcher-verify"])?;
+            std::env::set_var("WATCHER_CHAOS_MINUTES", minutes.to_string());
+            cargo(&[
+                "test",
+                "-p",
+                "watcher",
+                "--features",
+                "watcher/fault-injection",
+                "--test",
+                "chaos",
+                "--",
+                "--nocapture",
+            ])
+        }
         Cmd::Storm(args) => bench::storm(args),
     }
 }

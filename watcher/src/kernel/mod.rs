@@ -132,8 +132,6 @@ pub const OPTIONAL_HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_creat", "syscalls", "sys_exit_creat"),
     ("sys_exit_init_module", "syscalls", "sys_exit_init_module"),
     ("sys_exit_finit_module", "syscalls", "sys_exit_finit_module"),
-    // The operations of a ring a profile or scope allowed (CONFIG_IO_URING).
-    ("io_uring_submit_req", "io_uring", "io_uring_submit_req"),
 ];
 
 /// Checks everything the programs need and reports every missing piece at once.
@@ -193,29 +191,31 @@ pub fn preflight() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Where `io_uring_submit_req` finds a request's opcode and an open's path and directory.
-/// Optional: a kernel without the tracepoint, or with another layout, gets no op records or
-/// ops without paths (0 offsets), and says so in the log.
+/// Where `io_uring_submit_req` finds a request's opcode, its ring's flags, and an open's path
+/// and directory. A kernel whose BTF lacks them gets no op records (opcode 0: the program
+/// is not attached) or ops without paths, and says so in the log.
 #[derive(Default)]
 struct Uring {
-    req: u32,
     opcode: u32,
-    sq_thread: u32,
+    ctx: u32,
+    ctx_flags: u32,
     open_filename: u32,
     open_dfd: u32,
     filename_name: u32,
 }
 
 impl Uring {
-    fn read(tracefs: &Path, btf: &KernelBtf) -> Uring {
-        let fields = Format::read(tracefs, "io_uring", "io_uring_submit_req").and_then(|f| {
+    fn read(btf: &KernelBtf) -> Uring {
+        let req = (|| -> Result<(u32, u32, u32), self::btf::BtfError> {
             Ok((
-                f.offset("req", 8)?,
-                f.offset("opcode", 1)?,
-                f.offset("sq_thread", 1)?,
+                btf.member_offset("io_kiocb", "opcode")?,
+                btf.member_offset("io_kiocb", "ctx")?,
+                btf.member_offset("io_ring_ctx", "flags")?,
             ))
-        });
-        let Ok((req, opcode, sq_thread)) = fields else {
+        })();
+        let Ok((opcode, ctx, ctx_flags)) = req.inspect_err(|e| {
+            tracing::info!("io_uring operations are not recorded: {e}");
+        }) else {
             return Uring::default();
         };
         // The request's command area holds the prepared open (`struct io_open`), whose
@@ -233,9 +233,9 @@ impl Uring {
             (0, 0, 0)
         });
         Uring {
-            req,
             opcode,
-            sq_thread,
+            ctx,
+            ctx_flags,
             open_filename,
             open_dfd,
             filename_name,
@@ -251,7 +251,7 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
     let exit = f("sched", "sched_process_exit")?;
     let signal = f("signal", "signal_generate")?;
     let btf = KernelBtf::open()?;
-    let uring = Uring::read(tracefs, &btf);
+    let uring = Uring::read(&btf);
     let sk = |member: &str| -> anyhow::Result<u32> {
         Ok(btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", member)?)
     };
@@ -320,9 +320,9 @@ pub fn probe_config(tracefs: &Path) -> anyhow::Result<ProbeConfig> {
         task_fs: btf.member_offset("task_struct", "fs")?,
         fs_pwd_dentry: btf.member_offset("fs_struct", "pwd")?
             + btf.member_offset("path", "dentry")?,
-        uring_req: uring.req,
         uring_opcode: uring.opcode,
-        uring_sq_thread: uring.sq_thread,
+        uring_ctx: uring.ctx,
+        uring_ctx_flags: uring.ctx_flags,
         uring_open_filename: uring.open_filename,
         uring_open_dfd: uring.open_dfd,
         filename_name: uring.filename_name,
@@ -420,16 +420,21 @@ impl Kernel {
         )?;
         // The raw tracepoint gives the target task itself: a signal to any thread of the
         // daemon is seen by its process id.
-        let p: &mut RawTracePoint = ebpf
-            .program_mut("guard_signal")
-            .ok_or_else(|| anyhow!("program guard_signal missing from the eBPF object"))?
-            .try_into()?;
-        p.load().context("verifier rejected guard_signal")?;
-        let id = p
-            .attach("signal_generate")
-            .context("attaching guard_signal to signal_generate")?;
+        attach_raw(&mut ebpf, "guard_signal", "signal_generate", pins.as_ref())?;
+        // The operations of a ring a profile or scope allowed (CONFIG_IO_URING, and a BTF
+        // that says where a request keeps its opcode).
+        let uring = tracefs.join("events/io_uring/io_uring_submit_req");
+        if uring.exists() && probe_cfg.uring_ctx != 0 {
+            attach_raw(
+                &mut ebpf,
+                "io_uring_submit_req",
+                "io_uring_submit_req",
+                pins.as_ref(),
+            )?;
+        } else {
+            hooks_missing.push("io_uring:io_uring_submit_req".into());
+        }
         if let Some(pins) = &pins {
-            pins.pin("guard_signal", FdLink::from(p.take_link(id)?))?;
             // Every program of this daemon is attached for good: the earlier daemon's go.
             pins.retire_others();
         }
@@ -1121,6 +1126,28 @@ fn open_cgroup2_root() -> anyhow::Result<(PathBuf, std::fs::File)> {
     let cgroup = std::fs::File::open(&root)
         .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
     Ok((root, cgroup))
+}
+
+/// Loads and attaches the raw tracepoint program `prog` to `tracepoint`, pinned if pinning.
+fn attach_raw(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    tracepoint: &str,
+    pins: Option<&Pins>,
+) -> anyhow::Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("verifier rejected {prog}"))?;
+    let id = p
+        .attach(tracepoint)
+        .with_context(|| format!("attaching {prog} to {tracepoint}"))?;
+    if let Some(pins) = pins {
+        pins.pin(prog, FdLink::from(p.take_link(id)?))?;
+    }
+    Ok(())
 }
 
 /// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
