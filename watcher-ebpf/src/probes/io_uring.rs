@@ -6,7 +6,8 @@
 //! scope allowed is then watched op by op (`io_uring_submit_req`).
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user},
-    macros::{raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::Array,
     programs::{RawTracePointContext, TracePointContext},
 };
 use watcher_common::{
@@ -21,6 +22,12 @@ use crate::{
 
 /// `struct io_uring_params`: `sq_entries`, `cq_entries`, `flags`, ...
 const PARAMS_FLAGS: usize = 8;
+
+/// `[0]`: 1 once user space has attached `io_uring_submit_req`. It attaches it when a watched
+/// process first makes a ring (the hook costs every io_uring operation on the host), so until
+/// then that ring's process waits here for it, as at the gate.
+#[map]
+static URING_OPS_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn sys_exit_io_uring_setup(_ctx: TracePointContext) -> u32 {
@@ -47,7 +54,14 @@ fn try_exit() {
         args: [entries, setup_flags as u64, 0],
         ret: sc.ret,
         flags: if sc.ret >= 0 {
-            gate::stop_rare(task, watch.session_id, GATE_IO_URING, EventKind::IoUring)
+            match gate::stop_rare(task, watch.session_id, GATE_IO_URING, EventKind::IoUring) {
+                // Not gated: stopped all the same while no operation of a ring would be seen
+                // (a traced process goes on: the gate would kill it instead).
+                0 if URING_OPS_ON.get(0).copied().unwrap_or(0) == 0 && !task.traced() => {
+                    gate::stop(task, watch.session_id, EventKind::IoUring)
+                }
+                f => f,
+            }
         } else {
             0
         },

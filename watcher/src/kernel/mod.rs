@@ -347,7 +347,19 @@ pub struct Kernel {
     dns_links: std::collections::HashMap<PathBuf, Vec<(&'static str, CgroupSkbLinkId)>>,
     /// Where the maps and links outlive the daemon (`[daemon] bpffs`), if anywhere.
     pins: Option<Pins>,
+    uring_ops: UringOps,
 }
+
+/// The io_uring operation hook: not on this kernel, loaded, or attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UringOps {
+    Missing,
+    Loaded,
+    Attached,
+}
+
+/// The raw tracepoint program (and tracepoint) of io_uring operations.
+const URING_OPS_PROG: &str = "io_uring_submit_req";
 
 impl Kernel {
     pub fn load(cfg: &Config) -> anyhow::Result<Kernel> {
@@ -422,17 +434,38 @@ impl Kernel {
         // daemon is seen by its process id.
         attach_raw(&mut ebpf, "guard_signal", "signal_generate", pins.as_ref())?;
         // The operations of a ring a profile or scope allowed (CONFIG_IO_URING, and a BTF
-        // that says where a request keeps its opcode).
+        // that says where a request keeps its opcode). Loaded now, attached once a watched
+        // process has a ring (`watch_uring_ops`): attached, it costs every io_uring operation
+        // on the host about 0.17 us (BENCHMARKS.md), and most hosts' rings are no session's.
         let uring = tracefs.join("events/io_uring/io_uring_submit_req");
+        let mut uring_ops = UringOps::Missing;
         if uring.exists() && probe_cfg.uring_ctx != 0 {
-            attach_raw(
-                &mut ebpf,
-                "io_uring_submit_req",
-                "io_uring_submit_req",
-                pins.as_ref(),
-            )?;
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(URING_OPS_PROG)
+                .ok_or_else(|| anyhow!("program {URING_OPS_PROG} missing from the eBPF object"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("verifier rejected {URING_OPS_PROG}"))?;
+            uring_ops = UringOps::Loaded;
         } else {
             hooks_missing.push("io_uring:io_uring_submit_req".into());
+        }
+        // The daemon before had it attached: a ring it watched may still be in use.
+        if uring_ops == UringOps::Loaded && pins.as_ref().is_some_and(|p| p.had(URING_OPS_PROG)) {
+            attach_loaded_raw(&mut ebpf, URING_OPS_PROG, pins.as_ref())?;
+            uring_ops = UringOps::Attached;
+        }
+        // Taken-over maps may say "on" from the daemon before: true only once attached here.
+        if uring_ops == UringOps::Attached {
+            set_uring_ops_on(&mut ebpf)?;
+        } else {
+            let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+                ebpf.map_mut("URING_OPS_ON")
+                    .ok_or_else(|| anyhow!("no URING_OPS_ON map"))?,
+            )?;
+            // Missing from this kernel: nothing to wait for.
+            let on = u32::from(uring_ops == UringOps::Missing);
+            a.set(0, on, 0).context("setting URING_OPS_ON")?;
         }
         if let Some(pins) = &pins {
             // Every program of this daemon is attached for good: the earlier daemon's go.
@@ -484,6 +517,7 @@ impl Kernel {
                 .ok_or_else(|| anyhow!("no FAILURES map"))?,
         )?;
         Ok(Kernel {
+            uring_ops,
             ebpf,
             watched,
             watch_filter,
@@ -494,6 +528,19 @@ impl Kernel {
             dns_links: Default::default(),
             pins,
         })
+    }
+
+    /// Watches the operations of every watched process's io_uring from now on (a watched
+    /// process made a ring). Once attached it stays.
+    pub fn watch_uring_ops(&mut self) -> anyhow::Result<()> {
+        if self.uring_ops != UringOps::Loaded {
+            return Ok(());
+        }
+        attach_loaded_raw(&mut self.ebpf, URING_OPS_PROG, self.pins.as_ref())?;
+        self.uring_ops = UringOps::Attached;
+        set_uring_ops_on(&mut self.ebpf)?;
+        tracing::info!("a watched process made an io_uring: its operations are watched");
+        Ok(())
     }
 
     /// Whether the maps are an earlier daemon's, taken over from bpffs.
@@ -1144,6 +1191,30 @@ fn attach_raw(
     let id = p
         .attach(tracepoint)
         .with_context(|| format!("attaching {prog} to {tracepoint}"))?;
+    if let Some(pins) = pins {
+        pins.pin(prog, FdLink::from(p.take_link(id)?))?;
+    }
+    Ok(())
+}
+
+/// Tells the io_uring setup hook that ring operations are seen (no wait for it).
+fn set_uring_ops_on(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+        ebpf.map_mut("URING_OPS_ON")
+            .ok_or_else(|| anyhow!("no URING_OPS_ON map"))?,
+    )?;
+    a.set(0, 1, 0).context("setting URING_OPS_ON")
+}
+
+/// Attaches the loaded raw tracepoint program `prog` to the tracepoint of its name.
+fn attach_loaded_raw(ebpf: &mut Ebpf, prog: &str, pins: Option<&Pins>) -> anyhow::Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    let id = p
+        .attach(prog)
+        .with_context(|| format!("attaching {prog} to {prog}"))?;
     if let Some(pins) = pins {
         pins.pin(prog, FdLink::from(p.take_link(id)?))?;
     }

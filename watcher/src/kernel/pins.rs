@@ -97,6 +97,17 @@ impl Pins {
         Ok(())
     }
 
+    /// Whether an earlier daemon's links (not yet retired) include `program`'s.
+    pub fn had(&self, program: &str) -> bool {
+        std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|g| std::fs::read_dir(g.path()).into_iter().flatten().flatten())
+            .filter(|d| d.file_name().to_string_lossy().starts_with("links-"))
+            .any(|d| d.path() != self.links && d.path().join(program).exists())
+    }
+
     /// Removes the links of earlier daemons (their programs detach) and the maps of other
     /// generations. Called once this daemon's own links are pinned.
     pub fn retire_others(&self) {

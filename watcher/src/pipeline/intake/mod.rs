@@ -516,6 +516,14 @@ impl Intake {
         let Some(detail) = self.apply(rec, &hdr, &comm) else {
             return;
         };
+        if matches!(detail, Detail::IoUring { result, .. } if result >= 0) {
+            // Before its verdict (a gated ring's process waits for it): what the ring submits
+            // is seen from its first operation.
+            let mut k = self.shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = k.watch_uring_ops() {
+                tracing::error!("io_uring operations are not watched: {e:#}");
+            }
+        }
         let mut new_matcher_session = false;
         let mut session_ended = false;
         let (trace_id, profile, workdir, stray, scoped) = {
