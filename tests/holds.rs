@@ -556,7 +556,7 @@ fn a_matched_agent_is_a_session_with_every_child_in_its_cgroup() {
     )
     .unwrap();
     std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let d = Daemon::start_with(&format!(
+    let mut d = Daemon::start_with(&format!(
         "[[agents]]\nprofile = \"fake\"\nmatch = [\"{name}\"]\n"
     ));
     // Not this test's stdout: a process left behind must not hold the harness's pipes.
@@ -599,6 +599,48 @@ fn a_matched_agent_is_a_session_with_every_child_in_its_cgroup() {
     };
     while !(in_session(root) && in_session(child)) {
         waited();
+    }
+    // A daemon that dies and comes back adopts the session as the kernel started it: same
+    // trace, same profile, and the kernel's records of it (here its end) are that session's,
+    // not a second one's.
+    d.crash_and_restart();
+    let matched = |d: &Daemon| -> Vec<Value> {
+        d.status()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["root_pid"] == root && s["started_by"] == "matcher")
+            .cloned()
+            .collect()
+    };
+    let after = matched(&d);
+    assert!(
+        after.len() == 1 && after[0]["trace_id"] == trace.as_str() && after[0]["profile"] == "fake",
+        "after a restart: {after:?}"
+    );
+    // SAFETY: plain syscall on a process this test started.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    let start = Instant::now();
+    loop {
+        let now: Vec<Value> = d.status()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["started_by"] == "matcher")
+            .cloned()
+            .collect();
+        assert!(
+            now.iter().all(|s| s["trace_id"] == trace.as_str()),
+            "the adopted session's records made another session: {now:?}"
+        );
+        if now.iter().any(|s| s["ended"].is_string()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the adopted session never ended: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

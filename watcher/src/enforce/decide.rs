@@ -317,8 +317,16 @@ pub fn adopt_sessions(shared: &Enforce) {
                 trace_id: trace.clone(),
                 session_id,
                 profile,
-                started_by: "restart".into(),
-                root_pid: pids[0],
+                // As it was started, where the store kept it (its root may be gone by now).
+                started_by: saved
+                    .as_ref()
+                    .map(|s| s.started_by.clone())
+                    .unwrap_or_else(|| "restart".into()),
+                root_pid: saved
+                    .as_ref()
+                    .map(|s| s.root_pid)
+                    .filter(|p| pids.contains(p))
+                    .unwrap_or(pids[0]),
                 started: saved
                     .as_ref()
                     .map(|s| s.started.clone())

@@ -100,6 +100,12 @@ impl Enforcement for Hooks {
         }
     }
 
+    fn remember_session(&self, s: crate::model::session::Session) {
+        if let Some(e) = self.0.upgrade() {
+            tokio::task::spawn_blocking(move || e.approvals.remember_session(&s));
+        }
+    }
+
     fn halt_session(&self, trace: &str, mode: HaltMode, by: &str) {
         let Some(e) = self.0.upgrade() else { return };
         let trace = match TraceId::parse(trace) {

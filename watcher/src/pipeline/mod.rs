@@ -177,6 +177,9 @@ pub trait Enforcement: Send + Sync {
     /// A gated action of a session that waits on a hold: it stays stopped and joins that
     /// hold (approve continues it, deny stops it); false when no hold is pending.
     fn join_hold(&self, ev: &Event) -> bool;
+    /// Keeps a session the kernel started (an agent matcher's) for a restarted daemon to adopt
+    /// as it was (off the pipeline's thread).
+    fn remember_session(&self, s: crate::model::session::Session);
 }
 
 /// What every pipeline stage shares: the configuration, the sessions, the kernel, the policy

@@ -558,6 +558,9 @@ impl Intake {
                     scope: None,
                 };
                 self.shared.audit_session_start(&s);
+                if let Some(e) = self.shared.enforcement() {
+                    e.remember_session(s.clone());
+                }
                 sessions.start(s);
             }
             let s = sessions.get_mut(hdr.session_id).expect("inserted above");
