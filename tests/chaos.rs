@@ -92,8 +92,7 @@ fn chaos_no_held_tool_runs_without_a_yes() {
                 while !some_session_runs(&cgroup) && Instant::now() < soon {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                // SIGKILL, then 1 to 4 s with no daemon at all while the sessions go on (the
-                // next daemon freezes every session as it starts, before it watches them).
+                // SIGKILL, then 1 to 4 s with no daemon at all while the sessions go on.
                 d.lock().unwrap().kill();
                 crashes.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(1000 + rand_suffix() % 3000));
