@@ -432,7 +432,8 @@ impl Kernel {
         )?;
         // The raw tracepoint gives the target task itself: a signal to any thread of the
         // daemon is seen by its process id.
-        attach_raw(&mut ebpf, "guard_signal", "signal_generate", pins.as_ref())?;
+        load_raw(&mut ebpf, "guard_signal")?;
+        attach_loaded_raw(&mut ebpf, "guard_signal", "signal_generate", pins.as_ref())?;
         // The operations of a ring a profile or scope allowed (CONFIG_IO_URING, and a BTF
         // that says where a request keeps its opcode). Loaded now, attached once a watched
         // process has a ring (`watch_uring_ops`): attached, it costs every io_uring operation
@@ -440,33 +441,19 @@ impl Kernel {
         let uring = tracefs.join("events/io_uring/io_uring_submit_req");
         let mut uring_ops = UringOps::Missing;
         if uring.exists() && probe_cfg.uring_ctx != 0 {
-            let p: &mut RawTracePoint = ebpf
-                .program_mut(URING_OPS_PROG)
-                .ok_or_else(|| anyhow!("program {URING_OPS_PROG} missing from the eBPF object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("verifier rejected {URING_OPS_PROG}"))?;
+            load_raw(&mut ebpf, URING_OPS_PROG)?;
             uring_ops = UringOps::Loaded;
         } else {
             hooks_missing.push("io_uring:io_uring_submit_req".into());
         }
         // The daemon before had it attached: a ring it watched may still be in use.
         if uring_ops == UringOps::Loaded && pins.as_ref().is_some_and(|p| p.had(URING_OPS_PROG)) {
-            attach_loaded_raw(&mut ebpf, URING_OPS_PROG, pins.as_ref())?;
+            attach_loaded_raw(&mut ebpf, URING_OPS_PROG, URING_OPS_PROG, pins.as_ref())?;
             uring_ops = UringOps::Attached;
         }
-        // Taken-over maps may say "on" from the daemon before: true only once attached here.
-        if uring_ops == UringOps::Attached {
-            set_uring_ops_on(&mut ebpf)?;
-        } else {
-            let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
-                ebpf.map_mut("URING_OPS_ON")
-                    .ok_or_else(|| anyhow!("no URING_OPS_ON map"))?,
-            )?;
-            // Missing from this kernel: nothing to wait for.
-            let on = u32::from(uring_ops == UringOps::Missing);
-            a.set(0, on, 0).context("setting URING_OPS_ON")?;
-        }
+        // Taken-over maps may say "on" from the daemon before: true only once attached here
+        // (or missing from this kernel: nothing to wait for).
+        set_uring_ops_on(&mut ebpf, uring_ops != UringOps::Loaded)?;
         if let Some(pins) = &pins {
             // Every program of this daemon is attached for good: the earlier daemon's go.
             pins.retire_others();
@@ -536,9 +523,14 @@ impl Kernel {
         if self.uring_ops != UringOps::Loaded {
             return Ok(());
         }
-        attach_loaded_raw(&mut self.ebpf, URING_OPS_PROG, self.pins.as_ref())?;
+        attach_loaded_raw(
+            &mut self.ebpf,
+            URING_OPS_PROG,
+            URING_OPS_PROG,
+            self.pins.as_ref(),
+        )?;
         self.uring_ops = UringOps::Attached;
-        set_uring_ops_on(&mut self.ebpf)?;
+        set_uring_ops_on(&mut self.ebpf, true)?;
         tracing::info!("a watched process made an io_uring: its operations are watched");
         Ok(())
     }
@@ -1175,8 +1167,18 @@ fn open_cgroup2_root() -> anyhow::Result<(PathBuf, std::fs::File)> {
     Ok((root, cgroup))
 }
 
-/// Loads and attaches the raw tracepoint program `prog` to `tracepoint`, pinned if pinning.
-fn attach_raw(
+/// Loads (verifies) the raw tracepoint program `prog`.
+fn load_raw(ebpf: &mut Ebpf, prog: &str) -> anyhow::Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("verifier rejected {prog}"))
+}
+
+/// Attaches the loaded raw tracepoint program `prog` to `tracepoint`, pinned if pinning.
+fn attach_loaded_raw(
     ebpf: &mut Ebpf,
     prog: &str,
     tracepoint: &str,
@@ -1186,8 +1188,6 @@ fn attach_raw(
         .program_mut(prog)
         .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
         .try_into()?;
-    p.load()
-        .with_context(|| format!("verifier rejected {prog}"))?;
     let id = p
         .attach(tracepoint)
         .with_context(|| format!("attaching {prog} to {tracepoint}"))?;
@@ -1197,28 +1197,14 @@ fn attach_raw(
     Ok(())
 }
 
-/// Tells the io_uring setup hook that ring operations are seen (no wait for it).
-fn set_uring_ops_on(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+/// Says whether the io_uring op hook is attached (or missing: nothing to wait for), for the
+/// io_uring setup hook, which stops a watched ring's process until it is.
+fn set_uring_ops_on(ebpf: &mut Ebpf, on: bool) -> anyhow::Result<()> {
     let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
         ebpf.map_mut("URING_OPS_ON")
             .ok_or_else(|| anyhow!("no URING_OPS_ON map"))?,
     )?;
-    a.set(0, 1, 0).context("setting URING_OPS_ON")
-}
-
-/// Attaches the loaded raw tracepoint program `prog` to the tracepoint of its name.
-fn attach_loaded_raw(ebpf: &mut Ebpf, prog: &str, pins: Option<&Pins>) -> anyhow::Result<()> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-        .try_into()?;
-    let id = p
-        .attach(prog)
-        .with_context(|| format!("attaching {prog} to {prog}"))?;
-    if let Some(pins) = pins {
-        pins.pin(prog, FdLink::from(p.take_link(id)?))?;
-    }
-    Ok(())
+    a.set(0, u32::from(on), 0).context("setting URING_OPS_ON")
 }
 
 /// Attaches the two cgroup connect programs to the root of the cgroup v2 hierarchy.
