@@ -1,7 +1,11 @@
-//! The chaos suite (issue 31, item 8): agent work (git, python) with a held tool in every
-//! session, decided at random, while the daemon is SIGKILLed and restarted at random moments.
-//! Afterwards: no held tool ran without a yes to its hold, every session ended (each hold could
-//! be decided, nothing stayed frozen), and the audit log verifies. One minute in
+//! The chaos suite (issue 31, item 8): agent work (git, python, now and then a storm of writes
+//! that overflows a small kernel ring) with a held tool in every session, decided at random,
+//! while faults come in turn at random moments: the daemon SIGKILLed and restarted, the audit
+//! store and the hold store locked by another writer, the stores' disk full, the wall clock
+//! stepped two hours. Afterwards: no held tool ran without a yes to its hold, every session
+//! ended (each hold could be decided, nothing stayed frozen), no hold was denied by a deadline
+//! it had not reached, every hold and every decision carried out is in the audit log and no
+//! approval that failed is, nothing waits unwritten, and the log verifies. One minute in
 //! `cargo xtask test`; `cargo xtask chaos --minutes N` (`WATCHER_CHAOS_MINUTES`) for longer.
 mod common;
 
@@ -13,7 +17,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use common::{
@@ -29,8 +33,171 @@ const YES_RULES: [&str; 4] = [
     "chaos-held-tool",
     "watcher-recovered-hold",
     "watcher-unanswered-gate",
-    "watcher-lost-record",
+    "watcher-records-lost",
 ];
+
+/// The faults, in turn (each comes at least once a minute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Fault {
+    /// SIGKILL, then 1 to 4 s with no daemon at all while the sessions go on.
+    Crash,
+    /// Another writer holds the audit store's lock for 1 to 6 s.
+    BusyAudit,
+    /// The stores' file system is full for 1 to 4 s.
+    DiskFull,
+    /// The wall clock is stepped two hours ahead (or back) for 1 to 4 s.
+    ClockJump,
+    /// Another writer holds the hold store's lock for 1 to 6 s.
+    BusyHolds,
+}
+
+const FAULTS: [Fault; 5] = [
+    Fault::Crash,
+    Fault::BusyAudit,
+    Fault::DiskFull,
+    Fault::ClockJump,
+    Fault::BusyHolds,
+];
+
+/// A small file system for the daemon's stores, unmounted when dropped.
+struct Disk(TempDir);
+
+impl Disk {
+    fn new(size: &str) -> Disk {
+        // A short name: the daemon's socket inside must fit a unix socket address.
+        let d = TempDir(std::env::temp_dir().join(format!("wd{}", std::process::id())));
+        std::fs::create_dir_all(&d.0).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&d.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs at {}", d.0.display());
+        Disk(d)
+    }
+
+    /// Fills the file system at `dir` to the last byte; the filler is removed when dropped.
+    fn fill_at(dir: &std::path::Path) -> Filler {
+        use std::io::Write as _;
+        let path = dir.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+        Filler(path)
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0 .0)
+            .status();
+    }
+}
+
+struct Filler(std::path::PathBuf);
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+}
+
+fn set_realtime(ns: i128) {
+    let t = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime reads the timespec it is given (root: CAP_SYS_TIME).
+    let r = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &t) };
+    assert_eq!(r, 0, "clock_settime: {}", std::io::Error::last_os_error());
+}
+
+/// The wall clock stepped by `by_s` seconds; put back (to the nanosecond the monotonic clock
+/// says) when dropped, a failing test included.
+struct ClockStep(i128);
+
+impl ClockStep {
+    fn new(by_s: i64) -> ClockStep {
+        let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+        set_realtime(clock_ns(libc::CLOCK_REALTIME) + by_s as i128 * 1_000_000_000);
+        ClockStep(offset)
+    }
+}
+
+impl Drop for ClockStep {
+    fn drop(&mut self) {
+        set_realtime(clock_ns(libc::CLOCK_MONOTONIC) + self.0);
+    }
+}
+
+/// Another writer holding `db`'s write lock for `secs`.
+fn lock_store(db: &std::path::Path, secs: f64) {
+    let _ = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             time.sleep(float(sys.argv[2]))\n\
+             c.execute('COMMIT')",
+        ])
+        .arg(db)
+        .arg(secs.to_string())
+        .status();
+}
+
+/// Whether the audit log (read from its file: the daemon may be down) has a `kind` record of
+/// the session whose body's `field` is `id`.
+fn in_log(config: &std::path::Path, trace: &str, kind: &str, field: &str, id: &str) -> bool {
+    std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["audit", "query", "--trace", trace, "--kind", kind, "--json"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|r| r["body"][field] == id)
+            })
+        })
+}
+
+/// Centiseconds since boot (`/proc/uptime`'s clock): what the wall clock's steps do not move.
+fn boot_cs() -> i128 {
+    clock_ns(libc::CLOCK_BOOTTIME) / 10_000_000
+}
+
+#[derive(Clone, Debug)]
+struct Decision {
+    hold: String,
+    rule: String,
+    verb: &'static str,
+    /// When it was asked for, in centiseconds since boot.
+    at: i128,
+    /// Whether the CLI said it was carried out, and what it said when not.
+    done: bool,
+    err: String,
+}
 
 struct Session {
     id: usize,
@@ -48,7 +215,12 @@ fn chaos_no_held_tool_runs_without_a_yes() {
     let work = TempDir::new("chaos");
     let w = work.0.display().to_string();
     let tool = work.0.join("held-tool");
-    std::fs::write(&tool, format!("#!/bin/sh\necho ran > {w}/marker-$1\n")).unwrap();
+    // The marker says when the tool ran on the clock the wall clock's steps do not move.
+    std::fs::write(
+        &tool,
+        format!("#!/bin/sh\nread up _ < /proc/uptime; echo $up > {w}/marker-$1\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let rules = common::pack_dir(&work.0);
     std::fs::write(
@@ -59,10 +231,17 @@ fn chaos_no_held_tool_runs_without_a_yes() {
         ),
     )
     .unwrap();
-    let d = Arc::new(Mutex::new(Daemon::start_with(&format!(
-        "[rules]\npath = \"{}\"\n[holds]\ntimeout = \"10m\"\n",
-        rules.display()
-    ))));
+    // The stores' disk, and the audit log bounded well inside it (the storms' events are many):
+    // full only when the test fills it.
+    let disk = Disk::new("1g");
+    // A small kernel ring: a storm session overflows it, and records that could hold are lost.
+    let d = Arc::new(Mutex::new(Daemon::start_under(
+        &format!(
+            "[daemon]\nring_buffer_bytes = 262144\n[rules]\npath = \"{}\"\n[holds]\ntimeout = \"10m\"\n[audit]\nmax_bytes = 268435456\n",
+            rules.display()
+        ),
+        &disk.0 .0,
+    )));
     // The CLI as a user runs it: it fails while no daemon runs, and never waits for the harness.
     let socket = d.lock().unwrap().socket.clone();
     let cli = move || {
@@ -73,33 +252,62 @@ fn chaos_no_held_tool_runs_without_a_yes() {
     let until = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
     let done = Arc::new(AtomicBool::new(false));
     let crashes = Arc::new(AtomicUsize::new(0));
-    // trace -> (rule, verdict, when) of every decision asked for (a yes counts from the moment
-    // it is asked: the daemon may have died as it answered).
-    type Asked = Vec<(String, String, SystemTime)>;
+    // trace -> every decision asked for (a yes counts from the moment it is asked: the daemon
+    // may have died as it answered).
+    type Asked = Vec<Decision>;
     let decisions: Arc<Mutex<HashMap<String, Asked>>> = Default::default();
 
+    let faults: Arc<Mutex<HashMap<Fault, usize>>> = Default::default();
     let killer = std::thread::spawn({
-        let (d, crashes) = (d.clone(), crashes.clone());
+        let (d, crashes, faults) = (d.clone(), crashes.clone(), faults.clone());
+        let disk = disk.0 .0.clone();
         move || {
-            while Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(2000 + rand_suffix() % 6000));
+            for n in 0.. {
+                std::thread::sleep(Duration::from_millis(1000 + rand_suffix() % 3000));
                 if Instant::now() >= until {
                     break;
                 }
-                // At a moment a session is at work (not held): what a crash exposes.
-                let cgroup = d.lock().unwrap().cgroup.clone();
+                // At a moment a session is at work (not held): what a fault exposes.
+                let (cgroup, dir) = {
+                    let d = d.lock().unwrap();
+                    (d.cgroup.clone(), d.dir.0.clone())
+                };
                 let soon = Instant::now() + Duration::from_secs(5);
                 while !some_session_runs(&cgroup) && Instant::now() < soon {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                // SIGKILL, then 1 to 4 s with no daemon at all while the sessions go on.
-                d.lock().unwrap().kill();
-                crashes.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1000 + rand_suffix() % 3000));
-                d.lock().unwrap().restart();
+                let fault = FAULTS[n % FAULTS.len()];
+                let secs = |from: u64, to: u64| {
+                    from as f64 + (rand_suffix() % ((to - from) * 1000)) as f64 / 1000.0
+                };
+                match fault {
+                    Fault::Crash => {
+                        d.lock().unwrap().kill();
+                        crashes.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_secs_f64(secs(1, 4)));
+                        d.lock().unwrap().restart();
+                    }
+                    Fault::BusyAudit => lock_store(&dir.join("audit.db"), secs(1, 6)),
+                    Fault::BusyHolds => lock_store(&dir.join("watcher.db"), secs(1, 6)),
+                    Fault::DiskFull => {
+                        let _full = Disk::fill_at(&disk);
+                        std::thread::sleep(Duration::from_secs_f64(secs(1, 4)));
+                    }
+                    Fault::ClockJump => {
+                        let by = if rand_suffix().is_multiple_of(2) {
+                            7200
+                        } else {
+                            -7200
+                        };
+                        let _step = ClockStep::new(by);
+                        std::thread::sleep(Duration::from_secs_f64(secs(1, 4)));
+                    }
+                }
+                *faults.lock().unwrap().entry(fault).or_default() += 1;
             }
         }
     });
+    let (to_check, checks) = std::sync::mpsc::channel::<(String, Decision, Instant)>();
     let decider = std::thread::spawn({
         let (cli, done, decisions) = (cli.clone(), done.clone(), decisions.clone());
         move || {
@@ -115,19 +323,95 @@ fn chaos_no_held_tool_runs_without_a_yes() {
                     } else {
                         "deny"
                     };
+                    let mut asked = Decision {
+                        hold: id.to_string(),
+                        rule: h["rule"].as_str().unwrap_or("").to_string(),
+                        verb,
+                        at: boot_cs(),
+                        done: false,
+                        err: String::new(),
+                    };
+                    if let Ok(o) = cli().args([verb, id]).output() {
+                        asked.done = o.status.success();
+                        asked.err = String::from_utf8_lossy(&o.stderr).into_owned();
+                    }
+                    let _ = to_check.send((trace.to_string(), asked.clone(), Instant::now()));
                     decisions
                         .lock()
                         .unwrap()
                         .entry(trace.to_string())
                         .or_default()
-                        .push((
-                            h["rule"].as_str().unwrap_or("").to_string(),
-                            verb.into(),
-                            SystemTime::now(),
-                        ));
-                    let _ = cli().args([verb, id]).output();
+                        .push(asked);
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+    // Each hold a person was shown, and each decision carried out, is in the audit log within
+    // a minute (while it is still there: retention bounds the log, oldest first); an approval
+    // that failed to be sealed (and so did not act) is not.
+    let checker = std::thread::spawn({
+        let (done, config) = (done.clone(), d.lock().unwrap().dir.0.join("watcher.toml"));
+        move || {
+            let mut failures = Vec::new();
+            let mut waiting: Vec<(String, Decision, Instant)> = Vec::new();
+            let (mut failed_approvals, mut approved) =
+                (Vec::new(), std::collections::HashSet::new());
+            let mut traces = HashMap::new();
+            loop {
+                let over = done.load(Ordering::Relaxed);
+                for (trace, a, at) in checks.try_iter() {
+                    traces.insert(a.hold.clone(), trace.clone());
+                    waiting.push((trace, a, at));
+                }
+                waiting.retain(|(trace, a, at)| {
+                    if at.elapsed() < Duration::from_secs(2) && !over {
+                        return true;
+                    }
+                    let hold = in_log(&config, trace, "hold", "id", &a.hold);
+                    let kind = if a.verb == "approve" {
+                        "approval"
+                    } else {
+                        "denial"
+                    };
+                    let decision = in_log(&config, trace, kind, "hold", &a.hold);
+                    if hold && (decision || !a.done) {
+                        if a.verb == "approve" && a.err.contains("could not be sealed") {
+                            failed_approvals.push(a.hold.clone());
+                        }
+                        if a.done && a.verb == "approve" {
+                            approved.insert(a.hold.clone());
+                        }
+                        return false;
+                    }
+                    if at.elapsed() < Duration::from_secs(60) {
+                        return true;
+                    }
+                    failures.push(format!(
+                        "hold {} ({}): after a minute the audit log has {} of it",
+                        a.hold,
+                        a.rule,
+                        if hold {
+                            format!("no {kind}")
+                        } else {
+                            "no record".into()
+                        }
+                    ));
+                    false
+                });
+                if over && waiting.is_empty() {
+                    // A failed approval is tried again: only one no later approval carried out
+                    // must be absent from the log.
+                    for h in failed_approvals.iter().filter(|h| !approved.contains(*h)) {
+                        if in_log(&config, &traces[h], "approval", "hold", h) {
+                            failures.push(format!(
+                                "hold {h}: an approval that failed is in the audit log"
+                            ));
+                        }
+                    }
+                    return failures;
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
     });
@@ -147,10 +431,17 @@ fn chaos_no_held_tool_runs_without_a_yes() {
             continue;
         }
         let id = sessions.len() + refused;
+        // One session in four also writes a file 20,000 times at once: more than the small
+        // ring holds, so records that could hold are lost (and hold the session).
+        let storm = if id % 4 == 3 {
+            "/usr/bin/python3 -c \"[open('w', 'w').close() for _ in range(20000)]\" && "
+        } else {
+            ""
+        };
         let script = format!(
             "mkdir -p {w}/s{id} && cd {w}/s{id} && git init -q && echo a > f && git add f && \
              for i in 1 2 3 4 5 6 7 8; do echo $i > f; \
-             git -c user.email=a@b -c user.name=n commit -qam $i; done && {w}/held-tool {id}; \
+             git -c user.email=a@b -c user.name=n commit -qam $i; done && {storm}{w}/held-tool {id}; \
              /usr/bin/python3 -c 'print(1)' > out"
         );
         let mut child = cli()
@@ -193,28 +484,36 @@ fn chaos_no_held_tool_runs_without_a_yes() {
     }
     done.store(true, Ordering::Relaxed);
     decider.join().unwrap();
+    failures.extend(checker.join().unwrap());
 
     // No held tool ran without a yes to a hold of its session that could stand for it.
     let decisions = decisions.lock().unwrap();
     let (mut ran, mut approved, mut denied) = (0, 0, 0);
     for s in &sessions {
         let asked = decisions.get(&s.trace).cloned().unwrap_or_default();
-        approved += asked.iter().filter(|(_, v, _)| v == "approve").count();
-        denied += asked.iter().filter(|(_, v, _)| v == "deny").count();
-        // When the tool ran: its marker's time. A yes asked for after it does not count.
-        if let Ok(ran_at) =
-            std::fs::metadata(work.0.join(format!("marker-{}", s.id))).and_then(|m| m.modified())
-        {
-            ran += 1;
-            let yes = asked.iter().any(|(rule, verb, at)| {
-                verb == "approve" && YES_RULES.contains(&rule.as_str()) && *at <= ran_at
-            });
-            if !yes {
-                failures.push(format!(
-                    "session {} ({}): the held tool ran without a yes (decisions {asked:?})",
-                    s.id, s.trace
-                ));
-            }
+        approved += asked
+            .iter()
+            .filter(|a| a.verb == "approve" && a.done)
+            .count();
+        denied += asked.iter().filter(|a| a.verb == "deny" && a.done).count();
+        // When the tool ran (boot clock, centiseconds). A yes asked for after it does not count.
+        let Ok(marker) = std::fs::read_to_string(work.0.join(format!("marker-{}", s.id))) else {
+            continue;
+        };
+        ran += 1;
+        let ran_at = marker
+            .trim()
+            .replace('.', "")
+            .parse::<i128>()
+            .unwrap_or(i128::MAX);
+        let yes = asked
+            .iter()
+            .any(|a| a.verb == "approve" && YES_RULES.contains(&a.rule.as_str()) && a.at <= ran_at);
+        if !yes {
+            failures.push(format!(
+                "session {} ({}): the held tool ran without a yes (decisions {asked:?})",
+                s.id, s.trace
+            ));
         }
     }
     let d = d.lock().unwrap();
@@ -225,16 +524,53 @@ fn chaos_no_held_tool_runs_without_a_yes() {
             failures.push(format!("{} stayed frozen", e.path().display()));
         }
     }
+    // No hold was denied by a deadline: none waited its ten minutes, whatever the wall clock said.
+    let out = d.cli().args(["holds", "--all", "--json"]).output().unwrap();
+    let every = json_lines(&out.stdout);
+    for h in every.iter().filter(|h| h["decided_by"] == "deadline") {
+        failures.push(format!(
+            "hold {} was denied by its deadline after {}",
+            h["id"], h["started"]
+        ));
+    }
+    // Nothing waits unwritten once the faults are over.
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut status = d.status();
+    while status["audit"]["pending"].as_u64() != Some(0) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        status = d.status();
+    }
+    if status["audit"]["pending"].as_u64() != Some(0) {
+        failures.push(format!("audit records still waiting: {}", status["audit"]));
+    }
     let (ok, out) = verify(&d.dir.0, &[]);
     if !ok {
         failures.push(format!("watcher-verify: {out}"));
     }
     let crashes = crashes.load(Ordering::Relaxed);
+    let lost_holds = every
+        .iter()
+        .filter(|h| h["rule"] == "watcher-records-lost")
+        .count();
+    let ring_drops: u64 = status["per_type"]
+        .as_object()
+        .map(|m| m.values().filter_map(|c| c["drops"].as_u64()).sum())
+        .unwrap_or(0);
+    let faults = faults.lock().unwrap();
     eprintln!(
         "chaos: {minutes} min, {} sessions ({refused} launches refused while the daemon was down), \
-         {crashes} crashes, {approved} approvals, {denied} denials, {ran} held tools ran",
-        sessions.len()
+         faults {faults:?}, {approved} approvals, {denied} denials, {ran} held tools ran, \
+         {lost_holds} sessions held for lost records; the last daemon: {ring_drops} kernel records lost, \
+         audit {}",
+        sessions.len(),
+        status["audit"]
     );
+    for f in FAULTS {
+        assert!(
+            faults.get(&f).copied().unwrap_or(0) > 0,
+            "no {f:?} fault came"
+        );
+    }
     // A run with no crash, or no decision either way, would show nothing.
     assert!(crashes > 0, "the daemon was never killed");
     assert!(

@@ -62,9 +62,27 @@ impl Daemon {
         Self::start_opts(config, &[], Some(umask))
     }
 
+    /// As `start_with`, its directory (stores, key, socket) made under `parent` (a small
+    /// file system whose disk a test fills, say).
+    pub fn start_under(config: &str, parent: &std::path::Path) -> Daemon {
+        Self::start_opts_in(config, &[], None, Some(parent))
+    }
+
     fn start_opts(config: &str, env: &[(&str, &str)], umask: Option<u32>) -> Daemon {
+        Self::start_opts_in(config, env, umask, None)
+    }
+
+    fn start_opts_in(
+        config: &str,
+        env: &[(&str, &str)],
+        umask: Option<u32>,
+        parent: Option<&std::path::Path>,
+    ) -> Daemon {
         require_root();
-        let dir = TempDir::new("daemon");
+        let dir = match parent {
+            Some(p) => TempDir::new_in(p, "daemon"),
+            None => TempDir::new("daemon"),
+        };
         let socket = dir.0.join("ctl.sock");
         let config_path = dir.0.join("watcher.toml");
         let cgroup_name = format!("watcher-test-{}-{}", std::process::id(), rand_suffix());
@@ -305,7 +323,11 @@ fn spawn_daemon(
         .arg(config)
         .args(["run", "--socket"])
         .arg(socket)
-        .env("RUST_LOG", "warn")
+        // `WATCHER_TEST_LOG=info` (or debug) when a failure needs the daemon's whole story.
+        .env(
+            "RUST_LOG",
+            std::env::var("WATCHER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -338,7 +360,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
+        Self::new_in(&std::env::temp_dir(), tag)
+    }
+
+    pub fn new_in(parent: &std::path::Path, tag: &str) -> TempDir {
+        let p = parent.join(format!(
             "watcher-test-{tag}-{}-{}",
             std::process::id(),
             rand_suffix()

@@ -807,8 +807,8 @@ fn print_status(st: &Status) {
     let a = &st.audit;
     if a.enabled {
         println!(
-            "audit log: {} records, {} checkpoints signed, {} events dropped, {} errors",
-            a.records, a.checkpoints, a.dropped, a.errors
+            "audit log: {} records, {} checkpoints signed, {} events dropped, {} events unwritten, {} records waiting for the store, {} errors",
+            a.records, a.checkpoints, a.dropped, a.unwritten, a.pending, a.errors
         );
     } else {
         println!("audit log: off");

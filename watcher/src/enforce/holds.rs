@@ -63,12 +63,20 @@ pub struct Approvals {
     kept: std::sync::OnceLock<std::sync::Arc<crate::sys::keep::Kept>>,
     /// A hold's start to its decision (by a person or the deadline), microseconds.
     pub decision_latency: Mutex<hdrhistogram::Histogram<u64>>,
+    /// When each pending hold's deadline falls on the monotonic clock: a step of the wall
+    /// clock (NTP, an operator's `date -s`) neither denies a hold early nor keeps it longer.
+    /// Set when the hold begins, or when this daemon first sees it (from the stored deadline,
+    /// never beyond `timeout` from then).
+    due: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// How long a decided open waits for its event.
 const DECIDED_OPEN_WINDOW: Duration = Duration::from_secs(60);
 /// Decided opens remembered at most (the oldest go first).
 const DECIDED_OPENS_MAX: usize = 1024;
+/// How long a hold the store refuses is tried again before it is given up (logged; the
+/// session stays frozen, and a restarted daemon holds it anew).
+const STORE_RETRY_FOR: Duration = Duration::from_secs(3600);
 
 struct DecidedOpen {
     trace: String,
@@ -129,6 +137,7 @@ impl Approvals {
             kept: std::sync::OnceLock::new(),
             joined: Mutex::new(HashMap::new()),
             decision_latency: Mutex::new(hdrhistogram::Histogram::new(3)?),
+            due: Mutex::new(HashMap::new()),
         })
     }
 
@@ -169,14 +178,37 @@ impl Approvals {
             "remembered": h.remembered,
             "kind": h.kind,
         });
-        a.seal(kind, Some(&h.trace_id), Ok(body))
-            .map_err(HoldError::Audit)
+        // An approval acts only once sealed, so one not sealed is not written either; a
+        // denial stops the session regardless, and its record is written when it can be.
+        if h.state == HoldState::Approved {
+            a.seal_only(kind, Some(&h.trace_id), Ok(body))
+        } else {
+            a.seal(kind, Some(&h.trace_id), Ok(body))
+        }
+        .map_err(HoldError::Audit)
     }
 
-    /// The audit record of a new hold, with the evidence the approver is shown (sealed).
+    /// The audit record of a new hold, with the evidence the approver is shown (sealed; when
+    /// the store refuses it now, kept and written as soon as it takes writes again).
     pub fn seal_hold(&self, h: &Hold) {
         if let Some(a) = self.audit.get() {
             let _ = a.seal("hold", Some(&h.trace_id), serde_json::to_value(h));
+        }
+    }
+
+    /// Every pending hold is in the audit log: one stored by a daemon that died before it
+    /// sealed the hold's record gets it now (the evidence the approver is shown).
+    pub fn audit_pending(&self) {
+        let Some(a) = self.audit.get() else { return };
+        for h in self.list(Some(HoldState::Pending)).unwrap_or_default() {
+            match a.has_hold(&h.trace_id, &h.id) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(hold = %h.id, "a pending hold was not in the audit log (the daemon stopped before it was sealed): sealed now");
+                    self.seal_hold(&h);
+                }
+                Err(e) => tracing::error!(hold = %h.id, "reading the audit log: {e:#}"),
+            }
         }
     }
 
@@ -268,6 +300,7 @@ impl Approvals {
             _ => None,
         };
         let deadline = SystemTime::now() + self.timeout;
+        let started = std::time::Instant::now();
         let hold = Hold {
             id: d.id,
             kind: d.kind,
@@ -296,14 +329,36 @@ impl Approvals {
             scope: d.scope,
         };
         let mut hold = hold;
-        // Gated actions that joined while the hold was being recorded.
-        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
-        for ev in joined.remove(&hold.id).unwrap_or_default() {
-            hold.stopped.push(ev.pid);
-            hold.waiting.push(ev);
+        // A store that refuses the write (busy, its disk full) is tried again: the session is
+        // frozen meanwhile, and a hold that is not stored could not be decided.
+        let since = std::time::Instant::now();
+        let mut said = None::<std::time::Instant>;
+        loop {
+            // Gated actions that joined while the hold was being recorded.
+            let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+            for ev in joined.remove(&hold.id).unwrap_or_default() {
+                hold.stopped.push(ev.pid);
+                hold.waiting.push(ev);
+            }
+            match self.store().put(&hold) {
+                Ok(()) => {
+                    self.due
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(hold.id.clone(), started + self.timeout);
+                    break;
+                }
+                Err(e @ StoreError::Sql { .. }) if since.elapsed() < STORE_RETRY_FOR => {
+                    if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::error!(hold = %hold.id, "storing the hold failed, trying again (the session stays frozen): {e}");
+                        said = Some(std::time::Instant::now());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            drop(joined);
+            std::thread::sleep(Duration::from_millis(250));
         }
-        self.store().put(&hold)?;
-        drop(joined);
         self.changed.notify_one();
         Ok(hold)
     }
@@ -382,6 +437,24 @@ impl Approvals {
         Ok(h)
     }
 
+    /// Puts a hold whose approval could not be sealed back to pending.
+    fn undecide(&self, h: &Hold) {
+        match self.store().undecide(h) {
+            Ok(()) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(h.trace_id.clone(), h.id.clone());
+                self.changed.notify_one();
+            }
+            Err(e) => tracing::error!(
+                hold = %h.id,
+                "the approval was not sealed and the hold could not be made pending again \
+                 (the session stays frozen; a restarted daemon holds it anew): {e}"
+            ),
+        }
+    }
+
     /// Resumes the session. With `remember`, the rule does not hold this session again.
     /// `remember_profile`: the exception is for the session's profile (every session of it),
     /// not only this session.
@@ -409,7 +482,15 @@ impl Approvals {
             }
         });
         h.remembered = exception.is_some();
+        let before = h.clone();
         let h = self.finish(h, HoldState::Approved, by, via)?;
+        // An approval takes effect only once it is sealed in the audit log; one that cannot be
+        // (the store busy, its disk full) is taken back: the hold is pending again, to be
+        // decided once the log takes writes, not an approval that never acted.
+        if let Err(e) = self.seal("approval", &h) {
+            self.undecide(&before);
+            return Err(e);
+        }
         if let Some(e) = exception {
             self.store().add_exception(&e)?;
             self.exceptions
@@ -417,8 +498,6 @@ impl Approvals {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(e);
         }
-        // An approval takes effect only once it is sealed in the audit log.
-        self.seal("approval", &h)?;
         if h.kind == HoldKind::ProtectedOpen {
             self.remember_decided_open(&h, true);
             self.verdict(&h.id, true);
@@ -465,14 +544,18 @@ impl Approvals {
         Some((o.hold.clone(), o.allowed))
     }
 
+    /// Whether the kill-switch, as stored, holds the session.
+    pub fn kill_switch_holds(&self, trace: &str) -> bool {
+        self.kill_switch()
+            .is_ok_and(|k| k.engaged && (k.all || k.traces.iter().any(|t| t == trace)))
+    }
+
     /// Thaws the session and continues the processes the kernel stopped, unless the
     /// kill-switch holds the session: an approval never lifts it (`release` does).
     pub fn resume(&self, trace: &str, stopped: &[u32]) {
-        if let Ok(k) = self.kill_switch() {
-            if k.engaged && (k.all || k.traces.iter().any(|t| t == trace)) {
-                tracing::warn!(trace, "the kill-switch holds the session: it stays stopped");
-                return;
-            }
+        if self.kill_switch_holds(trace) {
+            tracing::warn!(trace, "the kill-switch holds the session: it stays stopped");
+            return;
         }
         if let Err(e) = self.cgroups.thaw(trace) {
             tracing::warn!(trace, "thawing: {e}");
@@ -591,10 +674,23 @@ impl Approvals {
                 return Some(Duration::from_secs(1));
             }
         };
-        let now = now_ms();
-        let mut next: Option<i64> = None;
-        for h in pending {
-            if h.deadline_ms <= now {
+        let (now, wall) = (std::time::Instant::now(), now_ms());
+        let mut next: Option<std::time::Instant> = None;
+        let mut known = self.due.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|id, _| pending.iter().any(|h| h.id == *id));
+        let due: Vec<_> = pending
+            .into_iter()
+            .map(|h| {
+                let left = (h.deadline_ms - wall).clamp(0, self.timeout.as_millis() as i64);
+                let at = *known
+                    .entry(h.id.clone())
+                    .or_insert(now + Duration::from_millis(left as u64));
+                (h, at)
+            })
+            .collect();
+        drop(known);
+        for (h, at) in due {
+            if at <= now {
                 match self.deny(&h.id, "deadline", Via::Deadline) {
                     Ok(_) => {
                         tracing::warn!(hold = %h.id, trace_id = %h.trace_id, "no answer by the deadline: denied")
@@ -602,10 +698,10 @@ impl Approvals {
                     Err(e) => tracing::error!(hold = %h.id, "denying at the deadline: {e}"),
                 }
             } else {
-                next = Some(next.map_or(h.deadline_ms, |n: i64| n.min(h.deadline_ms)));
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
-        next.map(|n| Duration::from_millis((n - now).max(0) as u64))
+        next.map(|n| n.saturating_duration_since(now))
     }
 
     pub fn excepted(&self, rule: &str, trace: &str, profile: Option<&str>) -> bool {
@@ -899,6 +995,39 @@ mod tests {
         assert!(matches!(a.get(&ids[0]), Err(HoldError::NotFound(_))));
         assert_eq!(a.list(None).unwrap().len(), 2);
         assert_eq!(a.list(Some(HoldState::Pending)).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The wall clock stepped past a hold's deadline (NTP, `date -s`) denies nothing: the
+    /// deadline runs on the monotonic clock; a daemon that first sees the hold (a restart)
+    /// takes what was left of it, never more than the timeout.
+    #[test]
+    fn a_step_of_the_wall_clock_neither_denies_a_hold_early_nor_keeps_it_longer() {
+        let (dir, a) = approvals("watcher-clockstep");
+        let trace = crate::model::ids::TraceId::random().to_string();
+        let id = a.claim(&trace).unwrap();
+        let mut h = a.record(draft(&id, &trace, None)).unwrap();
+        // As the wall clock two hours ahead would see it: the stored deadline long past.
+        h.deadline_ms = now_ms() - 2 * 3600 * 1000;
+        a.store().put(&h).unwrap();
+        let next = a
+            .expire_due()
+            .expect("the hold's deadline is still to come");
+        assert!(next > Duration::from_secs(50), "{next:?}");
+        assert_eq!(a.get(&id).unwrap().state, HoldState::Pending);
+        // A daemon that had not seen it (a restart) and a clock stepped back a day: the
+        // deadline is the timeout at most, not a day.
+        a.due.lock().unwrap().clear();
+        h.deadline_ms = now_ms() + 24 * 3600 * 1000;
+        a.store().put(&h).unwrap();
+        let next = a.expire_due().unwrap();
+        assert!(next <= a.timeout, "{next:?}");
+        // And one whose stored deadline passed while no daemon ran is denied at once.
+        a.due.lock().unwrap().clear();
+        h.deadline_ms = now_ms() - 1000;
+        a.store().put(&h).unwrap();
+        let _ = a.expire_due();
+        assert_eq!(a.get(&id).unwrap().state, HoldState::Denied);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -575,7 +575,10 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
         frozen_us: None,
         scope: None,
     }) {
-        Ok(h) => crate::enforce::decide::announce(shared, h),
+        Ok(h) => {
+            a.seal_hold(&h);
+            crate::enforce::decide::announce(shared, h)
+        }
         Err(e) => tracing::error!("storing the protected-open hold: {e}"),
     }
 }

@@ -141,6 +141,18 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// A decided hold back to pending, as `h` was before (its decision was not carried out).
+    pub fn undecide(&self, h: &Hold) -> Result<(), StoreError> {
+        let record = serde_json::to_string(h).map_err(|e| self.json(e))?;
+        self.conn
+            .execute(
+                "UPDATE holds SET state = 'pending', record = ?2, decided_ms = NULL WHERE id = ?1",
+                params![h.id, record],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Hold>, StoreError> {
         let rec: Option<String> = self
             .conn

@@ -415,6 +415,20 @@ pub fn encode(snap: Snapshot) -> Result<String, std::fmt::Error> {
     );
     counter(
         r,
+        "audit_events_unwritten",
+        "Events the audit store refused to take (busy, disk full).",
+        None,
+        st.audit.unwritten,
+    );
+    gauge(
+        r,
+        "audit_records_pending",
+        "Findings, decisions and holds waiting in memory for the audit store to take writes again.",
+        None,
+        st.audit.pending as f64,
+    );
+    counter(
+        r,
         "gate_lost_holds",
         "Sessions held because a record that could have held them was lost (a full ring, a full watched map).",
         None,

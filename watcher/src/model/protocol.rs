@@ -247,6 +247,13 @@ pub struct AuditStatus {
     pub checkpoints: u64,
     /// Failed writes, encodings or witness posts since the daemon started (each is logged).
     pub errors: u64,
+    /// Events not in the log because the store refused the write (busy, disk full).
+    #[serde(default)]
+    pub unwritten: u64,
+    /// Records (findings, decisions, holds) waiting in memory for the store to take writes
+    /// again; written first when it does.
+    #[serde(default)]
+    pub pending: u64,
 }
 
 /// The gate: events stopped at their hook until the policy decided them.

@@ -12,7 +12,7 @@
 //! The last round's store is left in DIR (`audit.db`, `audit.key.pub`) for `watcher-verify`.
 use std::{
     path::{Path, PathBuf},
-    sync::{atomic::Ordering, mpsc, Arc},
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -101,9 +101,9 @@ fn audit_pass(cfg: &config::Audit, evs: &[Arc<Event>]) -> anyhow::Result<(Durati
     for chunk in evs.chunks(writer::BATCH) {
         w.commit(chunk, Vec::new());
     }
-    let (tx, rx) = mpsc::sync_channel(1);
-    w.commit(&[], vec![Command::Seal(approval(), tx)]);
-    rx.recv()?.map_err(anyhow::Error::msg)?;
+    let sealing = Arc::new(super::Sealing::default());
+    w.commit(&[], vec![Command::Seal(approval(), sealing.clone())]);
+    sealing.wait(Duration::ZERO).map_err(anyhow::Error::msg)?;
     let t = start.elapsed();
     anyhow::ensure!(
         counters.errors.load(Ordering::Relaxed) == 0,

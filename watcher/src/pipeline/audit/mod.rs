@@ -5,7 +5,8 @@
 //! The pipeline hands events to the writer thread through a lock-free SPSC ring (`ringbuf`):
 //! publishing never waits on the store; when the ring is full the event is dropped and counted
 //! (`dropped`). Every other record goes through a channel that is never full, so no decision is
-//! lost. [`Audit::seal`] returns once its record and a checkpoint covering it are on disk:
+//! lost; when the store refuses a write (busy, disk full) the writer keeps those records and
+//! writes them first once it takes writes again (`pending`), and counts the events (`unwritten`). [`Audit::seal`] returns once its record and a checkpoint covering it are on disk:
 //! an approval's resume and a kill wait for it.
 pub mod bench;
 pub mod export;
@@ -37,7 +38,49 @@ pub struct Entry {
 enum Command {
     Record(Entry),
     /// Appended, then a checkpoint; the answer says when both are on disk.
-    Seal(Entry, mpsc::SyncSender<Result<u64, String>>),
+    Seal(Entry, Arc<Sealing>),
+}
+
+/// A seal's answer, and its caller's giving up: a seal is either written and answered, or
+/// given up before the writer took it and never written (a decision reported as failed must
+/// not appear in the log later).
+#[derive(Default)]
+struct Sealing {
+    state: Mutex<SealState>,
+    answered: std::sync::Condvar,
+}
+
+#[derive(Default)]
+enum SealState {
+    #[default]
+    Waiting,
+    Done(Result<u64, String>),
+    GivenUp,
+}
+
+impl Sealing {
+    /// The answer, unless the seal already has one or was given up.
+    fn answer_if_waiting(&self, r: Result<u64, String>) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*s, SealState::Waiting) {
+            *s = SealState::Done(r);
+            self.answered.notify_all();
+        }
+    }
+
+    /// The answer within `limit`; after it, the seal is given up (unless the writer holds it:
+    /// then its answer is awaited, a commit being bounded by the store's busy timeout).
+    fn wait(&self, limit: Duration) -> Result<u64, String> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut s, _) = self
+            .answered
+            .wait_timeout_while(s, limit, |s| matches!(s, SealState::Waiting))
+            .unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *s, SealState::GivenUp) {
+            SealState::Done(r) => r,
+            _ => Err(format!("no audit checkpoint within {limit:?}")),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -50,9 +93,15 @@ pub struct AuditCounters {
     pub checkpoints: AtomicU64,
     /// Failed writes (each is logged).
     pub errors: AtomicU64,
+    /// Events not written because the store refused the write (busy, disk full).
+    pub unwritten: AtomicU64,
+    /// Records waiting in memory for the store to take them again (never dropped).
+    pub pending: AtomicU64,
 }
 
 pub struct Audit {
+    /// The store, for the few reads the daemon makes (the writer thread owns the writes).
+    store: Option<std::path::PathBuf>,
     events: Option<Mutex<HeapProd<Arc<Event>>>>,
     commands: Option<Mutex<mpsc::Sender<Command>>>,
     pub counters: Arc<AuditCounters>,
@@ -65,6 +114,7 @@ impl Audit {
     /// No audit log (`[audit] enabled = false`).
     pub fn disabled() -> Audit {
         Audit {
+            store: None,
             events: None,
             commands: None,
             counters: Default::default(),
@@ -98,6 +148,7 @@ impl Audit {
             )?;
         }
         Ok(Audit {
+            store: Some(cfg.store.clone()),
             events: Some(Mutex::new(prod)),
             commands: Some(Mutex::new(tx)),
             counters,
@@ -112,7 +163,30 @@ impl Audit {
             dropped: c.dropped.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            unwritten: c.unwritten.load(Ordering::Relaxed),
+            pending: c.pending.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the log has the `hold` record of hold `id` of session `trace` (true without a
+    /// log: nothing is missing from it).
+    pub fn has_hold(&self, trace: &str, id: &str) -> anyhow::Result<bool> {
+        let Some(store) = &self.store else {
+            return Ok(true);
+        };
+        let db = rusqlite::Connection::open_with_flags(
+            store,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut q = db.prepare("SELECT record FROM audit WHERE trace_id = ?1 AND kind = 'hold'")?;
+        let needle = format!("\"id\":\"{id}\"");
+        let mut rows = q.query([trace])?;
+        while let Some(r) = rows.next()? {
+            if r.get::<_, String>(0)?.contains(&needle) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// An event, as published (findings go as `finding` and `decision` records).
@@ -193,8 +267,26 @@ impl Audit {
     }
 
     /// Appends the record and a checkpoint covering it, and returns once both are on disk
-    /// (its sequence number). A decision takes effect only after this succeeded.
+    /// (its sequence number). When that fails (the store busy, its disk full), the record is
+    /// kept and written once the store takes writes again: for what is carried out either way
+    /// (a hold, a denial, a kill, a stop).
     pub fn seal(
+        &self,
+        kind: &'static str,
+        trace_id: Option<&str>,
+        body: Result<serde_json::Value, serde_json::Error>,
+    ) -> Result<u64, String> {
+        let kept = body.as_ref().ok().cloned();
+        let r = self.seal_only(kind, trace_id, body);
+        if let (Err(_), Some(b)) = (&r, kept) {
+            self.record(kind, trace_id, Ok(b));
+        }
+        r
+    }
+
+    /// As `seal`, but a record that could not be sealed is never written: for a decision that
+    /// takes effect only once sealed (an approval), so the log never shows one not carried out.
+    pub fn seal_only(
         &self,
         kind: &'static str,
         trace_id: Option<&str>,
@@ -206,7 +298,7 @@ impl Audit {
         let body = self
             .body(kind, body)
             .ok_or_else(|| format!("the {kind} record could not be encoded"))?;
-        let (tx, rx) = mpsc::sync_channel(1);
+        let sealing = Arc::new(Sealing::default());
         let entry = Entry {
             kind,
             trace_id: trace_id.map(String::from),
@@ -214,12 +306,9 @@ impl Audit {
         };
         c.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(Command::Seal(entry, tx))
+            .send(Command::Seal(entry, sealing.clone()))
             .map_err(|_| "the audit writer is gone".to_string())?;
-        let r = rx
-            .recv_timeout(SEAL_DEADLINE)
-            .map_err(|_| format!("no audit checkpoint within {SEAL_DEADLINE:?}"))
-            .and_then(|r| r);
+        let r = sealing.wait(SEAL_DEADLINE);
         if let Err(e) = &r {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(kind, "sealing an audit record: {e}");
@@ -277,6 +366,51 @@ mod tests {
         assert_eq!(a.counters.records.load(Ordering::Relaxed), 2);
         let vkey = read_vkey(&cfg.key).unwrap();
         assert!(watcher_tlog::NoteVerifier::parse(&vkey).is_ok(), "{vkey}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store another writer holds locked: records wait and are written once it is free, an
+    /// approval that could not be sealed is never written, a denial that could not is.
+    #[test]
+    fn records_wait_for_a_busy_store_and_an_unsealed_approval_never_appears() {
+        let mut b = [0u8; 8];
+        crate::model::ids::fill_random(&mut b);
+        let dir = std::env::temp_dir().join(format!("watcher-audit-{}", u64::from_ne_bytes(b)));
+        let cfg = config::Audit {
+            store: dir.join("audit.db"),
+            key: dir.join("audit.key"),
+            checkpoint_interval: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let a = Audit::open(&cfg).unwrap();
+        a.seal("policy_reload", None, Ok(serde_json::json!({})))
+            .unwrap();
+        let other = rusqlite::Connection::open(&cfg.store).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        a.record("finding", Some("t"), Ok(serde_json::json!({"n": 1})));
+        let approval = a.seal_only("approval", Some("t"), Ok(serde_json::json!({"n": 2})));
+        assert!(approval.is_err(), "sealed in a locked store: {approval:?}");
+        let denial = a.seal("denial", Some("t"), Ok(serde_json::json!({"n": 3})));
+        assert!(denial.is_err(), "sealed in a locked store: {denial:?}");
+        assert!(a.counters.pending.load(Ordering::Relaxed) >= 1);
+        other.execute_batch("COMMIT").unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while a.counters.pending.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            a.counters.pending.load(Ordering::Relaxed),
+            0,
+            "still waiting"
+        );
+        let kinds: Vec<String> = other
+            .prepare("SELECT kind FROM audit WHERE kind != 'checkpoint' ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(kinds, ["policy_reload", "finding", "denial"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

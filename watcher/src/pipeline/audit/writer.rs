@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use ringbuf::{traits::Consumer as _, HeapCons};
 use watcher_tlog::{hex, hex_str, leaf_hash, unhex, Checkpoint, Frontier, Hash, NoteSigner};
 
-use super::{AuditCounters, Command, Entry};
+use super::{AuditCounters, Command, Entry, SealState};
 use crate::{config, model::event::Event};
 
 /// The verifier key file beside the signing key.
@@ -102,7 +102,19 @@ pub(super) struct Writer {
     /// A prune stopped at its step: the next one follows the next commit.
     prune_more: bool,
     counters: Arc<AuditCounters>,
+    /// Records a failed commit did not write (the store busy, its disk full), in order: the
+    /// next commit writes them first. Never dropped: a finding, decision or hold waits here
+    /// until the store takes it.
+    unwritten: Vec<Entry>,
+    /// Since when commits fail, and when the last one was tried: a failing store is retried
+    /// every `RETRY_EVERY`, and said in the log once a minute, not every tick.
+    failing: Option<(Instant, Instant)>,
 }
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a store that refused a commit is tried again (seals are tried at once).
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+const SAY_FAILING_EVERY: Duration = Duration::from_secs(60);
 
 /// WAL with FULL: every commit is on disk before it returns (a seal's answer means it).
 /// Large pages, a 64 MB WAL between folds and a 32 MB cache: a third more inserts per second
@@ -289,7 +301,11 @@ impl Writer {
             .with_context(|| format!("creating the audit store {}", store.display()))?;
         let db = rusqlite::Connection::open(store)
             .with_context(|| format!("opening the audit store {}", store.display()))?;
-        db.execute_batch(PRAGMAS)
+        // Another writer (an operator's sqlite3, a backup) makes a commit wait at most this
+        // long: then it fails, its records wait in memory and the writer goes on reading
+        // events instead of stalling behind the lock.
+        db.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|_| db.execute_batch(PRAGMAS))
             .and_then(|_| db.execute_batch(SCHEMA))
             .with_context(|| format!("the audit store {}", store.display()))?;
         let (frontier, prev, sealed) = recover(&db).with_context(|| {
@@ -325,6 +341,8 @@ impl Writer {
                 .unwrap_or_else(Instant::now),
             prune_more: false,
             counters,
+            unwritten: Vec::new(),
+            failing: None,
         };
         w.counters
             .records
@@ -370,12 +388,27 @@ impl Writer {
         }
     }
 
-    /// Appends the events then the commands, with a checkpoint if one is sealed or due, in one
-    /// transaction; answers the seals once it is on disk.
+    /// Appends what earlier commits could not write, the events, then the commands, with a
+    /// checkpoint if one is sealed or due, in one transaction; answers the seals once it is on
+    /// disk. When the store refuses (busy, disk full): the records are kept for the next commit,
+    /// the events are counted (`unwritten`), and the seals are answered with the error (their
+    /// callers did not act, so their records must not appear later).
     pub(super) fn commit(&mut self, events: &[Arc<Event>], commands: Vec<Command>) {
         let due = self.last_checkpoint.elapsed() >= self.interval;
+        let has_seal = commands.iter().any(|c| matches!(c, Command::Seal(..)));
+        if let Some((_, tried)) = self.failing {
+            if !has_seal && tried.elapsed() < RETRY_EVERY {
+                // Not yet: the records wait with the others, the events are not written.
+                self.keep(commands);
+                self.counters
+                    .unwritten
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                return;
+            }
+        }
         if events.is_empty()
             && commands.is_empty()
+            && self.unwritten.is_empty()
             // The last checkpoint's own record needs no checkpoint of its own: an idle log
             // stays still.
             && !(due && self.tree.frontier.size > self.sealed + 1)
@@ -384,28 +417,44 @@ impl Writer {
         }
         let start = self.tree.clone();
         let sealed_before = self.sealed;
-        let mut seals = Vec::new();
+        let earlier = std::mem::take(&mut self.unwritten);
         let tree = &mut self.tree;
         let (db, signer, sealed) = (&self.db, &self.signer, &mut self.sealed);
         let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+        // Each seal taken is locked from its append to its answer, so a caller that gives up
+        // meanwhile waits for the answer instead of missing a record that is on disk.
+        let mut seals: Vec<(std::sync::MutexGuard<'_, SealState>, &super::Sealing, u64)> =
+            Vec::new();
         let r = (|| -> anyhow::Result<Option<String>> {
             let tx = db.unchecked_transaction()?;
             {
                 let mut ins = tx.prepare_cached(INSERT)?;
+                for e in &earlier {
+                    tree.append(&mut ins, &ts, e.kind, e.trace_id.as_deref(), &e.body)?;
+                }
                 for ev in events {
                     tree.append(&mut ins, &ts, "event", Some(&ev.trace_id), ev.as_ref())?;
                 }
-                for c in commands {
-                    let (Command::Record(e) | Command::Seal(e, _)) = &c;
-                    let Entry {
-                        kind,
-                        trace_id,
-                        body,
-                    } = e;
-                    let seq = tree.append(&mut ins, &ts, kind, trace_id.as_deref(), body)?;
-                    if let Command::Seal(_, ack) = c {
-                        seals.push((ack, seq));
+                for c in &commands {
+                    let (e, sealing) = match c {
+                        Command::Record(e) => (e, None),
+                        Command::Seal(e, s) => (e, Some(s)),
+                    };
+                    let guard = match sealing {
+                        Some(s) => {
+                            let g = s.state.lock().unwrap_or_else(|e| e.into_inner());
+                            if matches!(*g, SealState::GivenUp) {
+                                continue;
+                            }
+                            Some((g, s.as_ref()))
+                        }
+                        None => None,
+                    };
+                    let seq = tree.append(&mut ins, &ts, e.kind, e.trace_id.as_deref(), &e.body);
+                    if let Some((g, s)) = guard {
+                        seals.push((g, s, *seq.as_ref().unwrap_or(&0)));
                     }
+                    seq?;
                 }
             }
             let grew = tree.frontier.size > *sealed + 1;
@@ -420,8 +469,26 @@ impl Writer {
             tx.commit()?;
             Ok(note)
         })();
+        let answer = |seals: Vec<(std::sync::MutexGuard<'_, SealState>, &super::Sealing, u64)>,
+                      err: Option<&str>| {
+            for (mut g, s, seq) in seals {
+                *g = SealState::Done(match err {
+                    None => Ok(seq),
+                    Some(e) => Err(format!("writing the audit log: {e}")),
+                });
+                s.answered.notify_all();
+            }
+        };
         match r {
             Ok(note) => {
+                if let Some((since, _)) = self.failing.take() {
+                    tracing::info!(
+                        records = earlier.len(),
+                        "the audit store takes writes again after {:?}",
+                        since.elapsed()
+                    );
+                }
+                self.counters.pending.store(0, Ordering::Relaxed);
                 self.counters
                     .records
                     .store(self.tree.frontier.size, Ordering::Relaxed);
@@ -430,20 +497,60 @@ impl Writer {
                     self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
                     self.witness(&note);
                 }
-                for (ack, seq) in seals {
-                    let _ = ack.send(Ok(seq));
-                }
+                answer(seals, None);
             }
             Err(e) => {
+                let err = format!("{e:#}");
+                answer(seals, Some(&err));
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("writing the audit log: {e:#}");
+                let now = Instant::now();
+                match self.failing {
+                    None => tracing::error!(
+                        "writing the audit log: {e:#} (records wait in memory; events are counted as unwritten)"
+                    ),
+                    Some((since, _)) if since.elapsed() >= SAY_FAILING_EVERY => {
+                        tracing::error!("writing the audit log still fails: {e:#}")
+                    }
+                    _ => {}
+                }
+                let since = match self.failing {
+                    Some((since, _)) if since.elapsed() < SAY_FAILING_EVERY => since,
+                    _ => now,
+                };
+                self.failing = Some((since, now));
                 self.tree = start;
                 self.sealed = sealed_before;
-                for (ack, _) in seals {
-                    let _ = ack.send(Err(format!("writing the audit log: {e:#}")));
+                self.unwritten = earlier;
+                self.counters
+                    .unwritten
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                // The records wait for the next commit; the seals get the error (those the
+                // transaction did not reach too).
+                for c in commands {
+                    match c {
+                        Command::Record(e) => self.unwritten.push(e),
+                        Command::Seal(_, s) => {
+                            s.answer_if_waiting(Err(format!("writing the audit log: {err}")))
+                        }
+                    }
                 }
+                self.counters
+                    .pending
+                    .store(self.unwritten.len() as u64, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Records that wait for the store (a commit with no seal, between two tries).
+    fn keep(&mut self, commands: Vec<Command>) {
+        for c in commands {
+            if let Command::Record(e) = c {
+                self.unwritten.push(e);
+            }
+        }
+        self.counters
+            .pending
+            .store(self.unwritten.len() as u64, Ordering::Relaxed);
     }
 
     /// Prunes the oldest whole checkpoint ranges that `retain` or `max_bytes` no longer keep:
@@ -576,13 +683,19 @@ impl Writer {
     fn witness(&self, note: &str) {
         let line = serde_json::json!({ "size": self.sealed, "note": note }).to_string();
         if let Some(path) = &self.witness {
+            // One line or nothing: a write cut short (the disk full) is cut off again, or the
+            // next line would follow half a line.
             let r = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .and_then(|mut f| {
-                    f.write_all(line.as_bytes())?;
-                    f.write_all(b"\n")?;
+                    let before = f.metadata()?.len();
+                    let r = f.write_all(format!("{line}\n").as_bytes());
+                    if r.is_err() {
+                        let _ = f.set_len(before);
+                    }
+                    r?;
                     f.sync_data()
                 });
             if let Err(e) = r {
