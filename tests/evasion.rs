@@ -219,6 +219,57 @@ fn an_allowed_ring_is_watched_op_by_op() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A handle made for a file (name_to_handle_at) is an event naming the file, resolved against
+/// the directory it was named from, so a rule names it as it names an open: the handle's later
+/// open (`open_by_handle_at`) names no path, and is an open of its own (above).
+#[test]
+fn a_handle_made_for_a_file_is_an_event() {
+    common::require_root();
+    let work = TempDir::new("evasion-handle");
+    let w = work.0.clone();
+    let rules = w.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("handle.yaml"),
+        "rules:\n  - id: test-handle\n    description: a handle made for a token file\n    severity: medium\n    action: alert\n    condition: {type: name_to_handle, path: \"**/handle-target-*\"}\n    examples: {match: [{type: name_to_handle, path: /w/handle-target-1}], no_match: [{type: open, path: /w/handle-target-1}, {type: name_to_handle, path: /w/other}]}\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
+    let mut failures = Vec::new();
+    for ns in [Ns::Host, Ns::Private] {
+        let name = format!("handle-target-{ns:?}");
+        std::fs::write(w.join(&name), "token").unwrap();
+        // By a name relative to the working directory (AT_FDCWD): the event's path is absolute.
+        let script = format!(
+            "cd {} && {}",
+            w.display(),
+            py(&format!(
+                "buf = ctypes.create_string_buffer(struct.pack('Ii', 128, 0) + bytes(128))\n\
+                 mnt = ctypes.c_int()\n\
+                 assert libc.syscall(303, -100, b'{name}', buf, ctypes.byref(mnt), 0) == 0, ctypes.get_errno()"
+            ))
+        );
+        let (mut child, trace) = spawn_session(d.launch_in(ns, "", &script));
+        wait_exit(&mut child);
+        let events = d.session_events(&trace, None);
+        let want = w.join(&name).display().to_string();
+        match events.iter().find(|e| e["type"] == "name_to_handle") {
+            None => failures.push(format!("{ns:?}: no name_to_handle event")),
+            Some(e) if e["path"] != want.as_str() || e["result"] != 0 => {
+                failures.push(format!("{ns:?}: the event is {e}, not a handle for {want}"))
+            }
+            Some(_) => {}
+        }
+        if !events
+            .iter()
+            .any(|e| e["type"] == "finding" && e["rule"] == "test-handle")
+        {
+            failures.push(format!("{ns:?}: the rule naming the handle did not match"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A datagram sent with a destination (sendto, sendmsg, sendmmsg: no connect at all) is a
 /// connect to the rules, from the kernel's copy of the address: a destination the policy
 /// denies is refused in the kernel before any byte leaves, and the session is held.
@@ -670,6 +721,45 @@ fn a_tmux_server_outside_the_session_is_not_asked() {
         .status()
         .unwrap();
     assert!(alive.success(), "the user's tmux server is gone");
+}
+
+/// A service on loopback that runs commands for whoever asks (here a stand-in for a container
+/// engine's TCP port, 2375) is not asked: the connect is refused in the kernel and the session
+/// held, and the service gets no byte. (The baseline lets new loopback destinations alert, so
+/// this is the pack's.)
+#[test]
+fn a_container_engine_on_loopback_is_not_asked() {
+    use std::io::Read;
+    common::require_root();
+    let work = TempDir::new("evasion-engine");
+    let w = work.0.clone();
+    let Ok(engine) = std::net::TcpListener::bind("127.0.0.1:2375") else {
+        panic!("127.0.0.1:2375 is taken on this host: a container engine listens there?");
+    };
+    engine.set_nonblocking(true).unwrap();
+    let d = pack_daemon(&w);
+    let cases = vec![Case {
+        name: "a request to the engine's TCP port",
+        script: py(
+            "import socket\ns = socket.create_connection(('127.0.0.1', 2375))\ns.sendall(b'POST /containers/create HTTP/1.0\\r\\n\\r\\n')",
+        ),
+        rules: &["local-container-engine-connect"],
+        unharmed: Box::new(move || {
+            let mut got = 0;
+            while let Ok((mut c, _)) = engine.accept() {
+                let _ = c.set_nonblocking(true);
+                let mut buf = [0u8; 256];
+                got += c.read(&mut buf).unwrap_or(0);
+            }
+            if got == 0 {
+                Ok(())
+            } else {
+                Err(format!("the engine got {got} bytes"))
+            }
+        }),
+    }];
+    let failures = run(&d, &cases);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The destination is what the kernel connected to, not what the process's buffer says once

@@ -380,6 +380,33 @@ impl Drop for TempDir {
     }
 }
 
+/// An address of this host that is not loopback, for a test's "remote" listener: a connect to
+/// it never leaves the host, and is not a loopback destination either (which the baseline
+/// tells apart). The source address of the default route; with none, 198.18.0.1 (a benchmark
+/// address) on a dummy interface made for the tests.
+pub fn local_addr() -> std::net::IpAddr {
+    static ADDR: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        // A UDP connect sends nothing: it only picks the route and its source.
+        let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("203.0.113.1:9").and_then(|()| s.local_addr()))
+            .map(|a| a.ip());
+        match routed {
+            Ok(ip) if !ip.is_loopback() && !ip.is_unspecified() => ip,
+            _ => {
+                for args in [
+                    &["link", "add", "watcher-test0", "type", "dummy"][..],
+                    &["addr", "add", "198.18.0.1/32", "dev", "watcher-test0"],
+                    &["link", "set", "watcher-test0", "up"],
+                ] {
+                    let _ = Command::new("ip").args(args).status();
+                }
+                std::net::Ipv4Addr::new(198, 18, 0, 1).into()
+            }
+        }
+    })
+}
+
 pub fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())

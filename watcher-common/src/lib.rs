@@ -62,10 +62,13 @@ pub enum EventKind {
     /// [`PathEvent`]): `args` `[opcode, submitted by the ring's polling thread]`, the path of an
     /// `OPENAT`/`OPENAT2` as the kernel copied it. Seen, not stopped: it runs in the same call.
     IoUringOp = 22,
+    /// name_to_handle_at ([`PathEvent`]): a handle made for a file, which
+    /// `open_by_handle_at` opens later by no name (that open is an `Open`).
+    NameToHandle = 23,
 }
 
 /// Number of [`EventKind`] values (size of the drop counter array).
-pub const EVENT_KINDS: u32 = 23;
+pub const EVENT_KINDS: u32 = 24;
 
 /// Kernel-side failures, counted per CPU in the `FAILURES` map by kind. None should happen;
 /// each one that does is a process or an alert the watcher may have missed, so user space
@@ -109,6 +112,7 @@ impl EventKind {
         EventKind::Dns,
         EventKind::IoUring,
         EventKind::IoUringOp,
+        EventKind::NameToHandle,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -140,6 +144,7 @@ impl EventKind {
             EventKind::Dns => "dns",
             EventKind::IoUring => "io_uring",
             EventKind::IoUringOp => "io_uring_op",
+            EventKind::NameToHandle => "name_to_handle",
         }
     }
 
@@ -160,6 +165,7 @@ impl EventKind {
             EventKind::Bpf => &["bpf"],
             EventKind::Memfd => &["memfd_create"],
             EventKind::IoUring => &["io_uring_setup"],
+            EventKind::NameToHandle => &["name_to_handle_at"],
             _ => &[],
         }
     }

@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.holds.deny,
     )?);
     approvals.set_audit(audit.clone());
-    approvals.audit_pending();
+    approvals.audit_missing();
     let (seed_tx, seed_rx) = std::sync::mpsc::channel();
     let core = Arc::new(
         Core::new(config, kernel, active, cgroups, seed_tx, audit).context("the pipeline")?,

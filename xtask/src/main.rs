@@ -42,7 +42,9 @@ enum Cmd {
     /// Run every fuzz target for a bounded time (not part of `test`).
     Fuzz(fuzz::Args),
     /// The chaos suite for longer than the minute `test` gives it: agent work and held tools
-    /// decided at random while the daemon is killed and restarted (tests/chaos.rs).
+    /// decided at random while faults come in turn (the daemon killed and restarted, the
+    /// stores locked by another writer, their disk full, the wall clock stepped, the kernel
+    /// ring overflowing) (tests/chaos.rs).
     Chaos {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,

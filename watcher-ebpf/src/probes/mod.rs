@@ -11,6 +11,7 @@ mod exit;
 mod floor;
 mod fork;
 mod guard;
+mod handle;
 mod io_uring;
 mod link;
 mod memfd;

@@ -260,9 +260,19 @@ pub fn adopt_sessions(shared: &Enforce) {
         let saved = shared.approvals.remembered_session(&trace);
         // The same id as before: the kernel's maps, when taken over, name the session by it
         // (its processes, its kill-switch, the records written while no daemon ran).
+        // Not kept (the store refused it): the taken-over map of watched processes has it.
+        let kernel_id = || {
+            if !took_over {
+                return None;
+            }
+            let k = shared.kernel.lock().unwrap_or_else(|e| e.into_inner());
+            let r = k.watched_reader().ok()?;
+            pids.iter().find_map(|p| r.session_of(*p))
+        };
         let session_id = saved
             .as_ref()
             .map(|s| s.session_id)
+            .or_else(kernel_id)
             .unwrap_or_else(new_session_id);
         let watch = watcher_common::Watch {
             session_id,

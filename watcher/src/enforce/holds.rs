@@ -77,6 +77,8 @@ const DECIDED_OPENS_MAX: usize = 1024;
 /// How long a hold the store refuses is tried again before it is given up (logged; the
 /// session stays frozen, and a restarted daemon holds it anew).
 const STORE_RETRY_FOR: Duration = Duration::from_secs(3600);
+/// How long a session the store refuses to keep is tried again (its launch waits meanwhile).
+const REMEMBER_RETRY_FOR: Duration = Duration::from_secs(10);
 
 struct DecidedOpen {
     trace: String,
@@ -196,18 +198,30 @@ impl Approvals {
         }
     }
 
-    /// Every pending hold is in the audit log: one stored by a daemon that died before it
-    /// sealed the hold's record gets it now (the evidence the approver is shown).
-    pub fn audit_pending(&self) {
+    /// Every hold of the last day, and every denial of one, is in the audit log: one that a
+    /// daemon stored but died before it sealed (or kept in memory while the log's store
+    /// refused writes) gets its record now. Approvals need none: they act only once sealed.
+    pub fn audit_missing(&self) {
         let Some(a) = self.audit.get() else { return };
-        for h in self.list(Some(HoldState::Pending)).unwrap_or_default() {
-            match a.has_hold(&h.trace_id, &h.id) {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(hold = %h.id, "a pending hold was not in the audit log (the daemon stopped before it was sealed): sealed now");
-                    self.seal_hold(&h);
-                }
-                Err(e) => tracing::error!(hold = %h.id, "reading the audit log: {e:#}"),
+        let since = SystemTime::now() - Duration::from_secs(24 * 3600);
+        let recent = self
+            .list(None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|h| humantime::parse_rfc3339(&h.started).is_ok_and(|t| t >= since));
+        for h in recent {
+            let check = |kind: &str, field: &str| {
+                a.has_record(&h.trace_id, kind, field, &h.id)
+                    .inspect_err(|e| tracing::error!(hold = %h.id, "reading the audit log: {e:#}"))
+                    .unwrap_or(true)
+            };
+            if !check("hold", "id") {
+                tracing::warn!(hold = %h.id, "a hold was not in the audit log (the daemon stopped before it was written): written now");
+                self.seal_hold(&h);
+            }
+            if h.state == HoldState::Denied && !check("denial", "hold") {
+                tracing::warn!(hold = %h.id, "a denial was not in the audit log (the daemon stopped before it was written): written now");
+                let _ = self.seal("denial", &h);
             }
         }
     }
@@ -481,8 +495,8 @@ impl Approvals {
                 hold: h.id.clone(),
             }
         });
-        h.remembered = exception.is_some();
         let before = h.clone();
+        h.remembered = exception.is_some();
         let h = self.finish(h, HoldState::Approved, by, via)?;
         // An approval takes effect only once it is sealed in the audit log; one that cannot be
         // (the store busy, its disk full) is taken back: the hold is pending again, to be
@@ -727,9 +741,20 @@ impl Approvals {
 
     /// Keeps what a session was started with (and its scope's widenings), for a restarted
     /// daemon to adopt it as it was.
+    /// A store that refuses the write (busy, its disk full) is tried again for a while: a
+    /// session not kept is adopted after a restart with no profile or scope of its own.
     pub fn remember_session(&self, s: &crate::model::session::Session) {
-        if let Err(e) = self.store().put_session(s) {
-            tracing::error!(trace_id = %s.trace_id, "keeping the session for a restart: {e}");
+        let since = std::time::Instant::now();
+        loop {
+            match self.store().put_session(s) {
+                Ok(()) => return,
+                Err(StoreError::Sql { .. }) if since.elapsed() < REMEMBER_RETRY_FOR => {}
+                Err(e) => {
+                    tracing::error!(trace_id = %s.trace_id, "keeping the session for a restart: {e}");
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 

@@ -113,6 +113,11 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_exit_bpf", "syscalls", "sys_exit_bpf"),
     ("sys_exit_memfd_create", "syscalls", "sys_exit_memfd_create"),
     (
+        "sys_exit_name_to_handle_at",
+        "syscalls",
+        "sys_exit_name_to_handle_at",
+    ),
+    (
         "sys_exit_io_uring_setup",
         "syscalls",
         "sys_exit_io_uring_setup",

@@ -282,6 +282,18 @@ pub enum Detail {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
     },
+    /// name_to_handle_at: a handle made for a file, which `open_by_handle_at` opens later
+    /// by no name (that open is an `open` event, its path the file its descriptor names).
+    #[serde(rename = "name_to_handle")]
+    NameToHandle {
+        /// Absolute when it could be resolved (see `resolved`).
+        path: String,
+        result: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Name>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resolved: bool,
+    },
     /// memfd_create: an anonymous file (`result`: its descriptor).
     Memfd {
         name: String,
@@ -486,7 +498,8 @@ impl Detail {
             | Detail::Chmod { path, .. }
             | Detail::Chown { path, .. }
             | Detail::Link { path, .. }
-            | Detail::Truncate { path, .. } => Some(path),
+            | Detail::Truncate { path, .. }
+            | Detail::NameToHandle { path, .. } => Some(path),
             Detail::Mount { path, .. }
             | Detail::Module { path, .. }
             | Detail::IoUringOp { path, .. } => path.as_deref(),
@@ -510,6 +523,7 @@ impl Detail {
             | Detail::Module { result, .. }
             | Detail::Bpf { result, .. }
             | Detail::Memfd { result, .. }
+            | Detail::NameToHandle { result, .. }
             | Detail::IoUring { result, .. } => Some(*result),
             Detail::Ptrace { result, .. } => Some(*result),
             _ => None,
@@ -586,6 +600,7 @@ impl Detail {
             Detail::Module { .. } => "module",
             Detail::Bpf { .. } => "bpf",
             Detail::Memfd { .. } => "memfd",
+            Detail::NameToHandle { .. } => "name_to_handle",
             Detail::IoUring { .. } => "io_uring",
             Detail::IoUringOp { .. } => "io_uring_op",
             Detail::Dns { .. } => "dns",
@@ -775,6 +790,9 @@ impl std::fmt::Display for Event {
                 ..
             } => write!(f, "load program {name:?} of type {prog_type} -> {result}"),
             Detail::Memfd { name, result, .. } => write!(f, "memfd {name:?} -> {result}"),
+            Detail::NameToHandle { path, result, .. } => {
+                write!(f, "handle for {path} -> {result}")
+            }
             Detail::IoUring {
                 entries, result, ..
             } => write!(f, "io_uring ring of {entries} entries -> {result}"),

@@ -205,6 +205,7 @@ fn kind_bit(d: &Detail) -> u32 {
         Detail::Dns { .. } => Kind::Dns,
         Detail::IoUring { .. } => Kind::IoUring,
         Detail::IoUringOp { .. } => Kind::IoUringOp,
+        Detail::NameToHandle { .. } => Kind::NameToHandle,
         Detail::Finding(_) => return 0,
     };
     1 << k as u32

@@ -174,6 +174,9 @@ pub fn example_event(
                 .ok_or_else(|| format!("unknown io_uring operation {op}"))?;
             o.entry("opcode").or_insert(json!(code));
         }
+        "name_to_handle" => {
+            o.entry("result").or_insert(json!(0));
+        }
         "memfd" => {
             o.entry("name").or_insert(json!("x"));
             o.entry("flags").or_insert(json!([]));

@@ -447,7 +447,8 @@ mod tests {
              - {id: c, description: d, severity: high, action: kill, mode: enforce, condition: {type: exec, exe: nc, arg: -e}}\n\
              - {id: d, description: d, severity: high, action: hold, mode: enforce, condition: {type: open, intent: write, path: [/etc/cron.d/*, /etc/crontab]}}\n\
              - {id: e, description: d, severity: high, action: hold, mode: enforce, condition: {type: connect, addr: 169.254.169.254, port: 80}}\n\
-             - {id: f, description: d, severity: high, action: alert, mode: enforce, condition: {type: connect, addr: 10.0.0.0/8}}\n",
+             - {id: f, description: d, severity: high, action: alert, mode: enforce, condition: {type: connect, addr: 10.0.0.0/8}}\n\
+             - {id: g, description: d, severity: high, action: hold, mode: enforce, condition: {type: connect, addr: [127.0.0.0/8, \"::1/128\"], port: 2375-2376}}\n",
         )
         .unwrap();
         let k = kernel::KernelPolicy::of(&p, true);
@@ -460,8 +461,19 @@ mod tests {
         let cron: Vec<_> = k.open.iter().map(|e| (e.path.as_str(), e.prefix)).collect();
         assert_eq!(cron, [("/etc/cron.d/", true), ("/etc/crontab", false)]);
         assert_eq!(k.open[0].intent, watcher_common::INTENT_WRITE);
-        assert_eq!(k.deny.len(), 1);
-        assert_eq!(k.deny[0].ports, (80, 80));
+        let deny: Vec<_> = k
+            .deny
+            .iter()
+            .map(|e| (e.rule.as_str(), e.net.to_string(), e.ports))
+            .collect();
+        assert_eq!(
+            deny,
+            [
+                ("e", "169.254.169.254/32".to_string(), (80, 80)),
+                ("g", "127.0.0.0/8".to_string(), (2375, 2376)),
+                ("g", "::1/128".to_string(), (2375, 2376)),
+            ]
+        );
     }
 }
 

@@ -234,10 +234,12 @@ pub enum Kind {
     IoUring,
     #[serde(rename = "io_uring_op")]
     IoUringOp,
+    #[serde(rename = "name_to_handle")]
+    NameToHandle,
 }
 
 /// The number of `Kind`s (one bit each in a kind mask).
-pub const KINDS: usize = 21;
+pub const KINDS: usize = 22;
 
 /// Mode bits for `mode:`: an octal string (`"4000"`, `"0o6000"`) or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

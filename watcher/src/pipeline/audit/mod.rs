@@ -168,9 +168,15 @@ impl Audit {
         }
     }
 
-    /// Whether the log has the `hold` record of hold `id` of session `trace` (true without a
-    /// log: nothing is missing from it).
-    pub fn has_hold(&self, trace: &str, id: &str) -> anyhow::Result<bool> {
+    /// Whether the log has a `kind` record of session `trace` whose body has `field` `id`
+    /// (true without a log: nothing is missing from it).
+    pub fn has_record(
+        &self,
+        trace: &str,
+        kind: &str,
+        field: &str,
+        id: &str,
+    ) -> anyhow::Result<bool> {
         let Some(store) = &self.store else {
             return Ok(true);
         };
@@ -178,9 +184,9 @@ impl Audit {
             store,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
-        let mut q = db.prepare("SELECT record FROM audit WHERE trace_id = ?1 AND kind = 'hold'")?;
-        let needle = format!("\"id\":\"{id}\"");
-        let mut rows = q.query([trace])?;
+        let mut q = db.prepare("SELECT record FROM audit WHERE trace_id = ?1 AND kind = ?2")?;
+        let needle = format!("\"{field}\":\"{id}\"");
+        let mut rows = q.query([trace, kind])?;
         while let Some(r) = rows.next()? {
             if r.get::<_, String>(0)?.contains(&needle) {
                 return Ok(true);

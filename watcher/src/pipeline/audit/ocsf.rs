@@ -4,7 +4,7 @@
 //! | record | OCSF class | activity |
 //! | --- | --- | --- |
 //! | exec, fork, exit, ptrace, setid events | Process Activity (1007) | Launch, Launch, Terminate, Inject, Set User ID |
-//! | open, unlink, rename, chmod, chown, link, truncate, mount, memfd events | File System Activity (1001) | Open, Delete, Rename, Set Security, Set Security, Create, Update, Mount, Create |
+//! | open, unlink, rename, chmod, chown, link, truncate, mount, memfd, name_to_handle events | File System Activity (1001) | Open, Delete, Rename, Set Security, Set Security, Create, Update, Mount, Create, Get Attributes |
 //! | connect events | Network Activity (4001) | Open |
 //! | dns events | DNS Activity (4003) | Response |
 //! | finding, decision, hold, approval, denial | Detection Finding (2004) | Create, then Update |
@@ -172,7 +172,7 @@ fn event(b: &Value) -> (u32, u32, Value) {
             (1007, 99)
         }
         "open" | "unlink" | "rename" | "chmod" | "chown" | "link" | "truncate" | "mount"
-        | "memfd" => {
+        | "memfd" | "name_to_handle" => {
             let path = match t {
                 "memfd" => json!(format!("memfd:{}", b["name"].as_str().unwrap_or(""))),
                 _ => b["path"].clone(),
@@ -190,6 +190,8 @@ fn event(b: &Value) -> (u32, u32, Value) {
                 "chmod" | "chown" => 7,
                 "link" | "memfd" => 1,
                 "truncate" => 3,
+                // A handle made for the file: Get Attributes (nothing is opened yet).
+                "name_to_handle" => 8,
                 _ => 12,
             };
             (1001, activity)

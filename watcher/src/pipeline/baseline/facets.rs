@@ -320,6 +320,47 @@ pub fn is_network_tool(prog: &str) -> bool {
 /// data over the network, runs code it is given, decodes hidden text, or changes the system
 /// (privileges, services, mounts, kernel, disks). A new program of none of these (`file`,
 /// `netstat`, `lsmod`) only alerts.
+/// Whether a dot name under the work directory (`$WORK/**/.name...`, as `area` keeps it) is
+/// one a program run there reads and acts on: git's hooks and configuration, direnv, editors'
+/// tasks, agents' settings and MCP servers, package managers' and CI's configuration.
+pub fn runs_from_work(value: &str) -> bool {
+    const NAMES: [&str; 27] = [
+        ".git/hooks",
+        ".git/config",
+        ".gitattributes",
+        ".gitmodules",
+        ".envrc",
+        ".vscode",
+        ".idea",
+        ".claude",
+        ".cursor",
+        ".windsurf",
+        ".continue",
+        ".codex",
+        ".goose",
+        ".roo",
+        ".clinerules",
+        ".mcp.json",
+        ".aider.conf.yml",
+        ".npmrc",
+        ".yarnrc",
+        ".yarnrc.yml",
+        ".pypirc",
+        ".cargo",
+        ".github",
+        ".gitlab-ci.yml",
+        ".pre-commit-config.yaml",
+        ".husky",
+        ".devcontainer",
+    ];
+    let Some(rest) = value.strip_prefix("$WORK/**/") else {
+        return false;
+    };
+    NAMES
+        .iter()
+        .any(|n| rest == *n || rest.strip_prefix(n).is_some_and(|r| r.starts_with('/')))
+}
+
 pub fn program_class(prog: &str) -> Option<&'static str> {
     // `python3.11`, `perl5.36`: the name without its version, when the name itself is none.
     class_of(prog)
@@ -344,10 +385,21 @@ fn class_of(p: &str) -> Option<&'static str> {
 }
 
 /// A destination as a profile keeps it: `host:port` when the session resolved the name,
-/// otherwise the /24 (IPv4) or /48 (IPv6) network and the port.
+/// otherwise the /24 (IPv4) or /48 (IPv6) network and the port; loopback as `loopback:PORT`
+/// below 1024 and `loopback:1024+` above (a dev server's port is new each run).
 pub fn destination(addr: &str, port: u16, host: Option<&str>) -> String {
     if let Some(h) = host {
         return format!("{}:{port}", h.to_ascii_lowercase());
+    }
+    if addr
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|a| a.to_canonical().is_loopback())
+    {
+        return if port >= 1024 {
+            "loopback:1024+".into()
+        } else {
+            format!("loopback:{port}")
+        };
     }
     match addr.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) => {
@@ -365,6 +417,42 @@ pub fn destination(addr: &str, port: u16, host: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_is_one_destination_per_privileged_port_and_one_above() {
+        assert_eq!(destination("127.0.0.1", 22, None), "loopback:22");
+        assert_eq!(destination("127.0.0.53", 41067, None), "loopback:1024+");
+        assert_eq!(destination("::1", 8080, None), "loopback:1024+");
+        assert_eq!(
+            destination("::ffff:127.0.0.1", 9000, None),
+            "loopback:1024+"
+        );
+        assert_eq!(destination("192.0.2.7", 4444, None), "192.0.2.0/24:4444");
+    }
+
+    #[test]
+    fn the_dot_names_programs_run_from_are_told_from_other_dot_files() {
+        for v in [
+            "$WORK/**/.git/hooks",
+            "$WORK/**/.git/config",
+            "$WORK/**/.vscode/settings.json",
+            "$WORK/**/.mcp.json",
+            "$WORK/**/.github/workflows/ci.yml",
+            "$WORK/**/.envrc",
+        ] {
+            assert!(runs_from_work(v), "{v}");
+        }
+        for v in [
+            "$WORK/**/.env",
+            "$WORK/**/.package-lock.json",
+            "$WORK/**/.config/tool",
+            "$WORK/**/.git/index",
+            "$WORK/**/.mcp.json.bak",
+            "$HOME/.bashrc",
+        ] {
+            assert!(!runs_from_work(v), "{v}");
+        }
+    }
 
     #[test]
     fn areas_generalise_names_but_keep_dot_files() {

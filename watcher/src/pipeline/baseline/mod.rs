@@ -941,7 +941,25 @@ fn extract(
         Detail::IoUring { result, .. } if *result >= 0 => {
             out.push((Facet::Kind, "io_uring".into(), None))
         }
-        Detail::Ptrace { .. } => out.push((Facet::Kind, "ptrace".into(), None)),
+        // Into a process of the same session (a sanitizer's leak check, a debugger the agent
+        // started on its own program): nothing it could not reach already. Into any other
+        // process: the tamper check's (outside every session) or a new reach.
+        Detail::Ptrace { target_pid, .. } => {
+            let inside = cx
+                .tree
+                .get(*target_pid)
+                .is_some_and(|p| p.session_id == cx.session_id);
+            out.push((
+                Facet::Kind,
+                if inside {
+                    "ptrace-in-session"
+                } else {
+                    "ptrace"
+                }
+                .into(),
+                None,
+            ))
+        }
         _ => {}
     }
 }
@@ -958,9 +976,13 @@ fn score(f: Facet, base: Option<Base>, value: &str) -> f32 {
     let dot_in_work = || value.starts_with("$WORK/**/.") && !value.ends_with(']');
     match f {
         Facet::ExecLocation => 0.9,
+        // A program never run before, from a place this profile runs programs from: new
+        // network reach, a new privilege or a decoder (what `base64 -d | sh` needs) holds;
+        // another interpreter (`perl -pi`) or any other tool alerts (code from a new place is
+        // `ExecLocation`'s, a newly written file the rules').
         Facet::Exec => match facets::program_class(facets::basename(value)) {
-            Some(_) => 0.75,
-            None => 0.5,
+            Some("network" | "system" | "decoder") => 0.75,
+            _ => 0.5,
         },
         Facet::Command => 0.35,
         Facet::Edge => {
@@ -987,18 +1009,26 @@ fn score(f: Facet, base: Option<Base>, value: &str) -> f32 {
             Some(Base::Home | Base::System) => 0.8,
             Some(Base::DevShm) => 0.7,
             Some(Base::Dev | Base::Proc) => 0.5,
-            Some(Base::Work) if dot_in_work() => 0.7,
+            // What a program run here will read and act on (hooks, editor tasks, an agent's
+            // settings, CI) holds as a start-up file does; other dot files (`.env`, a
+            // package manager's lock or cache) alert.
+            Some(Base::Work) if dot_in_work() && facets::runs_from_work(value) => 0.7,
+            Some(Base::Work) if dot_in_work() => 0.5,
             Some(Base::Work) => 0.15,
             Some(Base::Tmp) => 0.2,
             _ => 0.1,
         },
         Facet::Destination => {
-            if value.starts_with("unix:") {
+            // Loopback cannot leave the host (after a new read of a secret area it still
+            // holds: the sequence); the services on it that run commands for whoever asks are
+            // the pack's (`local-container-engine-connect`).
+            if value.starts_with("unix:") || value.starts_with("loopback:") {
                 0.4
             } else {
                 0.8
             }
         }
+        Facet::Kind if value == "ptrace-in-session" => 0.5,
         Facet::Kind => 0.8,
     }
 }

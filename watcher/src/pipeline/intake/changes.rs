@@ -1,5 +1,5 @@
 //! The records of the hooks that change the host (unlink, rename, chmod, chown, link,
-//! truncate, setid, mount, module, bpf, memfd) as events: paths made absolute through the
+//! truncate, setid, mount, module, bpf, memfd, name_to_handle) as events: paths made absolute through the
 //! directory descriptor or the working directory, calls by descriptor resolved to the file's
 //! path.
 use watcher_common::{Creds, EventHeader, EventKind, CHOWN_OWNER_KNOWN};
@@ -120,6 +120,15 @@ pub fn path_detail(
             result,
             error,
         },
+        EventKind::NameToHandle => {
+            let (path, resolved) = at(tree, pid, dfd, path);
+            Detail::NameToHandle {
+                path,
+                result,
+                error,
+                resolved,
+            }
+        }
         EventKind::Memfd => {
             if result >= 0 {
                 tree.opened(pid, result, &format!("/memfd:{path}"));

@@ -286,6 +286,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         | EventKind::Bpf
         | EventKind::IoUring
         | EventKind::IoUringOp
+        | EventKind::NameToHandle
         | EventKind::Memfd => {
             // Short or long, like an open.
             let ev: PathEvent<0> = read(buf, kind.name())?;

@@ -3,7 +3,9 @@
 //! namespaces, an overlay over `/` that vanishes, a tmpfs home with fake secrets). Every hold is
 //! denied. Three passes: the rule pack on; the rules off with a learned profile in enforce
 //! mode; both together. Per category: items with a finding, items held or killed, and false
-//! holds of the discovery items.
+//! holds of the discovery items. `--normal`: the normal-work corpus instead (normal.rs).
+mod normal;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -41,6 +43,13 @@ pub struct Args {
     /// Only this pass: `rules` (the pack), `baseline` (rules off, a learned profile) or `both`.
     #[arg(long)]
     pass: Option<String>,
+    /// The normal-work corpus (eval/normal-work.yaml) instead of the attack items: holds per
+    /// 100 sessions, rules alone and rules with a profile learned from part of it.
+    #[arg(long)]
+    normal: bool,
+    /// The corpus of `--normal` (default: eval/normal-work.yaml).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +71,10 @@ struct Outcome {
     rules: Vec<String>,
     /// What the first finding that stopped it was about (a baseline or scope anomaly).
     why: Option<String>,
+    /// The session's exit code (None: killed, or still running at the timeout).
+    code: Option<i32>,
+    /// How long it ran.
+    took: Duration,
 }
 
 /// Normal work of an agent in a sandbox: a C program, git on a local repository, the shell
@@ -90,6 +103,9 @@ rm -rf app
 pub fn run(a: Args) -> anyhow::Result<()> {
     crate::cargo(&["build", "-p", "watcher"])?;
     let bin = root().join("target/debug/watcher");
+    if a.normal {
+        return normal::run(&a, &bin);
+    }
     let items_file = a
         .items
         .clone()
@@ -386,8 +402,8 @@ impl EvalDaemon {
         timeout: u64,
     ) -> anyhow::Result<Outcome> {
         let sb = self.dir.join("sandbox");
-        let mut child = Command::new("unshare")
-            .args(["--mount", "--net", "--fork"])
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--net", "--fork"])
             .arg(sandbox)
             .arg(&sb)
             .arg(&self.dir)
@@ -403,12 +419,19 @@ impl EvalDaemon {
                 "-c",
                 command,
             ])
-            .env("PREREQ", prereq.unwrap_or(""))
+            .env("PREREQ", prereq.unwrap_or(""));
+        self.session(cmd, timeout)
+    }
+
+    /// Runs `cmd`, which launches one watched session (it prints the trace id); denies every
+    /// hold as it comes; kills the session at the timeout. What the session's findings were.
+    fn session(&self, mut cmd: Command, timeout: u64) -> anyhow::Result<Outcome> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting the sandbox (unshare)")?;
+            .with_context(|| format!("starting {cmd:?}"))?;
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut trace = None;
         let mut seen = String::new();
@@ -423,7 +446,7 @@ impl EvalDaemon {
         }
         let Some(trace) = trace else {
             let _ = child.wait();
-            bail!("the sandbox started no session: {seen}");
+            bail!("no session started: {seen}");
         };
         std::thread::spawn(move || for _ in err.lines() {});
         // Deny each hold as it comes.
@@ -458,8 +481,10 @@ impl EvalDaemon {
             }
         });
         let start = Instant::now();
+        let mut code = None;
         loop {
-            if child.try_wait()?.is_some() {
+            if let Some(status) = child.try_wait()? {
+                code = status.code();
                 break;
             }
             if start.elapsed() > Duration::from_secs(timeout) {
@@ -476,7 +501,11 @@ impl EvalDaemon {
         let out = self
             .cli(&["findings", "--json", "--trace", &trace])
             .output()?;
-        let mut o = Outcome::default();
+        let mut o = Outcome {
+            code,
+            took: start.elapsed(),
+            ..Outcome::default()
+        };
         for l in String::from_utf8_lossy(&out.stdout).lines() {
             let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
             o.findings += 1;
