@@ -231,13 +231,14 @@ fn chaos_no_held_tool_runs_without_a_yes() {
         ),
     )
     .unwrap();
-    // The stores' disk, and the audit log bounded well inside it (the storms' events are many):
-    // full only when the test fills it.
-    let disk = Disk::new("1g");
+    // The stores' disk, and the audit log bounded inside it (the storms write some 250 MB a
+    // minute): full only when the test fills it, and retention keeps a few minutes of records,
+    // more than the minute the checker below waits for a hold's record.
+    let disk = Disk::new("1536m");
     // A small kernel ring: a storm session overflows it, and records that could hold are lost.
     let d = Arc::new(Mutex::new(Daemon::start_under(
         &format!(
-            "[daemon]\nring_buffer_bytes = 262144\n[rules]\npath = \"{}\"\n[holds]\ntimeout = \"10m\"\n[audit]\nmax_bytes = 268435456\n",
+            "[daemon]\nring_buffer_bytes = 262144\n[rules]\npath = \"{}\"\n[holds]\ntimeout = \"10m\"\n[audit]\nmax_bytes = 805306368\n",
             rules.display()
         ),
         &disk.0 .0,
