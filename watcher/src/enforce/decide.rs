@@ -228,24 +228,6 @@ pub fn adopt_sessions(shared: &Enforce) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .took_over();
-    // Processes the gate stopped whose record is still to come (in the taken-over ring) or
-    // will be swept: not this function's to hold.
-    let gated: std::collections::HashSet<u32> = if took_over {
-        let handle = shared
-            .kernel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .gate_handle();
-        match handle {
-            Ok(g) => g.waiting().into_iter().map(|(tgid, _)| tgid).collect(),
-            Err(e) => {
-                tracing::error!("no handle on the gate's maps at adoption: {e:#}");
-                Default::default()
-            }
-        }
-    } else {
-        Default::default()
-    };
     for trace in cg.sessions() {
         let pids = cg.pids(&trace);
         if pids.is_empty() {
@@ -331,15 +313,9 @@ pub fn adopt_sessions(shared: &Enforce) {
             );
         } else if frozen {
             recover_unrecorded_hold(shared, &trace, &pids, RECOVERED_RULE, RECOVERED_WHY);
-        } else if pids
-            .iter()
-            .any(|p| crate::sys::procfs::is_stopped(*p) && !gated.contains(p))
-            && !shared.approvals.kill_switch_holds(&trace)
-        {
+        } else if !took_over && pids.iter().any(|p| crate::sys::procfs::is_stopped(*p)) {
             // Stopped at a hook (the gate, a kernel hold) by a daemon that died before it
-            // answered, or before it froze the session for the hold it had decided on (the
-            // gate's entry already answered, so no record or sweep will come for it): the
-            // session waits for a human, as a hold.
+            // answered: the session waits for a human, as a hold.
             freeze_session(shared, &trace, 0, &|| pids.clone());
             recover_unrecorded_hold(shared, &trace, &pids, UNANSWERED_RULE, UNANSWERED_WHY);
         }
