@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     absent,
-    holds::{await_hold, launch_bg, show_hold, verdict, wait_exit},
+    holds::{await_hold, launch_bg, next_hold, show_hold, verdict, wait_exit},
     pack_dir, Daemon, FakeHome, TempDir, DEADLINE,
 };
 
@@ -28,6 +28,23 @@ fn rules_config(w: &std::path::Path, extra: &str) -> String {
     )
 }
 
+/// A session of two processes that each copy `h`'s token file into `w` (`first`, then,
+/// half a second later, `second`).
+fn two_reads(h: &std::path::Path, w: &std::path::Path) -> String {
+    let copy = |to: &str| {
+        format!(
+            "fd = os.open('{}/.npmrc', os.O_RDONLY); open('{}/{to}', 'wb').write(os.read(fd, 4096))",
+            h.display(),
+            w.display()
+        )
+    };
+    format!(
+        "/usr/bin/python3 -c \"import os, time\nif os.fork() == 0:\n    time.sleep(0.5)\n    {}\n    os._exit(0)\n{}\nos.wait()\"",
+        copy("second"),
+        copy("first")
+    )
+}
+
 /// Two processes of one session read a token file at about the same time; the daemon answers
 /// two seconds late, so the second read is stopped by the gate while the first one's hold is
 /// pending. The second joins that hold (it is in `waiting`), and deny with `deny = "process"`
@@ -42,18 +59,7 @@ fn a_gated_action_of_a_held_session_waits_with_the_hold() {
     let w = work.0.clone();
     let config = rules_config(&w, "").replace("[holds]\n", "[holds]\ndeny = \"process\"\n");
     let d = Daemon::start_with_env(&config, &[("WATCHER_FAULT", "slow-gate-answer")]);
-    let copy = |to: &str| {
-        format!(
-            "fd = os.open('{}/.npmrc', os.O_RDONLY); open('{}/{to}', 'wb').write(os.read(fd, 4096))",
-            h.display(),
-            w.display()
-        )
-    };
-    let script = format!(
-        "/usr/bin/python3 -c \"import os, time\nif os.fork() == 0:\n    time.sleep(0.5)\n    {}\n    os._exit(0)\n{}\nos.wait()\"",
-        copy("second"),
-        copy("first")
-    );
+    let script = two_reads(&h, &w);
     let (mut child, trace) = launch_bg(&d, &script);
     let hold = await_hold(&d, &trace);
     assert_eq!(hold["rule"], "token-file-read", "{hold}");
@@ -81,6 +87,45 @@ fn a_gated_action_of_a_held_session_waits_with_the_hold() {
     wait_exit(&mut child);
     absent(&w.join("first")).unwrap();
     absent(&w.join("second")).unwrap();
+}
+
+/// As above, but the hold store refuses the second read's join. The second process stays
+/// stopped when the hold is approved (the approver did not see it), and it is not left stopped
+/// with nothing to decide: the gate sweeper asks about it in a hold of its own, and approving
+/// that one lets it make its copy. (Before, its gate entry went when it joined, so a refused
+/// join, or a daemon that died before storing it, left the process stopped for good.)
+#[test]
+fn a_gated_action_whose_join_is_not_stored_is_asked_about_again() {
+    common::require_root();
+    let home = FakeHome::new();
+    let h = home.0.clone();
+    let work = TempDir::new("decisions-join-refused");
+    let w = work.0.clone();
+    let d = Daemon::start_with_env(
+        &rules_config(&w, ""),
+        &[("WATCHER_FAULT", "slow-gate-answer,join-refused")],
+    );
+    let script = two_reads(&h, &w);
+    let (mut child, trace) = launch_bg(&d, &script);
+    let first = await_hold(&d, &trace);
+    assert_eq!(first["rule"], "token-file-read", "{first}");
+    // The second read reaches the daemon (two seconds after the first) while the first
+    // hold is pending; its finding names that hold, and its join (refused) follows within
+    // the same step of the intake, well before an approval from the command line arrives.
+    let pid = first["trigger"]["pid"].clone();
+    common::holds::first_finding(&d, &trace, |v| v["hold"] == first["id"] && v["pid"] != pid)
+        .expect("the second read never reached the daemon");
+    verdict(&d, "approve", &first);
+    let second = next_hold(&d, &trace, &first);
+    assert_eq!(second["rule"], "watcher-unanswered-gate", "{second}");
+    assert!(w.join("first").exists(), "the approved read did not go on");
+    absent(&w.join("second")).unwrap();
+    verdict(&d, "approve", &second);
+    assert!(wait_exit(&mut child).success());
+    assert!(
+        w.join("second").exists(),
+        "the second read was never let go"
+    );
 }
 
 /// A session the kill-switch froze stays frozen when one of its holds is approved: only

@@ -334,7 +334,12 @@ fn a_crash_between_freeze_and_store_leaves_a_decidable_hold() {
              watcher/fault-injection (cargo xtask test does)"
         );
     }
-    let (_work, mut d, w) = hold_setup_env("", &[("WATCHER_FAULT", "before-hold-store")]);
+    // The webhook hears of the hold made at start-up too (it announced none before).
+    let (port, hooks) = webhook_receiver();
+    let (_work, mut d, w) = hold_setup_env(
+        &format!("[holds]\nwebhook = \"http://127.0.0.1:{port}/\"\n"),
+        &[("WATCHER_FAULT", "before-hold-store")],
+    );
     let (mut child, trace) = launch_bg(&d, &format!("{w}/held-tool unrecorded"));
     let st = d.await_death();
     assert_eq!(
@@ -354,6 +359,11 @@ fn a_crash_between_freeze_and_store_leaves_a_decidable_hold() {
         .clone();
     assert_eq!(hold["rule"], "watcher-recovered-hold", "{hold}");
     assert_eq!(hold["state"], "pending");
+    let posted = hooks
+        .recv_timeout(DEADLINE)
+        .expect("the recovered hold was not sent to the webhook");
+    let posted: Value = serde_json::from_str(&posted).unwrap();
+    assert_eq!(posted["hold"]["id"], hold["id"], "{posted}");
     assert!(frozen(&d, &trace), "the session thawed");
     assert!(!marker(&w, "unrecorded"));
     verdict(&d, "approve", &hold);

@@ -677,13 +677,18 @@ pub struct Gated {
 /// not be watched): no record will answer the stop, so user space holds the session at once.
 pub const GATED_LOST: u32 = 1;
 
-/// The value of a `DENY_V4`/`DENY_V6` entry: the ports refused (host order, inclusive).
+/// Port ranges one `DENY_V4`/`DENY_V6` entry holds at most.
+pub const FAST_NET_RANGES: usize = 8;
+
+/// The value of a `DENY_V4`/`DENY_V6` entry: the ports refused, as `n` ranges (host order,
+/// inclusive). The trie answers with the longest prefix only, so an entry carries the ranges
+/// of every entry whose network covers it as well: two rules on one network, or on a network
+/// and one inside it, both refuse.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastNet {
-    pub port_lo: u16,
-    pub port_hi: u16,
-    pub _pad: u32,
+    pub ranges: [[u16; 2]; FAST_NET_RANGES],
+    pub n: u32,
 }
 
 /// Where the fields the programs read live. Tracepoint field offsets come from

@@ -15,7 +15,9 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use watcher_common::{ConnectEvent, EventKind, FastNet, Watch, EVENT_FLAG_SEND, SOCKADDR_MAX};
+use watcher_common::{
+    ConnectEvent, EventKind, FastNet, Watch, EVENT_FLAG_SEND, FAST_NET_RANGES, SOCKADDR_MAX,
+};
 
 use crate::shared::{
     count_drop, current_tgid, current_tid, halt_engaged, halted, net_may_match, watch_of, DENY_V4,
@@ -134,10 +136,18 @@ fn verdict(entry: Option<FastNet>, port_be: u32, connect: bool) -> i32 {
         return ALLOW;
     };
     let port = u16::from_be(port_be as u16);
-    if port < e.port_lo || port > e.port_hi {
-        return ALLOW;
+    let mut i = 0;
+    while i < FAST_NET_RANGES {
+        if i as u32 >= e.n {
+            break;
+        }
+        let [lo, hi] = e.ranges[i];
+        if lo <= port && port <= hi {
+            return refuse(connect);
+        }
+        i += 1;
     }
-    refuse(connect)
+    ALLOW
 }
 
 const AF_INET: u32 = 2;

@@ -453,8 +453,17 @@ fn sweep_gates(shared: &Enforce, gate: &mut crate::kernel::gate::GateHandle) {
             );
             continue;
         };
-        if shared.approvals.pending_for(&trace).is_some() {
-            // Its session waits for a decision already; this one is asked after it.
+        if let Some(id) = shared.approvals.pending_for(&trace) {
+            // A gated action that joined the hold is the hold's to answer once it is stored
+            // there; anything else of the session is asked about after it.
+            if shared.approvals.stops(&id, tgid) {
+                gate.answered(tgid);
+            }
+            continue;
+        }
+        if !lost && !crate::sys::procfs::is_stopped(tgid) {
+            // Let go meanwhile (the hold it joined was approved): nothing waits.
+            gate.answered(tgid);
             continue;
         }
         let pids = shared.approvals.cgroups.pids(&trace);
@@ -551,7 +560,8 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
     }) {
         Ok(h) => {
             a.seal_hold(&h);
-            tracing::warn!(hold = %h.id, trace_id = trace, "a frozen session had no hold (the daemon stopped first): hold recovered");
+            tracing::warn!(hold = %h.id, trace_id = trace, "a session stopped for a question had no hold: hold made");
+            announce(shared, h);
         }
         Err(e) => tracing::error!(
             trace_id = trace,
@@ -599,16 +609,8 @@ pub async fn sweep_cgroups(shared: Arc<Enforce>) {
 /// POSTs a new hold to the configured webhook, on the announcer thread: a slow or dead
 /// webhook (10 s timeout) delays only later announcements. A failure is logged: the hold
 /// stands either way.
-pub fn announce(shared: &Arc<Enforce>, h: crate::model::hold::Hold) {
-    if shared.config.holds.webhook.is_none() {
-        return;
-    }
-    let s = shared.clone();
-    shared.announcer.submit(move || post_hold(&s, &h));
-}
-
-fn post_hold(shared: &Enforce, h: &crate::model::hold::Hold) {
-    let Some(url) = &shared.config.holds.webhook else {
+pub fn announce(shared: &Enforce, h: crate::model::hold::Hold) {
+    let Some(url) = shared.config.holds.webhook.clone() else {
         return;
     };
     let body = match shared.config.holds.webhook_format {
@@ -629,11 +631,14 @@ fn post_hold(shared: &Enforce, h: &crate::model::hold::Hold) {
             ),
         }),
     };
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
-    match agent.post(url).send_json(body) {
-        Ok(_) => tracing::info!(hold = %h.id, "webhook notified"),
-        Err(e) => tracing::error!(hold = %h.id, url, "webhook: {e}"),
-    }
+    // Off the caller's thread: a slow receiver never delays a hold or the intake.
+    shared.announcer.submit(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        match agent.post(&url).send_json(body) {
+            Ok(_) => tracing::info!(hold = %h.id, "webhook notified"),
+            Err(e) => tracing::error!(hold = %h.id, url, "webhook: {e}"),
+        }
+    });
 }

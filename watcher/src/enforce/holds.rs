@@ -390,8 +390,18 @@ impl Approvals {
             Ok(Some(mut h)) if h.state == HoldState::Pending => {
                 h.stopped.push(ev.pid);
                 h.waiting.push(ev.clone());
-                if let Err(e) = self.store().put(&h) {
-                    tracing::error!(hold = %id, "a gated action could not join its hold: {e}");
+                let put = if crate::sys::fault::fails(crate::sys::fault::JOIN_REFUSED) {
+                    Err(StoreError::Io {
+                        path: "hold store".into(),
+                        source: std::io::Error::other("refused by fault injection"),
+                    })
+                } else {
+                    self.store().put(&h)
+                };
+                // Still stopped and still in the gate's map: once this hold is decided, the
+                // gate sweeper asks about it again (it is not in what approve continues).
+                if let Err(e) = put {
+                    tracing::error!(hold = %id, pid = ev.pid, "a gated action could not join its hold, it is asked about after it: {e}");
                 }
             }
             // Not stored yet (it is being recorded): `record` takes it.
@@ -401,6 +411,11 @@ impl Approvals {
         }
         tracing::warn!(trace_id = %ev.trace_id, pid = ev.pid, "a gated action joined the pending hold");
         true
+    }
+
+    /// Whether the stored hold `id` lists `pid` among the processes its decision answers.
+    pub fn stops(&self, id: &str, pid: u32) -> bool {
+        matches!(self.store().get(id), Ok(Some(h)) if h.stopped.contains(&pid))
     }
 
     pub fn get(&self, id: &str) -> Result<Hold, HoldError> {

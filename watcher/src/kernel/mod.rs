@@ -24,9 +24,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use watcher_common::{
-    net_filter_bit, path_filter_bit, AgentName, FastNet, FastRule, ProbeConfig, Watch,
-    AGENT_NAME_MAX, EVENT_KINDS, FAST_KILL, FAST_MARK, FAST_PATH_MAX, FAST_STOP, FILTER_EXEC,
-    FILTER_OPEN, NET_FILTER_WORDS, PATH_FILTER_WORDS,
+    net_filter_bit, path_filter_bit, AgentName, FastRule, ProbeConfig, Watch, AGENT_NAME_MAX,
+    EVENT_KINDS, FAST_KILL, FAST_MARK, FAST_PATH_MAX, FAST_STOP, FILTER_EXEC, FILTER_OPEN,
+    NET_FILTER_WORDS, PATH_FILTER_WORDS,
 };
 
 pub use self::floor::Floor;
@@ -881,30 +881,24 @@ impl Kernel {
         for (table, list) in filters {
             self.set_filter_words("PATH_FILTER", table * PATH_FILTER_WORDS, &path_filter(list))?;
         }
-        let net = |e: &NetEntry| FastNet {
-            port_lo: e.ports.0,
-            port_hi: e.ports.1,
-            _pad: 0,
-        };
-        let v4 = kp
-            .deny
+        let (values, widened) = policy::deny_values(&kp.deny);
+        for net in widened {
+            tracing::warn!(
+                %net,
+                "more port ranges refused on this network than one kernel entry holds: the nearest are joined, and the ports between them are refused too"
+            );
+        }
+        let v4 = values
             .iter()
-            .filter_map(|e| match e.net {
-                IpNet::V4(n) => Some((
-                    Key::new(n.prefix_len() as u32, n.network().octets()),
-                    net(e),
-                )),
+            .filter_map(|(n, v)| match n {
+                IpNet::V4(n) => Some((Key::new(n.prefix_len() as u32, n.network().octets()), *v)),
                 IpNet::V6(_) => None,
             })
             .collect();
-        let v6 = kp
-            .deny
+        let v6 = values
             .iter()
-            .filter_map(|e| match e.net {
-                IpNet::V6(n) => Some((
-                    Key::new(n.prefix_len() as u32, n.network().octets()),
-                    net(e),
-                )),
+            .filter_map(|(n, v)| match n {
+                IpNet::V6(n) => Some((Key::new(n.prefix_len() as u32, n.network().octets()), *v)),
                 IpNet::V4(_) => None,
             })
             .collect();

@@ -568,6 +568,16 @@ impl Detail {
         })
     }
 
+    /// The name a rename, link or truncate wrote (what `as_write` opens), to be named by
+    /// the policy's name for it.
+    pub fn written_name_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Detail::Rename { new_path, .. } => Some(new_path),
+            Detail::Link { path, .. } | Detail::Truncate { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
     /// The name an `as_write` open replaced (its path), for the undo on deny.
     pub fn replaced_name(&self) -> Option<&str> {
         match self {

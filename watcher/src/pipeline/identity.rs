@@ -3,7 +3,13 @@
 //! that appear are covered; a new home reloads the policy), written to the kernel's `GATE_INODE` map by identity (inode and
 //! device), and kept here by name. A gated open of one of them under another name (a symlink,
 //! a hard link, a bind mount, `/proc/self/root/…`) is then evaluated under the policy's name.
-use std::{collections::HashMap, os::fd::AsFd as _, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use watcher_common::{Gate, InodeKey, GATE_OPEN, INTENT_CREATE, INTENT_TRUNCATE, INTENT_WRITE};
 
@@ -186,6 +192,59 @@ impl Core {
             }
         }
         differs(real.to_string())
+    }
+
+    /// The policy's name for the name a rename, link or truncate wrote, when that is not
+    /// `named`: `written` is absolute as the process wrote it (`..` and symlinks unresolved),
+    /// resolved in the root of the first of `pids` still there (the caller, else its
+    /// session's), else in the daemon's. A truncate follows a final symlink (`follow`), so the file itself is
+    /// looked up by identity first; then, for each call, the directory the name is in.
+    pub fn policy_name_written(
+        &self,
+        pids: impl IntoIterator<Item = u32>,
+        written: &str,
+        named: &str,
+        follow: bool,
+    ) -> Option<String> {
+        let p = Path::new(written);
+        let (parent, base) = (p.parent()?, p.file_name()?);
+        // None left (the call was not stopped, and the session ended before its record was
+        // read): the daemon's own view, as an undo takes then. In a namespace of its own that
+        // may name nothing (missed) or another file (a hold no one needed): never a release.
+        let view = crate::sys::view::View::of(pids);
+        let index = self.inodes.load();
+        let key = |(ino, dev): (u64, u32), dir: u32| InodeKey { ino, dev, dir };
+        let mut ids = crate::sys::files::Identities::default();
+        // As in `policy_name`: an index entry counts only while its name is still that file.
+        let mut still = |name: &str, id| ids.of(Path::new(name)) == Some(id);
+        let mut found = crate::sys::files::Identities::default();
+        let differs = |name: String| (name != named).then_some(name);
+        if follow {
+            if let Ok(fd) = view.open(p) {
+                if let Some(id) = found.of_in(fd.as_fd(), c"", view.pid()) {
+                    if let Some(name) = index.get(&key(id, 0)).filter(|n| still(n, id)) {
+                        return differs(name.clone());
+                    }
+                }
+                // Not in the index (made or replaced since its last refresh): the file's
+                // real path, as for an open.
+                let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+                let real = real.to_str()?;
+                return (real.starts_with('/') && !real.ends_with(" (deleted)"))
+                    .then(|| differs(real.to_string()))
+                    .flatten();
+            }
+        }
+        let dir = view
+            .dir(parent)
+            .ok()
+            .and_then(|fd| found.of_in(fd.as_fd(), c"", view.pid()))?;
+        let dir_name = index.get(&key(dir, 1)).filter(|d| still(d, dir))?;
+        differs(format!(
+            "{}/{}",
+            dir_name.trim_end_matches('/'),
+            base.to_str()?
+        ))
     }
 }
 

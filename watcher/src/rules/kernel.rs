@@ -105,7 +105,7 @@ impl KernelPolicy {
                     for c in rest {
                         match c {
                             Cond::Addr(n) => nets = Some(n.clone()),
-                            Cond::Port(p) if p.len() == 1 => ports = Some(p[0]),
+                            Cond::Port(p) => ports = Some(p.clone()),
                             _ => ok = false,
                         }
                     }
@@ -118,12 +118,15 @@ impl KernelPolicy {
                             "::/0".parse().expect("net"),
                         ]
                     });
+                    let ports = ports.unwrap_or_else(|| vec![(0, 65535)]);
                     for net in nets {
-                        kp.deny.push(NetEntry {
-                            net,
-                            ports: ports.unwrap_or((0, 65535)),
-                            rule: r.id.clone(),
-                        });
+                        for p in &ports {
+                            kp.deny.push(NetEntry {
+                                net,
+                                ports: *p,
+                                rule: r.id.clone(),
+                            });
+                        }
                     }
                 }
                 _ => {}

@@ -1,6 +1,6 @@
 //! Fault injection for the crash tests, compiled in only with the `fault-injection` feature
 //! (`cargo xtask test` builds with it; release builds do not have it). `WATCHER_FAULT=NAME`
-//! makes the daemon SIGKILL itself when it reaches the point of that name (`point`), wait
+//! (several separated by commas) makes the daemon SIGKILL itself when it reaches the point of that name (`point`), wait
 //! there for two seconds (`delay`), or wait there while the file `WATCHER_FAULT_FILE` exists
 //! (`pause`).
 
@@ -14,10 +14,34 @@ pub const SLOW_GATE_ANSWER: &str = "slow-gate-answer";
 pub const SLOW_BASELINE_REPLY: &str = "slow-baseline-reply";
 /// The intake, once the record ring has data: it stops reading the ring (`pause`).
 pub const PAUSE_INTAKE: &str = "pause-intake";
+/// A gated action joining a stored hold: the hold store refuses the write (`fails`).
+pub const JOIN_REFUSED: &str = "join-refused";
+
+/// True at the point of that name: the caller fails there as a refused write would.
+#[cfg(feature = "fault-injection")]
+pub fn fails(name: &str) -> bool {
+    let on = on(name);
+    if on {
+        tracing::error!(point = name, "fault injection: failing");
+    }
+    on
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fails(_name: &str) -> bool {
+    false
+}
+
+/// `WATCHER_FAULT` names this point (it may name several, separated by commas).
+#[cfg(feature = "fault-injection")]
+fn on(name: &str) -> bool {
+    std::env::var("WATCHER_FAULT").is_ok_and(|v| v.split(',').any(|p| p == name))
+}
 
 #[cfg(feature = "fault-injection")]
 pub fn point(name: &str) {
-    if std::env::var("WATCHER_FAULT").is_ok_and(|v| v == name) {
+    if on(name) {
         tracing::error!(point = name, "fault injection: SIGKILL");
         // SAFETY: kill(2) of this process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -30,7 +54,7 @@ pub fn point(_name: &str) {}
 
 #[cfg(feature = "fault-injection")]
 pub fn delay(name: &str) {
-    if std::env::var("WATCHER_FAULT").is_ok_and(|v| v == name) {
+    if on(name) {
         tracing::error!(point = name, "fault injection: waiting 2 s");
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
@@ -47,7 +71,7 @@ const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(feature = "fault-injection")]
 pub fn pause(name: &str) {
-    if std::env::var("WATCHER_FAULT").is_ok_and(|v| v == name) {
+    if on(name) {
         let Some(file) = std::env::var_os("WATCHER_FAULT_FILE") else {
             return;
         };

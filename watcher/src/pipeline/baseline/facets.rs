@@ -129,6 +129,10 @@ pub fn base<'a>(path: &'a str, workdir: Option<&str>) -> (Base, &'a str) {
         if let Some(rest) = path.strip_prefix(p) {
             return (b, rest);
         }
+        // The directory itself (an `O_TMPFILE` open names it): that place, not a name in `/`.
+        if path == &p[..p.len() - 1] {
+            return (b, "");
+        }
     }
     (Base::System, &path[1..])
 }
@@ -478,6 +482,9 @@ mod tests {
         assert_eq!(generic("CACHEDIR.TAG"), "CACHEDIR.TAG");
         assert_eq!(a("/home/u/.ssh/id_rsa"), "$HOME/.ssh/id_rsa");
         assert_eq!(a("/root/.bashrc"), "$HOME/.bashrc");
+        // An O_TMPFILE open names the directory: /tmp's area, not `/`.
+        assert_eq!(a("/tmp"), "/tmp");
+        assert_eq!(a("/dev/shm"), "/dev/shm");
         assert_eq!(
             a("/home/u/.cargo/registry/cache/x.crate"),
             "$HOME/.cargo/registry"

@@ -657,7 +657,7 @@ impl Intake {
             // only what the approver was shown.
             let joined =
                 !kept && !tampered && self.shared.enforcement().is_some_and(|e| e.join_hold(&ev));
-            self.answer_gate(&hdr, kept || tampered || joined);
+            self.answer_gate(&hdr, kept || tampered || joined, joined);
         }
         // Sequence state that can no longer complete goes: at a process's exit, at a
         // session's end, and by age once a second.
@@ -1149,16 +1149,47 @@ impl Intake {
         );
     }
 
+    /// A rename, link or truncate that wrote a name the policy names by another spelling (a
+    /// symlinked directory, `..` after one, a symlink to the file for a truncate) is matched
+    /// under the policy's name, as a gated open is. `written`: the name as the process wrote it.
+    fn named_by_identity(
+        &self,
+        hdr: &EventHeader,
+        mut detail: Option<Detail>,
+        written: Option<String>,
+        follow: bool,
+    ) -> Option<Detail> {
+        let (Some(d), Some(written)) = (detail.as_mut(), written) else {
+            return detail;
+        };
+        let Some(name) = d.written_name_mut() else {
+            return detail;
+        };
+        // The caller is stopped at the gate, or may have exited: its session's other
+        // processes name the same files.
+        let pids = std::iter::once(hdr.tgid).chain(self.tree.session_pids(hdr.session_id));
+        if let Some(policy) = self
+            .shared
+            .policy_name_written(pids, &written, name, follow)
+        {
+            *name = policy;
+        }
+        detail
+    }
+
     /// The whole policy has run on a gated event: the process continues unless a new hold
     /// keeps it (approve continues it, deny kills it). A kill or a freeze has already been
-    /// started; SIGCONT does not release a frozen cgroup.
-    fn answer_gate(&mut self, hdr: &EventHeader, kept: bool) {
+    /// started; SIGCONT does not release a frozen cgroup. A process that `joined` a pending
+    /// hold keeps its entry in the gate's map until the hold store lists it (the gate sweeper
+    /// removes it then): should the join not be stored, or the daemon die first, it is asked
+    /// about again instead of staying stopped with nothing to decide.
+    fn answer_gate(&mut self, hdr: &EventHeader, kept: bool, joined: bool) {
         crate::sys::fault::point(crate::sys::fault::BEFORE_GATE_ANSWER);
         if !kept {
             // SAFETY: plain kill(2) of the process the gate stopped.
             unsafe { libc::kill(hdr.tgid as i32, libc::SIGCONT) };
         }
-        if let Some(g) = self.gate.as_mut() {
+        if let Some(g) = self.gate.as_mut().filter(|_| !joined) {
             g.answered(hdr.tgid);
         }
         self.shared.counters.gated.fetch_add(1, Ordering::Relaxed);
@@ -1402,7 +1433,21 @@ impl Intake {
                 args,
                 result,
                 ..
-            } => changes::path_detail(&mut self.tree, hdr, (kind, call, dfd), path, args, result),
+            } => {
+                // truncate(2) by name follows a final symlink: the file is found by identity.
+                let written = (kind == EventKind::Truncate && result == 0)
+                    .then(|| self.tree.as_written(pid, dfd, &path))
+                    .flatten();
+                let d = changes::path_detail(
+                    &mut self.tree,
+                    hdr,
+                    (kind, call, dfd),
+                    path,
+                    args,
+                    result,
+                );
+                self.named_by_identity(hdr, d, written, true)
+            }
             Record::Pair {
                 kind,
                 call,
@@ -1414,21 +1459,32 @@ impl Intake {
                 flags,
                 result,
                 ..
-            } => changes::pair_detail(
-                &mut self.tree,
-                hdr,
-                changes::Pair {
-                    kind,
-                    call,
-                    dfd,
-                    path,
-                    new_dfd,
-                    new_path,
-                    fstype,
-                    flags,
-                    result,
-                },
-            ),
+            } => {
+                // The name written, as the process wrote it: its directory by identity.
+                let written = match kind {
+                    EventKind::Rename if result == 0 => {
+                        self.tree.as_written(pid, new_dfd, &new_path)
+                    }
+                    EventKind::Link if result == 0 => self.tree.as_written(pid, dfd, &path),
+                    _ => None,
+                };
+                let d = changes::pair_detail(
+                    &mut self.tree,
+                    hdr,
+                    changes::Pair {
+                        kind,
+                        call,
+                        dfd,
+                        path,
+                        new_dfd,
+                        new_path,
+                        fstype,
+                        flags,
+                        result,
+                    },
+                );
+                self.named_by_identity(hdr, d, written, false)
+            }
             // Handled before the session lookup (`process`).
             Record::Dns { .. } => None,
             Record::Dup { old_fd, new_fd, .. } => {

@@ -81,6 +81,37 @@ impl Tree {
         }
     }
 
+    /// `path` (relative to `dfd`) made absolute as the process wrote it: `..` and symlinks
+    /// left for the kernel to resolve (`resolve` normalizes them by their text, which a
+    /// symlinked directory before a `..` defeats). None when the base directory is unknown.
+    pub fn as_written(&self, pid: u32, dfd: i32, path: &str) -> Option<String> {
+        if path.starts_with('/') {
+            return Some(path.to_string());
+        }
+        if path.is_empty() {
+            return None;
+        }
+        let base = self
+            .procs
+            .get(&pid)
+            .and_then(|p| {
+                if dfd == AT_FDCWD {
+                    p.cwd.clone()
+                } else {
+                    p.fds.get(&dfd).cloned()
+                }
+            })
+            .or_else(|| {
+                let link = if dfd == AT_FDCWD {
+                    format!("/proc/{pid}/cwd")
+                } else {
+                    format!("/proc/{pid}/fd/{dfd}")
+                };
+                std::fs::read_link(link).ok()
+            })?;
+        Some(base.join(path).to_string_lossy().into_owned())
+    }
+
     /// The path of `pid`'s descriptor `fd`: as the tree saw it opened, or, for one it never
     /// saw (opened before the session), as /proc shows it while the process lives.
     pub fn fd_path(&self, pid: u32, fd: i32) -> Option<String> {
