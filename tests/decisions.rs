@@ -204,3 +204,51 @@ fn the_kill_switch_keeps_every_engagement() {
         wait_exit(c);
     }
 }
+
+/// The kill-switch is stored before its audit record is sealed: a daemon killed between the
+/// two left an engaged kill-switch the log never heard of. The next daemon writes it at start
+/// (from the stored engagement: who and when) and applies it.
+#[test]
+fn a_kill_switch_engaged_as_the_daemon_dies_is_in_the_audit_log() {
+    common::require_root();
+    let mut d = Daemon::start_with_env("", &[("WATCHER_FAULT", "before-kill-switch-seal")]);
+    let (mut child, trace) = launch_bg(&d, "sleep 300");
+    // The daemon dies answering it: the command fails, the engagement is stored.
+    let _ = d
+        .cli()
+        .args(["kill-switch", "engage", "--trace", &trace, "--freeze"])
+        .output()
+        .unwrap();
+    let st = d.await_death();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "the daemon did not stop at its fault-injection point ({st:?})"
+    );
+    let logged = |d: &Daemon| {
+        common::audit::audit_json(d, &["query", "--json", "--kind", "kill_switch"])
+            .into_iter()
+            .filter(|r| {
+                r["body"]["traces"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == trace.as_str()))
+            })
+            .count()
+    };
+    assert_eq!(
+        logged(&d),
+        0,
+        "the engagement was sealed before the fault point"
+    );
+    d.restart();
+    let k = &d.status()["holds"]["kill_switch"];
+    assert_eq!(k["engaged"], true, "{k}");
+    assert_eq!(
+        logged(&d),
+        1,
+        "the restarted daemon did not write the engagement"
+    );
+    cli_ok(&d, &["kill-switch", "release"]);
+    std::fs::write(d.cgroup.join(&trace).join("cgroup.kill"), "1").unwrap();
+    wait_exit(&mut child);
+}

@@ -1037,9 +1037,10 @@ if fd >= 0:
 
 /// A guarded name reached by a spelling the rules' tails cannot see — a bare name in the
 /// working directory, a symlinked directory, `..` after one — is matched by its directory's
-/// identity (a rename, link or truncate as the process wrote it, resolved in its own root).
-/// Where the kernel can tell (a bare name, an open) the change is stopped where the call
-/// returns and the next step never runs; in every case deny leaves the file as it was.
+/// identity (a rename, link or truncate as the process wrote it, resolved in its own root):
+/// the change is stopped where the call returns and the next step never runs (a truncate
+/// through a symlink to the file excepted: held after the call), and deny leaves the file as it
+/// was.
 #[test]
 fn a_guarded_name_by_a_bare_or_symlinked_path_is_gated() {
     common::require_root();
@@ -1099,39 +1100,47 @@ fn a_guarded_name_by_a_bare_or_symlinked_path_is_gated() {
             unharmed: after("symlinked", settings.clone(), None),
         },
         // A rename, link or truncate by an absolute name through a symlinked directory (or
-        // `..` after one) is not stopped by the kernel: no tail of the policy's matches the
-        // name, and at the call's exit no hook here resolves it. User space names it by its
-        // directory's identity from the record, so it is held and deny puts the file back;
-        // what the session ran in between is not undone (README, "What it does not see").
+        // `..` after one): the kernel stops it by the guarded file's own name (its last
+        // component, `INTENT_NAME`), and user space names its directory by identity.
         Case {
             name: "a file renamed over .bashrc through a symlinked directory",
-            script: format!("{evil}; ln -sfn {hp} {wp}/h1 && mv -f {wp}/evil {wp}/h1/.bashrc"),
+            script: format!(
+                "{evil}; ln -sfn {hp} {wp}/h1 && mv -f {wp}/evil {wp}/h1/.bashrc{}",
+                then("symlinked-mv")
+            ),
             rules: &["shell-rc-write", "protected-path"],
-            unharmed: restored(rc.clone(), Some(before.clone())),
+            unharmed: after("symlinked-mv", rc.clone(), Some(before.clone())),
         },
         Case {
             name: "a file renamed over .bashrc by a name with .. after a symlink",
             script: format!(
-                "{evil}; ln -sfn {hp}/.claude {wp}/h2 && mv -f {wp}/evil {wp}/h2/../.bashrc"
+                "{evil}; ln -sfn {hp}/.claude {wp}/h2 && mv -f {wp}/evil {wp}/h2/../.bashrc{}",
+                then("dotdot-mv")
             ),
             rules: &["shell-rc-write", "protected-path"],
-            unharmed: restored(rc.clone(), Some(before.clone())),
+            unharmed: after("dotdot-mv", rc.clone(), Some(before.clone())),
         },
         Case {
             name: "a hard link made as .profile through a symlinked directory",
-            script: format!("{evil}; ln -sfn {hp} {wp}/h3 && ln {wp}/evil {wp}/h3/.profile"),
+            script: format!(
+                "{evil}; ln -sfn {hp} {wp}/h3 && ln {wp}/evil {wp}/h3/.profile{}",
+                then("symlinked-link")
+            ),
             rules: &["shell-rc-write", "protected-path"],
-            unharmed: restored(h.join(".profile"), None),
+            unharmed: after("symlinked-link", h.join(".profile"), None),
         },
         Case {
             name: ".bashrc truncated through a symlinked directory",
             script: format!(
-                "ln -sfn {hp} {wp}/h4 && python3 -c \"import os; os.truncate('{wp}/h4/.bashrc', 0)\""
+                "ln -sfn {hp} {wp}/h4 && python3 -c \"import os; os.truncate('{wp}/h4/.bashrc', 0)\"{}",
+                then("symlinked-truncate")
             ),
             rules: &["shell-rc-write", "protected-path"],
-            unharmed: restored(rc.clone(), Some(before.clone())),
+            unharmed: after("symlinked-truncate", rc.clone(), Some(before.clone())),
         },
-        // truncate(2) follows a final symlink: the file itself is looked up by identity.
+        // truncate(2) follows a final symlink, whose name is no guarded one: not stopped at
+        // the call (what runs after it is not asked about); the file is found by identity
+        // from the record, held, and put back on deny.
         Case {
             name: ".bashrc truncated through a symlink to it",
             script: format!(

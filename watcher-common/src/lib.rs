@@ -573,6 +573,12 @@ pub const INTENT_TRUNCATE: u32 = 1 << 3;
 /// In gate path entries only: a connect to a unix socket at that path (the gate's tails and
 /// prefixes name socket paths too).
 pub const INTENT_CONNECT: u32 = 1 << 4;
+/// In gate path entries only: a call that makes or changes a name in place (a rename over it,
+/// a link made as it, a truncate by it). Tails of a guarded file's own name carry only this
+/// bit, so the kernel stops such a call by the name's last component whatever directory it is
+/// spelled through (a symlinked one, `..`), and user space names it by identity; opens, which
+/// the kernel finds by identity itself, never carry it.
+pub const INTENT_NAME: u32 = 1 << 5;
 
 /// The value of a path entry of `FAST_EXEC`/`FAST_OPEN` (LPM tries keyed by path bytes).
 #[repr(C)]

@@ -1,7 +1,7 @@
 //! `syscalls:sys_exit_link`, `linkat`, `symlink`, `symlinkat`: a new name (`path`) for a target
 //! (`new_path` in the record: the linked file, or a symlink's text), with the result, at exit.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::{EventKind, INTENT_CREATE, INTENT_WRITE};
+use watcher_common::{EventKind, INTENT_CREATE, INTENT_NAME, INTENT_WRITE};
 
 use crate::{
     record::{write_pair, PairCall},
@@ -49,7 +49,7 @@ fn try_exit(call: u32) {
         _ => (a[2], a[1] as i32, a[0], -1, 0),
     };
     let c = PairCall {
-        gate: INTENT_WRITE | INTENT_CREATE,
+        gate: INTENT_WRITE | INTENT_CREATE | INTENT_NAME,
         kind: EventKind::Link,
         call,
         path: path as *const u8,

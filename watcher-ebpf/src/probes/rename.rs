@@ -1,7 +1,7 @@
 //! `syscalls:sys_exit_rename`, `renameat`, `renameat2`: a name moved, both names and the
 //! result, at exit.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::{EventKind, INTENT_CREATE, INTENT_TRUNCATE, INTENT_WRITE};
+use watcher_common::{EventKind, INTENT_CREATE, INTENT_NAME, INTENT_TRUNCATE, INTENT_WRITE};
 
 use crate::{
     record::{write_pair, PairCall},
@@ -10,7 +10,7 @@ use crate::{
 
 const AT_FDCWD: i32 = -100;
 /// A name moved over another replaces that file as a write creating it would.
-const REPLACES: u32 = INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE;
+const REPLACES: u32 = INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE | INTENT_NAME;
 
 #[tracepoint]
 pub fn sys_exit_rename(_ctx: TracePointContext) -> u32 {

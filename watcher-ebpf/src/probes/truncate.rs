@@ -1,7 +1,7 @@
 //! `syscalls:sys_exit_truncate`, `sys_exit_ftruncate`: a file cut to a length, with the
 //! result, at exit. `ftruncate` names its file by descriptor; user space resolves it.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use watcher_common::{EventKind, INTENT_TRUNCATE, INTENT_WRITE};
+use watcher_common::{EventKind, INTENT_NAME, INTENT_TRUNCATE, INTENT_WRITE};
 
 use crate::{
     record::{write_path, PathCall},
@@ -33,7 +33,7 @@ fn try_exit(call: u32) {
         (a[0] as i32, 0)
     };
     let c = PathCall {
-        gate: INTENT_WRITE | INTENT_TRUNCATE,
+        gate: INTENT_WRITE | INTENT_TRUNCATE | INTENT_NAME,
         kind: EventKind::Truncate,
         call,
         path: path as *const u8,

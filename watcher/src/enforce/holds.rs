@@ -198,9 +198,10 @@ impl Approvals {
         }
     }
 
-    /// Every hold of the last day, and every denial of one, is in the audit log: one that a
-    /// daemon stored but died before it sealed (or kept in memory while the log's store
-    /// refused writes) gets its record now. Approvals need none: they act only once sealed.
+    /// Every hold of the last day, every denial of one, and the kill-switch in force are in
+    /// the audit log: one that a daemon stored but died before it sealed (or kept in memory
+    /// while the log's store refused writes) gets its record now. Approvals need none: they
+    /// act only once sealed.
     pub fn audit_missing(&self) {
         let Some(a) = self.audit.get() else { return };
         let since = SystemTime::now() - Duration::from_secs(24 * 3600);
@@ -211,7 +212,7 @@ impl Approvals {
             .filter(|h| humantime::parse_rfc3339(&h.started).is_ok_and(|t| t >= since));
         for h in recent {
             let check = |kind: &str, field: &str| {
-                a.has_record(&h.trace_id, kind, field, &h.id)
+                a.has_record(Some(&h.trace_id), kind, field, &h.id)
                     .inspect_err(|e| tracing::error!(hold = %h.id, "reading the audit log: {e:#}"))
                     .unwrap_or(true)
             };
@@ -222,6 +223,18 @@ impl Approvals {
             if h.state == HoldState::Denied && !check("denial", "hold") {
                 tracing::warn!(hold = %h.id, "a denial was not in the audit log (the daemon stopped before it was written): written now");
                 let _ = self.seal("denial", &h);
+            }
+        }
+        // The kill-switch in force: its last engagement is in the log (stored first, sealed
+        // after, so a daemon that died between left it out).
+        if let Some(k) = self.kill_switch().ok().filter(|k| k.engaged) {
+            let logged = a
+                .has_record(None, "kill_switch", "at", &k.at)
+                .inspect_err(|e| tracing::error!("reading the audit log: {e:#}"))
+                .unwrap_or(true);
+            if !logged {
+                tracing::warn!(by = %k.by, at = %k.at, "the kill-switch's engagement was not in the audit log (the daemon stopped before it was written): written now");
+                let _ = a.seal("kill_switch", None, serde_json::to_value(&k));
             }
         }
     }

@@ -76,6 +76,7 @@ pub fn engage(
     state.at = entry.at.clone();
     state.entries.push(entry);
     shared.approvals.set_kill_switch(&state)?;
+    crate::sys::fault::point(crate::sys::fault::BEFORE_KILL_SWITCH_SEAL);
     let _ = shared
         .audit
         .seal("kill_switch", None, serde_json::to_value(&state));

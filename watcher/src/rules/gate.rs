@@ -17,7 +17,7 @@
 use watcher_common::{
     GATE_BPF, GATE_CHMOD_SETID, GATE_CHOWN, GATE_COMM_LEN, GATE_CONNECT, GATE_EXEC, GATE_IO_URING,
     GATE_MODULE, GATE_MOUNT, GATE_OPEN, GATE_SETID, GATE_SUFFIX_MAX, GATE_UNLINK,
-    GATE_UNLINK_SAMPLE, INTENT_CONNECT,
+    GATE_UNLINK_SAMPLE, INTENT_CONNECT, INTENT_CREATE, INTENT_NAME, INTENT_TRUNCATE, INTENT_WRITE,
 };
 
 pub use crate::kernel::policy::{GateEntry, GateSet};
@@ -210,7 +210,7 @@ impl GatePlan {
             }
             cover = cover.union(c);
         }
-        plan.set = build(cover);
+        plan.set = build(cover, &plan.named);
         plan.set.all |= plan.rare;
         plan
     }
@@ -496,7 +496,7 @@ fn last_bytes(s: &str, n: usize) -> String {
 
 /// The maps' entries for a cover: equal keys merged, and every entry widened by the prefix
 /// entries that cover it, because a trie lookup returns only the longest match.
-fn build(c: Cover) -> GateSet {
+fn build(c: Cover, named: &[Named]) -> GateSet {
     let mut set = GateSet::default();
     let mut add_every = |kind: u32, a: &Anchor| {
         if let Anchor::Every(intent) = a {
@@ -546,6 +546,27 @@ fn build(c: Cover) -> GateSet {
                     ))
                 }
             }
+        }
+    }
+    // A guarded file's own name, whatever directory it is spelled through, for the calls
+    // that make or change a name in place (`INTENT_NAME`): the kernel stops them there, and
+    // user space names the directory by identity (an open is found by identity in the kernel).
+    let writes = INTENT_WRITE | INTENT_CREATE | INTENT_TRUNCATE;
+    for n in named
+        .iter()
+        .filter(|n| n.intent == 0 || n.intent & writes != 0)
+    {
+        let Some((_, base)) = n.pattern.rsplit_once('/') else {
+            continue;
+        };
+        if base.len() >= 2 && !base.contains(is_wild) {
+            let tail = last_bytes(&format!("/{base}"), GATE_SUFFIX_MAX);
+            suffix.push((
+                tail.chars().rev().collect::<String>(),
+                true,
+                GATE_OPEN,
+                Some(INTENT_NAME),
+            ));
         }
     }
     // The dynamic loader run as a program runs another program under the loader's name

@@ -551,6 +551,42 @@ mod gate_tests {
         assert_eq!(g.unanchored, [("c".to_string(), "exec")]);
     }
 
+    /// A file guarded against writes is also gated by its own name alone, for the calls that
+    /// make or change a name in place (`INTENT_NAME`: a rename, link or truncate through a
+    /// symlinked directory ends with it); opens never carry that intent, and a read-only rule
+    /// or a wildcard name adds nothing.
+    #[test]
+    fn a_guarded_files_own_name_gates_renames_links_and_truncates() {
+        use watcher_common::{INTENT_NAME, INTENT_WRITE};
+        let g = plan(
+            "rules:\n\
+             - {id: a, description: d, severity: high, action: hold, mode: enforce, condition: {type: open, intent: write, path: /home/alice/.bashrc}}\n\
+             - {id: b, description: d, severity: high, action: hold, mode: enforce, condition: {type: open, intent: write, path: [\"/home/*/.profile\", \"/etc/cron.d/*\"]}}\n\
+             - {id: c, description: d, severity: high, action: hold, mode: enforce, condition: {type: open, intent: read, path: /etc/shadow}}\n",
+        );
+        let tail = |k: &str| g.set.suffix.iter().find(|e| e.key == k);
+        // A literal name the fast path matches: its own name is a tail for the name calls only.
+        let name = tail("/.bashrc").expect("no tail for the name alone");
+        assert_eq!(name.intent, INTENT_NAME, "{name:?}");
+        // Under a wildcard home too.
+        let profile = tail("/.profile").unwrap();
+        assert_eq!(profile.intent & INTENT_NAME, INTENT_NAME, "{profile:?}");
+        // Opens by the whole name are still gated as before.
+        assert!(
+            g.named
+                .iter()
+                .any(|n| n.pattern == "/home/alice/.bashrc" && n.intent & INTENT_WRITE != 0),
+            "{:?}",
+            g.named
+        );
+        assert!(tail("/shadow").is_none(), "{:?}", g.set.suffix);
+        assert!(
+            !g.set.suffix.iter().any(|e| e.key.contains('*')),
+            "{:?}",
+            g.set.suffix
+        );
+    }
+
     /// The directories the gate knows by identity are where guarded names are made, never the
     /// scratch places every build writes in: a chown rule's `/tmp/**` names nothing.
     #[test]

@@ -14,6 +14,8 @@ pub const SLOW_GATE_ANSWER: &str = "slow-gate-answer";
 pub const SLOW_BASELINE_REPLY: &str = "slow-baseline-reply";
 /// The intake, once the record ring has data: it stops reading the ring (`pause`).
 pub const PAUSE_INTAKE: &str = "pause-intake";
+/// Between storing a kill-switch engagement and sealing its audit record (SIGKILL).
+pub const BEFORE_KILL_SWITCH_SEAL: &str = "before-kill-switch-seal";
 /// A gated action joining a stored hold: the hold store refuses the write (`fails`).
 pub const JOIN_REFUSED: &str = "join-refused";
 

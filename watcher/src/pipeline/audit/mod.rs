@@ -172,7 +172,7 @@ impl Audit {
     /// (true without a log: nothing is missing from it).
     pub fn has_record(
         &self,
-        trace: &str,
+        trace: Option<&str>,
         kind: &str,
         field: &str,
         id: &str,
@@ -184,9 +184,9 @@ impl Audit {
             store,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
-        let mut q = db.prepare("SELECT record FROM audit WHERE trace_id = ?1 AND kind = ?2")?;
+        let mut q = db.prepare("SELECT record FROM audit WHERE trace_id IS ?1 AND kind = ?2")?;
         let needle = format!("\"{field}\":\"{id}\"");
-        let mut rows = q.query([trace, kind])?;
+        let mut rows = q.query(rusqlite::params![trace, kind])?;
         while let Some(r) = rows.next()? {
             if r.get::<_, String>(0)?.contains(&needle) {
                 return Ok(true);
