@@ -284,6 +284,8 @@ struct EvalDaemon {
     socket: PathBuf,
     dir: PathBuf,
     cgroup: PathBuf,
+    /// The sessions' process limits on a cgroup v1 hierarchy, as the daemon said (`status`).
+    pids_v1: Option<PathBuf>,
 }
 
 trait StatusOk {
@@ -334,13 +336,21 @@ impl EvalDaemon {
         if !line.starts_with("ready") {
             bail!("the daemon did not start: {line:?}");
         }
-        Ok(EvalDaemon {
+        let mut d = EvalDaemon {
             child,
             bin: bin.to_path_buf(),
             socket,
             dir: dir.to_path_buf(),
             cgroup: cgroup_root().join(cgroup),
-        })
+            pids_v1: None,
+        };
+        let out = d.cli(&["status", "--json"]).output()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        d.pids_v1 = status["pids_limit"]["place"]
+            .as_str()
+            .and_then(|p| p.strip_prefix("cgroup v1 "))
+            .map(PathBuf::from);
+        Ok(d)
     }
 
     fn cli(&self, args: &[&str]) -> Command {
@@ -541,6 +551,13 @@ impl Drop for EvalDaemon {
             }
         }
         let _ = std::fs::remove_dir(&self.cgroup);
+        // Emptied with the sessions above; the daemon keeps its directory for the next one.
+        if let Some(base) = &self.pids_v1 {
+            for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+            let _ = std::fs::remove_dir(base);
+        }
     }
 }
 
