@@ -59,23 +59,7 @@ impl Tree {
         if path.starts_with('/') {
             return (normalized(path), true);
         }
-        let base = self.procs.get(&pid).and_then(|p| {
-            if dfd == AT_FDCWD {
-                p.cwd.clone()
-            } else {
-                p.fds.get(&dfd).cloned()
-            }
-        });
-        // The process may still be alive: /proc is the fallback for what we never saw.
-        let base = base.or_else(|| {
-            let link = if dfd == AT_FDCWD {
-                format!("/proc/{pid}/cwd")
-            } else {
-                format!("/proc/{pid}/fd/{dfd}")
-            };
-            std::fs::read_link(link).ok()
-        });
-        match base {
+        match self.base(pid, dfd) {
             Some(b) => (normalize(&b.join(&path)), true),
             None => (path, false),
         }
@@ -91,25 +75,28 @@ impl Tree {
         if path.is_empty() {
             return None;
         }
-        let base = self
-            .procs
-            .get(&pid)
-            .and_then(|p| {
-                if dfd == AT_FDCWD {
-                    p.cwd.clone()
-                } else {
-                    p.fds.get(&dfd).cloned()
-                }
-            })
-            .or_else(|| {
-                let link = if dfd == AT_FDCWD {
-                    format!("/proc/{pid}/cwd")
-                } else {
-                    format!("/proc/{pid}/fd/{dfd}")
-                };
-                std::fs::read_link(link).ok()
-            })?;
+        let base = self.base(pid, dfd)?;
         Some(base.join(path).to_string_lossy().into_owned())
+    }
+
+    /// The directory a relative name of `pid` is resolved from: its working directory, or
+    /// `dfd`'s. The process may still be alive: /proc is the fallback for what we never saw.
+    fn base(&self, pid: u32, dfd: i32) -> Option<PathBuf> {
+        let seen = self.procs.get(&pid).and_then(|p| {
+            if dfd == AT_FDCWD {
+                p.cwd.clone()
+            } else {
+                p.fds.get(&dfd).cloned()
+            }
+        });
+        seen.or_else(|| {
+            let link = if dfd == AT_FDCWD {
+                format!("/proc/{pid}/cwd")
+            } else {
+                format!("/proc/{pid}/fd/{dfd}")
+            };
+            std::fs::read_link(link).ok()
+        })
     }
 
     /// The path of `pid`'s descriptor `fd`: as the tree saw it opened, or, for one it never
