@@ -717,6 +717,34 @@ fn threat_cases(h: &str, py: &str) -> Vec<Case> {
             script: format!("echo {} | base64 -d | sh", b64(&format!("{m}\n"))),
             effect: Effect::NotRan,
         },
+        // The shell that reads the decoded text runs its program first (the decoder waits),
+        // or after the decoder started (the reader waits), or reads it through `cat`.
+        Case {
+            name: "base64 -d | sh, the shell first",
+            script: format!(
+                "echo {} | {{ sleep 0.3; exec base64 -d; }} | sh",
+                b64(&format!("{m}\n"))
+            ),
+            effect: Effect::NotRan,
+        },
+        Case {
+            name: "base64 -d | sh, the decoder first",
+            script: format!(
+                "echo {} | base64 -d | {{ sleep 0.3; exec sh; }}",
+                b64(&format!("{m}\n"))
+            ),
+            effect: Effect::NotRan,
+        },
+        Case {
+            name: "base64 -d | cat | sh",
+            script: format!("echo {} | base64 -d | cat | sh", b64(&format!("{m}\n"))),
+            effect: Effect::NotRan,
+        },
+        Case {
+            name: "base64 -d | cmp (a decode compared, not run)",
+            script: format!("echo x > $W/blob && base64 $W/blob | base64 -d | cmp - $W/blob && {m}"),
+            effect: Effect::NotHeld,
+        },
         Case {
             name: "docker run -v /:/host",
             script: format!("docker run --rm -v /:/host alpine true; {m}"),

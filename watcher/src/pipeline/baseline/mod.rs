@@ -5,6 +5,7 @@
 //! a new read followed by a new destination is a finding with a score. The daemon never moves
 //! a profile to `enforce` by itself: only `watcher baseline mode` does.
 pub mod bench;
+pub mod decoded;
 pub mod facets;
 pub mod profile;
 pub mod store;
@@ -351,6 +352,9 @@ struct SessionState {
     rate_flagged: [bool; RATE_KINDS],
     /// The last new read outside the work directory: (time, area, event).
     new_read: Option<(u64, String, Event)>,
+    /// Pipes carrying what a new decoder wrote (`decoded`), by inode, and the decoder.
+    decoded: Vec<u64>,
+    decoder: Option<String>,
 }
 
 /// The detector, owned by intake.
@@ -397,6 +401,8 @@ impl Detector {
                 minute: [0; RATE_KINDS],
                 rate_flagged: [false; RATE_KINDS],
                 new_read: None,
+                decoded: Vec::new(),
+                decoder: None,
             });
         if st.generation != generation {
             st.profile = b.get(cx.profile);
@@ -492,6 +498,23 @@ impl Detector {
                 continue;
             }
             let mut score = score(f, base, &v);
+            let mut description = describe(f, &v);
+            if f == Facet::Exec && facets::program_class(facets::basename(&v)) == Some("decoder") {
+                match decoded::reach(cx.tree, cx.session_id, ev.pid) {
+                    decoded::Reach::Runs(reader) => {
+                        score = score.max(0.75);
+                        description = format!("{description}, and {reader} runs what it decodes");
+                    }
+                    decoded::Reach::Carried(pipes) => {
+                        st.decoder = Some(v.clone());
+                        for i in pipes {
+                            if st.decoded.len() < decoded::PIPES_MAX && !st.decoded.contains(&i) {
+                                st.decoded.push(i);
+                            }
+                        }
+                    }
+                }
+            }
             if f == Facet::Read && score > 0.3 {
                 // A directory opened without O_DIRECTORY (`find` saving its place) is still a
                 // listing. Looked at only for what is new, so rarely.
@@ -519,7 +542,7 @@ impl Detector {
             let Some(l) = level(score) else { continue };
             found.push(Found {
                 rule: rule_of(f),
-                description: describe(f, &v),
+                description,
                 score,
                 level: l,
                 mode,
@@ -556,6 +579,31 @@ impl Detector {
                         });
                     }
                 }
+            }
+        }
+        // The reader of a new decoder's output runs its program: before it reads a byte.
+        if let (Detail::Exec { .. }, Some(decoder)) = (&ev.detail, &st.decoder) {
+            let prog = exec_path(ev, cx);
+            let prog = prog.as_deref().map_or(ev.comm.as_str(), facets::basename);
+            if decoded::arrives(&mut st.decoded, ev.pid, prog) {
+                let score = 0.9;
+                found.push(Found {
+                    rule: "baseline-decoded-run",
+                    description: format!(
+                        "{prog} runs what {decoder}, a decoder this profile never runs, decoded"
+                    ),
+                    score,
+                    level: level(score).unwrap_or(Level::Hold),
+                    mode,
+                    anomaly: Anomaly {
+                        facet: "sequence".into(),
+                        value: format!("{} | {prog}", facets::basename(decoder)),
+                        instead: Vec::new(),
+                        sessions: Some(sessions),
+                        widen: None,
+                    },
+                    before: Vec::new(),
+                });
             }
         }
         if let Some(k) = rate {
@@ -977,11 +1025,12 @@ fn score(f: Facet, base: Option<Base>, value: &str) -> f32 {
     match f {
         Facet::ExecLocation => 0.9,
         // A program never run before, from a place this profile runs programs from: new
-        // network reach, a new privilege or a decoder (what `base64 -d | sh` needs) holds;
-        // another interpreter (`perl -pi`) or any other tool alerts (code from a new place is
-        // `ExecLocation`'s, a newly written file the rules').
+        // network reach or a new privilege holds; a decoder holds only when what it decodes
+        // is run (`decoded`: `base64 -d | sh`); another interpreter (`perl -pi`) or any other
+        // tool alerts (code from a new place is `ExecLocation`'s, a newly written file the
+        // rules').
         Facet::Exec => match facets::program_class(facets::basename(value)) {
-            Some("network" | "system" | "decoder") => 0.75,
+            Some("network" | "system") => 0.75,
             _ => 0.5,
         },
         Facet::Command => 0.35,

@@ -481,6 +481,7 @@ impl Intake {
                     comm: String::new(),
                     argv,
                     exe,
+                    execed: true,
                     cwd: s.cwd,
                     fds: Default::default(),
                 },
@@ -1253,6 +1254,7 @@ impl Intake {
                 );
                 let p = self.tree.entry(pid, hdr.ppid, hdr.session_id);
                 p.exe = Some(path.clone());
+                p.execed = true;
                 p.argv = argv.clone();
                 p.comm = comm.to_string();
                 let profile = (hdr.flags & EVENT_FLAG_SESSION_START != 0 || profile != 0)

@@ -14,6 +14,8 @@ pub struct Proc {
     pub comm: String,
     pub exe: Option<String>,
     pub argv: Vec<String>,
+    /// It ran a program of its own (false from its fork until its exec).
+    pub execed: bool,
     pub cwd: Option<PathBuf>,
     /// Descriptors whose path we saw opened (inherited at fork).
     pub fds: HashMap<i32, PathBuf>,
@@ -46,6 +48,7 @@ impl Tree {
     pub fn fork(&mut self, parent: u32, child: u32) {
         let mut p = self.procs.get(&parent).cloned().unwrap_or_default();
         p.ppid = parent;
+        p.execed = false;
         self.procs.insert(child, p);
     }
 
