@@ -184,6 +184,44 @@ pub const SETID_CALLS: [&str; 9] = [
     "capset",
 ];
 
+/// A record of the ring: `#[repr(C)]` with its `EventHeader` first, so a probe fills the
+/// header of any record through one helper.
+///
+/// # Safety
+/// The type is `#[repr(C)]` and its first field is `hdr: EventHeader`.
+pub unsafe trait Record {}
+
+// SAFETY: each is `#[repr(C)]` with `hdr: EventHeader` first (checked below).
+unsafe impl Record for ExecEvent {}
+unsafe impl Record for ForkEvent {}
+unsafe impl Record for ExitEvent {}
+unsafe impl<const N: usize> Record for OpenEvent<N> {}
+unsafe impl<const N: usize> Record for PathEvent<N> {}
+unsafe impl<const N: usize> Record for PairEvent<N> {}
+unsafe impl Record for SetidEvent {}
+unsafe impl Record for ConnectEvent {}
+unsafe impl Record for DnsEvent {}
+unsafe impl Record for DupEvent {}
+unsafe impl Record for ChdirEvent {}
+unsafe impl Record for SignalEvent {}
+unsafe impl Record for PtraceEvent {}
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(ExecEvent, hdr) == 0);
+    assert!(offset_of!(ForkEvent, hdr) == 0);
+    assert!(offset_of!(ExitEvent, hdr) == 0);
+    assert!(offset_of!(OpenEvent<PATH_SHORT>, hdr) == 0);
+    assert!(offset_of!(PathEvent<PATH_SHORT>, hdr) == 0);
+    assert!(offset_of!(PairEvent<PATH_SHORT>, hdr) == 0);
+    assert!(offset_of!(SetidEvent, hdr) == 0);
+    assert!(offset_of!(ConnectEvent, hdr) == 0);
+    assert!(offset_of!(DnsEvent, hdr) == 0);
+    assert!(offset_of!(DupEvent, hdr) == 0);
+    assert!(offset_of!(ChdirEvent, hdr) == 0);
+    assert!(offset_of!(SignalEvent, hdr) == 0);
+    assert!(offset_of!(PtraceEvent, hdr) == 0);
+};
+
 /// First bytes of every record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -470,7 +470,8 @@ pub static LOST: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 /// The kinds whose lost record holds its session (`lost`): what a rule could have held before
 /// harm (an exec, an open for writing, a connect, a rename, link or truncate over a name, the
 /// rare kinds). Not the bookkeeping ones (fork, exit, chdir, signal, dup), a DNS answer (from
-/// no process), a delete (stopped by no hook, only counted) or a memfd (its exec is held).
+/// no process), a delete (stopped by no hook, only counted), a memfd (its exec is held) or an
+/// io_uring operation (stopped by no hook: its ring's setup is gated).
 const HOLDS_IF_LOST: u32 = !((1 << EventKind::Fork as u32)
     | (1 << EventKind::Exit as u32)
     | (1 << EventKind::Chdir as u32)
@@ -478,4 +479,5 @@ const HOLDS_IF_LOST: u32 = !((1 << EventKind::Fork as u32)
     | (1 << EventKind::Dup as u32)
     | (1 << EventKind::Dns as u32)
     | (1 << EventKind::Unlink as u32)
-    | (1 << EventKind::Memfd as u32));
+    | (1 << EventKind::Memfd as u32)
+    | (1 << EventKind::IoUringOp as u32));

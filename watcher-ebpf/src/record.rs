@@ -1,16 +1,56 @@
 //! Writing the records of the file-change and kernel-level hooks: one path (`PathEvent`) or two
 //! (`PairEvent`), in the short size when the paths fit and the long one when not, as the open
 //! hook does.
-use aya_ebpf::helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_str_bytes},
+    maps::ring_buf::RingBufEntry,
+};
 use watcher_common::{
-    EventKind, PairEvent, PathEvent, Watch, EVENT_FLAG_TRUNCATED, FAST_PATH_MAX,
-    FILTER_GATE_PREFIX, FILTER_OPEN, GATE_OPEN, PATH_MAX, PATH_SHORT,
+    EventHeader, EventKind, PairEvent, PathEvent, Record, Watch, EVENT_FLAG_TRUNCATED,
+    FAST_PATH_MAX, FILTER_GATE_PREFIX, FILTER_OPEN, GATE_OPEN, PATH_MAX, PATH_SHORT,
 };
 
 use crate::{
     gate,
     shared::{fast_lookup, fill_header, may_match, scratch_key, Task, EVENTS, FAST_OPEN},
 };
+
+/// A record of `kind` for the current task in the ring, its header filled (the session's and
+/// `ppid`); `None` when the ring is full (the caller decides what the loss means).
+#[inline(always)]
+pub fn try_reserve<T: Record>(
+    task: Task,
+    kind: EventKind,
+    session_id: u64,
+    ppid: u32,
+) -> Option<RingBufEntry<T>> {
+    let mut entry = EVENTS.reserve::<T>(0)?;
+    // `Record`: the header is the record's first field.
+    fill_header(
+        entry.as_mut_ptr() as *mut EventHeader,
+        task,
+        kind,
+        session_id,
+        ppid,
+    );
+    Some(entry)
+}
+
+/// How a probe starts its record: `try_reserve`, and when the ring is full the record is
+/// lost (`gate::lost`: counted, and a kind that could have held holds the session).
+#[inline(always)]
+pub fn reserve<T: Record>(
+    task: Task,
+    kind: EventKind,
+    session_id: u64,
+    ppid: u32,
+) -> Option<RingBufEntry<T>> {
+    let entry = try_reserve(task, kind, session_id, ppid);
+    if entry.is_none() {
+        gate::lost(task, session_id, kind);
+    }
+    entry
+}
 
 /// Whether every open with `intent` of this process or session is gated (by kind or by the
 /// process's name): a change to a name is gated as an open of it would be.
@@ -142,7 +182,8 @@ fn read_str(src: *const u8, dst: &mut [u8]) -> usize {
 
 #[inline(always)]
 fn path_record<const N: usize>(c: &PathCall, task: Task, watch: &Watch) -> Written {
-    let Some(mut entry) = EVENTS.reserve::<PathEvent<N>>(0) else {
+    let Some(mut entry) = try_reserve::<PathEvent<N>>(task, c.kind, watch.session_id, watch.ppid)
+    else {
         return Written::NoRoom;
     };
     let ev = entry.as_mut_ptr();
@@ -154,13 +195,6 @@ fn path_record<const N: usize>(c: &PathCall, task: Task, watch: &Watch) -> Writt
             entry.discard(0);
             return Written::TooLong;
         }
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            c.kind,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).hdr.flags = c.flags | if cut { EVENT_FLAG_TRUNCATED } else { 0 };
         (*ev).result = c.ret;
         (*ev).args = c.args;
@@ -218,7 +252,8 @@ pub fn write_pair(c: &PairCall, task: Task, watch: &Watch) {
 
 #[inline(always)]
 fn pair_record<const N: usize>(c: &PairCall, task: Task, watch: &Watch) -> Written {
-    let Some(mut entry) = EVENTS.reserve::<PairEvent<N>>(0) else {
+    let Some(mut entry) = try_reserve::<PairEvent<N>>(task, c.kind, watch.session_id, watch.ppid)
+    else {
         return Written::NoRoom;
     };
     let ev = entry.as_mut_ptr();
@@ -232,13 +267,6 @@ fn pair_record<const N: usize>(c: &PairCall, task: Task, watch: &Watch) -> Writt
             return Written::TooLong;
         }
         read_str(c.fstype, &mut (*ev).fstype);
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            c.kind,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).hdr.flags = c.hdr_flags | if cut { EVENT_FLAG_TRUNCATED } else { 0 };
         (*ev).result = c.ret;
         (*ev).flags = c.flags;

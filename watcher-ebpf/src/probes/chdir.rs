@@ -6,9 +6,8 @@ use aya_ebpf::{
 };
 use watcher_common::{ChdirEvent, EventKind};
 
-use crate::shared::{
-    count_drop, enforce_halt, fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS,
-};
+use crate::record::reserve;
+use crate::shared::{enforce_halt, ready, syscall, watch_of, Syscall, Task};
 
 #[tracepoint]
 pub fn sys_exit_chdir(_ctx: TracePointContext) -> u32 {
@@ -36,20 +35,14 @@ fn try_exit(by_fd: bool) {
         // A failed chdir changes nothing user space tracks.
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<ChdirEvent>(0) else {
-        count_drop(EventKind::Chdir);
+    let Some(mut entry) =
+        reserve::<ChdirEvent>(task, EventKind::Chdir, watch.session_id, watch.ppid)
+    else {
         return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ChdirEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Chdir,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).result = ret;
         (*ev).fd = if by_fd { args[0] as i32 } else { -1 };
         (*ev)._pad = 0;

@@ -13,11 +13,12 @@ use watcher_common::{
     GATE_CONNECT, INTENT_CONNECT, SOCKADDR_MAX,
 };
 
+use crate::record::reserve;
 use crate::{
     gate,
     shared::{
-        enforce_halt, file_of, fill_header, off, read_kernel, ready, syscall, watch_of, Syscall,
-        Task, CONFIG, EVENTS, REFUSED,
+        enforce_halt, file_of, off, read_kernel, ready, syscall, watch_of, Syscall, Task, CONFIG,
+        REFUSED,
     },
 };
 
@@ -112,20 +113,14 @@ fn try_exit() {
             }
         }
     }
-    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
-        gate::lost(task, watch.session_id, EventKind::Connect);
+    let Some(mut entry) =
+        reserve::<ConnectEvent>(task, EventKind::Connect, watch.session_id, watch.ppid)
+    else {
         return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ConnectEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Connect,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).hdr.flags |= flags;
         (*ev).result = ret;
         (*ev).fd = args[0] as i32;

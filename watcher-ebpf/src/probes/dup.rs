@@ -6,7 +6,8 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{DupEvent, EventKind};
 
-use crate::shared::{count_drop, fill_header, watched_call, EVENTS};
+use crate::record::reserve;
+use crate::shared::watched_call;
 
 const F_DUPFD: u64 = 0;
 const F_DUPFD_CLOEXEC: u64 = 1030;
@@ -42,20 +43,13 @@ fn try_exit(fcntl: bool) {
     if sc.ret < 0 || (fcntl && sc.args[1] != F_DUPFD && sc.args[1] != F_DUPFD_CLOEXEC) {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<DupEvent>(0) else {
-        count_drop(EventKind::Dup);
+    let Some(mut entry) = reserve::<DupEvent>(task, EventKind::Dup, watch.session_id, watch.ppid)
+    else {
         return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<DupEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Dup,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).old_fd = sc.args[0] as i32;
         (*ev).new_fd = sc.ret as i32;
     }

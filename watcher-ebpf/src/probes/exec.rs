@@ -16,12 +16,13 @@ use watcher_common::{
     EVENT_FLAG_TRUNCATED, FAIL_SESSION_WATCH, FAST_STOP, FILTER_EXEC, GATE_EXEC, PATH_MAX,
 };
 
+use crate::record::reserve;
 use crate::{
     gate,
     shared::{
         alert, config, count_failure, current_task, enforce_halt, fast_act, fast_lookup,
-        fill_header, parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, Task, AGENTS,
-        EVENTS, FAST_EXEC, SCRATCH_PATH,
+        parent_tgid, read_kernel, scratch_key, watch_insert, watch_of, Task, AGENTS, FAST_EXEC,
+        SCRATCH_PATH,
     },
 };
 
@@ -71,20 +72,14 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     {
         flags |= gate::stop(task, watch.session_id, EventKind::Exec);
     }
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        gate::lost(task, watch.session_id, EventKind::Exec);
+    let Some(mut entry) =
+        reserve::<ExecEvent>(task, EventKind::Exec, watch.session_id, parent_tgid(&cfg))
+    else {
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ExecEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Exec,
-            watch.session_id,
-            parent_tgid(&cfg),
-        );
         (*ev).profile = watch.profile;
         if read_filename(ctx, &cfg, &mut (*ev).filename).is_err() {
             (*ev).filename[0] = 0;

@@ -3,9 +3,9 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ExitEvent, FENCE_CALLS};
 
+use crate::record::reserve;
 use crate::shared::{
-    config, count_drop, current_task, fill_header, parent_tgid, read_kernel, syscall_nr, watch_of,
-    watch_remove, Task, EVENTS,
+    config, current_task, parent_tgid, read_kernel, syscall_nr, watch_of, watch_remove, Task,
 };
 
 const SIGSYS: u32 = 31;
@@ -31,20 +31,14 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     watch_remove(tgid);
-    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count_drop(EventKind::Exit);
+    let Some(mut entry) =
+        reserve::<ExitEvent>(task, EventKind::Exit, watch.session_id, parent_tgid(&cfg))
+    else {
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ExitEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Exit,
-            watch.session_id,
-            parent_tgid(&cfg),
-        );
         let code = read_kernel::<u32>(current_task(), cfg.task_exit_code).unwrap_or(0);
         (*ev).exit_code = code;
         (*ev).fenced_call = 0;

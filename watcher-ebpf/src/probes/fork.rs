@@ -6,9 +6,9 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, ForkEvent, Watch, FAIL_FORK_WATCH};
 
 use crate::gate;
+use crate::record::reserve;
 use crate::shared::{
-    config, count_drop, count_failure, enforce_halt, fill_header, parent_tgid, watch_insert,
-    watch_of, Task, EVENTS,
+    config, count_failure, enforce_halt, parent_tgid, watch_insert, watch_of, Task,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -45,20 +45,14 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
             return Err(e);
         }
     }
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count_drop(EventKind::Fork);
+    let Some(mut entry) =
+        reserve::<ForkEvent>(task, EventKind::Fork, watch.session_id, parent_tgid(&cfg))
+    else {
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<ForkEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Fork,
-            watch.session_id,
-            parent_tgid(&cfg),
-        );
         (*ev).child_pid = child;
         (*ev).is_thread = is_thread as u32;
         (*ev).clone_flags = clone_flags;

@@ -14,10 +14,11 @@ use watcher_common::{
     EventKind, PathEvent, Watch, EVENT_FLAG_TRUNCATED, GATE_IO_URING, PATH_SHORT,
 };
 
+use crate::record::reserve;
 use crate::{
     gate,
     record::{write_path, PathCall},
-    shared::{config, count_drop, fill_header, read_kernel, watch_of, watched_call, Task, EVENTS},
+    shared::{config, read_kernel, watch_of, watched_call, Task},
 };
 
 /// `struct io_uring_params`: `sq_entries`, `cq_entries`, `flags`, ...
@@ -111,20 +112,14 @@ fn try_submit(req: *const u8, task: Task, watch: &Watch) -> Option<()> {
     } else {
         (core::ptr::null(), -1)
     };
-    let Some(mut entry) = EVENTS.reserve::<PathEvent<PATH_SHORT>>(0) else {
-        count_drop(EventKind::IoUringOp);
+    let Some(mut entry) =
+        reserve::<PathEvent<PATH_SHORT>>(task, EventKind::IoUringOp, watch.session_id, watch.ppid)
+    else {
         return None;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<PathEvent<PATH_SHORT>>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::IoUringOp,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).result = 0;
         (*ev).args = [opcode as u64, sq_thread as u64, 0];
         (*ev).dfd = dfd;

@@ -18,11 +18,10 @@ use watcher_common::{
 
 use crate::{
     gate,
-    record::Written,
+    record::{try_reserve, Written},
     shared::{
-        alert, count_drop, enforce_halt, fast_act, fast_lookup, file_of, fill_header, may_match,
-        off, read_kernel, ready, scratch_key, syscall, watch_of, Syscall, Task, CONFIG, EVENTS,
-        FAST_OPEN,
+        alert, count_drop, enforce_halt, fast_act, fast_lookup, file_of, may_match, off,
+        read_kernel, ready, scratch_key, syscall, watch_of, Syscall, Task, CONFIG, FAST_OPEN,
     },
 };
 
@@ -171,7 +170,9 @@ struct Call {
 /// the open has happened, the process never gets to use the descriptor.
 #[inline(always)]
 fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
-    let Some(mut entry) = EVENTS.reserve::<OpenEvent<N>>(0) else {
+    let Some(mut entry) =
+        try_reserve::<OpenEvent<N>>(task, EventKind::Open, watch.session_id, watch.ppid)
+    else {
         return Written::NoRoom;
     };
     let ev = entry.as_mut_ptr();
@@ -191,13 +192,6 @@ fn write<const N: usize>(c: &Call, task: Task, watch: &Watch) -> Written {
             }
             // Longer than any record holds: cut, and say so.
         }
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Open,
-            watch.session_id,
-            watch.ppid,
-        );
         if len >= N - 1 {
             (*ev).hdr.flags |= EVENT_FLAG_TRUNCATED;
         }

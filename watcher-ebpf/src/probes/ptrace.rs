@@ -9,9 +9,10 @@ use watcher_common::{
     EventKind, PtraceEvent, PTRACE_REQ_PIDFD_GETFD, PTRACE_REQ_VM_READ, PTRACE_REQ_VM_WRITE,
 };
 
+use crate::record::reserve;
 use crate::{
     gate,
-    shared::{fill_header, ready, syscall, watch_of, Syscall, Task, EVENTS},
+    shared::{ready, syscall, watch_of, Syscall, Task},
 };
 
 const PTRACE_ATTACH: u64 = 16;
@@ -92,20 +93,14 @@ fn try_exit(call: u32) {
     } else {
         0
     };
-    let Some(mut entry) = EVENTS.reserve::<PtraceEvent>(0) else {
-        gate::lost(task, watch.session_id, EventKind::Ptrace);
+    let Some(mut entry) =
+        reserve::<PtraceEvent>(task, EventKind::Ptrace, watch.session_id, watch.ppid)
+    else {
         return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<PtraceEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Ptrace,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).hdr.flags |= flags;
         (*ev).target = pid as u32;
         (*ev).request = request as u32;

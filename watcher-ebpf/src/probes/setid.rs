@@ -9,9 +9,10 @@ use aya_ebpf::{
 };
 use watcher_common::{Creds, EventKind, SetidEvent, GATE_SETID};
 
+use crate::record::reserve;
 use crate::{
     gate,
-    shared::{fill_header, ready, watch_of, watched_call, Task, EVENTS},
+    shared::{ready, watch_of, watched_call, Task},
 };
 
 /// Credentials at entry, by thread id; LRU so that a thread killed inside the call cannot leak.
@@ -78,20 +79,14 @@ fn try_exit(call: u32) {
     } else {
         0
     };
-    let Some(mut entry) = EVENTS.reserve::<SetidEvent>(0) else {
-        gate::lost(task, watch.session_id, EventKind::Setid);
+    let Some(mut entry) =
+        reserve::<SetidEvent>(task, EventKind::Setid, watch.session_id, watch.ppid)
+    else {
         return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<SetidEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Setid,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).hdr.flags = gated;
         (*ev).result = sc.ret;
         (*ev).call = call;

@@ -5,7 +5,8 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use watcher_common::{EventKind, SignalEvent};
 
-use crate::shared::{config, count_drop, fill_header, watch_of, Task, EVENTS};
+use crate::record::reserve;
+use crate::shared::{config, watch_of, Task};
 
 #[tracepoint]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
@@ -31,20 +32,14 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
     if code > 0 {
         return Ok(());
     }
-    let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
-        count_drop(EventKind::Signal);
+    let Some(mut entry) =
+        reserve::<SignalEvent>(task, EventKind::Signal, watch.session_id, watch.ppid)
+    else {
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a live reservation of size_of::<SignalEvent>().
     unsafe {
-        fill_header(
-            &raw mut (*ev).hdr,
-            task,
-            EventKind::Signal,
-            watch.session_id,
-            watch.ppid,
-        );
         (*ev).target = target;
         (*ev).sig = sig;
         (*ev).code = code;
