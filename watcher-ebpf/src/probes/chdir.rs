@@ -7,7 +7,7 @@ use aya_ebpf::{
 use watcher_common::{ChdirEvent, EventKind};
 
 use crate::record::reserve;
-use crate::shared::{enforce_halt, ready, syscall, watch_of, Syscall, Task};
+use crate::shared::{watched_call, Syscall};
 
 #[tracepoint]
 pub fn sys_exit_chdir(_ctx: TracePointContext) -> u32 {
@@ -22,15 +22,9 @@ pub fn sys_exit_fchdir(_ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(by_fd: bool) {
-    let task = Task::current();
-    let Some(watch) = watch_of(task.tgid()) else {
+    let Some((task, watch, Syscall { args, ret })) = watched_call() else {
         return;
     };
-    enforce_halt(watch.session_id);
-    if !ready() {
-        return;
-    }
-    let Syscall { args, ret } = syscall(task);
     if ret != 0 {
         // A failed chdir changes nothing user space tracks.
         return;

@@ -16,10 +16,7 @@ use watcher_common::{
 use crate::record::reserve;
 use crate::{
     gate,
-    shared::{
-        enforce_halt, file_of, off, read_kernel, ready, syscall, watch_of, Syscall, Task, CONFIG,
-        REFUSED,
-    },
+    shared::{file_of, off, read_kernel, watched_call, Syscall, Task, CONFIG, REFUSED},
 };
 
 const EPERM: i64 = 1;
@@ -34,15 +31,9 @@ pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit() {
-    let task = Task::current();
-    let Some(watch) = watch_of(task.tgid()) else {
+    let Some((task, watch, Syscall { args, ret })) = watched_call() else {
         return;
     };
-    enforce_halt(watch.session_id);
-    if !ready() {
-        return;
-    }
-    let Syscall { args, ret } = syscall(task);
     // Only a refused call can have been refused by the kernel policy (deny.rs marks it).
     let refused = ret == -EPERM && {
         let tid = task.pid();
