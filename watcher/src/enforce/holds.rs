@@ -292,10 +292,7 @@ impl Approvals {
                 },
                 // (A rename, link or truncate over a name is undone from the kept copies instead:
                 // the file it put there may be new, the name was not.)
-            ) if *result >= 0
-                && flags.iter().any(|f| f == "O_CREAT")
-                && d.trigger.detail.replaced_name().is_none() =>
-            {
+            ) if *result >= 0 && flags.creates() && d.trigger.detail.replaced_name().is_none() => {
                 // The name the process opened, in its own mount namespace (it is stopped at
                 // the gate, or frozen): the policy's name for it may be another.
                 let view = crate::sys::view::View::of([d.trigger.pid]);

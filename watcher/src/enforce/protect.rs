@@ -523,7 +523,7 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
         detail: Detail::Open {
             syscall: None,
             path: path.clone(),
-            flags: crate::model::event::open_flags(flags),
+            flags: crate::model::event::OpenFlags(flags),
             mode: 0,
             result: 0,
             error: None,

@@ -69,8 +69,7 @@ pub enum Detail {
         syscall: Option<Name>,
         /// Absolute when it could be resolved (see `resolved`).
         path: String,
-        /// Open flags by name: O_RDONLY, O_WRONLY or O_RDWR first.
-        flags: Vec<Name>,
+        flags: OpenFlags,
         mode: u32,
         /// A file descriptor, or a negative errno.
         result: i64,
@@ -534,31 +533,31 @@ impl Detail {
     /// writes that name as an open with these flags would (`syscall` names the call), so the
     /// rules on writing a file apply to it. None for anything else, or a call that failed.
     pub fn as_write(&self) -> Option<Detail> {
-        let (syscall, path, flags): (&Name, &str, &[&str]) = match self {
+        let (syscall, path, flags): (&Name, &str, OpenFlags) = match self {
             Detail::Rename {
                 syscall,
                 new_path,
                 result: 0,
                 ..
-            } => (syscall, new_path, &["O_WRONLY", "O_CREAT", "O_TRUNC"]),
+            } => (syscall, new_path, OpenFlags::REPLACE),
             Detail::Link {
                 syscall,
                 path,
                 result: 0,
                 ..
-            } => (syscall, path, &["O_WRONLY", "O_CREAT"]),
+            } => (syscall, path, OpenFlags::LINK),
             Detail::Truncate {
                 syscall,
                 path,
                 result: 0,
                 ..
-            } => (syscall, path, &["O_WRONLY", "O_TRUNC"]),
+            } => (syscall, path, OpenFlags::TRUNCATE),
             _ => return None,
         };
         Some(Detail::Open {
             syscall: Some(syscall.clone()),
             path: path.to_string(),
-            flags: flags.iter().map(|f| Name::from(*f)).collect(),
+            flags,
             mode: 0,
             result: 0,
             error: None,
@@ -664,7 +663,7 @@ impl std::fmt::Display for Event {
             } => write!(
                 f,
                 "{path} {} -> {}",
-                flags.join("|"),
+                flags.names().join("|"),
                 error
                     .clone()
                     .unwrap_or_else(|| format!("fd {result}").into())
@@ -829,34 +828,116 @@ impl std::fmt::Display for Event {
 /// allocation for them; owned when read back from JSON.
 pub type Name = std::borrow::Cow<'static, str>;
 
-/// Open flags by name, access mode first.
-pub fn open_flags(flags: u64) -> Vec<Name> {
-    let flags = flags as i32;
-    let mut out = vec![match flags & libc::O_ACCMODE {
-        libc::O_WRONLY => "O_WRONLY",
-        libc::O_RDWR => "O_RDWR",
-        _ => "O_RDONLY",
+/// An open's flags as the kernel gave them, typed once where the record is translated: what
+/// the open may do to its file is a few bit tests wherever it is asked. Written and read as
+/// their names, access mode first (`["O_WRONLY", "O_CREAT"]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenFlags(pub u64);
+
+/// The named flags besides the access mode (`O_TMPFILE` without the `O_DIRECTORY` it includes).
+const OPEN_FLAG_NAMES: [(i32, &str); 11] = [
+    (libc::O_CREAT, "O_CREAT"),
+    (libc::O_EXCL, "O_EXCL"),
+    (libc::O_TRUNC, "O_TRUNC"),
+    (libc::O_APPEND, "O_APPEND"),
+    (libc::O_NONBLOCK, "O_NONBLOCK"),
+    (libc::O_DIRECTORY, "O_DIRECTORY"),
+    (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+    (libc::O_CLOEXEC, "O_CLOEXEC"),
+    (libc::O_TMPFILE & !libc::O_DIRECTORY, "O_TMPFILE"),
+    (libc::O_PATH, "O_PATH"),
+    (libc::O_SYNC, "O_SYNC"),
+];
+
+impl OpenFlags {
+    /// The flags a rename or link over a name amounts to.
+    pub const REPLACE: OpenFlags =
+        OpenFlags((libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64);
+    pub const LINK: OpenFlags = OpenFlags((libc::O_WRONLY | libc::O_CREAT) as u64);
+    pub const TRUNCATE: OpenFlags = OpenFlags((libc::O_WRONLY | libc::O_TRUNC) as u64);
+
+    fn has(self, bit: i32) -> bool {
+        self.0 as i32 & bit == bit
     }
-    .into()];
-    let named = [
-        (libc::O_CREAT, "O_CREAT"),
-        (libc::O_EXCL, "O_EXCL"),
-        (libc::O_TRUNC, "O_TRUNC"),
-        (libc::O_APPEND, "O_APPEND"),
-        (libc::O_NONBLOCK, "O_NONBLOCK"),
-        (libc::O_DIRECTORY, "O_DIRECTORY"),
-        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
-        (libc::O_CLOEXEC, "O_CLOEXEC"),
-        (libc::O_TMPFILE & !libc::O_DIRECTORY, "O_TMPFILE"),
-        (libc::O_PATH, "O_PATH"),
-        (libc::O_SYNC, "O_SYNC"),
-    ];
-    for (bit, name) in named {
-        if flags & bit == bit {
-            out.push(name.into());
+
+    fn access(self) -> i32 {
+        self.0 as i32 & libc::O_ACCMODE
+    }
+
+    /// Opened for reading (`O_RDONLY` or `O_RDWR`).
+    pub fn reads(self) -> bool {
+        matches!(self.access(), libc::O_RDONLY | libc::O_RDWR)
+    }
+
+    /// Opened for writing (`O_WRONLY` or `O_RDWR`).
+    pub fn writes(self) -> bool {
+        matches!(self.access(), libc::O_WRONLY | libc::O_RDWR)
+    }
+
+    pub fn creates(self) -> bool {
+        self.has(libc::O_CREAT)
+    }
+
+    pub fn truncates(self) -> bool {
+        self.has(libc::O_TRUNC)
+    }
+
+    pub fn directory(self) -> bool {
+        self.has(libc::O_DIRECTORY)
+    }
+
+    /// May change the file or make one: writes, creates or truncates.
+    pub fn may_change(self) -> bool {
+        self.writes() || self.creates() || self.truncates()
+    }
+
+    /// The names, access mode first.
+    pub fn names(self) -> Vec<&'static str> {
+        let mut out = vec![match self.access() {
+            libc::O_WRONLY => "O_WRONLY",
+            libc::O_RDWR => "O_RDWR",
+            _ => "O_RDONLY",
+        }];
+        out.extend(
+            OPEN_FLAG_NAMES
+                .iter()
+                .filter(|(bit, _)| self.has(*bit))
+                .map(|(_, n)| *n),
+        );
+        out
+    }
+
+    /// From names (`O_RDONLY` when none names an access mode); the unknown one is the error.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<OpenFlags, String> {
+        let mut bits = 0;
+        for n in names {
+            bits |= match n.as_ref() {
+                "O_RDONLY" => libc::O_RDONLY,
+                "O_WRONLY" => libc::O_WRONLY,
+                "O_RDWR" => libc::O_RDWR,
+                "O_TMPFILE" => libc::O_TMPFILE & !libc::O_DIRECTORY,
+                other => OPEN_FLAG_NAMES
+                    .iter()
+                    .find(|(_, name)| *name == other)
+                    .map(|(bit, _)| *bit)
+                    .ok_or_else(|| format!("unknown open flag `{other}`"))?,
+            };
         }
+        Ok(OpenFlags(bits as u64))
     }
-    out
+}
+
+impl Serialize for OpenFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
+impl<'de> Deserialize<'de> for OpenFlags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OpenFlags, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        OpenFlags::from_names(&names).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The names of the bits of `flags` that `table` names.
@@ -954,7 +1035,7 @@ mod tests {
             detail: Detail::Open {
                 syscall: None,
                 path: "/tmp/x".into(),
-                flags: open_flags(libc::O_WRONLY as u64 | libc::O_CREAT as u64),
+                flags: OpenFlags((libc::O_WRONLY | libc::O_CREAT) as u64),
                 mode: 0o644,
                 result: -2,
                 error: errno_name(-2),
@@ -972,6 +1053,25 @@ mod tests {
         assert_eq!(v["ts"], "2017-07-14T02:40:00.123456789Z");
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn open_flags_are_typed_once_and_written_as_names() {
+        let f = OpenFlags::from_names(&["O_RDWR", "O_CREAT", "O_CLOEXEC"]).unwrap();
+        assert!(f.reads() && f.writes() && f.creates() && !f.truncates());
+        assert_eq!(f.names(), ["O_RDWR", "O_CREAT", "O_CLOEXEC"]);
+        let r = OpenFlags::from_names(&["O_DIRECTORY"]).unwrap();
+        assert!(r.reads() && !r.may_change() && r.directory());
+        assert_eq!(r.names(), ["O_RDONLY", "O_DIRECTORY"]);
+        // O_TMPFILE includes O_DIRECTORY: both are named, and read back the same.
+        let t = OpenFlags((libc::O_WRONLY | libc::O_TMPFILE) as u64);
+        assert_eq!(OpenFlags::from_names(&t.names()).unwrap(), t);
+        assert!(OpenFlags::TRUNCATE.may_change() && !OpenFlags::TRUNCATE.creates());
+        let bad = serde_json::from_value::<OpenFlags>(serde_json::json!(["O_WRONLY", "O_BOGUS"]));
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("unknown open flag `O_BOGUS`"));
     }
 }
 

@@ -209,10 +209,7 @@ impl ScopeCheck {
                 resolved,
                 ..
             } if *result >= 0 && *resolved => {
-                let writes = flags
-                    .iter()
-                    .any(|f| matches!(f.as_ref(), "O_WRONLY" | "O_RDWR" | "O_CREAT" | "O_TRUNC"));
-                if writes {
+                if flags.may_change() {
                     self.write_breach(path)
                 } else {
                     self.read_breach(path)
@@ -499,7 +496,7 @@ mod tests {
         ev(Detail::Open {
             syscall: None,
             path: path.into(),
-            flags: flags.iter().map(|f| (*f).into()).collect(),
+            flags: crate::model::event::OpenFlags::from_names(flags).unwrap(),
             mode: 0,
             result: 3,
             error: None,

@@ -118,7 +118,7 @@ pub fn check(
             || path.ends_with("/cgroup.threads")
             || (path.starts_with("/sys/fs/cgroup/") && path.ends_with("/tasks")))
             && *result >= 0
-            && flags.iter().any(|f| f == "O_WRONLY" || f == "O_RDWR") =>
+            && flags.writes() =>
         {
             Some(format!(
                 "opened {path} to move a process into another cgroup"

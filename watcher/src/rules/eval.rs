@@ -401,18 +401,14 @@ impl<'a> Subject<'a> {
         let Detail::Open { flags, .. } = &ev.detail else {
             return 0;
         };
-        let mut m = 0;
-        for f in flags {
-            m |= match f.as_ref() {
-                "O_RDONLY" => 1 << Intent::Read as u8,
-                "O_WRONLY" => 1 << Intent::Write as u8,
-                "O_RDWR" => (1 << Intent::Read as u8) | (1 << Intent::Write as u8),
-                "O_CREAT" => 1 << Intent::Create as u8,
-                "O_TRUNC" => 1 << Intent::Truncate as u8,
-                _ => 0,
-            };
-        }
-        m
+        [
+            (flags.reads(), Intent::Read),
+            (flags.writes(), Intent::Write),
+            (flags.creates(), Intent::Create),
+            (flags.truncates(), Intent::Truncate),
+        ]
+        .into_iter()
+        .fold(0, |m, (on, i)| if on { m | 1 << i as u8 } else { m })
     }
 
     fn result(&self) -> Option<i64> {

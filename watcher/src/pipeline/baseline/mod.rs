@@ -870,10 +870,8 @@ fn extract(
             resolved: true,
             ..
         } if *result >= 0 => {
-            let has = |n: &str| flags.iter().any(|f| f == n);
-            let creates = has("O_CREAT");
-            let writes = creates || has("O_WRONLY") || has("O_RDWR") || has("O_TRUNC");
-            if writes {
+            let creates = flags.creates();
+            if flags.may_change() {
                 *rate = Some(RateKind::Write);
                 area(
                     if creates { Facet::Create } else { Facet::Write },
@@ -885,7 +883,7 @@ fn extract(
                 }
             } else {
                 *rate = Some(RateKind::Read);
-                if has("O_DIRECTORY") {
+                if flags.directory() {
                     // A listing shows names, not contents: the directory itself, as `AREA/`.
                     let (b, mut a) = facets::area(&format!("{path}/."), w, None);
                     if !a.ends_with('/') {

@@ -30,7 +30,7 @@ use crate::{
     model::{
         baseline::ProfileMode,
         event::{
-            errno_name, open_flags, Action, Anomaly, Detail, Detector, Event, Finding, Mode,
+            errno_name, Action, Anomaly, Detail, Detector, Event, Finding, Mode, OpenFlags,
             Outcome, Severity, Ts,
         },
         hold::{Decision, HoldDraft, HoldKind},
@@ -1350,7 +1350,7 @@ impl Intake {
                         .flatten()
                         .map(|n| (*n).into()),
                     path,
-                    flags: open_flags(flags),
+                    flags: OpenFlags(flags),
                     mode,
                     result,
                     error: errno_name(result),
