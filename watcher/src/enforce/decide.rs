@@ -524,50 +524,88 @@ fn recover_unrecorded_hold(shared: &Enforce, trace: &str, pids: &[u32], rule: &s
             script: None,
         },
     };
-    let version = shared.policy.load().policy.version.clone();
-    let finding = crate::model::event::Finding {
-        detector: crate::model::event::Detector::Rules,
-        rule: rule.into(),
-        description: why.into(),
-        severity: crate::model::event::Severity::High,
-        tags: Vec::new(),
-        action: Action::Hold,
-        mode: Mode::Enforce,
-        outcome: Outcome::Held,
-        policy_version: version.clone(),
-        in_kernel: false,
-        hold: Some(id.clone()),
-        evidence: vec![trigger.clone()],
-        score: None,
-        anomaly: None,
-    };
-    let mut fev = trigger.clone();
-    fev.detail = Detail::Finding(Box::new(finding));
-    let published = shared.publish(fev);
-    match a.record(HoldDraft {
-        id: id.clone(),
-        kind: crate::model::hold::HoldKind::Session,
-        finding: published.as_ref().clone(),
-        also: Vec::new(),
-        trigger,
-        tree,
-        recent: Vec::new(),
-        stopped: pids.to_vec(),
-        rule: rule.into(),
-        policy_version: version,
-        frozen_us: None,
-        scope: None,
-    }) {
+    match open_own_hold(
+        shared,
+        OwnHold {
+            id,
+            kind: crate::model::hold::HoldKind::Session,
+            rule,
+            description: why.into(),
+            tags: Vec::new(),
+            in_kernel: false,
+            trigger,
+            tree,
+            stopped: pids.to_vec(),
+        },
+    ) {
         Ok(h) => {
-            a.seal_hold(&h);
-            tracing::warn!(hold = %h.id, trace_id = trace, "a session stopped for a question had no hold: hold made");
-            announce(shared, h);
+            tracing::warn!(hold = %h, trace_id = trace, "a session stopped for a question had no hold: hold made")
         }
         Err(e) => tracing::error!(
             trace_id = trace,
             "recovering the hold of a frozen session: {e}"
         ),
     }
+}
+
+/// A hold the enforcement opens itself, with no rule's match behind it: a session found
+/// stopped with no stored hold, a protected open.
+pub(super) struct OwnHold<'a> {
+    pub id: String,
+    pub kind: crate::model::hold::HoldKind,
+    pub rule: &'a str,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// The kernel stopped the action itself.
+    pub in_kernel: bool,
+    pub trigger: Event,
+    pub tree: Vec<crate::model::hold::ProcInfo>,
+    pub stopped: Vec<u32>,
+}
+
+/// Publishes `h`'s finding, stores the hold, seals it in the audit log and announces it; the
+/// hold's id.
+pub(super) fn open_own_hold(
+    shared: &Enforce,
+    h: OwnHold<'_>,
+) -> Result<String, crate::enforce::holds::HoldError> {
+    let a = &shared.approvals;
+    let version = shared.policy.load().policy.version.clone();
+    let finding = crate::model::event::Finding {
+        tags: h.tags,
+        in_kernel: h.in_kernel,
+        hold: Some(h.id.clone()),
+        ..crate::model::event::Finding::new(
+            crate::model::event::Detector::Rules,
+            h.rule,
+            h.description,
+            crate::model::event::Severity::High,
+            (Action::Hold, Mode::Enforce, Outcome::Held),
+            &version,
+            vec![h.trigger.clone()],
+        )
+    };
+    let mut fev = h.trigger.clone();
+    fev.detail = Detail::Finding(Box::new(finding));
+    let published = shared.publish(fev);
+    let hold = a.record(HoldDraft {
+        id: h.id,
+        kind: h.kind,
+        finding: published.as_ref().clone(),
+        also: Vec::new(),
+        trigger: h.trigger,
+        tree: h.tree,
+        recent: Vec::new(),
+        stopped: h.stopped,
+        rule: h.rule.into(),
+        policy_version: version,
+        frozen_us: None,
+        scope: None,
+    })?;
+    a.seal_hold(&hold);
+    let id = hold.id.clone();
+    announce(shared, hold);
+    Ok(id)
 }
 
 /// Re-applies a kill-switch that was engaged when the daemon stopped.

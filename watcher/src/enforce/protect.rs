@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::Enforce;
-use crate::model::event::{Action, Detail, Event, Finding, Mode, Outcome, Severity, Ts};
+use crate::model::event::{Detail, Event, Ts};
 
 /// The built-in rule id of protected-path holds.
 pub const RULE: &str = "protected-path";
@@ -532,53 +532,26 @@ fn record(shared: &Arc<Enforce>, pid: u32, trace: String, id: String, fd: OwnedF
             opened_as: None,
         },
     };
-    let version = shared.policy.load().policy.version.clone();
-    let finding = Finding {
-        detector: crate::model::event::Detector::Rules,
-        rule: RULE.into(),
-        description: if writes(flags) {
-            format!("a watched process opened {path} for writing; the open waits for a verdict, before the file changes")
-        } else {
-            format!(
-                "a watched process opened the protected file {path}; the open waits for a verdict"
-            )
-        },
-        severity: Severity::High,
-        tags: vec!["T1552.001".into(), "ASI03".into()],
-        action: Action::Hold,
-        mode: Mode::Enforce,
-        outcome: Outcome::Held,
-        policy_version: version.clone(),
-        in_kernel: true,
-        hold: Some(id.clone()),
-        evidence: vec![trigger.clone()],
-        score: None,
-        anomaly: None,
+    let description = if writes(flags) {
+        format!("a watched process opened {path} for writing; the open waits for a verdict, before the file changes")
+    } else {
+        format!("a watched process opened the protected file {path}; the open waits for a verdict")
     };
-    let mut fev = trigger.clone();
-    fev.detail = Detail::Finding(Box::new(finding));
-    let published = shared.publish(fev);
     tracing::warn!(hold = %id, trace_id = %trace, pid, path, "protected open held");
     let tree = crate::sys::procfs::proc_infos(&a.cgroups.pids(&trace));
     crate::sys::fault::point(crate::sys::fault::BEFORE_HOLD_STORE);
-    match a.record(crate::model::hold::HoldDraft {
+    let hold = crate::enforce::decide::OwnHold {
         id,
         kind: crate::model::hold::HoldKind::ProtectedOpen,
-        finding: published.as_ref().clone(),
-        also: Vec::new(),
+        rule: RULE,
+        description,
+        tags: vec!["T1552.001".into(), "ASI03".into()],
+        in_kernel: true,
         trigger,
         tree,
-        recent: Vec::new(),
         stopped: Vec::new(),
-        rule: RULE.into(),
-        policy_version: version,
-        frozen_us: None,
-        scope: None,
-    }) {
-        Ok(h) => {
-            a.seal_hold(&h);
-            crate::enforce::decide::announce(shared, h)
-        }
-        Err(e) => tracing::error!("storing the protected-open hold: {e}"),
+    };
+    if let Err(e) = crate::enforce::decide::open_own_hold(shared, hold) {
+        tracing::error!("storing the protected-open hold: {e}");
     }
 }

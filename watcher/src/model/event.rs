@@ -368,6 +368,38 @@ pub struct Finding {
     pub anomaly: Option<Anomaly>,
 }
 
+impl Finding {
+    /// What every finding has: `detector`'s `rule` matched `evidence` (the last event completed
+    /// it) under the policy `policy_version`; not in the kernel, no hold, no score, no tags
+    /// (set those on the value).
+    pub fn new(
+        detector: Detector,
+        rule: impl Into<String>,
+        description: impl Into<String>,
+        severity: Severity,
+        (action, mode, outcome): (Action, Mode, Outcome),
+        policy_version: impl Into<String>,
+        evidence: Vec<Event>,
+    ) -> Finding {
+        Finding {
+            detector,
+            rule: rule.into(),
+            description: description.into(),
+            severity,
+            tags: Vec::new(),
+            action,
+            mode,
+            outcome,
+            policy_version: policy_version.into(),
+            in_kernel: false,
+            hold: None,
+            evidence,
+            score: None,
+            anomaly: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Detector {

@@ -169,26 +169,19 @@ pub fn act(shared: &Core, ev: &Event, why: String) -> bool {
         TamperAction::Alert
     };
     let finding = Finding {
-        detector: crate::model::event::Detector::Tamper,
-        rule: RULE.into(),
-        description: format!("tampering with the watcher: {why}"),
-        severity: Severity::Critical,
         tags: vec!["T1562.001".into(), "T1489".into(), "ASI10".into()],
-        action: match action {
-            TamperAction::Alert => Action::Alert,
-            _ => Action::Kill,
-        },
-        mode: Mode::Enforce,
-        outcome: match action {
-            TamperAction::Alert => Outcome::Alerted,
-            _ => Outcome::Held,
-        },
-        policy_version: shared.policy.load().policy.version.clone(),
-        in_kernel: false,
-        hold: None,
-        evidence: vec![ev.clone()],
-        score: None,
-        anomaly: None,
+        ..Finding::new(
+            crate::model::event::Detector::Tamper,
+            RULE,
+            format!("tampering with the watcher: {why}"),
+            Severity::Critical,
+            match action {
+                TamperAction::Alert => (Action::Alert, Mode::Enforce, Outcome::Alerted),
+                _ => (Action::Kill, Mode::Enforce, Outcome::Held),
+            },
+            &shared.policy.load().policy.version,
+            vec![ev.clone()],
+        )
     };
     let mut fev = ev.clone();
     fev.detail = Detail::Finding(Box::new(finding));

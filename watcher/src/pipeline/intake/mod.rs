@@ -86,20 +86,18 @@ fn finding_of(
         None => (Detector::Rules, None, None),
     };
     Finding {
-        detector,
-        rule: rule.id.clone(),
-        description: rule.description.clone(),
-        severity: rule.severity,
         tags: rule.tags.clone(),
-        action: rule.action,
-        mode: rule.mode,
-        outcome,
-        policy_version: policy_version.to_string(),
-        in_kernel: false,
-        hold: None,
-        evidence,
         score,
         anomaly,
+        ..Finding::new(
+            detector,
+            &rule.id,
+            &rule.description,
+            rule.severity,
+            (rule.action, rule.mode, outcome),
+            policy_version,
+            evidence,
+        )
     }
 }
 
