@@ -85,6 +85,9 @@ pub struct ProfileExport {
     /// New entries each of the last sessions taught, oldest first.
     #[serde(default)]
     pub learned_per_session: Vec<u64>,
+    /// Of those, the entries that would have held had the profile been enforced.
+    #[serde(default)]
+    pub holding_per_session: Vec<u64>,
     pub entries: Vec<Entry>,
     #[serde(default)]
     pub rates: Vec<Rate>,
@@ -101,7 +104,8 @@ pub struct ProfileSummary {
     pub per_facet: BTreeMap<String, u64>,
     /// Mean new entries per session over the last sessions learned.
     pub learning: f64,
-    /// Learned from enough sessions, and they hardly teach it anything new any more.
+    /// Learned from enough sessions, they hardly teach it anything new any more, and none of
+    /// the last ones taught it anything that would have held.
     pub stable: bool,
     pub alert_at: f32,
     pub hold_at: f32,

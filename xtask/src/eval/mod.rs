@@ -359,7 +359,8 @@ impl EvalDaemon {
         c
     }
 
-    fn await_sessions(&self, profile: &str, n: u64) -> anyhow::Result<()> {
+    /// The profile's summary (`baseline list`) once it has learned `n` sessions.
+    fn await_sessions(&self, profile: &str, n: u64) -> anyhow::Result<serde_json::Value> {
         let start = Instant::now();
         loop {
             let out = self.cli(&["baseline", "list", "--json"]).output()?;
@@ -368,9 +369,9 @@ impl EvalDaemon {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|p| p["profile"] == profile && p["sessions"].as_u64() >= Some(n));
-            if learned {
-                return Ok(());
+                .find(|p| p["profile"] == profile && p["sessions"].as_u64() >= Some(n));
+            if let Some(p) = learned {
+                return Ok(p.clone());
             }
             if start.elapsed() > Duration::from_secs(30) {
                 bail!("profile {profile} did not learn {n} sessions: {v}");

@@ -108,7 +108,20 @@ pub fn run(a: &Args, bin: &Path) -> anyhow::Result<()> {
         let learned = run_all(&d, &learn, &dir.join("w-learn"), a)?;
         // A held session (denied, killed) teaches nothing.
         let clean = learned.iter().filter(|r| !r.o.stopped).count() as u64;
-        d.await_sessions(PROFILE, clean)?;
+        let summary = d.await_sessions(PROFILE, clean)?;
+        let export = d.cli(&["baseline", "export", PROFILE]).output()?;
+        let holding = String::from_utf8_lossy(&export.stdout)
+            .lines()
+            .skip_while(|l| !l.starts_with("holding_per_session"))
+            .skip(1)
+            .take_while(|l| l.starts_with("- "))
+            .map(|l| l.trim_start_matches("- ").to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        eprintln!(
+            "eval --normal: the profile after {} sessions: stable {} (new entries per session, last five: {}; entries that would have held, per session: [{holding}])",
+            summary["sessions"], summary["stable"], summary["learning"]
+        );
         d.cli(&["baseline", "mode", PROFILE, "enforce"])
             .status_ok()?;
         eprintln!(

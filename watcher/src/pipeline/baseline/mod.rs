@@ -442,7 +442,11 @@ impl Detector {
         }
         if learn {
             st.learned.events += 1;
-            for (f, v, _) in values {
+            let hold_at = st.thresholds.1;
+            for (f, v, base) in values {
+                if st.profile.knows(f, &v).is_none() && score(f, base, &v) >= hold_at {
+                    st.learned.holding[f as usize].insert(v.clone());
+                }
                 let sha = exe_hash
                     .as_ref()
                     .filter(|(p, _)| f == Facet::Exec && *p == v)

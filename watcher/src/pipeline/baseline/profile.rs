@@ -1,6 +1,6 @@
 //! A learned profile: per facet, what its sessions did, how often and when; per kind of event,
 //! how many a minute.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use hdrhistogram::Histogram;
 
@@ -81,11 +81,15 @@ pub struct Profile {
     pub rates: [Histogram<u64>; RATE_KINDS],
     /// New entries each of the last sessions taught (at most `LEARNED_KEPT`).
     pub learned_per_session: Vec<u64>,
+    /// Of those, the entries that would have held had the profile been enforced.
+    pub holding_per_session: Vec<u64>,
 }
 
 pub const LEARNED_KEPT: usize = 20;
 /// A profile is stable after this many sessions when the last `STABLE_WINDOW` of them taught
-/// it at most `STABLE_NEW` new entries each on average.
+/// it at most `STABLE_NEW` new entries each on average and none that would have held: enforced
+/// then, none of those sessions would have been held, which is what "stable" promises of the
+/// next ones.
 pub const STABLE_SESSIONS: u64 = 5;
 pub const STABLE_WINDOW: usize = 5;
 pub const STABLE_NEW: f64 = 2.0;
@@ -97,6 +101,9 @@ pub struct Learned {
     /// Per rate kind: the session's per-minute counts.
     pub minutes: [Vec<u64>; RATE_KINDS],
     pub events: u64,
+    /// Values this session saw that the profile did not know and that would have held
+    /// (their score reaches the hold threshold), by facet.
+    pub holding: [HashSet<String>; FACETS],
 }
 
 fn histogram() -> Histogram<u64> {
@@ -115,6 +122,7 @@ impl Profile {
             entries: Default::default(),
             rates: std::array::from_fn(|_| histogram()),
             learned_per_session: Vec::new(),
+            holding_per_session: Vec::new(),
         }
     }
 
@@ -132,13 +140,14 @@ impl Profile {
     /// Adds one session's learning; returns the entries it added or changed (to store).
     pub fn merge(&mut self, l: &Learned, now_ms: i64) -> Vec<(Facet, String)> {
         let mut changed = Vec::new();
-        let mut new = 0u64;
+        let (mut new, mut holding) = (0u64, 0u64);
         for f in Facet::ALL {
             for (value, (events, sha)) in &l.values[f as usize] {
                 let e = self.entries[f as usize]
                     .entry(value.clone())
                     .or_insert_with(|| {
                         new += 1;
+                        holding += u64::from(l.holding[f as usize].contains(value));
                         Stat {
                             sessions: 0,
                             events: 0,
@@ -165,9 +174,14 @@ impl Profile {
         self.events += l.events;
         self.first_ms.get_or_insert(now_ms);
         self.last_ms = Some(now_ms);
-        self.learned_per_session.push(new);
-        if self.learned_per_session.len() > LEARNED_KEPT {
-            self.learned_per_session.remove(0);
+        for (kept, n) in [
+            (&mut self.learned_per_session, new),
+            (&mut self.holding_per_session, holding),
+        ] {
+            kept.push(n);
+            if kept.len() > LEARNED_KEPT {
+                kept.remove(0);
+            }
         }
         changed
     }
@@ -188,7 +202,12 @@ impl Profile {
     }
 
     pub fn stable(&self) -> bool {
-        self.sessions >= STABLE_SESSIONS && self.learning() <= STABLE_NEW
+        // A profile from before this was counted earns it again over the next sessions.
+        let held = &self.holding_per_session;
+        self.sessions >= STABLE_SESSIONS
+            && self.learning() <= STABLE_NEW
+            && held.len() >= STABLE_WINDOW
+            && held.iter().rev().take(STABLE_WINDOW).all(|&n| n == 0)
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -270,6 +289,7 @@ impl Profile {
             first_seen: self.first_ms.map(rfc3339),
             last_seen: self.last_ms.map(rfc3339),
             learned_per_session: self.learned_per_session.clone(),
+            holding_per_session: self.holding_per_session.clone(),
             entries,
             rates,
         }
@@ -296,6 +316,7 @@ impl Profile {
             .map(|t| time("last_seen".into(), t))
             .transpose()?;
         p.learned_per_session = x.learned_per_session.clone();
+        p.holding_per_session = x.holding_per_session.clone();
         for (i, e) in x.entries.iter().enumerate() {
             let f = Facet::parse(&e.facet).ok_or_else(|| {
                 format!(
@@ -372,6 +393,19 @@ mod tests {
         let s = p.knows(Facet::Exec, "/usr/bin/git").unwrap();
         assert_eq!((s.sessions, s.events), (6, 18));
         assert_eq!(p.learned_per_session, vec![2, 1, 0, 0, 0, 0]);
+        assert!(p.stable());
+        // One session that brings a single entry that would have held: not stable for the
+        // next five, however few entries they bring.
+        let mut l = Learned::default();
+        l.values[Facet::Destination as usize].insert("evil.example:443".into(), (1, None));
+        l.holding[Facet::Destination as usize].insert("evil.example:443".into());
+        p.merge(&l, 2000);
+        assert_eq!(p.holding_per_session.last(), Some(&1));
+        assert!(!p.stable(), "{:?}", p.holding_per_session);
+        for i in 0..STABLE_WINDOW as i64 {
+            assert!(!p.stable());
+            p.merge(&Learned::default(), 3000 + i);
+        }
         assert!(p.stable());
         assert_eq!(p.rate_threshold(RateKind::Exec), RateKind::Exec.floor());
     }
