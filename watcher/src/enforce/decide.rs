@@ -324,33 +324,29 @@ pub fn adopt_sessions(shared: &Enforce) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .start(Session {
-                trace_id: trace.clone(),
-                session_id,
                 profile,
-                // As it was started, where the store kept it (its root may be gone by now).
-                started_by: saved
-                    .as_ref()
-                    .map(|s| s.started_by.clone())
-                    .unwrap_or_else(|| "restart".into()),
-                root_pid: saved
-                    .as_ref()
-                    .map(|s| s.root_pid)
-                    .filter(|p| pids.contains(p))
-                    .unwrap_or(pids[0]),
-                started: saved
-                    .as_ref()
-                    .map(|s| s.started.clone())
-                    .unwrap_or_else(crate::enforce::holds::now_rfc3339),
                 processes: pids.len() as u32,
-                events: 0,
-                ended: None,
                 cgroup_id: cg.id(&trace),
-                state: Default::default(),
                 workdir: saved
                     .as_ref()
                     .and_then(|s| s.workdir.clone())
                     .or_else(|| crate::sys::procfs::cwd(pids[0])),
                 scope,
+                // As it was started, where the store kept it (its root may be gone by now).
+                ..Session::new(
+                    trace.clone(),
+                    session_id,
+                    saved.as_ref().map_or("restart", |s| s.started_by.as_str()),
+                    saved
+                        .as_ref()
+                        .map(|s| s.root_pid)
+                        .filter(|p| pids.contains(p))
+                        .unwrap_or(pids[0]),
+                    saved
+                        .as_ref()
+                        .map(|s| s.started.clone())
+                        .unwrap_or_else(crate::enforce::holds::now_rfc3339),
+                )
             });
         tracing::info!(trace_id = %trace, processes = pids.len(), frozen, scoped, "session from before the restart watched again");
     }

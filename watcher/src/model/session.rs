@@ -34,6 +34,35 @@ pub struct Session {
     pub scope: Option<crate::model::scope::Scope>,
 }
 
+impl Session {
+    /// A session `started_by` (launch, attach, matcher, restart) at `started` (RFC 3339) with
+    /// its root process: one process, no events yet, no profile, cgroup, work directory or
+    /// scope (set those on the value).
+    pub fn new(
+        trace_id: String,
+        session_id: u64,
+        started_by: impl Into<String>,
+        root_pid: u32,
+        started: String,
+    ) -> Session {
+        Session {
+            trace_id,
+            session_id,
+            profile: None,
+            started_by: started_by.into(),
+            root_pid,
+            started,
+            processes: 1,
+            events: 0,
+            ended: None,
+            cgroup_id: None,
+            state: SessionState::default(),
+            workdir: None,
+            scope: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {

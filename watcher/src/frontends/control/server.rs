@@ -741,22 +741,15 @@ fn start_session(
     shared.session_cgroup(&trace_id, &pids);
     let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
     let session = Session {
-        trace_id: trace_id.clone(),
-        session_id,
         profile: profile.clone(),
-        started_by: how.into(),
-        root_pid: pid,
-        started: now,
         processes: pids.len() as u32,
-        events: 0,
-        ended: None,
         cgroup_id: shared.approvals.cgroups.id(&trace_id),
-        state: Default::default(),
         workdir: scope
             .as_ref()
             .and_then(|s| s.scope.workdir.clone())
             .or_else(|| crate::sys::procfs::cwd(pid)),
         scope: scope.as_ref().map(|s| s.scope.clone()),
+        ..Session::new(trace_id.clone(), session_id, how, pid, now)
     };
     shared.audit_session_start(&session);
     shared.approvals.remember_session(&session);

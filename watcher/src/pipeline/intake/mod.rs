@@ -543,18 +543,9 @@ impl Intake {
                 new_matcher_session = true;
                 let s = Session {
                     cgroup_id: cgroups.id(&trace_id),
-                    trace_id,
-                    session_id: hdr.session_id,
                     profile,
-                    started_by: "matcher".into(),
-                    root_pid: hdr.tgid,
-                    started: ts_text(),
-                    processes: 1,
-                    events: 0,
-                    ended: None,
-                    state: Default::default(),
                     workdir: crate::sys::procfs::cwd(hdr.tgid),
-                    scope: None,
+                    ..Session::new(trace_id, hdr.session_id, "matcher", hdr.tgid, ts_text())
                 };
                 self.shared.audit_session_start(&s);
                 if let Some(e) = self.shared.enforcement() {
