@@ -16,6 +16,10 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_watcher");
 /// Upper bound for an awaited event; reaching it fails the test (it is not a sleep).
 pub const DEADLINE: Duration = Duration::from_secs(30);
+/// For a daemon started again while sessions work: loading and verifying the programs takes
+/// about 15 s of a debug build on an idle machine, and the chaos suite's agents leave it half
+/// of the two cores at most.
+pub const RESTART_DEADLINE: Duration = Duration::from_secs(90);
 
 pub fn require_root() {
     // SAFETY: no preconditions.
@@ -118,7 +122,7 @@ impl Daemon {
         };
         std::fs::write(&config_path, config).unwrap();
         let cgroup = cgroup2_root().join(cgroup_name);
-        let child = spawn_daemon(&config_path, &socket, env, umask);
+        let child = spawn_daemon(&config_path, &socket, env, umask, DEADLINE);
         Daemon {
             child,
             socket,
@@ -160,7 +164,13 @@ impl Daemon {
 
     /// Starts the daemon again after it died (same configuration, store and cgroups).
     pub fn restart(&mut self) {
-        self.child = spawn_daemon(&self.config_path, &self.socket, &[], self.umask);
+        self.child = spawn_daemon(
+            &self.config_path,
+            &self.socket,
+            &[],
+            self.umask,
+            RESTART_DEADLINE,
+        );
     }
 
     pub fn cli(&self) -> Command {
@@ -305,6 +315,7 @@ fn spawn_daemon(
     socket: &std::path::Path,
     env: &[(&str, &str)],
     umask: Option<u32>,
+    deadline: Duration,
 ) -> Child {
     let mut cmd = Command::new(BIN);
     if let Some(mask) = umask {
@@ -334,11 +345,11 @@ fn spawn_daemon(
         .expect("spawn watcher run");
     // The daemon prints "ready" once its programs are attached and the socket listens.
     let lines = lines_of(child.stdout.take().unwrap());
-    match lines.recv_timeout(DEADLINE) {
+    match lines.recv_timeout(deadline) {
         Ok(line) => assert!(line.starts_with("ready"), "daemon did not start: {line:?}"),
         Err(e) => {
             let _ = child.kill();
-            panic!("the daemon printed no ready line within {DEADLINE:?} ({e})")
+            panic!("the daemon printed no ready line within {deadline:?} ({e})")
         }
     }
     child

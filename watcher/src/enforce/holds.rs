@@ -204,7 +204,18 @@ impl Approvals {
     /// act only once sealed.
     pub fn audit_missing(&self) {
         let Some(a) = self.audit.get() else { return };
-        let since = SystemTime::now() - Duration::from_secs(24 * 3600);
+        // A hold older than the oldest record the log still holds had its records pruned by
+        // retention, not lost: writing them again would be wrong, and slow (one sealed write
+        // each, before the daemon is ready).
+        let day = SystemTime::now() - Duration::from_secs(24 * 3600);
+        let since = match a.oldest() {
+            Ok(Some(t)) => t.max(day),
+            Ok(None) => day,
+            Err(e) => {
+                tracing::error!("reading the audit log: {e:#}");
+                day
+            }
+        };
         let recent = self
             .list(None)
             .unwrap_or_default()

@@ -195,6 +195,28 @@ impl Audit {
         Ok(false)
     }
 
+    /// When the oldest record the log still holds was written (retention prunes the oldest
+    /// first); None for an empty or disabled log.
+    pub fn oldest(&self) -> anyhow::Result<Option<std::time::SystemTime>> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let db = rusqlite::Connection::open_with_flags(
+            store,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let ts: Option<String> = db
+            .query_row("SELECT ts FROM audit ORDER BY seq LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        Ok(ts.and_then(|t| humantime::parse_rfc3339(&t).ok()))
+    }
+
     /// An event, as published (findings go as `finding` and `decision` records).
     pub fn event(&self, ev: &Arc<Event>) {
         let Some(p) = &self.events else { return };
