@@ -201,8 +201,21 @@ impl Approvals {
     /// Every hold of the last day, every denial of one, and the kill-switch in force are in
     /// the audit log: one that a daemon stored but died before it sealed (or kept in memory
     /// while the log's store refused writes) gets its record now. Approvals need none: they
-    /// act only once sealed.
-    pub fn audit_missing(&self) {
+    /// act only once sealed. The kill-switch's record is written before this returns; the
+    /// holds' on a thread of their own (one sealed write each: after a day of crashes there
+    /// may be hundreds, and the daemon decides meanwhile).
+    pub fn audit_missing(self: &std::sync::Arc<Self>) {
+        self.audit_kill_switch();
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("audit-missing".into())
+            .spawn(move || me.audit_missing_holds());
+        if let Err(e) = spawned {
+            tracing::error!("checking the holds' audit records: {e}");
+        }
+    }
+
+    fn audit_missing_holds(&self) {
         let Some(a) = self.audit.get() else { return };
         // A hold older than the oldest record the log still holds had its records pruned by
         // retention, not lost: writing them again would be wrong, and slow (one sealed write
@@ -236,8 +249,12 @@ impl Approvals {
                 let _ = self.seal("denial", &h);
             }
         }
-        // The kill-switch in force: its last engagement is in the log (stored first, sealed
-        // after, so a daemon that died between left it out).
+    }
+
+    /// The kill-switch in force: its last engagement is in the log (stored first, sealed
+    /// after, so a daemon that died between left it out).
+    fn audit_kill_switch(&self) {
+        let Some(a) = self.audit.get() else { return };
         if let Some(k) = self.kill_switch().ok().filter(|k| k.engaged) {
             let logged = a
                 .has_record(None, "kill_switch", "at", &k.at)
