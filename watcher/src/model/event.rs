@@ -947,7 +947,6 @@ impl OpenFlags {
                 "O_RDONLY" => libc::O_RDONLY,
                 "O_WRONLY" => libc::O_WRONLY,
                 "O_RDWR" => libc::O_RDWR,
-                "O_TMPFILE" => libc::O_TMPFILE & !libc::O_DIRECTORY,
                 other => OPEN_FLAG_NAMES
                     .iter()
                     .find(|(_, name)| *name == other)

@@ -110,12 +110,13 @@ pub fn run(a: &Args, bin: &Path) -> anyhow::Result<()> {
         let clean = learned.iter().filter(|r| !r.o.stopped).count() as u64;
         let summary = d.await_sessions(PROFILE, clean)?;
         let export = d.cli(&["baseline", "export", PROFILE]).output()?;
-        let holding = String::from_utf8_lossy(&export.stdout)
-            .lines()
-            .skip_while(|l| !l.starts_with("holding_per_session"))
-            .skip(1)
-            .take_while(|l| l.starts_with("- "))
-            .map(|l| l.trim_start_matches("- ").to_string())
+        let export: serde_json::Value =
+            serde_yaml_ng::from_slice(&export.stdout).context("reading the profile's export")?;
+        let holding = export["holding_per_session"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| n.to_string())
             .collect::<Vec<_>>()
             .join(", ");
         eprintln!(

@@ -177,13 +177,9 @@ impl Audit {
         field: &str,
         id: &str,
     ) -> anyhow::Result<bool> {
-        let Some(store) = &self.store else {
+        let Some(db) = self.reader()? else {
             return Ok(true);
         };
-        let db = rusqlite::Connection::open_with_flags(
-            store,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
         let mut q = db.prepare("SELECT record FROM audit WHERE trace_id IS ?1 AND kind = ?2")?;
         let needle = format!("\"{field}\":\"{id}\"");
         let mut rows = q.query(rusqlite::params![trace, kind])?;
@@ -195,25 +191,28 @@ impl Audit {
         Ok(false)
     }
 
+    /// A read-only connection to the store; None when the log is disabled.
+    fn reader(&self) -> rusqlite::Result<Option<rusqlite::Connection>> {
+        self.store
+            .as_ref()
+            .map(|s| {
+                rusqlite::Connection::open_with_flags(s, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            })
+            .transpose()
+    }
+
     /// When the oldest record the log still holds was written (retention prunes the oldest
     /// first); None for an empty or disabled log.
     pub fn oldest(&self) -> anyhow::Result<Option<std::time::SystemTime>> {
-        let Some(store) = &self.store else {
+        use rusqlite::OptionalExtension as _;
+        let Some(db) = self.reader()? else {
             return Ok(None);
         };
-        let db = rusqlite::Connection::open_with_flags(
-            store,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
         let ts: Option<String> = db
             .query_row("SELECT ts FROM audit ORDER BY seq LIMIT 1", [], |r| {
                 r.get(0)
             })
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
+            .optional()?;
         Ok(ts.and_then(|t| humantime::parse_rfc3339(&t).ok()))
     }
 
