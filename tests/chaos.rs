@@ -22,8 +22,8 @@ use std::{
 
 use common::{
     audit::verify,
-    holds::{json_lines, state_of},
-    rand_suffix, Daemon, TempDir,
+    holds::{json_lines, launch_bg, state_of, verdict, wait_exit},
+    rand_suffix, Daemon, TempDir, DEADLINE,
 };
 
 /// The rule that holds the tool, and the holds a restarted daemon makes for what it found
@@ -113,44 +113,6 @@ impl Drop for Filler {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(clock, &mut t) };
-    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
-}
-
-fn set_realtime(ns: i128) {
-    let t = libc::timespec {
-        tv_sec: (ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-    };
-    // SAFETY: clock_settime reads the timespec it is given (root: CAP_SYS_TIME).
-    let r = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &t) };
-    assert_eq!(r, 0, "clock_settime: {}", std::io::Error::last_os_error());
-}
-
-/// The wall clock stepped by `by_s` seconds; put back (to the nanosecond the monotonic clock
-/// says) when dropped, a failing test included.
-struct ClockStep(i128);
-
-impl ClockStep {
-    fn new(by_s: i64) -> ClockStep {
-        let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
-        set_realtime(clock_ns(libc::CLOCK_REALTIME) + by_s as i128 * 1_000_000_000);
-        ClockStep(offset)
-    }
-}
-
-impl Drop for ClockStep {
-    fn drop(&mut self) {
-        set_realtime(clock_ns(libc::CLOCK_MONOTONIC) + self.0);
-    }
-}
-
 /// Another writer holding `db`'s write lock for `secs`.
 fn lock_store(db: &std::path::Path, secs: f64) {
     let _ = std::process::Command::new("python3")
@@ -184,7 +146,7 @@ fn in_log(config: &std::path::Path, trace: &str, kind: &str, field: &str, id: &s
 
 /// Centiseconds since boot (`/proc/uptime`'s clock): what the wall clock's steps do not move.
 fn boot_cs() -> i128 {
-    clock_ns(libc::CLOCK_BOOTTIME) / 10_000_000
+    common::clock::clock_ns(libc::CLOCK_BOOTTIME) / 10_000_000
 }
 
 #[derive(Clone, Debug)]
@@ -300,7 +262,7 @@ fn chaos_no_held_tool_runs_without_a_yes() {
                         } else {
                             -7200
                         };
-                        let _step = ClockStep::new(by);
+                        let _step = common::clock::ClockStep::new(by);
                         std::thread::sleep(Duration::from_secs_f64(secs(1, 4)));
                     }
                 }
@@ -595,4 +557,94 @@ fn some_session_runs(base: &std::path::Path) -> bool {
                 && !procs.trim().is_empty()
                 && procs.lines().all(|p| state_of(p) != Some('T'))
         })
+}
+
+/// The daemon dies after it stored a hold and before it sealed the hold's audit record, while
+/// the wall clock stood two hours back: the restarted daemon (the clock put right) writes the
+/// record all the same. It once skipped holds older than the log's oldest record by the wall
+/// clock, to spare records retention had pruned: a clock stepped back made a lost record look
+/// pruned (a chaos run found it). The store now marks the records it sealed; no clock is
+/// compared. Here, beside the chaos run, because it steps the host's clock too.
+#[test]
+fn a_hold_stored_as_the_daemon_dies_is_in_the_audit_log_whatever_the_clock_said() {
+    if !cfg!(feature = "fault-injection") {
+        panic!("this test needs --features watcher/fault-injection (cargo xtask test does)");
+    }
+    let work = TempDir::new("chaos-clock");
+    let tool = work.0.join("held-tool");
+    std::fs::write(
+        &tool,
+        format!("#!/bin/sh\necho ran > {}/marker\n", work.0.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        work.0.join("hold.yaml"),
+        format!(
+            "rules:\n  - id: clock-held-tool\n    description: a tool that needs a human's yes\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: exec, exe: \"{0}\"}}\n    examples: {{match: [{{type: exec, path: \"{0}\"}}]}}\n",
+            tool.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start_with_env(
+        &format!("[rules]\npath = \"{}\"\n", work.0.display()),
+        &[("WATCHER_FAULT", "before-hold-seal")],
+    );
+    // A record in the log before the step: the log's oldest is then later than the hold.
+    let (mut first, before) = launch_bg(&d, "true");
+    wait_exit(&mut first);
+    let start = Instant::now();
+    while common::audit::audit_json(&d, &["query", "--json", "--trace", &before]).is_empty() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the first session left no record"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut child, trace) = {
+        let _back = common::clock::ClockStep::new(-2 * 3600);
+        let started = launch_bg(&d, &tool.display().to_string());
+        let st = d.await_death();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL),
+            "the daemon did not stop at its fault-injection point ({st:?})"
+        );
+        started
+    };
+    let logged = |d: &Daemon| {
+        common::audit::audit_json(d, &["query", "--json", "--kind", "hold", "--trace", &trace])
+            .len()
+    };
+    assert_eq!(logged(&d), 0, "the hold was sealed before the fault point");
+    d.restart();
+    let holds = json_lines(
+        &d.cli()
+            .args(["holds", "--all", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let hold = holds
+        .iter()
+        .find(|h| h["trace_id"] == trace.as_str())
+        .unwrap_or_else(|| panic!("the stored hold is not pending: {holds:?}"))
+        .clone();
+    assert_eq!(hold["rule"], "clock-held-tool", "{hold}");
+    // Its deadline (a minute) is counted on the boot clock: the step back did not make it
+    // two hours past.
+    assert_eq!(hold["state"], "pending", "denied at restart: {hold}");
+    // The record is written on a thread of its own once the daemon is up.
+    let start = Instant::now();
+    while logged(&d) == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the restarted daemon did not write the hold's record"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(logged(&d), 1, "the hold's record was written twice");
+    verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    assert!(!work.0.join("marker").exists(), "the denied tool ran");
 }

@@ -2,6 +2,7 @@
 //! with its own socket (and optionally its own config), driven through its CLI.
 #![allow(dead_code)]
 pub mod audit;
+pub mod clock;
 pub mod holds;
 use std::{
     io::{BufRead, BufReader},

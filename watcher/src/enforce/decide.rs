@@ -197,6 +197,7 @@ pub fn record_hold(shared: Arc<Enforce>, mut draft: HoldDraft) {
         crate::sys::fault::point(crate::sys::fault::BEFORE_HOLD_STORE);
         match a.record(draft) {
             Ok(h) => {
+                crate::sys::fault::point(crate::sys::fault::BEFORE_HOLD_SEAL);
                 a.seal_hold(&h);
                 shared.counters.holds.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(hold = %h.id, trace_id = %h.trace_id, rule = %h.rule, deadline = %h.deadline, "session held: waiting for `watcher approve` or `watcher deny`");
@@ -425,7 +426,7 @@ pub async fn unanswered_gates(shared: Arc<Enforce>) {
 }
 
 fn sweep_gates(shared: &Enforce, gate: &mut crate::kernel::gate::GateHandle) {
-    let now = crate::sys::cgroup::boot_ns();
+    let now = crate::sys::boot::boot_ns();
     for (tgid, g) in gate.waiting() {
         // A lost record will not come: no waiting for it.
         let lost = g.flags & watcher_common::GATED_LOST != 0;

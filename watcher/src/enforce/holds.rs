@@ -9,14 +9,17 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::store::{Store, StoreError};
+use super::store::{Audited, Store, StoreError};
 pub use crate::model::hold::{
-    DenyScope, Exception, Hold, HoldDraft, HoldKind, HoldState, KillSwitchState, ProcInfo,
-    SetidBits, Via,
+    BootDeadline, DenyScope, Exception, Hold, HoldDraft, HoldKind, HoldState, KillSwitchState,
+    ProcInfo, SetidBits, Via,
 };
 use crate::{
     model::event::{Detail, Event},
-    sys::cgroup::{Cgroups, FreezeError},
+    sys::{
+        boot,
+        cgroup::{Cgroups, FreezeError},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -182,28 +185,42 @@ impl Approvals {
         });
         // An approval acts only once sealed, so one not sealed is not written either; a
         // denial stops the session regardless, and its record is written when it can be.
-        if h.state == HoldState::Approved {
+        let sealed = if h.state == HoldState::Approved {
             a.seal_only(kind, Some(&h.trace_id), Ok(body))
         } else {
             a.seal(kind, Some(&h.trace_id), Ok(body))
+        };
+        if sealed.is_ok() && h.state == HoldState::Denied {
+            self.mark_audited(h, Audited::Denial);
         }
-        .map_err(HoldError::Audit)
+        sealed.map_err(HoldError::Audit)
     }
 
     /// The audit record of a new hold, with the evidence the approver is shown (sealed; when
     /// the store refuses it now, kept and written as soon as it takes writes again).
     pub fn seal_hold(&self, h: &Hold) {
         if let Some(a) = self.audit.get() {
-            let _ = a.seal("hold", Some(&h.trace_id), serde_json::to_value(h));
+            if a.seal("hold", Some(&h.trace_id), serde_json::to_value(h))
+                .is_ok()
+            {
+                self.mark_audited(h, Audited::Hold);
+            }
         }
     }
 
-    /// Every hold of the last day, every denial of one, and the kill-switch in force are in
-    /// the audit log: one that a daemon stored but died before it sealed (or kept in memory
-    /// while the log's store refused writes) gets its record now. Approvals need none: they
-    /// act only once sealed. The kill-switch's record is written before this returns; the
-    /// holds' on a thread of their own (one sealed write each: after a day of crashes there
-    /// may be hundreds, and the daemon decides meanwhile).
+    /// The store remembers a sealed record, so a restarted daemon looks in the log only for
+    /// holds whose record may be missing.
+    fn mark_audited(&self, h: &Hold, record: Audited) {
+        if let Err(e) = self.store().mark_audited(&h.id, record) {
+            tracing::warn!(hold = %h.id, "marking the hold's {record:?} record as sealed: {e}");
+        }
+    }
+
+    /// Every hold, every denial of one, and the kill-switch in force are in the audit log: one
+    /// that a daemon stored but died before it sealed (or kept in memory while the log's store
+    /// refused writes) gets its record now. Approvals need none: they act only once sealed.
+    /// The kill-switch's record is written before this returns; the holds' on a thread of
+    /// their own (one sealed write each, and the daemon decides meanwhile).
     pub fn audit_missing(self: &std::sync::Arc<Self>) {
         self.audit_kill_switch();
         let me = self.clone();
@@ -215,38 +232,44 @@ impl Approvals {
         }
     }
 
+    /// Only holds the store has not marked as sealed are looked for: a sealed record that
+    /// retention pruned since is not written again, and no clock is compared (the wall clock
+    /// may have been stepped between a hold and the log's oldest record).
     fn audit_missing_holds(&self) {
         let Some(a) = self.audit.get() else { return };
-        // A hold older than the oldest record the log still holds had its records pruned by
-        // retention, not lost: writing them again would be wrong, and slow (one sealed write
-        // each, before the daemon is ready).
-        let day = SystemTime::now() - Duration::from_secs(24 * 3600);
-        let since = match a.oldest() {
-            Ok(Some(t)) => t.max(day),
-            Ok(None) => day,
-            Err(e) => {
-                tracing::error!("reading the audit log: {e:#}");
-                day
-            }
-        };
-        let recent = self
-            .list(None)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|h| humantime::parse_rfc3339(&h.started).is_ok_and(|t| t >= since));
-        for h in recent {
-            let check = |kind: &str, field: &str| {
-                a.has_record(Some(&h.trace_id), kind, field, &h.id)
-                    .inspect_err(|e| tracing::error!(hold = %h.id, "reading the audit log: {e:#}"))
-                    .unwrap_or(true)
+        for (record, kind, field) in [
+            (Audited::Hold, "hold", "id"),
+            (Audited::Denial, "denial", "hold"),
+        ] {
+            let unmarked = self.store().unaudited(record);
+            let unmarked = match unmarked {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::error!("reading the hold store: {e}");
+                    continue;
+                }
             };
-            if !check("hold", "id") {
-                tracing::warn!(hold = %h.id, "a hold was not in the audit log (the daemon stopped before it was written): written now");
-                self.seal_hold(&h);
-            }
-            if h.state == HoldState::Denied && !check("denial", "hold") {
-                tracing::warn!(hold = %h.id, "a denial was not in the audit log (the daemon stopped before it was written): written now");
-                let _ = self.seal("denial", &h);
+            for h in unmarked {
+                let logged = a.has_record(Some(&h.trace_id), kind, field, &h.id);
+                let sealed = match logged {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        tracing::warn!(hold = %h.id, "the hold's {kind} record was not in the audit log (the daemon stopped before it was written): written now");
+                        match record {
+                            Audited::Hold => a
+                                .seal(kind, Some(&h.trace_id), serde_json::to_value(&h))
+                                .is_ok(),
+                            Audited::Denial => self.seal(kind, &h).is_ok(),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(hold = %h.id, "reading the audit log: {e:#}");
+                        false
+                    }
+                };
+                if sealed {
+                    self.mark_audited(&h, record);
+                }
             }
         }
     }
@@ -368,6 +391,10 @@ impl Approvals {
             started: now_rfc3339(),
             deadline: humantime::format_rfc3339_millis(deadline).to_string(),
             deadline_ms: now_ms() + self.timeout.as_millis() as i64,
+            deadline_boot: Some(BootDeadline {
+                boot_id: boot::boot_id().to_string(),
+                ms: boot::boot_ns() / 1_000_000 + self.timeout.as_millis() as u64,
+            }),
             stopped: d.stopped,
             waiting: Vec::new(),
             frozen_us: d.frozen_us,
@@ -741,14 +768,26 @@ impl Approvals {
                 return Some(Duration::from_secs(1));
             }
         };
-        let (now, wall) = (std::time::Instant::now(), now_ms());
+        let (now, wall, boot_ms) = (
+            std::time::Instant::now(),
+            now_ms(),
+            (boot::boot_ns() / 1_000_000) as i64,
+        );
         let mut next: Option<std::time::Instant> = None;
         let mut known = self.due.lock().unwrap_or_else(|e| e.into_inner());
         known.retain(|id, _| pending.iter().any(|h| h.id == *id));
         let due: Vec<_> = pending
             .into_iter()
             .map(|h| {
-                let left = (h.deadline_ms - wall).clamp(0, self.timeout.as_millis() as i64);
+                // A restart of the same boot counts on the boot clock, whatever the wall
+                // clock did meanwhile; after a reboot only the wall clock is left.
+                let left = match &h.deadline_boot {
+                    Some(b) if !b.boot_id.is_empty() && b.boot_id == boot::boot_id() => {
+                        b.ms as i64 - boot_ms
+                    }
+                    _ => h.deadline_ms - wall,
+                };
+                let left = left.clamp(0, self.timeout.as_millis() as i64);
                 let at = *known
                     .entry(h.id.clone())
                     .or_insert(now + Duration::from_millis(left as u64));
@@ -1076,9 +1115,43 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The store marks which of a hold's audit records were sealed, and a later write of the
+    /// hold (its decision) keeps the marks: a restarted daemon looks in the log only for the
+    /// records not marked.
+    #[test]
+    fn a_sealed_record_is_marked_and_stays_marked() {
+        let (dir, a) = approvals("watcher-audited");
+        let trace = crate::model::ids::TraceId::random().to_string();
+        let id = a.claim(&trace).unwrap();
+        let mut h = a.record(draft(&id, &trace, None)).unwrap();
+        let unmarked = |r| -> Vec<String> {
+            a.store()
+                .unaudited(r)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect()
+        };
+        assert_eq!(unmarked(Audited::Hold), vec![id.clone()]);
+        assert!(unmarked(Audited::Denial).is_empty(), "not denied yet");
+        a.store().mark_audited(&id, Audited::Hold).unwrap();
+        assert!(unmarked(Audited::Hold).is_empty());
+        h.state = HoldState::Denied;
+        a.store().put(&h).unwrap();
+        assert!(
+            unmarked(Audited::Hold).is_empty(),
+            "the write lost the mark"
+        );
+        assert_eq!(unmarked(Audited::Denial), vec![id.clone()]);
+        a.store().mark_audited(&id, Audited::Denial).unwrap();
+        assert!(unmarked(Audited::Denial).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The wall clock stepped past a hold's deadline (NTP, `date -s`) denies nothing: the
     /// deadline runs on the monotonic clock; a daemon that first sees the hold (a restart)
-    /// takes what was left of it, never more than the timeout.
+    /// takes what was left of it on the boot clock (the wall clock's after a reboot), never
+    /// more than the timeout.
     #[test]
     fn a_step_of_the_wall_clock_neither_denies_a_hold_early_nor_keeps_it_longer() {
         let (dir, a) = approvals("watcher-clockstep");
@@ -1100,9 +1173,24 @@ mod tests {
         a.store().put(&h).unwrap();
         let next = a.expire_due().unwrap();
         assert!(next <= a.timeout, "{next:?}");
-        // And one whose stored deadline passed while no daemon ran is denied at once.
+        // A restart of the same boot counts on the boot clock: the wall clock's deadline two
+        // hours past (a step back after the hold began) is not the deadline.
+        a.due.lock().unwrap().clear();
+        h.deadline_ms = now_ms() - 2 * 3600 * 1000;
+        a.store().put(&h).unwrap();
+        let next = a
+            .expire_due()
+            .expect("the boot clock's deadline is still to come");
+        assert!(next > Duration::from_secs(50), "{next:?}");
+        assert_eq!(a.get(&id).unwrap().state, HoldState::Pending);
+        // After a reboot only the wall clock is left: one whose stored deadline passed while
+        // no daemon ran is denied at once.
         a.due.lock().unwrap().clear();
         h.deadline_ms = now_ms() - 1000;
+        h.deadline_boot = Some(BootDeadline {
+            boot_id: "another-boot".into(),
+            ms: u64::MAX,
+        });
         a.store().put(&h).unwrap();
         let _ = a.expire_due();
         assert_eq!(a.get(&id).unwrap().state, HoldState::Denied);

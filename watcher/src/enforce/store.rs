@@ -26,6 +26,13 @@ pub enum StoreError {
     },
 }
 
+/// A hold's audit records a store marks once sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audited {
+    Hold = 1,
+    Denial = 2,
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -93,6 +100,16 @@ impl Store {
             conn.execute_batch("ALTER TABLE holds ADD COLUMN decided_ms INTEGER")
                 .map_err(sql)?;
         }
+        // Which of a hold's audit records were sealed (`Audited`): a restarted daemon looks
+        // for the rest in the log. Old stores' rows start with none marked, and are looked for.
+        let has_audited: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('holds') WHERE name = 'audited'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(sql)?;
+        if !has_audited {
+            conn.execute_batch("ALTER TABLE holds ADD COLUMN audited INTEGER NOT NULL DEFAULT 0")
+                .map_err(sql)?;
+        }
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -139,6 +156,34 @@ impl Store {
             )
             .map_err(|e| self.sql(e))?;
         Ok(n == 1)
+    }
+
+    /// Marks one of the hold's audit records as sealed.
+    pub fn mark_audited(&self, id: &str, record: Audited) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE holds SET audited = audited | ?2 WHERE id = ?1",
+                params![id, record as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Holds missing the audit record `record` by their marks (oldest first): their record was
+    /// refused or the daemon died before it was sealed (or it was written later from memory).
+    pub fn unaudited(&self, record: Audited) -> Result<Vec<Hold>, StoreError> {
+        let (sql, arg) = match record {
+            Audited::Hold => (
+                "SELECT record FROM holds WHERE audited & 1 = 0 ORDER BY rowid",
+                "",
+            ),
+            Audited::Denial => (
+                "SELECT record FROM holds WHERE state = ?1 AND audited & 2 = 0 ORDER BY rowid",
+                HoldState::Denied.as_str(),
+            ),
+        };
+        let args: Vec<&str> = [arg].into_iter().filter(|a| !a.is_empty()).collect();
+        self.records(sql, &args)
     }
 
     /// A decided hold back to pending, as `h` was before (its decision was not carried out).

@@ -42,6 +42,14 @@ pub struct ProcInfo {
     pub argv: Vec<String>,
 }
 
+/// A time on one boot's clock (CLOCK_BOOTTIME, milliseconds), comparable only within the boot
+/// `boot_id` names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootDeadline {
+    pub boot_id: String,
+    pub ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Hold {
     pub id: String,
@@ -64,6 +72,11 @@ pub struct Hold {
     pub started: String,
     pub deadline: String,
     pub deadline_ms: i64,
+    /// The deadline on the boot clock, which a step of the wall clock does not move: a
+    /// restarted daemon of the same boot counts from it (holds stored before it was kept
+    /// have none, and count from `deadline_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_boot: Option<BootDeadline>,
     /// Processes the kernel stopped (SIGSTOP) at the hook: they get SIGCONT on approve.
     #[serde(default)]
     pub stopped: Vec<u32>,

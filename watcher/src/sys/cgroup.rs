@@ -94,7 +94,7 @@ fn freeze_timer(out: FrozenTimes) -> std::io::Result<std::sync::mpsc::Sender<(Pa
                         && f.read_to_string(&mut text).is_ok()
                         && text.lines().any(|l| l == "frozen 1");
                     if frozen {
-                        let us = boot_ns().saturating_sub(*event_ns) / 1000;
+                        let us = super::boot::boot_ns().saturating_sub(*event_ns) / 1000;
                         out.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(dir.clone(), us);
@@ -136,17 +136,6 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         }
         Some(PathBuf::from(left.split_whitespace().nth(4)?))
     })
-}
-
-/// CLOCK_BOOTTIME in nanoseconds: the clock of the kernel's event timestamps.
-pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Cgroups {

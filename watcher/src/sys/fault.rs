@@ -6,6 +6,8 @@
 
 /// The point between freezing a session for a hold and storing the hold.
 pub const BEFORE_HOLD_STORE: &str = "before-hold-store";
+/// The point between storing a hold and sealing its audit record (SIGKILL).
+pub const BEFORE_HOLD_SEAL: &str = "before-hold-seal";
 /// The point between deciding a gated event and answering it (SIGKILL).
 pub const BEFORE_GATE_ANSWER: &str = "before-gate-answer";
 /// Before deciding a gated event: the decision comes two seconds late (`delay`).

@@ -1,5 +1,6 @@
 //! The host below the kernel programs: cgroups, /proc, users and groups, worker threads, and the
 //! crash tests' fault-injection points.
+pub mod boot;
 pub mod cgroup;
 pub mod fault;
 pub mod fence;

@@ -201,21 +201,6 @@ impl Audit {
             .transpose()
     }
 
-    /// When the oldest record the log still holds was written (retention prunes the oldest
-    /// first); None for an empty or disabled log.
-    pub fn oldest(&self) -> anyhow::Result<Option<std::time::SystemTime>> {
-        use rusqlite::OptionalExtension as _;
-        let Some(db) = self.reader()? else {
-            return Ok(None);
-        };
-        let ts: Option<String> = db
-            .query_row("SELECT ts FROM audit ORDER BY seq LIMIT 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(ts.and_then(|t| humantime::parse_rfc3339(&t).ok()))
-    }
-
     /// An event, as published (findings go as `finding` and `decision` records).
     pub fn event(&self, ev: &Arc<Event>) {
         let Some(p) = &self.events else { return };

@@ -160,7 +160,7 @@ impl Intake {
             g.answered(hdr.tgid);
         }
         self.shared.counters.gated.fetch_add(1, Ordering::Relaxed);
-        let now = crate::sys::cgroup::boot_ns();
+        let now = crate::sys::boot::boot_ns();
         if self.gate_stops.len() >= GATE_STOPS_MAX {
             self.gate_stops.clear();
         }
