@@ -110,6 +110,14 @@ pub struct Audit {
 /// How long a decision waits for its checkpoint before it is reported as failed.
 const SEAL_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `has_record`'s lookups, each through an index (the store may hold millions of events): a
+/// session's records by `audit_trace`, records of no session by `audit_records` (which leaves
+/// out events). `trace_id IS ?1` would use neither and read the whole log once per lookup: a
+/// restarted daemon looking for a few dozen holds' records took minutes.
+const HAS_RECORD_OF_SESSION: &str = "SELECT record FROM audit WHERE trace_id = ?1 AND kind = ?2";
+const HAS_RECORD_OF_NONE: &str =
+    "SELECT record FROM audit WHERE kind = ?2 AND kind <> 'event' AND trace_id IS NULL AND ?1 IS NULL";
+
 impl Audit {
     /// No audit log (`[audit] enabled = false`).
     pub fn disabled() -> Audit {
@@ -180,7 +188,10 @@ impl Audit {
         let Some(db) = self.reader()? else {
             return Ok(true);
         };
-        let mut q = db.prepare("SELECT record FROM audit WHERE trace_id IS ?1 AND kind = ?2")?;
+        let mut q = db.prepare(match trace {
+            Some(_) => HAS_RECORD_OF_SESSION,
+            None => HAS_RECORD_OF_NONE,
+        })?;
         let needle = format!("\"{field}\":\"{id}\"");
         let mut rows = q.query(rusqlite::params![trace, kind])?;
         while let Some(r) = rows.next()? {
@@ -345,6 +356,29 @@ pub fn read_vkey(key: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lookups a restarted daemon makes for each unmarked hold read through an index,
+    /// whatever the log's size.
+    #[test]
+    fn a_record_lookup_reads_through_an_index() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        db.execute_batch(writer::SCHEMA).unwrap();
+        for (sql, trace) in [
+            (HAS_RECORD_OF_SESSION, Some("t")),
+            (HAS_RECORD_OF_NONE, None),
+        ] {
+            let mut q = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = q
+                .query_map(rusqlite::params![trace, "hold"], |r| r.get(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(
+                plan.iter().all(|p| p.contains("USING INDEX")),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_seal_is_checkpointed_at_once_and_an_idle_log_stays_still() {
