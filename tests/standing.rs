@@ -717,3 +717,71 @@ fn a_clean_stop_freezes_running_sessions_for_the_next_daemon() {
         }
     }
 }
+
+/// The package's removal (`watcher retire --stop`, what its prerm runs where no service manager
+/// stops the daemon) with the default `on_stop = "freeze"`: the held session is denied (no
+/// answer can come: its tool never runs), the running session goes on instead of being frozen
+/// for a daemon that will not come, nothing stays pinned, and the audit log says what was done.
+/// A plain stop instead would leave both frozen for good once the package is gone.
+#[test]
+fn retiring_the_watcher_denies_its_holds_and_leaves_nothing_frozen() {
+    let work = TempDir::new("standing-retire");
+    let w = work.0.display().to_string();
+    let (tool, rules) = common::audit::held_tool(&work.0);
+    let mut d = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
+    let go = work.0.join("go");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&go)
+        .status()
+        .unwrap()
+        .success());
+    let (mut running, _) = spawn_session(d.launch_in(
+        Ns::Host,
+        "",
+        &format!("read x < {w}/go; echo after > {w}/after"),
+    ));
+    let (mut held, held_trace) = common::holds::launch_bg(&d, &tool.display().to_string());
+    let hold = common::holds::await_hold(&d, &held_trace);
+    assert!(
+        d.bpffs.exists(),
+        "the daemon pinned nothing: the test would show nothing"
+    );
+    let out = d.cli().args(["retire", "--stop"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "watcher retire --stop: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(hold["id"].as_str().unwrap()), "{said}");
+    assert!(d.await_death().success(), "the daemon did not stop cleanly");
+    // The held session was killed before its tool ran.
+    common::holds::wait_exit(&mut held);
+    assert!(!work.0.join("marker").exists(), "the held tool ran");
+    // The running session goes on: it reads the FIFO and finishes.
+    let writer = std::thread::spawn(move || std::fs::write(go, "go\n"));
+    let until = std::time::Instant::now() + common::DEADLINE;
+    while running.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the running session never finished: frozen at the stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    writer.join().unwrap().unwrap();
+    assert!(work.0.join("after").exists(), "the session did not go on");
+    let pinned: Vec<_> = std::fs::read_dir(&d.bpffs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(pinned.is_empty(), "still pinned: {pinned:?}");
+    let records = common::audit::audit_json(&d, &["query", "--json", "--kind", "retire"]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["body"]["denied"][0], hold["id"], "{records:?}");
+    let stops = common::audit::audit_json(&d, &["query", "--json", "--kind", "daemon_stop"]);
+    let last = stops.last().expect("no daemon_stop record");
+    assert_eq!(last["body"]["retiring"], true, "{last}");
+    assert_eq!(last["body"]["frozen"], serde_json::json!([]), "{last}");
+}

@@ -21,19 +21,27 @@ fn set_realtime(ns: i128) {
 }
 
 /// The wall clock stepped by `by_s` seconds; put back (to the nanosecond the monotonic clock
-/// says) when dropped, a failing test included.
-pub struct ClockStep(i128);
+/// says) when dropped, a failing test included. One step at a time in a test binary: a step
+/// taken during another would be put back to the other's stepped clock, and the host's clock
+/// left two hours off.
+pub struct ClockStep {
+    offset: i128,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+static STEPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl ClockStep {
     pub fn new(by_s: i64) -> ClockStep {
+        let one = STEPPING.lock().unwrap_or_else(|e| e.into_inner());
         let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
         set_realtime(clock_ns(libc::CLOCK_REALTIME) + by_s as i128 * 1_000_000_000);
-        ClockStep(offset)
+        ClockStep { offset, _one: one }
     }
 }
 
 impl Drop for ClockStep {
     fn drop(&mut self) {
-        set_realtime(clock_ns(libc::CLOCK_MONOTONIC) + self.0);
+        set_realtime(clock_ns(libc::CLOCK_MONOTONIC) + self.offset);
     }
 }

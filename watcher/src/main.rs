@@ -111,6 +111,14 @@ enum Cmd {
     },
     /// Stop a held session (or only its triggering process, by configuration).
     Deny { id: HoldId },
+    /// The watcher is being removed (the package's prerm runs it): deny every pending hold now
+    /// (no answer can come), and make the next stop leave running sessions running and detach
+    /// the programs, instead of freezing them for a daemon that will not come. Root only.
+    Retire {
+        /// Stop the daemon once retired (where no service manager stops it).
+        #[arg(long)]
+        stop: bool,
+    },
     /// Stop every watched process at once (incident response).
     KillSwitch {
         #[command(subcommand)]
@@ -462,6 +470,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Retire { stop } => match Client::send(&socket, &Request::Retire { stop })?.reply()? {
+            Reply::Retired {
+                denied,
+                left_frozen,
+            } => {
+                for id in &denied {
+                    println!("denied {id}: no answer can come once the watcher is removed");
+                }
+                for t in &left_frozen {
+                    println!(
+                        "session {t} stays frozen by the kill-switch: kill or thaw it by hand \
+                         (its cgroup's cgroup.kill or cgroup.freeze)"
+                    );
+                }
+                println!("retired: the next stop leaves running sessions running, unwatched");
+                if stop {
+                    // The daemon removes its socket as the last step of its stop.
+                    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    while socket.exists() {
+                        if std::time::Instant::now() > until {
+                            return Err(anyhow!("the daemon did not stop within 30 s"));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    println!("stopped");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => Err(anyhow!("unexpected reply from the daemon")),
+        },
         Cmd::KillSwitch { cmd } => {
             use watcher::model::{hold::HaltMode, protocol::KillSwitchOp};
             let req = match cmd {

@@ -39,6 +39,8 @@ pub struct Enforce {
     /// Seals and carries out the kills decided in user space, off the intake's thread (a seal
     /// waits on the disk).
     killer: Worker,
+    /// `watcher retire` was asked: the stop that follows is the last (no daemon comes after).
+    pub retiring: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for Enforce {
@@ -57,6 +59,7 @@ impl Enforce {
             announcer: Worker::start("announce")?,
             halter: Worker::start("halt")?,
             killer: Worker::start("kill")?,
+            retiring: std::sync::atomic::AtomicBool::new(false),
         });
         e.core.set_enforcement(Arc::new(Hooks(Arc::downgrade(&e))));
         Ok(e)

@@ -183,7 +183,17 @@ pub fn await_stop(core: Arc<Core>) -> anyhow::Result<tokio::sync::oneshot::Recei
 pub fn on_stop(shared: &super::Enforce) -> Vec<String> {
     let a = &shared.approvals;
     let cg = &a.cgroups;
-    let how = shared.config.daemon.on_stop;
+    // The last stop (`watcher retire`): no daemon comes to thaw what a freeze would stop, so
+    // running sessions run on, and a hold made since the retirement is denied as it was.
+    let retiring = shared.retiring.load(std::sync::atomic::Ordering::SeqCst);
+    let how = match retiring {
+        true => crate::config::OnStop::Run,
+        false => shared.config.daemon.on_stop,
+    };
+    let denied = match retiring {
+        true => deny_pending(shared, "watcher retire"),
+        false => Vec::new(),
+    };
     let running: Vec<String> = cg
         .sessions()
         .into_iter()
@@ -209,8 +219,10 @@ pub fn on_stop(shared: &super::Enforce) -> Vec<String> {
     }
     let body = serde_json::json!({
         "on_stop": how,
+        "retiring": retiring,
         "running": running,
         "frozen": frozen,
+        "denied": denied,
     });
     let _ = shared.audit.seal("daemon_stop", None, Ok(body));
     match how {
@@ -234,4 +246,58 @@ pub fn on_stop(shared: &super::Enforce) -> Vec<String> {
             .unpin();
     }
     frozen
+}
+
+/// `watcher retire` (the package's removal): every pending hold is denied now, as its deadline
+/// would (no answer can come once the watcher is gone), and the stop that follows is the last
+/// (`on_stop`). Sessions the kill-switch holds stay frozen for a person: their cgroups stay,
+/// named in the reply and the audit record. Returns the holds denied and those sessions.
+pub fn retire(shared: &super::Enforce, by: &str) -> (Vec<String>, Vec<String>) {
+    shared
+        .retiring
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let denied = deny_pending(shared, by);
+    let a = &shared.approvals;
+    let left_frozen: Vec<String> = match a.kill_switch() {
+        Ok(k) if k.engaged => a
+            .cgroups
+            .sessions()
+            .into_iter()
+            .filter(|t| k.all || k.traces.contains(t))
+            .filter(|t| !a.cgroups.pids(t).is_empty())
+            .collect(),
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::error!("reading the kill-switch: {e}");
+            Vec::new()
+        }
+    };
+    let body = serde_json::json!({ "by": by, "denied": denied, "left_frozen": left_frozen });
+    let _ = shared.audit.seal("retire", None, Ok(body));
+    tracing::warn!(
+        by,
+        denied = denied.len(),
+        left_frozen = left_frozen.len(),
+        "retiring: pending holds denied; the next stop leaves running sessions running"
+    );
+    (denied, left_frozen)
+}
+
+/// Denies every pending hold (`Via::Retire`); the ids denied.
+fn deny_pending(shared: &super::Enforce, by: &str) -> Vec<String> {
+    let a = &shared.approvals;
+    let pending = a
+        .list(Some(crate::model::hold::HoldState::Pending))
+        .unwrap_or_else(|e| {
+            tracing::error!("reading the pending holds: {e}");
+            Vec::new()
+        });
+    let mut denied = Vec::new();
+    for h in pending {
+        match a.deny(&h.id, by, crate::model::hold::Via::Retire) {
+            Ok(_) => denied.push(h.id),
+            Err(e) => tracing::error!(hold = %h.id, "denying at retirement: {e}"),
+        }
+    }
+    denied
 }

@@ -262,4 +262,6 @@ pub enum Via {
     Api,
     /// No answer before the hold's deadline.
     Deadline,
+    /// The watcher retired (`watcher retire`, the package's removal): no answer can come.
+    Retire,
 }

@@ -75,6 +75,14 @@ pub enum Request {
     Deny {
         id: HoldId,
     },
+    /// The watcher is being removed (the package's prerm): pending holds are denied now (no
+    /// answer can come), and the stop that follows leaves running sessions running and
+    /// detaches the programs instead of freezing for a next daemon. Root only.
+    Retire {
+        /// Stop the daemon once retired (where no service manager stops it).
+        #[serde(default)]
+        stop: bool,
+    },
     KillSwitch {
         op: KillSwitchOp,
         #[serde(default)]
@@ -152,6 +160,12 @@ pub enum Reply {
         engaged: Option<Engaged>,
         #[serde(default)]
         released: Vec<String>,
+    },
+    Retired {
+        /// Holds denied, no answer being able to come.
+        denied: Vec<String>,
+        /// Sessions the kill-switch holds: left frozen for a person (their cgroups stay).
+        left_frozen: Vec<String>,
     },
     Status(Box<Status>),
     Profiles {

@@ -230,6 +230,8 @@ async fn handle(mut stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()
         }
         Ok(Ok(r)) => r,
     };
+    // Removing the watcher (`retire`) is root's act, not an approver's: every writer is root.
+    let by_root = cred.uid() == 0 && senders.iter().all(|s| s.is_some_and(|s| s.uid == 0));
     let s = shared.clone();
     let refused = tokio::task::spawn_blocking(move || refuse_senders(&s, &senders)).await?;
     if let Some(error) = refused {
@@ -355,6 +357,32 @@ async fn handle(mut stream: UnixStream, shared: Arc<State>) -> anyhow::Result<()
             })
             .await?;
             write_json(&mut w, &reply_of(r)).await
+        }
+        Request::Retire { stop } => {
+            if !by_root {
+                let error = "permission denied: only root may retire the watcher".to_string();
+                return write_json(&mut w, &Reply::Error { error }).await;
+            }
+            let (s, by) = (shared.clone(), format!("{who} (watcher retire)"));
+            let (denied, left_frozen) = tokio::task::spawn_blocking(move || {
+                crate::enforce::standing::retire(&s.enforce, &by)
+            })
+            .await?;
+            write_json(
+                &mut w,
+                &Reply::Retired {
+                    denied,
+                    left_frozen,
+                },
+            )
+            .await?;
+            if stop {
+                // The stop a service manager would send, from the daemon itself (the signal
+                // thread obeys it: the sender is not a watched process).
+                // SAFETY: kill(2) of this process.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            }
+            Ok(())
         }
         Request::Reload => {
             let s = shared.clone();
