@@ -432,3 +432,63 @@ fn retention_prunes_whole_checkpoint_ranges_and_the_log_still_verifies() {
     let (ok, out) = verify(&dir, &["inclusion", "1"]);
     assert!(!ok && out.contains("pruned"), "{out}");
 }
+
+/// The audit store refuses writes (another writer holds its lock) while a session is held, so
+/// the finding's records wait; then the daemon is killed. Kept only in memory they were lost
+/// with it; they wait on disk beside the store (`audit.db-unwritten`, root's only), and the
+/// restarted daemon writes them first.
+#[test]
+fn records_the_store_refused_outlive_a_killed_daemon() {
+    let work = TempDir::new("audit-refused");
+    let (tool, rules) = held_tool(&work.0);
+    let mut d = Daemon::start_with(&format!("[rules]\npath = \"{}\"\n", rules.display()));
+    let lock = rusqlite::Connection::open(d.dir.0.join("audit.db")).unwrap();
+    lock.busy_timeout(Duration::from_secs(10)).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (mut child, trace) = launch_bg(&d, &tool.display().to_string());
+    let hold = await_hold(&d, &trace);
+    // The finding's record waits, in memory and on disk.
+    let kept = d.dir.0.join("audit.db-unwritten");
+    let until = std::time::Instant::now() + common::DEADLINE;
+    while !std::fs::read_to_string(&kept).is_ok_and(|t| t.contains("\"kind\":\"finding\"")) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the finding's record did not wait for the locked store ({}: {})",
+            kept.display(),
+            d.status()["audit"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.status()["audit"]["pending"].as_u64().unwrap_or(0) > 0);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "{} is {mode:o}", kept.display());
+    d.kill();
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    d.restart();
+    let findings = |d: &Daemon| {
+        audit_json(
+            d,
+            &["query", "--json", "--kind", "finding", "--trace", &trace],
+        )
+    };
+    let until = std::time::Instant::now() + common::DEADLINE;
+    while findings(&d).is_empty() || kept.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the finding refused by the locked store was lost with the daemon (kept: {}): {:?}",
+            kept.exists(),
+            audit_json(&d, &["query", "--json", "--trace", &trace])
+                .iter()
+                .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out) = verify(&d.dir.0, &[]);
+    assert!(ok, "{out}");
+    common::holds::verdict(&d, "deny", &hold);
+    wait_exit(&mut child);
+    assert!(!work.0.join("marker").exists(), "the held tool ran");
+}

@@ -327,7 +327,7 @@ pub fn private_store(path: &Path) -> std::io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?
         .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    for suffix in ["-wal", "-shm", "-journal"] {
+    for suffix in ["-wal", "-shm", "-journal", "-unwritten"] {
         let mut side = path.as_os_str().to_owned();
         side.push(suffix);
         let side = PathBuf::from(side);

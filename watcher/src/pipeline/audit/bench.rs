@@ -221,7 +221,7 @@ fn plain_db(path: &Path) -> anyhow::Result<rusqlite::Connection> {
 
 fn approval() -> Entry {
     Entry {
-        kind: "approval",
+        kind: "approval".into(),
         trace_id: Some("0123456789abcdef0123456789abcdef".into()),
         body: serde_json::json!({
             "hold": "h-0123456789abcdef",

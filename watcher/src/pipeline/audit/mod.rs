@@ -10,6 +10,7 @@
 //! an approval's resume and a kill wait for it.
 pub mod bench;
 pub mod export;
+mod journal;
 pub mod ocsf;
 mod writer;
 
@@ -29,8 +30,9 @@ use crate::{config, model::event::Event};
 pub use writer::{open_key, vkey_path};
 
 /// One record for the writer: its kind, the session it is about, and its body.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Entry {
-    pub kind: &'static str,
+    pub kind: std::borrow::Cow<'static, str>,
     pub trace_id: Option<String>,
     pub body: serde_json::Value,
 }
@@ -263,7 +265,7 @@ impl Audit {
             return;
         };
         let entry = Entry {
-            kind,
+            kind: kind.into(),
             trace_id: trace_id.map(String::from),
             body,
         };
@@ -323,7 +325,7 @@ impl Audit {
             .ok_or_else(|| format!("the {kind} record could not be encoded"))?;
         let sealing = Arc::new(Sealing::default());
         let entry = Entry {
-            kind,
+            kind: kind.into(),
             trace_id: trace_id.map(String::from),
             body,
         };

@@ -106,6 +106,8 @@ pub(super) struct Writer {
     /// next commit writes them first. Never dropped: a finding, decision or hold waits here
     /// until the store takes it.
     unwritten: Vec<Entry>,
+    /// `unwritten` on disk, so a daemon killed before the store takes them loses none.
+    journal: super::journal::Journal,
     /// Since when commits fail, and when the last one was tried: a failing store is retried
     /// every `RETRY_EVERY`, and said in the log once a minute, not every tick.
     failing: Option<(Instant, Instant)>,
@@ -319,6 +321,15 @@ impl Writer {
                 std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
             }
         }
+        // What a stopped daemon could not write waits first in line.
+        let mut journal = super::journal::Journal::beside(store);
+        let unwritten = journal.load();
+        if !unwritten.is_empty() {
+            tracing::warn!(
+                records = unwritten.len(),
+                "records the audit store refused before the daemon stopped: written first"
+            );
+        }
         let w = Writer {
             db,
             signer,
@@ -341,12 +352,16 @@ impl Writer {
                 .unwrap_or_else(Instant::now),
             prune_more: false,
             counters,
-            unwritten: Vec::new(),
+            unwritten,
+            journal,
             failing: None,
         };
         w.counters
             .records
             .store(w.tree.frontier.size, Ordering::Relaxed);
+        w.counters
+            .pending
+            .store(w.unwritten.len() as u64, Ordering::Relaxed);
         tracing::info!(store = %store.display(), records = w.tree.frontier.size, "audit log open");
         Ok(w)
     }
@@ -430,7 +445,7 @@ impl Writer {
             {
                 let mut ins = tx.prepare_cached(INSERT)?;
                 for e in &earlier {
-                    tree.append(&mut ins, &ts, e.kind, e.trace_id.as_deref(), &e.body)?;
+                    tree.append(&mut ins, &ts, &e.kind, e.trace_id.as_deref(), &e.body)?;
                 }
                 for ev in events {
                     tree.append(&mut ins, &ts, "event", Some(&ev.trace_id), ev.as_ref())?;
@@ -450,7 +465,7 @@ impl Writer {
                         }
                         None => None,
                     };
-                    let seq = tree.append(&mut ins, &ts, e.kind, e.trace_id.as_deref(), &e.body);
+                    let seq = tree.append(&mut ins, &ts, &e.kind, e.trace_id.as_deref(), &e.body);
                     if let Some((g, s)) = guard {
                         seals.push((g, s, *seq.as_ref().unwrap_or(&0)));
                     }
@@ -488,6 +503,9 @@ impl Writer {
                         since.elapsed()
                     );
                 }
+                if !earlier.is_empty() {
+                    self.journal.clear();
+                }
                 self.counters.pending.store(0, Ordering::Relaxed);
                 self.counters
                     .records
@@ -524,16 +542,19 @@ impl Writer {
                 self.counters
                     .unwritten
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
-                // The records wait for the next commit; the seals get the error (those the
-                // transaction did not reach too).
+                // The records wait for the next commit (on disk too); the seals get the error
+                // (those the transaction did not reach too).
+                let mut kept = Vec::new();
                 for c in commands {
                     match c {
-                        Command::Record(e) => self.unwritten.push(e),
+                        Command::Record(e) => kept.push(e),
                         Command::Seal(_, s) => {
                             s.answer_if_waiting(Err(format!("writing the audit log: {err}")))
                         }
                     }
                 }
+                self.journal.append(&kept);
+                self.unwritten.extend(kept);
                 self.counters
                     .pending
                     .store(self.unwritten.len() as u64, Ordering::Relaxed);
@@ -543,11 +564,15 @@ impl Writer {
 
     /// Records that wait for the store (a commit with no seal, between two tries).
     fn keep(&mut self, commands: Vec<Command>) {
-        for c in commands {
-            if let Command::Record(e) = c {
-                self.unwritten.push(e);
-            }
-        }
+        let kept: Vec<Entry> = commands
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Record(e) => Some(e),
+                Command::Seal(..) => None,
+            })
+            .collect();
+        self.journal.append(&kept);
+        self.unwritten.extend(kept);
         self.counters
             .pending
             .store(self.unwritten.len() as u64, Ordering::Relaxed);
