@@ -35,6 +35,8 @@ pub fn own_paths(shared: &Core) -> Vec<PathBuf> {
         let store = store.display().to_string();
         v.push(PathBuf::from(format!("{store}-wal")));
         v.push(PathBuf::from(format!("{store}-shm")));
+        // The records the audit store refused, waiting to be written into the signed log.
+        v.push(PathBuf::from(format!("{store}-unwritten")));
     }
     if let Some(p) = &c.source {
         v.push(p.clone());

@@ -30,7 +30,8 @@ impl Journal {
     }
 
     /// The records a stopped daemon left, in order. A line that does not decode (the daemon
-    /// died in the middle of writing it) is skipped, named by file and line.
+    /// died in the middle of writing it) is skipped, named by file and line. A file that could
+    /// not be read stays for the next start.
     pub(super) fn load(&mut self) -> Vec<Entry> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
@@ -56,6 +57,10 @@ impl Journal {
                     "a record the audit store refused does not decode, skipped: {e}"
                 ),
             }
+        }
+        if entries.is_empty() {
+            // Nothing in it decoded (said above, line by line): no commit would clear it.
+            self.clear();
         }
         entries
     }
@@ -162,6 +167,10 @@ mod tests {
         j.clear();
         assert!(!j.path.exists());
         assert!(Journal::beside(&store).load().is_empty());
+        // Only a torn line: nothing to write, and the file goes (no commit would clear it).
+        std::fs::write(&j.path, b"{\"kind\":\"fi").unwrap();
+        assert!(Journal::beside(&store).load().is_empty());
+        assert!(!j.path.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
