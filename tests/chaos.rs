@@ -571,23 +571,9 @@ fn a_hold_stored_as_the_daemon_dies_is_in_the_audit_log_whatever_the_clock_said(
         panic!("this test needs --features watcher/fault-injection (cargo xtask test does)");
     }
     let work = TempDir::new("chaos-clock");
-    let tool = work.0.join("held-tool");
-    std::fs::write(
-        &tool,
-        format!("#!/bin/sh\necho ran > {}/marker\n", work.0.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::write(
-        work.0.join("hold.yaml"),
-        format!(
-            "rules:\n  - id: clock-held-tool\n    description: a tool that needs a human's yes\n    severity: high\n    action: hold\n    mode: enforce\n    condition: {{type: exec, exe: \"{0}\"}}\n    examples: {{match: [{{type: exec, path: \"{0}\"}}]}}\n",
-            tool.display()
-        ),
-    )
-    .unwrap();
+    let (tool, rules) = common::audit::held_tool(&work.0);
     let mut d = Daemon::start_with_env(
-        &format!("[rules]\npath = \"{}\"\n", work.0.display()),
+        &format!("[rules]\npath = \"{}\"\n", rules.display()),
         &[("WATCHER_FAULT", "before-hold-seal")],
     );
     // A record in the log before the step: the log's oldest is then later than the hold.
@@ -630,7 +616,7 @@ fn a_hold_stored_as_the_daemon_dies_is_in_the_audit_log_whatever_the_clock_said(
         .find(|h| h["trace_id"] == trace.as_str())
         .unwrap_or_else(|| panic!("the stored hold is not pending: {holds:?}"))
         .clone();
-    assert_eq!(hold["rule"], "clock-held-tool", "{hold}");
+    assert_eq!(hold["rule"], "test-hold-exec", "{hold}");
     // Its deadline (a minute) is counted on the boot clock: the step back did not make it
     // two hours past.
     assert_eq!(hold["state"], "pending", "denied at restart: {hold}");

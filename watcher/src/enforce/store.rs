@@ -71,6 +71,17 @@ CREATE TABLE IF NOT EXISTS frozen_at_stop (
 );
 ";
 
+/// Adds `name` to `holds` in a store made before it existed.
+fn add_column(conn: &Connection, name: &str, decl: &str) -> rusqlite::Result<()> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('holds') WHERE name = ?1")
+        .and_then(|mut s| s.exists([name]))?;
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE holds ADD COLUMN {name} {decl}"))?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // Only root may read holds (they carry command lines and file paths).
@@ -92,24 +103,10 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(sql)?;
         // Stores made before decisions had a time column get it (NULL for their old rows,
         // which retention then ages by their deadline).
-        let has_decided: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('holds') WHERE name = 'decided_ms'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(sql)?;
-        if !has_decided {
-            conn.execute_batch("ALTER TABLE holds ADD COLUMN decided_ms INTEGER")
-                .map_err(sql)?;
-        }
+        add_column(&conn, "decided_ms", "INTEGER").map_err(sql)?;
         // Which of a hold's audit records were sealed (`Audited`): a restarted daemon looks
         // for the rest in the log. Old stores' rows start with none marked, and are looked for.
-        let has_audited: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('holds') WHERE name = 'audited'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(sql)?;
-        if !has_audited {
-            conn.execute_batch("ALTER TABLE holds ADD COLUMN audited INTEGER NOT NULL DEFAULT 0")
-                .map_err(sql)?;
-        }
+        add_column(&conn, "audited", "INTEGER NOT NULL DEFAULT 0").map_err(sql)?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
